@@ -1,0 +1,113 @@
+# ngx_http_opamp_module: build, run and test on Debian bookworm.
+#
+#   make run    install what is missing, build, start Redis and nginx with
+#               examples/nginx.conf (OpAMP on 127.0.0.1:4320/v1/opamp)
+#   make stop   stop what make run started
+#   make test   install, build and run every test
+#   make bench  run the benchmarks (bench/)
+
+SHELL      := /bin/bash
+TOP        := $(CURDIR)
+BUILD      := $(TOP)/build
+NGX_SRC    := $(BUILD)/nginx-src
+MODULE     := $(BUILD)/ngx_http_opamp_module.so
+RUN        := $(BUILD)/run
+NGINX      ?= /usr/sbin/nginx
+REDIS_PORT ?= 6379
+
+DEBS := nginx nginx-dev redis-server redis-tools libhiredis-dev \
+        libprotobuf-c-dev protobuf-c-compiler protobuf-compiler zlib1g-dev \
+        libprotocol-websocket-perl nodejs npm gcc make
+
+SOURCES := config ngx_http_opamp_module.c $(wildcard src/*.c src/*.h) \
+           $(wildcard proto/opamp/v1/*.c proto/opamp/v1/*.h)
+
+.PHONY: all deps build proto run stop test unit bench clean
+
+all: build
+
+deps: $(BUILD)/.deps
+
+$(BUILD)/.deps: Makefile
+	@missing=""; for p in $(DEBS); do \
+	    dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	    echo "installing:$$missing"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get update -qq && apt-get install -y -qq $$missing; \
+	fi
+	@mkdir -p $(BUILD) && touch $@
+
+# protoc-c output is committed; this target makes it again from the .proto
+proto:
+	cd proto && protoc-c --c_out=. -I. opamp/v1/anyvalue.proto \
+	    opamp/v1/opamp.proto
+
+src/ngx_http_opamp_lua.h: $(wildcard src/lua/*.lua) src/lua/embed.sh
+	sh src/lua/embed.sh src/lua/*.lua > $@.tmp && mv $@.tmp $@
+
+$(NGX_SRC)/objs/Makefile: $(BUILD)/.deps config
+	rm -rf $(NGX_SRC) && mkdir -p $(BUILD)
+	cp -r /usr/share/nginx/src $(NGX_SRC)
+	cd $(NGX_SRC) && . ./conf_flags && \
+	    ./configure "$${NGX_CONF_FLAGS[@]}" \
+	    --add-dynamic-module=$(TOP) >$(BUILD)/configure.log 2>&1 \
+	    || { tail -30 $(BUILD)/configure.log; exit 1; }
+
+$(MODULE): $(NGX_SRC)/objs/Makefile src/ngx_http_opamp_lua.h $(SOURCES)
+	$(MAKE) -C $(NGX_SRC) -f objs/Makefile modules
+	cp $(NGX_SRC)/objs/ngx_http_opamp_module.so $@
+
+build: $(MODULE)
+
+run: build
+	@mkdir -p $(RUN)/logs
+	@if redis-cli -h 127.0.0.1 -p $(REDIS_PORT) ping >/dev/null 2>&1; then \
+	    echo "using the Redis already on 127.0.0.1:$(REDIS_PORT)"; \
+	else \
+	    redis-server --bind 127.0.0.1 --port $(REDIS_PORT) --daemonize yes \
+	        --pidfile $(RUN)/redis.pid --logfile $(RUN)/logs/redis.log \
+	        --dir $(RUN) --save "" --appendonly no; \
+	    for i in $$(seq 50); do redis-cli -p $(REDIS_PORT) ping \
+	        >/dev/null 2>&1 && break; sleep 0.1; done; \
+	fi
+	@if [ -f $(RUN)/logs/nginx.pid ] && kill -0 $$(cat $(RUN)/logs/nginx.pid) 2>/dev/null; then \
+	    $(NGINX) -p $(RUN)/ -c $(TOP)/examples/nginx.conf \
+	        -g "load_module $(MODULE);" -s reload; \
+	else \
+	    $(NGINX) -p $(RUN)/ -c $(TOP)/examples/nginx.conf \
+	        -g "load_module $(MODULE);"; \
+	fi
+	@echo
+	@echo "OpAMP server: ws://127.0.0.1:4320/v1/opamp (WebSocket)"
+	@echo "              http://127.0.0.1:4320/v1/opamp (plain HTTP POST)"
+	@echo "Agent state:  redis-cli -p $(REDIS_PORT) --scan --pattern 'opamp:agent:*'"
+	@echo "Logs:         $(RUN)/logs/error.log"
+	@echo "Stop:         make stop"
+
+stop:
+	-@[ -f $(RUN)/logs/nginx.pid ] && kill $$(cat $(RUN)/logs/nginx.pid) 2>/dev/null; true
+	-@[ -f $(RUN)/redis.pid ] && kill $$(cat $(RUN)/redis.pid) 2>/dev/null; true
+	@echo stopped
+
+$(BUILD)/unit_tests: t/unit/*.c src/ngx_http_opamp_wsframe.c \
+        src/ngx_http_opamp_uid.c src/*.h
+	@mkdir -p $(BUILD)
+	cc -O1 -g -Wall -Wextra -Werror -Isrc -o $@ t/unit/*.c \
+	    src/ngx_http_opamp_wsframe.c src/ngx_http_opamp_uid.c
+
+unit: $(BUILD)/unit_tests
+	$(BUILD)/unit_tests
+
+t/node/node_modules: t/node/package.json
+	cd t/node && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: build unit t/node/node_modules
+	NGINX_MODULE=$(MODULE) prove -I t/lib t/*.t
+
+bench: build
+	$(MAKE) -C bench
+
+clean:
+	rm -rf $(BUILD)

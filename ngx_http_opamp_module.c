@@ -1,0 +1,463 @@
+/*
+ * Copyright (C) ngx_http_opamp_module authors
+ *
+ * Module glue: directives, configuration create/merge, the content handler
+ * that picks a transport, and the worker hooks that open and close the
+ * per-worker Redis connections.
+ */
+
+
+#include "ngx_http_opamp.h"
+#include "ngx_http_opamp_http.h"
+#include "ngx_http_opamp_redis.h"
+#include "ngx_http_opamp_session.h"
+#include "ngx_http_opamp_store.h"
+#include "ngx_http_opamp_websocket.h"
+
+
+#define NGX_HTTP_OPAMP_DEFAULT_MAX_MESSAGE  (64 * 1024 * 1024)
+
+
+static ngx_int_t ngx_http_opamp_handler(ngx_http_request_t *r);
+static void *ngx_http_opamp_create_main_conf(ngx_conf_t *cf);
+static char *ngx_http_opamp_init_main_conf(ngx_conf_t *cf, void *conf);
+static void *ngx_http_opamp_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_http_opamp_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child);
+static char *ngx_http_opamp(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+static char *ngx_http_opamp_redis(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_opamp_prefix(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_opamp_check_size(ngx_conf_t *cf, void *post,
+    void *data);
+static char *ngx_http_opamp_check_time(ngx_conf_t *cf, void *post,
+    void *data);
+static ngx_int_t ngx_http_opamp_init_process(ngx_cycle_t *cycle);
+static void ngx_http_opamp_exit_process(ngx_cycle_t *cycle);
+
+
+static ngx_conf_post_handler_pt  ngx_http_opamp_size_post =
+    ngx_http_opamp_check_size;
+static ngx_conf_post_handler_pt  ngx_http_opamp_time_post =
+    ngx_http_opamp_check_time;
+
+
+static ngx_command_t  ngx_http_opamp_commands[] = {
+
+    { ngx_string("opamp"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_opamp,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("opamp_redis"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_opamp_redis,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("opamp_redis_prefix"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_opamp_prefix,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("opamp_redis_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_opamp_main_conf_t, redis_timeout),
+      &ngx_http_opamp_time_post },
+
+    { ngx_string("opamp_server_id"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_opamp_main_conf_t, server_id),
+      NULL },
+
+    { ngx_string("opamp_max_message_size"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_opamp_loc_conf_t, max_message_size),
+      &ngx_http_opamp_size_post },
+
+    { ngx_string("opamp_heartbeat_interval"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_sec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_opamp_loc_conf_t, heartbeat_interval),
+      NULL },
+
+    { ngx_string("opamp_agent_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_opamp_loc_conf_t, agent_timeout),
+      &ngx_http_opamp_time_post },
+
+    { ngx_string("opamp_send_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_opamp_loc_conf_t, send_timeout),
+      &ngx_http_opamp_time_post },
+
+    { ngx_string("opamp_send_queue_limit"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_opamp_loc_conf_t, send_queue_limit),
+      &ngx_http_opamp_size_post },
+
+    { ngx_string("opamp_gzip_min_length"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_opamp_loc_conf_t, gzip_min_length),
+      NULL },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_http_opamp_module_ctx = {
+    NULL,                                  /* preconfiguration */
+    NULL,                                  /* postconfiguration */
+
+    ngx_http_opamp_create_main_conf,       /* create main configuration */
+    ngx_http_opamp_init_main_conf,         /* init main configuration */
+
+    NULL,                                  /* create server configuration */
+    NULL,                                  /* merge server configuration */
+
+    ngx_http_opamp_create_loc_conf,        /* create location configuration */
+    ngx_http_opamp_merge_loc_conf          /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_http_opamp_module = {
+    NGX_MODULE_V1,
+    &ngx_http_opamp_module_ctx,            /* module context */
+    ngx_http_opamp_commands,               /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    NULL,                                  /* init module */
+    ngx_http_opamp_init_process,           /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    ngx_http_opamp_exit_process,           /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+static ngx_int_t
+ngx_http_opamp_handler(ngx_http_request_t *r)
+{
+    /*
+     * The spec tells the transports apart by Content-Type; a GET can only
+     * be a WebSocket initiation and a POST only a plain HTTP message, and
+     * the method gives a clearer error to a confused client.
+     */
+
+    if (r->method == NGX_HTTP_GET) {
+        return ngx_http_opamp_websocket_handler(r);
+    }
+
+    if (r->method == NGX_HTTP_POST) {
+        return ngx_http_opamp_http_handler(r);
+    }
+
+    return ngx_http_opamp_http_error(r, NGX_HTTP_NOT_ALLOWED,
+                                     "use POST for plain HTTP or GET with "
+                                     "a WebSocket upgrade");
+}
+
+
+static void *
+ngx_http_opamp_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_opamp_main_conf_t  *omcf;
+
+    omcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_opamp_main_conf_t));
+    if (omcf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     omcf->redis = { 0 };
+     *     omcf->prefix = { 0, NULL };
+     *     omcf->server_id = { 0, NULL };
+     *     omcf->used = 0;
+     */
+
+    omcf->configured = NGX_CONF_UNSET;
+    omcf->redis_timeout = NGX_CONF_UNSET_MSEC;
+
+    return omcf;
+}
+
+
+static char *
+ngx_http_opamp_init_main_conf(ngx_conf_t *cf, void *conf)
+{
+    ngx_http_opamp_main_conf_t *omcf = conf;
+
+    ngx_str_t  dflt = ngx_string("127.0.0.1:6379");
+
+    if (omcf->configured == NGX_CONF_UNSET) {
+        if (ngx_http_opamp_redis_parse_url(cf, &dflt, &omcf->redis)
+            != NGX_CONF_OK)
+        {
+            return NGX_CONF_ERROR;
+        }
+
+        omcf->configured = 0;
+    }
+
+    if (omcf->prefix.data == NULL) {
+        ngx_str_set(&omcf->prefix, "opamp:");
+    }
+
+    ngx_conf_init_msec_value(omcf->redis_timeout, 5000);
+
+    if (omcf->server_id.data == NULL) {
+        omcf->server_id = cf->cycle->hostname;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static void *
+ngx_http_opamp_create_loc_conf(ngx_conf_t *cf)
+{
+    ngx_http_opamp_loc_conf_t  *olcf;
+
+    olcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_opamp_loc_conf_t));
+    if (olcf == NULL) {
+        return NULL;
+    }
+
+    olcf->enable = NGX_CONF_UNSET;
+    olcf->max_message_size = NGX_CONF_UNSET_SIZE;
+    olcf->heartbeat_interval = NGX_CONF_UNSET;
+    olcf->agent_timeout = NGX_CONF_UNSET_MSEC;
+    olcf->send_timeout = NGX_CONF_UNSET_MSEC;
+    olcf->send_queue_limit = NGX_CONF_UNSET_SIZE;
+    olcf->gzip_min_length = NGX_CONF_UNSET_SIZE;
+
+    return olcf;
+}
+
+
+static char *
+ngx_http_opamp_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    ngx_http_opamp_loc_conf_t *prev = parent;
+    ngx_http_opamp_loc_conf_t *conf = child;
+
+    ngx_conf_merge_value(conf->enable, prev->enable, 0);
+    ngx_conf_merge_size_value(conf->max_message_size,
+                              prev->max_message_size,
+                              NGX_HTTP_OPAMP_DEFAULT_MAX_MESSAGE);
+    ngx_conf_merge_sec_value(conf->heartbeat_interval,
+                             prev->heartbeat_interval, 30);
+    ngx_conf_merge_msec_value(conf->agent_timeout, prev->agent_timeout,
+                              90000);
+    ngx_conf_merge_msec_value(conf->send_timeout, prev->send_timeout,
+                              60000);
+    ngx_conf_merge_size_value(conf->send_queue_limit,
+                              prev->send_queue_limit, 16 * 1024 * 1024);
+    ngx_conf_merge_size_value(conf->gzip_min_length,
+                              prev->gzip_min_length, 256);
+
+    if (conf->heartbeat_interval < 1) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"opamp_heartbeat_interval\" must be "
+                           "at least 1s");
+        return NGX_CONF_ERROR;
+    }
+
+    if (conf->enable
+        && conf->agent_timeout <= (ngx_msec_t) conf->heartbeat_interval
+                                  * 1000)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"opamp_agent_timeout\" %M must be longer than "
+                           "\"opamp_heartbeat_interval\" %T, or every "
+                           "agent would count as disconnected between two "
+                           "heartbeats",
+                           conf->agent_timeout, conf->heartbeat_interval);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_opamp(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_opamp_loc_conf_t *olcf = conf;
+
+    ngx_http_core_loc_conf_t    *clcf;
+    ngx_http_opamp_main_conf_t  *omcf;
+
+    if (olcf->enable != NGX_CONF_UNSET) {
+        return "is duplicate";
+    }
+
+    olcf->enable = 1;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_opamp_handler;
+
+    omcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_opamp_module);
+    omcf->used = 1;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_opamp_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_opamp_main_conf_t *omcf = conf;
+
+    ngx_str_t  *value;
+
+    if (omcf->configured != NGX_CONF_UNSET) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_http_opamp_redis_parse_url(cf, &value[1], &omcf->redis)
+        != NGX_CONF_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    omcf->configured = 1;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_opamp_prefix(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_opamp_main_conf_t *omcf = conf;
+
+    u_char     *p;
+    ngx_str_t  *value;
+
+    if (omcf->prefix.data != NULL) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    /*
+     * Braces would turn part of the prefix into a Redis Cluster hash tag
+     * and move every key of the fleet to one slot; whitespace and quotes
+     * make keys that other tools quote wrongly.
+     */
+
+    for (p = value[1].data; p < value[1].data + value[1].len; p++) {
+        if (*p == '{' || *p == '}' || *p <= ' ' || *p == '"' || *p == 0x7f)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid character in \"opamp_redis_prefix\" "
+                               "\"%V\": braces, spaces, quotes and control "
+                               "characters are not allowed", &value[1]);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    if (value[1].len > 64) {
+        return "is longer than 64 characters";
+    }
+
+    omcf->prefix = value[1];
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_opamp_check_size(ngx_conf_t *cf, void *post, void *data)
+{
+    size_t  *sp = data;
+
+    if (*sp < 1024) {
+        return "must be at least 1k";
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_opamp_check_time(ngx_conf_t *cf, void *post, void *data)
+{
+    ngx_msec_t  *mp = data;
+
+    if (*mp == 0) {
+        return "must be greater than zero";
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_opamp_init_process(ngx_cycle_t *cycle)
+{
+    ngx_http_opamp_main_conf_t  *omcf;
+
+    if (ngx_process != NGX_PROCESS_WORKER
+        && ngx_process != NGX_PROCESS_SINGLE)
+    {
+        return NGX_OK;
+    }
+
+    omcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_opamp_module);
+    if (omcf == NULL || !omcf->used) {
+        return NGX_OK;
+    }
+
+    if (ngx_http_opamp_session_init_process(cycle) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_opamp_store_init_process(cycle, omcf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_opamp_redis_init_process(cycle, omcf);
+}
+
+
+static void
+ngx_http_opamp_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_http_opamp_main_conf_t  *omcf;
+
+    omcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_opamp_module);
+    if (omcf == NULL || !omcf->used) {
+        return;
+    }
+
+    ngx_http_opamp_session_exit_process(cycle);
+    ngx_http_opamp_redis_exit_process(cycle);
+}

@@ -1,0 +1,78 @@
+/*
+ * Copyright (C) ngx_http_opamp_module authors
+ *
+ * Shared types of the OpAMP module: configuration and the constants of the
+ * OpAMP protocol that every part of the module uses.
+ */
+
+#ifndef _NGX_HTTP_OPAMP_H_INCLUDED_
+#define _NGX_HTTP_OPAMP_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+
+#define NGX_HTTP_OPAMP_UID_LEN              16
+/* canonical UUID text: 8-4-4-4-12 hex digits */
+#define NGX_HTTP_OPAMP_UID_STR_LEN          36
+
+/* ServerCapabilities implemented by this module */
+#define NGX_HTTP_OPAMP_SCAP_ACCEPTS_STATUS            0x01
+#define NGX_HTTP_OPAMP_SCAP_OFFERS_REMOTE_CONFIG      0x02
+#define NGX_HTTP_OPAMP_SCAP_ACCEPTS_EFFECTIVE_CONFIG  0x04
+#define NGX_HTTP_OPAMP_SCAP_OFFERS_PACKAGES           0x08
+#define NGX_HTTP_OPAMP_SCAP_ACCEPTS_PACKAGES_STATUS   0x10
+#define NGX_HTTP_OPAMP_SCAP_OFFERS_CONN_SETTINGS      0x20
+
+/* AgentCapabilities the server looks at */
+#define NGX_HTTP_OPAMP_ACAP_ACCEPTS_OPAMP_SETTINGS    0x100
+
+/* AgentToServerFlags */
+#define NGX_HTTP_OPAMP_AFLAG_REQUEST_INSTANCE_UID     0x01
+
+/* ServerToAgentFlags */
+#define NGX_HTTP_OPAMP_SFLAG_REPORT_FULL_STATE        0x01
+#define NGX_HTTP_OPAMP_SFLAG_REPORT_AVAILABLE_COMPONENTS 0x02
+
+#define NGX_HTTP_OPAMP_TRANSPORT_HTTP       0
+#define NGX_HTTP_OPAMP_TRANSPORT_WS         1
+
+
+typedef struct {
+    ngx_str_t                   host;        /* empty when unix socket */
+    ngx_int_t                   port;
+    ngx_str_t                   unix_path;   /* null-terminated */
+    ngx_str_t                   password;    /* may be empty */
+    ngx_str_t                   username;    /* Redis 6 ACL user, optional */
+    ngx_int_t                   database;
+    ngx_str_t                   url;         /* as configured, for logs */
+} ngx_http_opamp_redis_url_t;
+
+
+typedef struct {
+    ngx_flag_t                  configured;  /* opamp_redis seen */
+    ngx_http_opamp_redis_url_t  redis;
+    ngx_str_t                   prefix;      /* key namespace, "opamp:" */
+    ngx_msec_t                  redis_timeout;
+    ngx_str_t                   server_id;   /* hostname, in the channel */
+    ngx_flag_t                  used;        /* some location has opamp */
+} ngx_http_opamp_main_conf_t;
+
+
+typedef struct {
+    ngx_flag_t                  enable;
+    size_t                      max_message_size;
+    time_t                      heartbeat_interval;
+    ngx_msec_t                  agent_timeout;
+    ngx_msec_t                  send_timeout;
+    size_t                      send_queue_limit;
+    size_t                      gzip_min_length;
+} ngx_http_opamp_loc_conf_t;
+
+
+extern ngx_module_t  ngx_http_opamp_module;
+
+
+#endif /* _NGX_HTTP_OPAMP_H_INCLUDED_ */

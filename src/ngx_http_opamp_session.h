@@ -1,0 +1,96 @@
+/*
+ * Copyright (C) ngx_http_opamp_module authors
+ *
+ * The OpAMP protocol for one agent connection, whatever the transport:
+ * validate an AgentToServer, persist it with one Redis round trip, answer
+ * with a ServerToAgent.  Transports (websocket, http) feed it whole
+ * messages and give it the three callbacks below.
+ */
+
+#ifndef _NGX_HTTP_OPAMP_SESSION_H_INCLUDED_
+#define _NGX_HTTP_OPAMP_SESSION_H_INCLUDED_
+
+
+#include "ngx_http_opamp.h"
+
+
+typedef struct ngx_http_opamp_session_s  ngx_http_opamp_session_t;
+
+/* queue one packed ServerToAgent (without transport framing) for the
+ * agent; the transport copies the bytes */
+typedef ngx_int_t (*ngx_http_opamp_send_pt)(ngx_http_opamp_session_t *s,
+    u_char *data, size_t len);
+
+/* the message handed to the session is fully processed (reply sent or
+ * given up): a WebSocket transport reads the next message, HTTP ends */
+typedef void (*ngx_http_opamp_resume_pt)(ngx_http_opamp_session_t *s);
+
+/* the session wants the connection closed (WebSocket close code) */
+typedef void (*ngx_http_opamp_close_pt)(ngx_http_opamp_session_t *s,
+    ngx_uint_t code, const char *reason);
+
+
+struct ngx_http_opamp_session_s {
+    ngx_http_request_t             *request;
+    ngx_connection_t               *connection;
+    ngx_http_opamp_loc_conf_t      *conf;
+    void                           *transport_data;
+
+    ngx_http_opamp_send_pt          send;
+    ngx_http_opamp_resume_pt        resume;
+    ngx_http_opamp_close_pt         close;
+
+    /* registry of live WebSocket sessions of this worker, by uid */
+    ngx_str_node_t                  node;
+    u_char                          uid[NGX_HTTP_OPAMP_UID_LEN];
+
+    /* unique per worker, names the connection in Redis */
+    uint64_t                        conn_number;
+    uint64_t                        messages;
+
+    void                           *pending;    /* Redis command in flight */
+
+    unsigned                        transport:1;
+    unsigned                        has_uid:1;
+    unsigned                        registered:1;
+    unsigned                        busy:1;
+    unsigned                        disconnected:1;  /* AgentDisconnect */
+    unsigned                        closed:1;
+};
+
+
+ngx_http_opamp_session_t *ngx_http_opamp_session_create(
+    ngx_http_request_t *r, ngx_uint_t transport);
+
+/*
+ * Processes one AgentToServer (the protobuf bytes, without any OpAMP
+ * WebSocket header).  Returns NGX_OK when a reply will follow through
+ * s->send and then s->resume (maybe before this returns), or NGX_ERROR on
+ * a failure that leaves no way to answer.  The bytes may be freed as soon
+ * as this returns.
+ */
+ngx_int_t ngx_http_opamp_session_message(ngx_http_opamp_session_t *s,
+    u_char *data, size_t len);
+
+/* answers a message that could not even be read as OpAMP (bad WebSocket
+ * header) with a ServerErrorResponse BAD_REQUEST */
+ngx_int_t ngx_http_opamp_session_bad_request(ngx_http_opamp_session_t *s,
+    const char *reason);
+
+/* the connection is gone: cancel pending work, unregister, and for a
+ * WebSocket agent record the disconnection in Redis */
+void ngx_http_opamp_session_finalize(ngx_http_opamp_session_t *s);
+
+/* a WebSocket agent is alive (it answered a ping) though it sent no
+ * message for a while: renew its lease in Redis; fire and forget */
+void ngx_http_opamp_session_touch(ngx_http_opamp_session_t *s);
+
+/* the live WebSocket session of this worker that holds uid, or NULL */
+ngx_http_opamp_session_t *ngx_http_opamp_session_lookup(u_char *uid);
+
+/* per-worker setup and teardown (registry, pub/sub message handler) */
+ngx_int_t ngx_http_opamp_session_init_process(ngx_cycle_t *cycle);
+void ngx_http_opamp_session_exit_process(ngx_cycle_t *cycle);
+
+
+#endif /* _NGX_HTTP_OPAMP_SESSION_H_INCLUDED_ */

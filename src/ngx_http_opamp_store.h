@@ -1,0 +1,91 @@
+/*
+ * Copyright (C) ngx_http_opamp_module authors
+ *
+ * Agent state in Redis: the Lua scripts of src/lua/ and the one round trip
+ * per AgentToServer that persists a status report and returns what the
+ * server owes the agent.  The key layout is docs/redis-schema.md.
+ */
+
+#ifndef _NGX_HTTP_OPAMP_STORE_H_INCLUDED_
+#define _NGX_HTTP_OPAMP_STORE_H_INCLUDED_
+
+
+#include "ngx_http_opamp.h"
+#include "ngx_http_opamp_redis.h"
+
+
+/* the status fields of AgentToServer kept in the agent hash, in the order
+ * of the script's ARGV (docs/redis-schema.md names them) */
+typedef enum {
+    NGX_HTTP_OPAMP_FIELD_DESCRIPTION = 0,
+    NGX_HTTP_OPAMP_FIELD_HEALTH,
+    NGX_HTTP_OPAMP_FIELD_EFFECTIVE_CONFIG,
+    NGX_HTTP_OPAMP_FIELD_REMOTE_CONFIG_STATUS,
+    NGX_HTTP_OPAMP_FIELD_PACKAGE_STATUSES,
+    NGX_HTTP_OPAMP_FIELD_CUSTOM_CAPABILITIES,
+    NGX_HTTP_OPAMP_FIELD_AVAILABLE_COMPONENTS,
+    NGX_HTTP_OPAMP_FIELD_CONN_SETTINGS_STATUS,
+    NGX_HTTP_OPAMP_FIELD_COUNT
+} ngx_http_opamp_field_e;
+
+
+/* what the report script concluded about the connection */
+#define NGX_HTTP_OPAMP_VERDICT_OK         0
+#define NGX_HTTP_OPAMP_VERDICT_TAKEOVER   1   /* reconnect: old conn stale */
+#define NGX_HTTP_OPAMP_VERDICT_DUPLICATE  2   /* uid held by a live peer */
+
+
+typedef struct {
+    /* in */
+    u_char              uid[NGX_HTTP_OPAMP_UID_LEN];
+    uint64_t            sequence_num;
+    uint64_t            capabilities;
+    ngx_str_t           fields[NGX_HTTP_OPAMP_FIELD_COUNT]; /* data NULL:
+                                                               omitted */
+    ngx_str_t           conn_id;         /* "<server_id>:<pid>:<n>" */
+    ngx_uint_t          transport;
+    ngx_msec_t          agent_timeout;
+    uint64_t            conn_settings_hash;  /* of the offer, 0: none */
+    unsigned            first_message:1;     /* first on this connection */
+    unsigned            disconnect:1;
+    unsigned            healthy:2;           /* 0 no, 1 yes, 2 unknown */
+
+    /* out, valid in the handler when rc == NGX_OK */
+    unsigned            full_state:1;
+    unsigned            offer_conn_settings:1;
+    ngx_uint_t          verdict;
+    ngx_str_t           holder_channel;  /* DUPLICATE / TAKEOVER: where the
+                                            other connection lives */
+    ngx_str_t           holder_conn;
+} ngx_http_opamp_report_t;
+
+
+/* rc is NGX_OK, or NGX_ERROR when Redis did not answer or failed */
+typedef void (*ngx_http_opamp_store_handler_pt)(
+    ngx_http_opamp_report_t *rep, ngx_int_t rc, void *data);
+
+
+ngx_int_t ngx_http_opamp_store_init_process(ngx_cycle_t *cycle,
+    ngx_http_opamp_main_conf_t *omcf);
+
+/*
+ * Persists rep with one Redis round trip.  Returns the pending command to
+ * cancel with ngx_http_opamp_redis_cancel(), or NULL when Redis cannot be
+ * reached now (the handler is then not called).
+ */
+ngx_http_opamp_redis_cmd_t *ngx_http_opamp_store_report(
+    ngx_http_opamp_report_t *rep, ngx_http_opamp_store_handler_pt handler,
+    void *data);
+
+/* marks the connection conn_id of uid disconnected, if it still holds it;
+ * fire and forget */
+void ngx_http_opamp_store_disconnect(u_char *uid, ngx_str_t *conn_id);
+
+/* publishes payload on a worker channel; fire and forget */
+void ngx_http_opamp_store_publish(ngx_str_t *channel, ngx_str_t *payload);
+
+/* "<prefix>agent:{<uuid>}" into buf (at least prefix + 64 bytes) */
+u_char *ngx_http_opamp_store_agent_key(u_char *buf, u_char *uid);
+
+
+#endif /* _NGX_HTTP_OPAMP_STORE_H_INCLUDED_ */
