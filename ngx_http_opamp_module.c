@@ -265,6 +265,8 @@ ngx_http_opamp_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_opamp_loc_conf_t *prev = parent;
     ngx_http_opamp_loc_conf_t *conf = child;
 
+    ngx_http_core_loc_conf_t  *clcf;
+
     ngx_conf_merge_value(conf->enable, prev->enable, 0);
     ngx_conf_merge_size_value(conf->max_message_size,
                               prev->max_message_size,
@@ -279,6 +281,22 @@ ngx_http_opamp_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                               prev->send_queue_limit, 16 * 1024 * 1024);
     ngx_conf_merge_size_value(conf->gzip_min_length,
                               prev->gzip_min_length, 256);
+
+    /*
+     * In an OpAMP location opamp_max_message_size is the body limit (it
+     * applies after gunzip too); nginx's own client_max_body_size check
+     * runs first, so it must not stop a message the module would take.
+     */
+
+    if (conf->enable) {
+        clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+        if (clcf->client_max_body_size != 0
+            && clcf->client_max_body_size < (off_t) conf->max_message_size)
+        {
+            clcf->client_max_body_size = conf->max_message_size;
+        }
+    }
 
     if (conf->heartbeat_interval < 1) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,

@@ -25,7 +25,10 @@ typedef ngx_int_t (*ngx_http_opamp_send_pt)(ngx_http_opamp_session_t *s,
  * given up): a WebSocket transport reads the next message, HTTP ends */
 typedef void (*ngx_http_opamp_resume_pt)(ngx_http_opamp_session_t *s);
 
-/* the session wants the connection closed (WebSocket close code) */
+/* the session wants the connection closed (WebSocket close code).
+ * Neither send nor close may free the request before they return: the
+ * session goes on using itself after calling them (post an event or wait
+ * for the write to finish instead). */
 typedef void (*ngx_http_opamp_close_pt)(ngx_http_opamp_session_t *s,
     ngx_uint_t code, const char *reason);
 
@@ -40,8 +43,9 @@ struct ngx_http_opamp_session_s {
     ngx_http_opamp_resume_pt        resume;
     ngx_http_opamp_close_pt         close;
 
-    /* registry of live WebSocket sessions of this worker, by uid */
-    ngx_str_node_t                  node;
+    /* registry of live WebSocket sessions of this worker, keyed by
+     * conn_number */
+    ngx_rbtree_node_t               node;
     u_char                          uid[NGX_HTTP_OPAMP_UID_LEN];
 
     /* unique per worker, names the connection in Redis */
@@ -56,6 +60,12 @@ struct ngx_http_opamp_session_s {
     unsigned                        busy:1;
     unsigned                        disconnected:1;  /* AgentDisconnect */
     unsigned                        closed:1;
+    unsigned                        unavailable:1;   /* reply says so */
+    unsigned                        bad_request:1;   /* reply says so */
+    unsigned                        has_header_uid:1;
+
+    /* OpAMP-Instance-UID of a plain HTTP request */
+    u_char                          header_uid[NGX_HTTP_OPAMP_UID_LEN];
 };
 
 
@@ -85,8 +95,9 @@ void ngx_http_opamp_session_finalize(ngx_http_opamp_session_t *s);
  * message for a while: renew its lease in Redis; fire and forget */
 void ngx_http_opamp_session_touch(ngx_http_opamp_session_t *s);
 
-/* the live WebSocket session of this worker that holds uid, or NULL */
-ngx_http_opamp_session_t *ngx_http_opamp_session_lookup(u_char *uid);
+/* the live WebSocket session of this worker with conn_number, or NULL */
+ngx_http_opamp_session_t *ngx_http_opamp_session_lookup(
+    uint64_t conn_number);
 
 /* per-worker setup and teardown (registry, pub/sub message handler) */
 ngx_int_t ngx_http_opamp_session_init_process(ngx_cycle_t *cycle);

@@ -42,10 +42,10 @@ typedef struct {
     uint64_t            capabilities;
     ngx_str_t           fields[NGX_HTTP_OPAMP_FIELD_COUNT]; /* data NULL:
                                                                omitted */
-    ngx_str_t           conn_id;         /* "<server_id>:<pid>:<n>" */
+    uint64_t            conn_number;     /* names the connection */
     ngx_uint_t          transport;
     ngx_msec_t          agent_timeout;
-    uint64_t            conn_settings_hash;  /* of the offer, 0: none */
+    ngx_str_t           conn_settings_hash;  /* hex; empty: no offer */
     unsigned            first_message:1;     /* first on this connection */
     unsigned            disconnect:1;
     unsigned            healthy:2;           /* 0 no, 1 yes, 2 unknown */
@@ -68,18 +68,35 @@ typedef void (*ngx_http_opamp_store_handler_pt)(
 ngx_int_t ngx_http_opamp_store_init_process(ngx_cycle_t *cycle,
     ngx_http_opamp_main_conf_t *omcf);
 
+typedef struct ngx_http_opamp_store_req_s  ngx_http_opamp_store_req_t;
+
+
 /*
- * Persists rep with one Redis round trip.  Returns the pending command to
- * cancel with ngx_http_opamp_redis_cancel(), or NULL when Redis cannot be
- * reached now (the handler is then not called).
+ * Persists rep with one Redis round trip.  rep and the field bytes it
+ * points to must stay valid until the handler runs or the request is
+ * cancelled.  Returns NULL when Redis cannot be reached now (the handler
+ * is then not called).
  */
-ngx_http_opamp_redis_cmd_t *ngx_http_opamp_store_report(
+ngx_http_opamp_store_req_t *ngx_http_opamp_store_report(
     ngx_http_opamp_report_t *rep, ngx_http_opamp_store_handler_pt handler,
     void *data);
 
-/* marks the connection conn_id of uid disconnected, if it still holds it;
+/* the handler will not be called and rep is no longer used */
+void ngx_http_opamp_store_cancel(ngx_http_opamp_store_req_t *req);
+
+/* marks the agent disconnected if connection conn_number still holds it;
  * fire and forget */
-void ngx_http_opamp_store_disconnect(u_char *uid, ngx_str_t *conn_id);
+void ngx_http_opamp_store_disconnect(u_char *uid, uint64_t conn_number);
+
+/* renews the lease of a live WebSocket agent; fire and forget */
+void ngx_http_opamp_store_touch(u_char *uid, uint64_t conn_number,
+    ngx_msec_t agent_timeout);
+
+/* formats "<server_id>:<pid>:<n>" into buf (NGX_HTTP_OPAMP_CONN_ID_LEN),
+ * returns the end */
+u_char *ngx_http_opamp_store_conn_id(u_char *buf, uint64_t conn_number);
+
+#define NGX_HTTP_OPAMP_CONN_ID_LEN  (256 + 2 * NGX_INT64_LEN + 2)
 
 /* publishes payload on a worker channel; fire and forget */
 void ngx_http_opamp_store_publish(ngx_str_t *channel, ngx_str_t *payload);

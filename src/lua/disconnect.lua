@@ -1,0 +1,17 @@
+-- disconnect.lua: mark an agent disconnected when its connection ends,
+-- unless another connection has taken the agent over meanwhile.
+--
+-- KEYS[1]  <prefix>agent:{<uid>}
+-- ARGV[1]  now, Unix ms
+-- ARGV[2]  connection id that ended
+--
+-- Returns 1 when the agent was marked, 0 when another connection holds it.
+
+if redis.call('HGET', KEYS[1], 'conn') ~= ARGV[2] then
+    return 0
+end
+
+redis.call('HSET', KEYS[1], 'connected', '0',
+           'disconnected_at_ms', ARGV[1])
+
+return 1

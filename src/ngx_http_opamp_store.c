@@ -1,0 +1,591 @@
+/*
+ * Copyright (C) ngx_http_opamp_module authors
+ */
+
+
+#include "ngx_http_opamp_store.h"
+#include "ngx_http_opamp_uid.h"
+
+#include <ngx_sha1.h>
+#include "ngx_http_opamp_lua.h"
+
+
+typedef struct {
+    const char                     *source;
+    size_t                          len;
+    u_char                          sha1[40];
+} ngx_http_opamp_script_t;
+
+
+enum {
+    NGX_HTTP_OPAMP_SCRIPT_REPORT = 0,
+    NGX_HTTP_OPAMP_SCRIPT_DISCONNECT,
+    NGX_HTTP_OPAMP_SCRIPT_TOUCH,
+    NGX_HTTP_OPAMP_SCRIPT_COUNT
+};
+
+
+/* EVALSHA, sha1, numkeys, key and the 24 ARGV of report.lua */
+#define NGX_HTTP_OPAMP_REPORT_ARGC  (4 + 24)
+
+
+struct ngx_http_opamp_store_req_s {
+    ngx_http_opamp_report_t        *rep;
+    ngx_http_opamp_store_handler_pt handler;
+    void                           *data;
+    ngx_uint_t                      retried;   /* NOSCRIPT seen once */
+};
+
+
+static ngx_int_t ngx_http_opamp_store_send_report(
+    ngx_http_opamp_store_req_t *req, ngx_uint_t eval);
+static void ngx_http_opamp_store_report_done(redisReply *reply, void *data);
+static void ngx_http_opamp_store_ready(void);
+static void ngx_http_opamp_store_ignore(redisReply *reply, void *data);
+static void ngx_http_opamp_store_script(ngx_uint_t n, int argc,
+    const char **argv, size_t *argvlen);
+static void ngx_http_opamp_store_index(u_char *uid, u_char *now,
+    size_t now_len);
+
+
+static ngx_http_opamp_script_t  ngx_http_opamp_scripts[] = {
+    { ngx_http_opamp_lua_report, sizeof(ngx_http_opamp_lua_report) - 1,
+      "" },
+    { ngx_http_opamp_lua_disconnect,
+      sizeof(ngx_http_opamp_lua_disconnect) - 1, "" },
+    { ngx_http_opamp_lua_touch, sizeof(ngx_http_opamp_lua_touch) - 1, "" }
+};
+
+
+static const char  *ngx_http_opamp_transport_names[] = {
+    "http", "websocket"
+};
+
+
+static ngx_http_opamp_main_conf_t  *ngx_http_opamp_store_conf;
+static ngx_str_t                    ngx_http_opamp_index_key;
+
+
+ngx_int_t
+ngx_http_opamp_store_init_process(ngx_cycle_t *cycle,
+    ngx_http_opamp_main_conf_t *omcf)
+{
+    u_char                   digest[20];
+    ngx_uint_t               i;
+    ngx_sha1_t               sha1;
+    ngx_http_opamp_script_t *s;
+
+    ngx_http_opamp_store_conf = omcf;
+
+    /* EVALSHA needs the SHA1 of each script; Redis computes the same */
+
+    for (i = 0; i < NGX_HTTP_OPAMP_SCRIPT_COUNT; i++) {
+        s = &ngx_http_opamp_scripts[i];
+
+        ngx_sha1_init(&sha1);
+        ngx_sha1_update(&sha1, s->source, s->len);
+        ngx_sha1_final(digest, &sha1);
+
+        ngx_hex_dump(s->sha1, digest, 20);
+    }
+
+    ngx_http_opamp_index_key.len = omcf->prefix.len + sizeof("agents") - 1;
+    ngx_http_opamp_index_key.data = ngx_pnalloc(cycle->pool,
+                                               ngx_http_opamp_index_key.len);
+    if (ngx_http_opamp_index_key.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_sprintf(ngx_http_opamp_index_key.data, "%Vagents", &omcf->prefix);
+
+    ngx_http_opamp_redis_set_ready_handler(ngx_http_opamp_store_ready);
+
+    return NGX_OK;
+}
+
+
+u_char *
+ngx_http_opamp_store_agent_key(u_char *buf, u_char *uid)
+{
+    buf = ngx_sprintf(buf, "%Vagent:{", &ngx_http_opamp_store_conf->prefix);
+    ngx_http_opamp_uid_format(buf, uid);
+    buf += NGX_HTTP_OPAMP_UID_STR_LEN;
+    *buf++ = '}';
+
+    return buf;
+}
+
+
+u_char *
+ngx_http_opamp_store_conn_id(u_char *buf, uint64_t conn_number)
+{
+    return ngx_sprintf(buf, "%V:%P:%uL",
+                       &ngx_http_opamp_store_conf->server_id, ngx_pid,
+                       conn_number);
+}
+
+
+ngx_http_opamp_store_req_t *
+ngx_http_opamp_store_report(ngx_http_opamp_report_t *rep,
+    ngx_http_opamp_store_handler_pt handler, void *data)
+{
+    ngx_http_opamp_store_req_t  *req;
+
+    req = ngx_alloc(sizeof(ngx_http_opamp_store_req_t), ngx_cycle->log);
+    if (req == NULL) {
+        return NULL;
+    }
+
+    req->rep = rep;
+    req->handler = handler;
+    req->data = data;
+    req->retried = 0;
+
+    if (ngx_http_opamp_store_send_report(req, 0) != NGX_OK) {
+        ngx_free(req);
+        return NULL;
+    }
+
+    return req;
+}
+
+
+void
+ngx_http_opamp_store_cancel(ngx_http_opamp_store_req_t *req)
+{
+    /* freed when Redis answers; until then it only must not call back */
+
+    req->handler = NULL;
+    req->rep = NULL;
+}
+
+
+static ngx_int_t
+ngx_http_opamp_store_send_report(ngx_http_opamp_store_req_t *req,
+    ngx_uint_t eval)
+{
+    int                       argc;
+    u_char                   *p;
+    u_char                    key[128 + NGX_HTTP_OPAMP_UID_STR_LEN];
+    u_char                    uid[NGX_HTTP_OPAMP_UID_STR_LEN];
+    u_char                    conn[NGX_HTTP_OPAMP_CONN_ID_LEN];
+    u_char                    now[NGX_INT64_LEN], seq[NGX_INT64_LEN];
+    u_char                    prev[NGX_INT64_LEN], caps[NGX_INT64_LEN];
+    u_char                    pid[NGX_INT64_LEN], timeout[NGX_INT64_LEN];
+    u_char                    mask[NGX_INT_T_LEN];
+    size_t                    argvlen[NGX_HTTP_OPAMP_REPORT_ARGC];
+    ngx_str_t                *channel;
+    ngx_uint_t                i, bits;
+    ngx_time_t               *tp;
+    const char               *argv[NGX_HTTP_OPAMP_REPORT_ARGC];
+    ngx_http_opamp_script_t  *s;
+    ngx_http_opamp_report_t  *rep;
+
+    rep = req->rep;
+    s = &ngx_http_opamp_scripts[NGX_HTTP_OPAMP_SCRIPT_REPORT];
+    channel = ngx_http_opamp_redis_worker_channel();
+    tp = ngx_timeofday();
+
+#define NGX_HTTP_OPAMP_ARG(s, l)                                             \
+    argv[argc] = (const char *) (s); argvlen[argc] = (l); argc++
+
+#define NGX_HTTP_OPAMP_ARG_END(buf, end)                                     \
+    NGX_HTTP_OPAMP_ARG(buf, (size_t) ((end) - (buf)))
+
+    argc = 0;
+
+    if (eval) {
+        NGX_HTTP_OPAMP_ARG("EVAL", 4);
+        NGX_HTTP_OPAMP_ARG(s->source, s->len);
+
+    } else {
+        NGX_HTTP_OPAMP_ARG("EVALSHA", 7);
+        NGX_HTTP_OPAMP_ARG(s->sha1, 40);
+    }
+
+    NGX_HTTP_OPAMP_ARG("1", 1);
+
+    p = ngx_http_opamp_store_agent_key(key, rep->uid);
+    NGX_HTTP_OPAMP_ARG_END(key, p);
+
+    p = ngx_sprintf(now, "%T%03M", tp->sec, tp->msec);
+    NGX_HTTP_OPAMP_ARG_END(now, p);
+
+    ngx_http_opamp_uid_format(uid, rep->uid);
+    NGX_HTTP_OPAMP_ARG(uid, NGX_HTTP_OPAMP_UID_STR_LEN);
+
+    p = ngx_sprintf(seq, "%uL", rep->sequence_num);
+    NGX_HTTP_OPAMP_ARG_END(seq, p);
+
+    if (rep->sequence_num == 0) {
+        NGX_HTTP_OPAMP_ARG("", 0);
+
+    } else {
+        p = ngx_sprintf(prev, "%uL", rep->sequence_num - 1);
+        NGX_HTTP_OPAMP_ARG_END(prev, p);
+    }
+
+    p = ngx_sprintf(caps, "%uL", rep->capabilities);
+    NGX_HTTP_OPAMP_ARG_END(caps, p);
+
+    /* a plain HTTP agent has no connection to name: each poll may reach
+     * another worker or host */
+
+    if (rep->transport == NGX_HTTP_OPAMP_TRANSPORT_HTTP) {
+        NGX_HTTP_OPAMP_ARG("http", 4);
+
+    } else {
+        p = ngx_http_opamp_store_conn_id(conn, rep->conn_number);
+        NGX_HTTP_OPAMP_ARG_END(conn, p);
+    }
+
+    NGX_HTTP_OPAMP_ARG(ngx_http_opamp_transport_names[rep->transport],
+                       ngx_strlen(
+                           ngx_http_opamp_transport_names[rep->transport]));
+
+    NGX_HTTP_OPAMP_ARG(ngx_http_opamp_store_conf->server_id.data,
+                       ngx_http_opamp_store_conf->server_id.len);
+
+    p = ngx_sprintf(pid, "%P", ngx_pid);
+    NGX_HTTP_OPAMP_ARG_END(pid, p);
+
+    NGX_HTTP_OPAMP_ARG(channel->data, channel->len);
+
+    p = ngx_sprintf(timeout, "%M", rep->agent_timeout);
+    NGX_HTTP_OPAMP_ARG_END(timeout, p);
+
+    NGX_HTTP_OPAMP_ARG(rep->first_message ? "1" : "0", 1);
+    NGX_HTTP_OPAMP_ARG(rep->disconnect ? "1" : "0", 1);
+
+    if (rep->healthy == 2) {
+        NGX_HTTP_OPAMP_ARG("", 0);
+
+    } else {
+        NGX_HTTP_OPAMP_ARG(rep->healthy ? "1" : "0", 1);
+    }
+
+    NGX_HTTP_OPAMP_ARG(rep->conn_settings_hash.data,
+                       rep->conn_settings_hash.len);
+
+    bits = 0;
+
+    for (i = 0; i < NGX_HTTP_OPAMP_FIELD_COUNT; i++) {
+        if (rep->fields[i].data) {
+            bits |= (ngx_uint_t) 1 << i;
+        }
+    }
+
+    p = ngx_sprintf(mask, "%ui", bits);
+    NGX_HTTP_OPAMP_ARG_END(mask, p);
+
+    for (i = 0; i < NGX_HTTP_OPAMP_FIELD_COUNT; i++) {
+        NGX_HTTP_OPAMP_ARG(rep->fields[i].data ? rep->fields[i].data
+                                               : (u_char *) "",
+                           rep->fields[i].len);
+    }
+
+    if (ngx_http_opamp_redis_command(argc, argv, argvlen,
+                                     ngx_http_opamp_store_report_done, req)
+        == NULL)
+    {
+        return NGX_ERROR;
+    }
+
+    /*
+     * The fleet index is pipelined behind the script, not inside it, so
+     * that the script touches a single Redis Cluster slot.
+     */
+
+    if (!eval) {
+        ngx_http_opamp_store_index(uid, now, argvlen[4]);
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_opamp_store_index(u_char *uid, u_char *now, size_t now_len)
+{
+    size_t       argvlen[4];
+    const char  *argv[4];
+
+    argv[0] = "ZADD";
+    argvlen[0] = 4;
+    argv[1] = (const char *) ngx_http_opamp_index_key.data;
+    argvlen[1] = ngx_http_opamp_index_key.len;
+    argv[2] = (const char *) now;
+    argvlen[2] = now_len;
+    argv[3] = (const char *) uid;
+    argvlen[3] = NGX_HTTP_OPAMP_UID_STR_LEN;
+
+    (void) ngx_http_opamp_redis_command(4, argv, argvlen,
+                                        ngx_http_opamp_store_ignore, NULL);
+}
+
+
+static void
+ngx_http_opamp_store_report_done(redisReply *reply, void *data)
+{
+    ngx_http_opamp_store_req_t *req = data;
+
+    ngx_int_t                 rc;
+    redisReply               *e;
+    ngx_http_opamp_report_t  *rep;
+
+    rep = req->rep;
+
+    if (req->handler == NULL) {
+        ngx_free(req);
+        return;
+    }
+
+    rc = NGX_ERROR;
+
+    if (reply == NULL) {
+        goto done;
+    }
+
+    if (reply->type == REDIS_REPLY_ERROR) {
+
+        /* the script cache was flushed: send the source once, which also
+         * caches it again */
+
+        if (!req->retried && reply->len >= 8
+            && ngx_strncmp(reply->str, "NOSCRIPT", 8) == 0)
+        {
+            req->retried = 1;
+
+            if (ngx_http_opamp_store_send_report(req, 1) == NGX_OK) {
+                return;
+            }
+
+            goto done;
+        }
+
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "opamp: redis report script failed: %*s",
+                      (size_t) reply->len, reply->str);
+        goto done;
+    }
+
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 5) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "opamp: unexpected reply type %d from the redis "
+                      "report script", reply->type);
+        goto done;
+    }
+
+    e = reply->element[0];
+    rep->full_state = (e->type == REDIS_REPLY_INTEGER && e->integer == 1);
+
+    e = reply->element[1];
+    rep->verdict = (e->type == REDIS_REPLY_INTEGER) ? (ngx_uint_t) e->integer
+                                                    : 0;
+
+    /* the holder strings are copied: the reply dies after this call */
+
+    ngx_str_null(&rep->holder_channel);
+    ngx_str_null(&rep->holder_conn);
+
+    if (rep->verdict != NGX_HTTP_OPAMP_VERDICT_OK) {
+        e = reply->element[2];
+
+        if (e->type == REDIS_REPLY_STRING && e->len > 0) {
+            rep->holder_channel.data = ngx_alloc(e->len, ngx_cycle->log);
+            if (rep->holder_channel.data) {
+                rep->holder_channel.len = e->len;
+                ngx_memcpy(rep->holder_channel.data, e->str, e->len);
+            }
+        }
+
+        e = reply->element[3];
+
+        if (e->type == REDIS_REPLY_STRING && e->len > 0) {
+            rep->holder_conn.data = ngx_alloc(e->len, ngx_cycle->log);
+            if (rep->holder_conn.data) {
+                rep->holder_conn.len = e->len;
+                ngx_memcpy(rep->holder_conn.data, e->str, e->len);
+            }
+        }
+    }
+
+    e = reply->element[4];
+    rep->offer_conn_settings = (e->type == REDIS_REPLY_INTEGER
+                                && e->integer == 1);
+
+    rc = NGX_OK;
+
+done:
+
+    req->handler(rep, rc, req->data);
+
+    ngx_free(req);
+}
+
+
+void
+ngx_http_opamp_store_disconnect(u_char *uid, uint64_t conn_number)
+{
+    u_char       *p;
+    u_char        key[128 + NGX_HTTP_OPAMP_UID_STR_LEN];
+    u_char        conn[NGX_HTTP_OPAMP_CONN_ID_LEN];
+    u_char        now[NGX_INT64_LEN];
+    size_t        argvlen[6];
+    ngx_time_t   *tp;
+    const char   *argv[6];
+
+    tp = ngx_timeofday();
+
+    argv[1] = (const char *) key;
+    p = ngx_http_opamp_store_agent_key(key, uid);
+    argvlen[1] = p - key;
+
+    argv[2] = (const char *) now;
+    p = ngx_sprintf(now, "%T%03M", tp->sec, tp->msec);
+    argvlen[2] = p - now;
+
+    argv[3] = (const char *) conn;
+    p = ngx_http_opamp_store_conn_id(conn, conn_number);
+    argvlen[3] = p - conn;
+
+    ngx_http_opamp_store_script(NGX_HTTP_OPAMP_SCRIPT_DISCONNECT, 4, argv,
+                                argvlen);
+}
+
+
+void
+ngx_http_opamp_store_touch(u_char *uid, uint64_t conn_number,
+    ngx_msec_t agent_timeout)
+{
+    u_char       *p;
+    u_char        key[128 + NGX_HTTP_OPAMP_UID_STR_LEN];
+    u_char        conn[NGX_HTTP_OPAMP_CONN_ID_LEN];
+    u_char        now[NGX_INT64_LEN], timeout[NGX_INT64_LEN];
+    u_char        text[NGX_HTTP_OPAMP_UID_STR_LEN];
+    size_t        argvlen[6];
+    ngx_time_t   *tp;
+    const char   *argv[6];
+
+    tp = ngx_timeofday();
+
+    argv[1] = (const char *) key;
+    p = ngx_http_opamp_store_agent_key(key, uid);
+    argvlen[1] = p - key;
+
+    argv[2] = (const char *) now;
+    p = ngx_sprintf(now, "%T%03M", tp->sec, tp->msec);
+    argvlen[2] = p - now;
+
+    argv[3] = (const char *) conn;
+    p = ngx_http_opamp_store_conn_id(conn, conn_number);
+    argvlen[3] = p - conn;
+
+    argv[4] = (const char *) timeout;
+    p = ngx_sprintf(timeout, "%M", agent_timeout);
+    argvlen[4] = p - timeout;
+
+    ngx_http_opamp_store_script(NGX_HTTP_OPAMP_SCRIPT_TOUCH, 5, argv,
+                                argvlen);
+
+    ngx_http_opamp_uid_format(text, uid);
+    ngx_http_opamp_store_index(text, now, argvlen[2]);
+}
+
+
+/*
+ * Runs a fire-and-forget script: argv[1..] are the key and ARGV; the
+ * command name, SHA1 and key count are filled in here.  The scripts were
+ * loaded when the connection became ready; a NOSCRIPT after an operator's
+ * SCRIPT FLUSH loses this one update and loads them again.
+ */
+
+static void
+ngx_http_opamp_store_script(ngx_uint_t n, int argc, const char **argv,
+    size_t *argvlen)
+{
+    int                       i;
+    size_t                    lens[8];
+    const char               *args[8];
+    ngx_http_opamp_script_t  *s;
+
+    s = &ngx_http_opamp_scripts[n];
+
+    args[0] = "EVALSHA";
+    lens[0] = 7;
+    args[1] = (const char *) s->sha1;
+    lens[1] = 40;
+    args[2] = "1";
+    lens[2] = 1;
+
+    for (i = 1; i < argc; i++) {
+        args[i + 2] = argv[i];
+        lens[i + 2] = argvlen[i];
+    }
+
+    (void) ngx_http_opamp_redis_command(argc + 2, args, lens,
+                                        ngx_http_opamp_store_ignore, NULL);
+}
+
+
+void
+ngx_http_opamp_store_publish(ngx_str_t *channel, ngx_str_t *payload)
+{
+    size_t       argvlen[3];
+    const char  *argv[3];
+
+    argv[0] = "PUBLISH";
+    argvlen[0] = 7;
+    argv[1] = (const char *) channel->data;
+    argvlen[1] = channel->len;
+    argv[2] = (const char *) payload->data;
+    argvlen[2] = payload->len;
+
+    (void) ngx_http_opamp_redis_command(3, argv, argvlen,
+                                        ngx_http_opamp_store_ignore, NULL);
+}
+
+
+static void
+ngx_http_opamp_store_ready(void)
+{
+    size_t       argvlen[3];
+    ngx_uint_t   i;
+    const char  *argv[3];
+
+    /*
+     * Load every script as soon as the command connection is up: commands
+     * run in order on one connection, so later EVALSHAs find them even
+     * right after a Redis restart emptied the script cache.
+     */
+
+    for (i = 0; i < NGX_HTTP_OPAMP_SCRIPT_COUNT; i++) {
+        argv[0] = "SCRIPT";
+        argvlen[0] = 6;
+        argv[1] = "LOAD";
+        argvlen[1] = 4;
+        argv[2] = ngx_http_opamp_scripts[i].source;
+        argvlen[2] = ngx_http_opamp_scripts[i].len;
+
+        (void) ngx_http_opamp_redis_command(3, argv, argvlen,
+                                            ngx_http_opamp_store_ignore,
+                                            NULL);
+    }
+}
+
+
+static void
+ngx_http_opamp_store_ignore(redisReply *reply, void *data)
+{
+    if (reply && reply->type == REDIS_REPLY_ERROR) {
+
+        if (reply->len >= 8 && ngx_strncmp(reply->str, "NOSCRIPT", 8) == 0)
+        {
+            ngx_http_opamp_store_ready();
+        }
+
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "opamp: redis command failed: %*s",
+                      (size_t) reply->len, reply->str);
+    }
+}
