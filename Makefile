@@ -61,7 +61,7 @@ $(MODULE): $(NGX_SRC)/objs/Makefile src/ngx_http_opamp_lua.h $(SOURCES)
 build: $(MODULE)
 
 run: build
-	@mkdir -p $(RUN)/logs
+	@mkdir -p $(RUN)/logs $(RUN)/tmp
 	@if redis-cli -h 127.0.0.1 -p $(REDIS_PORT) ping >/dev/null 2>&1; then \
 	    echo "using the Redis already on 127.0.0.1:$(REDIS_PORT)"; \
 	else \

@@ -29,6 +29,8 @@ static char *ngx_http_opamp_redis(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_opamp_prefix(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_opamp_server_id(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static char *ngx_http_opamp_check_size(ngx_conf_t *cf, void *post,
     void *data);
 static char *ngx_http_opamp_check_time(ngx_conf_t *cf, void *post,
@@ -75,9 +77,9 @@ static ngx_command_t  ngx_http_opamp_commands[] = {
 
     { ngx_string("opamp_server_id"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_str_slot,
+      ngx_http_opamp_server_id,
       NGX_HTTP_MAIN_CONF_OFFSET,
-      offsetof(ngx_http_opamp_main_conf_t, server_id),
+      0,
       NULL },
 
     { ngx_string("opamp_max_message_size"),
@@ -407,6 +409,38 @@ ngx_http_opamp_prefix(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     omcf->prefix = value[1];
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_opamp_server_id(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_opamp_main_conf_t *omcf = conf;
+
+    u_char     *p;
+    ngx_str_t  *value;
+
+    if (omcf->server_id.data != NULL) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    /* it is a field of pub/sub messages, which spaces separate */
+
+    if (value[1].len == 0 || value[1].len > 200) {
+        return "must be 1 to 200 characters long";
+    }
+
+    for (p = value[1].data; p < value[1].data + value[1].len; p++) {
+        if (*p <= ' ' || *p == 0x7f) {
+            return "must not contain whitespace or control characters";
+        }
+    }
+
+    omcf->server_id = value[1];
 
     return NGX_CONF_OK;
 }

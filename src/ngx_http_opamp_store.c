@@ -264,7 +264,8 @@ ngx_http_opamp_store_send_report(ngx_http_opamp_store_req_t *req,
         NGX_HTTP_OPAMP_ARG(rep->healthy ? "1" : "0", 1);
     }
 
-    NGX_HTTP_OPAMP_ARG(rep->conn_settings_hash.data,
+    NGX_HTTP_OPAMP_ARG(rep->conn_settings_hash.len
+                       ? rep->conn_settings_hash.data : (u_char *) "",
                        rep->conn_settings_hash.len);
 
     bits = 0;
