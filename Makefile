@@ -17,7 +17,7 @@ REDIS_PORT ?= 6379
 
 DEBS := nginx nginx-dev redis-server redis-tools libhiredis-dev \
         libprotobuf-c-dev protobuf-c-compiler protobuf-compiler zlib1g-dev \
-        libprotocol-websocket-perl nodejs npm gcc make
+        libprotocol-websocket-perl gcc make
 
 SOURCES := config ngx_http_opamp_module.c $(wildcard src/*.c src/*.h) \
            $(wildcard proto/opamp/v1/*.c proto/opamp/v1/*.h)
@@ -31,6 +31,8 @@ deps: $(BUILD)/.deps
 $(BUILD)/.deps: Makefile
 	@missing=""; for p in $(DEBS); do \
 	    dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	command -v node >/dev/null || missing="$$missing nodejs"; \
+	command -v npm >/dev/null || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
 	    echo "installing:$$missing"; \
 	    export DEBIAN_FRONTEND=noninteractive; \
