@@ -17,12 +17,12 @@ REDIS_PORT ?= 6379
 
 DEBS := nginx nginx-dev redis-server redis-tools libhiredis-dev \
         libprotobuf-c-dev protobuf-c-compiler protobuf-compiler zlib1g-dev \
-        libprotocol-websocket-perl gcc make
+        libprotocol-websocket-perl libnginx-mod-nchan gcc make
 
 SOURCES := config ngx_http_opamp_module.c $(wildcard src/*.c src/*.h) \
            $(wildcard proto/opamp/v1/*.c proto/opamp/v1/*.h)
 
-.PHONY: all deps build proto run stop test unit bench clean
+.PHONY: all deps build build-static proto run stop test unit bench clean
 
 all: build
 
@@ -61,6 +61,21 @@ $(MODULE): $(NGX_SRC)/objs/Makefile src/ngx_http_opamp_lua.h $(SOURCES)
 	cp $(NGX_SRC)/objs/ngx_http_opamp_module.so $@
 
 build: $(MODULE)
+
+# nginx with the module compiled in, from a full nginx source tree:
+#   make build-static NGINX_SRC=/path/to/nginx-1.x.y
+build-static: $(BUILD)/.deps
+	@test -n "$(NGINX_SRC)" || { echo "set NGINX_SRC=/path/to/nginx"; exit 1; }
+	rm -rf $(BUILD)/static && mkdir -p $(BUILD)/static
+	cp -r $(NGINX_SRC)/. $(BUILD)/static/
+	cd $(BUILD)/static && \
+	    if [ -x auto/configure ] && [ ! -x configure ]; then \
+	        ln -s auto/configure configure; fi && \
+	    ./configure --with-compat --add-module=$(TOP) \
+	        >$(BUILD)/static/configure.log 2>&1 \
+	    || { tail -30 $(BUILD)/static/configure.log; exit 1; }
+	$(MAKE) -C $(BUILD)/static -f objs/Makefile
+	@echo "nginx with the module built in: $(BUILD)/static/objs/nginx"
 
 run: build
 	@mkdir -p $(RUN)/logs $(RUN)/tmp

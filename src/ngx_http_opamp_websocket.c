@@ -1137,10 +1137,8 @@ ngx_http_opamp_ws_control(ngx_http_opamp_ws_ctx_t *ctx)
 {
     int                        code;
     size_t                     len;
-    ngx_connection_t          *c;
     ngx_http_opamp_wsframe_t  *f;
 
-    c = ctx->request->connection;
     f = &ctx->frame;
     len = (size_t) f->payload_len;
 
@@ -1180,7 +1178,8 @@ ngx_http_opamp_ws_control(ngx_http_opamp_ws_ctx_t *ctx)
             return;
         }
 
-        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, c->log, 0,
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ctx->request->connection->log,
+                       0,
                        "opamp ws close from agent: %d", code);
 
         /* RFC 6455, 5.5.1: answer with a close frame, the same code */
