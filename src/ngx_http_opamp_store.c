@@ -17,14 +17,6 @@ typedef struct {
 } ngx_http_opamp_script_t;
 
 
-enum {
-    NGX_HTTP_OPAMP_SCRIPT_REPORT = 0,
-    NGX_HTTP_OPAMP_SCRIPT_DISCONNECT,
-    NGX_HTTP_OPAMP_SCRIPT_TOUCH,
-    NGX_HTTP_OPAMP_SCRIPT_COUNT
-};
-
-
 /* EVALSHA, sha1, numkeys, key and the 24 ARGV of report.lua */
 #define NGX_HTTP_OPAMP_REPORT_ARGC  (4 + 24)
 
@@ -589,4 +581,54 @@ ngx_http_opamp_store_ignore(redisReply *reply, void *data)
                       "opamp: redis command failed: %*s",
                       (size_t) reply->len, reply->str);
     }
+}
+
+
+/*
+ * Runs one of the embedded scripts with EVAL: for rare calls (the admin
+ * API), where sending the source each time costs nothing and saves the
+ * NOSCRIPT dance.  argv[0..] are the keys and then the arguments.
+ */
+
+ngx_http_opamp_redis_cmd_t *
+ngx_http_opamp_store_eval(ngx_uint_t script, ngx_uint_t nkeys, int argc,
+    const char **argv, const size_t *argvlen,
+    ngx_http_opamp_redis_handler_pt handler, void *data)
+{
+    int                          i;
+    u_char                       n[NGX_INT_T_LEN];
+    size_t                      *lens;
+    const char                 **args;
+    ngx_http_opamp_redis_cmd_t  *cmd;
+
+    if (script >= NGX_HTTP_OPAMP_SCRIPT_COUNT) {
+        return NULL;
+    }
+
+    args = ngx_alloc((argc + 3) * (sizeof(char *) + sizeof(size_t)),
+                     ngx_cycle->log);
+    if (args == NULL) {
+        return NULL;
+    }
+
+    lens = (size_t *) (args + argc + 3);
+
+    args[0] = "EVAL";
+    lens[0] = 4;
+    args[1] = ngx_http_opamp_scripts[script].source;
+    lens[1] = ngx_http_opamp_scripts[script].len;
+    args[2] = (const char *) n;
+    lens[2] = ngx_sprintf(n, "%ui", nkeys) - n;
+
+    for (i = 0; i < argc; i++) {
+        args[i + 3] = argv[i];
+        lens[i + 3] = argvlen[i];
+    }
+
+    /* hiredis formats the command at once: the arrays may go now */
+    cmd = ngx_http_opamp_redis_command(argc + 3, args, lens, handler, data);
+
+    ngx_free(args);
+
+    return cmd;
 }

@@ -101,6 +101,20 @@ u_char *ngx_http_opamp_store_conn_id(u_char *buf, uint64_t conn_number);
 /* publishes payload on a worker channel; fire and forget */
 void ngx_http_opamp_store_publish(ngx_str_t *channel, ngx_str_t *payload);
 
+/* the embedded Lua scripts (src/lua/NAME.lua), see ngx_http_opamp_store.c */
+enum {
+    NGX_HTTP_OPAMP_SCRIPT_REPORT = 0,
+    NGX_HTTP_OPAMP_SCRIPT_DISCONNECT,
+    NGX_HTTP_OPAMP_SCRIPT_TOUCH,
+    NGX_HTTP_OPAMP_SCRIPT_COUNT
+};
+
+/* runs an embedded script with EVAL; argv holds the nkeys keys, then the
+ * arguments; see ngx_http_opamp_redis_command() for the rest */
+ngx_http_opamp_redis_cmd_t *ngx_http_opamp_store_eval(ngx_uint_t script,
+    ngx_uint_t nkeys, int argc, const char **argv, const size_t *argvlen,
+    ngx_http_opamp_redis_handler_pt handler, void *data);
+
 /* "<prefix>agent:{<uuid>}" into buf (at least prefix + 64 bytes) */
 u_char *ngx_http_opamp_store_agent_key(u_char *buf, u_char *uid);
 
