@@ -27,6 +27,7 @@
 #define NGX_HTTP_OPAMP_SCAP_OFFERS_CONN_SETTINGS      0x20
 
 /* AgentCapabilities the server looks at */
+#define NGX_HTTP_OPAMP_ACAP_ACCEPTS_REMOTE_CONFIG     0x02
 #define NGX_HTTP_OPAMP_ACAP_ACCEPTS_OPAMP_SETTINGS    0x100
 
 /* AgentToServerFlags */

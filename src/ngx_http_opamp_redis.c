@@ -106,6 +106,7 @@ static ngx_log_t                        *ngx_http_opamp_redis_log;
 static ngx_http_opamp_redis_link_t       ngx_http_opamp_redis_cmd_link;
 static ngx_http_opamp_redis_link_t       ngx_http_opamp_redis_sub_link;
 static ngx_str_t                         ngx_http_opamp_redis_channel;
+static ngx_str_t                         ngx_http_opamp_redis_fleet;
 static ngx_uint_t                        ngx_http_opamp_redis_exiting;
 
 static ngx_http_opamp_redis_message_pt   ngx_http_opamp_redis_on_message;
@@ -136,6 +137,15 @@ ngx_http_opamp_redis_init_process(ngx_cycle_t *cycle,
         ngx_sprintf(ngx_http_opamp_redis_channel.data, "%Vworker:%V:%P",
                     &omcf->prefix, &omcf->server_id, ngx_pid)
         - ngx_http_opamp_redis_channel.data;
+
+    ngx_http_opamp_redis_fleet.len = omcf->prefix.len + sizeof("fleet") - 1;
+    ngx_http_opamp_redis_fleet.data =
+                     ngx_pnalloc(cycle->pool, ngx_http_opamp_redis_fleet.len);
+    if (ngx_http_opamp_redis_fleet.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_sprintf(ngx_http_opamp_redis_fleet.data, "%Vfleet", &omcf->prefix);
 
     links[0] = &ngx_http_opamp_redis_cmd_link;
     links[1] = &ngx_http_opamp_redis_sub_link;
@@ -208,6 +218,13 @@ ngx_str_t *
 ngx_http_opamp_redis_worker_channel(void)
 {
     return &ngx_http_opamp_redis_channel;
+}
+
+
+ngx_str_t *
+ngx_http_opamp_redis_fleet_channel(void)
+{
+    return &ngx_http_opamp_redis_fleet;
 }
 
 
@@ -439,12 +456,16 @@ ngx_http_opamp_redis_connected(const redisAsyncContext *cac, int status)
         argvlen[0] = 9;
         argv[1] = (const char *) ngx_http_opamp_redis_channel.data;
         argvlen[1] = ngx_http_opamp_redis_channel.len;
+        argv[2] = (const char *) ngx_http_opamp_redis_fleet.data;
+        argvlen[2] = ngx_http_opamp_redis_fleet.len;
+
+        /* one confirmation per channel */
 
         if (redisAsyncCommandArgv(ac, ngx_http_opamp_redis_subscribe_reply,
-                                  link, 2, argv, argvlen)
+                                  link, 3, argv, argvlen)
             == REDIS_OK)
         {
-            link->handshake++;
+            link->handshake += 2;
         }
 
         return;

@@ -58,6 +58,9 @@ void ngx_http_opamp_redis_cancel(ngx_http_opamp_redis_cmd_t *cmd);
 /* The channel this worker is subscribed to, "<prefix>worker:<id>". */
 ngx_str_t *ngx_http_opamp_redis_worker_channel(void);
 
+/* The channel every worker is subscribed to, "<prefix>fleet". */
+ngx_str_t *ngx_http_opamp_redis_fleet_channel(void);
+
 void ngx_http_opamp_redis_set_message_handler(
     ngx_http_opamp_redis_message_pt handler);
 void ngx_http_opamp_redis_set_ready_handler(

@@ -14,6 +14,7 @@
 
 #define NGX_HTTP_OPAMP_SERVER_CAPABILITIES                                   \
     (NGX_HTTP_OPAMP_SCAP_ACCEPTS_STATUS                                      \
+     | NGX_HTTP_OPAMP_SCAP_OFFERS_REMOTE_CONFIG                              \
      | NGX_HTTP_OPAMP_SCAP_ACCEPTS_EFFECTIVE_CONFIG                          \
      | NGX_HTTP_OPAMP_SCAP_ACCEPTS_PACKAGES_STATUS                           \
      | NGX_HTTP_OPAMP_SCAP_OFFERS_CONN_SETTINGS)
@@ -32,6 +33,8 @@ typedef struct {
     u_char                          reply_uid[NGX_HTTP_OPAMP_UID_LEN];
     u_char                          cs_hash[20];
     u_char                          cs_hash_hex[40];
+    u_char                          config_hash_hex[64];
+    u_char                         *text;   /* attributes, config error */
     unsigned                        new_uid:1;
 } ngx_http_opamp_message_t;
 
@@ -55,6 +58,22 @@ static void ngx_http_opamp_session_unregister(ngx_http_opamp_session_t *s);
 static void ngx_http_opamp_session_pubsub(ngx_str_t *channel,
     ngx_str_t *payload);
 static void ngx_http_opamp_session_kick(ngx_http_opamp_report_t *rep);
+static ngx_int_t ngx_http_opamp_session_config_status(
+    ngx_http_opamp_message_t *m, ngx_http_opamp_a2s_t *msg);
+static size_t ngx_http_opamp_session_attrs_len(
+    Opamp__Proto__V1__KeyValue **kv, size_t n);
+static u_char *ngx_http_opamp_session_attrs(u_char *p,
+    Opamp__Proto__V1__KeyValue **kv, size_t n, ngx_uint_t *first);
+static ngx_int_t ngx_http_opamp_session_remote_config(
+    ngx_http_opamp_report_t *rep, Opamp__Proto__V1__AgentRemoteConfig *arc,
+    u_char *hash, ngx_log_t *log);
+static void ngx_http_opamp_session_free_remote_config(
+    Opamp__Proto__V1__AgentRemoteConfig *arc);
+static void ngx_http_opamp_session_check(ngx_http_opamp_session_t *s,
+    ngx_uint_t force);
+static void ngx_http_opamp_session_checked(ngx_http_opamp_report_t *rep,
+    ngx_int_t rc, void *data);
+static void ngx_http_opamp_session_config_changed(u_char *uid);
 
 
 static ngx_rbtree_t       ngx_http_opamp_sessions;
@@ -191,6 +210,18 @@ ngx_http_opamp_session_report(ngx_http_opamp_session_t *s,
                           || s->transport == NGX_HTTP_OPAMP_TRANSPORT_HTTP);
     rep->disconnect = (msg->agent_disconnect != NULL);
     rep->healthy = msg->health ? (msg->health->healthy ? 1 : 0) : 2;
+
+    /* a WebSocket agent that connects again gets its config again, even if
+     * it was offered on an earlier connection and never acknowledged */
+    rep->force_config = (s->messages == 0
+                         && s->transport == NGX_HTTP_OPAMP_TRANSPORT_WS);
+
+    s->capabilities = msg->capabilities;
+
+    if (ngx_http_opamp_session_config_status(m, msg) != NGX_OK) {
+        ngx_http_opamp_session_free_message(m);
+        return NGX_ERROR;
+    }
 
     sub[NGX_HTTP_OPAMP_FIELD_DESCRIPTION] =
         (ProtobufCMessage *) msg->agent_description;
@@ -358,6 +389,13 @@ ngx_http_opamp_session_reported(ngx_http_opamp_report_t *rep, ngx_int_t rc,
 
     ngx_http_opamp_session_free_message(m);
 
+    /* a config changed while this message was in Redis */
+
+    if (s->recheck && s->registered && !s->closed) {
+        s->recheck = 0;
+        ngx_http_opamp_session_check(s, 0);
+    }
+
     s->resume(s);
 }
 
@@ -377,6 +415,9 @@ ngx_http_opamp_session_reply(ngx_http_opamp_session_t *s,
                         OPAMP__PROTO__V1__CONNECTION_SETTINGS_OFFERS__INIT;
     Opamp__Proto__V1__OpAMPConnectionSettings  ocs =
                               OPAMP__PROTO__V1__OP_AMPCONNECTION_SETTINGS__INIT;
+    Opamp__Proto__V1__AgentRemoteConfig        arc =
+                                OPAMP__PROTO__V1__AGENT_REMOTE_CONFIG__INIT;
+    u_char                                     config_hash[32];
 
     rep = &m->report;
 
@@ -406,10 +447,24 @@ ngx_http_opamp_session_reply(ngx_http_opamp_session_t *s,
         s2a.connection_settings = &cso;
     }
 
-    if (ngx_http_opamp_proto_pack((ProtobufCMessage *) &s2a, &out,
-                                  s->connection->log)
-        != NGX_OK)
-    {
+    if (rep->owed_config) {
+        if (ngx_http_opamp_session_remote_config(rep, &arc, config_hash,
+                                                 s->connection->log)
+            != NGX_OK)
+        {
+            ngx_http_opamp_session_free_remote_config(&arc);
+            return NGX_ERROR;
+        }
+
+        s2a.remote_config = &arc;
+    }
+
+    rc = ngx_http_opamp_proto_pack((ProtobufCMessage *) &s2a, &out,
+                                   s->connection->log);
+
+    ngx_http_opamp_session_free_remote_config(&arc);
+
+    if (rc != NGX_OK) {
         return NGX_ERROR;
     }
 
@@ -514,6 +569,13 @@ ngx_http_opamp_session_finalize(ngx_http_opamp_session_t *s)
         s->pending = NULL;
     }
 
+    if (s->checking) {
+        m = s->checking;
+        ngx_http_opamp_store_cancel(m->request);
+        ngx_http_opamp_session_free_message(m);
+        s->checking = NULL;
+    }
+
     ngx_http_opamp_session_unregister(s);
 
     if (s->transport == NGX_HTTP_OPAMP_TRANSPORT_WS && s->has_uid
@@ -604,6 +666,10 @@ ngx_http_opamp_session_free_message(ngx_http_opamp_message_t *m)
         ngx_free(rep->holder_conn.data);
     }
 
+    if (m->text) {
+        ngx_free(m->text);
+    }
+
     ngx_free(m);
 }
 
@@ -668,9 +734,484 @@ ngx_http_opamp_session_kick(ngx_http_opamp_report_t *rep)
 
 
 /*
- * Messages on this worker's channel (docs/redis-schema.md):
+ * What the report script needs of the message for remote config: the
+ * agent's attributes as JSON (to match group selectors) and the reported
+ * RemoteConfigStatus as text.  Copied into the message: the decoded
+ * AgentToServer is freed before Redis answers.
+ */
+
+static ngx_int_t
+ngx_http_opamp_session_config_status(ngx_http_opamp_message_t *m,
+    ngx_http_opamp_a2s_t *msg)
+{
+    u_char                               *p;
+    size_t                                len, elen;
+    ngx_uint_t                            first;
+    ngx_http_opamp_report_t              *rep;
+    Opamp__Proto__V1__AgentDescription   *d;
+    Opamp__Proto__V1__RemoteConfigStatus *rcs;
+
+    static const char  *statuses[] = {
+        "UNSET", "APPLIED", "APPLYING", "FAILED"
+    };
+
+    rep = &m->report;
+    d = msg->agent_description;
+    rcs = msg->remote_config_status;
+
+    len = 0;
+    elen = 0;
+
+    if (d) {
+        len = sizeof("{}") - 1
+              + ngx_http_opamp_session_attrs_len(
+                    d->non_identifying_attributes,
+                    d->n_non_identifying_attributes)
+              + ngx_http_opamp_session_attrs_len(d->identifying_attributes,
+                                                 d->n_identifying_attributes);
+    }
+
+    if (rcs && rcs->error_message) {
+        elen = ngx_strlen(rcs->error_message);
+    }
+
+    if (len + elen == 0) {
+        goto status;
+    }
+
+    m->text = ngx_alloc(len + elen, ngx_cycle->log);
+    if (m->text == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = m->text;
+
+    if (d) {
+        /* identifying attributes come last: for a key that is in both,
+         * the later one wins when the JSON is read */
+
+        *p++ = '{';
+        first = 1;
+        p = ngx_http_opamp_session_attrs(p, d->non_identifying_attributes,
+                                         d->n_non_identifying_attributes,
+                                         &first);
+        p = ngx_http_opamp_session_attrs(p, d->identifying_attributes,
+                                         d->n_identifying_attributes, &first);
+        *p++ = '}';
+
+        rep->attributes.data = m->text;
+        rep->attributes.len = p - m->text;
+    }
+
+    if (elen) {
+        rep->config_error.data = p;
+        rep->config_error.len = elen;
+        p = ngx_cpymem(p, rcs->error_message, elen);
+    }
+
+status:
+
+    if (rcs == NULL) {
+        return NGX_OK;
+    }
+
+    rep->config_status.data = (u_char *) (((size_t) rcs->status < 4)
+                                          ? statuses[rcs->status]
+                                          : "UNSET");
+    rep->config_status.len = ngx_strlen(rep->config_status.data);
+
+    len = ngx_min(rcs->last_remote_config_hash.len,
+                  sizeof(m->config_hash_hex) / 2);
+
+    rep->config_hash.data = m->config_hash_hex;
+    rep->config_hash.len = ngx_hex_dump(m->config_hash_hex,
+                                        rcs->last_remote_config_hash.data,
+                                        len)
+                           - m->config_hash_hex;
+
+    return NGX_OK;
+}
+
+
+/* attributes that a selector can match: strings, integers and booleans */
+
+static ngx_int_t
+ngx_http_opamp_session_attr_value(Opamp__Proto__V1__KeyValue *kv,
+    ngx_str_t *value, u_char *buf)
+{
+    Opamp__Proto__V1__AnyValue  *v;
+
+    v = kv->value;
+
+    if (kv->key == NULL || v == NULL) {
+        return NGX_DECLINED;
+    }
+
+    switch (v->value_case) {
+
+    case OPAMP__PROTO__V1__ANY_VALUE__VALUE_STRING_VALUE:
+        value->data = (u_char *) v->string_value;
+        value->len = ngx_strlen(v->string_value);
+        return NGX_OK;
+
+    case OPAMP__PROTO__V1__ANY_VALUE__VALUE_BOOL_VALUE:
+        ngx_str_set(value, "false");
+        if (v->bool_value) {
+            ngx_str_set(value, "true");
+        }
+        return NGX_OK;
+
+    case OPAMP__PROTO__V1__ANY_VALUE__VALUE_INT_VALUE:
+        value->data = buf;
+        value->len = ngx_sprintf(buf, "%L", v->int_value) - buf;
+        return NGX_OK;
+
+    default:
+        return NGX_DECLINED;
+    }
+}
+
+
+static size_t
+ngx_http_opamp_session_attrs_len(Opamp__Proto__V1__KeyValue **kv, size_t n)
+{
+    u_char      buf[NGX_INT64_LEN];
+    size_t      i, len, klen;
+    ngx_str_t   value;
+
+    len = 0;
+
+    for (i = 0; i < n; i++) {
+        if (ngx_http_opamp_session_attr_value(kv[i], &value, buf) != NGX_OK)
+        {
+            continue;
+        }
+
+        klen = ngx_strlen(kv[i]->key);
+
+        /* ,"key":"value" */
+        len += sizeof(",\"\":\"\"") - 1
+               + klen + ngx_escape_json(NULL, (u_char *) kv[i]->key, klen)
+               + value.len + ngx_escape_json(NULL, value.data, value.len);
+    }
+
+    return len;
+}
+
+
+static u_char *
+ngx_http_opamp_session_attrs(u_char *p, Opamp__Proto__V1__KeyValue **kv,
+    size_t n, ngx_uint_t *first)
+{
+    u_char      buf[NGX_INT64_LEN];
+    size_t      i;
+    ngx_str_t   value;
+
+    for (i = 0; i < n; i++) {
+        if (ngx_http_opamp_session_attr_value(kv[i], &value, buf) != NGX_OK)
+        {
+            continue;
+        }
+
+        if (!*first) {
+            *p++ = ',';
+        }
+
+        *first = 0;
+
+        *p++ = '"';
+        p = (u_char *) ngx_escape_json(p, (u_char *) kv[i]->key,
+                                       ngx_strlen(kv[i]->key));
+        *p++ = '"';
+        *p++ = ':';
+        *p++ = '"';
+        p = (u_char *) ngx_escape_json(p, value.data, value.len);
+        *p++ = '"';
+    }
+
+    return p;
+}
+
+
+/*
+ * Builds the AgentRemoteConfig from the fields of a config hash in Redis
+ * (docs/redis-schema.md): "file:<name>" bodies, "type:<name>" content
+ * types, "hash" the SHA-256 in hex.  The bodies point into the reply;
+ * names and types are copied, as protobuf-c wants them NUL-terminated.
+ */
+
+static ngx_int_t
+ngx_http_opamp_session_remote_config(ngx_http_opamp_report_t *rep,
+    Opamp__Proto__V1__AgentRemoteConfig *arc, u_char *hash, ngx_log_t *log)
+{
+    size_t                                      i, j, n;
+    redisReply                                **el, *name, *value;
+    Opamp__Proto__V1__AgentConfigMap           *map;
+    Opamp__Proto__V1__AgentConfigFile          *file;
+    Opamp__Proto__V1__AgentConfigMap__ConfigMapEntry  *entry;
+
+    el = rep->owed_config->element;
+    n = rep->owed_config->elements / 2;
+
+    map = ngx_calloc(sizeof(Opamp__Proto__V1__AgentConfigMap)
+                     + n * sizeof(void *), log);
+    if (map == NULL) {
+        return NGX_ERROR;
+    }
+
+    opamp__proto__v1__agent_config_map__init(map);
+    map->config_map = (Opamp__Proto__V1__AgentConfigMap__ConfigMapEntry **)
+                          (map + 1);
+    arc->config = map;
+
+    for (i = 0; i < n; i++) {
+        name = el[2 * i];
+        value = el[2 * i + 1];
+
+        if (name->type != REDIS_REPLY_STRING || name->len <= 5
+            || ngx_strncmp(name->str, "file:", 5) != 0
+            || value->type != REDIS_REPLY_STRING)
+        {
+            continue;
+        }
+
+        entry = ngx_calloc(sizeof(*entry) + sizeof(*file) + name->len - 4,
+                           log);
+        if (entry == NULL) {
+            return NGX_ERROR;
+        }
+
+        map->config_map[map->n_config_map++] = entry;
+
+        file = (Opamp__Proto__V1__AgentConfigFile *) (entry + 1);
+
+        opamp__proto__v1__agent_config_map__config_map_entry__init(entry);
+        opamp__proto__v1__agent_config_file__init(file);
+
+        entry->key = (char *) (file + 1);
+        ngx_memcpy(entry->key, name->str + 5, name->len - 5);
+        entry->value = file;
+
+        file->body.data = (uint8_t *) value->str;
+        file->body.len = value->len;
+
+        /* its "type:<name>" field, wherever it is in the reply */
+
+        for (j = 0; j < n; j++) {
+            if (el[2 * j]->type == REDIS_REPLY_STRING
+                && el[2 * j]->len == name->len
+                && ngx_strncmp(el[2 * j]->str, "type:", 5) == 0
+                && ngx_strncmp(el[2 * j]->str + 5, name->str + 5,
+                               name->len - 5) == 0
+                && el[2 * j + 1]->type == REDIS_REPLY_STRING
+                && el[2 * j + 1]->len > 0)
+            {
+                file->content_type = ngx_alloc(el[2 * j + 1]->len + 1, log);
+                if (file->content_type == NULL) {
+                    file->content_type = (char *) protobuf_c_empty_string;
+                    return NGX_ERROR;
+                }
+
+                ngx_memcpy(file->content_type, el[2 * j + 1]->str,
+                           el[2 * j + 1]->len);
+                file->content_type[el[2 * j + 1]->len] = '\0';
+                break;
+            }
+        }
+    }
+
+    if (rep->owed_config_hash.len != 64
+        || ngx_http_opamp_hex_decode(hash, rep->owed_config_hash.data, 64)
+           != 0)
+    {
+        ngx_log_error(NGX_LOG_ERR, log, 0,
+                      "opamp: the config hash \"%V\" in redis is not 64 hex "
+                      "digits", &rep->owed_config_hash);
+        return NGX_ERROR;
+    }
+
+    arc->config_hash.data = hash;
+    arc->config_hash.len = 32;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_opamp_session_free_remote_config(
+    Opamp__Proto__V1__AgentRemoteConfig *arc)
+{
+    size_t                                             i;
+    Opamp__Proto__V1__AgentConfigMap                  *map;
+    Opamp__Proto__V1__AgentConfigMap__ConfigMapEntry  *entry;
+
+    map = arc->config;
+
+    if (map == NULL) {
+        return;
+    }
+
+    for (i = 0; i < map->n_config_map; i++) {
+        entry = map->config_map[i];
+
+        if (entry->value->content_type != protobuf_c_empty_string) {
+            ngx_free(entry->value->content_type);
+        }
+
+        ngx_free(entry);
+    }
+
+    ngx_free(map);
+    arc->config = NULL;
+}
+
+
+/*
+ * A config or group changed: ask Redis what this WebSocket agent is owed
+ * now, and send it without waiting for the agent's next message.
+ */
+
+static void
+ngx_http_opamp_session_check(ngx_http_opamp_session_t *s, ngx_uint_t force)
+{
+    ngx_http_opamp_message_t    *m;
+    ngx_http_opamp_store_req_t  *req;
+
+    if (!s->has_uid || s->closed || s->disconnected
+        || !(s->capabilities & NGX_HTTP_OPAMP_ACAP_ACCEPTS_REMOTE_CONFIG))
+    {
+        return;
+    }
+
+    if (s->busy || s->checking) {
+        /* the answer to the message in flight may predate the change */
+        s->recheck = 1;
+        return;
+    }
+
+    m = ngx_calloc(sizeof(ngx_http_opamp_message_t), s->connection->log);
+    if (m == NULL) {
+        return;
+    }
+
+    m->session = s;
+    ngx_memcpy(m->reply_uid, s->uid, NGX_HTTP_OPAMP_UID_LEN);
+    ngx_memcpy(m->report.uid, s->uid, NGX_HTTP_OPAMP_UID_LEN);
+
+    m->report.check = 1;
+    m->report.force_config = force;
+    m->report.capabilities = s->capabilities;
+    m->report.conn_number = s->conn_number;
+    m->report.transport = s->transport;
+    m->report.agent_timeout = s->conf->agent_timeout;
+    m->report.healthy = 2;
+
+    req = ngx_http_opamp_store_report(&m->report,
+                                      ngx_http_opamp_session_checked, m);
+    if (req == NULL) {
+        /* Redis is down: the agent is asked for its full state later and
+         * gets the config then */
+        ngx_http_opamp_session_free_message(m);
+        return;
+    }
+
+    m->request = req;
+    s->checking = m;
+}
+
+
+static void
+ngx_http_opamp_session_checked(ngx_http_opamp_report_t *rep, ngx_int_t rc,
+    void *data)
+{
+    ngx_http_opamp_message_t *m = data;
+
+    ngx_int_t                            prc;
+    ngx_str_t                            out;
+    ngx_http_opamp_session_t            *s;
+    Opamp__Proto__V1__ServerToAgent      s2a =
+                                   OPAMP__PROTO__V1__SERVER_TO_AGENT__INIT;
+    Opamp__Proto__V1__AgentRemoteConfig  arc =
+                                OPAMP__PROTO__V1__AGENT_REMOTE_CONFIG__INIT;
+    u_char                               config_hash[32];
+
+    s = m->session;
+    s->checking = NULL;
+
+    if (rc == NGX_OK && rep->owed_config && !s->closed) {
+
+        if (ngx_http_opamp_session_remote_config(rep, &arc, config_hash,
+                                                 s->connection->log)
+            == NGX_OK)
+        {
+            s2a.instance_uid.data = s->uid;
+            s2a.instance_uid.len = NGX_HTTP_OPAMP_UID_LEN;
+            s2a.capabilities = NGX_HTTP_OPAMP_SERVER_CAPABILITIES;
+            s2a.remote_config = &arc;
+
+            prc = ngx_http_opamp_proto_pack((ProtobufCMessage *) &s2a, &out,
+                                            s->connection->log);
+            if (prc == NGX_OK) {
+                ngx_log_error(NGX_LOG_INFO, s->connection->log, 0,
+                              "opamp: sending remote config %V",
+                              &rep->owed_config_hash);
+
+                (void) s->send(s, out.data, out.len);
+                ngx_free(out.data);
+            }
+        }
+
+        ngx_http_opamp_session_free_remote_config(&arc);
+    }
+
+    ngx_http_opamp_session_free_message(m);
+
+    if (s->recheck && !s->closed && !s->busy) {
+        s->recheck = 0;
+        ngx_http_opamp_session_check(s, 0);
+    }
+}
+
+
+/* uid NULL: every agent of this worker (a group changed) */
+
+static void
+ngx_http_opamp_session_config_changed(u_char *uid)
+{
+    ngx_rbtree_node_t         *node, *next, *root, *sentinel;
+    ngx_http_opamp_session_t  *s;
+
+    root = ngx_http_opamp_sessions.root;
+    sentinel = ngx_http_opamp_sessions.sentinel;
+
+    if (root == sentinel) {
+        return;
+    }
+
+    for (node = ngx_rbtree_min(root, sentinel); node; node = next) {
+
+        /* a check never closes a session at once, but be safe */
+        next = ngx_rbtree_next(&ngx_http_opamp_sessions, node);
+
+        s = (ngx_http_opamp_session_t *)
+                ((u_char *) node - offsetof(ngx_http_opamp_session_t, node));
+
+        if (uid == NULL
+            || ngx_memcmp(s->uid, uid, NGX_HTTP_OPAMP_UID_LEN) == 0)
+        {
+            ngx_http_opamp_session_check(s, 0);
+        }
+    }
+}
+
+
+/*
+ * Messages on this worker's channel and on the fleet channel
+ * (docs/redis-schema.md):
  *
  *     kick <uid> <server_id>:<pid>:<n>
+ *     config <uid>
+ *     config                              (fleet channel)
  */
 
 static void
@@ -681,10 +1222,38 @@ ngx_http_opamp_session_pubsub(ngx_str_t *channel, ngx_str_t *payload)
     u_char                     own[NGX_HTTP_OPAMP_CONN_ID_LEN];
     size_t                     own_len;
     uint64_t                   n;
+    ngx_str_t                 *fleet;
     ngx_http_opamp_session_t  *s;
 
     p = payload->data;
     last = p + payload->len;
+
+    fleet = ngx_http_opamp_redis_fleet_channel();
+
+    if (channel->len == fleet->len
+        && ngx_strncmp(channel->data, fleet->data, fleet->len) == 0)
+    {
+        if (payload->len == 6 && ngx_strncmp(p, "config", 6) == 0) {
+            ngx_http_opamp_session_config_changed(NULL);
+            return;
+        }
+
+        /* later versions may say more on the fleet channel */
+        return;
+    }
+
+    if (payload->len == 7 + NGX_HTTP_OPAMP_UID_STR_LEN
+        && ngx_strncmp(p, "config ", 7) == 0)
+    {
+        if (ngx_http_opamp_uid_parse(uid, p + 7, NGX_HTTP_OPAMP_UID_STR_LEN)
+            != 0)
+        {
+            goto invalid;
+        }
+
+        ngx_http_opamp_session_config_changed(uid);
+        return;
+    }
 
     if (payload->len < 5 + NGX_HTTP_OPAMP_UID_STR_LEN + 2
         || ngx_strncmp(p, "kick ", 5) != 0)

@@ -53,6 +53,8 @@ struct ngx_http_opamp_session_s {
     uint64_t                        messages;
 
     void                           *pending;    /* Redis command in flight */
+    void                           *checking;   /* config check in flight */
+    uint64_t                        capabilities;  /* of the last message */
 
     unsigned                        transport:1;
     unsigned                        has_uid:1;
@@ -63,6 +65,8 @@ struct ngx_http_opamp_session_s {
     unsigned                        unavailable:1;   /* reply says so */
     unsigned                        bad_request:1;   /* reply says so */
     unsigned                        has_header_uid:1;
+    unsigned                        recheck:1;  /* config changed while
+                                                   busy */
 
     /* OpAMP-Instance-UID of a plain HTTP request */
     u_char                          header_uid[NGX_HTTP_OPAMP_UID_LEN];

@@ -17,8 +17,8 @@ typedef struct {
 } ngx_http_opamp_script_t;
 
 
-/* EVALSHA, sha1, numkeys, key and the 24 ARGV of report.lua */
-#define NGX_HTTP_OPAMP_REPORT_ARGC  (4 + 24)
+/* EVALSHA, sha1, numkeys, the 4 keys and the 31 ARGV of report.lua */
+#define NGX_HTTP_OPAMP_REPORT_ARGC  (3 + 4 + 31)
 
 
 struct ngx_http_opamp_store_req_s {
@@ -56,6 +56,8 @@ static const char  *ngx_http_opamp_transport_names[] = {
 
 static ngx_http_opamp_main_conf_t  *ngx_http_opamp_store_conf;
 static ngx_str_t                    ngx_http_opamp_index_key;
+static ngx_str_t                    ngx_http_opamp_version_key;
+static ngx_str_t                    ngx_http_opamp_groups_key;
 
 
 ngx_int_t
@@ -90,6 +92,26 @@ ngx_http_opamp_store_init_process(ngx_cycle_t *cycle,
 
     ngx_sprintf(ngx_http_opamp_index_key.data, "%Vagents", &omcf->prefix);
 
+    ngx_http_opamp_version_key.len = omcf->prefix.len
+                                     + sizeof("config_version") - 1;
+    ngx_http_opamp_version_key.data =
+                  ngx_pnalloc(cycle->pool, ngx_http_opamp_version_key.len);
+    if (ngx_http_opamp_version_key.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_sprintf(ngx_http_opamp_version_key.data, "%Vconfig_version",
+                &omcf->prefix);
+
+    ngx_http_opamp_groups_key.len = omcf->prefix.len + sizeof("groups") - 1;
+    ngx_http_opamp_groups_key.data =
+                   ngx_pnalloc(cycle->pool, ngx_http_opamp_groups_key.len);
+    if (ngx_http_opamp_groups_key.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_sprintf(ngx_http_opamp_groups_key.data, "%Vgroups", &omcf->prefix);
+
     ngx_http_opamp_redis_set_ready_handler(ngx_http_opamp_store_ready);
 
     return NGX_OK;
@@ -100,6 +122,19 @@ u_char *
 ngx_http_opamp_store_agent_key(u_char *buf, u_char *uid)
 {
     buf = ngx_sprintf(buf, "%Vagent:{", &ngx_http_opamp_store_conf->prefix);
+    ngx_http_opamp_uid_format(buf, uid);
+    buf += NGX_HTTP_OPAMP_UID_STR_LEN;
+    *buf++ = '}';
+
+    return buf;
+}
+
+
+u_char *
+ngx_http_opamp_store_config_key(u_char *buf, u_char *uid)
+{
+    buf = ngx_sprintf(buf, "%Vconfig:agent:{",
+                      &ngx_http_opamp_store_conf->prefix);
     ngx_http_opamp_uid_format(buf, uid);
     buf += NGX_HTTP_OPAMP_UID_STR_LEN;
     *buf++ = '}';
@@ -152,6 +187,15 @@ ngx_http_opamp_store_cancel(ngx_http_opamp_store_req_t *req)
 }
 
 
+/* an empty argument still needs a pointer */
+
+static ngx_inline u_char *
+ngx_http_opamp_store_str(ngx_str_t *s)
+{
+    return s->len ? s->data : (u_char *) "";
+}
+
+
 static ngx_int_t
 ngx_http_opamp_store_send_report(ngx_http_opamp_store_req_t *req,
     ngx_uint_t eval)
@@ -159,6 +203,7 @@ ngx_http_opamp_store_send_report(ngx_http_opamp_store_req_t *req,
     int                       argc;
     u_char                   *p;
     u_char                    key[128 + NGX_HTTP_OPAMP_UID_STR_LEN];
+    u_char                    ckey[128 + NGX_HTTP_OPAMP_UID_STR_LEN];
     u_char                    uid[NGX_HTTP_OPAMP_UID_STR_LEN];
     u_char                    conn[NGX_HTTP_OPAMP_CONN_ID_LEN];
     u_char                    now[NGX_INT64_LEN], seq[NGX_INT64_LEN];
@@ -195,10 +240,18 @@ ngx_http_opamp_store_send_report(ngx_http_opamp_store_req_t *req,
         NGX_HTTP_OPAMP_ARG(s->sha1, 40);
     }
 
-    NGX_HTTP_OPAMP_ARG("1", 1);
+    NGX_HTTP_OPAMP_ARG("4", 1);
 
     p = ngx_http_opamp_store_agent_key(key, rep->uid);
     NGX_HTTP_OPAMP_ARG_END(key, p);
+
+    p = ngx_http_opamp_store_config_key(ckey, rep->uid);
+    NGX_HTTP_OPAMP_ARG_END(ckey, p);
+
+    NGX_HTTP_OPAMP_ARG(ngx_http_opamp_version_key.data,
+                       ngx_http_opamp_version_key.len);
+    NGX_HTTP_OPAMP_ARG(ngx_http_opamp_groups_key.data,
+                       ngx_http_opamp_groups_key.len);
 
     p = ngx_sprintf(now, "%T%03M", tp->sec, tp->msec);
     NGX_HTTP_OPAMP_ARG_END(now, p);
@@ -277,6 +330,26 @@ ngx_http_opamp_store_send_report(ngx_http_opamp_store_req_t *req,
                            rep->fields[i].len);
     }
 
+    NGX_HTTP_OPAMP_ARG(ngx_http_opamp_store_conf->prefix.data,
+                       ngx_http_opamp_store_conf->prefix.len);
+
+    if (rep->check) {
+        NGX_HTTP_OPAMP_ARG("check", 5);
+
+    } else {
+        NGX_HTTP_OPAMP_ARG("report", 6);
+    }
+
+    NGX_HTTP_OPAMP_ARG(ngx_http_opamp_store_str(&rep->attributes),
+                       rep->attributes.len);
+    NGX_HTTP_OPAMP_ARG(ngx_http_opamp_store_str(&rep->config_status),
+                       rep->config_status.len);
+    NGX_HTTP_OPAMP_ARG(ngx_http_opamp_store_str(&rep->config_error),
+                       rep->config_error.len);
+    NGX_HTTP_OPAMP_ARG(ngx_http_opamp_store_str(&rep->config_hash),
+                       rep->config_hash.len);
+    NGX_HTTP_OPAMP_ARG(rep->force_config ? "1" : "0", 1);
+
     if (ngx_http_opamp_redis_command(argc, argv, argvlen,
                                      ngx_http_opamp_store_report_done, req)
         == NULL)
@@ -289,8 +362,8 @@ ngx_http_opamp_store_send_report(ngx_http_opamp_store_req_t *req,
      * that the script touches a single Redis Cluster slot.
      */
 
-    if (!eval) {
-        ngx_http_opamp_store_index(uid, now, argvlen[4]);
+    if (!eval && !rep->check) {
+        ngx_http_opamp_store_index(uid, now, argvlen[7]);
     }
 
     return NGX_OK;
@@ -362,7 +435,7 @@ ngx_http_opamp_store_report_done(redisReply *reply, void *data)
         goto done;
     }
 
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 5) {
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 7) {
         ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
                       "opamp: unexpected reply type %d from the redis "
                       "report script", reply->type);
@@ -406,6 +479,22 @@ ngx_http_opamp_store_report_done(redisReply *reply, void *data)
     e = reply->element[4];
     rep->offer_conn_settings = (e->type == REDIS_REPLY_INTEGER
                                 && e->integer == 1);
+
+    /* the owed config stays in the reply: the handler uses it at once */
+
+    ngx_str_null(&rep->owed_config_hash);
+    rep->owed_config = NULL;
+
+    e = reply->element[5];
+
+    if (e->type == REDIS_REPLY_STRING && e->len > 0
+        && reply->element[6]->type == REDIS_REPLY_ARRAY
+        && reply->element[6]->elements > 0)
+    {
+        rep->owed_config_hash.data = (u_char *) e->str;
+        rep->owed_config_hash.len = e->len;
+        rep->owed_config = reply->element[6];
+    }
 
     rc = NGX_OK;
 

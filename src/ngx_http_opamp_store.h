@@ -49,6 +49,14 @@ typedef struct {
     unsigned            first_message:1;     /* first on this connection */
     unsigned            disconnect:1;
     unsigned            healthy:2;           /* 0 no, 1 yes, 2 unknown */
+    unsigned            check:1;             /* only ask for the owed
+                                                config (after a change) */
+    unsigned            force_config:1;      /* send it even if offered */
+    ngx_str_t           attributes;          /* JSON; empty: no
+                                                description reported */
+    ngx_str_t           config_status;       /* empty: not reported */
+    ngx_str_t           config_error;
+    ngx_str_t           config_hash;         /* hex */
 
     /* out, valid in the handler when rc == NGX_OK */
     unsigned            full_state:1;
@@ -57,6 +65,12 @@ typedef struct {
     ngx_str_t           holder_channel;  /* DUPLICATE / TAKEOVER: where the
                                             other connection lives */
     ngx_str_t           holder_conn;
+
+    /* the config the agent is owed: its hash (hex) and the fields of its
+     * config hash in Redis (file:<name>, type:<name>, ...); valid only
+     * during the handler call; owed_config is NULL when nothing is owed */
+    ngx_str_t           owed_config_hash;
+    redisReply         *owed_config;
 } ngx_http_opamp_report_t;
 
 
@@ -91,6 +105,9 @@ void ngx_http_opamp_store_disconnect(u_char *uid, uint64_t conn_number);
 /* renews the lease of a live WebSocket agent; fire and forget */
 void ngx_http_opamp_store_touch(u_char *uid, uint64_t conn_number,
     ngx_msec_t agent_timeout);
+
+/* "<prefix>config:agent:{<uuid>}" into buf (at least prefix + 64) */
+u_char *ngx_http_opamp_store_config_key(u_char *buf, u_char *uid);
 
 /* formats "<server_id>:<pid>:<n>" into buf (NGX_HTTP_OPAMP_CONN_ID_LEN),
  * returns the end */

@@ -100,3 +100,29 @@ ngx_http_opamp_uid_parse(unsigned char *uid, const unsigned char *src,
 
     return 0;
 }
+
+
+int
+ngx_http_opamp_hex_decode(unsigned char *dst, const unsigned char *src,
+    size_t len)
+{
+    int     hi, lo;
+    size_t  i;
+
+    if (len % 2) {
+        return -1;
+    }
+
+    for (i = 0; i < len; i += 2) {
+        hi = ngx_http_opamp_hex_digit(src[i]);
+        lo = ngx_http_opamp_hex_digit(src[i + 1]);
+
+        if (hi < 0 || lo < 0) {
+            return -1;
+        }
+
+        *dst++ = (unsigned char) (hi << 4 | lo);
+    }
+
+    return 0;
+}

@@ -25,5 +25,10 @@ void ngx_http_opamp_uid_format(unsigned char *dst, const unsigned char *uid);
 int ngx_http_opamp_uid_parse(unsigned char *uid, const unsigned char *src,
     size_t len);
 
+/* len hex digits (either case) into len / 2 bytes; 0, or -1 on anything
+ * that is not an even number of hex digits */
+int ngx_http_opamp_hex_decode(unsigned char *dst, const unsigned char *src,
+    size_t len);
+
 
 #endif /* _NGX_HTTP_OPAMP_UID_H_INCLUDED_ */

@@ -1,8 +1,11 @@
 -- report.lua: persist one AgentToServer status report and say what the
--- server owes the agent.  One call per message; touches one key (one
--- Redis Cluster slot).  The layout is docs/redis-schema.md.
+-- server owes the agent.  One call per message.  The layout is
+-- docs/redis-schema.md.
 --
 -- KEYS[1]  <prefix>agent:{<uid>}
+-- KEYS[2]  <prefix>config:agent:{<uid>}
+-- KEYS[3]  <prefix>config_version
+-- KEYS[4]  <prefix>groups
 -- ARGV[1]  now, Unix ms
 -- ARGV[2]  instance uid, canonical text
 -- ARGV[3]  sequence_num, decimal
@@ -23,9 +26,19 @@
 -- ARGV[17..24] description, health, effective_config,
 --          remote_config_status, package_statuses, custom_capabilities,
 --          available_components, connection_settings_status (protobuf)
+-- ARGV[25] key prefix (for the group keys <prefix>config:group:<name>)
+-- ARGV[26] "report", or "check": only say which config the agent is owed
+--          (after a config change), storing nothing of a message
+-- ARGV[27] attributes of the reported description, JSON; "" when none
+-- ARGV[28] remote_config_status.status name; "" when not reported
+-- ARGV[29] remote_config_status.error_message
+-- ARGV[30] remote_config_status.last_remote_config_hash, hex
+-- ARGV[31] "1": send the owed config even if it was offered before
 --
 -- Returns { full_state (0/1), verdict (0 ok, 1 takeover, 2 duplicate),
---           holder channel, holder conn, offer connection settings (0/1) }
+--           holder channel, holder conn, offer connection settings (0/1),
+--           owed config hash (hex, "" for none),
+--           the owed config's hash fields (HGETALL) or an empty array }
 
 local key = KEYS[1]
 local now = tonumber(ARGV[1])
@@ -45,6 +58,137 @@ local function less(a, b)
     return #a < #b or (#a == #b and a < b)
 end
 
+local prefix = ARGV[25]
+
+-- AgentCapabilities.AcceptsRemoteConfig
+local function accepts_config(caps)
+    return caps and math.floor(tonumber(caps) / 2) % 2 == 1
+end
+
+-- "k=v,k2=v2": every key must be an attribute with exactly that value
+local function matches(selector, attrs)
+    if not selector or selector == '' then
+        return true
+    end
+    for pair in string.gmatch(selector, '[^,]+') do
+        local k, v = string.match(pair, '^([^=]+)=(.*)$')
+        if not k or attrs[k] ~= v then
+            return false
+        end
+    end
+    return true
+end
+
+local function decode_attrs(json)
+    if not json or json == '' then
+        return {}
+    end
+    local ok, t = pcall(cjson.decode, json)
+    if ok and type(t) == 'table' then
+        return t
+    end
+    return {}
+end
+
+-- precedence: the agent's own config, then the group of highest priority
+-- whose selector matches, equal priorities by name
+local function resolve(attrs)
+    local h = redis.call('HGET', KEYS[2], 'hash')
+    if h then
+        return 'agent', h
+    end
+    local g = redis.call('ZREVRANGE', KEYS[4], 0, -1, 'WITHSCORES')
+    local list = {}
+    for i = 1, #g, 2 do
+        list[#list + 1] = { g[i], tonumber(g[i + 1]) }
+    end
+    table.sort(list, function(a, b)
+        if a[2] ~= b[2] then
+            return a[2] > b[2]
+        end
+        return a[1] < b[1]
+    end)
+    for _, e in ipairs(list) do
+        local r = redis.call('HMGET', prefix .. 'config:group:' .. e[1],
+                             'selector', 'hash')
+        if r[2] and matches(r[1], attrs) then
+            return 'group:' .. e[1], r[2]
+        end
+    end
+    return '', ''
+end
+
+-- which config the agent is owed now, appending what to remember to set
+local function owed_config(set, caps, attrs_json, reported, force, now)
+    if not accepts_config(caps) then
+        return '', {}
+    end
+
+    local version = redis.call('GET', KEYS[3]) or '0'
+    local c = redis.call('HMGET', KEYS[1], 'config_version',
+                         'desired_config', 'desired_hash', 'offered_hash',
+                         'offered_ms', 'attributes', 'config_hash')
+    local desired, dhash = c[2] or '', c[3] or ''
+
+    if c[1] ~= version or attrs_json ~= '' then
+        local attrs = decode_attrs(attrs_json ~= '' and attrs_json or c[6])
+        desired, dhash = resolve(attrs)
+        set[#set + 1] = 'desired_config'
+        set[#set + 1] = desired
+        set[#set + 1] = 'desired_hash'
+        set[#set + 1] = dhash
+        set[#set + 1] = 'config_version'
+        set[#set + 1] = version
+    end
+
+    if reported == nil then
+        reported = c[7] or ''
+    end
+
+    if dhash == '' or dhash == reported then
+        return '', {}
+    end
+
+    -- offered already and not lost on the way: the agent is applying it
+    if not force and dhash == c[4]
+       and now - tonumber(c[5] or '0') < tonumber(ARGV[11])
+    then
+        return '', {}
+    end
+
+    local ckey = KEYS[2]
+    if desired ~= 'agent' then
+        ckey = prefix .. 'config:group:' .. string.sub(desired, 7)
+    end
+
+    local files = redis.call('HGETALL', ckey)
+    if #files == 0 then
+        return '', {}
+    end
+
+    set[#set + 1] = 'offered_hash'
+    set[#set + 1] = dhash
+    set[#set + 1] = 'offered_ms'
+    set[#set + 1] = ARGV[1]
+
+    return dhash, files
+end
+
+-- a config or group changed: what does this connected agent need now?
+if ARGV[26] == 'check' then
+    local cur = redis.call('HMGET', KEYS[1], 'capabilities', 'conn',
+                           'connected')
+    if not cur[1] or cur[2] ~= ARGV[6] or cur[3] ~= '1' then
+        return { 0, 0, '', '', 0, '', {} }
+    end
+    local set = {}
+    local h, files = owed_config(set, cur[1], '', nil, ARGV[31] == '1', now)
+    if #set > 0 then
+        redis.call('HSET', KEYS[1], unpack(set))
+    end
+    return { 0, 0, '', '', 0, h, files }
+end
+
 local cur = redis.call('HMGET', key, 'sequence_num', 'description',
                        'connected', 'expires_ms', 'conn', 'transport',
                        'channel', 'cs_hash', 'first_seen_ms')
@@ -62,7 +206,7 @@ then
     if stored_seq and stored_seq == prev_seq then
         verdict = 1
     else
-        return { 0, 2, holder_ch or '', holder, 0 }
+        return { 0, 2, holder_ch or '', holder, 0, '', {} }
     end
 end
 
@@ -122,6 +266,31 @@ if ARGV[14] ~= '' then
     set[#set + 1] = ARGV[14]
 end
 
+if ARGV[27] ~= '' then
+    set[#set + 1] = 'attributes'
+    set[#set + 1] = ARGV[27]
+end
+
+if ARGV[28] ~= '' then
+    set[#set + 1] = 'config_status'
+    set[#set + 1] = ARGV[28]
+    set[#set + 1] = 'config_error'
+    set[#set + 1] = ARGV[29]
+    set[#set + 1] = 'config_hash'
+    set[#set + 1] = ARGV[30]
+end
+
+local owed_hash, owed_files = '', {}
+
+if not disconnect then
+    local reported = nil
+    if ARGV[28] ~= '' then
+        reported = ARGV[30]
+    end
+    owed_hash, owed_files = owed_config(set, ARGV[5], ARGV[27], reported,
+                                        ARGV[31] == '1', now)
+end
+
 local offer = 0
 
 if ARGV[15] ~= '' and (cs_hash ~= ARGV[15] or full) then
@@ -132,4 +301,5 @@ end
 
 redis.call('HSET', key, unpack(set))
 
-return { full and 1 or 0, verdict, holder_ch or '', holder or '', offer }
+return { full and 1 or 0, verdict, holder_ch or '', holder or '', offer,
+         owed_hash, owed_files }

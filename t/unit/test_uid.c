@@ -60,5 +60,13 @@ unit_uid(void)
               (unsigned char *) "018cc251-f4007-fff-bfff-ffffffffffff", 36)
           == -1, "parse rejects dash in wrong place");
 
+    CHECK(ngx_http_opamp_hex_decode(back, (unsigned char *) "00fFa1", 6)
+          == 0 && back[0] == 0x00 && back[1] == 0xff && back[2] == 0xa1,
+          "hex decode, either case");
+    CHECK(ngx_http_opamp_hex_decode(back, (unsigned char *) "abc", 3) == -1,
+          "hex decode rejects an odd length");
+    CHECK(ngx_http_opamp_hex_decode(back, (unsigned char *) "0g", 2) == -1,
+          "hex decode rejects non-hex");
+
     UNIT_END();
 }
