@@ -74,6 +74,10 @@ static void ngx_http_opamp_session_check(ngx_http_opamp_session_t *s,
 static void ngx_http_opamp_session_checked(ngx_http_opamp_report_t *rep,
     ngx_int_t rc, void *data);
 static void ngx_http_opamp_session_config_changed(u_char *uid);
+static void ngx_http_opamp_session_extras(ngx_http_opamp_report_t *rep,
+    Opamp__Proto__V1__ServerToAgent *s2a,
+    Opamp__Proto__V1__ServerToAgentCommand *cmd,
+    Opamp__Proto__V1__CustomMessage *cm);
 
 
 static ngx_rbtree_t       ngx_http_opamp_sessions;
@@ -417,6 +421,10 @@ ngx_http_opamp_session_reply(ngx_http_opamp_session_t *s,
                               OPAMP__PROTO__V1__OP_AMPCONNECTION_SETTINGS__INIT;
     Opamp__Proto__V1__AgentRemoteConfig        arc =
                                 OPAMP__PROTO__V1__AGENT_REMOTE_CONFIG__INIT;
+    Opamp__Proto__V1__ServerToAgentCommand     cmd =
+                             OPAMP__PROTO__V1__SERVER_TO_AGENT_COMMAND__INIT;
+    Opamp__Proto__V1__CustomMessage            cm =
+                                   OPAMP__PROTO__V1__CUSTOM_MESSAGE__INIT;
     u_char                                     config_hash[32];
 
     rep = &m->report;
@@ -458,6 +466,12 @@ ngx_http_opamp_session_reply(ngx_http_opamp_session_t *s,
 
         s2a.remote_config = &arc;
     }
+
+    if (rep->report_components) {
+        s2a.flags |= NGX_HTTP_OPAMP_SFLAG_REPORT_AVAILABLE_COMPONENTS;
+    }
+
+    ngx_http_opamp_session_extras(rep, &s2a, &cmd, &cm);
 
     rc = ngx_http_opamp_proto_pack((ProtobufCMessage *) &s2a, &out,
                                    s->connection->log);
@@ -734,10 +748,11 @@ ngx_http_opamp_session_kick(ngx_http_opamp_report_t *rep)
 
 
 /*
- * What the report script needs of the message for remote config: the
- * agent's attributes as JSON (to match group selectors) and the reported
- * RemoteConfigStatus as text.  Copied into the message: the decoded
- * AgentToServer is freed before Redis answers.
+ * What the report script needs of the message besides the status fields:
+ * the agent's attributes as JSON (to match group selectors), the reported
+ * RemoteConfigStatus as text, the custom capability names and the custom
+ * message.  Copied into the message: the decoded AgentToServer is freed
+ * before Redis answers.
  */
 
 static ngx_int_t
@@ -745,10 +760,12 @@ ngx_http_opamp_session_config_status(ngx_http_opamp_message_t *m,
     ngx_http_opamp_a2s_t *msg)
 {
     u_char                               *p;
-    size_t                                len, elen;
+    size_t                                i, len, elen;
     ngx_uint_t                            first;
     ngx_http_opamp_report_t              *rep;
+    Opamp__Proto__V1__CustomMessage      *cm;
     Opamp__Proto__V1__AgentDescription   *d;
+    Opamp__Proto__V1__CustomCapabilities *cc;
     Opamp__Proto__V1__RemoteConfigStatus *rcs;
 
     static const char  *statuses[] = {
@@ -775,6 +792,23 @@ ngx_http_opamp_session_config_status(ngx_http_opamp_message_t *m,
         elen = ngx_strlen(rcs->error_message);
     }
 
+    cc = msg->custom_capabilities;
+
+    if (cc) {
+        len += 1;
+
+        for (i = 0; i < cc->n_capabilities; i++) {
+            len += ngx_strlen(cc->capabilities[i]) + 1;
+        }
+    }
+
+    cm = msg->custom_message;
+
+    if (cm && cm->capability && cm->capability[0]) {
+        len += ngx_strlen(cm->capability) + ngx_strlen(cm->type)
+               + cm->data.len;
+    }
+
     if (len + elen == 0) {
         goto status;
     }
@@ -785,6 +819,36 @@ ngx_http_opamp_session_config_status(ngx_http_opamp_message_t *m,
     }
 
     p = m->text;
+
+    if (cc) {
+        rep->custom_capabilities.data = p;
+        *p++ = '+';
+
+        for (i = 0; i < cc->n_capabilities; i++) {
+            if (i) {
+                *p++ = '\n';
+            }
+
+            p = ngx_cpymem(p, cc->capabilities[i],
+                           ngx_strlen(cc->capabilities[i]));
+        }
+
+        rep->custom_capabilities.len = p - rep->custom_capabilities.data;
+    }
+
+    if (cm && cm->capability && cm->capability[0]) {
+        rep->message_capability.data = p;
+        rep->message_capability.len = ngx_strlen(cm->capability);
+        p = ngx_cpymem(p, cm->capability, rep->message_capability.len);
+
+        rep->message_type.data = p;
+        rep->message_type.len = ngx_strlen(cm->type);
+        p = ngx_cpymem(p, cm->type, rep->message_type.len);
+
+        rep->message_data.data = p;
+        rep->message_data.len = cm->data.len;
+        p = ngx_cpymem(p, cm->data.data, cm->data.len);
+    }
 
     if (d) {
         /* identifying attributes come last: for a key that is in both,
@@ -1066,6 +1130,41 @@ ngx_http_opamp_session_free_remote_config(
 }
 
 
+/* the command and the custom message the script says the agent is owed;
+ * they point into the Redis reply, whose strings hiredis NUL-terminates */
+
+static void
+ngx_http_opamp_session_extras(ngx_http_opamp_report_t *rep,
+    Opamp__Proto__V1__ServerToAgent *s2a,
+    Opamp__Proto__V1__ServerToAgentCommand *cmd,
+    Opamp__Proto__V1__CustomMessage *cm)
+{
+    redisReply  **el;
+
+    if (rep->command.len == sizeof("restart") - 1
+        && ngx_strncmp(rep->command.data, "restart", 7) == 0)
+    {
+        cmd->type = OPAMP__PROTO__V1__COMMAND_TYPE__CommandType_Restart;
+        s2a->command = cmd;
+    }
+
+    if (rep->owed_message) {
+        el = rep->owed_message->element;
+
+        if (el[0]->type == REDIS_REPLY_STRING
+            && el[1]->type == REDIS_REPLY_STRING
+            && el[2]->type == REDIS_REPLY_STRING)
+        {
+            cm->capability = el[0]->str;
+            cm->type = el[1]->str;
+            cm->data.data = (uint8_t *) el[2]->str;
+            cm->data.len = el[2]->len;
+            s2a->custom_message = cm;
+        }
+    }
+}
+
+
 /*
  * A config or group changed: ask Redis what this WebSocket agent is owed
  * now, and send it without waiting for the agent's next message.
@@ -1077,9 +1176,7 @@ ngx_http_opamp_session_check(ngx_http_opamp_session_t *s, ngx_uint_t force)
     ngx_http_opamp_message_t    *m;
     ngx_http_opamp_store_req_t  *req;
 
-    if (!s->has_uid || s->closed || s->disconnected
-        || !(s->capabilities & NGX_HTTP_OPAMP_ACAP_ACCEPTS_REMOTE_CONFIG))
-    {
+    if (!s->has_uid || s->closed || s->disconnected) {
         return;
     }
 
@@ -1133,29 +1230,37 @@ ngx_http_opamp_session_checked(ngx_http_opamp_report_t *rep, ngx_int_t rc,
                                    OPAMP__PROTO__V1__SERVER_TO_AGENT__INIT;
     Opamp__Proto__V1__AgentRemoteConfig  arc =
                                 OPAMP__PROTO__V1__AGENT_REMOTE_CONFIG__INIT;
+    Opamp__Proto__V1__ServerToAgentCommand  cmd =
+                             OPAMP__PROTO__V1__SERVER_TO_AGENT_COMMAND__INIT;
+    Opamp__Proto__V1__CustomMessage      cm =
+                                   OPAMP__PROTO__V1__CUSTOM_MESSAGE__INIT;
     u_char                               config_hash[32];
 
     s = m->session;
     s->checking = NULL;
 
-    if (rc == NGX_OK && rep->owed_config && !s->closed) {
+    if (rc == NGX_OK && !s->closed
+        && (rep->owed_config || rep->command.len || rep->owed_message))
+    {
+        prc = NGX_OK;
 
-        if (ngx_http_opamp_session_remote_config(rep, &arc, config_hash,
-                                                 s->connection->log)
-            == NGX_OK)
-        {
+        if (rep->owed_config) {
+            prc = ngx_http_opamp_session_remote_config(rep, &arc,
+                                                       config_hash,
+                                                       s->connection->log);
+            s2a.remote_config = &arc;
+        }
+
+        ngx_http_opamp_session_extras(rep, &s2a, &cmd, &cm);
+
+        if (prc == NGX_OK) {
             s2a.instance_uid.data = s->uid;
             s2a.instance_uid.len = NGX_HTTP_OPAMP_UID_LEN;
             s2a.capabilities = NGX_HTTP_OPAMP_SERVER_CAPABILITIES;
-            s2a.remote_config = &arc;
 
             prc = ngx_http_opamp_proto_pack((ProtobufCMessage *) &s2a, &out,
                                             s->connection->log);
             if (prc == NGX_OK) {
-                ngx_log_error(NGX_LOG_INFO, s->connection->log, 0,
-                              "opamp: sending remote config %V",
-                              &rep->owed_config_hash);
-
                 (void) s->send(s, out.data, out.len);
                 ngx_free(out.data);
             }

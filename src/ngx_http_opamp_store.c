@@ -17,8 +17,8 @@ typedef struct {
 } ngx_http_opamp_script_t;
 
 
-/* EVALSHA, sha1, numkeys, the 4 keys and the 31 ARGV of report.lua */
-#define NGX_HTTP_OPAMP_REPORT_ARGC  (3 + 4 + 31)
+/* EVALSHA, sha1, numkeys, the 4 keys and the 35 ARGV of report.lua */
+#define NGX_HTTP_OPAMP_REPORT_ARGC  (3 + 4 + 35)
 
 
 struct ngx_http_opamp_store_req_s {
@@ -349,6 +349,14 @@ ngx_http_opamp_store_send_report(ngx_http_opamp_store_req_t *req,
     NGX_HTTP_OPAMP_ARG(ngx_http_opamp_store_str(&rep->config_hash),
                        rep->config_hash.len);
     NGX_HTTP_OPAMP_ARG(rep->force_config ? "1" : "0", 1);
+    NGX_HTTP_OPAMP_ARG(ngx_http_opamp_store_str(&rep->custom_capabilities),
+                       rep->custom_capabilities.len);
+    NGX_HTTP_OPAMP_ARG(ngx_http_opamp_store_str(&rep->message_capability),
+                       rep->message_capability.len);
+    NGX_HTTP_OPAMP_ARG(ngx_http_opamp_store_str(&rep->message_type),
+                       rep->message_type.len);
+    NGX_HTTP_OPAMP_ARG(ngx_http_opamp_store_str(&rep->message_data),
+                       rep->message_data.len);
 
     if (ngx_http_opamp_redis_command(argc, argv, argvlen,
                                      ngx_http_opamp_store_report_done, req)
@@ -435,7 +443,7 @@ ngx_http_opamp_store_report_done(redisReply *reply, void *data)
         goto done;
     }
 
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 7) {
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 10) {
         ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
                       "opamp: unexpected reply type %d from the redis "
                       "report script", reply->type);
@@ -495,6 +503,23 @@ ngx_http_opamp_store_report_done(redisReply *reply, void *data)
         rep->owed_config_hash.len = e->len;
         rep->owed_config = reply->element[6];
     }
+
+    e = reply->element[7];
+    rep->report_components = (e->type == REDIS_REPLY_INTEGER
+                              && e->integer == 1);
+
+    ngx_str_null(&rep->command);
+
+    e = reply->element[8];
+
+    if (e->type == REDIS_REPLY_STRING && e->len > 0) {
+        rep->command.data = (u_char *) e->str;
+        rep->command.len = e->len;
+    }
+
+    e = reply->element[9];
+    rep->owed_message = (e->type == REDIS_REPLY_ARRAY && e->elements == 3)
+                        ? e : NULL;
 
     rc = NGX_OK;
 

@@ -57,6 +57,12 @@ typedef struct {
     ngx_str_t           config_status;       /* empty: not reported */
     ngx_str_t           config_error;
     ngx_str_t           config_hash;         /* hex */
+    ngx_str_t           custom_capabilities; /* "+" and names, one per
+                                                line; empty: not reported */
+    ngx_str_t           message_capability;  /* custom_message; empty:
+                                                none */
+    ngx_str_t           message_type;
+    ngx_str_t           message_data;
 
     /* out, valid in the handler when rc == NGX_OK */
     unsigned            full_state:1;
@@ -71,6 +77,12 @@ typedef struct {
      * during the handler call; owed_config is NULL when nothing is owed */
     ngx_str_t           owed_config_hash;
     redisReply         *owed_config;
+
+    /* also valid only during the handler call */
+    unsigned            report_components:1;  /* ask for
+                                                 available_components */
+    ngx_str_t           command;          /* "restart", or empty */
+    redisReply         *owed_message;     /* { capability, type, data } */
 } ngx_http_opamp_report_t;
 
 

@@ -34,11 +34,19 @@
 -- ARGV[29] remote_config_status.error_message
 -- ARGV[30] remote_config_status.last_remote_config_hash, hex
 -- ARGV[31] "1": send the owed config even if it was offered before
+-- ARGV[32] custom capabilities reported: "" when not reported, else "+"
+--          and the capability names, one per line
+-- ARGV[33] custom_message of the agent: capability ("" when none)
+-- ARGV[34] its type
+-- ARGV[35] its data
 --
 -- Returns { full_state (0/1), verdict (0 ok, 1 takeover, 2 duplicate),
 --           holder channel, holder conn, offer connection settings (0/1),
 --           owed config hash (hex, "" for none),
---           the owed config's hash fields (HGETALL) or an empty array }
+--           the owed config's hash fields (HGETALL) or an empty array,
+--           ask for available components (0/1),
+--           command owed ("restart" or ""),
+--           custom message owed { capability, type, data } or {} }
 
 local key = KEYS[1]
 local now = tonumber(ARGV[1])
@@ -46,6 +54,7 @@ local seq, prev_seq = ARGV[3], ARGV[4]
 local conn, transport = ARGV[6], ARGV[7]
 local first, disconnect = ARGV[12] == '1', ARGV[13] == '1'
 local mask = tonumber(ARGV[16])
+local mask_all = mask
 
 local fields = { 'description', 'health', 'effective_config',
                  'remote_config_status', 'package_statuses',
@@ -174,19 +183,56 @@ local function owed_config(set, caps, attrs_json, reported, force, now)
     return dhash, files
 end
 
+local uid = ARGV[2]
+
+-- a pending command, taken once delivered; only for agents that accept it
+local function owed_command(caps)
+    if math.floor(tonumber(caps or '0') / 1024) % 2 ~= 1 then
+        return ''
+    end
+    local c = redis.call('GETDEL', prefix .. 'command:{' .. uid .. '}')
+    return c or ''
+end
+
+-- the oldest queued message for a custom capability the agent has
+-- (an entry is "<capability>\n<type>\n<data>"); one per ServerToAgent
+local function owed_message(names)
+    local outbox = prefix .. 'outbox:{' .. uid .. '}'
+    if not names or names == '' then
+        return {}
+    end
+    local have = {}
+    for n in string.gmatch(names, '[^\n]+') do
+        have[n] = true
+    end
+    local queued = redis.call('LRANGE', outbox, 0, 99)
+    for _, e in ipairs(queued) do
+        local cap, typ, data = string.match(e, '^([^\n]*)\n([^\n]*)\n(.*)$')
+        if cap and have[cap] then
+            redis.call('LREM', outbox, 1, e)
+            return { cap, typ, data }
+        end
+    end
+    return {}
+end
+
 -- a config or group changed: what does this connected agent need now?
 if ARGV[26] == 'check' then
     local cur = redis.call('HMGET', KEYS[1], 'capabilities', 'conn',
-                           'connected')
+                           'connected', 'custom_capability_names')
     if not cur[1] or cur[2] ~= ARGV[6] or cur[3] ~= '1' then
-        return { 0, 0, '', '', 0, '', {} }
+        return { 0, 0, '', '', 0, '', {}, 0, '', {} }
     end
     local set = {}
     local h, files = owed_config(set, cur[1], '', nil, ARGV[31] == '1', now)
     if #set > 0 then
         redis.call('HSET', KEYS[1], unpack(set))
     end
-    return { 0, 0, '', '', 0, h, files }
+    local command = ''
+    if h == '' then
+        command = owed_command(cur[1])
+    end
+    return { 0, 0, '', '', 0, h, files, 0, command, owed_message(cur[4]) }
 end
 
 local cur = redis.call('HMGET', key, 'sequence_num', 'description',
@@ -206,7 +252,7 @@ then
     if stored_seq and stored_seq == prev_seq then
         verdict = 1
     else
-        return { 0, 2, holder_ch or '', holder, 0, '', {} }
+        return { 0, 2, holder_ch or '', holder, 0, '', {}, 0, '', {} }
     end
 end
 
@@ -280,7 +326,22 @@ if ARGV[28] ~= '' then
     set[#set + 1] = ARGV[30]
 end
 
+local names = nil
+if ARGV[32] ~= '' then
+    names = string.sub(ARGV[32], 2)
+    set[#set + 1] = 'custom_capability_names'
+    set[#set + 1] = names
+end
+
+-- messages of agents for a control plane to read, fleet-wide, bounded
+if ARGV[33] ~= '' then
+    redis.call('XADD', prefix .. 'custom_messages', 'MAXLEN', '~', '10000',
+               '*', 'instance_uid', uid, 'capability', ARGV[33],
+               'type', ARGV[34], 'data', ARGV[35])
+end
+
 local owed_hash, owed_files = '', {}
+local command, message, components = '', {}, 0
 
 if not disconnect then
     local reported = nil
@@ -289,6 +350,19 @@ if not disconnect then
     end
     owed_hash, owed_files = owed_config(set, ARGV[5], ARGV[27], reported,
                                         ARGV[31] == '1', now)
+
+    if names == nil then
+        names = redis.call('HGET', key, 'custom_capability_names')
+    end
+    message = owed_message(names)
+
+    -- AgentCapabilities.ReportsAvailableComponents, and none stored
+    if math.floor(tonumber(ARGV[5]) / 16384) % 2 == 1
+       and math.floor(mask_all / 64) % 2 == 0
+       and redis.call('HEXISTS', key, 'available_components') == 0
+    then
+        components = 1
+    end
 end
 
 local offer = 0
@@ -301,5 +375,13 @@ end
 
 redis.call('HSET', key, unpack(set))
 
+-- a command travels alone: the spec lets the agent ignore everything else
+-- in a ServerToAgent that carries one, so it waits for a quiet reply
+if not disconnect and owed_hash == '' and not full and offer == 0
+   and components == 0
+then
+    command = owed_command(ARGV[5])
+end
+
 return { full and 1 or 0, verdict, holder_ch or '', holder or '', offer,
-         owed_hash, owed_files }
+         owed_hash, owed_files, components, command, message }
