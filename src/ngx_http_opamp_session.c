@@ -16,12 +16,23 @@
     (NGX_HTTP_OPAMP_SCAP_ACCEPTS_STATUS                                      \
      | NGX_HTTP_OPAMP_SCAP_OFFERS_REMOTE_CONFIG                              \
      | NGX_HTTP_OPAMP_SCAP_ACCEPTS_EFFECTIVE_CONFIG                          \
+     | NGX_HTTP_OPAMP_SCAP_OFFERS_PACKAGES                                    \
      | NGX_HTTP_OPAMP_SCAP_ACCEPTS_PACKAGES_STATUS                           \
      | NGX_HTTP_OPAMP_SCAP_OFFERS_CONN_SETTINGS)
 
 /* how long an agent should wait when Redis is unreachable: the spec's
  * minimum recommended retry interval */
 #define NGX_HTTP_OPAMP_RETRY_AFTER_SEC  30
+
+
+/* the offers of one ServerToAgent, with what was unpacked for them */
+typedef struct {
+    Opamp__Proto__V1__ConnectionSettingsOffers   cso;
+    Opamp__Proto__V1__OpAMPConnectionSettings    ocs;
+    Opamp__Proto__V1__ConnectionSettingsOffers  *stored;
+    Opamp__Proto__V1__PackagesAvailable         *packages;
+    u_char                                       hash[20];
+} ngx_http_opamp_offers_t;
 
 
 /* one AgentToServer on its way through Redis */
@@ -34,6 +45,7 @@ typedef struct {
     u_char                          cs_hash[20];
     u_char                          cs_hash_hex[40];
     u_char                          config_hash_hex[64];
+    u_char                          packages_hash_hex[1 + 64];
     u_char                         *text;   /* attributes, config error */
     unsigned                        new_uid:1;
 } ngx_http_opamp_message_t;
@@ -74,6 +86,10 @@ static void ngx_http_opamp_session_check(ngx_http_opamp_session_t *s,
 static void ngx_http_opamp_session_checked(ngx_http_opamp_report_t *rep,
     ngx_int_t rc, void *data);
 static void ngx_http_opamp_session_config_changed(u_char *uid);
+static void ngx_http_opamp_session_offers(ngx_http_opamp_session_t *s,
+    ngx_http_opamp_report_t *rep, Opamp__Proto__V1__ServerToAgent *s2a,
+    ngx_http_opamp_offers_t *o);
+static void ngx_http_opamp_session_free_offers(ngx_http_opamp_offers_t *o);
 static void ngx_http_opamp_session_extras(ngx_http_opamp_report_t *rep,
     Opamp__Proto__V1__ServerToAgent *s2a,
     Opamp__Proto__V1__ServerToAgentCommand *cmd,
@@ -261,12 +277,12 @@ ngx_http_opamp_session_report(ngx_http_opamp_session_t *s,
     }
 
     /*
-     * The OpAMP connection settings offer carries only what this server
-     * decides (the heartbeat interval); its hash tells the script whether
-     * the agent has been offered these settings already.
+     * The module's own part of the connection settings offer (the
+     * heartbeat interval); the script adds what operators stored and
+     * hashes both, to tell whether the agent has been offered them.
      */
 
-    if (msg->capabilities & NGX_HTTP_OPAMP_ACAP_ACCEPTS_OPAMP_SETTINGS) {
+    {
         ngx_http_opamp_session_conn_settings(s, &ocs);
 
         if (ngx_http_opamp_proto_pack((ProtobufCMessage *) &ocs, &cs,
@@ -415,10 +431,7 @@ ngx_http_opamp_session_reply(ngx_http_opamp_session_t *s,
                                    OPAMP__PROTO__V1__SERVER_TO_AGENT__INIT;
     Opamp__Proto__V1__AgentIdentification      ident =
                              OPAMP__PROTO__V1__AGENT_IDENTIFICATION__INIT;
-    Opamp__Proto__V1__ConnectionSettingsOffers cso =
-                        OPAMP__PROTO__V1__CONNECTION_SETTINGS_OFFERS__INIT;
-    Opamp__Proto__V1__OpAMPConnectionSettings  ocs =
-                              OPAMP__PROTO__V1__OP_AMPCONNECTION_SETTINGS__INIT;
+    ngx_http_opamp_offers_t                    offers;
     Opamp__Proto__V1__AgentRemoteConfig        arc =
                                 OPAMP__PROTO__V1__AGENT_REMOTE_CONFIG__INIT;
     Opamp__Proto__V1__ServerToAgentCommand     cmd =
@@ -447,13 +460,7 @@ ngx_http_opamp_session_reply(ngx_http_opamp_session_t *s,
         s2a.agent_identification = &ident;
     }
 
-    if (rep->offer_conn_settings) {
-        ngx_http_opamp_session_conn_settings(s, &ocs);
-        cso.hash.data = m->cs_hash;
-        cso.hash.len = sizeof(m->cs_hash);
-        cso.opamp = &ocs;
-        s2a.connection_settings = &cso;
-    }
+    ngx_http_opamp_session_offers(s, rep, &s2a, &offers);
 
     if (rep->owed_config) {
         if (ngx_http_opamp_session_remote_config(rep, &arc, config_hash,
@@ -477,6 +484,7 @@ ngx_http_opamp_session_reply(ngx_http_opamp_session_t *s,
                                    s->connection->log);
 
     ngx_http_opamp_session_free_remote_config(&arc);
+    ngx_http_opamp_session_free_offers(&offers);
 
     if (rc != NGX_OK) {
         return NGX_ERROR;
@@ -875,6 +883,19 @@ ngx_http_opamp_session_config_status(ngx_http_opamp_message_t *m,
 
 status:
 
+    if (msg->package_statuses) {
+        len = ngx_min(
+                  msg->package_statuses->server_provided_all_packages_hash.len,
+                  (sizeof(m->packages_hash_hex) - 1) / 2);
+
+        m->packages_hash_hex[0] = '+';
+        rep->packages_hash.data = m->packages_hash_hex;
+        rep->packages_hash.len = ngx_hex_dump(m->packages_hash_hex + 1,
+            msg->package_statuses->server_provided_all_packages_hash.data,
+            len)
+            - m->packages_hash_hex;
+    }
+
     if (rcs == NULL) {
         return NGX_OK;
     }
@@ -1130,6 +1151,116 @@ ngx_http_opamp_session_free_remote_config(
 }
 
 
+/*
+ * The connection settings and packages the script says the agent is owed.
+ * Settings stored by operators are filtered by the agent's capabilities
+ * (the spec: offer only what the agent declares it accepts); the module
+ * adds its heartbeat interval.  Both are unpacked from the reply with
+ * protobuf-c; a value that does not decode is logged and left out.
+ */
+
+static void
+ngx_http_opamp_session_offers(ngx_http_opamp_session_t *s,
+    ngx_http_opamp_report_t *rep, Opamp__Proto__V1__ServerToAgent *s2a,
+    ngx_http_opamp_offers_t *o)
+{
+    uint64_t                                     caps;
+    Opamp__Proto__V1__ConnectionSettingsOffers  *st;
+
+    ngx_memzero(o, sizeof(ngx_http_opamp_offers_t));
+    opamp__proto__v1__connection_settings_offers__init(&o->cso);
+    opamp__proto__v1__op_ampconnection_settings__init(&o->ocs);
+
+    caps = s->capabilities;
+
+    if (rep->packages.len) {
+        o->packages = opamp__proto__v1__packages_available__unpack(NULL,
+                          rep->packages.len, rep->packages.data);
+
+        if (o->packages) {
+            s2a->packages_available = o->packages;
+
+        } else {
+            ngx_log_error(NGX_LOG_ERR, s->connection->log, 0,
+                          "opamp: the packages offer in redis is not a "
+                          "PackagesAvailable message");
+        }
+    }
+
+    if (!rep->offer_conn_settings || rep->settings_hash.len != 40
+        || ngx_http_opamp_hex_decode(o->hash, rep->settings_hash.data, 40)
+           != 0)
+    {
+        return;
+    }
+
+    if (rep->settings_extra.len) {
+        o->stored = opamp__proto__v1__connection_settings_offers__unpack(
+                        NULL, rep->settings_extra.len,
+                        rep->settings_extra.data);
+
+        if (o->stored == NULL) {
+            ngx_log_error(NGX_LOG_ERR, s->connection->log, 0,
+                          "opamp: the connection settings in redis are not "
+                          "a ConnectionSettingsOffers message");
+            return;
+        }
+    }
+
+    st = o->stored;
+
+    if (caps & NGX_HTTP_OPAMP_ACAP_ACCEPTS_OPAMP_SETTINGS) {
+        if (st && st->opamp) {
+            o->cso.opamp = st->opamp;
+
+        } else {
+            o->cso.opamp = &o->ocs;
+        }
+
+        ngx_http_opamp_session_conn_settings(s, o->cso.opamp);
+    }
+
+    if (st) {
+        if (caps & NGX_HTTP_OPAMP_ACAP_REPORTS_OWN_TRACES) {
+            o->cso.own_traces = st->own_traces;
+        }
+
+        if (caps & NGX_HTTP_OPAMP_ACAP_REPORTS_OWN_METRICS) {
+            o->cso.own_metrics = st->own_metrics;
+        }
+
+        if (caps & NGX_HTTP_OPAMP_ACAP_REPORTS_OWN_LOGS) {
+            o->cso.own_logs = st->own_logs;
+        }
+
+        if (caps & NGX_HTTP_OPAMP_ACAP_ACCEPTS_OTHER_SETTINGS) {
+            o->cso.n_other_connections = st->n_other_connections;
+            o->cso.other_connections = st->other_connections;
+        }
+    }
+
+    o->cso.hash.data = o->hash;
+    o->cso.hash.len = sizeof(o->hash);
+
+    s2a->connection_settings = &o->cso;
+}
+
+
+static void
+ngx_http_opamp_session_free_offers(ngx_http_opamp_offers_t *o)
+{
+    if (o->stored) {
+        opamp__proto__v1__connection_settings_offers__free_unpacked(
+            o->stored, NULL);
+    }
+
+    if (o->packages) {
+        opamp__proto__v1__packages_available__free_unpacked(o->packages,
+                                                            NULL);
+    }
+}
+
+
 /* the command and the custom message the script says the agent is owed;
  * they point into the Redis reply, whose strings hiredis NUL-terminates */
 
@@ -1235,12 +1366,14 @@ ngx_http_opamp_session_checked(ngx_http_opamp_report_t *rep, ngx_int_t rc,
     Opamp__Proto__V1__CustomMessage      cm =
                                    OPAMP__PROTO__V1__CUSTOM_MESSAGE__INIT;
     u_char                               config_hash[32];
+    ngx_http_opamp_offers_t              offers;
 
     s = m->session;
     s->checking = NULL;
 
     if (rc == NGX_OK && !s->closed
-        && (rep->owed_config || rep->command.len || rep->owed_message))
+        && (rep->owed_config || rep->command.len || rep->owed_message
+            || rep->offer_conn_settings || rep->packages.len))
     {
         prc = NGX_OK;
 
@@ -1252,6 +1385,7 @@ ngx_http_opamp_session_checked(ngx_http_opamp_report_t *rep, ngx_int_t rc,
         }
 
         ngx_http_opamp_session_extras(rep, &s2a, &cmd, &cm);
+        ngx_http_opamp_session_offers(s, rep, &s2a, &offers);
 
         if (prc == NGX_OK) {
             s2a.instance_uid.data = s->uid;
@@ -1267,6 +1401,7 @@ ngx_http_opamp_session_checked(ngx_http_opamp_report_t *rep, ngx_int_t rc,
         }
 
         ngx_http_opamp_session_free_remote_config(&arc);
+        ngx_http_opamp_session_free_offers(&offers);
     }
 
     ngx_http_opamp_session_free_message(m);

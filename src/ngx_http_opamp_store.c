@@ -17,8 +17,8 @@ typedef struct {
 } ngx_http_opamp_script_t;
 
 
-/* EVALSHA, sha1, numkeys, the 4 keys and the 35 ARGV of report.lua */
-#define NGX_HTTP_OPAMP_REPORT_ARGC  (3 + 4 + 35)
+/* EVALSHA, sha1, numkeys, the 4 keys and the 36 ARGV of report.lua */
+#define NGX_HTTP_OPAMP_REPORT_ARGC  (3 + 4 + 36)
 
 
 struct ngx_http_opamp_store_req_s {
@@ -184,6 +184,21 @@ ngx_http_opamp_store_cancel(ngx_http_opamp_store_req_t *req)
 
     req->handler = NULL;
     req->rep = NULL;
+}
+
+
+/* a string element of a reply, or an empty string */
+
+static void
+ngx_http_opamp_store_reply_str(redisReply *e, ngx_str_t *s)
+{
+    if (e->type == REDIS_REPLY_STRING && e->len > 0) {
+        s->data = (u_char *) e->str;
+        s->len = e->len;
+
+    } else {
+        ngx_str_null(s);
+    }
 }
 
 
@@ -357,6 +372,8 @@ ngx_http_opamp_store_send_report(ngx_http_opamp_store_req_t *req,
                        rep->message_type.len);
     NGX_HTTP_OPAMP_ARG(ngx_http_opamp_store_str(&rep->message_data),
                        rep->message_data.len);
+    NGX_HTTP_OPAMP_ARG(ngx_http_opamp_store_str(&rep->packages_hash),
+                       rep->packages_hash.len);
 
     if (ngx_http_opamp_redis_command(argc, argv, argvlen,
                                      ngx_http_opamp_store_report_done, req)
@@ -443,7 +460,7 @@ ngx_http_opamp_store_report_done(redisReply *reply, void *data)
         goto done;
     }
 
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 10) {
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 13) {
         ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
                       "opamp: unexpected reply type %d from the redis "
                       "report script", reply->type);
@@ -520,6 +537,10 @@ ngx_http_opamp_store_report_done(redisReply *reply, void *data)
     e = reply->element[9];
     rep->owed_message = (e->type == REDIS_REPLY_ARRAY && e->elements == 3)
                         ? e : NULL;
+
+    ngx_http_opamp_store_reply_str(reply->element[10], &rep->settings_extra);
+    ngx_http_opamp_store_reply_str(reply->element[11], &rep->settings_hash);
+    ngx_http_opamp_store_reply_str(reply->element[12], &rep->packages);
 
     rc = NGX_OK;
 

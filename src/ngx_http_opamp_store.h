@@ -63,6 +63,10 @@ typedef struct {
                                                 none */
     ngx_str_t           message_type;
     ngx_str_t           message_data;
+    ngx_str_t           packages_hash;       /* "+" and the reported
+                                                server_provided_all_packages_
+                                                hash in hex; empty: no
+                                                package_statuses */
 
     /* out, valid in the handler when rc == NGX_OK */
     unsigned            full_state:1;
@@ -83,6 +87,10 @@ typedef struct {
                                                  available_components */
     ngx_str_t           command;          /* "restart", or empty */
     redisReply         *owed_message;     /* { capability, type, data } */
+    ngx_str_t           settings_extra;   /* stored ConnectionSettingsOffers
+                                             to merge into the offer */
+    ngx_str_t           settings_hash;    /* the offer's hash, hex */
+    ngx_str_t           packages;         /* PackagesAvailable, protobuf */
 } ngx_http_opamp_report_t;
 
 

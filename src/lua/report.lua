@@ -20,8 +20,8 @@
 -- ARGV[12] "1" when this is the first message of the connection
 -- ARGV[13] "1" when the message carries agent_disconnect
 -- ARGV[14] healthy of the reported health: "1", "0", or "" (not reported)
--- ARGV[15] hash of the connection settings to offer, hex; "" when the
---          agent does not accept them
+-- ARGV[15] hash of the module's own part of the connection settings
+--          offer (the OpAMP heartbeat interval), hex
 -- ARGV[16] presence mask of the status fields below (bit 0: ARGV[17])
 -- ARGV[17..24] description, health, effective_config,
 --          remote_config_status, package_statuses, custom_capabilities,
@@ -39,6 +39,8 @@
 -- ARGV[33] custom_message of the agent: capability ("" when none)
 -- ARGV[34] its type
 -- ARGV[35] its data
+-- ARGV[36] package_statuses.server_provided_all_packages_hash reported:
+--          "" when no package_statuses, else "+" and the hash in hex
 --
 -- Returns { full_state (0/1), verdict (0 ok, 1 takeover, 2 duplicate),
 --           holder channel, holder conn, offer connection settings (0/1),
@@ -46,7 +48,10 @@
 --           the owed config's hash fields (HGETALL) or an empty array,
 --           ask for available components (0/1),
 --           command owed ("restart" or ""),
---           custom message owed { capability, type, data } or {} }
+--           custom message owed { capability, type, data } or {},
+--           stored ConnectionSettingsOffers to merge into the offer
+--           (protobuf, "" for none), the offer's hash (hex),
+--           PackagesAvailable owed (protobuf, "" for none) }
 
 local key = KEYS[1]
 local now = tonumber(ARGV[1])
@@ -216,23 +221,92 @@ local function owed_message(names)
     return {}
 end
 
+local function bit(caps, b)
+    return math.floor(tonumber(caps or '0') / b) % 2 == 1
+end
+
+-- ConnectionSettingsOffers: the module's own part (the OpAMP heartbeat,
+-- hashed in ARGV[15]) and what an operator stored for the agent or the
+-- fleet; offered when it changed since the last offer or on full state
+local function owed_settings(set, caps, stored_hash, full)
+    local extra = redis.call('GET', prefix .. 'connection_settings:{'
+                                    .. uid .. '}')
+                  or redis.call('GET', prefix .. 'connection_settings')
+                  or ''
+    local wants = bit(caps, 256)
+                  or (extra ~= '' and (bit(caps, 32) or bit(caps, 64)
+                                       or bit(caps, 128) or bit(caps, 512)))
+    if not wants then
+        return 0, '', ''
+    end
+    local h = ARGV[15]
+    if extra ~= '' then
+        h = redis.sha1hex(ARGV[15] .. extra)
+    end
+    if stored_hash == h and not full then
+        return 0, '', ''
+    end
+    set[#set + 1] = 'cs_hash'
+    set[#set + 1] = h
+    return 1, extra, h
+end
+
+-- PackagesAvailable for agents that accept packages, until the agent
+-- reports the same all_packages_hash
+local function owed_packages(set, caps, force, now)
+    if not bit(caps, 8) then
+        return ''
+    end
+    local pk = redis.call('HMGET', prefix .. 'packages:{' .. uid .. '}',
+                          'hash', 'offer')
+    if not pk[1] then
+        pk = redis.call('HMGET', prefix .. 'packages', 'hash', 'offer')
+    end
+    if not pk[1] or not pk[2] then
+        return ''
+    end
+    local c = redis.call('HMGET', KEYS[1], 'packages_hash',
+                         'offered_packages_hash', 'offered_packages_ms')
+    local reported = c[1] or ''
+    if ARGV[36] ~= '' then
+        reported = string.sub(ARGV[36], 2)
+    end
+    if pk[1] == reported then
+        return ''
+    end
+    if not force and pk[1] == c[2]
+       and now - tonumber(c[3] or '0') < tonumber(ARGV[11])
+    then
+        return ''
+    end
+    set[#set + 1] = 'offered_packages_hash'
+    set[#set + 1] = pk[1]
+    set[#set + 1] = 'offered_packages_ms'
+    set[#set + 1] = ARGV[1]
+    return pk[2]
+end
+
 -- a config or group changed: what does this connected agent need now?
 if ARGV[26] == 'check' then
     local cur = redis.call('HMGET', KEYS[1], 'capabilities', 'conn',
-                           'connected', 'custom_capability_names')
+                           'connected', 'custom_capability_names', 'cs_hash')
     if not cur[1] or cur[2] ~= ARGV[6] or cur[3] ~= '1' then
-        return { 0, 0, '', '', 0, '', {}, 0, '', {} }
+        return { 0, 0, '', '', 0, '', {}, 0, '', {}, '', '', '' }
     end
     local set = {}
-    local h, files = owed_config(set, cur[1], '', nil, ARGV[31] == '1', now)
+    local force = ARGV[31] == '1'
+    local h, files = owed_config(set, cur[1], '', nil, force, now)
+    local offer, extra, cs = owed_settings(set, cur[1], cur[5], false)
+    local packages = owed_packages(set, cur[1], force, now)
     if #set > 0 then
         redis.call('HSET', KEYS[1], unpack(set))
     end
     local command = ''
-    if h == '' then
+    if h == '' and offer == 0 and packages == '' then
         command = owed_command(cur[1])
     end
-    return { 0, 0, '', '', 0, h, files, 0, command, owed_message(cur[4]) }
+    return { 0, 0, '', '', offer, h, files, 0, command,
+             owed_message(cur[4]), extra, cs, packages }
 end
 
 local cur = redis.call('HMGET', key, 'sequence_num', 'description',
@@ -252,7 +326,8 @@ then
     if stored_seq and stored_seq == prev_seq then
         verdict = 1
     else
-        return { 0, 2, holder_ch or '', holder, 0, '', {}, 0, '', {} }
+        return { 0, 2, holder_ch or '', holder, 0, '', {}, 0, '', {}, '',
+                 '', '' }
     end
 end
 
@@ -365,12 +440,16 @@ if not disconnect then
     end
 end
 
-local offer = 0
+if ARGV[36] ~= '' then
+    set[#set + 1] = 'packages_hash'
+    set[#set + 1] = string.sub(ARGV[36], 2)
+end
 
-if ARGV[15] ~= '' and (cs_hash ~= ARGV[15] or full) then
-    offer = 1
-    set[#set + 1] = 'cs_hash'
-    set[#set + 1] = ARGV[15]
+local offer, extra, cs, packages = 0, '', '', ''
+
+if not disconnect then
+    offer, extra, cs = owed_settings(set, ARGV[5], cs_hash, full)
+    packages = owed_packages(set, ARGV[5], ARGV[31] == '1', now)
 end
 
 redis.call('HSET', key, unpack(set))
@@ -378,10 +457,11 @@ redis.call('HSET', key, unpack(set))
 -- a command travels alone: the spec lets the agent ignore everything else
 -- in a ServerToAgent that carries one, so it waits for a quiet reply
 if not disconnect and owed_hash == '' and not full and offer == 0
-   and components == 0
+   and components == 0 and packages == ''
 then
     command = owed_command(ARGV[5])
 end
 
 return { full and 1 or 0, verdict, holder_ch or '', holder or '', offer,
-         owed_hash, owed_files, components, command, message }
+         owed_hash, owed_files, components, command, message, extra, cs,
+         packages }
