@@ -35,6 +35,8 @@ static char *ngx_http_opamp_check_size(ngx_conf_t *cf, void *post,
     void *data);
 static char *ngx_http_opamp_check_time(ngx_conf_t *cf, void *post,
     void *data);
+static char *ngx_http_opamp_custom_capabilities(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
 static ngx_int_t ngx_http_opamp_init_process(ngx_cycle_t *cycle);
 static void ngx_http_opamp_exit_process(ngx_cycle_t *cycle);
 
@@ -122,6 +124,13 @@ static ngx_command_t  ngx_http_opamp_commands[] = {
       ngx_conf_set_size_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_opamp_loc_conf_t, gzip_min_length),
+      NULL },
+
+    { ngx_string("opamp_custom_capabilities"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_opamp_custom_capabilities,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
       NULL },
 
       ngx_null_command
@@ -256,6 +265,7 @@ ngx_http_opamp_create_loc_conf(ngx_conf_t *cf)
     olcf->send_timeout = NGX_CONF_UNSET_MSEC;
     olcf->send_queue_limit = NGX_CONF_UNSET_SIZE;
     olcf->gzip_min_length = NGX_CONF_UNSET_SIZE;
+    olcf->custom_capabilities = NGX_CONF_UNSET_PTR;
 
     return olcf;
 }
@@ -283,6 +293,8 @@ ngx_http_opamp_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                               prev->send_queue_limit, 16 * 1024 * 1024);
     ngx_conf_merge_size_value(conf->gzip_min_length,
                               prev->gzip_min_length, 256);
+    ngx_conf_merge_ptr_value(conf->custom_capabilities,
+                             prev->custom_capabilities, NULL);
 
     /*
      * In an OpAMP location opamp_max_message_size is the body limit (it
@@ -466,6 +478,59 @@ ngx_http_opamp_check_time(ngx_conf_t *cf, void *post, void *data)
 
     if (*mp == 0) {
         return "must be greater than zero";
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * The names go into ServerToAgent.custom_capabilities as C strings, so
+ * they are kept NUL-terminated; the spec names them in reverse DNS form.
+ */
+
+static char *
+ngx_http_opamp_custom_capabilities(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_opamp_loc_conf_t *olcf = conf;
+
+    char        **name;
+    u_char       *p;
+    ngx_str_t    *value;
+    ngx_uint_t    i;
+
+    if (olcf->custom_capabilities != NGX_CONF_UNSET_PTR) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    olcf->custom_capabilities = ngx_array_create(cf->pool,
+                                                 cf->args->nelts - 1,
+                                                 sizeof(char *));
+    if (olcf->custom_capabilities == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        for (p = value[i].data; p < value[i].data + value[i].len; p++) {
+            if (*p <= ' ' || *p == 0x7f) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid custom capability \"%V\"",
+                                   &value[i]);
+                return NGX_CONF_ERROR;
+            }
+        }
+
+        name = ngx_array_push(olcf->custom_capabilities);
+        if (name == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        /* ngx_conf_parse() leaves every argument NUL-terminated */
+        *name = (char *) value[i].data;
     }
 
     return NGX_CONF_OK;

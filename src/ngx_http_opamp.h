@@ -75,6 +75,8 @@ typedef struct {
     ngx_msec_t                  send_timeout;
     size_t                      send_queue_limit;
     size_t                      gzip_min_length;
+    ngx_array_t                *custom_capabilities;  /* of char *;
+                                                         NULL: none */
 } ngx_http_opamp_loc_conf_t;
 
 

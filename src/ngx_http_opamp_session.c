@@ -432,6 +432,8 @@ ngx_http_opamp_session_reply(ngx_http_opamp_session_t *s,
     Opamp__Proto__V1__AgentIdentification      ident =
                              OPAMP__PROTO__V1__AGENT_IDENTIFICATION__INIT;
     ngx_http_opamp_offers_t                    offers;
+    Opamp__Proto__V1__CustomCapabilities       ccap =
+                               OPAMP__PROTO__V1__CUSTOM_CAPABILITIES__INIT;
     Opamp__Proto__V1__AgentRemoteConfig        arc =
                                 OPAMP__PROTO__V1__AGENT_REMOTE_CONFIG__INIT;
     Opamp__Proto__V1__ServerToAgentCommand     cmd =
@@ -449,6 +451,14 @@ ngx_http_opamp_session_reply(ngx_http_opamp_session_t *s,
      * cannot tell which reply is its first, so it gets them every time */
 
     s2a.capabilities = NGX_HTTP_OPAMP_SERVER_CAPABILITIES;
+
+    /* the server's custom capabilities go with its capabilities */
+
+    if (s->conf->custom_capabilities && rep->first_message) {
+        ccap.n_capabilities = s->conf->custom_capabilities->nelts;
+        ccap.capabilities = s->conf->custom_capabilities->elts;
+        s2a.custom_capabilities = &ccap;
+    }
 
     if (rep->full_state) {
         s2a.flags |= NGX_HTTP_OPAMP_SFLAG_REPORT_FULL_STATE;
