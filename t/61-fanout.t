@@ -1,0 +1,141 @@
+#!/usr/bin/perl
+
+# A group config change reaches every member of a fleet of 1,000 WebSocket
+# agents spread over two nginx instances (two workers each) that share one
+# Redis, and no agent outside the group.  Also: an HTTP agent of the group
+# on the second instance gets it at its next poll.
+
+use strict;
+use warnings;
+
+use Test::More;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use IO::Select;
+use Time::HiRes qw(time);
+
+use OpAMPTest;
+use OpAMPFleet;
+
+my $N = 1000;
+
+my $ta = OpAMPTest->new;
+$ta->start_redis;
+my $tb = OpAMPTest->new(redis_port => $ta->redis_port);
+
+$ta->start_nginx('', workers => 2, http => 'opamp_server_id host-a;');
+$tb->start_nginx('', workers => 2, http => 'opamp_server_id host-b;');
+
+my $member = OpAMPFleet::template(
+    'sequence_num: 0 capabilities: 3 agent_description { '
+    . 'identifying_attributes { key: "service.name" '
+    . 'value { string_value: "edge" } } }');
+my $outsider = OpAMPFleet::template(
+    'sequence_num: 0 capabilities: 3 agent_description { '
+    . 'identifying_attributes { key: "service.name" '
+    . 'value { string_value: "other" } } }');
+
+# connect the fleet: every tenth agent is outside the group
+my (@agents, %by_sock);
+for my $i (0 .. $N - 1) {
+    my $t = $i % 2 ? $tb : $ta;
+    my $ag = OpAMPFleet->connect_ws(port => $t->port);
+    $ag->{uid} = OpAMPFleet::random_uid();
+    $ag->{member} = $i % 10 != 9;
+    $ag->send_msg(OpAMPFleet::with_uid($ag->{member} ? $member : $outsider,
+                                       $ag->{uid}));
+    push @agents, $ag;
+    $by_sock{ fileno $ag->sock } = $ag;
+}
+
+# every agent is answered first (nothing owed yet)
+my $sel = IO::Select->new(map { $_->sock } @agents);
+my $answered = 0;
+my $deadline = time + 60;
+while ($answered < $N && time < $deadline) {
+    for my $s ($sel->can_read(1)) {
+        my $ag = $by_sock{ fileno $s };
+        $ag->feed or next;
+        $answered += () = $ag->drain;
+    }
+}
+is($answered, $N, "all $N agents answered");
+
+my %workers;
+for my $t ($ta, $tb) {
+    $workers{$_} = 0 for $t->worker_pids;
+}
+for my $ag (@agents[0 .. 49]) {
+    my $w = $ta->redis('HGET', 'opamp:agent:{'
+                      . OpAMPFleet::uid_text($ag->{uid}) . '}', 'worker_pid');
+    $workers{$w}++ if defined $w;
+}
+is(scalar(grep { $_ > 0 } values %workers), 4,
+   'the agents are spread over the four workers of the two instances');
+
+# the operator changes the group
+my %files = ('edge.yaml' => [ "exporters: {}\n", 'text/yaml' ]);
+my $hash = OpAMPFleet::config_hash(%files);
+$ta->redis('HSET', 'opamp:config:group:edge', selector => 'service.name=edge',
+          priority => 1, hash => $hash, updated_ms => 1,
+          'file:edge.yaml' => "exporters: {}\n",
+          'type:edge.yaml' => 'text/yaml');
+$ta->redis('ZADD', 'opamp:groups', 1, 'edge');
+$ta->redis('INCR', 'opamp:config_version');
+my $t0 = time;
+$ta->redis('PUBLISH', 'opamp:fleet', 'config');
+
+my $want = grep { $_->{member} } @agents;
+my ($got, $wrong, $extra) = (0, 0, 0);
+my @lat;
+my $needle = "\x12\x20" . pack('H*', $hash);
+$deadline = time + 30;
+while ($got < $want && time < $deadline) {
+    for my $s ($sel->can_read(0.5)) {
+        my $ag = $by_sock{ fileno $s };
+        $ag->feed or next;
+        for my $m ($ag->drain) {
+            if (!$ag->{member}) { $extra++; next }
+            if (index($m, $needle) >= 0) {
+                $got++;
+                push @lat, time - $t0;
+            } else {
+                $wrong++;
+            }
+        }
+    }
+}
+
+# a moment for stray messages to outsiders
+for my $s ($sel->can_read(0.5)) {
+    my $ag = $by_sock{ fileno $s };
+    $ag->feed or next;
+    my @m = $ag->drain;
+    $extra += @m unless $ag->{member};
+}
+
+is($got, $want, "every one of the $want members received the config");
+is($wrong, 0, 'no member received anything else');
+is($extra, 0, 'no agent outside the group received anything');
+@lat = sort { $a <=> $b } @lat;
+diag(sprintf('fan-out to %d agents: p50 %.0f ms, max %.0f ms', scalar @lat,
+             1000 * ($lat[@lat / 2] // 0), 1000 * ($lat[-1] // 0)));
+
+# one decoded with protoc, to check more than the hash
+my $sample = OpAMPFleet->connect_ws(port => $tb->port);
+$sample->send_msg(OpAMPFleet::with_uid($member, OpAMPFleet::random_uid()));
+my $text = OpAMPFleet::decode('ServerToAgent', $sample->recv_msg(5) // '');
+like($text, qr/key: "edge.yaml"\s*value \{\s*body: "exporters: \{\}\\n"\s*content_type: "text\/yaml"/,
+     'a new member connecting to the other instance gets it on connect');
+$sample->close;
+
+# an HTTP member on instance b gets it in its reply
+my ($st, $h, $body) = $tb->http_post(
+    OpAMPFleet::with_uid($member, OpAMPFleet::random_uid()));
+ok(index($body, $needle) >= 0, 'an HTTP member gets it in its reply');
+
+$_->close for @agents;
+
+$tb->done;
+$ta->done;
+done_testing;
