@@ -22,7 +22,8 @@ DEBS := nginx nginx-dev redis-server redis-tools libhiredis-dev \
 SOURCES := config ngx_http_opamp_module.c $(wildcard src/*.c src/*.h) \
            $(wildcard proto/opamp/v1/*.c proto/opamp/v1/*.h)
 
-.PHONY: all deps build build-static proto run stop test unit bench clean
+.PHONY: all deps build build-static proto run stop test test-valgrind unit \
+        bench clean
 
 all: build
 
@@ -122,6 +123,11 @@ t/node/node_modules: t/node/package.json
 
 test: build unit t/node/node_modules
 	NGINX_MODULE=$(MODULE) prove -I t/lib t/*.t
+
+# the same tests with every nginx process under valgrind's memcheck
+test-valgrind: build unit t/node/node_modules
+	@command -v valgrind >/dev/null || apt-get install -y -qq valgrind
+	TEST_NGINX_VALGRIND=1 NGINX_MODULE=$(MODULE) prove -I t/lib t/*.t
 
 bench: build
 	$(MAKE) -C bench

@@ -244,13 +244,25 @@ sub start_nginx {
     open my $f, '>', $self->{conf} or die;
     print $f $self->conf_text($server // '', %o);
     close $f;
-    my $out = `$self->{nginx} -p $self->{dir}/ -c $self->{conf} 2>&1`;
+    my $cmd = "$self->{nginx} -p $self->{dir}/ -c $self->{conf}";
+
+    # TEST_NGINX_VALGRIND=1: every nginx process under memcheck, one log
+    # per process; done() fails the test on any error they report
+    if ($ENV{TEST_NGINX_VALGRIND}) {
+        $cmd = "valgrind -q --leak-check=full"
+               . " --errors-for-leak-kinds=definite --show-leak-kinds=definite"
+               . " --suppressions=$ROOT/t/valgrind.supp"
+               . " --log-file=$self->{dir}/logs/valgrind.%p.log $cmd";
+    }
+
+    my $out = `$cmd 2>&1`;
     die "nginx did not start: $out\n" if $?;
     $self->wait_for(sub { -s "$self->{dir}/logs/nginx.pid" }, 5)
         or die "no nginx pid file\n";
     $self->{nginx_pid} = $self->read_pid;
     my $n = $o{workers} // 1;
-    $self->wait_for(sub { $self->workers_ready($n) }, 10)
+    $self->wait_for(sub { $self->workers_ready($n) },
+                    $ENV{TEST_NGINX_VALGRIND} ? 60 : 10)
         or die "nginx workers did not subscribe to redis\n";
     return $self;
 }
@@ -305,7 +317,8 @@ sub stop_nginx {
     my ($self) = @_;
     my $pid = delete $self->{nginx_pid} or return;
     kill 'QUIT', $pid;
-    $self->wait_for(sub { !kill 0, $pid }, 15) or do {
+    $self->wait_for(sub { !kill 0, $pid }, $ENV{TEST_NGINX_VALGRIND} ? 60 : 15)
+        or do {
         kill 'TERM', $pid;
         $self->wait_for(sub { !kill 0, $pid }, 5);
     };
@@ -341,6 +354,17 @@ sub done {
     my @p = $self->error_log_problems;
     ok(!@p, 'no [alert], [crit] or [emerg] in error.log')
         or diag(join "\n", @p);
+
+    if ($ENV{TEST_NGINX_VALGRIND}) {
+        my @v;
+        for my $f (glob "$self->{dir}/logs/valgrind.*.log") {
+            open my $fh, '<', $f or next;
+            local $/;
+            my $text = <$fh>;
+            push @v, $text if $text =~ /\S/;
+        }
+        ok(!@v, 'valgrind reports no errors') or diag(join "\n", @v);
+    }
 }
 
 sub DESTROY {
