@@ -13,6 +13,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use IO::Socket::INET;
 use IO::Select;
+use Socket;
 use Time::HiRes qw(time sleep);
 
 use OpAMPTest;
@@ -343,6 +344,96 @@ $a7->recv_msg(5);
 ok(!defined $a7->recv_msg(3.5) && !$a7->{closed},
    'an agent that answers pings is kept past the timeout');
 $a7->close;
+
+# --- a slow reader: the send queue limit, the send timeout ---------------------------
+
+# a second server with a tiny socket buffer, so that unread replies pile up
+# in nginx instead of the kernel
+my $slow_port = OpAMPTest::free_port();
+{
+    my $conf = $t->conf_text('', workers => 1, location => '
+            opamp_max_message_size 4k;', http => "
+    server {
+        listen 127.0.0.1:$slow_port sndbuf=4k;
+        location = /limit {
+            opamp;
+            opamp_send_queue_limit 64k;
+        }
+        location = /timeout {
+            opamp;
+            opamp_send_timeout 2s;
+        }
+    }");
+    open my $f, '>', "$t->{dir}/nginx.conf" or die;
+    print $f $conf;
+    close $f;
+    $t->reload;
+}
+
+my $big = 'b' x 100000;
+$t->redis('HSET', 'opamp:config:group:slow', selector => 'service.name=slow',
+          priority => 1, hash => 'ab' x 32, 'file:big.txt' => $big);
+$t->redis('ZADD', 'opamp:groups', 1, 'slow');
+
+sub slow_agent {
+    my ($path) = @_;
+    my $uid = random_uid();
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                  PeerPort => $slow_port, Proto => 'tcp');
+    setsockopt($s, Socket::SOL_SOCKET(), Socket::SO_RCVBUF(), 4096);
+    syswrite($s, "GET $path HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                 . "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                 . "Sec-WebSocket-Key: $KEY\r\n\r\n");
+    my $head = '';
+    sysread($s, $head, 4096) while $head !~ /\r\n\r\n/;
+    # a member of the group: each change pushes 100 KB it will not read
+    syswrite($s, raw_frame(op => 2, payload => "\x00" . msg($uid,
+        'sequence_num: 0 capabilities: 3 agent_description { '
+        . 'identifying_attributes { key: "service.name" value { '
+        . 'string_value: "slow" } } }')));
+    return ($s, $uid);
+}
+
+sub closed_by_server {
+    my ($s, $secs) = @_;
+    my $deadline = time + $secs;
+    # drain slowly: only EOF or a reset tells that nginx closed
+    while (time < $deadline) {
+        my $buf;
+        my $n = sysread($s, $buf, 65536);
+        return 1 if !defined $n || $n == 0;
+        sleep 0.05;
+    }
+    return 0;
+}
+
+my ($s1, $su1) = slow_agent('/limit');
+sleep 0.5;
+for my $i (1 .. 4) {
+    $t->redis('HSET', 'opamp:config:group:slow', hash => sprintf('%064x', $i));
+    $t->redis('INCR', 'opamp:config_version');
+    $t->redis('PUBLISH', 'opamp:fleet', 'config');
+}
+ok($t->wait_for(sub { $t->error_log =~ /opamp_send_queue_limit, closing/ },
+                10),
+   'an agent that does not read is closed past opamp_send_queue_limit');
+ok(closed_by_server($s1, 10), 'its connection ends');
+ok($t->wait_for(sub { ($t->agent($su1)->{connected} // '') eq '0' }, 5),
+   'and it is marked disconnected');
+
+my ($s2, $su2) = slow_agent('/timeout');
+sleep 0.5;
+$t->redis('HSET', 'opamp:config:group:slow', hash => 'cd' x 32);
+$t->redis('INCR', 'opamp:config_version');
+$t->redis('PUBLISH', 'opamp:fleet', 'config');
+ok($t->wait_for(sub { $t->error_log =~ /opamp: send timed out/ }, 10),
+   'a stalled send ends after opamp_send_timeout');
+ok(closed_by_server($s2, 10), 'closing the connection');
+still_serves('slow readers');
+
+$t->redis('DEL', 'opamp:config:group:slow');
+$t->redis('ZREM', 'opamp:groups', 'slow');
+@workers = $t->worker_pids;
 
 # --- reload: 1001 -----------------------------------------------------------------
 
