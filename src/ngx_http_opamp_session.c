@@ -25,14 +25,19 @@
 #define NGX_HTTP_OPAMP_RETRY_AFTER_SEC  30
 
 
-/* the offers of one ServerToAgent, with what was unpacked for them */
+/* what one ServerToAgent carries beyond the reply itself: everything the
+ * report script says the agent is owed, with what was unpacked for it */
 typedef struct {
+    Opamp__Proto__V1__AgentRemoteConfig          arc;
+    u_char                                       config_hash[32];
+    Opamp__Proto__V1__ServerToAgentCommand       cmd;
+    Opamp__Proto__V1__CustomMessage              cm;
     Opamp__Proto__V1__ConnectionSettingsOffers   cso;
     Opamp__Proto__V1__OpAMPConnectionSettings    ocs;
     Opamp__Proto__V1__ConnectionSettingsOffers  *stored;
     Opamp__Proto__V1__PackagesAvailable         *packages;
     u_char                                       hash[20];
-} ngx_http_opamp_offers_t;
+} ngx_http_opamp_owed_t;
 
 
 /* one AgentToServer on its way through Redis */
@@ -86,14 +91,15 @@ static void ngx_http_opamp_session_check(ngx_http_opamp_session_t *s,
 static void ngx_http_opamp_session_checked(ngx_http_opamp_report_t *rep,
     ngx_int_t rc, void *data);
 static void ngx_http_opamp_session_config_changed(u_char *uid);
+static ngx_int_t ngx_http_opamp_session_owed(ngx_http_opamp_session_t *s,
+    ngx_http_opamp_report_t *rep, Opamp__Proto__V1__ServerToAgent *s2a,
+    ngx_http_opamp_owed_t *o);
+static void ngx_http_opamp_session_free_owed(ngx_http_opamp_owed_t *o);
 static void ngx_http_opamp_session_offers(ngx_http_opamp_session_t *s,
     ngx_http_opamp_report_t *rep, Opamp__Proto__V1__ServerToAgent *s2a,
-    ngx_http_opamp_offers_t *o);
-static void ngx_http_opamp_session_free_offers(ngx_http_opamp_offers_t *o);
+    ngx_http_opamp_owed_t *o);
 static void ngx_http_opamp_session_extras(ngx_http_opamp_report_t *rep,
-    Opamp__Proto__V1__ServerToAgent *s2a,
-    Opamp__Proto__V1__ServerToAgentCommand *cmd,
-    Opamp__Proto__V1__CustomMessage *cm);
+    Opamp__Proto__V1__ServerToAgent *s2a, ngx_http_opamp_owed_t *o);
 
 
 static ngx_rbtree_t       ngx_http_opamp_sessions;
@@ -431,16 +437,9 @@ ngx_http_opamp_session_reply(ngx_http_opamp_session_t *s,
                                    OPAMP__PROTO__V1__SERVER_TO_AGENT__INIT;
     Opamp__Proto__V1__AgentIdentification      ident =
                              OPAMP__PROTO__V1__AGENT_IDENTIFICATION__INIT;
-    ngx_http_opamp_offers_t                    offers;
+    ngx_http_opamp_owed_t                      owed;
     Opamp__Proto__V1__CustomCapabilities       ccap =
                                OPAMP__PROTO__V1__CUSTOM_CAPABILITIES__INIT;
-    Opamp__Proto__V1__AgentRemoteConfig        arc =
-                                OPAMP__PROTO__V1__AGENT_REMOTE_CONFIG__INIT;
-    Opamp__Proto__V1__ServerToAgentCommand     cmd =
-                             OPAMP__PROTO__V1__SERVER_TO_AGENT_COMMAND__INIT;
-    Opamp__Proto__V1__CustomMessage            cm =
-                                   OPAMP__PROTO__V1__CUSTOM_MESSAGE__INIT;
-    u_char                                     config_hash[32];
 
     rep = &m->report;
 
@@ -470,31 +469,18 @@ ngx_http_opamp_session_reply(ngx_http_opamp_session_t *s,
         s2a.agent_identification = &ident;
     }
 
-    ngx_http_opamp_session_offers(s, rep, &s2a, &offers);
-
-    if (rep->owed_config) {
-        if (ngx_http_opamp_session_remote_config(rep, &arc, config_hash,
-                                                 s->connection->log)
-            != NGX_OK)
-        {
-            ngx_http_opamp_session_free_remote_config(&arc);
-            return NGX_ERROR;
-        }
-
-        s2a.remote_config = &arc;
-    }
-
     if (rep->report_components) {
         s2a.flags |= NGX_HTTP_OPAMP_SFLAG_REPORT_AVAILABLE_COMPONENTS;
     }
 
-    ngx_http_opamp_session_extras(rep, &s2a, &cmd, &cm);
+    rc = ngx_http_opamp_session_owed(s, rep, &s2a, &owed);
 
-    rc = ngx_http_opamp_proto_pack((ProtobufCMessage *) &s2a, &out,
-                                   s->connection->log);
+    if (rc == NGX_OK) {
+        rc = ngx_http_opamp_proto_pack((ProtobufCMessage *) &s2a, &out,
+                                       s->connection->log);
+    }
 
-    ngx_http_opamp_session_free_remote_config(&arc);
-    ngx_http_opamp_session_free_offers(&offers);
+    ngx_http_opamp_session_free_owed(&owed);
 
     if (rc != NGX_OK) {
         return NGX_ERROR;
@@ -1172,12 +1158,11 @@ ngx_http_opamp_session_free_remote_config(
 static void
 ngx_http_opamp_session_offers(ngx_http_opamp_session_t *s,
     ngx_http_opamp_report_t *rep, Opamp__Proto__V1__ServerToAgent *s2a,
-    ngx_http_opamp_offers_t *o)
+    ngx_http_opamp_owed_t *o)
 {
     uint64_t                                     caps;
     Opamp__Proto__V1__ConnectionSettingsOffers  *st;
 
-    ngx_memzero(o, sizeof(ngx_http_opamp_offers_t));
     opamp__proto__v1__connection_settings_offers__init(&o->cso);
     opamp__proto__v1__op_ampconnection_settings__init(&o->ocs);
 
@@ -1256,9 +1241,44 @@ ngx_http_opamp_session_offers(ngx_http_opamp_session_t *s,
 }
 
 
-static void
-ngx_http_opamp_session_free_offers(ngx_http_opamp_offers_t *o)
+/* fills s2a with everything the agent is owed; free_owed() afterwards,
+ * whatever this returns */
+
+static ngx_int_t
+ngx_http_opamp_session_owed(ngx_http_opamp_session_t *s,
+    ngx_http_opamp_report_t *rep, Opamp__Proto__V1__ServerToAgent *s2a,
+    ngx_http_opamp_owed_t *o)
 {
+    ngx_memzero(o, sizeof(ngx_http_opamp_owed_t));
+    opamp__proto__v1__agent_remote_config__init(&o->arc);
+    opamp__proto__v1__server_to_agent_command__init(&o->cmd);
+    opamp__proto__v1__custom_message__init(&o->cm);
+
+    ngx_http_opamp_session_offers(s, rep, s2a, o);
+    ngx_http_opamp_session_extras(rep, s2a, o);
+
+    if (rep->owed_config == NULL) {
+        return NGX_OK;
+    }
+
+    if (ngx_http_opamp_session_remote_config(rep, &o->arc, o->config_hash,
+                                             s->connection->log)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    s2a->remote_config = &o->arc;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_opamp_session_free_owed(ngx_http_opamp_owed_t *o)
+{
+    ngx_http_opamp_session_free_remote_config(&o->arc);
+
     if (o->stored) {
         opamp__proto__v1__connection_settings_offers__free_unpacked(
             o->stored, NULL);
@@ -1276,11 +1296,14 @@ ngx_http_opamp_session_free_offers(ngx_http_opamp_offers_t *o)
 
 static void
 ngx_http_opamp_session_extras(ngx_http_opamp_report_t *rep,
-    Opamp__Proto__V1__ServerToAgent *s2a,
-    Opamp__Proto__V1__ServerToAgentCommand *cmd,
-    Opamp__Proto__V1__CustomMessage *cm)
+    Opamp__Proto__V1__ServerToAgent *s2a, ngx_http_opamp_owed_t *o)
 {
-    redisReply  **el;
+    redisReply                             **el;
+    Opamp__Proto__V1__CustomMessage         *cm;
+    Opamp__Proto__V1__ServerToAgentCommand  *cmd;
+
+    cm = &o->cm;
+    cmd = &o->cmd;
 
     if (rep->command.len == sizeof("restart") - 1
         && ngx_strncmp(rep->command.data, "restart", 7) == 0)
@@ -1364,19 +1387,11 @@ ngx_http_opamp_session_checked(ngx_http_opamp_report_t *rep, ngx_int_t rc,
 {
     ngx_http_opamp_message_t *m = data;
 
-    ngx_int_t                            prc;
-    ngx_str_t                            out;
-    ngx_http_opamp_session_t            *s;
-    Opamp__Proto__V1__ServerToAgent      s2a =
+    ngx_str_t                         out;
+    ngx_http_opamp_owed_t             owed;
+    ngx_http_opamp_session_t         *s;
+    Opamp__Proto__V1__ServerToAgent   s2a =
                                    OPAMP__PROTO__V1__SERVER_TO_AGENT__INIT;
-    Opamp__Proto__V1__AgentRemoteConfig  arc =
-                                OPAMP__PROTO__V1__AGENT_REMOTE_CONFIG__INIT;
-    Opamp__Proto__V1__ServerToAgentCommand  cmd =
-                             OPAMP__PROTO__V1__SERVER_TO_AGENT_COMMAND__INIT;
-    Opamp__Proto__V1__CustomMessage      cm =
-                                   OPAMP__PROTO__V1__CUSTOM_MESSAGE__INIT;
-    u_char                               config_hash[32];
-    ngx_http_opamp_offers_t              offers;
 
     s = m->session;
     s->checking = NULL;
@@ -1385,33 +1400,20 @@ ngx_http_opamp_session_checked(ngx_http_opamp_report_t *rep, ngx_int_t rc,
         && (rep->owed_config || rep->command.len || rep->owed_message
             || rep->offer_conn_settings || rep->packages.len))
     {
-        prc = NGX_OK;
+        s2a.instance_uid.data = s->uid;
+        s2a.instance_uid.len = NGX_HTTP_OPAMP_UID_LEN;
+        s2a.capabilities = NGX_HTTP_OPAMP_SERVER_CAPABILITIES;
 
-        if (rep->owed_config) {
-            prc = ngx_http_opamp_session_remote_config(rep, &arc,
-                                                       config_hash,
-                                                       s->connection->log);
-            s2a.remote_config = &arc;
+        if (ngx_http_opamp_session_owed(s, rep, &s2a, &owed) == NGX_OK
+            && ngx_http_opamp_proto_pack((ProtobufCMessage *) &s2a, &out,
+                                         s->connection->log)
+               == NGX_OK)
+        {
+            (void) s->send(s, out.data, out.len);
+            ngx_free(out.data);
         }
 
-        ngx_http_opamp_session_extras(rep, &s2a, &cmd, &cm);
-        ngx_http_opamp_session_offers(s, rep, &s2a, &offers);
-
-        if (prc == NGX_OK) {
-            s2a.instance_uid.data = s->uid;
-            s2a.instance_uid.len = NGX_HTTP_OPAMP_UID_LEN;
-            s2a.capabilities = NGX_HTTP_OPAMP_SERVER_CAPABILITIES;
-
-            prc = ngx_http_opamp_proto_pack((ProtobufCMessage *) &s2a, &out,
-                                            s->connection->log);
-            if (prc == NGX_OK) {
-                (void) s->send(s, out.data, out.len);
-                ngx_free(out.data);
-            }
-        }
-
-        ngx_http_opamp_session_free_remote_config(&arc);
-        ngx_http_opamp_session_free_offers(&offers);
+        ngx_http_opamp_session_free_owed(&owed);
     }
 
     ngx_http_opamp_session_free_message(m);

@@ -552,33 +552,52 @@ done:
 }
 
 
-void
-ngx_http_opamp_store_disconnect(u_char *uid, uint64_t conn_number)
+/*
+ * The arguments that disconnect.lua and touch.lua share: the agent key,
+ * now, and the connection that must still hold the agent.
+ */
+
+typedef struct {
+    u_char       key[128 + NGX_HTTP_OPAMP_UID_STR_LEN];
+    u_char       conn[NGX_HTTP_OPAMP_CONN_ID_LEN];
+    u_char       now[NGX_INT64_LEN];
+    size_t       argvlen[6];
+    const char  *argv[6];
+} ngx_http_opamp_store_lease_t;
+
+
+static void
+ngx_http_opamp_store_lease_args(ngx_http_opamp_store_lease_t *l, u_char *uid,
+    uint64_t conn_number)
 {
-    u_char       *p;
-    u_char        key[128 + NGX_HTTP_OPAMP_UID_STR_LEN];
-    u_char        conn[NGX_HTTP_OPAMP_CONN_ID_LEN];
-    u_char        now[NGX_INT64_LEN];
-    size_t        argvlen[6];
-    ngx_time_t   *tp;
-    const char   *argv[6];
+    u_char      *p;
+    ngx_time_t  *tp;
 
     tp = ngx_timeofday();
 
-    argv[1] = (const char *) key;
-    p = ngx_http_opamp_store_agent_key(key, uid);
-    argvlen[1] = p - key;
+    l->argv[1] = (const char *) l->key;
+    p = ngx_http_opamp_store_agent_key(l->key, uid);
+    l->argvlen[1] = p - l->key;
 
-    argv[2] = (const char *) now;
-    p = ngx_sprintf(now, "%T%03M", tp->sec, tp->msec);
-    argvlen[2] = p - now;
+    l->argv[2] = (const char *) l->now;
+    p = ngx_sprintf(l->now, "%T%03M", tp->sec, tp->msec);
+    l->argvlen[2] = p - l->now;
 
-    argv[3] = (const char *) conn;
-    p = ngx_http_opamp_store_conn_id(conn, conn_number);
-    argvlen[3] = p - conn;
+    l->argv[3] = (const char *) l->conn;
+    p = ngx_http_opamp_store_conn_id(l->conn, conn_number);
+    l->argvlen[3] = p - l->conn;
+}
 
-    ngx_http_opamp_store_script(NGX_HTTP_OPAMP_SCRIPT_DISCONNECT, 4, argv,
-                                argvlen);
+
+void
+ngx_http_opamp_store_disconnect(u_char *uid, uint64_t conn_number)
+{
+    ngx_http_opamp_store_lease_t  l;
+
+    ngx_http_opamp_store_lease_args(&l, uid, conn_number);
+
+    ngx_http_opamp_store_script(NGX_HTTP_OPAMP_SCRIPT_DISCONNECT, 4, l.argv,
+                                l.argvlen);
 }
 
 
@@ -586,38 +605,20 @@ void
 ngx_http_opamp_store_touch(u_char *uid, uint64_t conn_number,
     ngx_msec_t agent_timeout)
 {
-    u_char       *p;
-    u_char        key[128 + NGX_HTTP_OPAMP_UID_STR_LEN];
-    u_char        conn[NGX_HTTP_OPAMP_CONN_ID_LEN];
-    u_char        now[NGX_INT64_LEN], timeout[NGX_INT64_LEN];
-    u_char        text[NGX_HTTP_OPAMP_UID_STR_LEN];
-    size_t        argvlen[6];
-    ngx_time_t   *tp;
-    const char   *argv[6];
+    u_char                        timeout[NGX_INT64_LEN];
+    u_char                        text[NGX_HTTP_OPAMP_UID_STR_LEN];
+    ngx_http_opamp_store_lease_t  l;
 
-    tp = ngx_timeofday();
+    ngx_http_opamp_store_lease_args(&l, uid, conn_number);
 
-    argv[1] = (const char *) key;
-    p = ngx_http_opamp_store_agent_key(key, uid);
-    argvlen[1] = p - key;
+    l.argv[4] = (const char *) timeout;
+    l.argvlen[4] = ngx_sprintf(timeout, "%M", agent_timeout) - timeout;
 
-    argv[2] = (const char *) now;
-    p = ngx_sprintf(now, "%T%03M", tp->sec, tp->msec);
-    argvlen[2] = p - now;
-
-    argv[3] = (const char *) conn;
-    p = ngx_http_opamp_store_conn_id(conn, conn_number);
-    argvlen[3] = p - conn;
-
-    argv[4] = (const char *) timeout;
-    p = ngx_sprintf(timeout, "%M", agent_timeout);
-    argvlen[4] = p - timeout;
-
-    ngx_http_opamp_store_script(NGX_HTTP_OPAMP_SCRIPT_TOUCH, 5, argv,
-                                argvlen);
+    ngx_http_opamp_store_script(NGX_HTTP_OPAMP_SCRIPT_TOUCH, 5, l.argv,
+                                l.argvlen);
 
     ngx_http_opamp_uid_format(text, uid);
-    ngx_http_opamp_store_index(text, now, argvlen[2]);
+    ngx_http_opamp_store_index(text, l.now, l.argvlen[2]);
 }
 
 
