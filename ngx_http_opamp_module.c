@@ -10,6 +10,7 @@
 #include "ngx_http_opamp.h"
 #include "ngx_http_opamp_http.h"
 #include "ngx_http_opamp_redis.h"
+#include "ngx_http_opamp_admin.h"
 #include "ngx_http_opamp_session.h"
 #include "ngx_http_opamp_store.h"
 #include "ngx_http_opamp_websocket.h"
@@ -25,6 +26,8 @@ static void *ngx_http_opamp_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_opamp_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
 static char *ngx_http_opamp(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+static char *ngx_http_opamp_admin(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static char *ngx_http_opamp_redis(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_opamp_prefix(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -52,6 +55,13 @@ static ngx_command_t  ngx_http_opamp_commands[] = {
     { ngx_string("opamp"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_opamp,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("opamp_admin"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_opamp_admin,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
       NULL },
@@ -352,6 +362,29 @@ ngx_http_opamp(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
     clcf->handler = ngx_http_opamp_handler;
+
+    omcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_opamp_module);
+    omcf->used = 1;
+
+    return NGX_CONF_OK;
+}
+
+
+/* the admin API shares the workers' Redis connections with agents */
+
+static char *
+ngx_http_opamp_admin(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_core_loc_conf_t    *clcf;
+    ngx_http_opamp_main_conf_t  *omcf;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    if (clcf->handler) {
+        return "is duplicate, or the location has another handler";
+    }
+
+    clcf->handler = ngx_http_opamp_admin_handler;
 
     omcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_opamp_module);
     omcf->used = 1;

@@ -858,6 +858,8 @@ ngx_http_opamp_session_config_status(ngx_http_opamp_message_t *m,
         /* identifying attributes come last: for a key that is in both,
          * the later one wins when the JSON is read */
 
+        rep->attributes.data = p;
+
         *p++ = '{';
         first = 1;
         p = ngx_http_opamp_session_attrs(p, d->non_identifying_attributes,
@@ -867,8 +869,7 @@ ngx_http_opamp_session_config_status(ngx_http_opamp_message_t *m,
                                          d->n_identifying_attributes, &first);
         *p++ = '}';
 
-        rep->attributes.data = m->text;
-        rep->attributes.len = p - m->text;
+        rep->attributes.len = p - rep->attributes.data;
     }
 
     if (elen) {

@@ -45,7 +45,17 @@ static ngx_http_opamp_script_t  ngx_http_opamp_scripts[] = {
       "" },
     { ngx_http_opamp_lua_disconnect,
       sizeof(ngx_http_opamp_lua_disconnect) - 1, "" },
-    { ngx_http_opamp_lua_touch, sizeof(ngx_http_opamp_lua_touch) - 1, "" }
+    { ngx_http_opamp_lua_touch, sizeof(ngx_http_opamp_lua_touch) - 1, "" },
+    { ngx_http_opamp_lua_admin_list,
+      sizeof(ngx_http_opamp_lua_admin_list) - 1, "" },
+    { ngx_http_opamp_lua_admin_groups,
+      sizeof(ngx_http_opamp_lua_admin_groups) - 1, "" },
+    { ngx_http_opamp_lua_admin_config_set,
+      sizeof(ngx_http_opamp_lua_admin_config_set) - 1, "" },
+    { ngx_http_opamp_lua_admin_delete,
+      sizeof(ngx_http_opamp_lua_admin_delete) - 1, "" },
+    { ngx_http_opamp_lua_admin_push,
+      sizeof(ngx_http_opamp_lua_admin_push) - 1, "" }
 };
 
 

@@ -1,0 +1,33 @@
+-- admin_delete.lua: delete a config, or an operator's connection settings
+-- or packages offer, and tell the workers.
+--
+-- KEYS[1]  the key to delete
+-- KEYS[2]  <prefix>groups
+-- KEYS[3]  <prefix>config_version
+-- KEYS[4]  the agent hash for an agent's key, else the same as KEYS[1]
+-- ARGV[1]  "agent", "group" or "fleet" (a fleet-wide key)
+-- ARGV[2]  uid (canonical text) or group name
+-- ARGV[3]  <prefix>fleet
+--
+-- Returns 1 when the key existed, 0 when not (nothing is changed then).
+
+if redis.call('DEL', KEYS[1]) == 0 then
+    return 0
+end
+
+if ARGV[1] == 'group' then
+    redis.call('ZREM', KEYS[2], ARGV[2])
+end
+
+redis.call('INCR', KEYS[3])
+
+if ARGV[1] == 'agent' then
+    local a = redis.call('HMGET', KEYS[4], 'channel', 'connected')
+    if a[1] and a[2] == '1' then
+        redis.call('PUBLISH', a[1], 'config ' .. ARGV[2])
+    end
+else
+    redis.call('PUBLISH', ARGV[3], 'config')
+end
+
+return 1

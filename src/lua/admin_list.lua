@@ -1,0 +1,94 @@
+-- admin_list.lua: one page of the fleet for the admin API, newest
+-- last_seen first, filtered inside Redis.  Bounded work per call: at most
+-- ARGV[4] index entries are examined; the cursor says where to go on.
+--
+-- KEYS[1]  <prefix>agents
+-- ARGV[1]  key prefix
+-- ARGV[2]  now, Unix ms
+-- ARGV[3]  cursor: offset into the index ("0" to start)
+-- ARGV[4]  how many index entries to examine at most
+-- ARGV[5]  page size
+-- ARGV[6]  connected filter: "1", "0" or "" (any); live = connected 1 and
+--          expires_ms in the future
+-- ARGV[7]  healthy filter: "1", "0" or ""
+-- ARGV[8]  config_status filter, or ""
+-- ARGV[9..] attribute filters "key=value"
+--
+-- Returns { next cursor ("" at the end), agent, agent, ... } where each
+-- agent is the flat list of the fields named in `fields` below.
+
+local prefix, now = ARGV[1], tonumber(ARGV[2])
+local cursor, budget, limit = tonumber(ARGV[3]), tonumber(ARGV[4]),
+                              tonumber(ARGV[5])
+
+local fields = { 'instance_uid', 'connected', 'expires_ms', 'transport',
+                 'server_id', 'worker_pid', 'sequence_num', 'capabilities',
+                 'healthy', 'first_seen_ms', 'last_seen_ms', 'attributes',
+                 'config_status', 'config_hash', 'desired_config',
+                 'desired_hash' }
+
+local want = {}
+for i = 9, #ARGV do
+    local k, v = string.match(ARGV[i], '^([^=]+)=(.*)$')
+    want[#want + 1] = { k, v }
+end
+
+local out = { '' }
+local uids = redis.call('ZREVRANGE', KEYS[1], cursor, cursor + budget - 1)
+local examined = 0
+
+for _, uid in ipairs(uids) do
+    examined = examined + 1
+    local a = redis.call('HMGET', prefix .. 'agent:{' .. uid .. '}',
+                         unpack(fields))
+    local ok = a[1] ~= false
+
+    if ok and ARGV[6] ~= '' then
+        local live = a[2] == '1' and tonumber(a[3] or '0') > now
+        ok = (ARGV[6] == '1') == live
+    end
+    if ok and ARGV[7] ~= '' then
+        ok = a[9] == ARGV[7]
+    end
+    if ok and ARGV[8] ~= '' then
+        ok = (a[13] or 'UNSET') == ARGV[8]
+    end
+    if ok and #want > 0 then
+        local attrs = {}
+        if a[12] then
+            local good, t = pcall(cjson.decode, a[12])
+            if good and type(t) == 'table' then
+                attrs = t
+            end
+        end
+        for _, kv in ipairs(want) do
+            if attrs[kv[1]] ~= kv[2] then
+                ok = false
+                break
+            end
+        end
+    end
+
+    if ok then
+        for i = 1, #fields do
+            if a[i] == false then
+                a[i] = ''
+            end
+        end
+        out[#out + 1] = a
+        if #out - 1 >= limit then
+            break
+        end
+    end
+end
+
+local next_at = cursor + examined
+if examined == #uids and #uids < budget then
+    out[1] = ''
+elseif next_at >= redis.call('ZCARD', KEYS[1]) then
+    out[1] = ''
+else
+    out[1] = tostring(next_at)
+end
+
+return out

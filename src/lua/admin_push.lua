@@ -1,0 +1,38 @@
+-- admin_push.lua: something for one agent or for the fleet: a command, a
+-- custom message, connection settings or a packages offer; then tell the
+-- worker that holds the agent (or every worker).
+--
+-- KEYS[1]  the key written: <prefix>command:{<uid>}, <prefix>outbox:{<uid>},
+--          <prefix>connection_settings[:{<uid>}], <prefix>packages[:{<uid>}]
+-- KEYS[2]  the agent hash <prefix>agent:{<uid>}, or "" for the fleet
+-- ARGV[1]  "set" (string), "rpush" (list), or "offer" (packages hash)
+-- ARGV[2]  the value (for "offer": the PackagesAvailable bytes)
+-- ARGV[3]  for "offer": all_packages_hash, hex
+-- ARGV[4]  uid (canonical text), or "" for the fleet
+-- ARGV[5]  <prefix>fleet
+--
+-- Returns 0 when the agent is unknown (nothing is written), else 1.
+
+if KEYS[2] ~= '' and redis.call('EXISTS', KEYS[2]) == 0 then
+    return 0
+end
+
+if ARGV[1] == 'set' then
+    redis.call('SET', KEYS[1], ARGV[2])
+elseif ARGV[1] == 'rpush' then
+    redis.call('RPUSH', KEYS[1], ARGV[2])
+else
+    redis.call('DEL', KEYS[1])
+    redis.call('HSET', KEYS[1], 'offer', ARGV[2], 'hash', ARGV[3])
+end
+
+if KEYS[2] == '' then
+    redis.call('PUBLISH', ARGV[5], 'config')
+else
+    local a = redis.call('HMGET', KEYS[2], 'channel', 'connected')
+    if a[1] and a[2] == '1' then
+        redis.call('PUBLISH', a[1], 'config ' .. ARGV[4])
+    end
+end
+
+return 1

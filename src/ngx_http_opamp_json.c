@@ -1,0 +1,515 @@
+/*
+ * Copyright (C) ngx_http_opamp_module authors
+ */
+
+
+#include "ngx_http_opamp_json.h"
+
+
+static u_char *ngx_http_opamp_json_reserve(ngx_http_opamp_json_t *j,
+    size_t n);
+static void ngx_http_opamp_json_comma(ngx_http_opamp_json_t *j);
+static void ngx_http_opamp_json_value(ngx_http_opamp_json_t *j,
+    const ProtobufCFieldDescriptor *f, const void *v);
+static void ngx_http_opamp_json_bytes(ngx_http_opamp_json_t *j,
+    const ProtobufCFieldDescriptor *f, const ProtobufCBinaryData *b);
+static ngx_uint_t ngx_http_opamp_json_is_map(
+    const ProtobufCFieldDescriptor *f);
+static ngx_uint_t ngx_http_opamp_json_is_default(
+    const ProtobufCFieldDescriptor *f, const void *v);
+
+
+void
+ngx_http_opamp_json_init(ngx_http_opamp_json_t *j, ngx_pool_t *pool)
+{
+    ngx_memzero(j, sizeof(ngx_http_opamp_json_t));
+    j->pool = pool;
+}
+
+
+static u_char *
+ngx_http_opamp_json_reserve(ngx_http_opamp_json_t *j, size_t n)
+{
+    u_char  *p;
+    size_t   size;
+
+    if (j->failed) {
+        return NULL;
+    }
+
+    if (j->len + n > j->size) {
+        size = ngx_max(2 * j->size, j->len + n + 1024);
+
+        p = ngx_pnalloc(j->pool, size);
+        if (p == NULL) {
+            j->failed = 1;
+            return NULL;
+        }
+
+        if (j->len) {
+            ngx_memcpy(p, j->data, j->len);
+        }
+
+        /* the old buffer stays in the pool until the request ends */
+
+        j->data = p;
+        j->size = size;
+    }
+
+    return j->data + j->len;
+}
+
+
+static void
+ngx_http_opamp_json_put(ngx_http_opamp_json_t *j, const u_char *s, size_t n)
+{
+    u_char  *p;
+
+    p = ngx_http_opamp_json_reserve(j, n);
+    if (p == NULL) {
+        return;
+    }
+
+    ngx_memcpy(p, s, n);
+    j->len += n;
+}
+
+
+static void
+ngx_http_opamp_json_comma(ngx_http_opamp_json_t *j)
+{
+    if (j->comma) {
+        ngx_http_opamp_json_put(j, (u_char *) ",", 1);
+    }
+}
+
+
+void
+ngx_http_opamp_json_begin(ngx_http_opamp_json_t *j, u_char c)
+{
+    ngx_http_opamp_json_comma(j);
+    ngx_http_opamp_json_put(j, &c, 1);
+    j->comma = 0;
+}
+
+
+void
+ngx_http_opamp_json_end(ngx_http_opamp_json_t *j, u_char c)
+{
+    ngx_http_opamp_json_put(j, &c, 1);
+    j->comma = 1;
+}
+
+
+void
+ngx_http_opamp_json_key(ngx_http_opamp_json_t *j, const char *key,
+    size_t len)
+{
+    ngx_http_opamp_json_string(j, (u_char *) key, len);
+    ngx_http_opamp_json_put(j, (u_char *) ":", 1);
+    j->comma = 0;
+}
+
+
+void
+ngx_http_opamp_json_string(ngx_http_opamp_json_t *j, u_char *s, size_t len)
+{
+    u_char  *p;
+    size_t   n;
+
+    ngx_http_opamp_json_comma(j);
+
+    n = len + ngx_escape_json(NULL, s, len) + 2;
+
+    p = ngx_http_opamp_json_reserve(j, n);
+    if (p == NULL) {
+        return;
+    }
+
+    *p++ = '"';
+    p = (u_char *) ngx_escape_json(p, s, len);
+    *p++ = '"';
+
+    j->len += n;
+    j->comma = 1;
+}
+
+
+void
+ngx_http_opamp_json_int(ngx_http_opamp_json_t *j, int64_t n)
+{
+    u_char  buf[NGX_INT64_LEN + 1];
+
+    ngx_http_opamp_json_comma(j);
+    ngx_http_opamp_json_put(j, buf, ngx_sprintf(buf, "%L", n) - buf);
+    j->comma = 1;
+}
+
+
+void
+ngx_http_opamp_json_literal(ngx_http_opamp_json_t *j, const char *s)
+{
+    ngx_http_opamp_json_comma(j);
+    ngx_http_opamp_json_put(j, (u_char *) s, ngx_strlen(s));
+    j->comma = 1;
+}
+
+
+void
+ngx_http_opamp_json_raw(ngx_http_opamp_json_t *j, u_char *s, size_t len)
+{
+    ngx_http_opamp_json_comma(j);
+    ngx_http_opamp_json_put(j, s, len);
+    j->comma = 1;
+}
+
+
+void
+ngx_http_opamp_json_number(ngx_http_opamp_json_t *j, u_char *s, size_t len)
+{
+    size_t  i;
+
+    for (i = 0; i < len; i++) {
+        if ((s[i] < '0' || s[i] > '9') && !(i == 0 && s[i] == '-')) {
+            break;
+        }
+    }
+
+    if (s == NULL || len == 0 || i != len) {
+        ngx_http_opamp_json_literal(j, "null");
+        return;
+    }
+
+    ngx_http_opamp_json_comma(j);
+    ngx_http_opamp_json_put(j, s, len);
+    j->comma = 1;
+}
+
+
+/*
+ * The generic encoder: field by field as the descriptor lists them, in
+ * the proto3 JSON mapping's camelCase-free form (the .proto field names,
+ * as protoc --decode shows them), leaving out fields at their defaults.
+ */
+
+void
+ngx_http_opamp_json_message(ngx_http_opamp_json_t *j,
+    const ProtobufCMessage *m)
+{
+    size_t                            i, k, n, size;
+    const u_char                     *base, *member;
+    const ProtobufCMessage           *entry;
+    const ProtobufCFieldDescriptor   *f, *kf, *vf;
+    const ProtobufCMessageDescriptor *d;
+
+    d = m->descriptor;
+    base = (const u_char *) m;
+
+    ngx_http_opamp_json_object(j);
+
+    for (i = 0; i < d->n_fields; i++) {
+        f = &d->fields[i];
+        member = base + f->offset;
+
+        if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) {
+            if (*(const uint32_t *) (base + f->quantifier_offset) != f->id) {
+                continue;
+            }
+
+        } else if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+            n = *(const size_t *) (base + f->quantifier_offset);
+
+            if (n == 0) {
+                continue;
+            }
+
+            ngx_http_opamp_json_key(j, f->name, ngx_strlen(f->name));
+
+            member = *(const u_char * const *) member;
+
+            if (ngx_http_opamp_json_is_map(f)) {
+                /* map<string, V>: an object, as the JSON mapping has it */
+
+                kf = &((const ProtobufCMessageDescriptor *)
+                       f->descriptor)->fields[0];
+                vf = &((const ProtobufCMessageDescriptor *)
+                       f->descriptor)->fields[1];
+
+                ngx_http_opamp_json_object(j);
+
+                for (k = 0; k < n; k++) {
+                    entry = ((const ProtobufCMessage * const *) member)[k];
+
+                    ngx_http_opamp_json_key(j,
+                        *(char * const *) ((const u_char *) entry
+                                           + kf->offset),
+                        ngx_strlen(*(char * const *)
+                                   ((const u_char *) entry + kf->offset)));
+
+                    ngx_http_opamp_json_value(j, vf,
+                        (const u_char *) entry + vf->offset);
+                }
+
+                ngx_http_opamp_json_close(j, '}');
+                continue;
+            }
+
+            switch (f->type) {
+            case PROTOBUF_C_TYPE_INT64:
+            case PROTOBUF_C_TYPE_SINT64:
+            case PROTOBUF_C_TYPE_SFIXED64:
+            case PROTOBUF_C_TYPE_UINT64:
+            case PROTOBUF_C_TYPE_FIXED64:
+            case PROTOBUF_C_TYPE_DOUBLE:
+                size = 8;
+                break;
+            case PROTOBUF_C_TYPE_BOOL:
+                size = sizeof(protobuf_c_boolean);
+                break;
+            case PROTOBUF_C_TYPE_STRING:
+            case PROTOBUF_C_TYPE_MESSAGE:
+                size = sizeof(void *);
+                break;
+            case PROTOBUF_C_TYPE_BYTES:
+                size = sizeof(ProtobufCBinaryData);
+                break;
+            default:
+                size = 4;
+            }
+
+            ngx_http_opamp_json_array(j);
+
+            for (k = 0; k < n; k++) {
+                ngx_http_opamp_json_value(j, f, member + k * size);
+            }
+
+            ngx_http_opamp_json_close(j, ']');
+            continue;
+
+        } else if (ngx_http_opamp_json_is_default(f, member)) {
+            continue;
+        }
+
+        ngx_http_opamp_json_key(j, f->name, ngx_strlen(f->name));
+        ngx_http_opamp_json_value(j, f, member);
+    }
+
+    ngx_http_opamp_json_close(j, '}');
+}
+
+
+static ngx_uint_t
+ngx_http_opamp_json_is_map(const ProtobufCFieldDescriptor *f)
+{
+    size_t                             len;
+    const ProtobufCMessageDescriptor  *d;
+
+    if (f->type != PROTOBUF_C_TYPE_MESSAGE) {
+        return 0;
+    }
+
+    d = f->descriptor;
+    len = ngx_strlen(d->name);
+
+    return d->n_fields == 2 && len > 5
+           && ngx_strcmp(d->name + len - 5, "Entry") == 0
+           && ngx_strcmp(d->fields[0].name, "key") == 0
+           && d->fields[0].type == PROTOBUF_C_TYPE_STRING
+           && ngx_strcmp(d->fields[1].name, "value") == 0;
+}
+
+
+static ngx_uint_t
+ngx_http_opamp_json_is_default(const ProtobufCFieldDescriptor *f,
+    const void *v)
+{
+    switch (f->type) {
+
+    case PROTOBUF_C_TYPE_INT64:
+    case PROTOBUF_C_TYPE_SINT64:
+    case PROTOBUF_C_TYPE_SFIXED64:
+    case PROTOBUF_C_TYPE_UINT64:
+    case PROTOBUF_C_TYPE_FIXED64:
+        return *(const uint64_t *) v == 0;
+
+    case PROTOBUF_C_TYPE_DOUBLE:
+        return *(const double *) v == 0;
+
+    case PROTOBUF_C_TYPE_FLOAT:
+        return *(const float *) v == 0;
+
+    case PROTOBUF_C_TYPE_BOOL:
+        return !*(const protobuf_c_boolean *) v;
+
+    case PROTOBUF_C_TYPE_STRING:
+        return *(char * const *) v == NULL || **(char * const *) v == '\0';
+
+    case PROTOBUF_C_TYPE_BYTES:
+        return ((const ProtobufCBinaryData *) v)->len == 0;
+
+    case PROTOBUF_C_TYPE_MESSAGE:
+        return *(void * const *) v == NULL;
+
+    default: /* 32-bit integers and enums */
+        return *(const uint32_t *) v == 0;
+    }
+}
+
+
+static void
+ngx_http_opamp_json_value(ngx_http_opamp_json_t *j,
+    const ProtobufCFieldDescriptor *f, const void *v)
+{
+    int                             n;
+    char                           *s;
+    u_char                          buf[64];
+    const ProtobufCEnumValue       *ev;
+
+    switch (f->type) {
+
+    case PROTOBUF_C_TYPE_INT32:
+    case PROTOBUF_C_TYPE_SINT32:
+    case PROTOBUF_C_TYPE_SFIXED32:
+        ngx_http_opamp_json_int(j, *(const int32_t *) v);
+        return;
+
+    case PROTOBUF_C_TYPE_UINT32:
+    case PROTOBUF_C_TYPE_FIXED32:
+        ngx_http_opamp_json_int(j, *(const uint32_t *) v);
+        return;
+
+    case PROTOBUF_C_TYPE_INT64:
+    case PROTOBUF_C_TYPE_SINT64:
+    case PROTOBUF_C_TYPE_SFIXED64:
+        ngx_http_opamp_json_int(j, *(const int64_t *) v);
+        return;
+
+    case PROTOBUF_C_TYPE_UINT64:
+    case PROTOBUF_C_TYPE_FIXED64:
+        /* exact for every uint64, unlike a JSON number in most readers */
+        ngx_http_opamp_json_number(j, buf,
+                                   ngx_sprintf(buf, "%uL",
+                                               *(const uint64_t *) v)
+                                   - buf);
+        return;
+
+    case PROTOBUF_C_TYPE_FLOAT:
+    case PROTOBUF_C_TYPE_DOUBLE:
+        n = snprintf((char *) buf, sizeof(buf), "%.17g",
+                     f->type == PROTOBUF_C_TYPE_FLOAT
+                     ? (double) *(const float *) v : *(const double *) v);
+
+        if (n <= 0 || n >= (int) sizeof(buf)
+            || buf[n - 1] < '0' || buf[n - 1] > '9')
+        {
+            ngx_http_opamp_json_literal(j, "null");   /* inf, nan */
+            return;
+        }
+
+        ngx_http_opamp_json_comma(j);
+        ngx_http_opamp_json_put(j, buf, n);
+        j->comma = 1;
+        return;
+
+    case PROTOBUF_C_TYPE_BOOL:
+        ngx_http_opamp_json_literal(j, *(const protobuf_c_boolean *) v
+                                       ? "true" : "false");
+        return;
+
+    case PROTOBUF_C_TYPE_ENUM:
+        ev = protobuf_c_enum_descriptor_get_value(f->descriptor,
+                                                  *(const int *) v);
+        if (ev) {
+            ngx_http_opamp_json_string(j, (u_char *) ev->name,
+                                       ngx_strlen(ev->name));
+        } else {
+            ngx_http_opamp_json_int(j, *(const int *) v);
+        }
+        return;
+
+    case PROTOBUF_C_TYPE_STRING:
+        s = *(char * const *) v;
+        ngx_http_opamp_json_string(j, (u_char *) (s ? s : ""),
+                                   s ? ngx_strlen(s) : 0);
+        return;
+
+    case PROTOBUF_C_TYPE_BYTES:
+        ngx_http_opamp_json_bytes(j, f, v);
+        return;
+
+    case PROTOBUF_C_TYPE_MESSAGE:
+        if (*(void * const *) v == NULL) {
+            ngx_http_opamp_json_literal(j, "null");
+            return;
+        }
+
+        ngx_http_opamp_json_message(j, *(ProtobufCMessage * const *) v);
+        return;
+    }
+}
+
+
+/*
+ * Bytes for people: hashes and uids in hex, config bodies and other text
+ * as text, anything else in base64.
+ */
+
+static void
+ngx_http_opamp_json_bytes(ngx_http_opamp_json_t *j,
+    const ProtobufCFieldDescriptor *f, const ProtobufCBinaryData *b)
+{
+    u_char     *p, *last;
+    size_t      len;
+    ngx_str_t   src, dst;
+
+    len = ngx_strlen(f->name);
+
+    if ((len >= 4 && ngx_strcmp(f->name + len - 4, "hash") == 0)
+        || (len >= 3 && ngx_strcmp(f->name + len - 3, "uid") == 0))
+    {
+        dst.data = ngx_pnalloc(j->pool, 2 * b->len + 1);
+        if (dst.data == NULL) {
+            j->failed = 1;
+            return;
+        }
+
+        dst.len = ngx_hex_dump(dst.data, b->data, b->len) - dst.data;
+        ngx_http_opamp_json_string(j, dst.data, dst.len);
+        return;
+    }
+
+    p = b->data;
+    last = p + b->len;
+
+    while (p < last) {
+        if (*p < 0x80) {
+            if (*p == 0) {
+                break;
+            }
+
+            p++;
+            continue;
+        }
+
+        if (ngx_utf8_decode(&p, last - p) > 0x10ffff) {
+            break;
+        }
+    }
+
+    if (p == last) {
+        ngx_http_opamp_json_string(j, b->data, b->len);
+        return;
+    }
+
+    src.data = b->data;
+    src.len = b->len;
+
+    dst.data = ngx_pnalloc(j->pool, ngx_base64_encoded_length(b->len));
+    if (dst.data == NULL) {
+        j->failed = 1;
+        return;
+    }
+
+    ngx_encode_base64(&dst, &src);
+    ngx_http_opamp_json_string(j, dst.data, dst.len);
+}
