@@ -22,17 +22,17 @@ ok(-d "$node_dir/node_modules/\@elastic/opamp-client-node",
 
 my $t = OpAMPTest->new;
 $t->start_redis;
-$t->start_nginx('', workers => 2);
+$t->start_nginx('
+        location /admin/ { opamp_admin; }', workers => 2);
 
 my %files = ('agent.json' => [ '{"sampling":0.5}', 'application/json' ]);
 my $hash = OpAMPFleet::config_hash(%files);
-$t->redis('HSET', 'opamp:config:group:interop',
-          selector => 'service.name=opamp-node-interop', priority => 1,
-          hash => $hash, updated_ms => 1,
-          'file:agent.json' => '{"sampling":0.5}',
-          'type:agent.json' => 'application/json');
-$t->redis('ZADD', 'opamp:groups', 1, 'interop');
-$t->redis('INCR', 'opamp:config_version');
+my ($s) = $t->http_post(
+    '{"selector":"service.name=opamp-node-interop","files":{"agent.json":'
+    . '{"body":"{\\"sampling\\":0.5}","content_type":"application/json"}}}',
+    -method => 'PUT', -path => '/admin/configs/groups/interop',
+    'Content-Type' => 'application/json');
+is($s, 200, 'a group config for the interop agent, set through the admin API');
 
 my $url = 'http://127.0.0.1:' . $t->port . '/v1/opamp';
 my $out = `cd $node_dir && timeout 60 node agent.js $url 3 2>&1`;
@@ -57,6 +57,11 @@ like($out, qr/^config agent.json "\{\\"sampling\\":0.5\}"$/m,
      'the client received the remote config of its group');
 is($st->{config_status}, 'APPLIED', 'and its APPLIED status is recorded');
 is($st->{config_hash}, $hash, 'for the config it was sent');
+
+my ($as, $ah, $ab) = $t->http_post('', -method => 'GET',
+    -path => "/admin/agents?config_status=APPLIED&attr=service.name%3Dopamp-node-interop");
+like($ab, qr/"instance_uid":"\Q${\ uid_text($uid)}\E"/,
+     'the admin API lists it among the agents that APPLIED the config');
 
 $t->done;
 done_testing;

@@ -23,7 +23,9 @@ my $ta = OpAMPTest->new;
 $ta->start_redis;
 my $tb = OpAMPTest->new(redis_port => $ta->redis_port);
 
-$ta->start_nginx('', workers => 2, http => 'opamp_server_id host-a;');
+$ta->start_nginx('
+        location /admin/ { opamp_admin; }',
+    workers => 2, http => 'opamp_server_id host-a;');
 $tb->start_nginx('', workers => 2, http => 'opamp_server_id host-b;');
 
 my $member = OpAMPFleet::template(
@@ -73,17 +75,17 @@ for my $ag (@agents[0 .. 49]) {
 is(scalar(grep { $_ > 0 } values %workers), 4,
    'the agents are spread over the four workers of the two instances');
 
-# the operator changes the group
+# the operator changes the group through the admin API of instance a
 my %files = ('edge.yaml' => [ "exporters: {}\n", 'text/yaml' ]);
 my $hash = OpAMPFleet::config_hash(%files);
-$ta->redis('HSET', 'opamp:config:group:edge', selector => 'service.name=edge',
-          priority => 1, hash => $hash, updated_ms => 1,
-          'file:edge.yaml' => "exporters: {}\n",
-          'type:edge.yaml' => 'text/yaml');
-$ta->redis('ZADD', 'opamp:groups', 1, 'edge');
-$ta->redis('INCR', 'opamp:config_version');
 my $t0 = time;
-$ta->redis('PUBLISH', 'opamp:fleet', 'config');
+my ($st, $h, $body) = $ta->http_post(
+    '{"selector":"service.name=edge","priority":1,"files":{"edge.yaml":'
+    . '{"body":"exporters: {}\\n","content_type":"text/yaml"}}}',
+    -method => 'PUT', -path => '/admin/configs/groups/edge',
+    'Content-Type' => 'application/json');
+is($st, 200, 'the group config is set through the admin API');
+like($body, qr/"config_hash":"$hash"/, 'with the expected hash');
 
 my $want = grep { $_->{member} } @agents;
 my ($got, $wrong, $extra) = (0, 0, 0);
@@ -130,7 +132,7 @@ like($text, qr/key: "edge.yaml"\s*value \{\s*body: "exporters: \{\}\\n"\s*conten
 $sample->close;
 
 # an HTTP member on instance b gets it in its reply
-my ($st, $h, $body) = $tb->http_post(
+($st, $h, $body) = $tb->http_post(
     OpAMPFleet::with_uid($member, OpAMPFleet::random_uid()));
 ok(index($body, $needle) >= 0, 'an HTTP member gets it in its reply');
 
