@@ -13,10 +13,22 @@ use lib "$FindBin::Bin/lib";
 
 use OpAMPTest;
 use OpAMPFleet;
+use Digest::SHA;
 
 my $t = OpAMPTest->new;
 $t->start_redis;
-$t->start_nginx('', workers => 2, location => '
+# nginx workers run as an unprivileged user: let them read the file
+chmod 0755, $t->{dir};
+mkdir "$t->{dir}/pkg", 0755;
+my $tarball = join '', map { chr(($_ * 7) % 256) } 0 .. 4095;
+{
+    open my $f, '>', "$t->{dir}/pkg/agent.tgz" or die;
+    binmode $f;
+    print $f $tarball;
+}
+
+$t->start_nginx("
+        location /pkg/ { alias $t->{dir}/pkg/; }", workers => 2, location => '
             opamp_heartbeat_interval 17s;
             opamp_custom_capabilities io.example.chat;');
 
@@ -312,7 +324,8 @@ unlike($r, qr/own_metrics|opamp \{/, 'and nothing it did not declare');
 my $pk = OpAMPFleet::encode('PackagesAvailable',
     'packages { key: "agent" value { type: PackageType_TopLevel '
     . 'version: "1.2" file { download_url: "http://127.0.0.1:'
-    . $t->port . '/pkg/agent.tgz" content_hash: "\001\002" } } } '
+    . $t->port . '/pkg/agent.tgz" content_hash: "'
+    . uid_escape(Digest::SHA::sha256($tarball)) . '" } } } '
     . 'all_packages_hash: "\252\273"');
 $t->redis('HSET', "${P}packages", hash => 'aabb', offer => $pk);
 
@@ -323,6 +336,12 @@ my $u10 = random_uid();
 $r = $t->s2a_text($body);
 like($r, qr/packages_available \{\s*packages \{\s*key: "agent"/,
      'packages offered to an agent with AcceptsPackages');
+my ($url) = $r =~ /download_url: "([^"]+)"/;
+my ($ps, $ph, $pbody) = $t->http_post('', -method => 'GET',
+    -path => ($url // '') =~ s{^http://[^/]+}{}r);
+is($ps, 200, 'the same nginx serves the package file at its download_url');
+is(Digest::SHA::sha256_hex($pbody), Digest::SHA::sha256_hex($tarball),
+   'and its bytes match the offered content_hash');
 ($s, $hd, $body) = $t->http_post($t->a2s(
     'instance_uid: "' . uid_escape($u10) . '" sequence_num: 1 '
     . 'capabilities: ' . (0x1 | 0x8) . ' package_statuses { '
