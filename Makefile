@@ -100,6 +100,7 @@ run: build
 	@echo
 	@echo "OpAMP server: ws://127.0.0.1:4320/v1/opamp (WebSocket)"
 	@echo "              http://127.0.0.1:4320/v1/opamp (plain HTTP POST)"
+	@echo "Admin API:    curl -s http://127.0.0.1:4320/opamp-admin/agents"
 	@echo "Agent state:  redis-cli -p $(REDIS_PORT) --scan --pattern 'opamp:agent:*'"
 	@echo "Logs:         $(RUN)/logs/error.log"
 	@echo "Stop:         make stop"
