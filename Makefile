@@ -60,7 +60,8 @@ $(NGX_SRC)/objs/Makefile: $(BUILD)/.deps config
 
 $(MODULE): $(NGX_SRC)/objs/Makefile src/ngx_http_opamp_lua.h $(SOURCES)
 	$(MAKE) -C $(NGX_SRC) -f objs/Makefile modules
-	cp $(NGX_SRC)/objs/ngx_http_opamp_module.so $@
+	@# a new file, then rename: a running nginx still maps the old one
+	cp $(NGX_SRC)/objs/ngx_http_opamp_module.so $@.tmp && mv -f $@.tmp $@
 
 build: $(MODULE)
 
@@ -133,6 +134,7 @@ test-valgrind: build unit t/node/node_modules
 
 bench: build
 	$(MAKE) -C bench
+	NGINX_MODULE=$(MODULE) bench/run.sh
 
 clean:
 	rm -rf $(BUILD)

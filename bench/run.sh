@@ -1,0 +1,265 @@
+#!/bin/bash
+# make bench: a fleet in a box.  Starts its own Redis and nginx (with the
+# module and Debian's Nchan) on loopback ports, runs every scenario three
+# times with bench/loadgen, prints the medians beside their anchors and
+# writes them to bench/results/<date>.md.
+#
+#   BENCH_SCALES="1000 10000"     agents held (add 50000 100000 if the
+#                                 machine allows: each loadgen process and
+#                                 nginx worker holds at most ~18k)
+#   BENCH_FANOUT="1000 10000"     agents for the config fan-out
+#   BENCH_RUNS=3                  repetitions (the median is reported)
+#   BENCH_SECONDS=10              length of the throughput runs
+#
+# Everything is bounded in count and time, and targets 127.0.0.0/8 only.
+
+set -euo pipefail
+
+cd "$(dirname "$0")"
+BENCH=$PWD
+TOP=$(cd .. && pwd)
+MODULE=${NGINX_MODULE:-$TOP/build/ngx_http_opamp_module.so}
+NGINX=${NGINX:-/usr/sbin/nginx}
+NCHAN=/usr/lib/nginx/modules/ngx_nchan_module.so
+SCALES=${BENCH_SCALES:-"1000 10000"}
+FANOUT=${BENCH_FANOUT:-"1000 10000"}
+RUNS=${BENCH_RUNS:-3}
+SECONDS_RUN=${BENCH_SECONDS:-10}
+PER_PROC=18000
+
+WORK=$(mktemp -d /tmp/opamp-bench-XXXXXX)
+chmod 755 "$WORK"
+mkdir -p "$WORK/logs" "$WORK/tmp" "$BENCH/results"
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+RPORT=$(free_port)
+PORT=$(free_port)
+
+cleanup() {
+    [ -f "$WORK/logs/nginx.pid" ] && kill "$(cat "$WORK/logs/nginx.pid")" 2>/dev/null || true
+    [ -n "${RPID:-}" ] && kill "$RPID" 2>/dev/null || true
+    sleep 1
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+redis-server --bind 127.0.0.1 --port "$RPORT" --save '' --appendonly no \
+    --dir "$WORK" --logfile "$WORK/logs/redis.log" &
+RPID=$!
+for _ in $(seq 50); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+
+R() { redis-cli -p "$RPORT" "$@"; }
+
+start_nginx() {
+    local workers=$1
+    [ -f "$WORK/logs/nginx.pid" ] && {
+        kill -QUIT "$(cat "$WORK/logs/nginx.pid")" 2>/dev/null || true
+        for _ in $(seq 100); do [ -f "$WORK/logs/nginx.pid" ] || break; sleep 0.1; done
+    }
+    cat > "$WORK/nginx.conf" <<EOF
+load_module $NCHAN;
+load_module $MODULE;
+worker_processes $workers;
+worker_rlimit_nofile 20000;
+error_log $WORK/logs/error.log warn;
+pid $WORK/logs/nginx.pid;
+events { worker_connections 19500; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path $WORK/tmp/body;
+    proxy_temp_path $WORK/tmp/proxy;
+    fastcgi_temp_path $WORK/tmp/fastcgi;
+    uwsgi_temp_path $WORK/tmp/uwsgi;
+    scgi_temp_path $WORK/tmp/scgi;
+    opamp_redis 127.0.0.1:$RPORT;
+    upstream nchan_redis { nchan_redis_server "redis://127.0.0.1:$RPORT"; }
+    server {
+        listen 127.0.0.1:$PORT backlog=4096;
+        location = /v1/opamp { opamp; opamp_heartbeat_interval 30s; }
+        location /admin/ { opamp_admin; }
+        location = /204 { return 204; }
+        location = /sub { nchan_subscriber websocket; nchan_channel_id bench;
+                          nchan_redis_pass nchan_redis; }
+        location = /pub { nchan_publisher; nchan_channel_id bench;
+                          nchan_redis_pass nchan_redis; }
+    }
+}
+EOF
+    "$NGINX" -p "$WORK/" -c "$WORK/nginx.conf"
+    sleep 1
+}
+
+worker_rss_kb() {
+    local master total=0
+    master=$(cat "$WORK/logs/nginx.pid")
+    for p in $(pgrep -P "$master"); do
+        total=$((total + $(awk '/VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)))
+    done
+    echo "$total"
+}
+
+redis_mem() { R info memory | awk -F: '/^used_memory:/ {print $2}' | tr -d '\r'; }
+
+median() { sort -g | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : 0)}'; }
+
+field() { tr ' ' '\n' | awk -F= -v k="$1" '$1==k {print $2}' | tail -1; }
+
+# run N agents over as many loadgen processes as needed; prints each
+# process's lines
+loadgen_many() {
+    local n=$1; shift
+    local procs=$(( (n + PER_PROC - 1) / PER_PROC )) i per pids=()
+    per=$(( n / procs ))
+    for i in $(seq 0 $((procs - 1))); do
+        "$BENCH/loadgen" --port "$PORT" --agents "$per" --src-base $((2 + i * 2)) \
+            --seed $((i + 1)) "$@" > "$WORK/lg.$i" &
+        pids+=($!)
+    done
+    for p in "${pids[@]}"; do wait "$p" || true; done
+    cat "$WORK"/lg.*
+    rm -f "$WORK"/lg.*
+}
+
+sum_field() { awk -v k="$1" '{for (i=1;i<=NF;i++) {split($i,a,"="); if (a[1]==k) s+=a[2]}} END {print s+0}'; }
+max_field() { awk -v k="$1" '{for (i=1;i<=NF;i++) {split($i,a,"="); if (a[1]==k && a[2]>m) m=a[2]}} END {print m+0}'; }
+
+ROWS=()
+row() { ROWS+=("$(printf '| %s | %s | %s | %s |' "$1" "$2" "$3" "$4")"); echo "${ROWS[-1]}"; }
+
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)"
+echo "nginx $("$NGINX" -v 2>&1 | sed 's/.*\///'), redis $(redis-server --version | awk '{print $3}' | sed 's/v=//'), runs: $RUNS (median)"
+echo
+row "scenario" "ngx_http_opamp_module" "anchor" "ratio"
+row "---" "---" "---" "---"
+
+# --- hold N WebSocket agents ------------------------------------------------
+
+for n in $SCALES; do
+    workers=$(( (n + PER_PROC - 1) / PER_PROC )); [ "$workers" -lt 2 ] && workers=2
+    rates=(); mem=(); rmem=(); nmem=()
+    for run in $(seq "$RUNS"); do
+        start_nginx "$workers"; R flushall >/dev/null
+        base=$(worker_rss_kb); rbase=$(redis_mem)
+        out=$(loadgen_many "$n" --mode hold --duration $((n / 500 + 20)) --heartbeat 30 &
+              sleep $((n / 500 + 12)); echo "rss=$(worker_rss_kb) rmem=$(redis_mem)"; wait)
+        reported=$(echo "$out" | sum_field reported)
+        secs=$(echo "$out" | max_field connect_s)
+        rss=$(echo "$out" | field rss); rm=$(echo "$out" | field rmem)
+        rates+=("$(awk -v r="$reported" -v s="$secs" 'BEGIN {printf "%.0f", (s>0 ? r/s : 0)}')")
+        mem+=("$(awk -v a="$rss" -v b="$base" -v n="$n" 'BEGIN {printf "%.0f", (a-b)*1024/n}')")
+        rmem+=("$(awk -v a="$rm" -v b="$rbase" -v n="$n" 'BEGIN {printf "%.0f", (a-b)/n}')")
+
+        # anchor: as many idle Nchan WebSocket subscribers
+        start_nginx "$workers"
+        base=$(worker_rss_kb)
+        out=$(loadgen_many "$n" --mode hold --raw --path /sub --duration $((n / 500 + 20)) &
+              sleep $((n / 500 + 12)); echo "rss=$(worker_rss_kb)"; wait)
+        rss=$(echo "$out" | field rss)
+        nmem+=("$(awk -v a="$rss" -v b="$base" -v n="$n" 'BEGIN {printf "%.0f", (a-b)*1024/n}')")
+    done
+    r=$(printf '%s\n' "${rates[@]}" | median)
+    m=$(printf '%s\n' "${mem[@]}" | median)
+    rm=$(printf '%s\n' "${rmem[@]}" | median)
+    nm=$(printf '%s\n' "${nmem[@]}" | median)
+    row "hold $n WebSocket agents: connect + first report" "$r agents/s (all $reported answered)" "—" "—"
+    row "hold $n: nginx memory per agent" "$m B" "Nchan idle subscriber: $nm B" \
+        "$(awk -v a="$m" -v b="$nm" 'BEGIN {printf "%.2fx", (b>0 ? a/b : 0)}')"
+    row "hold $n: Redis memory per agent" "$rm B" "—" "—"
+done
+
+# --- status throughput ------------------------------------------------------
+
+start_nginx 2
+tp=(); rb=()
+SHA=$(R script load "$(cat "$TOP/src/lua/report.lua")")
+for run in $(seq "$RUNS"); do
+    R flushall >/dev/null
+    out=$("$BENCH/loadgen" --port "$PORT" --mode status --agents 200 --duration "$SECONDS_RUN")
+    tp+=("$(echo "$out" | field rate)")
+    # the same script, from redis-benchmark, with a heartbeat's arguments
+    rb+=("$(redis-benchmark -p "$RPORT" -c 50 -n 200000 -r 100000 -q \
+        EVALSHA "$SHA" 4 'opamp:agent:{__rand_int__}' 'opamp:config:agent:{__rand_int__}' \
+        opamp:config_version opamp:groups 1795550000000 u 1 0 3 'h:1:1' websocket h 1 \
+        opamp:worker:h:1 90000 0 0 '' "$(printf '%040d' 0)" 0 '' '' '' '' '' '' '' '' \
+        opamp: report '' '' '' '' 0 '' '' '' '' '' 2>/dev/null \
+        | awk '{for (i=1;i<=NF;i++) if ($(i+1) ~ /requests/) {print $i; exit}}')")
+done
+t=$(printf '%s\n' "${tp[@]}" | median); b=$(printf '%s\n' "${rb[@]}" | median)
+row "status messages persisted per second (200 WebSocket agents)" "$t /s" \
+    "redis-benchmark, same script: $b /s" \
+    "$(awk -v a="$t" -v b="$b" 'BEGIN {printf "%.2fx", (b>0 ? a/b : 0)}')"
+
+# --- HTTP polling -----------------------------------------------------------
+
+hp=(); h204=()
+for run in $(seq "$RUNS"); do
+    hp+=("$("$BENCH/loadgen" --port "$PORT" --mode http --agents 50 --duration "$SECONDS_RUN" | field rate)")
+    h204+=("$("$BENCH/loadgen" --port "$PORT" --mode http --path /204 --agents 50 --duration "$SECONDS_RUN" | field rate)")
+done
+a=$(printf '%s\n' "${hp[@]}" | median); b=$(printf '%s\n' "${h204[@]}" | median)
+row "HTTP polling: heartbeats per second (50 keep-alive agents)" "$a /s" \
+    "nginx return 204: $b /s" \
+    "$(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.2fx", (b>0 ? a/b : 0)}')"
+
+# --- config fan-out -----------------------------------------------------------
+
+for n in $FANOUT; do
+    workers=$(( (n + PER_PROC - 1) / PER_PROC )); [ "$workers" -lt 2 ] && workers=2
+    start_nginx "$workers"
+    p50=(); p99=(); mx=(); got=(); np99=(); nmx=(); np50=()
+    for run in $(seq "$RUNS"); do
+        R flushall >/dev/null
+        body="{\"selector\":\"service.name=bench\",\"files\":{\"c.yaml\":{\"body\":\"run $run $RANDOM\"}}}"
+        out=$(loadgen_many "$n" --mode fanout --duration 60 \
+              --trigger "curl -s -o /dev/null -X PUT http://127.0.0.1:$PORT/admin/configs/groups/bench -d '$body'")
+        got+=("$(echo "$out" | sum_field received)")
+        p50+=("$(echo "$out" | max_field p50_ms)")
+        p99+=("$(echo "$out" | max_field p99_ms)")
+        mx+=("$(echo "$out" | max_field max_ms)")
+        out=$(loadgen_many "$n" --mode fanout --raw --path /sub --duration 60 \
+              --trigger "curl -s -o /dev/null -X POST http://127.0.0.1:$PORT/pub -d 'run $run'")
+        np50+=("$(echo "$out" | max_field p50_ms)")
+        np99+=("$(echo "$out" | max_field p99_ms)")
+        nmx+=("$(echo "$out" | max_field max_ms)")
+    done
+    a=$(printf '%s\n' "${p99[@]}" | median); b=$(printf '%s\n' "${np99[@]}" | median)
+    row "config change to $n agents: received / p50 / p99 / max" \
+        "$(printf '%s\n' "${got[@]}" | median) / $(printf '%s\n' "${p50[@]}" | median) / $a / $(printf '%s\n' "${mx[@]}" | median) ms" \
+        "Nchan broadcast p50 / p99 / max: $(printf '%s\n' "${np50[@]}" | median) / $b / $(printf '%s\n' "${nmx[@]}" | median) ms" \
+        "$(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.2fx", (b>0 ? a/b : 0)}')"
+done
+
+# --- reconnect storm -------------------------------------------------------------
+
+n=$(echo "$SCALES" | awk '{print $NF}')
+workers=$(( (n + PER_PROC - 1) / PER_PROC )); [ "$workers" -lt 2 ] && workers=2
+start_nginx "$workers"
+rs=(); fs=()
+for run in $(seq "$RUNS"); do
+    R flushall >/dev/null
+    out=$(loadgen_many "$n" --mode reconnect --duration 120)
+    rs+=("$(echo "$out" | max_field seconds)")
+    fs+=("$(echo "$out" | sum_field full_state_asked)")
+    back=$(echo "$out" | sum_field back)
+done
+row "reconnect storm: $n agents dropped at once, all back" \
+    "$(printf '%s\n' "${rs[@]}" | median) s ($back back, $(printf '%s\n' "${fs[@]}" | median) asked for full state)" "—" "—"
+
+if grep -E '\[(alert|crit|emerg)\]' "$WORK/logs/error.log"; then
+    echo "nginx logged alerts during the benchmark" >&2
+fi
+
+{
+    echo "# Benchmark $(date -u +%Y-%m-%d)"
+    echo
+    echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); runs: $RUNS (median)"
+    echo
+    printf '%s\n' "${ROWS[@]}"
+} > "$BENCH/results/$(date -u +%Y-%m-%d).md"
+
+echo
+echo "written: bench/results/$(date -u +%Y-%m-%d).md"
