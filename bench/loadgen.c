@@ -293,6 +293,7 @@ static void
 start_connect(lg_agent_t *a)
 {
     int                 fd, one;
+    struct linger       lg;
     struct sockaddr_in  src, dst;
     struct epoll_event  ev;
 
@@ -303,6 +304,12 @@ start_connect(lg_agent_t *a)
 
     one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+
+    /* close with a reset: tens of thousands of client sockets in
+     * TIME_WAIT would use up the ports of the next run */
+    lg.l_onoff = 1;
+    lg.l_linger = 0;
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
 
     /* spread the agents over 127.0.0.X so that ports never run out */
     memset(&src, 0, sizeof(src));

@@ -110,12 +110,17 @@ field() { tr ' ' '\n' | awk -F= -v k="$1" '$1==k {print $2}' | tail -1; }
 
 # run N agents over as many loadgen processes as needed; prints each
 # process's lines
+# each run takes fresh source addresses 127.0.0.X, so that no port is
+# still held from the run before (kept in a file: runs are in subshells)
+echo 2 > "$WORK/src"
 loadgen_many() {
     local n=$1; shift
-    local procs=$(( (n + PER_PROC - 1) / PER_PROC )) i per pids=()
+    local procs=$(( (n + PER_PROC - 1) / PER_PROC )) i per pids=() src
     per=$(( n / procs ))
     for i in $(seq 0 $((procs - 1))); do
-        "$BENCH/loadgen" --port "$PORT" --agents "$per" --src-base $((2 + i * 2)) \
+        src=$(cat "$WORK/src")
+        echo $(( src + 2 > 240 ? 2 : src + 2 )) > "$WORK/src"
+        "$BENCH/loadgen" --port "$PORT" --agents "$per" --src-base "$src" \
             --seed $((i + 1)) "$@" > "$WORK/lg.$i" &
         pids+=($!)
     done
@@ -159,14 +164,15 @@ for n in $SCALES; do
         out=$(loadgen_many "$n" --mode hold --raw --path /sub --duration $((n / 500 + 20)) &
               sleep $((n / 500 + 12)); echo "rss=$(worker_rss_kb)"; wait)
         rss=$(echo "$out" | field rss)
-        nmem+=("$(awk -v a="$rss" -v b="$base" -v n="$n" 'BEGIN {printf "%.0f", (a-b)*1024/n}')")
+        nsubs=$(echo "$out" | sum_field reported)
+        nmem+=("$(awk -v a="$rss" -v b="$base" -v n="$nsubs" 'BEGIN {printf "%.0f", (n>0 ? (a-b)*1024/n : 0)}')")
     done
     r=$(printf '%s\n' "${rates[@]}" | median)
     m=$(printf '%s\n' "${mem[@]}" | median)
     rm=$(printf '%s\n' "${rmem[@]}" | median)
     nm=$(printf '%s\n' "${nmem[@]}" | median)
     row "hold $n WebSocket agents: connect + first report" "$r agents/s (all $reported answered)" "—" "—"
-    row "hold $n: nginx memory per agent" "$m B" "Nchan idle subscriber: $nm B" \
+    row "hold $n: nginx memory per agent" "$m B" "Nchan idle subscriber: $nm B ($nsubs subscribed)" \
         "$(awk -v a="$m" -v b="$nm" 'BEGIN {printf "%.2fx", (b>0 ? a/b : 0)}')"
     row "hold $n: Redis memory per agent" "$rm B" "—" "—"
 done

@@ -1385,42 +1385,76 @@ ngx_http_opamp_admin_message(ngx_http_opamp_admin_ctx_t *ctx)
 
 
 /*
- * PUT connection-settings, packages: the body is the protobuf message
- * (Content-Type: application/x-protobuf), ConnectionSettingsOffers or
- * PackagesAvailable; it must decode, and packages need all_packages_hash.
+ * PUT connection-settings, packages: a ConnectionSettingsOffers or a
+ * PackagesAvailable (with its all_packages_hash), as JSON in the shape GET
+ * shows, or as the protobuf message itself with
+ * Content-Type: application/x-protobuf.  It must decode either way.
  */
 
 static ngx_int_t
 ngx_http_opamp_admin_offer_put(ngx_http_opamp_admin_ctx_t *ctx)
 {
     u_char                               *p;
-    ngx_str_t                             hash;
+    size_t                                len;
+    json_t                               *root;
+    ngx_str_t                             hash, *type;
+    const char                           *err;
+    json_error_t                          error;
     ngx_http_request_t                   *r;
     ProtobufCMessage                     *m;
+    const ProtobufCMessageDescriptor     *d;
     Opamp__Proto__V1__PackagesAvailable  *pa;
 
     r = ctx->request;
 
-    if (r->headers_in.content_type == NULL
-        || r->headers_in.content_type->value.len
-           < sizeof("application/x-protobuf") - 1
-        || ngx_strncasecmp(r->headers_in.content_type->value.data,
-                           (u_char *) "application/x-protobuf",
-                           sizeof("application/x-protobuf") - 1) != 0)
-    {
-        return ngx_http_opamp_admin_error(r, NGX_HTTP_UNSUPPORTED_MEDIA_TYPE,
-                   "the body must be application/x-protobuf");
-    }
+    d = (ctx->op == NGX_HTTP_OPAMP_ADMIN_PACKAGES)
+        ? &opamp__proto__v1__packages_available__descriptor
+        : &opamp__proto__v1__connection_settings_offers__descriptor;
 
-    m = protobuf_c_message_unpack(ctx->op == NGX_HTTP_OPAMP_ADMIN_PACKAGES
-                        ? &opamp__proto__v1__packages_available__descriptor
-                        : &opamp__proto__v1__connection_settings_offers__descriptor,
-                        NULL, ctx->body.len, ctx->body.data);
-    if (m == NULL) {
-        return ngx_http_opamp_admin_error(r, NGX_HTTP_BAD_REQUEST,
-                   ctx->op == NGX_HTTP_OPAMP_ADMIN_PACKAGES
-                   ? "the body is not a PackagesAvailable message"
-                   : "the body is not a ConnectionSettingsOffers message");
+    type = r->headers_in.content_type ? &r->headers_in.content_type->value
+                                      : NULL;
+
+    if (type && type->len >= sizeof("application/x-protobuf") - 1
+        && ngx_strncasecmp(type->data, (u_char *) "application/x-protobuf",
+                           sizeof("application/x-protobuf") - 1) == 0)
+    {
+        m = protobuf_c_message_unpack(d, NULL, ctx->body.len,
+                                      ctx->body.data);
+        if (m == NULL) {
+            return ngx_http_opamp_admin_error(r, NGX_HTTP_BAD_REQUEST,
+                       ctx->op == NGX_HTTP_OPAMP_ADMIN_PACKAGES
+                       ? "the body is not a PackagesAvailable message"
+                       : "the body is not a ConnectionSettingsOffers "
+                         "message");
+        }
+
+    } else {
+        root = json_loadb((const char *) ctx->body.data, ctx->body.len,
+                          JSON_REJECT_DUPLICATES, &error);
+        if (root == NULL) {
+            return ngx_http_opamp_admin_error(r, NGX_HTTP_BAD_REQUEST,
+                                              "invalid JSON");
+        }
+
+        err = "invalid message";
+        m = ngx_http_opamp_json_to_message(root, d, &err);
+        json_decref(root);
+
+        if (m == NULL) {
+            return ngx_http_opamp_admin_error(r, NGX_HTTP_BAD_REQUEST, err);
+        }
+
+        /* what is stored is the protobuf message, as for any writer */
+
+        len = protobuf_c_message_get_packed_size(m);
+        p = ngx_pnalloc(r->pool, len + 1);
+        if (p == NULL) {
+            protobuf_c_message_free_unpacked(m, NULL);
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        ctx->body.data = p;
+        ctx->body.len = protobuf_c_message_pack(m, p);
     }
 
     if (ctx->op == NGX_HTTP_OPAMP_ADMIN_SETTINGS) {

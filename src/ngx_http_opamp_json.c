@@ -513,3 +513,353 @@ ngx_http_opamp_json_bytes(ngx_http_opamp_json_t *j,
     ngx_encode_base64(&dst, &src);
     ngx_http_opamp_json_string(j, dst.data, dst.len);
 }
+
+
+/*
+ * The reverse: a jansson value into a protobuf-c message of the given
+ * type, in the shape ngx_http_opamp_json_message() writes (field names as
+ * in the .proto, enums by name or number, maps as objects, hashes and
+ * uids in hex, other bytes as text).  Everything is allocated with
+ * malloc, so protobuf_c_message_free_unpacked(m, NULL) frees it all.
+ * On failure, NULL and a reason in *err.
+ */
+
+static ngx_int_t ngx_http_opamp_json_field(json_t *v,
+    const ProtobufCFieldDescriptor *f, void *member, const char **err);
+
+
+static ngx_int_t
+ngx_http_opamp_json_hex(const char *s, size_t len, ProtobufCBinaryData *b)
+{
+    int     hi, lo;
+    size_t  i;
+
+    if (len % 2) {
+        return NGX_ERROR;
+    }
+
+    b->data = malloc(len / 2 + 1);
+    if (b->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    b->len = len / 2;
+
+    for (i = 0; i < len; i += 2) {
+        hi = ngx_hextoi((u_char *) s + i, 1);
+        lo = ngx_hextoi((u_char *) s + i + 1, 1);
+
+        if (hi == NGX_ERROR || lo == NGX_ERROR) {
+            free(b->data);
+            b->data = NULL;
+            b->len = 0;
+            return NGX_ERROR;
+        }
+
+        b->data[i / 2] = (uint8_t) (hi << 4 | lo);
+    }
+
+    return NGX_OK;
+}
+
+
+ProtobufCMessage *
+ngx_http_opamp_json_to_message(json_t *obj,
+    const ProtobufCMessageDescriptor *d, const char **err)
+{
+    size_t                           n, size, i, k;
+    u_char                          *base, *array;
+    json_t                          *v, *item;
+    const char                      *name;
+    ProtobufCMessage                *m, *entry;
+    const ProtobufCFieldDescriptor  *f, *kf, *vf;
+
+    if (!json_is_object(obj)) {
+        *err = "a message must be a JSON object";
+        return NULL;
+    }
+
+    m = calloc(1, d->sizeof_message);
+    if (m == NULL) {
+        *err = "out of memory";
+        return NULL;
+    }
+
+    d->message_init(m);
+    base = (u_char *) m;
+
+    json_object_foreach(obj, name, v) {
+
+        f = protobuf_c_message_descriptor_get_field_by_name(d, name);
+        if (f == NULL) {
+            *err = "unknown field";
+            goto failed;
+        }
+
+        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+
+            if (f->type == PROTOBUF_C_TYPE_MESSAGE
+                && ngx_http_opamp_json_is_map(f))
+            {
+                /* a map: {"key": value, ...} */
+
+                if (!json_is_object(v)) {
+                    *err = "a map must be a JSON object";
+                    goto failed;
+                }
+
+                n = json_object_size(v);
+                array = calloc(n + 1, sizeof(void *));
+                if (array == NULL) {
+                    *err = "out of memory";
+                    goto failed;
+                }
+
+                *(void **) (base + f->offset) = array;
+
+                kf = &((const ProtobufCMessageDescriptor *)
+                       f->descriptor)->fields[0];
+                vf = &((const ProtobufCMessageDescriptor *)
+                       f->descriptor)->fields[1];
+
+                k = 0;
+
+                json_object_foreach(v, name, item) {
+                    entry = calloc(1, ((const ProtobufCMessageDescriptor *)
+                                       f->descriptor)->sizeof_message);
+                    if (entry == NULL) {
+                        *err = "out of memory";
+                        goto failed;
+                    }
+
+                    ((const ProtobufCMessageDescriptor *)
+                     f->descriptor)->message_init(entry);
+
+                    ((ProtobufCMessage **) array)[k++] = entry;
+                    *(size_t *) (base + f->quantifier_offset) = k;
+
+                    *(char **) ((u_char *) entry + kf->offset) =
+                        strdup(name);
+
+                    if (ngx_http_opamp_json_field(item, vf,
+                                                  (u_char *) entry
+                                                  + vf->offset, err)
+                        != NGX_OK)
+                    {
+                        goto failed;
+                    }
+                }
+
+                continue;
+            }
+
+            if (!json_is_array(v)) {
+                *err = "a repeated field must be a JSON array";
+                goto failed;
+            }
+
+            switch (f->type) {
+            case PROTOBUF_C_TYPE_INT64:
+            case PROTOBUF_C_TYPE_SINT64:
+            case PROTOBUF_C_TYPE_SFIXED64:
+            case PROTOBUF_C_TYPE_UINT64:
+            case PROTOBUF_C_TYPE_FIXED64:
+            case PROTOBUF_C_TYPE_DOUBLE:
+                size = 8;
+                break;
+            case PROTOBUF_C_TYPE_BOOL:
+                size = sizeof(protobuf_c_boolean);
+                break;
+            case PROTOBUF_C_TYPE_STRING:
+            case PROTOBUF_C_TYPE_MESSAGE:
+                size = sizeof(void *);
+                break;
+            case PROTOBUF_C_TYPE_BYTES:
+                size = sizeof(ProtobufCBinaryData);
+                break;
+            default:
+                size = 4;
+            }
+
+            n = json_array_size(v);
+            array = calloc(n + 1, size);
+            if (array == NULL) {
+                *err = "out of memory";
+                goto failed;
+            }
+
+            *(void **) (base + f->offset) = array;
+
+            for (i = 0; i < n; i++) {
+                *(size_t *) (base + f->quantifier_offset) = i + 1;
+
+                if (ngx_http_opamp_json_field(json_array_get(v, i), f,
+                                              array + i * size, err)
+                    != NGX_OK)
+                {
+                    goto failed;
+                }
+            }
+
+            continue;
+        }
+
+        if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) {
+            *(uint32_t *) (base + f->quantifier_offset) = f->id;
+        }
+
+        if (ngx_http_opamp_json_field(v, f, base + f->offset, err)
+            != NGX_OK)
+        {
+            goto failed;
+        }
+    }
+
+    return m;
+
+failed:
+
+    protobuf_c_message_free_unpacked(m, NULL);
+    return NULL;
+}
+
+
+static ngx_int_t
+ngx_http_opamp_json_field(json_t *v, const ProtobufCFieldDescriptor *f,
+    void *member, const char **err)
+{
+    size_t                     len;
+    const char                *s;
+    json_int_t                 n;
+    ProtobufCBinaryData       *b;
+    const ProtobufCEnumValue  *ev;
+
+    switch (f->type) {
+
+    case PROTOBUF_C_TYPE_STRING:
+        if (!json_is_string(v)) {
+            *err = "a string field needs a JSON string";
+            return NGX_ERROR;
+        }
+
+        *(char **) member = strdup(json_string_value(v));
+        return *(char **) member ? NGX_OK : NGX_ERROR;
+
+    case PROTOBUF_C_TYPE_BYTES:
+        if (!json_is_string(v)) {
+            *err = "a bytes field needs a JSON string";
+            return NGX_ERROR;
+        }
+
+        s = json_string_value(v);
+        len = json_string_length(v);
+        b = member;
+
+        n = ngx_strlen(f->name);
+
+        if ((n >= 4 && ngx_strcmp(f->name + n - 4, "hash") == 0)
+            || (n >= 3 && ngx_strcmp(f->name + n - 3, "uid") == 0))
+        {
+            if (ngx_http_opamp_json_hex(s, len, b) != NGX_OK) {
+                *err = "hashes and uids are written in hex";
+                return NGX_ERROR;
+            }
+
+            return NGX_OK;
+        }
+
+        b->data = malloc(len + 1);
+        if (b->data == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_memcpy(b->data, s, len);
+        b->len = len;
+        return NGX_OK;
+
+    case PROTOBUF_C_TYPE_BOOL:
+        if (!json_is_boolean(v)) {
+            *err = "a bool field needs true or false";
+            return NGX_ERROR;
+        }
+
+        *(protobuf_c_boolean *) member = json_is_true(v);
+        return NGX_OK;
+
+    case PROTOBUF_C_TYPE_ENUM:
+        if (json_is_string(v)) {
+            ev = protobuf_c_enum_descriptor_get_value_by_name(f->descriptor,
+                     json_string_value(v));
+            if (ev == NULL) {
+                *err = "unknown enum value";
+                return NGX_ERROR;
+            }
+
+            *(int *) member = ev->value;
+            return NGX_OK;
+        }
+
+        if (!json_is_integer(v)) {
+            *err = "an enum field needs a name or a number";
+            return NGX_ERROR;
+        }
+
+        *(int *) member = (int) json_integer_value(v);
+        return NGX_OK;
+
+    case PROTOBUF_C_TYPE_FLOAT:
+    case PROTOBUF_C_TYPE_DOUBLE:
+        if (!json_is_number(v)) {
+            *err = "a floating point field needs a number";
+            return NGX_ERROR;
+        }
+
+        if (f->type == PROTOBUF_C_TYPE_FLOAT) {
+            *(float *) member = (float) json_number_value(v);
+
+        } else {
+            *(double *) member = json_number_value(v);
+        }
+
+        return NGX_OK;
+
+    case PROTOBUF_C_TYPE_MESSAGE:
+        *(ProtobufCMessage **) member =
+            ngx_http_opamp_json_to_message(v, f->descriptor, err);
+
+        return *(ProtobufCMessage **) member ? NGX_OK : NGX_ERROR;
+
+    default:
+        /* integers; uint64 may come as a string of digits */
+
+        if (json_is_string(v)) {
+            n = ngx_atoi((u_char *) json_string_value(v),
+                         json_string_length(v));
+            if (n == NGX_ERROR) {
+                *err = "an integer field needs a number";
+                return NGX_ERROR;
+            }
+
+        } else if (json_is_integer(v)) {
+            n = json_integer_value(v);
+
+        } else {
+            *err = "an integer field needs a number";
+            return NGX_ERROR;
+        }
+
+        switch (f->type) {
+        case PROTOBUF_C_TYPE_INT64:
+        case PROTOBUF_C_TYPE_SINT64:
+        case PROTOBUF_C_TYPE_SFIXED64:
+        case PROTOBUF_C_TYPE_UINT64:
+        case PROTOBUF_C_TYPE_FIXED64:
+            *(int64_t *) member = n;
+            break;
+        default:
+            *(int32_t *) member = (int32_t) n;
+        }
+
+        return NGX_OK;
+    }
+}

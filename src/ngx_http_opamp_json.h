@@ -13,6 +13,7 @@
 
 #include "ngx_http_opamp.h"
 #include <protobuf-c/protobuf-c.h>
+#include <jansson.h>
 
 
 typedef struct {
@@ -47,6 +48,11 @@ void ngx_http_opamp_json_number(ngx_http_opamp_json_t *j, u_char *s,
 /* a whole protobuf-c message as a JSON object */
 void ngx_http_opamp_json_message(ngx_http_opamp_json_t *j,
     const ProtobufCMessage *m);
+
+/* a JSON value of that shape into a message (malloc'ed: free it with
+ * protobuf_c_message_free_unpacked()); NULL with a reason in *err */
+ProtobufCMessage *ngx_http_opamp_json_to_message(json_t *obj,
+    const ProtobufCMessageDescriptor *d, const char **err);
 
 #define ngx_http_opamp_json_object(j)   ngx_http_opamp_json_begin(j, '{')
 #define ngx_http_opamp_json_array(j)    ngx_http_opamp_json_begin(j, '[')

@@ -241,6 +241,27 @@ like($t->s2a_text($ws->recv_msg(5) // ''),
 is($d->{own_metrics}{destination_endpoint}, 'http://127.0.0.1:4318',
    'GET shows them as JSON');
 
+# the same as JSON, in the shape GET shows
+($s, $d) = api('PUT', 'connection-settings/agents/' . uid_text($wu),
+               '{"own_metrics":{"destination_endpoint":"http://127.0.0.1:9999",'
+               . '"headers":{"headers":[{"key":"x-k","value":"v"}]}},'
+               . '"other_connections":{"db":{"destination_endpoint":"x"}}}');
+is($s, 200, 'PUT an agent\'s connection settings as JSON: 200');
+my $stored = $t->redis('GET', 'opamp:connection_settings:{' . uid_text($wu) . '}');
+like($t->decode('ConnectionSettingsOffers', $stored),
+     qr/own_metrics \{\s*destination_endpoint: "http:\/\/127.0.0.1:9999"\s*headers \{\s*headers \{\s*key: "x-k"/,
+     'stored as the protobuf message (protoc decodes it)');
+like($t->s2a_text($ws->recv_msg(5) // ''), qr/destination_endpoint: "http:\/\/127.0.0.1:9999"/,
+     'and pushed to the agent');
+($s, $d) = api('GET', 'connection-settings/agents/' . uid_text($wu));
+is($d->{other_connections}{db}{destination_endpoint}, 'x',
+   'GET shows maps as objects');
+($s, $d) = api('PUT', 'connection-settings', '{"own_metrics":{"color":1}}');
+is($s, 400, 'an unknown field: 400');
+($s, $d) = api('PUT', 'packages', '{"packages":{"a":{"version":"1"}}}');
+is($s, 400, 'packages without all_packages_hash: 400');
+like($d->{error}, qr/all_packages_hash/, 'says so');
+
 my $pk = OpAMPFleet::encode('PackagesAvailable',
     'packages { key: "a" value { version: "2" } } all_packages_hash: "\001\002"');
 ($s, $d) = api('PUT', 'packages/agents/' . uid_text($wu), $pk,
@@ -275,6 +296,9 @@ my @bad = (
     [ 'POST', 'agents/' . uid_text($wu) . '/messages', '{"capability":"a"}',
       400, qr/capability/ ],
     [ 'PUT', 'packages', 'not protobuf', 400, qr/PackagesAvailable|protobuf/ ],
+    [ 'PUT', 'connection-settings', '{"opamp":{"heartbeat_interval_seconds":"x"}}',
+      400, qr/integer/ ],
+    [ 'PUT', 'packages', '{"all_packages_hash":"zz"}', 400, qr/hex/ ],
     [ 'PATCH', 'configs/groups/g1', '{}', 405, qr/not allowed/ ],
     [ 'GET', 'agents?limit=5000', undef, 400, qr/limit/ ],
     [ 'GET', 'agents?color=red', undef, 400, qr/unknown parameter/ ],
@@ -283,7 +307,8 @@ my @bad = (
 for my $b (@bad) {
     my ($meth, $path, $body, $code, $re) = @$b;
     my %h;
-    %h = ('Content-Type' => 'application/x-protobuf') if $path eq 'packages';
+    %h = ('Content-Type' => 'application/x-protobuf')
+        if ($body // '') eq 'not protobuf';
     my ($st, $dd, $hh, $raw) = api($meth, $path, $body, %h);
     is($st, $code, "$meth $path: $code");
     like($dd->{error} // '', $re, "$meth $path: a JSON error says why")
