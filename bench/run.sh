@@ -78,7 +78,7 @@ http {
     opamp_redis 127.0.0.1:$RPORT;
     upstream nchan_redis { nchan_redis_server "redis://127.0.0.1:$RPORT"; }
     server {
-        listen 127.0.0.1:$PORT backlog=4096;
+        listen 127.0.0.1:$PORT backlog=4096 reuseport;
         location = /v1/opamp { opamp; opamp_heartbeat_interval 30s; }
         location /admin/ { opamp_admin; }
         location = /204 { return 204; }
