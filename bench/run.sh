@@ -10,6 +10,7 @@
 #   BENCH_FANOUT="1000 10000"     agents for the config fan-out
 #   BENCH_RUNS=3                  repetitions (the median is reported)
 #   BENCH_SECONDS=10              length of the throughput runs
+#   BENCH_OUT=file                default bench/results/<date>.md
 #
 # Everything is bounded in count and time, and targets 127.0.0.0/8 only.
 
@@ -26,6 +27,7 @@ FANOUT=${BENCH_FANOUT:-"1000 10000"}
 RUNS=${BENCH_RUNS:-3}
 SECONDS_RUN=${BENCH_SECONDS:-10}
 PER_PROC=18000
+OUT=${BENCH_OUT:-$BENCH/results/$(date -u +%Y-%m-%d).md}
 
 WORK=$(mktemp -d /tmp/opamp-bench-XXXXXX)
 chmod 755 "$WORK"
@@ -265,7 +267,7 @@ fi
     echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); runs: $RUNS (median)"
     echo
     printf '%s\n' "${ROWS[@]}"
-} > "$BENCH/results/$(date -u +%Y-%m-%d).md"
+} > "$OUT"
 
 echo
-echo "written: bench/results/$(date -u +%Y-%m-%d).md"
+echo "written: $OUT"
