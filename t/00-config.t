@@ -1,8 +1,9 @@
 #!/usr/bin/perl
 
 # nginx -t: the module's directives accept what docs/directives.md says
-# and refuse everything else with a clear message.  Also: Debian's nchan
-# module loads beside this one (hiredis linked privately).
+# and refuse everything else with a clear [emerg] message that names the
+# file and line.  Also: Debian's nchan module loads beside this one
+# (hiredis linked privately).
 
 use strict;
 use warnings;
@@ -17,94 +18,200 @@ my $t = OpAMPTest->new;
 
 sub conf {
     my (%o) = @_;
-    return $t->conf_text('', %o);
+    return $t->conf_text($o{server} // '', %o);
 }
 
-my ($rc, $out) = $t->nginx_t(conf(location => '
+sub with_redis {
+    my ($url) = @_;
+    my $c = conf();
+    $c =~ s/opamp_redis 127\.0\.0\.1:\d+;/opamp_redis $url;/ or die;
+    return $c;
+}
+
+my ($rc, $out) = $t->nginx_t(conf());
+is($rc, 0, 'the harness configuration passes nginx -t') or diag $out;
+like($out, qr/syntax is ok/, 'nginx says the syntax is ok');
+
+($rc, $out) = $t->nginx_t(conf(location => '
             opamp_heartbeat_interval 17s;
             opamp_agent_timeout 1m;
             opamp_max_message_size 1k;
             opamp_send_timeout 10s;
             opamp_send_queue_limit 1m;
-            opamp_gzip_min_length 0;',
+            opamp_gzip_min_length 0;
+            opamp_custom_capabilities io.example.a io.example.b;',
     http => '
     opamp_server_id edge-1.example;
-    opamp_redis_timeout 500ms;'));
-is($rc, 0, 'a configuration with every directive passes nginx -t')
+    opamp_redis_timeout 500ms;
+    opamp_max_message_size 2m;
+    opamp_heartbeat_interval 10s;',
+    server => '
+        opamp_agent_timeout 2m;
+        location /admin/ { opamp_admin; }
+        location = /v2/opamp { opamp; }'));
+is($rc, 0, 'a configuration with every directive, at every level, passes')
     or diag $out;
 
-# each bad value fails with its message
+($rc, $out) = $t->nginx_t(conf(location => '
+            opamp_heartbeat_interval 1s;
+            opamp_agent_timeout 1001ms;'));
+is($rc, 0, 'opamp_agent_timeout just over opamp_heartbeat_interval passes')
+    or diag $out;
+
+# each bad value: nginx -t fails, at [emerg], with this message, naming
+# the configuration file and a line
 my @bad = (
     [ 'opamp_max_message_size below 1k',
-      location => 'opamp_max_message_size 512;', qr/must be at least 1k/ ],
-    [ 'opamp_agent_timeout not longer than the heartbeat',
+      location => 'opamp_max_message_size 1023;',
+      qr/"opamp_max_message_size" directive must be at least 1k/ ],
+    [ 'opamp_max_message_size 0',
+      location => 'opamp_max_message_size 0;',
+      qr/"opamp_max_message_size" directive must be at least 1k/ ],
+    [ 'opamp_max_message_size not a size',
+      location => 'opamp_max_message_size lots;',
+      qr/"opamp_max_message_size" directive invalid value/ ],
+    [ 'opamp_send_queue_limit below 1k',
+      location => 'opamp_send_queue_limit 100;',
+      qr/"opamp_send_queue_limit" directive must be at least 1k/ ],
+    [ 'opamp_agent_timeout equal to the heartbeat',
       location => 'opamp_heartbeat_interval 30s; opamp_agent_timeout 30s;',
-      qr/"opamp_agent_timeout" .* must be longer than/ ],
+      qr/"opamp_agent_timeout" 30000 must be longer than "opamp_heartbeat_interval" 30/ ],
+    [ 'opamp_agent_timeout shorter than the heartbeat',
+      location => 'opamp_heartbeat_interval 1m; opamp_agent_timeout 20s;',
+      qr/"opamp_agent_timeout" \d+ must be longer than "opamp_heartbeat_interval"/ ],
+    [ 'opamp_agent_timeout shorter than the default heartbeat (30s)',
+      location => 'opamp_agent_timeout 10s;',
+      qr/"opamp_agent_timeout" \d+ must be longer than "opamp_heartbeat_interval"/ ],
+    [ 'a heartbeat from the http level not shorter than the agent timeout',
+      http => 'opamp_heartbeat_interval 5m;',
+      qr/"opamp_agent_timeout" \d+ must be longer than "opamp_heartbeat_interval"/ ],
     [ 'opamp_heartbeat_interval 0',
-      location => 'opamp_heartbeat_interval 0;', qr/at least 1s|greater than/ ],
+      location => 'opamp_heartbeat_interval 0;',
+      qr/"opamp_heartbeat_interval" must be at least 1s/ ],
+    [ 'opamp_heartbeat_interval 500ms (rounds to 0s)',
+      location => 'opamp_heartbeat_interval 500ms;',
+      qr/"opamp_heartbeat_interval" (must be at least 1s|directive invalid value)/ ],
+    [ 'opamp_heartbeat_interval not a time',
+      location => 'opamp_heartbeat_interval soon;',
+      qr/"opamp_heartbeat_interval" directive invalid value/ ],
+    [ 'opamp_agent_timeout 0', location => 'opamp_agent_timeout 0;',
+      qr/"opamp_agent_timeout" directive must be greater than zero/ ],
     [ 'opamp_send_timeout 0', location => 'opamp_send_timeout 0;',
-      qr/must be greater than zero/ ],
-    [ 'opamp_redis_prefix with a brace', prefix => '"a{b"',
+      qr/"opamp_send_timeout" directive must be greater than zero/ ],
+    [ 'opamp_redis_timeout 0', http => 'opamp_redis_timeout 0;',
+      qr/"opamp_redis_timeout" directive must be greater than zero/ ],
+    [ 'opamp_redis_prefix with {', prefix => '"a{b:"',
+      qr/invalid character in "opamp_redis_prefix" "a\{b:"/ ],
+    [ 'opamp_redis_prefix with }', prefix => '"ab}:"',
       qr/invalid character in "opamp_redis_prefix"/ ],
-    [ 'opamp_redis_prefix too long',
-      prefix => 'p' x 65,
-      qr/longer than 64 characters/ ],
-    [ 'duplicate opamp_redis_prefix',
-      http => 'opamp_redis_prefix b:;',
-      qr/is duplicate/ ],
+    [ 'opamp_redis_prefix with a space', prefix => '"a b:"',
+      qr/invalid character in "opamp_redis_prefix" "a b:"/ ],
+    [ 'opamp_redis_prefix with a tab', prefix => "\"a\tb:\"",
+      qr/invalid character in "opamp_redis_prefix"/ ],
+    [ 'opamp_redis_prefix with a quote', prefix => q{'a"b:'},
+      qr/invalid character in "opamp_redis_prefix"/ ],
+    [ 'opamp_redis_prefix of 65 characters', prefix => 'p' x 65,
+      qr/"opamp_redis_prefix" directive is longer than 64 characters/ ],
+    [ 'opamp_redis_prefix with two arguments', prefix => 'a: b:',
+      qr/invalid number of arguments in "opamp_redis_prefix"/ ],
+    [ 'duplicate opamp_redis_prefix', http => 'opamp_redis_prefix b:;',
+      qr/"opamp_redis_prefix" directive is duplicate/ ],
+    [ 'duplicate opamp_redis', http => 'opamp_redis 127.0.0.1:1;',
+      qr/"opamp_redis" directive is duplicate/ ],
+    [ 'duplicate opamp in a location', location => 'opamp;',
+      qr/"opamp" directive is duplicate/ ],
+    [ 'duplicate opamp_heartbeat_interval',
+      location => 'opamp_heartbeat_interval 10s; '
+                  . 'opamp_heartbeat_interval 20s;',
+      qr/"opamp_heartbeat_interval" directive is duplicate/ ],
+    [ 'duplicate opamp_max_message_size',
+      location => 'opamp_max_message_size 1m; opamp_max_message_size 2m;',
+      qr/"opamp_max_message_size" directive is duplicate/ ],
+    [ 'duplicate opamp_server_id',
+      http => 'opamp_server_id a; opamp_server_id b;',
+      qr/"opamp_server_id" directive is duplicate/ ],
+    [ 'duplicate opamp_custom_capabilities',
+      location => 'opamp_custom_capabilities a.b; '
+                  . 'opamp_custom_capabilities c.d;',
+      qr/"opamp_custom_capabilities" directive is duplicate/ ],
+    [ 'opamp_admin in the opamp location', location => 'opamp_admin;',
+      qr/"opamp_admin" directive is duplicate, or the location has another handler/ ],
     [ 'opamp_server_id too long',
       http => 'opamp_server_id ' . ('s' x 201) . ';',
-      qr/1 to 200 characters/ ],
+      qr/"opamp_server_id" directive must be 1 to 200 characters long/ ],
+    [ 'opamp_server_id with a space', http => 'opamp_server_id "a b";',
+      qr/"opamp_server_id" directive must not contain whitespace/ ],
     [ 'opamp in the http context', http => 'opamp;',
       qr/"opamp" directive is not allowed here/ ],
+    [ 'opamp in the server context', server => 'opamp;',
+      qr/"opamp" directive is not allowed here/ ],
+    [ 'opamp_redis in a server', server => 'opamp_redis 127.0.0.1:6379;',
+      qr/"opamp_redis" directive is not allowed here/ ],
+    [ 'opamp_redis_prefix in a location',
+      location => 'opamp_redis_prefix x:;',
+      qr/"opamp_redis_prefix" directive is not allowed here/ ],
     [ 'opamp with an argument', location => 'opamp on;',
-      qr/invalid number of arguments in "opamp"/ ],
+      qr/invalid number of arguments in "opamp" directive/ ],
     [ 'a custom capability with a control character',
       location => "opamp_custom_capabilities \"a\tb\";",
-      qr/invalid custom capability/ ],
+      qr/invalid custom capability "a\tb"/ ],
 );
 
 for my $b (@bad) {
-    my ($name, $where, $text, $re) = @$b;
-    ($rc, $out) = $t->nginx_t(conf($where => $text));
+    my ($name, @o) = @$b;
+    my $re = pop @o;
+    ($rc, $out) = $t->nginx_t(conf(@o));
     isnt($rc, 0, "nginx -t fails: $name");
-    like($out, $re, "with a clear message: $name");
-    like($out, qr/\[emerg\]/, "at emerg level: $name");
+    like($out, $re, "  with a clear message: $name") or diag $out;
+    like($out, qr/\[emerg\].*in \S*test\.conf:\d+/,
+         "  at [emerg], naming file and line: $name");
 }
 
-# Redis URLs: the forms that work, and the ones refused at -t
-for my $url ('127.0.0.1:6379', 'localhost', 'redis://127.0.0.1',
+# Redis URLs: the forms docs/directives.md lists are accepted
+for my $url ('127.0.0.1:6379', '127.0.0.1', 'localhost', 'localhost:6380',
+             'redis://127.0.0.1', 'redis://127.0.0.1:6380',
+             'redis://127.0.0.1:6380/2', 'redis://127.0.0.1/',
              'redis://:secret@127.0.0.1:6380/2',
-             'redis://user:p%40ss@127.0.0.1/0', 'unix:/run/redis.sock',
+             'redis://user:p%40ss@127.0.0.1/0',
+             'redis://user:p@ss@127.0.0.1/0',
+             'unix:/run/redis.sock', 'unix:/run/redis.sock?db=3',
              'unix:/run/redis.sock?db=3&password=x&user=u', '[::1]:6379')
 {
-    my $c = conf();
-    $c =~ s/opamp_redis 127\.0\.0\.1:\d+;/opamp_redis $url;/;
-    ($rc, $out) = $t->nginx_t($c);
+    ($rc, $out) = $t->nginx_t(with_redis($url));
     is($rc, 0, "redis URL accepted: $url") or diag $out;
 }
 
-for my $b ([ 'redis://127.0.0.1:notaport', qr/invalid redis address/ ],
-           [ 'unix:', qr/an absolute path is required/ ],
+# and everything else is refused at -t, with the reason
+for my $b ([ 'redis://127.0.0.1:notaport', qr/invalid redis address "redis:\/\/127\.0\.0\.1:notaport": invalid port/ ],
+           [ '127.0.0.1:notaport', qr/invalid redis address "127\.0\.0\.1:notaport"/ ],
+           [ 'redis://127.0.0.1:70000', qr/invalid redis address/ ],
+           [ 'unix:', qr/invalid redis unix socket address "unix:": an absolute path is required/ ],
+           [ 'unix:?db=1', qr/an absolute path is required/ ],
            [ 'unix:relative.sock', qr/an absolute path is required/ ],
-           [ 'redis://127.0.0.1/x', qr/invalid database number/ ],
+           [ 'redis://127.0.0.1/x', qr/invalid database number in redis address "redis:\/\/127\.0\.0\.1\/x"/ ],
+           [ 'redis://127.0.0.1/-1', qr/invalid database number/ ],
+           [ 'redis://127.0.0.1/99999999999', qr/invalid database number/ ],
            [ 'unix:/r.sock?db=-1', qr/invalid database number/ ],
-           [ 'unix:/r.sock?color=red', qr/only "db", "user" and "password"/ ],
-           [ 'redis://', qr/no host in redis address/ ],
-           [ 'no.such.host.invalid', qr/host not found|invalid redis address/ ],
-           [ 'http://127.0.0.1', qr/invalid redis address/ ])
+           [ 'unix:/r.sock?db=one', qr/invalid database number/ ],
+           [ 'unix:/r.sock?color=red', qr/only "db", "user" and "password" parameters are known/ ],
+           [ 'unix:/r.sock?db', qr/only "db", "user" and "password"/ ],
+           [ 'redis://', qr/invalid redis address|no host/ ],
+           [ 'no.such.host.invalid', qr/invalid redis address "no\.such\.host\.invalid"/ ],
+           [ 'http://127.0.0.1', qr/invalid redis address "http:\/\/127\.0\.0\.1"/ ],
+           [ '""', qr/empty redis address/ ])
 {
     my ($url, $re) = @$b;
-    my $c = conf();
-    $c =~ s/opamp_redis 127\.0\.0\.1:\d+;/opamp_redis $url;/;
-    ($rc, $out) = $t->nginx_t($c);
+    ($rc, $out) = $t->nginx_t(with_redis($url));
     isnt($rc, 0, "redis URL refused: $url");
-    like($out, $re, "with a clear message: $url");
+    like($out, $re, "  with a clear message: $url") or diag $out;
+    like($out, qr/\[emerg\]/, "  at [emerg]: $url");
 }
 
-my $c = conf(http => 'opamp_redis 127.0.0.1:1;');
-($rc, $out) = $t->nginx_t($c);
-like($out, qr/"opamp_redis" directive is duplicate/, 'duplicate opamp_redis');
+# a module that is loaded but not used costs nothing and checks nothing
+($rc, $out) = $t->nginx_t("load_module " . $t->module . ";\n"
+    . "events {}\nhttp { server { listen 127.0.0.1:" . $t->port
+    . "; } }\n");
+is($rc, 0, 'the module loaded, no opamp directive: passes') or diag $out;
 
 # Debian's nchan module (its own hiredis 1.0) loads beside this one
 SKIP: {
@@ -123,7 +230,7 @@ SKIP: {
         . 'capabilities: 1 agent_description { identifying_attributes { '
         . 'key: "service.name" value { string_value: "beside-nchan" } } }'));
     is($st, 200, 'OpAMP works with nchan loaded in the same nginx');
-    like($t->s2a_text($body), qr/capabilities: \d+/, 'a ServerToAgent');
+    is($t->s2a($body)->{instance_uid}, $uid, 'a ServerToAgent for the agent');
     like($t->agent($uid)->{description} // '', qr/beside-nchan/,
          'state in Redis');
     $t->done;

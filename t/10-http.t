@@ -1,9 +1,12 @@
 #!/usr/bin/perl
 
 # The plain HTTP transport: one AgentToServer per POST, one ServerToAgent
-# back; what lands in Redis (docs/redis-schema.md); the spec's sequence,
-# full-state, compression and identity rules; every bad input answered
-# clearly while the same worker goes on serving other agents.
+# back.  Every case is checked on the wire (the reply decoded by protoc)
+# and in Redis (docs/redis-schema.md): first contact, sequence numbers and
+# ReportFullState, status compression, the health tree, RequestInstanceUid,
+# agent_disconnect, the connection settings offer, gzip both ways; then
+# every kind of bad input, each answered clearly while the same worker goes
+# on serving other agents; then a second fleet under another prefix.
 
 use strict;
 use warnings;
@@ -11,272 +14,473 @@ use warnings;
 use Test::More;
 use FindBin;
 use lib "$FindBin::Bin/lib";
-use IO::Compress::Gzip qw(gzip);
-use IO::Uncompress::Gunzip qw(gunzip);
+use IO::Compress::Gzip qw(gzip $GzipError);
+use IO::Uncompress::Gunzip qw(gunzip $GunzipError);
+use Time::HiRes qw(time);
 
 use OpAMPTest;
 
+# the server's capabilities, as src/ngx_http_opamp_session.c announces
+# them: AcceptsStatus | OffersRemoteConfig | AcceptsEffectiveConfig |
+# OffersPackages | AcceptsPackagesStatus | OffersConnectionSettings
+my $SERVER_CAPS = 0x01 | 0x02 | 0x04 | 0x08 | 0x10 | 0x20;
+my $MAX = 4096;
+
+# many long custom capability names: a reply over opamp_gzip_min_length
+my @CCAPS = map { "io.example.capability.number.$_.with.a.long.name" } 1 .. 12;
+
 my $t = OpAMPTest->new;
 $t->start_redis;
-$t->start_nginx('
-        location = /gz { opamp; opamp_gzip_min_length 10; }',
-    workers => 1, location => '
+$t->start_nginx("
+        location = /big { opamp; opamp_custom_capabilities @CCAPS; }",
+    workers => 1, location => "
             opamp_heartbeat_interval 17s;
-            opamp_max_message_size 4k;');
+            opamp_max_message_size $MAX;");
+
+my @workers = $t->worker_pids;
+is(scalar @workers, 1, 'one worker');
 
 sub msg {
     my ($uid, $text) = @_;
     return $t->a2s('instance_uid: "' . uid_escape($uid) . '" ' . $text);
 }
 
-my $DESC = 'agent_description { identifying_attributes { key: '
-           . '"service.name" value { string_value: "checkout" } } '
-           . 'non_identifying_attributes { key: "os.type" value { '
-           . 'string_value: "linux" } } }';
+sub post {
+    my ($bytes, %h) = @_;
+    my ($s, $h, $b) = $t->http_post($bytes, %h);
+    my $m = eval { $t->s2a($b) };
+    return ($s, $h, $b, $m);
+}
 
-my $HEALTH = 'health { healthy: true status: "ok" start_time_unix_nano: 5 '
-             . 'component_health_map { key: "pipeline:traces" value { '
-             . 'healthy: false last_error: "exporter down" '
-             . 'component_health_map { key: "exporter:otlp" value { '
-             . 'healthy: false status: "refused" } } } } }';
+sub now_ms { int(time * 1000) }
 
-# a good agent after each bad input: the worker still serves
+my $DESC_TEXT = 'identifying_attributes { key: "service.name" value { '
+    . 'string_value: "checkout" } } identifying_attributes { key: '
+    . '"service.instance.id" value { string_value: "i-1" } } '
+    . 'non_identifying_attributes { key: "os.type" value { string_value: '
+    . '"linux" } } non_identifying_attributes { key: "host.cpus" value { '
+    . 'int_value: 8 } }';
+my $DESC = "agent_description { $DESC_TEXT }";
+
+my $HEALTH_TEXT = 'healthy: true status: "ok" start_time_unix_nano: 5 '
+    . 'component_health_map { key: "pipeline:traces" value { healthy: false '
+    . 'last_error: "exporter down" component_health_map { key: '
+    . '"exporter:otlp" value { healthy: false status: "refused" '
+    . 'last_error: "connection refused" } } } } '
+    . 'component_health_map { key: "pipeline:logs" value { healthy: true } }';
+my $HEALTH = "health { $HEALTH_TEXT }";
+
+# a good agent after each bad input: the same worker still serves, and
+# what it reports lands in Redis
+my $good_n = 0;
 sub still_serves {
     my ($after) = @_;
     my $uid = random_uid();
-    my ($s, $h, $b) = $t->http_post(msg($uid, "sequence_num: 0 capabilities: 1 $DESC"));
-    my $ok = $s == 200 && ($t->agent($uid)->{sequence_num} // '') eq '0';
-    ok($ok, "after $after the worker still serves another agent");
+    my $n = ++$good_n;
+    my ($s, $h, $b, $m) = post(msg($uid, "sequence_num: $n capabilities: 1 "
+                                         . $DESC));
+    my $a = $t->agent($uid);
+    my $ok = ($s // 0) == 200
+             && $m && ($m->{instance_uid} // '') eq $uid
+             && !$m->{error_response}
+             && ($a->{sequence_num} // '') eq $n
+             && ($a->{worker_pid} // '') eq $workers[0];
+    ok($ok, "after $after, another agent is served (200) and stored")
+        or diag("status " . ($s // 'none') . ", reply "
+                . eval { $t->s2a_text($b) } . ", hash "
+                . join(' ', map { "$_=" . ($a->{$_} // '') }
+                            qw(sequence_num worker_pid)));
 }
-
-my @workers = $t->worker_pids;
 
 # --- the first message --------------------------------------------------
 
 my $u1 = random_uid();
-my ($s, $h, $body) = $t->http_post(
+my $before = now_ms();
+my ($s, $h, $body, $m) = post(
     msg($u1, "sequence_num: 0 capabilities: 0x801 $DESC $HEALTH"),
     'OpAMP-Instance-UID' => uid_text($u1));
-is($s, 200, 'POST answered 200');
-is($h->{'content-type'}, 'application/x-protobuf', 'protobuf reply');
-my $r = $t->s2a_text($body);
-like($r, qr/^instance_uid: "/m, 'instance_uid echoed');
-ok(index($body, "\x0a\x10" . $u1) == 0, 'instance_uid bytes are the agent\'s');
-like($r, qr/^capabilities: \d+$/m, 'server capabilities announced');
-unlike($r, qr/^flags:/m, 'no ReportFullState for a new agent with '
-       . 'its description');
-unlike($r, qr/connection_settings/, 'no connection settings for an agent '
-       . 'without AcceptsOpAMPConnectionSettings');
+my $after = now_ms();
+is($s, 200, 'first message: 200');
+is($h->{'content-type'}, 'application/x-protobuf',
+   'Content-Type application/x-protobuf');
+is($h->{'content-length'}, length $body, 'Content-Length is the body');
+ok($m, 'the reply is a ServerToAgent') or diag($body);
+is($m->{instance_uid}, $u1, 'instance_uid echoed');
+is($m->{capabilities}, $SERVER_CAPS,
+   'server capabilities: AcceptsStatus, OffersRemoteConfig, '
+   . 'AcceptsEffectiveConfig, OffersPackages, AcceptsPackagesStatus, '
+   . 'OffersConnectionSettings');
+ok(!(($m->{flags} // 0) & 1),
+   'no ReportFullState for a new agent that sent its description');
+ok(!$m->{error_response}, 'no error_response');
+ok(!$m->{connection_settings},
+   'no connection settings for an agent without '
+   . 'AcceptsOpAMPConnectionSettings');
+ok(!$m->{agent_identification}, 'no agent_identification');
 
 my $a = $t->agent($u1);
-is($a->{schema}, 1, 'schema 1');
-is($a->{instance_uid}, uid_text($u1), 'instance_uid in canonical text');
-is($a->{sequence_num}, 0, 'sequence_num stored');
-is($a->{capabilities}, 0x801, 'capabilities stored');
-is($a->{transport}, 'http', 'transport http');
-is($a->{healthy}, 1, 'healthy 1');
-like($a->{first_seen_ms}, qr/^\d{13}$/, 'first_seen_ms');
-is($a->{last_seen_ms}, $a->{first_seen_ms}, 'last_seen_ms');
-is($a->{worker_pid}, $workers[0], 'worker_pid');
-like($a->{channel}, qr/^opamp:worker:.+:$workers[0]$/, 'worker channel');
-my $d = $t->decode('AgentDescription', $a->{description});
-like($d, qr/key: "service.name"\s*value \{\s*string_value: "checkout"/,
-     'description decodes back (protoc)');
-like($d, qr/key: "os.type"/, 'with its non-identifying attributes');
-my $hl = $t->decode('ComponentHealth', $a->{health});
-like($hl, qr/key: "exporter:otlp"\s*value \{\s*status: "refused"/,
-     'the whole health tree is stored');
-like($hl, qr/last_error: "exporter down"/, 'nested components included');
-ok(defined $t->redis('ZSCORE', 'opamp:agents', uid_text($u1)),
-   'listed in the opamp:agents index');
+is($a->{schema}, 1, 'hash: schema 1');
+is($a->{instance_uid}, uid_text($u1), 'hash: instance_uid, canonical text');
+is($a->{sequence_num}, 0, 'hash: sequence_num');
+is($a->{capabilities}, 0x801, 'hash: capabilities');
+is($a->{transport}, 'http', 'hash: transport http');
+is($a->{healthy}, 1, 'hash: healthy 1');
+is($a->{connected}, 1, 'hash: connected 1');
+is($a->{worker_pid}, $workers[0], 'hash: worker_pid');
+ok(($a->{first_seen_ms} // 0) >= $before - 5
+   && ($a->{first_seen_ms} // 0) <= $after + 5,
+   'hash: first_seen_ms is the time of the message')
+    or diag("$before <= $a->{first_seen_ms} <= $after");
+is($a->{last_seen_ms}, $a->{first_seen_ms}, 'hash: last_seen_ms');
+is($a->{expires_ms}, $a->{last_seen_ms} + 90000,
+   'hash: expires_ms = last_seen_ms + opamp_agent_timeout (90s)');
+is($t->decode('AgentDescription', $a->{description} // ''),
+   $t->decode('AgentDescription', $t->encode('AgentDescription', $DESC_TEXT)),
+   'hash: the stored description decodes back to what was sent');
+is($t->decode('ComponentHealth', $a->{health} // ''),
+   $t->decode('ComponentHealth', $t->encode('ComponentHealth', $HEALTH_TEXT)),
+   'hash: the whole health tree is stored');
+my $hl = $t->parse('ComponentHealth', $a->{health} // '');
+is($hl->{component_health_map}{'pipeline:traces'}{component_health_map}
+       {'exporter:otlp'}{last_error}, 'connection refused',
+   'hash: health, two levels down');
+is($t->redis('ZSCORE', 'opamp:agents', uid_text($u1)), $a->{last_seen_ms},
+   'zset opamp:agents: the uid, scored by last_seen_ms');
 
-# --- sequence numbers and full state --------------------------------------
+# --- sequence numbers and ReportFullState --------------------------------
 
-($s, $h, $body) = $t->http_post(msg($u1, 'sequence_num: 1 capabilities: 0x801'));
-unlike($t->s2a_text($body), qr/^flags:/m, 'seq + 1: no full state asked');
-is($t->agent($u1)->{sequence_num}, 1, 'sequence_num advanced');
-like($t->decode('AgentDescription', $t->agent($u1)->{description}),
-     qr/checkout/, 'status compression: the omitted description is kept');
+($s, $h, $body, $m) = post(msg($u1, 'sequence_num: 1 capabilities: 0x801'));
+is($s, 200, 'seq + 1: 200');
+ok(!(($m->{flags} // 0) & 1), 'seq + 1: no ReportFullState');
+$a = $t->agent($u1);
+is($a->{sequence_num}, 1, 'seq + 1: sequence_num stored');
+is($t->decode('AgentDescription', $a->{description} // ''),
+   $t->decode('AgentDescription', $t->encode('AgentDescription', $DESC_TEXT)),
+   'status compression: an omitted description keeps the stored one');
+is($t->decode('ComponentHealth', $a->{health} // ''),
+   $t->decode('ComponentHealth', $t->encode('ComponentHealth', $HEALTH_TEXT)),
+   'status compression: an omitted health keeps the stored one');
+is($a->{healthy}, 1, 'status compression: healthy kept');
 
-($s, $h, $body) = $t->http_post(msg($u1, 'sequence_num: 5 capabilities: 0x801'));
-like($t->s2a_text($body), qr/^flags: 1$/m, 'a sequence gap asks for full state');
+($s, $h, $body, $m) = post(msg($u1, 'sequence_num: 5 capabilities: 0x801'));
+is($s, 200, 'sequence gap: 200');
+is(($m->{flags} // 0) & 1, 1, 'sequence gap: ReportFullState');
+is($t->agent($u1)->{sequence_num}, 5, 'sequence gap: sequence_num stored');
 
-($s, $h, $body) = $t->http_post(msg($u1, 'sequence_num: 6 capabilities: 0x801 '
-                                     . 'health { healthy: false }'));
-unlike($t->s2a_text($body), qr/^flags:/m, 'continuing after the gap is fine');
-is($t->agent($u1)->{healthy}, 0, 'a new health replaces the stored one');
-unlike($t->decode('ComponentHealth', $t->agent($u1)->{health}),
-       qr/exporter/, 'the whole tree is replaced');
+($s, $h, $body, $m) = post(msg($u1, 'sequence_num: 6 capabilities: 0x801 '
+                                    . 'health { healthy: false status: '
+                                    . '"degraded" }'));
+ok(!(($m->{flags} // 0) & 1), 'seq + 1 after the gap: no ReportFullState');
+$a = $t->agent($u1);
+is($a->{healthy}, 0, 'a new health replaces the stored one: healthy 0');
+is_deeply($t->parse('ComponentHealth', $a->{health} // ''),
+          { status => 'degraded' },
+          'the whole stored tree is replaced, no component left over');
 
-($s, $h, $body) = $t->http_post(msg($u1, "sequence_num: 0 capabilities: 0x801 $DESC"));
-unlike($t->s2a_text($body), qr/^flags:/m,
-       'an agent that restarted (sequence 0 with its description) is not '
-       . 'asked again');
+($s, $h, $body, $m) = post(msg($u1, 'sequence_num: 6 capabilities: 0x801'));
+is(($m->{flags} // 0) & 1, 1,
+   'the same sequence_num again (not seq + 1): ReportFullState');
 
 my $u2 = random_uid();
-($s, $h, $body) = $t->http_post(msg($u2, 'sequence_num: 3 capabilities: 1'));
-like($t->s2a_text($body), qr/^flags: 1$/m,
-     'an unknown agent without a description is asked for full state');
+($s, $h, $body, $m) = post(msg($u2, 'sequence_num: 3 capabilities: 1'));
+is($s, 200, 'unknown agent without description: 200');
+is($m->{flags}, 1, 'unknown agent without description: ReportFullState');
+is($m->{instance_uid}, $u2, 'and its instance_uid echoed');
 
-$t->redis('HDEL', 'opamp:agent:{' . uid_text($u1) . '}', 'description');
-($s, $h, $body) = $t->http_post(msg($u1, 'sequence_num: 1 capabilities: 0x801'));
-like($t->s2a_text($body), qr/^flags: 1$/m,
-     'stored state missing: full state asked');
+($s, $h, $body, $m) = post(msg($u2, "sequence_num: 4 capabilities: 1 $DESC"));
+ok(!(($m->{flags} // 0) & 1), 'it reports its full state: no flag');
 
-# --- identity ---------------------------------------------------------------
+($s, $h, $body, $m) = post(msg($u2, "sequence_num: 0 capabilities: 1 $DESC"));
+ok(!(($m->{flags} // 0) & 1),
+   'agent restarted (sequence 0 with its description): no flag');
+
+# --- RequestInstanceUid -------------------------------------------------
 
 my $u3 = random_uid();
-($s, $h, $body) = $t->http_post(msg($u3, "sequence_num: 0 capabilities: 1 flags: 1 $DESC"));
-my ($new) = $t->s2a_text($body) =~ /agent_identification \{\s*new_instance_uid: "((?:[^"\\]|\\.)*)"/;
-ok(defined $new, 'RequestInstanceUid answered with agent_identification');
-my $pos = index($body, "\x42\x12\x0a\x10");
-ok($pos >= 0, 'new_instance_uid is 16 bytes');
-my $nu = substr($body, $pos + 4, 16);
-is(ord(substr($nu, 6, 1)) >> 4, 7, 'a UUIDv7 (version 7)');
-is(ord(substr($nu, 8, 1)) >> 6, 2, 'RFC 9562 variant');
+($s, $h, $body, $m) = post(msg($u3, "sequence_num: 0 capabilities: 1 "
+                                    . "flags: 1 $DESC"));
+is($s, 200, 'RequestInstanceUid: 200');
+my $nu = $m->{agent_identification}{new_instance_uid} // '';
+is(length $nu, 16, 'agent_identification.new_instance_uid is 16 bytes');
+isnt($nu, $u3, 'a uid other than the old one');
+is(ord(substr($nu, 6, 1)) >> 4, 7, 'UUIDv7: version nibble 7');
+is(ord(substr($nu, 8, 1)) >> 6, 2, 'UUIDv7: variant bits 10');
 my $ms = unpack('Q>', "\0\0" . substr($nu, 0, 6));
-ok(abs($ms - time * 1000) < 60000, 'its timestamp is now');
+ok(abs($ms - now_ms()) < 60000, 'UUIDv7: its timestamp is now');
 is($t->agent($nu)->{sequence_num}, '0',
    'the report is stored under the new uid');
-ok(!$t->redis('EXISTS', 'opamp:agent:{' . uid_text($u3) . '}'),
-   'and not under the old one');
+is($t->redis('EXISTS', $t->agent_key($u3)), 0, 'and not under the old one');
 
-# --- agent_disconnect -------------------------------------------------------
+my $u3b = random_uid();
+($s, $h, $body, $m) = post(msg($u3b, "sequence_num: 0 capabilities: 1 "
+                                     . "flags: 1 $DESC"));
+my $nu2 = $m->{agent_identification}{new_instance_uid} // '';
+ok(length $nu2 == 16 && $nu2 ne $nu, 'each request gets a different uid');
 
-($s, $h, $body) = $t->http_post(msg($u1, 'sequence_num: 2 capabilities: 0x801 '
-                                     . 'agent_disconnect {}'));
-is($s, 200, 'agent_disconnect answered');
-is($t->agent($u1)->{connected}, 0, 'agent_disconnect: connected 0');
-like($t->agent($u1)->{disconnected_at_ms}, qr/^\d{13}$/,
-     'disconnected_at_ms');
+# --- agent_disconnect ---------------------------------------------------
 
-# --- OpAMP connection settings: heartbeat, once -----------------------------
+($s, $h, $body, $m) = post(msg($u1, 'sequence_num: 7 capabilities: 0x801 '
+                                    . 'agent_disconnect {}'));
+is($s, 200, 'agent_disconnect: 200');
+$a = $t->agent($u1);
+is($a->{connected}, 0, 'agent_disconnect: connected 0');
+ok(($a->{disconnected_at_ms} // 0) >= $a->{first_seen_ms},
+   'agent_disconnect: disconnected_at_ms');
+
+($s, $h, $body, $m) = post(msg($u1, 'sequence_num: 8 capabilities: 0x801'));
+is($t->agent($u1)->{connected}, 1, 'polling again: connected 1');
+
+# --- connection settings offer --------------------------------------------
 
 my $u4 = random_uid();
-($s, $h, $body) = $t->http_post(msg($u4, "sequence_num: 0 capabilities: 0x101 $DESC"));
-$r = $t->s2a_text($body);
-like($r, qr/connection_settings \{\s*hash: ".+"\s*opamp \{\s*heartbeat_interval_seconds: 17\s*\}/s,
-     'AcceptsOpAMPConnectionSettings: heartbeat 17s offered, with a hash');
-($s, $h, $body) = $t->http_post(msg($u4, 'sequence_num: 1 capabilities: 0x101'));
-unlike($t->s2a_text($body), qr/connection_settings/, 'offered once only');
-like($t->agent($u4)->{cs_hash}, qr/^[0-9a-f]{40}$/, 'cs_hash recorded');
+($s, $h, $body, $m) = post(msg($u4, "sequence_num: 0 capabilities: 0x101 "
+                                    . $DESC));
+is($m->{connection_settings}{opamp}{heartbeat_interval_seconds}, 17,
+   'AcceptsOpAMPConnectionSettings: heartbeat_interval_seconds 17 offered');
+ok(length($m->{connection_settings}{hash} // '') > 0, 'with a hash');
+is($t->agent($u4)->{cs_hash}, unpack('H*', $m->{connection_settings}{hash}
+                                            // ''),
+   'cs_hash in Redis is the offered hash');
+($s, $h, $body, $m) = post(msg($u4, 'sequence_num: 1 capabilities: 0x101'));
+ok(!$m->{connection_settings}, 'not offered again on the next message');
+($s, $h, $body, $m) = post(msg($u4, 'sequence_num: 2 capabilities: 0x101'));
+ok(!$m->{connection_settings}, 'nor on the one after');
 
-# --- compression --------------------------------------------------------------
+my $u4b = random_uid();
+($s, $h, $body, $m) = post(msg($u4b, "sequence_num: 0 capabilities: 0x1 "
+                                     . $DESC));
+ok(!$m->{connection_settings}, 'no offer without the capability (1st)');
+($s, $h, $body, $m) = post(msg($u4b, 'sequence_num: 1 capabilities: 0x1'));
+ok(!$m->{connection_settings}, 'no offer without the capability (2nd)');
+
+# --- Content-Type variants ------------------------------------------------
 
 my $u5 = random_uid();
-my $plain = msg($u5, "sequence_num: 0 capabilities: 1 $DESC");
+($s, $h, $body, $m) = post(msg($u5, "sequence_num: 0 capabilities: 1 $DESC"),
+    'Content-Type' => 'application/x-protobuf; charset=binary');
+is($s, 200, 'Content-Type with a parameter: 200');
+
+# --- gzip -----------------------------------------------------------------
+
+my $plain = msg($u5, "sequence_num: 1 capabilities: 1 $HEALTH");
 my $gz;
-gzip(\$plain => \$gz);
-($s, $h, $body) = $t->http_post($gz, 'Content-Encoding' => 'gzip');
-is($s, 200, 'a gzip request body is accepted');
-like($t->decode('AgentDescription', $t->agent($u5)->{description} // ''),
-     qr/checkout/, 'and stored');
+gzip(\$plain => \$gz) or die $GzipError;
+($s, $h, $body, $m) = post($gz, 'Content-Encoding' => 'gzip');
+is($s, 200, 'gzip request body: 200');
+is($m->{instance_uid}, $u5, 'gzip request body: understood');
+is($t->decode('ComponentHealth', $t->agent($u5)->{health} // ''),
+   $t->decode('ComponentHealth', $t->encode('ComponentHealth', $HEALTH_TEXT)),
+   'gzip request body: stored');
 
-($s, $h, $body) = $t->http_post(msg($u5, 'sequence_num: 1 capabilities: 1'),
-                                'Accept-Encoding' => 'gzip, deflate');
-is($h->{'content-encoding'}, undef,
+($s, $h, $body, $m) = post(msg($u5, 'sequence_num: 2 capabilities: 1'),
+                           'Accept-Encoding' => 'gzip, deflate');
+is($s, 200, 'small reply with Accept-Encoding: gzip: 200');
+ok(!$h->{'content-encoding'},
    'a reply under opamp_gzip_min_length (256) is not gzipped');
-like($h->{vary} // '', qr/Accept-Encoding/, 'Vary: Accept-Encoding');
-
-($s, $h, $body) = $t->http_post(msg($u5, 'sequence_num: 2 capabilities: 1'),
-                                'Accept-Encoding' => 'gzip', -path => '/gz');
-is($h->{'content-encoding'}, 'gzip',
-   'a reply over opamp_gzip_min_length is gzipped for an agent that '
-   . 'accepts it');
-my $reply = '';
-gunzip(\$body => \$reply);
-ok(index($reply, "\x0a\x10" . $u5) == 0, 'and gunzips to the ServerToAgent');
+ok(length $body < 256, '(it is ' . length($body) . ' bytes)');
+like($h->{vary} // '', qr/Accept-Encoding/i, 'Vary: Accept-Encoding');
 
 ($s, $h, $body) = $t->http_post(msg($u5, 'sequence_num: 3 capabilities: 1'),
-                                -path => '/gz');
-is($h->{'content-encoding'}, undef, 'not gzipped without Accept-Encoding');
+                                'Accept-Encoding' => 'gzip', -path => '/big');
+is($s, 200, 'large reply: 200');
+is($h->{'content-encoding'}, 'gzip',
+   'a reply over opamp_gzip_min_length is gzipped for Accept-Encoding: gzip');
+is($h->{'content-length'}, length $body, 'Content-Length of the gzip body');
+my $reply = '';
+ok(gunzip(\$body => \$reply), 'it gunzips') or diag $GunzipError;
+ok(length $reply >= 256, 'to more than 256 bytes (' . length($reply) . ')');
+$m = eval { $t->s2a($reply) } // {};
+is($m->{instance_uid}, $u5, 'to a ServerToAgent for the agent');
+is_deeply($m->{custom_capabilities}{capabilities}, \@CCAPS,
+          'with the server\'s custom capabilities');
 
-# --- bad input --------------------------------------------------------------
+($s, $h, $body, $m) = post(msg($u5, 'sequence_num: 4 capabilities: 1'),
+                           -path => '/big');
+ok(!$h->{'content-encoding'}, 'large reply, no Accept-Encoding: not gzipped');
+is($m->{instance_uid}, $u5, 'and plain protobuf');
 
-($s, $h, $body) = $t->http_post(msg($u1, 'sequence_num: 3 capabilities: 1'),
-                                'OpAMP-Instance-UID' => uid_text($u2));
-is($s, 400, 'OpAMP-Instance-UID that differs from instance_uid: 400');
-like($t->s2a_text($body), qr/ServerErrorResponseType_BadRequest/,
-     'with a ServerErrorResponse BAD_REQUEST');
+($s, $h, $body, $m) = post(msg($u5, 'sequence_num: 5 capabilities: 1'),
+                           'Accept-Encoding' => 'gzip;q=0', -path => '/big');
+ok(!$h->{'content-encoding'}, 'Accept-Encoding: gzip;q=0: not gzipped');
+is($m->{instance_uid}, $u5, 'and plain protobuf');
+
+# --- bad input, each followed by a good agent on the same worker -----------
+
+still_serves('the good requests above');
+
+# OpAMP-Instance-UID header that differs from the body
+($s, $h, $body, $m) = post(msg($u5, 'sequence_num: 6 capabilities: 1'),
+                           'OpAMP-Instance-UID' => uid_text($u2));
+is($s, 400, 'OpAMP-Instance-UID differs from instance_uid: 400');
+is($m->{error_response}{type}, 'ServerErrorResponseType_BadRequest',
+   'with ServerErrorResponse BAD_REQUEST');
+is($t->agent($u5)->{sequence_num}, 5, 'nothing stored for it');
 still_serves('a mismatched OpAMP-Instance-UID');
 
-($s, $h, $body) = $t->http_post(msg($u1, 'sequence_num: 3 capabilities: 1'),
+($s, $h, $body) = $t->http_post(msg($u5, 'sequence_num: 6 capabilities: 1'),
                                 'OpAMP-Instance-UID' => 'not-a-uuid');
 is($s, 400, 'malformed OpAMP-Instance-UID: 400');
 like($body, qr/OpAMP-Instance-UID/, 'with the reason');
+still_serves('a malformed OpAMP-Instance-UID');
 
-($s, $h, $body) = $t->http_post('', -method => 'PUT');
+($s, $h, $body) = $t->http_post(msg($u5, 'sequence_num: 6 capabilities: 1'),
+                                'OpAMP-Instance-UID' => uid_text($u5));
+is($s, 200, 'a matching OpAMP-Instance-UID: 200');
+
+# GET without an upgrade: a failed WebSocket handshake
+($s, $h, $body) = $t->http_post('', -method => 'GET', 'Content-Type' => undef);
+is($s, 400, 'GET without a WebSocket upgrade: 400');
+still_serves('a GET without upgrade');
+
+($s, $h, $body) = $t->http_post(msg($u5, 'sequence_num: 7'), -method => 'PUT');
 is($s, 405, 'PUT: 405');
-like($h->{allow} // '', qr/GET.*POST|POST.*GET/, 'with Allow: GET, POST');
+like($h->{allow} // '', qr/^GET,\s*POST$/, 'with Allow: GET, POST');
 still_serves('a PUT');
 
-($s, $h, $body) = $t->http_post('', -method => 'GET');
-is($s, 400, 'GET without a WebSocket upgrade: 400');
+($s, $h, $body) = $t->http_post('', -method => 'DELETE',
+                                'Content-Type' => undef);
+is($s, 405, 'DELETE: 405');
 
-($s, $h, $body) = $t->http_post(msg($u1, 'sequence_num: 3'),
+($s, $h, $body) = $t->http_post(msg($u5, 'sequence_num: 7'),
                                 'Content-Type' => 'application/json');
-is($s, 415, 'wrong Content-Type: 415');
-like($body, qr/application\/x-protobuf/, 'naming the expected type');
+is($s, 415, 'Content-Type application/json: 415');
+like($body, qr{application/x-protobuf}, 'naming the expected type');
 still_serves('a wrong Content-Type');
 
-($s, $h, $body) = $t->http_post(msg($u1, 'sequence_num: 3'),
-                                'Content-Encoding' => 'br');
-is($s, 415, 'unknown Content-Encoding: 415');
+($s, $h, $body) = $t->http_post(msg($u5, 'sequence_num: 7'),
+                                'Content-Type' => undef);
+is($s, 415, 'no Content-Type: 415');
 
-($s, $h, $body) = $t->http_post("\xff\xff\xff\xff garbage");
+($s, $h, $body) = $t->http_post(msg($u5, 'sequence_num: 7'),
+                                'Content-Type' => 'application/x-protobufs');
+is($s, 415, 'Content-Type application/x-protobufs: 415');
+
+($s, $h, $body) = $t->http_post(msg($u5, 'sequence_num: 7'),
+                                'Content-Encoding' => 'br');
+is($s, 415, 'Content-Encoding br: 415');
+still_serves('an unknown Content-Encoding');
+is($t->agent($u5)->{sequence_num}, 6, 'none of them was stored');
+
+my $garbage = "\xff\xff\xff\xff\xff garbage \x00\x01";
+ok(!eval { $t->decode('AgentToServer', $garbage); 1 },
+   '(protoc agrees the garbage is not an AgentToServer)');
+($s, $h, $body, $m) = post($garbage);
 is($s, 400, 'garbage protobuf: 400');
-like($t->s2a_text($body), qr/type: ServerErrorResponseType_BadRequest\s*error_message: "[^"]+"/,
-     'with ServerErrorResponse BAD_REQUEST and a reason');
+is($h->{'content-type'}, 'application/x-protobuf', 'with a protobuf body');
+is($m->{error_response}{type}, 'ServerErrorResponseType_BadRequest',
+   'garbage: ServerErrorResponse BAD_REQUEST');
+ok(length($m->{error_response}{error_message} // '') > 0,
+   'garbage: with an error_message');
 still_serves('garbage protobuf');
 
-my $full = msg($u1, "sequence_num: 3 capabilities: 1 $DESC");
-($s, $h, $body) = $t->http_post(substr($full, 0, length($full) - 7));
+my $full = msg(random_uid(), "sequence_num: 3 $DESC");
+my $trunc = substr($full, 0, length($full) - 7);
+ok(!eval { $t->decode('AgentToServer', $trunc); 1 },
+   '(protoc agrees the truncated message is invalid)');
+($s, $h, $body, $m) = post($trunc);
 is($s, 400, 'truncated protobuf: 400');
-like($t->s2a_text($body), qr/ServerErrorResponseType_BadRequest/,
-     'BAD_REQUEST');
+is($m->{error_response}{type}, 'ServerErrorResponseType_BadRequest',
+   'truncated: BAD_REQUEST');
+ok(length($m->{error_response}{error_message} // '') > 0,
+   'truncated: with an error_message');
 still_serves('a truncated protobuf');
 
-($s, $h, $body) = $t->http_post($t->a2s('instance_uid: "0123456789abcde" sequence_num: 0'));
+my $short = substr(random_uid(), 0, 15);
+($s, $h, $body, $m) = post($t->a2s('instance_uid: "' . uid_escape($short)
+                                   . "\" sequence_num: 0 $DESC"));
 is($s, 400, 'instance_uid of 15 bytes: 400');
-like($t->s2a_text($body), qr/instance_uid must be 16 bytes/, 'says why');
-still_serves('a short instance_uid');
+is($m->{error_response}{type}, 'ServerErrorResponseType_BadRequest',
+   '15 bytes: BAD_REQUEST');
+like($m->{error_response}{error_message} // '', qr/16 bytes/,
+     '15 bytes: says instance_uid must be 16 bytes');
+still_serves('a 15-byte instance_uid');
 
-($s, $h, $body) = $t->http_post(msg($u1, 'sequence_num: 3 capabilities: 1 '
+($s, $h, $body, $m) = post($t->a2s("sequence_num: 0 $DESC"));
+is($s, 400, 'no instance_uid: 400');
+is($m->{error_response}{type}, 'ServerErrorResponseType_BadRequest',
+   'no instance_uid: BAD_REQUEST');
+
+my $big = msg(random_uid(), 'sequence_num: 0 capabilities: 1 '
     . 'agent_description { identifying_attributes { key: "k" value { '
-    . 'string_value: "' . ('x' x 5000) . '" } } }'));
-is($s, 413, 'a body over opamp_max_message_size: 413');
+    . 'string_value: "' . ('x' x ($MAX + 100)) . '" } } }');
+ok(length $big > $MAX, '(the large message is ' . length($big) . ' bytes)');
+($s, $h, $body) = $t->http_post($big);
+is($s, 413, 'a body over opamp_max_message_size (4k): 413');
 still_serves('an oversized body');
 
-my $bomb_plain = msg($u1, 'sequence_num: 3 capabilities: 1 '
+my $fits = msg(random_uid(), 'sequence_num: 0 capabilities: 1 '
     . 'agent_description { identifying_attributes { key: "k" value { '
-    . 'string_value: "' . ('x' x 200000) . '" } } }');
-my $bomb;
-gzip(\$bomb_plain => \$bomb);
-ok(length $bomb < 4096, 'the gzip bomb itself is small (' . length($bomb)
+    . 'string_value: "' . ('x' x ($MAX - 200)) . '" } } }');
+ok(length $fits <= $MAX, '(the message that fits is ' . length($fits)
    . ' bytes)');
+($s, $h, $body) = $t->http_post($fits);
+is($s, 200, 'a body just under opamp_max_message_size: 200');
+
+my $bomb_plain = msg(random_uid(), 'sequence_num: 0 capabilities: 1 '
+    . 'agent_description { identifying_attributes { key: "k" value { '
+    . 'string_value: "' . ('x' x 400000) . '" } } }');
+my $bomb;
+gzip(\$bomb_plain => \$bomb) or die $GzipError;
+ok(length $bomb < $MAX, '(the gzip bomb is ' . length($bomb)
+   . ' bytes, inflating to ' . length($bomb_plain) . ')');
 ($s, $h, $body) = $t->http_post($bomb, 'Content-Encoding' => 'gzip');
-is($s, 413, 'a gzip bomb (over the limit once inflated): 413');
-like($body, qr/gunzipped/, 'says the inflated size is the problem');
+is($s, 413, 'a gzip body that inflates over the limit: 413');
+like($body, qr/gunzip/i, 'saying the inflated size is the problem');
 still_serves('a gzip bomb');
 
-($s, $h, $body) = $t->http_post("\x1f\x8b\x08\x00corrupt", 'Content-Encoding' => 'gzip');
+my $gz_ok;
+gzip(\$fits => \$gz_ok) or die $GzipError;
+($s, $h, $body) = $t->http_post($gz_ok, 'Content-Encoding' => 'gzip');
+is($s, 200, 'a gzip body that inflates to just under the limit: 200');
+
+($s, $h, $body) = $t->http_post("\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03"
+                                . "this is not deflate data at all",
+                                'Content-Encoding' => 'gzip');
 is($s, 400, 'corrupt gzip: 400');
-like($body, qr/gzip/, 'says so');
+like($body, qr/gzip/, 'saying so');
 still_serves('corrupt gzip');
 
-is_deeply([ $t->worker_pids ], \@workers, 'the same worker all along');
+my $gz_cut = substr($gz, 0, length($gz) - 12);
+($s, $h, $body) = $t->http_post($gz_cut, 'Content-Encoding' => 'gzip');
+is($s, 400, 'truncated gzip: 400');
+still_serves('truncated gzip');
 
-# --- a second fleet on the same Redis ---------------------------------------
+($s, $h, $body) = $t->http_post($plain, 'Content-Encoding' => 'gzip');
+is($s, 400, 'Content-Encoding: gzip on a body that is not gzip: 400');
+still_serves('a plain body declared gzip');
+
+($s, $h, $body, $m) = post('');
+is($s, 400, 'an empty body: 400 (no instance_uid)');
+is($m->{error_response}{type}, 'ServerErrorResponseType_BadRequest',
+   'empty body: BAD_REQUEST');
+still_serves('an empty body');
+
+is_deeply([ $t->worker_pids ], \@workers,
+          'the same worker all along (none crashed)');
+
+# --- a second fleet on the same Redis, under another prefix -----------------
 
 my $t2 = OpAMPTest->new(redis_port => $t->redis_port);
-$t2->start_nginx('', prefix => 'fleet2:');
+$t2->start_nginx('', prefix => 'test2:');
 my $u6 = random_uid();
-($s, $h, $body) = $t2->http_post(msg($u6, "sequence_num: 0 capabilities: 1 $DESC"));
-is($s, 200, 'a second prefix: served');
-ok($t->redis('EXISTS', 'fleet2:agent:{' . uid_text($u6) . '}'),
-   'its keys live under fleet2:');
-ok(!$t->redis('EXISTS', 'opamp:agent:{' . uid_text($u6) . '}'),
-   'and not under opamp:');
+($s, $h, $body, $m) = post(msg($u6, "sequence_num: 0 capabilities: 1 $DESC"),
+                           -port => $t2->port);
+is($s, 200, 'prefix test2: 200');
+is($m->{instance_uid}, $u6, 'prefix test2: a reply');
+my $a6 = $t->agent($u6, 'test2:');
+is($a6->{sequence_num}, 0, 'the agent hash is test2:agent:{uid}');
+ok(defined $t->redis('ZSCORE', 'test2:agents', uid_text($u6)),
+   'the index is test2:agents');
+is($t->redis('EXISTS', $t->agent_key($u6)), 0, 'nothing under opamp:');
+ok(!defined $t->redis('ZSCORE', 'opamp:agents', uid_text($u6)),
+   'not in opamp:agents');
+my $ch = $t->redis('PUBSUB', 'CHANNELS', 'test2:*') // [];
+ok(scalar(grep { /^test2:worker:/ } @$ch)
+   && scalar(grep { $_ eq 'test2:fleet' } @$ch),
+   'its workers subscribe to test2:worker:... and test2:fleet')
+    or diag("@$ch");
+($s, $h, $body, $m) = post(msg($u6, 'sequence_num: 1 capabilities: 1'));
+is($m->{flags}, 1, 'the opamp: fleet does not know the test2: agent');
 $t2->done;
 
 $t->done;

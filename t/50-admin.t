@@ -17,6 +17,15 @@ use OpAMPFleet;
 
 my $t = OpAMPTest->new;
 $t->start_redis;
+
+# nginx workers run unprivileged: the password file must be readable
+chmod 0755, $t->{dir};
+{
+    open my $f, '>', "$t->{dir}/htpasswd" or die;
+    print $f "admin:{PLAIN}s3cret\n";
+    close $f;
+    chmod 0644, "$t->{dir}/htpasswd";
+}
 $t->start_nginx('
         location /admin/ {
             opamp_admin;
@@ -24,6 +33,11 @@ $t->start_nginx('
         }
         location /locked/ {
             deny all;
+            opamp_admin;
+        }
+        location /basic/ {
+            auth_basic "opamp admin";
+            auth_basic_user_file htpasswd;
             opamp_admin;
         }', workers => 2);
 
@@ -322,6 +336,12 @@ is_deeply(snapshot(), $snap, 'Redis is unchanged after every bad request');
 
 my ($st) = $t->http_post('', -method => 'GET', -path => '/locked/agents');
 is($st, 403, 'deny all protects an admin location');
+($st) = $t->http_post('', -method => 'GET', -path => '/basic/agents');
+is($st, 401, 'auth_basic: 401 without credentials');
+($st, my $bh, my $bb) = $t->http_post('', -method => 'GET',
+    -path => '/basic/agents', Authorization => 'Basic YWRtaW46czNjcmV0');
+is($st, 200, 'auth_basic: 200 with them');
+like($bb, qr/"agents":\[/, 'and the listing');
 
 # --- Redis down -------------------------------------------------------------------
 

@@ -4,11 +4,23 @@ package OpAMPTest;
 # loaded, each on a free loopback port in a temporary directory.  Only
 # core Perl.  Modeled on nginx-tests' lib/Test/Nginx.pm.
 #
-#   my $t = OpAMPTest->new;
+#   use OpAMPTest;                # exports uid_hex uid_text random_uid
+#                                 # uid_escape
+#   my $t = OpAMPTest->new;       # temp dir, free ports
 #   $t->start_redis;
-#   $t->start_nginx($server_text, workers => 2, location => '...');
-#   ... $t->http_post($bytes), $t->redis('HGETALL', $key) ...
-#   $t->done;     # stops both and checks the error log
+#   $t->start_nginx($server_text, workers => 2, location => '...',
+#                   http => '...', prefix => 'opamp:', main => '...');
+#   my ($status, $headers, $body) = $t->http_post($t->a2s('...'));
+#   my $m = $t->s2a($body);       # ServerToAgent as a Perl hashref
+#   $t->redis('HGET', $key, $field); $t->hgetall($key);
+#   $t->done; done_testing;       # stops both, checks the error log
+#
+# Environment: NGINX (default /usr/sbin/nginx), NGINX_MODULE (default
+# build/ngx_http_opamp_module.so of this repository), TEST_KEEP=1 keeps the
+# temporary directory, TEST_NGINX_VALGRIND=1 runs nginx under memcheck.
+#
+# Every wait is bounded; a child process is only ever signalled by the pid
+# this harness got when it started it.
 
 use strict;
 use warnings;
@@ -25,13 +37,37 @@ use Exporter 'import';
 
 use OpAMPFleet;
 
-our @EXPORT = qw(uid_text random_uid uid_escape);
+our @EXPORT = qw(uid_hex uid_text random_uid uid_escape);
 
-my $ROOT = abs_path(dirname(__FILE__) . '/../..');
+my $ROOT = abs_path(dirname(abs_path(__FILE__)) . '/../..');
 
-sub uid_text { OpAMPFleet::uid_text(@_) }
-sub random_uid { OpAMPFleet::random_uid() }
-sub uid_escape { OpAMPFleet::uid_escape(@_) }
+sub root { $ROOT }
+
+# --- instance uids -----------------------------------------------------
+
+# 16 bytes -> 32 lowercase hex digits
+sub uid_hex { return unpack 'H*', $_[0] }
+
+# 16 bytes -> canonical 8-4-4-4-12 lowercase text
+sub uid_text {
+    my $h = unpack 'H*', $_[0];
+    return join '-', substr($h, 0, 8), substr($h, 8, 4), substr($h, 12, 4),
+        substr($h, 16, 4), substr($h, 20);
+}
+
+# 16 random bytes
+sub random_uid {
+    if (open my $f, '<:raw', '/dev/urandom') {
+        my $b = '';
+        read($f, $b, 16) == 16 and return $b;
+    }
+    return join '', map { chr(int rand 256) } 1 .. 16;
+}
+
+# any bytes as a textproto string body: every byte as an octal escape
+sub uid_escape {
+    return join '', map { sprintf '\\%03o', $_ } unpack 'C*', $_[0];
+}
 
 sub free_port {
     my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
@@ -42,6 +78,7 @@ sub free_port {
     return $p;
 }
 
+# %o: redis_port (share another test's Redis), port, module, nginx
 sub new {
     my ($class, %o) = @_;
     my $dir = tempdir('opamp-test-XXXXXX', TMPDIR => 1,
@@ -51,12 +88,14 @@ sub new {
     my $self = bless {
         dir => $dir,
         port => free_port(),
-        redis_port => $o{redis_port} // free_port(),
+        redis_port => free_port(),
         module => $ENV{NGINX_MODULE}
                   // "$ROOT/build/ngx_http_opamp_module.so",
         nginx => $ENV{NGINX} // '/usr/sbin/nginx',
+        owner => $$,
         %o,
     }, $class;
+    $self->{redis_port} //= free_port();
     diag("test dir $dir") if $ENV{TEST_KEEP};
     return $self;
 }
@@ -64,34 +103,99 @@ sub new {
 sub dir { $_[0]{dir} }
 sub port { $_[0]{port} }
 sub redis_port { $_[0]{redis_port} }
+sub module { $_[0]{module} }
+
+sub wait_for {
+    my ($self, $cond, $secs) = @_;
+    my $deadline = time + ($secs // 5);
+    while (time < $deadline) {
+        return 1 if $cond->();
+        sleep 0.05;
+    }
+    return $cond->() ? 1 : 0;
+}
+
+# waits (bounded) for a child of ours to exit; true when reaped
+sub _reap {
+    my ($pid, $secs) = @_;
+    my $deadline = time + $secs;
+    while (time < $deadline) {
+        my $r = waitpid($pid, WNOHANG);
+        return 1 if $r == $pid || $r < 0;
+        sleep 0.05;
+    }
+    return 0;
+}
 
 # --- Redis -------------------------------------------------------------
 
 sub start_redis {
     my ($self) = @_;
+    die "redis already started\n" if $self->{redis_pid};
     my $pid = fork() // die "fork: $!\n";
     if ($pid == 0) {
-        open STDOUT, '>', "$self->{dir}/logs/redis.out";
+        open STDOUT, '>>', "$self->{dir}/logs/redis.log";
         open STDERR, '>&', \*STDOUT;
         exec 'redis-server', '--bind', '127.0.0.1',
             '--port', $self->{redis_port}, '--save', '', '--appendonly', 'no',
-            '--dir', $self->{dir};
-        exit 127;
+            '--daemonize', 'no', '--dir', $self->{dir}
+            or POSIX::_exit(127);
     }
     $self->{redis_pid} = $pid;
-    $self->wait_for(sub { eval { $self->redis('PING') eq 'PONG' } }, 10)
-        or die "redis-server did not start\n";
+    delete $self->{rconn};
+    $self->wait_for(sub {
+        my $r = eval { $self->redis('PING') };
+        return defined $r && $r eq 'PONG';
+    }, 10) or die "redis-server did not start on port $self->{redis_port}\n";
     return $self;
 }
 
+sub redis_pid { $_[0]{redis_pid} }
+
 sub stop_redis {
     my ($self) = @_;
-    my $pid = delete $self->{redis_pid} or return;
     delete $self->{rconn};
+    my $pid = delete $self->{redis_pid} or return;
     kill 'TERM', $pid;
-    waitpid($pid, 0);
+    _reap($pid, 10) or do { kill 'KILL', $pid; _reap($pid, 5) };
 }
 
+sub resp_command {
+    return '*' . scalar(@_) . "\r\n"
+           . join('', map { '$' . length($_) . "\r\n$_\r\n" } @_);
+}
+
+sub _fill {
+    my ($s) = @_;
+    my $buf = \${*$s}{resp_buf};
+    return 0 unless IO::Select->new($s)->can_read(10);
+    my $n = sysread($s, $$buf, 65536, length $$buf);
+    return $n;
+}
+
+sub _readline {
+    my ($s) = @_;
+    my $buf = \${*$s}{resp_buf};
+    $$buf //= '';
+    while ((my $i = index($$buf, "\r\n")) < 0) {
+        return undef unless _fill($s);
+    }
+    my $i = index($$buf, "\r\n");
+    my $line = substr($$buf, 0, $i);
+    substr($$buf, 0, $i + 2) = '';
+    return $line;
+}
+
+sub _readn {
+    my ($s, $len) = @_;
+    my $buf = \${*$s}{resp_buf};
+    while (length $$buf < $len) {
+        die "redis connection lost\n" unless _fill($s);
+    }
+    return substr($$buf, 0, $len, '');
+}
+
+# one RESP reply: scalar, array ref, undef (nil) or OpAMPTest::RedisError
 sub _resp_read {
     my ($s) = @_;
     my $line = _readline($s);
@@ -112,68 +216,74 @@ sub _resp_read {
     die "bad RESP type $t\n";
 }
 
-sub _readline {
-    my ($s) = @_;
-    my $buf = \${*$s}{resp_buf};
-    $$buf //= '';
-    while ((my $i = index($$buf, "\r\n")) < 0) {
-        my $n = sysread($s, $$buf, 65536, length $$buf);
-        return undef unless $n;
-    }
-    my $i = index($$buf, "\r\n");
-    my $line = substr($$buf, 0, $i);
-    substr($$buf, 0, $i + 2) = '';
-    return $line;
-}
-
-sub _readn {
-    my ($s, $len) = @_;
-    my $buf = \${*$s}{resp_buf};
-    while (length $$buf < $len) {
-        my $n = sysread($s, $$buf, 65536, length $$buf);
-        die "redis connection lost\n" unless $n;
-    }
-    return substr($$buf, 0, $len, '');
-}
-
-sub resp_command {
-    return '*' . scalar(@_) . "\r\n"
-           . join('', map { '$' . length($_) . "\r\n$_\r\n" } @_);
-}
-
 sub redis_connect {
     my ($self) = @_;
     my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
                                   PeerPort => $self->{redis_port},
                                   Proto => 'tcp', Timeout => 5)
-        or die "redis connect: $!\n";
+        or die "redis connect to port $self->{redis_port}: $!\n";
     binmode $s;
+    ${*$s}{resp_buf} = '';
+    # named, so that workers_ready() does not count it as nginx's
+    syswrite($s, resp_command('CLIENT', 'SETNAME', 'opamp-test'));
+    _resp_read($s);
     return $s;
 }
 
-# one command; a Redis error dies
+# one command on the harness's own connection (opened on first use and
+# again after a lost connection).  Binary safe.  Returns a scalar, an
+# array ref, or undef for nil; a Redis error reply dies with its text.
 sub redis {
     my ($self, @cmd) = @_;
-    my $s = $self->{rconn} //= $self->redis_connect;
-    syswrite($s, resp_command(@cmd));
-    my $r = _resp_read($s);
+    my $r = $self->redis_nodie(@cmd);
     die "redis $cmd[0]: $$r\n" if ref $r eq 'OpAMPTest::RedisError';
     return $r;
 }
 
+# the same, but a Redis error reply is returned as an
+# OpAMPTest::RedisError object (a blessed ref to the message: $$r) instead
+# of dying; test with OpAMPTest::is_redis_error($r)
+sub redis_nodie {
+    my ($self, @cmd) = @_;
+    for my $try (1, 2) {
+        my $s = $self->{rconn} //= $self->redis_connect;
+        my $r = eval {
+            my $req = resp_command(@cmd);
+            my $off = 0;
+            while ($off < length $req) {
+                my $n = syswrite($s, $req, length($req) - $off, $off);
+                die "redis write: $!\n" unless $n;
+                $off += $n;
+            }
+            [ _resp_read($s) ];
+        };
+        return $r->[0] if $r;
+        delete $self->{rconn};
+        die $@ if $try == 2;
+    }
+}
+
+sub is_redis_error { ref $_[-1] eq 'OpAMPTest::RedisError' }
+
 sub hgetall {
     my ($self, $key) = @_;
-    my $r = $self->redis('HGETALL', $key);
+    my $r = $self->redis('HGETALL', $key) // [];
     return { @$r };
+}
+
+# the agent hash of a uid (16 bytes), under the default or a given prefix
+sub agent_key {
+    my ($self, $uid, $prefix) = @_;
+    return ($prefix // 'opamp:') . 'agent:{' . uid_text($uid) . '}';
 }
 
 sub agent {
     my ($self, $uid, $prefix) = @_;
-    return $self->hgetall(($prefix // 'opamp:') . 'agent:{'
-                          . uid_text($uid) . '}');
+    return $self->hgetall($self->agent_key($uid, $prefix));
 }
 
-# a subscriber connection: returns a sub that waits for the next message
+# a subscriber connection: returns a sub that waits (bounded, default 5 s)
+# for the next message and returns [channel, payload] or undef
 sub subscribe {
     my ($self, @channels) = @_;
     my $s = $self->redis_connect;
@@ -181,25 +291,40 @@ sub subscribe {
     _resp_read($s) for @channels;
     return sub {
         my ($t) = @_;
-        my $buf = ${*$s}{resp_buf} // '';
-        if ($buf eq '') {
-            return undef unless IO::Select->new($s)->can_read($t // 5);
+        my $deadline = time + ($t // 5);
+        for (;;) {
+            my $buf = ${*$s}{resp_buf} // '';
+            if (index($buf, "\r\n") >= 0) {
+                my $m = _resp_read($s);
+                return ref $m eq 'ARRAY' && $m->[0] eq 'message'
+                       ? [ $m->[1], $m->[2] ] : undef;
+            }
+            my $left = $deadline - time;
+            return undef if $left <= 0
+                            || !IO::Select->new($s)->can_read($left);
+            my $n = sysread($s, ${*$s}{resp_buf}, 65536,
+                            length ${*$s}{resp_buf});
+            return undef unless $n;
         }
-        my $m = _resp_read($s);
-        return ref $m eq 'ARRAY' ? [ $m->[1], $m->[2] ] : undef;
     };
 }
 
 # --- nginx -------------------------------------------------------------
 
+# the whole nginx.conf; $server goes inside server {}, after the OpAMP
+# location.  %o: workers (1), prefix ('opamp:'), http (text inside http {}),
+# location (text inside location = /v1/opamp {}), main (text at the top
+# level), redis (the opamp_redis value, default 127.0.0.1:<redis_port>)
 sub conf_text {
     my ($self, $server, %o) = @_;
     my $d = $self->{dir};
     my $workers = $o{workers} // 1;
     my $prefix = $o{prefix} // 'opamp:';
+    my $redis = $o{redis} // "127.0.0.1:$self->{redis_port}";
     my $http = $o{http} // '';
     my $loc = $o{location} // '';
     my $main = $o{main} // '';
+    $server //= '';
     return <<"EOF";
 load_module $self->{module};
 $main
@@ -211,7 +336,7 @@ pid $d/logs/nginx.pid;
 worker_shutdown_timeout 10s;
 
 events {
-    worker_connections 4096;
+    worker_connections 1024;
 }
 
 http {
@@ -222,7 +347,7 @@ http {
     uwsgi_temp_path $d/tmp/uwsgi;
     scgi_temp_path $d/tmp/scgi;
 
-    opamp_redis 127.0.0.1:$self->{redis_port};
+    opamp_redis $redis;
     opamp_redis_prefix $prefix;
 $http
     server {
@@ -238,13 +363,21 @@ $server
 EOF
 }
 
-sub start_nginx {
+# writes <dir>/nginx.conf from the same arguments as conf_text (the server
+# snippet, then options) and returns its path
+sub write_conf {
     my ($self, $server, %o) = @_;
     $self->{conf} = "$self->{dir}/nginx.conf";
-    open my $f, '>', $self->{conf} or die;
-    print $f $self->conf_text($server // '', %o);
+    open my $f, '>', $self->{conf} or die "$self->{conf}: $!\n";
+    print $f $self->conf_text($server, %o);
     close $f;
-    my $cmd = "$self->{nginx} -p $self->{dir}/ -c $self->{conf}";
+    $self->{workers} = $o{workers} // 1;
+    return $self->{conf};
+}
+
+sub _nginx_cmd {
+    my ($self, @args) = @_;
+    my $cmd = join ' ', $self->{nginx}, '-p', "$self->{dir}/", @args;
 
     # TEST_NGINX_VALGRIND=1: every nginx process under memcheck, one log
     # per process; done() fails the test on any error they report
@@ -254,29 +387,62 @@ sub start_nginx {
                . " --suppressions=$ROOT/t/valgrind.supp"
                . " --log-file=$self->{dir}/logs/valgrind.%p.log $cmd";
     }
+    return $cmd;
+}
 
+# writes the config, starts nginx (daemon, master + workers) and waits
+# until the port accepts and, when the test's Redis answers, until every
+# worker has both its Redis connections up.  %o as for conf_text, plus
+# no_wait_redis => 1 to skip the Redis wait.
+sub start_nginx {
+    my ($self, $server, %o) = @_;
+    die "nginx already started\n" if $self->{nginx_pid};
+    $self->write_conf($server, %o);
+    unlink "$self->{dir}/logs/nginx.pid";
+    my $cmd = $self->_nginx_cmd('-c', $self->{conf});
     my $out = `$cmd 2>&1`;
     die "nginx did not start: $out\n" if $?;
-    $self->wait_for(sub { -s "$self->{dir}/logs/nginx.pid" }, 5)
+    my $slow = $ENV{TEST_NGINX_VALGRIND} ? 12 : 1;
+    $self->wait_for(sub { -s "$self->{dir}/logs/nginx.pid" }, 5 * $slow)
         or die "no nginx pid file\n";
     $self->{nginx_pid} = $self->read_pid;
+    $self->wait_for(sub {
+        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                      PeerPort => $self->{port},
+                                      Proto => 'tcp', Timeout => 1);
+        return $s ? 1 : 0;
+    }, 5 * $slow) or die "nginx does not accept on port $self->{port}\n";
+
     my $n = $o{workers} // 1;
-    $self->wait_for(sub { $self->workers_ready($n) },
-                    $ENV{TEST_NGINX_VALGRIND} ? 60 : 10)
-        or die "nginx workers did not subscribe to redis\n";
+    $self->wait_for(sub { my @w = $self->worker_pids; @w >= $n }, 5 * $slow)
+        or die "nginx did not start $n workers\n";
+
+    if (!$o{no_wait_redis} && $self->redis_up) {
+        $self->wait_for(sub { $self->workers_ready($n) }, 10 * $slow)
+            or die "nginx workers did not connect to redis\n";
+    }
     return $self;
+}
+
+# whether the test's Redis answers now
+sub redis_up {
+    my ($self) = @_;
+    my $r = eval { $self->redis('PING') };
+    return defined $r && $r eq 'PONG';
 }
 
 sub read_pid {
     my ($self) = @_;
     open my $f, '<', "$self->{dir}/logs/nginx.pid" or return undef;
     my $pid = <$f>;
+    return undef unless defined $pid;
     chomp $pid;
     return $pid;
 }
 
 sub nginx_pid { $_[0]{nginx_pid} }
 
+# the children of the master (workers, and old workers shutting down)
 sub worker_pids {
     my ($self) = @_;
     my $m = $self->{nginx_pid} or return ();
@@ -286,35 +452,59 @@ sub worker_pids {
         my $stat = <$f>;
         next unless $stat;
         my ($pid, $ppid) = $stat =~ /^(\d+) \(.*\) \S (\d+)/;
-        push @p, $pid if defined $ppid && $ppid == $m;
+        next unless defined $ppid && $ppid == $m;
+        # an old worker that is shutting down has no listening socket and
+        # calls itself "nginx: worker process is shutting down"
+        if (open my $c, '<', "$d/cmdline") {
+            my $cl = <$c> // '';
+            next if $cl =~ /shutting down|cache manager|cache loader/;
+        }
+        push @p, $pid;
     }
     return sort { $a <=> $b } @p;
 }
 
-# every worker subscribed to its channel: its command link is up too, as
-# both start together; checked by the channels Redis reports
+# Every worker subscribed to its channel (seen in PUBSUB CHANNELS), and at
+# least as many command connections as subscriber connections (a worker
+# opens both together; the command link is ready once it has sent a
+# command).  The harness's own connections are named opamp-test.
 sub workers_ready {
     my ($self, $n) = @_;
     my @w = $self->worker_pids;
-    return 0 unless @w >= $n;
+    return 0 unless @w >= ($n // 1);
     my $ch = eval { $self->redis('PUBSUB', 'CHANNELS', '*worker:*') } || [];
-    my %have = map { ($_ =~ /:(\d+)$/)[0] => 1 } @$ch;
-    return !grep { !$have{$_} } @w;
+    my %have = map { (($_ =~ /:(\d+)$/)[0] // '') => 1 } @$ch;
+    return 0 if grep { !$have{$_} } @w;
+    my $list = eval { $self->redis('CLIENT', 'LIST') } // '';
+    my $me = eval { $self->redis('CLIENT', 'ID') } // -1;
+    my ($sub, $cmd) = (0, 0);
+    for my $l (split /\n/, $list) {
+        my %f = map { /^([^=]+)=(.*)$/ ? ($1 => $2) : () } split / /, $l;
+        next if ($f{id} // '') eq $me || ($f{name} // '') eq 'opamp-test';
+        if (($f{sub} // 0) > 0 || ($f{psub} // 0) > 0) {
+            $sub++;
+        } elsif (($f{cmd} // 'NULL') ne 'NULL') {
+            $cmd++;
+        }
+    }
+    return $cmd >= $sub;
 }
 
+# HUP, then waits for a new generation of workers (ready as in start)
 sub reload {
     my ($self, %o) = @_;
-    my @old = $self->worker_pids;
+    my $n = $o{workers} // $self->{workers} // 1;
+    my %old = map { $_ => 1 } $self->worker_pids;
     kill 'HUP', $self->{nginx_pid};
-    $self->wait_for(sub {
-        my %old = map { $_ => 1 } @old;
+    return $self->wait_for(sub {
         my @new = grep { !$old{$_} } $self->worker_pids;
-        @new >= ($o{workers} // 1) && $self->workers_ready($o{workers} // 1)
-    }, 10);
+        @new >= $n && (!$self->redis_up || $self->workers_ready($n));
+    }, $ENV{TEST_NGINX_VALGRIND} ? 60 : 10);
 }
 
 sub stop_nginx {
     my ($self) = @_;
+    return unless ($self->{owner} // $$) == $$;
     my $pid = delete $self->{nginx_pid} or return;
     kill 'QUIT', $pid;
     $self->wait_for(sub { !kill 0, $pid }, $ENV{TEST_NGINX_VALGRIND} ? 60 : 15)
@@ -339,7 +529,7 @@ sub error_log {
     my ($self) = @_;
     open my $f, '<', "$self->{dir}/logs/error.log" or return '';
     local $/;
-    return <$f>;
+    return <$f> // '';
 }
 
 sub error_log_problems {
@@ -347,6 +537,7 @@ sub error_log_problems {
     return grep { /\[(alert|crit|emerg)\]/ } split /\n/, $self->error_log;
 }
 
+# stops nginx and Redis and checks the error log (one test)
 sub done {
     my ($self) = @_;
     $self->stop_nginx;
@@ -365,77 +556,310 @@ sub done {
         }
         ok(!@v, 'valgrind reports no errors') or diag(join "\n", @v);
     }
+    $self->{done} = 1;
 }
 
 sub DESTROY {
     my ($self) = @_;
-    local $?;
+    local ($?, $@, $!);
+    return unless ($self->{owner} // $$) == $$;
     $self->stop_nginx;
     $self->stop_redis;
 }
 
-sub wait_for {
-    my ($self, $cond, $secs) = @_;
-    my $deadline = time + ($secs // 5);
-    while (time < $deadline) {
-        return 1 if $cond->();
-        sleep 0.05;
-    }
-    return $cond->() ? 1 : 0;
-}
-
 # --- OpAMP -------------------------------------------------------------
 
-sub a2s { my ($self, $text) = @_; OpAMPFleet::encode('AgentToServer', $text) }
-
-sub s2a_text {
-    my ($self, $bytes) = @_;
-    OpAMPFleet::decode('ServerToAgent', $bytes);
+sub _protoc {
+    my ($self, $mode, $type, $in) = @_;
+    $type = "opamp.proto.v1.$type" unless $type =~ /\./;
+    my $n = ++$self->{protoc_n};
+    my ($fin, $fout, $ferr) = map { "$self->{dir}/tmp/protoc.$n.$_" }
+                                  qw(in out err);
+    open my $f, '>:raw', $fin or die "$fin: $!\n";
+    print $f $in;
+    close $f;
+    system("protoc --$mode=$type -I $ROOT/proto opamp/v1/opamp.proto"
+           . " < $fin > $fout 2> $ferr");
+    my $rc = $?;
+    local $/;
+    open $f, '<:raw', $fout or die "$fout: $!\n";
+    my $out = <$f> // '';
+    close $f;
+    open $f, '<', $ferr;
+    my $err = <$f> // '';
+    close $f;
+    unlink $fin, $fout, $ferr;
+    die "protoc --$mode=$type failed: $err" . ($mode eq 'encode'
+        ? "for: $in\n" : '') if $rc;
+    return $out;
 }
 
-sub decode { my ($self, $type, $b) = @_; OpAMPFleet::decode($type, $b) }
+# text format -> binary, of any message type of opamp.proto
+sub encode { my ($self, $type, $text) = @_; $self->_protoc('encode', $type, $text) }
 
-# plain HTTP POST to /v1/opamp: (status, {headers}, body)
+sub a2s { my ($self, $text) = @_; $self->encode('AgentToServer', $text) }
+
+# binary -> protoc's text format, of any message type (dies if invalid)
+sub decode { my ($self, $type, $b) = @_; $self->_protoc('decode', $type, $b) }
+
+sub s2a_text { my ($self, $b) = @_; $self->decode('ServerToAgent', $b) }
+
+# binary -> Perl: messages are hashrefs keyed by field name; repeated
+# fields are array refs; map fields are hashrefs keyed by the map key;
+# scalars are strings as protoc prints them (numbers in decimal, enums by
+# name, bools "true"/"false", strings and bytes unescaped to raw bytes).
+# Fields at their default value are absent (proto3).
+sub s2a { my ($self, $b) = @_; $self->parse('ServerToAgent', $b) }
+
+sub parse {
+    my ($self, $type, $b) = @_;
+    my $text = $self->decode($type, $b);
+    return parse_text($type, $text);
+}
+
+# --- a small protobuf text format parser ---------------------------------
+
+my %SCHEMA;    # message name -> { field -> { type, repeated, map } }
+
+sub _load_schema {
+    return if %SCHEMA;
+    for my $file (glob "$ROOT/proto/opamp/v1/*.proto") {
+        open my $f, '<', $file or die "$file: $!\n";
+        local $/;
+        my $src = <$f>;
+        $src =~ s{//[^\n]*}{}g;
+        $src =~ s{/\*.*?\*/}{}gs;
+        my @stack;
+        my @tok = $src =~ /(map\s*<[^>]*>|[A-Za-z_][\w.]*|\d+|[{}=;])/g;
+        my $i = 0;
+        my $depth_kind = [];    # per open brace: message name or undef
+        while ($i < @tok) {
+            my $t = $tok[$i];
+            if ($t eq 'message' && $i + 2 < @tok && $tok[$i + 2] eq '{') {
+                push @stack, $tok[$i + 1];
+                push @$depth_kind, $tok[$i + 1];
+                $SCHEMA{ $tok[$i + 1] } //= {};
+                $i += 3;
+                next;
+            }
+            if (($t eq 'enum' || $t eq 'oneof' || $t eq 'service')
+                && $i + 2 < @tok && $tok[$i + 2] eq '{')
+            {
+                push @$depth_kind, $t eq 'oneof' ? 'oneof' : undef;
+                $i += 3;
+                next;
+            }
+            if ($t eq '{') { push @$depth_kind, undef; $i++; next }
+            if ($t eq '}') {
+                my $k = pop @$depth_kind;
+                pop @stack if defined $k && $k ne 'oneof';
+                $i++;
+                next;
+            }
+            my $in_msg = @$depth_kind
+                         && defined $depth_kind->[-1]
+                         && @stack;
+            if ($in_msg && $t ne 'option' && $t ne 'reserved') {
+                # [repeated|optional] type name = N ;
+                my $rep = 0;
+                my $j = $i;
+                if ($tok[$j] eq 'repeated' || $tok[$j] eq 'optional') {
+                    $rep = $tok[$j] eq 'repeated';
+                    $j++;
+                }
+                if ($j + 3 < @tok && $tok[$j + 2] eq '=' && $tok[$j + 4]
+                    && $tok[$j + 4] eq ';')
+                {
+                    my ($ft, $fn) = @tok[$j, $j + 1];
+                    my $map = 0;
+                    if ($ft =~ /^map\s*<\s*\w+\s*,\s*([\w.]+)\s*>$/) {
+                        $ft = $1;
+                        $map = 1;
+                    }
+                    $ft =~ s/.*\.//;
+                    $SCHEMA{ $stack[-1] }{$fn} = { type => $ft,
+                        repeated => $rep, map => $map };
+                    $i = $j + 5;
+                    next;
+                }
+            }
+            $i++;
+        }
+    }
+}
+
+sub schema { _load_schema(); return \%SCHEMA }
+
+sub _unescape {
+    my ($s) = @_;
+    my %c = (n => "\n", t => "\t", r => "\r", a => "\a", b => "\b",
+             f => "\f", v => "\x0b", '"' => '"', "'" => "'", '\\' => '\\',
+             '?' => '?');
+    $s =~ s{\\(?:([0-7]{1,3})|x([0-9a-fA-F]{1,2})|(.))}{
+        defined $1 ? chr(oct $1) : defined $2 ? chr(hex $2) : ($c{$3} // $3)
+    }ge;
+    return $s;
+}
+
+sub parse_text {
+    my ($type, $text) = @_;
+    _load_schema();
+    my $pos = 0;
+    my $msg = _parse_msg($type, \$text, \$pos, 0);
+    return $msg;
+}
+
+sub _store {
+    my ($m, $type, $name, $val) = @_;
+    my $f = $SCHEMA{$type // ''}{$name};
+    if ($f && $f->{map}) {
+        my $k = ref $val eq 'HASH' ? ($val->{key} // '') : '';
+        $m->{$name}{$k} = ref $val eq 'HASH' ? $val->{value} : undef;
+    } elsif ($f && $f->{repeated}) {
+        push @{ $m->{$name} }, $val;
+    } elsif (!$f && exists $m->{$name}) {
+        # unknown to the schema and seen twice: repeated after all
+        $m->{$name} = [ $m->{$name} ] unless ref $m->{$name} eq 'ARRAY';
+        push @{ $m->{$name} }, $val;
+    } else {
+        $m->{$name} = $val;
+    }
+}
+
+sub _parse_msg {
+    my ($type, $tr, $pr, $nested) = @_;
+    my %m;
+    for (;;) {
+        pos($$tr) = $$pr;
+        $$tr =~ /\G\s*/gc;
+        $$pr = pos($$tr);
+        if ($$pr >= length $$tr) {
+            die "text format: unexpected end\n" if $nested;
+            return \%m;
+        }
+        if ($$tr =~ /\G\}/gc) {
+            $$pr = pos($$tr);
+            die "text format: unexpected }\n" unless $nested;
+            return \%m;
+        }
+        $$tr =~ /\G(\[[^\]]*\]|\w+)\s*/gc
+            or die "text format: bad token at "
+                   . substr($$tr, $$pr, 40) . "\n";
+        my $name = $1;
+        my $f = $SCHEMA{$type // ''}{$name};
+        if ($$tr =~ /\G:?\s*\{/gc) {
+            $$pr = pos($$tr);
+            my $sub_type = $f ? $f->{type} : undef;
+            # a map entry: key and value
+            if ($f && $f->{map}) {
+                my $e = _parse_msg("__map_$sub_type", $tr, $pr, 1);
+                _store(\%m, $type, $name, $e);
+                next;
+            }
+            my $v = _parse_msg($type && $type =~ /^__map_(.*)/ && $name eq
+                               'value' ? $1 : $sub_type, $tr, $pr, 1);
+            _store(\%m, $type, $name, $v);
+            next;
+        }
+        $$tr =~ /\G:\s*/gc or die "text format: no ':' after $name\n";
+        my $val;
+        if ($$tr =~ /\G"((?:[^"\\]|\\.)*)"/gc) {
+            $val = _unescape($1);
+            # adjacent strings concatenate
+            while ($$tr =~ /\G\s*"((?:[^"\\]|\\.)*)"/gc) {
+                $val .= _unescape($1);
+            }
+        } elsif ($$tr =~ /\G([^\s}]+)/gc) {
+            $val = $1;
+        } else {
+            die "text format: no value for $name\n";
+        }
+        $$pr = pos($$tr);
+        _store(\%m, $type, $name, $val);
+    }
+}
+
+# --- plain HTTP --------------------------------------------------------
+
+# one HTTP/1.1 request on a new connection (Connection: close):
+# ($status, {lowercase header => value}, $body).  The body is de-chunked,
+# not gunzipped.  Special keys: -path (default /v1/opamp), -method
+# (default POST), -timeout (seconds, default 10).  Content-Type defaults
+# to application/x-protobuf; give it as undef to send none.  A header
+# value that is an array ref is sent once per element.
 sub http_post {
     my ($self, $body, %h) = @_;
     my $path = delete $h{-path} // '/v1/opamp';
     my $method = delete $h{-method} // 'POST';
-    $h{'Content-Type'} //= 'application/x-protobuf';
+    my $timeout = delete $h{-timeout} // 10;
+    my $port = delete $h{-port} // $self->{port};
+    $body //= '';
+    $h{'Content-Type'} = 'application/x-protobuf'
+        unless exists $h{'Content-Type'};
     my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
-                                  PeerPort => $self->{port}, Proto => 'tcp',
+                                  PeerPort => $port, Proto => 'tcp',
                                   Timeout => 5)
-        or die "connect: $!\n";
+        or die "connect to port $port: $!\n";
     binmode $s;
+    my $hdr = '';
+    for my $k (sort keys %h) {
+        next unless defined $h{$k};
+        for my $v (ref $h{$k} eq 'ARRAY' ? @{ $h{$k} } : $h{$k}) {
+            $hdr .= "$k: $v\r\n";
+        }
+    }
     my $req = "$method $path HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-              . "Connection: close\r\n"
-              . join('', map { "$_: $h{$_}\r\n" } sort keys %h)
-              . 'Content-Length: ' . length($body) . "\r\n\r\n" . $body;
-    syswrite($s, $req);
+              . "Connection: close\r\n" . $hdr
+              . (length $body || $method eq 'POST' || $method eq 'PUT'
+                 ? 'Content-Length: ' . length($body) . "\r\n" : '')
+              . "\r\n" . $body;
+    my $off = 0;
+    while ($off < length $req) {
+        my $n = syswrite($s, $req, length($req) - $off, $off);
+        last unless $n;    # the server may answer and close early (413)
+        $off += $n;
+    }
+
     my $resp = '';
     my $sel = IO::Select->new($s);
-    while ($sel->can_read(10)) {
+    my $deadline = time + $timeout;
+    my ($head, $need);
+    for (;;) {
+        if (!defined $head && (my $i = index($resp, "\r\n\r\n")) >= 0) {
+            $head = substr($resp, 0, $i);
+            $resp = substr($resp, $i + 4);
+            my ($cl) = $head =~ /^Content-Length:\s*(\d+)/mi;
+            $need = $cl if $head !~ /^Transfer-Encoding:\s*chunked/mi;
+            $need = 0 if $method eq 'HEAD' || $head =~ m{^HTTP/1\.\d (1\d\d|204|304)};
+        }
+        last if defined $head && defined $need && length $resp >= $need;
+        my $left = $deadline - time;
+        last if $left <= 0 || !$sel->can_read($left);
         my $n = sysread($s, $resp, 65536, length $resp);
         last unless $n;
     }
-    my ($head, $rest) = split /\r\n\r\n/, $resp, 2;
+    close $s;
     return (undef, {}, '') unless defined $head;
     my ($status) = $head =~ m{^HTTP/1\.\d (\d+)};
     my %hd;
     for (split /\r\n/, $head) {
-        $hd{lc $1} = $2 if /^([^:]+):\s*(.*)$/;
+        next unless /^([^:]+):\s*(.*)$/;
+        my $k = lc $1;
+        $hd{$k} = exists $hd{$k} ? "$hd{$k}, $2" : $2;
     }
-    $rest //= '';
     if (($hd{'transfer-encoding'} // '') =~ /chunked/i) {
         my $b = '';
-        while ($rest =~ s/^([0-9a-fA-F]+)\r\n//) {
+        while ($resp =~ s/^([0-9a-fA-F]+)[^\r]*\r\n//) {
             my $len = hex $1;
             last if $len == 0;
-            $b .= substr($rest, 0, $len, '');
-            $rest =~ s/^\r\n//;
+            $b .= substr($resp, 0, $len, '');
+            $resp =~ s/^\r\n//;
         }
-        $rest = $b;
+        $resp = $b;
+    } elsif (defined $need) {
+        $resp = substr($resp, 0, $need);
     }
-    return ($status, \%hd, $rest);
+    return ($status, \%hd, $resp);
 }
 
 package OpAMPTest::RedisError;
