@@ -17,6 +17,8 @@ use lib "$FindBin::Bin/lib";
 use IO::Compress::Gzip qw(gzip $GzipError);
 use IO::Uncompress::Gunzip qw(gunzip $GunzipError);
 use Time::HiRes qw(time);
+use IO::Socket::INET;
+use IO::Select;
 
 use OpAMPTest;
 
@@ -454,6 +456,100 @@ is($s, 400, 'an empty body: 400 (no instance_uid)');
 is($m->{error_response}{type}, 'ServerErrorResponseType_BadRequest',
    'empty body: BAD_REQUEST');
 still_serves('an empty body');
+
+# --- request bodies as nginx may hand them over ---------------------------
+
+# raw bytes on one connection; the responses, each [status, {headers}, body]
+sub raw {
+    my ($req) = @_;
+    my $c = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                  PeerPort => $t->port, Proto => 'tcp',
+                                  Timeout => 5) or die "connect: $!\n";
+    binmode $c;
+    syswrite($c, $req);
+    my $in = '';
+    my $sel = IO::Select->new($c);
+    my $deadline = time + 10;
+    while (time < $deadline && $sel->can_read($deadline - time)) {
+        my $n = sysread($c, $in, 65536, length $in);
+        last unless $n;
+    }
+    close $c;
+    my @r;
+    while ((my $i = index($in, "\r\n\r\n")) >= 0) {
+        my $head = substr($in, 0, $i);
+        $in = substr($in, $i + 4);
+        my ($st) = $head =~ m{^HTTP/1\.\d (\d+)};
+        my %hd = map { /^([^:]+):\s*(.*)$/ ? (lc $1 => $2) : () }
+                 split /\r\n/, $head;
+        my $len = $hd{'content-length'} // 0;
+        push @r, [ $st, \%hd, substr($in, 0, $len, '') ];
+    }
+    return @r;
+}
+
+sub chunked {
+    my ($b, $size) = @_;
+    my $out = '';
+    while (length $b) {
+        my $c = substr($b, 0, $size, '');
+        $out .= sprintf("%x\r\n", length $c) . $c . "\r\n";
+    }
+    return $out . "0\r\n\r\n";
+}
+
+my $HEAD = "POST /v1/opamp HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+           . "Content-Type: application/x-protobuf\r\n";
+
+my $uc = random_uid();
+my $cmsg = msg($uc, "sequence_num: 0 capabilities: 1 $DESC");
+my @r = raw($HEAD . "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            . chunked($cmsg, 7));
+is($r[0][0], 200, 'a chunked request body (7-byte chunks): 200');
+is(eval { $t->s2a($r[0][2])->{instance_uid} } // '', $uc,
+   'chunked: the reply is for the agent');
+is($t->decode('AgentDescription', $t->agent($uc)->{description} // ''),
+   $t->decode('AgentDescription', $t->encode('AgentDescription', $DESC_TEXT)),
+   'chunked: the description is stored whole');
+
+@r = raw($HEAD . "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+         . chunked($big, 1000));
+is($r[0][0], 413, 'a chunked body over opamp_max_message_size: 413');
+still_serves('a chunked body over the limit');
+
+my $uk = random_uid();
+my $k2 = msg($uk, "sequence_num: 0 capabilities: 1 $DESC");
+@r = raw($HEAD . 'Content-Length: ' . length($cmsg) . "\r\n\r\n" . $cmsg
+         . $HEAD . "Connection: close\r\nContent-Length: " . length($k2)
+         . "\r\n\r\n" . $k2);
+is(scalar @r, 2, 'two pipelined requests on one keepalive connection: '
+   . 'two responses');
+is(eval { $t->s2a($r[0][2] // '')->{instance_uid} } // '', $uc,
+   'keepalive: the first reply is for the first agent');
+is(eval { $t->s2a($r[1][2] // '')->{instance_uid} } // '', $uk,
+   'keepalive: the second reply is for the second agent');
+is($t->agent($uk)->{sequence_num}, 0, 'keepalive: the second one is stored');
+
+my $ue = random_uid();
+my $e = msg($ue, "sequence_num: 0 capabilities: 1 $DESC");
+@r = raw($HEAD . "Expect: 100-continue\r\nConnection: close\r\n"
+         . 'Content-Length: ' . length($e) . "\r\n\r\n" . $e);
+is($r[-1][0], 200, 'Expect: 100-continue: 200 in the end');
+is($t->agent($ue)->{sequence_num}, 0, 'Expect: 100-continue: stored');
+
+# a body too large for nginx's memory buffer goes to a temporary file
+my $uf = random_uid();
+my $ftext = 'identifying_attributes { key: "service.name" value { '
+    . 'string_value: "file-body" } } non_identifying_attributes { key: '
+    . '"blob" value { string_value: "' . ('y' x 100000) . '" } }';
+($s, $h, $body, $m) = post(msg($uf, "sequence_num: 0 capabilities: 1 "
+                                    . "agent_description { $ftext }"),
+                           -path => '/big');
+is($s, 200, 'a 100 KB body (buffered to a file by nginx): 200');
+is($m->{instance_uid}, $uf, 'file body: the reply is for the agent');
+is($t->agent($uf)->{description} // '',
+   $t->encode('AgentDescription', $ftext),
+   'file body: the description is stored byte for byte');
 
 is_deeply([ $t->worker_pids ], \@workers,
           'the same worker all along (none crashed)');

@@ -85,6 +85,9 @@ sub new {
                       CLEANUP => !$ENV{TEST_KEEP});
     mkdir "$dir/logs";
     mkdir "$dir/tmp";
+    # nginx started as root runs its workers as another user, which must
+    # reach the temporary files (request bodies) under the directory
+    chmod 0755, $dir, "$dir/tmp";
     my $self = bless {
         dir => $dir,
         port => free_port(),
