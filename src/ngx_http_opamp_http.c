@@ -36,6 +36,7 @@ static void ngx_http_opamp_http_close(ngx_http_opamp_session_t *s,
     ngx_uint_t code, const char *reason);
 static void ngx_http_opamp_http_cleanup(void *data);
 static ngx_int_t ngx_http_opamp_http_accepts_gzip(ngx_http_request_t *r);
+static ngx_uint_t ngx_http_opamp_http_qvalue(u_char *p, u_char *last);
 static ngx_table_elt_t *ngx_http_opamp_http_header_in(ngx_http_request_t *r,
     const char *name, size_t len);
 static ngx_int_t ngx_http_opamp_http_header_out(ngx_http_request_t *r,
@@ -582,6 +583,33 @@ ngx_http_opamp_http_gzip(ngx_http_request_t *r, u_char *data, size_t len,
 }
 
 
+/* a qvalue ("0", "0.5", "1.000") in thousandths; a bad one counts as 0 */
+
+static ngx_uint_t
+ngx_http_opamp_http_qvalue(u_char *p, u_char *last)
+{
+    ngx_uint_t  q, scale;
+
+    if (p == last || (*p != '0' && *p != '1')) {
+        return 0;
+    }
+
+    q = (*p++ - '0') * 1000;
+
+    if (p < last && *p == '.') {
+        p++;
+
+        for (scale = 100; p < last && *p >= '0' && *p <= '9' && scale;
+             p++, scale /= 10)
+        {
+            q += (*p - '0') * scale;
+        }
+    }
+
+    return q > 1000 ? 0 : q;
+}
+
+
 static ngx_int_t
 ngx_http_opamp_http_accepts_gzip(ngx_http_request_t *r)
 {
@@ -607,19 +635,28 @@ ngx_http_opamp_http_accepts_gzip(ngx_http_request_t *r)
         {
             p += 4;
 
-            while (p < last && *p == ' ') {
+            /* RFC 9110: gzip [ OWS ";" OWS "q=" qvalue ], q=0 refuses */
+
+            while (p < last && (*p == ' ' || *p == '\t')) {
                 p++;
             }
 
-            if (p + 4 <= last && ngx_strncmp(p, ";q=0", 4) == 0
-                && (p + 4 == last || p[4] == ',' || p[4] == ' '
-                    || (p[4] == '.' && p + 5 < last && p[5] == '0'
-                        && (p + 6 == last || p[6] < '1' || p[6] > '9'))))
-            {
-                return NGX_DECLINED;
+            if (p == last || *p != ';') {
+                return NGX_OK;
             }
 
-            return NGX_OK;
+            p++;
+
+            while (p < last && (*p == ' ' || *p == '\t')) {
+                p++;
+            }
+
+            if (p + 2 > last || (p[0] | 0x20) != 'q' || p[1] != '=') {
+                return NGX_OK;
+            }
+
+            return ngx_http_opamp_http_qvalue(p + 2, last) > 0
+                   ? NGX_OK : NGX_DECLINED;
         }
 
         p += 4;

@@ -33,8 +33,13 @@ my @CCAPS = map { "io.example.capability.number.$_.with.a.long.name" } 1 .. 12;
 
 my $t = OpAMPTest->new;
 $t->start_redis;
-$t->start_nginx("
-        location = /big { opamp; opamp_custom_capabilities @CCAPS; }",
+my $LOCS = "
+        location = /big { opamp; opamp_custom_capabilities @CCAPS; }
+        location = /gz20 { opamp; opamp_gzip_min_length 20; }
+        location = /gz21 { opamp; opamp_gzip_min_length 21; }
+        location = /cmbs { opamp; client_max_body_size 1k;
+                           opamp_max_message_size 8k; }";
+$t->start_nginx($LOCS,
     workers => 1, location => "
             opamp_heartbeat_interval 17s;
             opamp_max_message_size $MAX;");
@@ -129,8 +134,8 @@ is($a->{transport}, 'http', 'hash: transport http');
 is($a->{healthy}, 1, 'hash: healthy 1');
 is($a->{connected}, 1, 'hash: connected 1');
 is($a->{worker_pid}, $workers[0], 'hash: worker_pid');
-ok(($a->{first_seen_ms} // 0) >= $before - 5
-   && ($a->{first_seen_ms} // 0) <= $after + 5,
+ok(($a->{first_seen_ms} // 0) >= $before - 20
+   && ($a->{first_seen_ms} // 0) <= $after + 20,
    'hash: first_seen_ms is the time of the message')
     or diag("$before <= $a->{first_seen_ms} <= $after");
 is($a->{last_seen_ms}, $a->{first_seen_ms}, 'hash: last_seen_ms');
@@ -195,6 +200,29 @@ ok(!(($m->{flags} // 0) & 1), 'it reports its full state: no flag');
 ($s, $h, $body, $m) = post(msg($u2, "sequence_num: 0 capabilities: 1 $DESC"));
 ok(!(($m->{flags} // 0) & 1),
    'agent restarted (sequence 0 with its description): no flag');
+
+# 64-bit sequence numbers, past what a double holds exactly
+my $u64 = random_uid();
+($s, $h, $body, $m) = post(msg($u64, 'sequence_num: 18446744073709551613 '
+                                     . "capabilities: 1 $DESC"));
+is($s, 200, 'sequence_num near 2^64: 200');
+is($t->agent($u64)->{sequence_num}, '18446744073709551613',
+   'sequence_num near 2^64: stored exactly');
+($s, $h, $body, $m) = post(msg($u64, 'sequence_num: 18446744073709551614 '
+                                     . 'capabilities: 1'));
+ok(!(($m->{flags} // 0) & 1), 'sequence_num near 2^64, + 1: no flag');
+($s, $h, $body, $m) = post(msg($u64, 'sequence_num: 18446744073709551612 '
+                                     . 'capabilities: 1'));
+is(($m->{flags} // 0) & 1, 1,
+   'sequence_num near 2^64, going back by 2: ReportFullState');
+
+# a field this server does not know (a newer agent): accepted
+my $uu = random_uid();
+($s, $h, $body, $m) = post(msg($uu, "sequence_num: 0 capabilities: 1 $DESC")
+                           . "\xf8\x06\x2a");    # field 111, varint 42
+is($s, 200, 'an unknown field in AgentToServer: 200');
+ok(!$m->{error_response}, 'an unknown field: no error');
+is($t->agent($uu)->{sequence_num}, 0, 'an unknown field: stored');
 
 # --- RequestInstanceUid -------------------------------------------------
 
@@ -306,35 +334,89 @@ is($m->{instance_uid}, $u5, 'and plain protobuf');
 ok(!$h->{'content-encoding'}, 'Accept-Encoding: gzip;q=0: not gzipped');
 is($m->{instance_uid}, $u5, 'and plain protobuf');
 
+# the threshold is "at least": a reply of 20 bytes (instance_uid and
+# capabilities) is gzipped at 20, not at 21
+($s, $h, $body, $m) = post(msg($u5, 'sequence_num: 6 capabilities: 1'));
+is(length $body, 20, '(a plain reply to a known agent is 20 bytes)');
+($s, $h, $body) = $t->http_post(msg($u5, 'sequence_num: 7 capabilities: 1'),
+                                'Accept-Encoding' => 'gzip', -path => '/gz20');
+is($h->{'content-encoding'}, 'gzip',
+   'a 20-byte reply, opamp_gzip_min_length 20: gzipped');
+$reply = '';
+gunzip(\$body => \$reply);
+is(length $reply, 20, 'and it gunzips to the 20 bytes');
+($s, $h, $body, $m) = post(msg($u5, 'sequence_num: 8 capabilities: 1'),
+                           'Accept-Encoding' => 'gzip', -path => '/gz21');
+ok(!$h->{'content-encoding'},
+   'a 20-byte reply, opamp_gzip_min_length 21: not gzipped');
+is($m->{instance_uid}, $u5, 'and plain');
+
+# Accept-Encoding: "gzip" refused with q=0 however it is written (RFC 9110:
+# optional whitespace around ";", the weight up to three decimals)
+for my $ae ('gzip; q=0', 'gzip ;q=0', 'gzip;q=0.000', 'gzip;Q=0') {
+    ($s, $h, $body, $m) = post(msg($u5, 'sequence_num: 8 capabilities: 1'),
+                               'Accept-Encoding' => $ae, -path => '/big');
+    ok(!$h->{'content-encoding'}, "Accept-Encoding: $ae: not gzipped")
+        or diag("Content-Encoding: $h->{'content-encoding'}");
+}
+for my $ae ('gzip;q=0.001', 'gzip; q=0.5', 'deflate, gzip;q=1.0', 'GZIP') {
+    ($s, $h, $body) = $t->http_post(msg($u5, 'sequence_num: 8 capabilities: 1'),
+                                    'Accept-Encoding' => $ae, -path => '/big');
+    is($h->{'content-encoding'}, 'gzip', "Accept-Encoding: $ae: gzipped");
+}
+
 # --- bad input, each followed by a good agent on the same worker -----------
 
 still_serves('the good requests above');
 
 # OpAMP-Instance-UID header that differs from the body
-($s, $h, $body, $m) = post(msg($u5, 'sequence_num: 6 capabilities: 1'),
+($s, $h, $body, $m) = post(msg($u5, 'sequence_num: 9 capabilities: 1'),
                            'OpAMP-Instance-UID' => uid_text($u2));
 is($s, 400, 'OpAMP-Instance-UID differs from instance_uid: 400');
 is($m->{error_response}{type}, 'ServerErrorResponseType_BadRequest',
    'with ServerErrorResponse BAD_REQUEST');
-is($t->agent($u5)->{sequence_num}, 5, 'nothing stored for it');
+is($t->agent($u5)->{sequence_num}, 8, 'nothing stored for it');
 still_serves('a mismatched OpAMP-Instance-UID');
 
-($s, $h, $body) = $t->http_post(msg($u5, 'sequence_num: 6 capabilities: 1'),
+($s, $h, $body) = $t->http_post(msg($u5, 'sequence_num: 9 capabilities: 1'),
                                 'OpAMP-Instance-UID' => 'not-a-uuid');
 is($s, 400, 'malformed OpAMP-Instance-UID: 400');
 like($body, qr/OpAMP-Instance-UID/, 'with the reason');
 still_serves('a malformed OpAMP-Instance-UID');
 
-($s, $h, $body) = $t->http_post(msg($u5, 'sequence_num: 6 capabilities: 1'),
+($s, $h, $body) = $t->http_post(msg($u5, 'sequence_num: 9 capabilities: 1'),
                                 'OpAMP-Instance-UID' => uid_text($u5));
 is($s, 200, 'a matching OpAMP-Instance-UID: 200');
+
+my $uh = random_uid();
+($s, $h, $body, $m) = post(msg($uh, "sequence_num: 0 capabilities: 1 $DESC"),
+                           'OpAMP-Instance-UID' => uc uid_text($uh));
+is($s, 200, 'OpAMP-Instance-UID in uppercase: 200');
+is($m->{instance_uid}, $uh, 'uppercase header: answered');
+
+($s, $h, $body) = $t->http_post(msg($uh, 'sequence_num: 1 capabilities: 1'),
+    'OpAMP-Instance-UID' => substr(uid_text($uh), 0, 35) . 'g');
+is($s, 400, 'OpAMP-Instance-UID with a non-hex digit: 400');
+
+my $uhx = random_uid();
+($s, $h, $body, $m) = post(msg($uhx, "sequence_num: 0 capabilities: 1 $DESC"),
+                           'OpAMP-Instance-UID' => uid_hex($uhx));
+is($s, 200, 'OpAMP-Instance-UID as 32 hex digits: 200');
+
+($s, $h, $body, $m) = post(msg($uhx, 'sequence_num: 1 capabilities: 1'),
+                           'Content-Type' => 'Application/X-Protobuf');
+is($s, 200, 'Content-Type in another case: 200');
+
+($s, $h, $body) = $t->http_post('', -method => 'HEAD',
+                                'Content-Type' => undef);
+is($s, 405, 'HEAD: 405');
 
 # GET without an upgrade: a failed WebSocket handshake
 ($s, $h, $body) = $t->http_post('', -method => 'GET', 'Content-Type' => undef);
 is($s, 400, 'GET without a WebSocket upgrade: 400');
 still_serves('a GET without upgrade');
 
-($s, $h, $body) = $t->http_post(msg($u5, 'sequence_num: 7'), -method => 'PUT');
+($s, $h, $body) = $t->http_post(msg($u5, 'sequence_num: 10'), -method => 'PUT');
 is($s, 405, 'PUT: 405');
 like($h->{allow} // '', qr/^GET,\s*POST$/, 'with Allow: GET, POST');
 still_serves('a PUT');
@@ -343,25 +425,25 @@ still_serves('a PUT');
                                 'Content-Type' => undef);
 is($s, 405, 'DELETE: 405');
 
-($s, $h, $body) = $t->http_post(msg($u5, 'sequence_num: 7'),
+($s, $h, $body) = $t->http_post(msg($u5, 'sequence_num: 10'),
                                 'Content-Type' => 'application/json');
 is($s, 415, 'Content-Type application/json: 415');
 like($body, qr{application/x-protobuf}, 'naming the expected type');
 still_serves('a wrong Content-Type');
 
-($s, $h, $body) = $t->http_post(msg($u5, 'sequence_num: 7'),
+($s, $h, $body) = $t->http_post(msg($u5, 'sequence_num: 10'),
                                 'Content-Type' => undef);
 is($s, 415, 'no Content-Type: 415');
 
-($s, $h, $body) = $t->http_post(msg($u5, 'sequence_num: 7'),
+($s, $h, $body) = $t->http_post(msg($u5, 'sequence_num: 10'),
                                 'Content-Type' => 'application/x-protobufs');
 is($s, 415, 'Content-Type application/x-protobufs: 415');
 
-($s, $h, $body) = $t->http_post(msg($u5, 'sequence_num: 7'),
+($s, $h, $body) = $t->http_post(msg($u5, 'sequence_num: 10'),
                                 'Content-Encoding' => 'br');
 is($s, 415, 'Content-Encoding br: 415');
 still_serves('an unknown Content-Encoding');
-is($t->agent($u5)->{sequence_num}, 6, 'none of them was stored');
+is($t->agent($u5)->{sequence_num}, 9, 'none of them was stored');
 
 my $garbage = "\xff\xff\xff\xff\xff garbage \x00\x01";
 ok(!eval { $t->decode('AgentToServer', $garbage); 1 },
@@ -417,6 +499,39 @@ ok(length $fits <= $MAX, '(the message that fits is ' . length($fits)
    . ' bytes)');
 ($s, $h, $body) = $t->http_post($fits);
 is($s, 200, 'a body just under opamp_max_message_size: 200');
+
+# an AgentToServer of exactly $len bytes
+sub sized {
+    my ($uid, $len) = @_;
+    my $n = $len - 100;
+    for (1 .. 5) {
+        my $b = msg($uid, 'sequence_num: 0 capabilities: 1 agent_description '
+            . '{ identifying_attributes { key: "k" value { string_value: "'
+            . ('s' x $n) . '" } } }');
+        return $b if length $b == $len;
+        $n += $len - length $b;
+    }
+    die "cannot make a message of $len bytes\n";
+}
+
+my $ub = random_uid();
+($s, $h, $body, $m) = post(sized($ub, $MAX));
+is($s, 200, "a body of exactly opamp_max_message_size ($MAX) bytes: 200");
+is($t->agent($ub)->{sequence_num}, 0, 'exactly the limit: stored');
+($s, $h, $body) = $t->http_post(sized(random_uid(), $MAX + 1));
+is($s, 413, 'one byte more: 413');
+still_serves('a body one byte over the limit');
+
+my ($gz_max, $gz_over);
+my $ug = random_uid();
+gzip(\sized($ug, $MAX) => \$gz_max) or die $GzipError;
+gzip(\sized(random_uid(), $MAX + 1) => \$gz_over) or die $GzipError;
+($s, $h, $body) = $t->http_post($gz_max, 'Content-Encoding' => 'gzip');
+is($s, 200, 'gzip inflating to exactly the limit: 200');
+is($t->agent($ug)->{sequence_num}, 0, 'gzip, exactly the limit: stored');
+($s, $h, $body) = $t->http_post($gz_over, 'Content-Encoding' => 'gzip');
+is($s, 413, 'gzip inflating to one byte over the limit: 413');
+still_serves('a gzip body inflating one byte over the limit');
 
 my $bomb_plain = msg(random_uid(), 'sequence_num: 0 capabilities: 1 '
     . 'agent_description { identifying_attributes { key: "k" value { '
@@ -530,12 +645,40 @@ is(eval { $t->s2a($r[1][2] // '')->{instance_uid} } // '', $uk,
    'keepalive: the second reply is for the second agent');
 is($t->agent($uk)->{sequence_num}, 0, 'keepalive: the second one is stored');
 
+my $uk2 = random_uid();
+my $k3 = msg($uk2, "sequence_num: 0 capabilities: 1 $DESC");
+@r = raw($HEAD . 'Content-Length: ' . length($big) . "\r\n\r\n" . $big
+         . $HEAD . "Connection: close\r\nContent-Length: " . length($k3)
+         . "\r\n\r\n" . $k3);
+is($r[0][0], 413, 'keepalive: an oversized body first: 413');
+ok(@r == 1 || ($r[1][0] // 0) == 200,
+   'keepalive: the connection is either closed or serves the next '
+   . 'request correctly')
+    or diag("second response: " . ($r[1][0] // 'none'));
+
 my $ue = random_uid();
 my $e = msg($ue, "sequence_num: 0 capabilities: 1 $DESC");
 @r = raw($HEAD . "Expect: 100-continue\r\nConnection: close\r\n"
          . 'Content-Length: ' . length($e) . "\r\n\r\n" . $e);
 is($r[-1][0], 200, 'Expect: 100-continue: 200 in the end');
 is($t->agent($ue)->{sequence_num}, 0, 'Expect: 100-continue: stored');
+
+# client_max_body_size below opamp_max_message_size is raised to it
+my $uc2 = random_uid();
+my $c3k = sized($uc2, 3000);
+($s, $h, $body, $m) = post($c3k, -path => '/cmbs');
+is($s, 200, 'client_max_body_size 1k, opamp_max_message_size 8k: a 3000-byte '
+   . 'body is taken');
+is($t->agent($uc2)->{sequence_num}, 0, 'and stored');
+($s, $h, $body) = $t->http_post(sized(random_uid(), 9000), -path => '/cmbs');
+is($s, 413, 'and 9000 bytes get 413');
+
+# the default opamp_max_message_size (64m) lifts nginx's default
+# client_max_body_size (1m)
+my $u2m = random_uid();
+($s, $h, $body, $m) = post(sized($u2m, 2 * 1024 * 1024), -path => '/big');
+is($s, 200, 'a 2 MB body with the default limits: 200');
+is($t->agent($u2m)->{sequence_num}, 0, 'a 2 MB body: stored');
 
 # a body too large for nginx's memory buffer goes to a temporary file
 my $uf = random_uid();
@@ -553,6 +696,34 @@ is($t->agent($uf)->{description} // '',
 
 is_deeply([ $t->worker_pids ], \@workers,
           'the same worker all along (none crashed)');
+
+# --- the connection settings offer again: on full state, on a change -------
+
+($s, $h, $body, $m) = post(msg($u4, 'sequence_num: 10 capabilities: 0x101'));
+is(($m->{flags} // 0) & 1, 1, 'a sequence gap of a settings agent: '
+   . 'ReportFullState');
+is($m->{connection_settings}{opamp}{heartbeat_interval_seconds}, 17,
+   'and the connection settings are offered again with it');
+($s, $h, $body, $m) = post(msg($u4, "sequence_num: 11 capabilities: 0x101 "
+                                    . $DESC));
+ok(!$m->{connection_settings}, 'but not on the full state report itself');
+
+$t->write_conf($LOCS,
+    workers => 1, location => "
+            opamp_heartbeat_interval 23s;
+            opamp_max_message_size $MAX;");
+ok($t->reload, 'nginx reloaded with opamp_heartbeat_interval 23s');
+($s, $h, $body, $m) = post(msg($u4, 'sequence_num: 12 capabilities: 0x101'));
+is($m->{connection_settings}{opamp}{heartbeat_interval_seconds}, 23,
+   'the changed heartbeat interval is offered to the agent');
+is($t->agent($u4)->{cs_hash}, unpack('H*', $m->{connection_settings}{hash}
+                                            // ''),
+   'with a new hash, recorded');
+($s, $h, $body, $m) = post(msg($u4, 'sequence_num: 13 capabilities: 0x101'));
+ok(!$m->{connection_settings}, 'and only once');
+($s, $h, $body, $m) = post(msg($u4b, 'sequence_num: 2 capabilities: 0x1'));
+ok(!$m->{connection_settings},
+   'an agent without the capability still gets nothing');
 
 # --- a second fleet on the same Redis, under another prefix -----------------
 

@@ -15,6 +15,40 @@ package OpAMPTest;
 #   $t->redis('HGET', $key, $field); $t->hgetall($key);
 #   $t->done; done_testing;       # stops both, checks the error log
 #
+# The API:
+#
+#   OpAMPTest->new(%o)          redis_port => share another test's Redis
+#   dir port redis_port module  accessors
+#   start_redis stop_redis      a redis-server child of this process
+#   redis(@cmd)                 one command; scalar, array ref, undef for
+#                               nil; dies on an error reply
+#   redis_nodie(@cmd)           the same, an error reply is returned as an
+#                               OpAMPTest::RedisError ($$r is its text)
+#   hgetall($key)               hashref
+#   agent($uid[, $prefix])      hgetall of <prefix>agent:{<uid text>}
+#   agent_key($uid[, $prefix])  that key
+#   subscribe(@channels)        sub ($timeout) -> [channel, payload]|undef
+#   conf_text($server, %o)      the nginx.conf text; %o: workers, prefix,
+#                               http, location, main, redis
+#   write_conf($server, %o)     writes it to <dir>/nginx.conf
+#   start_nginx($server, %o)    write_conf, start, wait until the port
+#                               accepts and every worker's Redis
+#                               connections are up (no_wait_redis => 1
+#                               skips that; skipped too when Redis is down)
+#   nginx_pid worker_pids       master; its live workers (from /proc)
+#   workers_ready($n)           every worker connected to Redis
+#   reload(%o)                  HUP, wait for the new workers; true if so
+#   stop_nginx                  QUIT, then TERM
+#   nginx_t($conf_text)         (exit code, output) of nginx -t
+#   error_log error_log_problems   the log; its [alert|crit|emerg] lines
+#   done                        stop all, ok() on error_log_problems
+#   wait_for($sub, $secs)       poll every 50 ms, bounded; true if met
+#   encode($type, $text) a2s($text)          protoc --encode
+#   decode($type, $bytes) s2a_text($bytes)   protoc --decode (text)
+#   parse($type, $bytes) s2a($bytes)         decoded into Perl data
+#   http_post($body, %headers)  ($status, {lc headers}, $body); -path,
+#                               -method, -port, -timeout
+#
 # Environment: NGINX (default /usr/sbin/nginx), NGINX_MODULE (default
 # build/ngx_http_opamp_module.so of this repository), TEST_KEEP=1 keeps the
 # temporary directory, TEST_NGINX_VALGRIND=1 runs nginx under memcheck.
@@ -34,10 +68,13 @@ use File::Basename qw(dirname);
 use Cwd qw(abs_path);
 use Time::HiRes qw(time sleep);
 use Exporter 'import';
+use Scalar::Util qw(weaken);
 
 use OpAMPFleet;
 
 our @EXPORT = qw(uid_hex uid_text random_uid uid_escape);
+
+our %LIVE;
 
 my $ROOT = abs_path(dirname(abs_path(__FILE__)) . '/../..');
 
@@ -100,7 +137,20 @@ sub new {
     }, $class;
     $self->{redis_port} //= free_port();
     diag("test dir $dir") if $ENV{TEST_KEEP};
+    weaken($LIVE{"$self"} = $self);
     return $self;
+}
+
+# every instance still alive (%LIVE, declared at the top); END stops their
+# processes before File::Temp removes their directories: a test that dies
+# leaves nothing running
+
+END {
+    local ($?, $@, $!);
+    for my $t (grep { defined } values %LIVE) {
+        next unless ($t->{owner} // 0) == $$;
+        eval { $t->stop_nginx; $t->stop_redis };
+    }
 }
 
 sub dir { $_[0]{dir} }
@@ -493,15 +543,20 @@ sub workers_ready {
     return $cmd >= $sub;
 }
 
-# HUP, then waits for a new generation of workers (ready as in start)
+# HUP, then waits for a new generation of workers (ready as in start);
+# true when they are
 sub reload {
     my ($self, %o) = @_;
     my $n = $o{workers} // $self->{workers} // 1;
     my %old = map { $_ => 1 } $self->worker_pids;
     kill 'HUP', $self->{nginx_pid};
+    # ready when the new workers are, and no old one still accepts (an old
+    # worker gone, or "shutting down", has closed its listening sockets)
     return $self->wait_for(sub {
-        my @new = grep { !$old{$_} } $self->worker_pids;
-        @new >= $n && (!$self->redis_up || $self->workers_ready($n));
+        my @w = $self->worker_pids;
+        my @new = grep { !$old{$_} } @w;
+        @new >= $n && @new == @w
+            && (!$self->redis_up || $self->workers_ready($n));
     }, $ENV{TEST_NGINX_VALGRIND} ? 60 : 10);
 }
 
@@ -565,6 +620,7 @@ sub done {
 sub DESTROY {
     my ($self) = @_;
     local ($?, $@, $!);
+    delete $LIVE{"$self"};
     return unless ($self->{owner} // $$) == $$;
     $self->stop_nginx;
     $self->stop_redis;
