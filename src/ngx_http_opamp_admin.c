@@ -1493,6 +1493,7 @@ ngx_http_opamp_admin_reply(redisReply *reply, void *data)
     ngx_http_opamp_admin_ctx_t *ctx = data;
 
     ngx_int_t            rc;
+    ngx_connection_t    *c;
     ngx_http_request_t  *r;
 
     ctx->cmd = NULL;
@@ -1514,7 +1515,14 @@ ngx_http_opamp_admin_reply(redisReply *reply, void *data)
         rc = ngx_http_opamp_admin_answer(ctx, reply);
     }
 
+    c = r->connection;
+
     ngx_http_finalize_request(r, rc);
+
+    /* a Redis callback, not an event of this connection: run what the
+     * finalization posted, as ngx_http_upstream does */
+
+    ngx_http_run_posted_requests(c);
 }
 
 

@@ -509,12 +509,23 @@ ngx_http_opamp_http_send(ngx_http_opamp_session_t *s, u_char *data,
 static void
 ngx_http_opamp_http_resume(ngx_http_opamp_session_t *s)
 {
+    ngx_connection_t           *c;
     ngx_http_opamp_http_ctx_t  *ctx;
 
     ctx = s->transport_data;
+    c = s->connection;
 
     ngx_http_finalize_request(s->request, ctx->done ? ctx->rc
                                           : NGX_HTTP_INTERNAL_SERVER_ERROR);
+
+    /*
+     * The reply usually comes from a Redis callback, not from an event of
+     * this connection: what finalizing posted (a terminated request after
+     * a failed write, say) must run now, or nobody runs it and the
+     * connection stays open.
+     */
+
+    ngx_http_run_posted_requests(c);
 }
 
 
