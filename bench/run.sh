@@ -11,6 +11,8 @@
 #   BENCH_RUNS=3                  repetitions (the median is reported)
 #   BENCH_SECONDS=10              length of the throughput runs
 #   BENCH_OUT=file                default bench/results/<date>.md
+#   BENCH_ONLY="hold fanout"      scenarios to run (default: all of hold
+#                                 status http fanout storm)
 #
 # Everything is bounded in count and time, and targets 127.0.0.0/8 only.
 
@@ -28,6 +30,9 @@ RUNS=${BENCH_RUNS:-3}
 SECONDS_RUN=${BENCH_SECONDS:-10}
 PER_PROC=18000
 OUT=${BENCH_OUT:-$BENCH/results/$(date -u +%Y-%m-%d).md}
+ONLY=" ${BENCH_ONLY:-hold status http fanout storm} "
+
+want() { [[ "$ONLY" == *" $1 "* ]]; }
 
 WORK=$(mktemp -d /tmp/opamp-bench-XXXXXX)
 chmod 755 "$WORK"
@@ -145,117 +150,132 @@ row "---" "---" "---" "---"
 
 # --- hold N WebSocket agents ------------------------------------------------
 
-for n in $SCALES; do
-    workers=$(( (n + PER_PROC - 1) / PER_PROC )); [ "$workers" -lt 2 ] && workers=2
-    rates=(); mem=(); rmem=(); nmem=()
-    for run in $(seq "$RUNS"); do
-        start_nginx "$workers"; R flushall >/dev/null
-        base=$(worker_rss_kb); rbase=$(redis_mem)
-        out=$(loadgen_many "$n" --mode hold --duration $((n / 500 + 20)) --heartbeat 30 &
-              sleep $((n / 500 + 12)); echo "rss=$(worker_rss_kb) rmem=$(redis_mem)"; wait)
-        reported=$(echo "$out" | sum_field reported)
-        secs=$(echo "$out" | max_field connect_s)
-        rss=$(echo "$out" | field rss); rm=$(echo "$out" | field rmem)
-        rates+=("$(awk -v r="$reported" -v s="$secs" 'BEGIN {printf "%.0f", (s>0 ? r/s : 0)}')")
-        mem+=("$(awk -v a="$rss" -v b="$base" -v n="$n" 'BEGIN {printf "%.0f", (a-b)*1024/n}')")
-        rmem+=("$(awk -v a="$rm" -v b="$rbase" -v n="$n" 'BEGIN {printf "%.0f", (a-b)/n}')")
+if want hold; then
 
-        # anchor: as many idle Nchan WebSocket subscribers
-        start_nginx "$workers"
-        base=$(worker_rss_kb)
-        out=$(loadgen_many "$n" --mode hold --raw --path /sub --duration $((n / 500 + 20)) &
-              sleep $((n / 500 + 12)); echo "rss=$(worker_rss_kb)"; wait)
-        rss=$(echo "$out" | field rss)
-        nsubs=$(echo "$out" | sum_field reported)
-        nmem+=("$(awk -v a="$rss" -v b="$base" -v n="$nsubs" 'BEGIN {printf "%.0f", (n>0 ? (a-b)*1024/n : 0)}')")
+    for n in $SCALES; do
+        workers=$(( (n + PER_PROC - 1) / PER_PROC )); [ "$workers" -lt 2 ] && workers=2
+        rates=(); mem=(); rmem=(); nmem=()
+        for run in $(seq "$RUNS"); do
+            start_nginx "$workers"; R flushall >/dev/null
+            base=$(worker_rss_kb); rbase=$(redis_mem)
+            out=$(loadgen_many "$n" --mode hold --duration $((n / 500 + 20)) --heartbeat 30 &
+                  sleep $((n / 500 + 12)); echo "rss=$(worker_rss_kb) rmem=$(redis_mem)"; wait)
+            reported=$(echo "$out" | sum_field reported)
+            secs=$(echo "$out" | max_field connect_s)
+            rss=$(echo "$out" | field rss); rm=$(echo "$out" | field rmem)
+            rates+=("$(awk -v r="$reported" -v s="$secs" 'BEGIN {printf "%.0f", (s>0 ? r/s : 0)}')")
+            mem+=("$(awk -v a="$rss" -v b="$base" -v n="$n" 'BEGIN {printf "%.0f", (a-b)*1024/n}')")
+            rmem+=("$(awk -v a="$rm" -v b="$rbase" -v n="$n" 'BEGIN {printf "%.0f", (a-b)/n}')")
+
+            # anchor: as many idle Nchan WebSocket subscribers
+            start_nginx "$workers"
+            base=$(worker_rss_kb)
+            out=$(loadgen_many "$n" --mode hold --raw --path /sub --duration $((n / 500 + 20)) &
+                  sleep $((n / 500 + 12)); echo "rss=$(worker_rss_kb)"; wait)
+            rss=$(echo "$out" | field rss)
+            nsubs=$(echo "$out" | sum_field reported)
+            nmem+=("$(awk -v a="$rss" -v b="$base" -v n="$nsubs" 'BEGIN {printf "%.0f", (n>0 ? (a-b)*1024/n : 0)}')")
+        done
+        r=$(printf '%s\n' "${rates[@]}" | median)
+        m=$(printf '%s\n' "${mem[@]}" | median)
+        rm=$(printf '%s\n' "${rmem[@]}" | median)
+        nm=$(printf '%s\n' "${nmem[@]}" | median)
+        row "hold $n WebSocket agents: connect + first report" "$r agents/s (all $reported answered)" "—" "—"
+        row "hold $n: nginx memory per agent" "$m B" "Nchan idle subscriber: $nm B ($nsubs subscribed)" \
+            "$(awk -v a="$m" -v b="$nm" 'BEGIN {printf "%.2fx", (b>0 ? a/b : 0)}')"
+        row "hold $n: Redis memory per agent" "$rm B" "—" "—"
     done
-    r=$(printf '%s\n' "${rates[@]}" | median)
-    m=$(printf '%s\n' "${mem[@]}" | median)
-    rm=$(printf '%s\n' "${rmem[@]}" | median)
-    nm=$(printf '%s\n' "${nmem[@]}" | median)
-    row "hold $n WebSocket agents: connect + first report" "$r agents/s (all $reported answered)" "—" "—"
-    row "hold $n: nginx memory per agent" "$m B" "Nchan idle subscriber: $nm B ($nsubs subscribed)" \
-        "$(awk -v a="$m" -v b="$nm" 'BEGIN {printf "%.2fx", (b>0 ? a/b : 0)}')"
-    row "hold $n: Redis memory per agent" "$rm B" "—" "—"
-done
+fi
 
 # --- status throughput ------------------------------------------------------
 
-start_nginx 2
-tp=(); rb=()
-SHA=$(R script load "$(cat "$TOP/src/lua/report.lua")")
-for run in $(seq "$RUNS"); do
-    R flushall >/dev/null
-    out=$("$BENCH/loadgen" --port "$PORT" --mode status --agents 200 --duration "$SECONDS_RUN")
-    tp+=("$(echo "$out" | field rate)")
-    # the same script, from redis-benchmark, with a heartbeat's arguments
-    rb+=("$(redis-benchmark -p "$RPORT" -c 50 -n 200000 -r 100000 -q \
-        EVALSHA "$SHA" 4 'opamp:agent:{__rand_int__}' 'opamp:config:agent:{__rand_int__}' \
-        opamp:config_version opamp:groups 1795550000000 u 1 0 3 'h:1:1' websocket h 1 \
-        opamp:worker:h:1 90000 0 0 '' "$(printf '%040d' 0)" 0 '' '' '' '' '' '' '' '' \
-        opamp: report '' '' '' '' 0 '' '' '' '' '' 2>/dev/null \
-        | awk '{for (i=1;i<=NF;i++) if ($(i+1) ~ /requests/) {print $i; exit}}')")
-done
-t=$(printf '%s\n' "${tp[@]}" | median); b=$(printf '%s\n' "${rb[@]}" | median)
-row "status messages persisted per second (200 WebSocket agents)" "$t /s" \
-    "redis-benchmark, same script: $b /s" \
-    "$(awk -v a="$t" -v b="$b" 'BEGIN {printf "%.2fx", (b>0 ? a/b : 0)}')"
+if want status; then
+
+    start_nginx 2
+    tp=(); rb=()
+    SHA=$(R script load "$(cat "$TOP/src/lua/report.lua")")
+    for run in $(seq "$RUNS"); do
+        R flushall >/dev/null
+        out=$("$BENCH/loadgen" --port "$PORT" --mode status --agents 200 --duration "$SECONDS_RUN")
+        tp+=("$(echo "$out" | field rate)")
+        # the same script, from redis-benchmark, with a heartbeat's arguments
+        rb+=("$(redis-benchmark -p "$RPORT" -c 50 -n 200000 -r 100000 -q \
+            EVALSHA "$SHA" 4 'opamp:agent:{__rand_int__}' 'opamp:config:agent:{__rand_int__}' \
+            opamp:config_version opamp:groups 1795550000000 u 1 0 3 'h:1:1' websocket h 1 \
+            opamp:worker:h:1 90000 0 0 '' "$(printf '%040d' 0)" 0 '' '' '' '' '' '' '' '' \
+            opamp: report '' '' '' '' 0 '' '' '' '' '' 2>/dev/null \
+            | awk '{for (i=1;i<=NF;i++) if ($(i+1) ~ /requests/) {print $i; exit}}')")
+    done
+    t=$(printf '%s\n' "${tp[@]}" | median); b=$(printf '%s\n' "${rb[@]}" | median)
+    row "status messages persisted per second (200 WebSocket agents)" "$t /s" \
+        "redis-benchmark, same script: $b /s" \
+        "$(awk -v a="$t" -v b="$b" 'BEGIN {printf "%.2fx", (b>0 ? a/b : 0)}')"
+fi
 
 # --- HTTP polling -----------------------------------------------------------
 
-hp=(); h204=()
-for run in $(seq "$RUNS"); do
-    hp+=("$("$BENCH/loadgen" --port "$PORT" --mode http --agents 50 --duration "$SECONDS_RUN" | field rate)")
-    h204+=("$("$BENCH/loadgen" --port "$PORT" --mode http --path /204 --agents 50 --duration "$SECONDS_RUN" | field rate)")
-done
-a=$(printf '%s\n' "${hp[@]}" | median); b=$(printf '%s\n' "${h204[@]}" | median)
-row "HTTP polling: heartbeats per second (50 keep-alive agents)" "$a /s" \
-    "nginx return 204: $b /s" \
-    "$(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.2fx", (b>0 ? a/b : 0)}')"
+if want http; then
+
+    hp=(); h204=()
+    for run in $(seq "$RUNS"); do
+        hp+=("$("$BENCH/loadgen" --port "$PORT" --mode http --agents 50 --duration "$SECONDS_RUN" | field rate)")
+        h204+=("$("$BENCH/loadgen" --port "$PORT" --mode http --path /204 --agents 50 --duration "$SECONDS_RUN" | field rate)")
+    done
+    a=$(printf '%s\n' "${hp[@]}" | median); b=$(printf '%s\n' "${h204[@]}" | median)
+    row "HTTP polling: heartbeats per second (50 keep-alive agents)" "$a /s" \
+        "nginx return 204: $b /s" \
+        "$(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.2fx", (b>0 ? a/b : 0)}')"
+fi
 
 # --- config fan-out -----------------------------------------------------------
 
-for n in $FANOUT; do
-    workers=$(( (n + PER_PROC - 1) / PER_PROC )); [ "$workers" -lt 2 ] && workers=2
-    start_nginx "$workers"
-    p50=(); p99=(); mx=(); got=(); np99=(); nmx=(); np50=()
-    for run in $(seq "$RUNS"); do
-        R flushall >/dev/null
-        body="{\"selector\":\"service.name=bench\",\"files\":{\"c.yaml\":{\"body\":\"run $run $RANDOM\"}}}"
-        out=$(loadgen_many "$n" --mode fanout --duration 60 \
-              --trigger "curl -s -o /dev/null -X PUT http://127.0.0.1:$PORT/admin/configs/groups/bench -d '$body'")
-        got+=("$(echo "$out" | sum_field received)")
-        p50+=("$(echo "$out" | max_field p50_ms)")
-        p99+=("$(echo "$out" | max_field p99_ms)")
-        mx+=("$(echo "$out" | max_field max_ms)")
-        out=$(loadgen_many "$n" --mode fanout --raw --path /sub --duration 60 \
-              --trigger "curl -s -o /dev/null -X POST http://127.0.0.1:$PORT/pub -d 'run $run'")
-        np50+=("$(echo "$out" | max_field p50_ms)")
-        np99+=("$(echo "$out" | max_field p99_ms)")
-        nmx+=("$(echo "$out" | max_field max_ms)")
+if want fanout; then
+
+    for n in $FANOUT; do
+        workers=$(( (n + PER_PROC - 1) / PER_PROC )); [ "$workers" -lt 2 ] && workers=2
+        start_nginx "$workers"
+        p50=(); p99=(); mx=(); got=(); np99=(); nmx=(); np50=()
+        for run in $(seq "$RUNS"); do
+            R flushall >/dev/null
+            body="{\"selector\":\"service.name=bench\",\"files\":{\"c.yaml\":{\"body\":\"run $run $RANDOM\"}}}"
+            out=$(loadgen_many "$n" --mode fanout --duration 60 \
+                  --trigger "curl -s -o /dev/null -X PUT http://127.0.0.1:$PORT/admin/configs/groups/bench -d '$body'")
+            got+=("$(echo "$out" | sum_field received)")
+            p50+=("$(echo "$out" | max_field p50_ms)")
+            p99+=("$(echo "$out" | max_field p99_ms)")
+            mx+=("$(echo "$out" | max_field max_ms)")
+            out=$(loadgen_many "$n" --mode fanout --raw --path /sub --duration 60 \
+                  --trigger "curl -s -o /dev/null -X POST http://127.0.0.1:$PORT/pub -d 'run $run'")
+            np50+=("$(echo "$out" | max_field p50_ms)")
+            np99+=("$(echo "$out" | max_field p99_ms)")
+            nmx+=("$(echo "$out" | max_field max_ms)")
+        done
+        a=$(printf '%s\n' "${p99[@]}" | median); b=$(printf '%s\n' "${np99[@]}" | median)
+        row "config change to $n agents: received / p50 / p99 / max" \
+            "$(printf '%s\n' "${got[@]}" | median) / $(printf '%s\n' "${p50[@]}" | median) / $a / $(printf '%s\n' "${mx[@]}" | median) ms" \
+            "Nchan broadcast p50 / p99 / max: $(printf '%s\n' "${np50[@]}" | median) / $b / $(printf '%s\n' "${nmx[@]}" | median) ms" \
+            "$(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.2fx", (b>0 ? a/b : 0)}')"
     done
-    a=$(printf '%s\n' "${p99[@]}" | median); b=$(printf '%s\n' "${np99[@]}" | median)
-    row "config change to $n agents: received / p50 / p99 / max" \
-        "$(printf '%s\n' "${got[@]}" | median) / $(printf '%s\n' "${p50[@]}" | median) / $a / $(printf '%s\n' "${mx[@]}" | median) ms" \
-        "Nchan broadcast p50 / p99 / max: $(printf '%s\n' "${np50[@]}" | median) / $b / $(printf '%s\n' "${nmx[@]}" | median) ms" \
-        "$(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.2fx", (b>0 ? a/b : 0)}')"
-done
+fi
 
 # --- reconnect storm -------------------------------------------------------------
 
-n=$(echo "$SCALES" | awk '{print $NF}')
-workers=$(( (n + PER_PROC - 1) / PER_PROC )); [ "$workers" -lt 2 ] && workers=2
-start_nginx "$workers"
-rs=(); fs=()
-for run in $(seq "$RUNS"); do
-    R flushall >/dev/null
-    out=$(loadgen_many "$n" --mode reconnect --duration 120)
-    rs+=("$(echo "$out" | max_field seconds)")
-    fs+=("$(echo "$out" | sum_field full_state_asked)")
-    back=$(echo "$out" | sum_field back)
-done
-row "reconnect storm: $n agents dropped at once, all back" \
-    "$(printf '%s\n' "${rs[@]}" | median) s ($back back, $(printf '%s\n' "${fs[@]}" | median) asked for full state)" "—" "—"
+if want storm; then
+
+    n=$(echo "$SCALES" | awk '{print $NF}')
+    workers=$(( (n + PER_PROC - 1) / PER_PROC )); [ "$workers" -lt 2 ] && workers=2
+    start_nginx "$workers"
+    rs=(); fs=()
+    for run in $(seq "$RUNS"); do
+        R flushall >/dev/null
+        out=$(loadgen_many "$n" --mode reconnect --duration 120)
+        rs+=("$(echo "$out" | max_field seconds)")
+        fs+=("$(echo "$out" | sum_field full_state_asked)")
+        back=$(echo "$out" | sum_field back)
+    done
+    row "reconnect storm: $n agents dropped at once, all back" \
+        "$(printf '%s\n' "${rs[@]}" | median) s ($back back, $(printf '%s\n' "${fs[@]}" | median) asked for full state)" "—" "—"
+fi
 
 if grep -E '\[(alert|crit|emerg)\]' "$WORK/logs/error.log"; then
     echo "nginx logged alerts during the benchmark" >&2

@@ -34,7 +34,7 @@ typedef void (*ngx_http_opamp_close_pt)(ngx_http_opamp_session_t *s,
 
 
 struct ngx_http_opamp_session_s {
-    ngx_http_request_t             *request;
+    ngx_http_request_t             *request;    /* plain HTTP only */
     ngx_connection_t               *connection;
     ngx_http_opamp_loc_conf_t      *conf;
     void                           *transport_data;
@@ -73,8 +73,10 @@ struct ngx_http_opamp_session_s {
 };
 
 
+/* pool: the request's for plain HTTP; the connection's for a WebSocket,
+ * which outlives its request */
 ngx_http_opamp_session_t *ngx_http_opamp_session_create(
-    ngx_http_request_t *r, ngx_uint_t transport);
+    ngx_http_request_t *r, ngx_pool_t *pool, ngx_uint_t transport);
 
 /*
  * Processes one AgentToServer (the protobuf bytes, without any OpAMP

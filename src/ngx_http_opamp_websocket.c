@@ -3,16 +3,17 @@
  *
  * OpAMP over WebSocket (RFC 6455).  After the 101 answer the connection
  * belongs to this file: its read and write handlers are replaced, as
- * ngx_http_upstream does for an upgraded connection, and the request stays
- * open (one reference) until the WebSocket is closed.
+ * ngx_http_upstream does for an upgraded connection.  Once the 101 is
+ * written the request itself is let go (access log line, request pool,
+ * header buffers), as an idle keep-alive connection lets its request go:
+ * an agent may stay connected for days and needs nothing of it.
  *
  * Memory: a connection that waits for its agent holds only its context
- * (allocated once from the request pool).  Input is read into one buffer
- * per worker, a message under way is copied into a buffer taken with
- * ngx_alloc() and freed when the message has been handed to the session,
- * and every queued frame is its own ngx_alloc() block, freed once written.
- * Nothing per message comes from the request or connection pool, which
- * only grows over a connection that lives for days.
+ * and session, allocated once from the connection pool.  Input is read
+ * into one buffer per worker, a message under way is copied into a buffer
+ * taken with ngx_alloc() and freed when the message has been handed to
+ * the session, and every queued frame is its own ngx_alloc() block, freed
+ * once written.  Nothing per message comes from the connection pool.
  */
 
 
@@ -55,7 +56,8 @@ struct ngx_http_opamp_ws_out_s {
 
 
 typedef struct {
-    ngx_http_request_t         *request;
+    ngx_connection_t           *connection;
+    ngx_http_request_t         *request;     /* until the 101 is out */
     ngx_http_opamp_session_t   *session;
     ngx_http_opamp_loc_conf_t  *conf;
 
@@ -110,6 +112,8 @@ static ngx_int_t ngx_http_opamp_ws_accept(ngx_http_request_t *r,
 static ngx_int_t ngx_http_opamp_ws_takeover(ngx_http_request_t *r,
     ngx_http_opamp_ws_ctx_t *ctx);
 
+static void ngx_http_opamp_ws_upgrade_handler(ngx_event_t *ev);
+static ngx_int_t ngx_http_opamp_ws_release(ngx_http_opamp_ws_ctx_t *ctx);
 static void ngx_http_opamp_ws_read_handler(ngx_event_t *rev);
 static void ngx_http_opamp_ws_write_handler(ngx_event_t *wev);
 static void ngx_http_opamp_ws_read(ngx_http_opamp_ws_ctx_t *ctx);
@@ -212,16 +216,20 @@ ngx_http_opamp_websocket_handler(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    s = ngx_http_opamp_session_create(r, NGX_HTTP_OPAMP_TRANSPORT_WS);
+    /* both outlive the request: they live in the connection pool */
+
+    s = ngx_http_opamp_session_create(r, r->connection->pool,
+                                      NGX_HTTP_OPAMP_TRANSPORT_WS);
     if (s == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_opamp_ws_ctx_t));
+    ctx = ngx_pcalloc(r->connection->pool, sizeof(ngx_http_opamp_ws_ctx_t));
     if (ctx == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    ctx->connection = r->connection;
     ctx->request = r;
     ctx->session = s;
     ctx->conf = s->conf;
@@ -273,7 +281,8 @@ ngx_http_opamp_websocket_handler(ngx_http_request_t *r)
         return NGX_ERROR;
     }
 
-    /* the connection's own reference, released in ws_finalize() */
+    /* the connection's own reference, released in ws_release() or
+     * ws_finalize() */
 
     r->main->count++;
 
@@ -544,8 +553,10 @@ ngx_http_opamp_ws_takeover(ngx_http_request_t *r,
 
 #endif
 
-    c->read->handler = ngx_http_opamp_ws_read_handler;
-    c->write->handler = ngx_http_opamp_ws_write_handler;
+    /* until the 101 is out, see ws_upgrade_handler() */
+
+    c->read->handler = ngx_http_opamp_ws_upgrade_handler;
+    c->write->handler = ngx_http_opamp_ws_upgrade_handler;
 
     if (c->read->timer_set) {
         ngx_del_timer(c->read);
@@ -596,9 +607,145 @@ ngx_http_opamp_ws_takeover(ngx_http_request_t *r,
         (void) ngx_http_opamp_ws_flush(ctx);
     }
 
-    /* read what is there already; errors are handled there, too */
+    /*
+     * Posted, not called: the request goes on being used by nginx until
+     * the content handler has returned.  The handler lets the request go
+     * and reads what is there already; errors are handled there, too.
+     */
 
     ngx_post_event(c->read, &ngx_posted_events);
+
+    return NGX_OK;
+}
+
+
+/*
+ * The handler of both events while the request is still held: the 101
+ * may sit partly written in nginx's output chain.  Once it is out the
+ * request is let go, and the WebSocket handlers take over.
+ */
+
+static void
+ngx_http_opamp_ws_upgrade_handler(ngx_event_t *ev)
+{
+    ngx_connection_t         *c;
+    ngx_http_request_t       *r;
+    ngx_http_opamp_ws_ctx_t  *ctx;
+
+    c = ev->data;
+    r = c->data;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_opamp_module);
+
+    ngx_http_set_log_request(c->log, r);
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, c->log, 0,
+                   "opamp ws upgrade handler, write:%ud timedout:%ud "
+                   "pending:%ud", ev->write, ev->timedout, ctx->http_pending);
+
+    if (ev->write && ev->delayed && ev->timedout) {
+        ev->delayed = 0;
+        ev->timedout = 0;
+    }
+
+    if (ev->write && ev->timedout) {
+        ngx_log_error(NGX_LOG_INFO, c->log, NGX_ETIMEDOUT,
+                      "opamp: sending the 101 timed out");
+        c->timedout = 1;
+        ngx_http_opamp_ws_finalize(ctx);
+        return;
+    }
+
+    if (c->error) {
+        ngx_http_opamp_ws_finalize(ctx);
+        return;
+    }
+
+    if (ctx->http_pending) {
+        if (ngx_http_opamp_ws_flush(ctx) == NGX_ERROR) {
+            ngx_http_opamp_ws_finalize(ctx);
+            return;
+        }
+
+        if (ctx->http_pending) {
+            return;
+        }
+    }
+
+    if (ngx_http_opamp_ws_release(ctx) != NGX_OK) {
+        ngx_http_opamp_ws_finalize(ctx);
+        return;
+    }
+
+    /* a read timer that fired is handled there; input is read anyway */
+
+    if (ev->write) {
+        ngx_post_event(c->read, &ngx_posted_events);
+    }
+
+    ev->handler(ev);
+}
+
+
+/*
+ * Lets the request go as an idle keep-alive connection does: the access
+ * log line (status 101), the request pool, the client header buffers.
+ * Input the agent sent right behind its handshake was copied at takeover.
+ */
+
+static ngx_int_t
+ngx_http_opamp_ws_release(ngx_http_opamp_ws_ctx_t *ctx)
+{
+    ngx_buf_t                 *b;
+    ngx_chain_t               *cl;
+    ngx_connection_t          *c;
+    ngx_http_request_t        *r;
+    ngx_http_cleanup_t        *cln;
+    ngx_http_connection_t     *hc;
+
+    r = ctx->request;
+    c = ctx->connection;
+    hc = r->http_connection;
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, c->log, 0, "opamp ws release request");
+
+    /* the session outlives the request: its cleanup must not run now */
+
+    for (cln = r->cleanup; cln; cln = cln->next) {
+        if (cln->handler == ngx_http_opamp_ws_cleanup && cln->data == ctx) {
+            cln->handler = NULL;
+        }
+    }
+
+    ngx_http_free_request(r, 0);
+
+    ctx->request = NULL;
+
+    /* ngx_http_free_request() marks the connection for its own closing */
+
+    c->destroyed = 0;
+    c->data = ctx;
+    c->log->action = "serving OpAMP over WebSocket";
+
+    for (cl = hc->free; cl; cl = cl->next) {
+        (void) ngx_pfree(c->pool, cl->buf->start);
+    }
+
+    for (cl = hc->busy; cl; cl = cl->next) {
+        (void) ngx_pfree(c->pool, cl->buf->start);
+    }
+
+    hc->free = NULL;
+    hc->busy = NULL;
+    hc->nbusy = 0;
+
+    b = c->buffer;
+
+    if (b && b->start && ngx_pfree(c->pool, b->start) == NGX_OK) {
+        c->buffer = NULL;
+    }
+
+    c->read->handler = ngx_http_opamp_ws_read_handler;
+    c->write->handler = ngx_http_opamp_ws_write_handler;
 
     return NGX_OK;
 }
@@ -608,14 +755,10 @@ static void
 ngx_http_opamp_ws_read_handler(ngx_event_t *rev)
 {
     ngx_connection_t         *c;
-    ngx_http_request_t       *r;
     ngx_http_opamp_ws_ctx_t  *ctx;
 
     c = rev->data;
-    r = c->data;
-    ctx = ngx_http_get_module_ctx(r, ngx_http_opamp_module);
-
-    ngx_http_set_log_request(c->log, r);
+    ctx = c->data;
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, c->log, 0,
                    "opamp ws read handler, ready:%ud timedout:%ud close:%ud",
@@ -666,14 +809,10 @@ static void
 ngx_http_opamp_ws_write_handler(ngx_event_t *wev)
 {
     ngx_connection_t         *c;
-    ngx_http_request_t       *r;
     ngx_http_opamp_ws_ctx_t  *ctx;
 
     c = wev->data;
-    r = c->data;
-    ctx = ngx_http_get_module_ctx(r, ngx_http_opamp_module);
-
-    ngx_http_set_log_request(c->log, r);
+    ctx = c->data;
 
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, c->log, 0,
                    "opamp ws write handler, ready:%ud timedout:%ud",
@@ -710,7 +849,7 @@ ngx_http_opamp_ws_read(ngx_http_opamp_ws_ctx_t *ctx)
     ngx_event_t       *rev;
     ngx_connection_t  *c;
 
-    c = ctx->request->connection;
+    c = ctx->connection;
     rev = c->read;
 
     ctx->reading = 1;
@@ -881,7 +1020,7 @@ ngx_http_opamp_ws_consume(ngx_http_opamp_ws_ctx_t *ctx, u_char *start,
             ctx->in_payload = 1;
 
             ngx_log_debug3(NGX_LOG_DEBUG_HTTP,
-                           ctx->request->connection->log, 0,
+                           ctx->connection->log, 0,
                            "opamp ws frame: opcode:%ui fin:%ui len:%uL",
                            (ngx_uint_t) f->opcode, (ngx_uint_t) f->fin,
                            f->payload_len);
@@ -1059,7 +1198,7 @@ ngx_http_opamp_ws_grow(ngx_http_opamp_ws_ctx_t *ctx, size_t need)
         size = ngx_min(size, ctx->conf->max_message_size);
     }
 
-    p = ngx_alloc(size, ctx->request->connection->log);
+    p = ngx_alloc(size, ctx->connection->log);
     if (p == NULL) {
         return NGX_ERROR;
     }
@@ -1101,7 +1240,7 @@ ngx_http_opamp_ws_message(ngx_http_opamp_ws_ctx_t *ctx)
 
     ctx->last_active = ngx_current_msec;
 
-    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ctx->request->connection->log, 0,
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ctx->connection->log, 0,
                    "opamp ws message: %uz bytes", len);
 
     n = ngx_http_opamp_varint_decode(data, len, &value);
@@ -1123,7 +1262,7 @@ ngx_http_opamp_ws_message(ngx_http_opamp_ws_ctx_t *ctx)
     }
 
     if (rc == NGX_ERROR) {
-        ngx_log_error(NGX_LOG_ERR, ctx->request->connection->log, 0,
+        ngx_log_error(NGX_LOG_ERR, ctx->connection->log, 0,
                       "opamp: could not process an AgentToServer");
 
         ngx_http_opamp_ws_close_frame(ctx, NGX_HTTP_OPAMP_WS_CLOSE_INTERNAL,
@@ -1178,7 +1317,7 @@ ngx_http_opamp_ws_control(ngx_http_opamp_ws_ctx_t *ctx)
             return;
         }
 
-        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ctx->request->connection->log,
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ctx->connection->log,
                        0,
                        "opamp ws close from agent: %d", code);
 
@@ -1219,7 +1358,7 @@ ngx_http_opamp_ws_heartbeat(ngx_http_opamp_ws_ctx_t *ctx)
     ngx_msec_t         interval, elapsed, next;
     ngx_connection_t  *c;
 
-    c = ctx->request->connection;
+    c = ctx->connection;
 
     interval = (ngx_msec_t) ctx->conf->heartbeat_interval * 1000;
 
@@ -1276,7 +1415,7 @@ ngx_http_opamp_ws_fail(ngx_http_opamp_ws_ctx_t *ctx, ngx_uint_t code,
     const char *reason, ngx_uint_t drain)
 {
     if (!ctx->closing) {
-        ngx_log_error(NGX_LOG_INFO, ctx->request->connection->log, 0,
+        ngx_log_error(NGX_LOG_INFO, ctx->connection->log, 0,
                       "opamp: %s, closing the WebSocket with %ui",
                       reason, code);
 
@@ -1406,7 +1545,7 @@ ngx_http_opamp_ws_close_frame(ngx_http_opamp_ws_ctx_t *ctx, ngx_uint_t code,
         return;
     }
 
-    c = ctx->request->connection;
+    c = ctx->connection;
 
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, c->log, 0,
                    "opamp ws close: %ui \"%s\"", code, reason);
@@ -1505,7 +1644,7 @@ ngx_http_opamp_ws_out(ngx_http_opamp_ws_ctx_t *ctx, ngx_uint_t opcode,
     /* a server frame header is at most 10 bytes: no mask */
 
     o = ngx_alloc(sizeof(ngx_http_opamp_ws_out_t) + 10 + len,
-                  ctx->request->connection->log);
+                  ctx->connection->log);
     if (o == NULL) {
         return NULL;
     }
@@ -1586,7 +1725,7 @@ ngx_http_opamp_ws_over_limit(ngx_http_opamp_ws_ctx_t *ctx, size_t size)
         return 0;
     }
 
-    ngx_log_error(NGX_LOG_INFO, ctx->request->connection->log, 0,
+    ngx_log_error(NGX_LOG_INFO, ctx->connection->log, 0,
                   "opamp: agent does not read, %uz bytes queued exceed "
                   "opamp_send_queue_limit, closing", ctx->queued);
 
@@ -1619,7 +1758,7 @@ ngx_http_opamp_ws_flush(ngx_http_opamp_ws_ctx_t *ctx)
     }
 
     r = ctx->request;
-    c = r->connection;
+    c = ctx->connection;
     wev = c->write;
 
     progress = 0;
@@ -1741,7 +1880,7 @@ ngx_http_opamp_ws_defer(ngx_http_opamp_ws_ctx_t *ctx)
     ngx_connection_t  *c;
 
     if (ngx_http_opamp_ws_finished(ctx)) {
-        c = ctx->request->connection;
+        c = ctx->connection;
         ngx_post_event(c->write, &ngx_posted_events);
     }
 }
@@ -1750,25 +1889,28 @@ ngx_http_opamp_ws_defer(ngx_http_opamp_ws_ctx_t *ctx)
 static void
 ngx_http_opamp_ws_finalize(ngx_http_opamp_ws_ctx_t *ctx)
 {
-    ngx_connection_t    *c;
-    ngx_http_request_t  *r;
+    ngx_connection_t  *c;
 
-    r = ctx->request;
-    c = r->connection;
+    c = ctx->connection;
 
     ngx_log_debug0(NGX_LOG_DEBUG_HTTP, c->log, 0, "opamp ws finalize");
 
     ngx_http_opamp_ws_cleanup(ctx);
 
     /*
-     * What ngx_http_close_request() does once the last reference goes:
-     * the access log line (status 101), the request pool, the connection
-     * (timers and posted events with it).  Not NGX_HTTP_CLOSE: that marks
-     * the connection timed out, and reset_timedout_connection would throw
-     * away a close frame still in the socket buffer.
+     * A request still held (the 101 not all out) goes as
+     * ngx_http_close_request() would let it go once the last reference
+     * is gone: the access log line, the request pool.  Then the
+     * connection, timers and posted events with it.  Not NGX_HTTP_CLOSE:
+     * that marks the connection timed out, and reset_timedout_connection
+     * would throw away a close frame still in the socket buffer.
      */
 
-    ngx_http_free_request(r, 0);
+    if (ctx->request) {
+        ngx_http_free_request(ctx->request, 0);
+        ctx->request = NULL;
+    }
+
     ngx_http_close_connection(c);
 }
 

@@ -162,6 +162,55 @@ like($st->{conn}, qr/^.+:$workers[0]:\d+$/, 'conn names host, worker and '
 is($st->{worker_pid}, $workers[0], 'worker_pid');
 like($st->{expires_ms}, qr/^\d{13}$/, 'expires_ms');
 
+# the request is let go once the 101 is out: its access log line is
+# written while the WebSocket is open, and the client header buffers are
+# freed; a big header (a large header buffer) and a message sent right
+# behind the handshake, in the same packet, must survive that
+{
+    my $u = random_uid();
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                  PeerPort => $t->port, Proto => 'tcp');
+    syswrite($s, "GET /v1/opamp?big HTTP/1.1\r\n$H"
+             . 'X-Big: ' . ('b' x 3000) . "\r\n"
+             . "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: $KEY\r\n\r\n"
+             . raw_frame(op => 2, payload => "\x00"
+                         . msg($u, "sequence_num: 0 capabilities: 1 $DESC")));
+    my $buf = '';
+    my $sel = IO::Select->new($s);
+    while ($buf !~ /\r\n\r\n/s && $sel->can_read(5)) {
+        sysread($s, $buf, 65536, length $buf) or last;
+    }
+    like($buf, qr/^HTTP\/1\.1 101 /, 'big header and a message behind the '
+         . 'handshake: 101');
+    $buf =~ s/^.*?\r\n\r\n//s;
+    while (length($buf) < 2 && $sel->can_read(5)) {
+        sysread($s, $buf, 65536, length $buf) or last;
+    }
+    my $need = 2 + (ord(substr($buf, 1, 1)) & 0x7f);
+    while (length($buf) < $need && $sel->can_read(5)) {
+        sysread($s, $buf, 65536, length $buf) or last;
+    }
+    ok(index($buf, "\x0a\x10" . $u) == 3, 'the message behind the '
+       . 'handshake is answered');
+    my $log = '';
+    $t->wait_for(sub {
+        open my $fh, '<', $t->dir . '/logs/access.log' or return 0;
+        local $/; $log = <$fh>;
+        return $log =~ m{"GET /v1/opamp\?big HTTP/1\.1" 101 };
+    }, 5);
+    like($log, qr{"GET /v1/opamp\?big HTTP/1\.1" 101 },
+         'the 101 is in access.log while the WebSocket is open');
+    syswrite($s, raw_frame(op => 2, payload => "\x00"
+                           . msg($u, "sequence_num: 1 capabilities: 1")));
+    $buf = '';
+    while (length($buf) < 2 && $sel->can_read(5)) {
+        sysread($s, $buf, 65536, length $buf) or last;
+    }
+    is(ord(substr($buf, 0, 1)), 0x82, 'and the connection goes on serving');
+    is($t->agent($u)->{sequence_num}, 1, 'its next message is persisted');
+    close $s;
+}
+
 # fragmented: three frames with a ping between them
 my $m = "\x00" . msg($u1, 'sequence_num: 1 capabilities: 1');
 my $third = int(length($m) / 3);
