@@ -56,6 +56,24 @@ typedef struct {
 } ngx_http_opamp_message_t;
 
 
+/*
+ * A config check of many WebSocket agents of this worker in one script
+ * call (after a group changed, all of the worker's agents): Redis does
+ * the work of one call instead of one per agent.
+ */
+typedef struct {
+    ngx_http_opamp_store_check_t   *request;
+    ngx_uint_t                      n;
+    ngx_uint_t                      size;
+    ngx_http_opamp_session_t      **sessions;   /* NULL: gone meanwhile */
+    ngx_http_opamp_check_agent_t   *agents;
+} ngx_http_opamp_check_batch_t;
+
+/* agents per script call: long enough to save round trips, short enough
+ * that Redis answers the first agents while it works on the next */
+#define NGX_HTTP_OPAMP_CHECK_BATCH  128
+
+
 static ngx_int_t ngx_http_opamp_session_report(ngx_http_opamp_session_t *s,
     ngx_http_opamp_a2s_t *msg);
 static void ngx_http_opamp_session_reported(ngx_http_opamp_report_t *rep,
@@ -86,10 +104,18 @@ static ngx_int_t ngx_http_opamp_session_remote_config(
     u_char *hash, ngx_log_t *log);
 static void ngx_http_opamp_session_free_remote_config(
     Opamp__Proto__V1__AgentRemoteConfig *arc);
+static ngx_int_t ngx_http_opamp_session_cs_hash(ngx_http_opamp_session_t *s,
+    u_char *hex);
 static void ngx_http_opamp_session_check(ngx_http_opamp_session_t *s,
     ngx_uint_t force);
-static void ngx_http_opamp_session_checked(ngx_http_opamp_report_t *rep,
-    ngx_int_t rc, void *data);
+static ngx_uint_t ngx_http_opamp_session_checkable(
+    ngx_http_opamp_session_t *s);
+static ngx_http_opamp_check_batch_t *ngx_http_opamp_session_batch(
+    ngx_uint_t size);
+static void ngx_http_opamp_session_check_batch(
+    ngx_http_opamp_check_batch_t *b, ngx_uint_t force);
+static void ngx_http_opamp_session_checked(ngx_uint_t i,
+    ngx_http_opamp_report_t *rep, ngx_int_t rc, void *data);
 static void ngx_http_opamp_session_config_changed(u_char *uid);
 static ngx_int_t ngx_http_opamp_session_owed(ngx_http_opamp_session_t *s,
     ngx_http_opamp_report_t *rep, Opamp__Proto__V1__ServerToAgent *s2a,
@@ -200,15 +226,12 @@ static ngx_int_t
 ngx_http_opamp_session_report(ngx_http_opamp_session_t *s,
     ngx_http_opamp_a2s_t *msg)
 {
-    ngx_uint_t                                 i;
-    ngx_str_t                                 *f, cs;
-    ngx_sha1_t                                 sha1;
-    const ProtobufCMessage                    *sub[NGX_HTTP_OPAMP_FIELD_COUNT];
-    ngx_http_opamp_message_t                  *m;
-    ngx_http_opamp_report_t                   *rep;
-    ngx_http_opamp_store_req_t                *req;
-    Opamp__Proto__V1__OpAMPConnectionSettings  ocs =
-                              OPAMP__PROTO__V1__OP_AMPCONNECTION_SETTINGS__INIT;
+    ngx_uint_t                   i;
+    ngx_str_t                   *f;
+    const ProtobufCMessage      *sub[NGX_HTTP_OPAMP_FIELD_COUNT];
+    ngx_http_opamp_message_t    *m;
+    ngx_http_opamp_report_t     *rep;
+    ngx_http_opamp_store_req_t  *req;
 
     m = ngx_calloc(sizeof(ngx_http_opamp_message_t), s->connection->log);
     if (m == NULL) {
@@ -290,27 +313,13 @@ ngx_http_opamp_session_report(ngx_http_opamp_session_t *s,
      * hashes both, to tell whether the agent has been offered them.
      */
 
-    {
-        ngx_http_opamp_session_conn_settings(s, &ocs);
-
-        if (ngx_http_opamp_proto_pack((ProtobufCMessage *) &ocs, &cs,
-                                      s->connection->log)
-            != NGX_OK)
-        {
-            ngx_http_opamp_session_free_message(m);
-            return NGX_ERROR;
-        }
-
-        ngx_sha1_init(&sha1);
-        ngx_sha1_update(&sha1, cs.data, cs.len);
-        ngx_sha1_final(m->cs_hash, &sha1);
-        ngx_free(cs.data);
-
-        ngx_hex_dump(m->cs_hash_hex, m->cs_hash, sizeof(m->cs_hash));
-
-        rep->conn_settings_hash.data = m->cs_hash_hex;
-        rep->conn_settings_hash.len = sizeof(m->cs_hash_hex);
+    if (ngx_http_opamp_session_cs_hash(s, m->cs_hash_hex) != NGX_OK) {
+        ngx_http_opamp_session_free_message(m);
+        return NGX_ERROR;
     }
+
+    rep->conn_settings_hash.data = m->cs_hash_hex;
+    rep->conn_settings_hash.len = sizeof(m->cs_hash_hex);
 
     s->busy = 1;
 
@@ -574,7 +583,9 @@ ngx_http_opamp_session_error(ngx_http_opamp_session_t *s, u_char *uid,
 void
 ngx_http_opamp_session_finalize(ngx_http_opamp_session_t *s)
 {
-    ngx_http_opamp_message_t  *m;
+    ngx_uint_t                     i;
+    ngx_http_opamp_message_t      *m;
+    ngx_http_opamp_check_batch_t  *b;
 
     if (s->closed) {
         return;
@@ -590,9 +601,16 @@ ngx_http_opamp_session_finalize(ngx_http_opamp_session_t *s)
     }
 
     if (s->checking) {
-        m = s->checking;
-        ngx_http_opamp_store_cancel(m->request);
-        ngx_http_opamp_session_free_message(m);
+        b = s->checking;
+
+        /* the batch goes on for the others and skips this one */
+
+        for (i = 0; i < b->n; i++) {
+            if (b->sessions[i] == s) {
+                b->sessions[i] = NULL;
+            }
+        }
+
         s->checking = NULL;
     }
 
@@ -723,6 +741,42 @@ ngx_http_opamp_session_conn_settings(ngx_http_opamp_session_t *s,
     Opamp__Proto__V1__OpAMPConnectionSettings *ocs)
 {
     ocs->heartbeat_interval_seconds = (uint64_t) s->conf->heartbeat_interval;
+}
+
+
+/*
+ * The hash of the module's own part of the connection settings offer
+ * (the heartbeat interval), 40 hex digits: the script adds what
+ * operators stored and hashes both, to tell whether the agent has been
+ * offered them.
+ */
+
+static ngx_int_t
+ngx_http_opamp_session_cs_hash(ngx_http_opamp_session_t *s, u_char *hex)
+{
+    u_char                                     digest[20];
+    ngx_str_t                                  cs;
+    ngx_sha1_t                                 sha1;
+    Opamp__Proto__V1__OpAMPConnectionSettings  ocs =
+                              OPAMP__PROTO__V1__OP_AMPCONNECTION_SETTINGS__INIT;
+
+    ngx_http_opamp_session_conn_settings(s, &ocs);
+
+    if (ngx_http_opamp_proto_pack((ProtobufCMessage *) &ocs, &cs,
+                                  s->connection->log)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    ngx_sha1_init(&sha1);
+    ngx_sha1_update(&sha1, cs.data, cs.len);
+    ngx_sha1_final(digest, &sha1);
+    ngx_free(cs.data);
+
+    ngx_hex_dump(hex, digest, sizeof(digest));
+
+    return NGX_OK;
 }
 
 
@@ -1340,55 +1394,110 @@ ngx_http_opamp_session_extras(ngx_http_opamp_report_t *rep,
 static void
 ngx_http_opamp_session_check(ngx_http_opamp_session_t *s, ngx_uint_t force)
 {
-    ngx_http_opamp_message_t    *m;
-    ngx_http_opamp_store_req_t  *req;
+    ngx_http_opamp_check_batch_t  *b;
 
-    if (!s->has_uid || s->closed || s->disconnected) {
+    if (!ngx_http_opamp_session_checkable(s)) {
         return;
+    }
+
+    b = ngx_http_opamp_session_batch(1);
+    if (b == NULL) {
+        return;
+    }
+
+    b->sessions[0] = s;
+    b->n = 1;
+
+    ngx_http_opamp_session_check_batch(b, force);
+}
+
+
+/* whether a check can start now; one that must wait is marked for later */
+
+static ngx_uint_t
+ngx_http_opamp_session_checkable(ngx_http_opamp_session_t *s)
+{
+    if (!s->has_uid || s->closed || s->disconnected) {
+        return 0;
     }
 
     if (s->busy || s->checking) {
         /* the answer to the message in flight may predate the change */
         s->recheck = 1;
+        return 0;
+    }
+
+    return 1;
+}
+
+
+static ngx_http_opamp_check_batch_t *
+ngx_http_opamp_session_batch(ngx_uint_t size)
+{
+    ngx_http_opamp_check_batch_t  *b;
+
+    b = ngx_alloc(sizeof(ngx_http_opamp_check_batch_t)
+                  + size * (sizeof(ngx_http_opamp_session_t *)
+                            + sizeof(ngx_http_opamp_check_agent_t)),
+                  ngx_cycle->log);
+    if (b == NULL) {
+        return NULL;
+    }
+
+    b->request = NULL;
+    b->n = 0;
+    b->size = size;
+    b->agents = (ngx_http_opamp_check_agent_t *) &b[1];
+    b->sessions = (ngx_http_opamp_session_t **) &b->agents[size];
+
+    return b;
+}
+
+
+/* b holds sessions of one location configuration */
+
+static void
+ngx_http_opamp_session_check_batch(ngx_http_opamp_check_batch_t *b,
+    ngx_uint_t force)
+{
+    u_char                     cs_hash[40];
+    ngx_uint_t                 i;
+    ngx_http_opamp_session_t  *s;
+
+    s = b->sessions[0];
+
+    for (i = 0; i < b->n; i++) {
+        ngx_memcpy(b->agents[i].uid, b->sessions[i]->uid,
+                   NGX_HTTP_OPAMP_UID_LEN);
+        b->agents[i].conn_number = b->sessions[i]->conn_number;
+    }
+
+    if (ngx_http_opamp_session_cs_hash(s, cs_hash) == NGX_OK) {
+        b->request = ngx_http_opamp_store_check(b->agents, b->n,
+                                                s->conf->agent_timeout,
+                                                cs_hash, force,
+                                                ngx_http_opamp_session_checked,
+                                                b);
+    }
+
+    if (b->request == NULL) {
+        /* Redis is down: the agents are asked for their full state later
+         * and get what they are owed then */
+        ngx_free(b);
         return;
     }
 
-    m = ngx_calloc(sizeof(ngx_http_opamp_message_t), s->connection->log);
-    if (m == NULL) {
-        return;
+    for (i = 0; i < b->n; i++) {
+        b->sessions[i]->checking = b;
     }
-
-    m->session = s;
-    ngx_memcpy(m->reply_uid, s->uid, NGX_HTTP_OPAMP_UID_LEN);
-    ngx_memcpy(m->report.uid, s->uid, NGX_HTTP_OPAMP_UID_LEN);
-
-    m->report.check = 1;
-    m->report.force_config = force;
-    m->report.capabilities = s->capabilities;
-    m->report.conn_number = s->conn_number;
-    m->report.transport = s->transport;
-    m->report.agent_timeout = s->conf->agent_timeout;
-    m->report.healthy = 2;
-
-    req = ngx_http_opamp_store_report(&m->report,
-                                      ngx_http_opamp_session_checked, m);
-    if (req == NULL) {
-        /* Redis is down: the agent is asked for its full state later and
-         * gets the config then */
-        ngx_http_opamp_session_free_message(m);
-        return;
-    }
-
-    m->request = req;
-    s->checking = m;
 }
 
 
 static void
-ngx_http_opamp_session_checked(ngx_http_opamp_report_t *rep, ngx_int_t rc,
-    void *data)
+ngx_http_opamp_session_checked(ngx_uint_t i, ngx_http_opamp_report_t *rep,
+    ngx_int_t rc, void *data)
 {
-    ngx_http_opamp_message_t *m = data;
+    ngx_http_opamp_check_batch_t *b = data;
 
     ngx_str_t                         out;
     ngx_http_opamp_owed_t             owed;
@@ -1396,12 +1505,37 @@ ngx_http_opamp_session_checked(ngx_http_opamp_report_t *rep, ngx_int_t rc,
     Opamp__Proto__V1__ServerToAgent   s2a =
                                    OPAMP__PROTO__V1__SERVER_TO_AGENT__INIT;
 
-    s = m->session;
-    s->checking = NULL;
+    if (rep == NULL) {
 
-    if (rc == NGX_OK && !s->closed
-        && (rep->owed_config || rep->command.len || rep->owed_message
-            || rep->offer_conn_settings || rep->packages.len))
+        /* the batch is over */
+
+        for (i = 0; i < b->n; i++) {
+            s = b->sessions[i];
+
+            if (s == NULL) {
+                continue;
+            }
+
+            s->checking = NULL;
+
+            if (s->recheck && !s->closed && !s->busy) {
+                s->recheck = 0;
+                ngx_http_opamp_session_check(s, 0);
+            }
+        }
+
+        ngx_free(b);
+        return;
+    }
+
+    s = b->sessions[i];
+
+    if (s == NULL || s->closed) {
+        return;
+    }
+
+    if (rep->owed_config || rep->command.len || rep->owed_message
+        || rep->offer_conn_settings || rep->packages.len)
     {
         s2a.instance_uid.data = s->uid;
         s2a.instance_uid.len = NGX_HTTP_OPAMP_UID_LEN;
@@ -1418,23 +1552,20 @@ ngx_http_opamp_session_checked(ngx_http_opamp_report_t *rep, ngx_int_t rc,
 
         ngx_http_opamp_session_free_owed(&owed);
     }
-
-    ngx_http_opamp_session_free_message(m);
-
-    if (s->recheck && !s->closed && !s->busy) {
-        s->recheck = 0;
-        ngx_http_opamp_session_check(s, 0);
-    }
 }
 
 
-/* uid NULL: every agent of this worker (a group changed) */
+/*
+ * uid NULL: every agent of this worker (a group changed), in batches of
+ * agents that share a location configuration
+ */
 
 static void
 ngx_http_opamp_session_config_changed(u_char *uid)
 {
-    ngx_rbtree_node_t         *node, *next, *root, *sentinel;
-    ngx_http_opamp_session_t  *s;
+    ngx_rbtree_node_t             *node, *root, *sentinel;
+    ngx_http_opamp_session_t      *s;
+    ngx_http_opamp_check_batch_t  *b;
 
     root = ngx_http_opamp_sessions.root;
     sentinel = ngx_http_opamp_sessions.sentinel;
@@ -1443,19 +1574,43 @@ ngx_http_opamp_session_config_changed(u_char *uid)
         return;
     }
 
-    for (node = ngx_rbtree_min(root, sentinel); node; node = next) {
+    b = NULL;
 
-        /* a check never closes a session at once, but be safe */
-        next = ngx_rbtree_next(&ngx_http_opamp_sessions, node);
+    /* starting a check neither closes a session nor changes the tree */
 
+    for (node = ngx_rbtree_min(root, sentinel);
+         node;
+         node = ngx_rbtree_next(&ngx_http_opamp_sessions, node))
+    {
         s = (ngx_http_opamp_session_t *)
                 ((u_char *) node - offsetof(ngx_http_opamp_session_t, node));
 
-        if (uid == NULL
-            || ngx_memcmp(s->uid, uid, NGX_HTTP_OPAMP_UID_LEN) == 0)
-        {
-            ngx_http_opamp_session_check(s, 0);
+        if (uid && ngx_memcmp(s->uid, uid, NGX_HTTP_OPAMP_UID_LEN) != 0) {
+            continue;
         }
+
+        if (!ngx_http_opamp_session_checkable(s)) {
+            continue;
+        }
+
+        if (b && (b->n == b->size || b->sessions[0]->conf != s->conf)) {
+            ngx_http_opamp_session_check_batch(b, 0);
+            b = NULL;
+        }
+
+        if (b == NULL) {
+            b = ngx_http_opamp_session_batch(uid ? 1
+                                             : NGX_HTTP_OPAMP_CHECK_BATCH);
+            if (b == NULL) {
+                return;
+            }
+        }
+
+        b->sessions[b->n++] = s;
+    }
+
+    if (b) {
+        ngx_http_opamp_session_check_batch(b, 0);
     }
 }
 

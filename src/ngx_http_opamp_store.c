@@ -29,8 +29,27 @@ struct ngx_http_opamp_store_req_s {
 };
 
 
+struct ngx_http_opamp_store_check_s {
+    ngx_http_opamp_check_agent_t   *agents;
+    ngx_uint_t                      n;
+    ngx_msec_t                      agent_timeout;
+    u_char                          cs_hash[40];
+    ngx_uint_t                      force;
+    ngx_http_opamp_store_check_pt   handler;
+    void                           *data;
+    ngx_uint_t                      retried;
+};
+
+
 static ngx_int_t ngx_http_opamp_store_send_report(
     ngx_http_opamp_store_req_t *req, ngx_uint_t eval);
+static void ngx_http_opamp_store_parse_owed(ngx_http_opamp_report_t *rep,
+    redisReply **e, redisReply *files);
+static ngx_int_t ngx_http_opamp_store_send_check(
+    ngx_http_opamp_store_check_t *chk, ngx_uint_t eval);
+static void ngx_http_opamp_store_check_done(redisReply *reply, void *data);
+static redisReply *ngx_http_opamp_store_check_files(redisReply *files,
+    redisReply *key);
 static void ngx_http_opamp_store_report_done(redisReply *reply, void *data);
 static void ngx_http_opamp_store_ready(void);
 static void ngx_http_opamp_store_ignore(redisReply *reply, void *data);
@@ -358,12 +377,7 @@ ngx_http_opamp_store_send_report(ngx_http_opamp_store_req_t *req,
     NGX_HTTP_OPAMP_ARG(ngx_http_opamp_store_conf->prefix.data,
                        ngx_http_opamp_store_conf->prefix.len);
 
-    if (rep->check) {
-        NGX_HTTP_OPAMP_ARG("check", 5);
-
-    } else {
-        NGX_HTTP_OPAMP_ARG("report", 6);
-    }
+    NGX_HTTP_OPAMP_ARG("report", 6);
 
     NGX_HTTP_OPAMP_ARG(ngx_http_opamp_store_str(&rep->attributes),
                        rep->attributes.len);
@@ -397,7 +411,7 @@ ngx_http_opamp_store_send_report(ngx_http_opamp_store_req_t *req,
      * that the script touches a single Redis Cluster slot.
      */
 
-    if (!eval && !rep->check) {
+    if (!eval) {
         ngx_http_opamp_store_index(uid, now, argvlen[7]);
     }
 
@@ -511,46 +525,10 @@ ngx_http_opamp_store_report_done(redisReply *reply, void *data)
         }
     }
 
-    e = reply->element[4];
-    rep->offer_conn_settings = (e->type == REDIS_REPLY_INTEGER
-                                && e->integer == 1);
+    e = reply->element[6];
 
-    /* the owed config stays in the reply: the handler uses it at once */
-
-    ngx_str_null(&rep->owed_config_hash);
-    rep->owed_config = NULL;
-
-    e = reply->element[5];
-
-    if (e->type == REDIS_REPLY_STRING && e->len > 0
-        && reply->element[6]->type == REDIS_REPLY_ARRAY
-        && reply->element[6]->elements > 0)
-    {
-        rep->owed_config_hash.data = (u_char *) e->str;
-        rep->owed_config_hash.len = e->len;
-        rep->owed_config = reply->element[6];
-    }
-
-    e = reply->element[7];
-    rep->report_components = (e->type == REDIS_REPLY_INTEGER
-                              && e->integer == 1);
-
-    ngx_str_null(&rep->command);
-
-    e = reply->element[8];
-
-    if (e->type == REDIS_REPLY_STRING && e->len > 0) {
-        rep->command.data = (u_char *) e->str;
-        rep->command.len = e->len;
-    }
-
-    e = reply->element[9];
-    rep->owed_message = (e->type == REDIS_REPLY_ARRAY && e->elements == 3)
-                        ? e : NULL;
-
-    ngx_http_opamp_store_reply_str(reply->element[10], &rep->settings_extra);
-    ngx_http_opamp_store_reply_str(reply->element[11], &rep->settings_hash);
-    ngx_http_opamp_store_reply_str(reply->element[12], &rep->packages);
+    ngx_http_opamp_store_parse_owed(rep, &reply->element[4],
+                                    (e->type == REDIS_REPLY_ARRAY) ? e : NULL);
 
     rc = NGX_OK;
 
@@ -559,6 +537,321 @@ done:
     req->handler(rep, rc, req->data);
 
     ngx_free(req);
+}
+
+
+/*
+ * What the agent is owed, from the nine elements of a script answer that
+ * start at e (report.lua: elements 5 to 13), files being the owed
+ * config's fields.  Strings stay in the reply: the handler uses them at
+ * once.
+ */
+
+static void
+ngx_http_opamp_store_parse_owed(ngx_http_opamp_report_t *rep,
+    redisReply **e, redisReply *files)
+{
+    rep->offer_conn_settings = (e[0]->type == REDIS_REPLY_INTEGER
+                                && e[0]->integer == 1);
+
+    ngx_str_null(&rep->owed_config_hash);
+    rep->owed_config = NULL;
+
+    if (e[1]->type == REDIS_REPLY_STRING && e[1]->len > 0
+        && files && files->elements > 0)
+    {
+        rep->owed_config_hash.data = (u_char *) e[1]->str;
+        rep->owed_config_hash.len = e[1]->len;
+        rep->owed_config = files;
+    }
+
+    rep->report_components = (e[3]->type == REDIS_REPLY_INTEGER
+                              && e[3]->integer == 1);
+
+    ngx_http_opamp_store_reply_str(e[4], &rep->command);
+
+    rep->owed_message = (e[5]->type == REDIS_REPLY_ARRAY
+                         && e[5]->elements == 3) ? e[5] : NULL;
+
+    ngx_http_opamp_store_reply_str(e[6], &rep->settings_extra);
+    ngx_http_opamp_store_reply_str(e[7], &rep->settings_hash);
+    ngx_http_opamp_store_reply_str(e[8], &rep->packages);
+}
+
+
+ngx_http_opamp_store_check_t *
+ngx_http_opamp_store_check(ngx_http_opamp_check_agent_t *agents,
+    ngx_uint_t n, ngx_msec_t agent_timeout, u_char *cs_hash,
+    ngx_uint_t force, ngx_http_opamp_store_check_pt handler, void *data)
+{
+    ngx_http_opamp_store_check_t  *chk;
+
+    chk = ngx_alloc(sizeof(ngx_http_opamp_store_check_t), ngx_cycle->log);
+    if (chk == NULL) {
+        return NULL;
+    }
+
+    chk->agents = agents;
+    chk->n = n;
+    chk->agent_timeout = agent_timeout;
+    ngx_memcpy(chk->cs_hash, cs_hash, sizeof(chk->cs_hash));
+    chk->force = force;
+    chk->handler = handler;
+    chk->data = data;
+    chk->retried = 0;
+
+    if (ngx_http_opamp_store_send_check(chk, 0) != NGX_OK) {
+        ngx_free(chk);
+        return NULL;
+    }
+
+    return chk;
+}
+
+
+/*
+ * report.lua in check mode: the arguments of a report that it reads (now,
+ * agent timeout, the module's connection settings hash, prefix, force),
+ * empty strings for the rest, then a uid and a connection id per agent.
+ */
+
+static ngx_int_t
+ngx_http_opamp_store_send_check(ngx_http_opamp_store_check_t *chk,
+    ngx_uint_t eval)
+{
+    int                       argc;
+    u_char                   *p, *buf;
+    u_char                    now[NGX_INT64_LEN], timeout[NGX_INT64_LEN];
+    size_t                   *argvlen, conn_len;
+    ngx_int_t                 rc;
+    ngx_uint_t                i, total;
+    ngx_time_t               *tp;
+    const char              **argv;
+    ngx_http_opamp_script_t  *s;
+
+    s = &ngx_http_opamp_scripts[NGX_HTTP_OPAMP_SCRIPT_REPORT];
+    tp = ngx_timeofday();
+
+    total = NGX_HTTP_OPAMP_REPORT_ARGC + 2 * chk->n;
+
+    /* "<server_id>:<pid>:<n>" */
+    conn_len = ngx_http_opamp_store_conf->server_id.len
+               + 2 * NGX_INT64_LEN + 2;
+
+    argv = ngx_alloc(total * (sizeof(char *) + sizeof(size_t))
+                     + chk->n * (NGX_HTTP_OPAMP_UID_STR_LEN + conn_len),
+                     ngx_cycle->log);
+    if (argv == NULL) {
+        return NGX_ERROR;
+    }
+
+    argvlen = (size_t *) &argv[total];
+    buf = (u_char *) &argvlen[total];
+
+    argc = 0;
+
+    if (eval) {
+        NGX_HTTP_OPAMP_ARG("EVAL", 4);
+        NGX_HTTP_OPAMP_ARG(s->source, s->len);
+
+    } else {
+        NGX_HTTP_OPAMP_ARG("EVALSHA", 7);
+        NGX_HTTP_OPAMP_ARG(s->sha1, 40);
+    }
+
+    NGX_HTTP_OPAMP_ARG("4", 1);
+
+    /* KEYS[1] and KEYS[2] name one agent; a batch has many */
+    NGX_HTTP_OPAMP_ARG("", 0);
+    NGX_HTTP_OPAMP_ARG("", 0);
+
+    NGX_HTTP_OPAMP_ARG(ngx_http_opamp_version_key.data,
+                       ngx_http_opamp_version_key.len);
+    NGX_HTTP_OPAMP_ARG(ngx_http_opamp_groups_key.data,
+                       ngx_http_opamp_groups_key.len);
+
+    for (i = 1; i <= 36; i++) {
+        switch (i) {
+
+        case 1:
+            p = ngx_sprintf(now, "%T%03M", tp->sec, tp->msec);
+            NGX_HTTP_OPAMP_ARG_END(now, p);
+            break;
+
+        case 11:
+            p = ngx_sprintf(timeout, "%M", chk->agent_timeout);
+            NGX_HTTP_OPAMP_ARG_END(timeout, p);
+            break;
+
+        case 15:
+            NGX_HTTP_OPAMP_ARG(chk->cs_hash, sizeof(chk->cs_hash));
+            break;
+
+        case 16:
+            NGX_HTTP_OPAMP_ARG("0", 1);
+            break;
+
+        case 25:
+            NGX_HTTP_OPAMP_ARG(ngx_http_opamp_store_conf->prefix.data,
+                               ngx_http_opamp_store_conf->prefix.len);
+            break;
+
+        case 26:
+            NGX_HTTP_OPAMP_ARG("check", 5);
+            break;
+
+        case 31:
+            NGX_HTTP_OPAMP_ARG(chk->force ? "1" : "0", 1);
+            break;
+
+        default:
+            NGX_HTTP_OPAMP_ARG("", 0);
+        }
+    }
+
+    for (i = 0; i < chk->n; i++) {
+        ngx_http_opamp_uid_format(buf, chk->agents[i].uid);
+        NGX_HTTP_OPAMP_ARG(buf, NGX_HTTP_OPAMP_UID_STR_LEN);
+        buf += NGX_HTTP_OPAMP_UID_STR_LEN;
+
+        p = ngx_http_opamp_store_conn_id(buf, chk->agents[i].conn_number);
+        NGX_HTTP_OPAMP_ARG_END(buf, p);
+        buf = p;
+    }
+
+    rc = (ngx_http_opamp_redis_command(argc, argv, argvlen,
+                                       ngx_http_opamp_store_check_done, chk)
+          == NULL) ? NGX_ERROR : NGX_OK;
+
+    ngx_free(argv);
+
+    return rc;
+}
+
+
+void
+ngx_http_opamp_store_check_cancel(ngx_http_opamp_store_check_t *chk)
+{
+    /* freed when Redis answers; until then it only must not call back */
+
+    chk->handler = NULL;
+}
+
+
+static void
+ngx_http_opamp_store_check_done(redisReply *reply, void *data)
+{
+    ngx_http_opamp_store_check_t *chk = data;
+
+    ngx_int_t                 rc;
+    ngx_uint_t                i, idx;
+    redisReply               *list, *files, *e;
+    ngx_http_opamp_report_t   rep;
+
+    if (chk->handler == NULL) {
+        ngx_free(chk);
+        return;
+    }
+
+    rc = NGX_ERROR;
+
+    if (reply == NULL) {
+        goto done;
+    }
+
+    if (reply->type == REDIS_REPLY_ERROR) {
+
+        if (!chk->retried && reply->len >= 8
+            && ngx_strncmp(reply->str, "NOSCRIPT", 8) == 0)
+        {
+            chk->retried = 1;
+
+            if (ngx_http_opamp_store_send_check(chk, 1) == NGX_OK) {
+                return;
+            }
+
+            goto done;
+        }
+
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "opamp: redis config check script failed: %*s",
+                      (size_t) reply->len, reply->str);
+        goto done;
+    }
+
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2
+        || reply->element[0]->type != REDIS_REPLY_ARRAY
+        || reply->element[1]->type != REDIS_REPLY_ARRAY)
+    {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "opamp: unexpected reply type %d from the redis "
+                      "config check script", reply->type);
+        goto done;
+    }
+
+    list = reply->element[0];
+    files = reply->element[1];
+
+    for (i = 0; i < list->elements && chk->handler; i++) {
+        e = list->element[i];
+
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != 10
+            || e->element[0]->type != REDIS_REPLY_INTEGER
+            || e->element[0]->integer < 1
+            || (ngx_uint_t) e->element[0]->integer > chk->n)
+        {
+            continue;
+        }
+
+        idx = (ngx_uint_t) e->element[0]->integer - 1;
+
+        ngx_memzero(&rep, sizeof(ngx_http_opamp_report_t));
+        ngx_memcpy(rep.uid, chk->agents[idx].uid, NGX_HTTP_OPAMP_UID_LEN);
+
+        ngx_http_opamp_store_parse_owed(&rep, &e->element[1],
+            ngx_http_opamp_store_check_files(files, e->element[3]));
+
+        chk->handler(idx, &rep, NGX_OK, chk->data);
+    }
+
+    rc = NGX_OK;
+
+done:
+
+    /* the end of the batch, also when Redis failed */
+
+    if (chk->handler) {
+        chk->handler(chk->n, NULL, rc, chk->data);
+    }
+
+    ngx_free(chk);
+}
+
+
+/* the fields of the config named key in { key, fields, ... } */
+
+static redisReply *
+ngx_http_opamp_store_check_files(redisReply *files, redisReply *key)
+{
+    ngx_uint_t   i;
+    redisReply  *k;
+
+    if (key->type != REDIS_REPLY_STRING || key->len == 0) {
+        return NULL;
+    }
+
+    for (i = 0; i + 1 < files->elements; i += 2) {
+        k = files->element[i];
+
+        if (k->type == REDIS_REPLY_STRING && k->len == key->len
+            && ngx_memcmp(k->str, key->str, key->len) == 0
+            && files->element[i + 1]->type == REDIS_REPLY_ARRAY)
+        {
+            return files->element[i + 1];
+        }
+    }
+
+    return NULL;
 }
 
 

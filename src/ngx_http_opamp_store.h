@@ -49,8 +49,6 @@ typedef struct {
     unsigned            first_message:1;     /* first on this connection */
     unsigned            disconnect:1;
     unsigned            healthy:2;           /* 0 no, 1 yes, 2 unknown */
-    unsigned            check:1;             /* only ask for the owed
-                                                config (after a change) */
     unsigned            force_config:1;      /* send it even if offered */
     ngx_str_t           attributes;          /* JSON; empty: no
                                                 description reported */
@@ -117,6 +115,37 @@ ngx_http_opamp_store_req_t *ngx_http_opamp_store_report(
 
 /* the handler will not be called and rep is no longer used */
 void ngx_http_opamp_store_cancel(ngx_http_opamp_store_req_t *req);
+
+/* one connected WebSocket agent of a config check */
+typedef struct {
+    u_char              uid[NGX_HTTP_OPAMP_UID_LEN];
+    uint64_t            conn_number;
+} ngx_http_opamp_check_agent_t;
+
+typedef struct ngx_http_opamp_store_check_s  ngx_http_opamp_store_check_t;
+
+/*
+ * Called for each agent i of a check that is owed something (rep valid
+ * during the call only), then once more with rep NULL and i the number
+ * of agents: the check is over (rc NGX_ERROR when Redis failed).
+ */
+typedef void (*ngx_http_opamp_store_check_pt)(ngx_uint_t i,
+    ngx_http_opamp_report_t *rep, ngx_int_t rc, void *data);
+
+/*
+ * A config, group, offer or command changed: asks Redis, in one round
+ * trip, what each of n connected WebSocket agents is owed now, and marks
+ * it offered.  agents must stay valid until the last handler call.
+ * cs_hash: the module's own connection settings hash (40 hex digits), as
+ * in a report.  Returns NULL when Redis cannot be reached now.
+ */
+ngx_http_opamp_store_check_t *ngx_http_opamp_store_check(
+    ngx_http_opamp_check_agent_t *agents, ngx_uint_t n,
+    ngx_msec_t agent_timeout, u_char *cs_hash, ngx_uint_t force,
+    ngx_http_opamp_store_check_pt handler, void *data);
+
+/* the handler will not be called again */
+void ngx_http_opamp_store_check_cancel(ngx_http_opamp_store_check_t *chk);
 
 /* marks the agent disconnected if connection conn_number still holds it;
  * fire and forget */

@@ -3,7 +3,9 @@
 # A group config change reaches every member of a fleet of 1,000 WebSocket
 # agents spread over two nginx instances (two workers each) that share one
 # Redis, and no agent outside the group.  Also: an HTTP agent of the group
-# on the second instance gets it at its next poll.
+# on the second instance gets it at its next poll.  Members that accept
+# connection settings get their offer once, at connect, and not again with
+# the config (a worker checks its agents in batches).
 
 use strict;
 use warnings;
@@ -32,20 +34,27 @@ my $member = OpAMPFleet::template(
     'sequence_num: 0 capabilities: 3 agent_description { '
     . 'identifying_attributes { key: "service.name" '
     . 'value { string_value: "edge" } } }');
+my $settings_member = OpAMPFleet::template(
+    'sequence_num: 0 capabilities: 259 agent_description { '
+    . 'identifying_attributes { key: "service.name" '
+    . 'value { string_value: "edge" } } }');
 my $outsider = OpAMPFleet::template(
     'sequence_num: 0 capabilities: 3 agent_description { '
     . 'identifying_attributes { key: "service.name" '
     . 'value { string_value: "other" } } }');
 
-# connect the fleet: every tenth agent is outside the group
+# connect the fleet: every tenth agent is outside the group, every fifth
+# accepts OpAMP connection settings
 my (@agents, %by_sock);
 for my $i (0 .. $N - 1) {
     my $t = $i % 2 ? $tb : $ta;
     my $ag = OpAMPFleet->connect_ws(port => $t->port);
     $ag->{uid} = OpAMPFleet::random_uid();
     $ag->{member} = $i % 10 != 9;
-    $ag->send_msg(OpAMPFleet::with_uid($ag->{member} ? $member : $outsider,
-                                       $ag->{uid}));
+    $ag->{settings} = $i % 5 == 0;
+    $ag->send_msg(OpAMPFleet::with_uid(
+        !$ag->{member} ? $outsider
+        : $ag->{settings} ? $settings_member : $member, $ag->{uid}));
     push @agents, $ag;
     $by_sock{ fileno $ag->sock } = $ag;
 }
@@ -53,15 +62,22 @@ for my $i (0 .. $N - 1) {
 # every agent is answered first (nothing owed yet)
 my $sel = IO::Select->new(map { $_->sock } @agents);
 my $answered = 0;
+my $first_offer;
 my $deadline = time + 60;
 while ($answered < $N && time < $deadline) {
     for my $s ($sel->can_read(1)) {
         my $ag = $by_sock{ fileno $s };
         $ag->feed or next;
-        $answered += () = $ag->drain;
+        for my $m ($ag->drain) {
+            $answered++;
+            $first_offer //= $m if $ag->{settings};
+        }
     }
 }
 is($answered, $N, "all $N agents answered");
+like(OpAMPFleet::decode('ServerToAgent', $first_offer // ''),
+     qr/^connection_settings \{.*?opamp \{\s*heartbeat_interval_seconds: 30/ms,
+     'members accepting connection settings are offered them at connect');
 
 my %workers;
 for my $t ($ta, $tb) {
@@ -74,6 +90,13 @@ for my $ag (@agents[0 .. 49]) {
 }
 is(scalar(grep { $_ > 0 } values %workers), 4,
    'the agents are spread over the four workers of the two instances');
+
+# what the settings members were offered, as Redis remembers it
+my @settings_members = grep { $_->{settings} } @agents;
+my $cs_key = 'opamp:agent:{' . OpAMPFleet::uid_text($settings_members[0]{uid})
+             . '}';
+my $cs_before = $ta->redis('HGET', $cs_key, 'cs_hash') // '';
+like($cs_before, qr/^[0-9a-f]{40}$/, 'Redis remembers the settings offered');
 
 # the operator changes the group through the admin API of instance a
 my %files = ('edge.yaml' => [ "exporters: {}\n", 'text/yaml' ]);
@@ -89,7 +112,7 @@ like($body, qr/"config_hash":"$hash"/, 'with the expected hash');
 
 my $want = grep { $_->{member} } @agents;
 my ($got, $wrong, $extra) = (0, 0, 0);
-my @lat;
+my (@lat, @settings_msgs);
 my $needle = "\x12\x20" . pack('H*', $hash);
 $deadline = time + 30;
 while ($got < $want && time < $deadline) {
@@ -100,6 +123,7 @@ while ($got < $want && time < $deadline) {
             if (!$ag->{member}) { $extra++; next }
             if (index($m, $needle) >= 0) {
                 $got++;
+                push @settings_msgs, $m if $ag->{settings};
                 push @lat, time - $t0;
             } else {
                 $wrong++;
@@ -119,6 +143,12 @@ for my $s ($sel->can_read(0.5)) {
 is($got, $want, "every one of the $want members received the config");
 is($wrong, 0, 'no member received anything else');
 is($extra, 0, 'no agent outside the group received anything');
+ok(@settings_msgs > 50, 'members accepting connection settings among them');
+is(scalar(grep { OpAMPFleet::decode('ServerToAgent', $_)
+                     =~ /^connection_settings/m } @settings_msgs), 0,
+   'no connection settings offered again with the config');
+is($ta->redis('HGET', $cs_key, 'cs_hash'), $cs_before,
+   'nor marked as owed at the next heartbeat');
 @lat = sort { $a <=> $b } @lat;
 diag(sprintf('fan-out to %d agents: p50 %.0f ms, max %.0f ms', scalar @lat,
              1000 * ($lat[@lat / 2] // 0), 1000 * ($lat[-1] // 0)));

@@ -42,6 +42,15 @@
 -- ARGV[36] package_statuses.server_provided_all_packages_hash reported:
 --          "" when no package_statuses, else "+" and the hash in hex
 --
+-- In "check" mode the script looks at many connected agents at once
+-- (all of a worker's, in batches, after a config change): ARGV[37..]
+-- are pairs of instance uid and connection id; KEYS[1], KEYS[2],
+-- ARGV[2] and ARGV[6] are unused.  It returns
+--   { { { index (1-based pair), then elements 5 to 13 of a report's
+--         answer below, but the owed config's key in place of its
+--         fields }, ... only agents owed something },
+--     { config key, its fields (HGETALL), ... once per owed key } }
+--
 -- Returns { full_state (0/1), verdict (0 ok, 1 takeover, 2 duplicate),
 --           holder channel, holder conn, offer connection settings (0/1),
 --           owed config hash (hex, "" for none),
@@ -53,7 +62,9 @@
 --           (protobuf, "" for none), the offer's hash (hex),
 --           PackagesAvailable owed (protobuf, "" for none) }
 
-local key = KEYS[1]
+-- the agent the functions below look at: one per call, or each agent of
+-- a check batch in turn
+local key, acfg, uid = KEYS[1], KEYS[2], ARGV[2]
 local now = tonumber(ARGV[1])
 local seq, prev_seq = ARGV[3], ARGV[4]
 local conn, transport = ARGV[6], ARGV[7]
@@ -106,11 +117,11 @@ end
 
 -- precedence: the agent's own config, then the group of highest priority
 -- whose selector matches, equal priorities by name
-local function resolve(attrs)
-    local h = redis.call('HGET', KEYS[2], 'hash')
-    if h then
-        return 'agent', h
-    end
+-- the groups by precedence, with selector and hash: read once per call,
+-- however many agents a check batch resolves
+local groups = nil
+
+local function load_groups()
     local g = redis.call('ZREVRANGE', KEYS[4], 0, -1, 'WITHSCORES')
     local list = {}
     for i = 1, #g, 2 do
@@ -125,21 +136,48 @@ local function resolve(attrs)
     for _, e in ipairs(list) do
         local r = redis.call('HMGET', prefix .. 'config:group:' .. e[1],
                              'selector', 'hash')
-        if r[2] and matches(r[1], attrs) then
-            return 'group:' .. e[1], r[2]
+        e[3], e[4] = r[1], r[2]
+    end
+    return list
+end
+
+local function resolve(attrs)
+    local h = redis.call('HGET', acfg, 'hash')
+    if h then
+        return 'agent', h
+    end
+    groups = groups or load_groups()
+    for _, e in ipairs(groups) do
+        if e[4] and matches(e[3], attrs) then
+            return 'group:' .. e[1], e[4]
         end
     end
     return '', ''
 end
 
--- which config the agent is owed now, appending what to remember to set
+-- the fields of a config hash, read once per call
+local files_of = {}
+
+local function config_files(ckey)
+    local f = files_of[ckey]
+    if not f then
+        f = redis.call('HGETALL', ckey)
+        files_of[ckey] = f
+    end
+    return f
+end
+
+local version = nil
+
+-- which config the agent is owed now (hash, fields, key), appending what
+-- to remember to set
 local function owed_config(set, caps, attrs_json, reported, force, now)
     if not accepts_config(caps) then
-        return '', {}
+        return '', {}, ''
     end
 
-    local version = redis.call('GET', KEYS[3]) or '0'
-    local c = redis.call('HMGET', KEYS[1], 'config_version',
+    version = version or redis.call('GET', KEYS[3]) or '0'
+    local c = redis.call('HMGET', key, 'config_version',
                          'desired_config', 'desired_hash', 'offered_hash',
                          'offered_ms', 'attributes', 'config_hash')
     local desired, dhash = c[2] or '', c[3] or ''
@@ -160,24 +198,24 @@ local function owed_config(set, caps, attrs_json, reported, force, now)
     end
 
     if dhash == '' or dhash == reported then
-        return '', {}
+        return '', {}, ''
     end
 
     -- offered already and not lost on the way: the agent is applying it
     if not force and dhash == c[4]
        and now - tonumber(c[5] or '0') < tonumber(ARGV[11])
     then
-        return '', {}
+        return '', {}, ''
     end
 
-    local ckey = KEYS[2]
+    local ckey = acfg
     if desired ~= 'agent' then
         ckey = prefix .. 'config:group:' .. string.sub(desired, 7)
     end
 
-    local files = redis.call('HGETALL', ckey)
+    local files = config_files(ckey)
     if #files == 0 then
-        return '', {}
+        return '', {}, ''
     end
 
     set[#set + 1] = 'offered_hash'
@@ -185,10 +223,8 @@ local function owed_config(set, caps, attrs_json, reported, force, now)
     set[#set + 1] = 'offered_ms'
     set[#set + 1] = ARGV[1]
 
-    return dhash, files
+    return dhash, files, ckey
 end
-
-local uid = ARGV[2]
 
 -- a pending command, taken once delivered; only for agents that accept it
 local function owed_command(caps)
@@ -265,7 +301,7 @@ local function owed_packages(set, caps, force, now)
     if not pk[1] or not pk[2] then
         return ''
     end
-    local c = redis.call('HMGET', KEYS[1], 'packages_hash',
+    local c = redis.call('HMGET', key, 'packages_hash',
                          'offered_packages_hash', 'offered_packages_ms')
     local reported = c[1] or ''
     if ARGV[36] ~= '' then
@@ -286,27 +322,48 @@ local function owed_packages(set, caps, force, now)
     return pk[2]
 end
 
--- a config or group changed: what does this connected agent need now?
+-- a config or group changed: what do these connected agents need now?
 if ARGV[26] == 'check' then
-    local cur = redis.call('HMGET', KEYS[1], 'capabilities', 'conn',
-                           'connected', 'custom_capability_names', 'cs_hash')
-    if not cur[1] or cur[2] ~= ARGV[6] or cur[3] ~= '1' then
-        return { 0, 0, '', '', 0, '', {}, 0, '', {}, '', '', '' }
-    end
-    local set = {}
     local force = ARGV[31] == '1'
-    local h, files = owed_config(set, cur[1], '', nil, force, now)
-    local offer, extra, cs = owed_settings(set, cur[1], cur[5], false)
-    local packages = owed_packages(set, cur[1], force, now)
-    if #set > 0 then
-        redis.call('HSET', KEYS[1], unpack(set))
+    local out, owed_keys = {}, {}
+    for i = 37, #ARGV - 1, 2 do
+        uid = ARGV[i]
+        key = prefix .. 'agent:{' .. uid .. '}'
+        acfg = prefix .. 'config:agent:{' .. uid .. '}'
+        local cur = redis.call('HMGET', key, 'capabilities', 'conn',
+                               'connected', 'custom_capability_names',
+                               'cs_hash')
+        if cur[1] and cur[2] == ARGV[i + 1] and cur[3] == '1' then
+            local set = {}
+            local h, _, ckey = owed_config(set, cur[1], '', nil, force, now)
+            local offer, extra, cs = owed_settings(set, cur[1], cur[5],
+                                                   false)
+            local packages = owed_packages(set, cur[1], force, now)
+            if #set > 0 then
+                redis.call('HSET', key, unpack(set))
+            end
+            local command = ''
+            if h == '' and offer == 0 and packages == '' then
+                command = owed_command(cur[1])
+            end
+            local message = owed_message(cur[4])
+            if h ~= '' or offer == 1 or packages ~= '' or command ~= ''
+               or #message > 0
+            then
+                if ckey ~= '' then
+                    owed_keys[ckey] = true
+                end
+                out[#out + 1] = { (i - 35) / 2, offer, h, ckey, 0, command,
+                                  message, extra, cs, packages }
+            end
+        end
     end
-    local command = ''
-    if h == '' and offer == 0 and packages == '' then
-        command = owed_command(cur[1])
+    local files = {}
+    for ckey in pairs(owed_keys) do
+        files[#files + 1] = ckey
+        files[#files + 1] = files_of[ckey]
     end
-    return { 0, 0, '', '', offer, h, files, 0, command,
-             owed_message(cur[4]), extra, cs, packages }
+    return { out, files }
 end
 
 local cur = redis.call('HMGET', key, 'sequence_num', 'description',
