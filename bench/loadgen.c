@@ -76,6 +76,7 @@ typedef struct {
     unsigned   waiting:1;    /* a reply is owed */
     unsigned   reported:1;   /* first reply arrived */
     unsigned   got_push:1;
+    unsigned   full:1;       /* the server asked for the full state */
 } lg_agent_t;
 
 
@@ -272,7 +273,15 @@ send_http(lg_agent_t *a)
     size_t   mlen;
     int      hlen;
 
-    mlen = make_msg(a, beat_msg, beat_len, msg);
+    /* like a real agent: all its status first and when asked again,
+     * heartbeats in between */
+    if (a->seq == 0 || a->full) {
+        a->full = 0;
+        mlen = make_msg(a, full_msg, full_len, msg);
+
+    } else {
+        mlen = make_msg(a, beat_msg, beat_len, msg);
+    }
 
     hlen = snprintf(head, sizeof(head),
                     "POST %s HTTP/1.1\r\nHost: %s\r\n"
@@ -543,8 +552,9 @@ parse_ws(lg_agent_t *a)
 static void
 parse_http(lg_agent_t *a)
 {
-    char    *end, *cl;
-    size_t   head, body;
+    char                             *end, *cl;
+    size_t                            head, body;
+    Opamp__Proto__V1__ServerToAgent  *s2a;
 
     for ( ;; ) {
         if (a->len < 4) {
@@ -570,6 +580,18 @@ parse_http(lg_agent_t *a)
 
         if (memcmp(a->buf, "HTTP/1.1 2", 10) != 0) {
             failed++;
+
+        } else if (body > 0) {
+            s2a = opamp__proto__v1__server_to_agent__unpack(NULL, body,
+                                                            a->buf + head);
+            if (s2a) {
+                if (s2a->flags & 1) {
+                    full_state_asked++;
+                    a->full = 1;
+                }
+
+                opamp__proto__v1__server_to_agent__free_unpacked(s2a, NULL);
+            }
         }
 
         buf_consume(a, head + body);
@@ -872,10 +894,12 @@ main(int argc, char **argv)
 
         qsort(latencies, nlat, sizeof(double), cmp_double);
         printf("mode=%s agents=%ld connected=%ld answered=%ld failed=%ld "
-               "seconds=%.2f rate=%.0f p50_ms=%.2f p99_ms=%.2f\n",
+               "seconds=%.2f rate=%.0f p50_ms=%.2f p99_ms=%.2f "
+               "full_state_asked=%ld\n",
                opt.mode == M_HTTP ? "http" : "status", opt.agents, connected,
                answered, failed, now() - t_start,
-               answered / (now() - t_start), pct(0.5), pct(0.99));
+               answered / (now() - t_start), pct(0.5), pct(0.99),
+               full_state_asked);
         return 0;
     }
 

@@ -1280,11 +1280,14 @@ static ngx_int_t
 ngx_http_opamp_admin_push(ngx_http_opamp_admin_ctx_t *ctx, const char *how,
     ngx_str_t *value, ngx_str_t *hash)
 {
-    size_t       argvlen[7];
-    ngx_str_t    fleet;
-    const char  *argv[7];
+    size_t       argvlen[8];
+    ngx_str_t    fleet, version;
+    const char  *argv[8];
 
-    if (ngx_http_opamp_admin_key(ctx, &fleet, "fleet", 0) != NGX_OK) {
+    if (ngx_http_opamp_admin_key(ctx, &fleet, "fleet", 0) != NGX_OK
+        || ngx_http_opamp_admin_key(ctx, &version, "config_version", 0)
+           != NGX_OK)
+    {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
@@ -1293,19 +1296,21 @@ ngx_http_opamp_admin_push(ngx_http_opamp_admin_ctx_t *ctx, const char *how,
     argv[1] = (const char *) (ctx->has_uid ? ctx->agent_key.data
                                            : (u_char *) "");
     argvlen[1] = ctx->has_uid ? ctx->agent_key.len : 0;
-    argv[2] = how;
-    argvlen[2] = ngx_strlen(how);
-    argv[3] = (const char *) value->data;
-    argvlen[3] = value->len;
-    argv[4] = (const char *) (hash ? hash->data : (u_char *) "");
-    argvlen[4] = hash ? hash->len : 0;
-    argv[5] = (const char *) (ctx->has_uid ? ctx->uid_text : (u_char *) "");
-    argvlen[5] = ctx->has_uid ? NGX_HTTP_OPAMP_UID_STR_LEN : 0;
-    argv[6] = (const char *) fleet.data;
-    argvlen[6] = fleet.len;
+    argv[2] = (const char *) version.data;
+    argvlen[2] = version.len;
+    argv[3] = how;
+    argvlen[3] = ngx_strlen(how);
+    argv[4] = (const char *) value->data;
+    argvlen[4] = value->len;
+    argv[5] = (const char *) (hash ? hash->data : (u_char *) "");
+    argvlen[5] = hash ? hash->len : 0;
+    argv[6] = (const char *) (ctx->has_uid ? ctx->uid_text : (u_char *) "");
+    argvlen[6] = ctx->has_uid ? NGX_HTTP_OPAMP_UID_STR_LEN : 0;
+    argv[7] = (const char *) fleet.data;
+    argvlen[7] = fleet.len;
 
-    return ngx_http_opamp_admin_eval(ctx, NGX_HTTP_OPAMP_SCRIPT_ADMIN_PUSH, 2,
-                                     7, argv, argvlen);
+    return ngx_http_opamp_admin_eval(ctx, NGX_HTTP_OPAMP_SCRIPT_ADMIN_PUSH, 3,
+                                     8, argv, argvlen);
 }
 
 

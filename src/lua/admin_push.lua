@@ -5,6 +5,7 @@
 -- KEYS[1]  the key written: <prefix>command:{<uid>}, <prefix>outbox:{<uid>},
 --          <prefix>connection_settings[:{<uid>}], <prefix>packages[:{<uid>}]
 -- KEYS[2]  the agent hash <prefix>agent:{<uid>}, or "" for the fleet
+-- KEYS[3]  <prefix>config_version
 -- ARGV[1]  "set" (string), "rpush" (list), or "offer" (packages hash)
 -- ARGV[2]  the value (for "offer": the PackagesAvailable bytes)
 -- ARGV[3]  for "offer": all_packages_hash, hex
@@ -26,9 +27,13 @@ else
     redis.call('HSET', KEYS[1], 'offer', ARGV[2], 'hash', ARGV[3])
 end
 
+-- agents that were owed nothing look again at their next message
+-- (report.lua: "settled")
 if KEYS[2] == '' then
+    redis.call('INCR', KEYS[3])
     redis.call('PUBLISH', ARGV[5], 'config')
 else
+    redis.call('HSET', KEYS[2], 'settled', '')
     local a = redis.call('HMGET', KEYS[2], 'channel', 'connected')
     if a[1] and a[2] == '1' then
         redis.call('PUBLISH', a[1], 'config ' .. ARGV[4])

@@ -71,6 +71,45 @@ local conn, transport = ARGV[6], ARGV[7]
 local first, disconnect = ARGV[12] == '1', ARGV[13] == '1'
 local mask = tonumber(ARGV[16])
 local mask_all = mask
+local prefix = ARGV[25]
+
+-- The common message of a fleet: a heartbeat in sequence on the same
+-- connection from an agent that is owed nothing and has no offer out,
+-- with nothing changed since that was found.  Only its sequence and
+-- liveness are stored.  What a control plane writes without the admin
+-- API is still seen: configs with INCR config_version (in the mark, see
+-- settle_mark() below), commands, messages and offers for the agent by
+-- their keys; agents that accept connection settings or packages
+-- (AcceptsPackages, ReportsOwn*, Accepts*ConnectionSettings) always take
+-- the long way, which reads the fleet-wide offers.  First thing in the
+-- script, before the functions below are even made.
+-- no connection settings or packages to look for (bits 8, 32 to 512)
+local settleable = bit.band((tonumber(ARGV[5]) or 0) % 65536, 1000) == 0
+
+local cur = nil
+if ARGV[26] == 'report' then
+    cur = redis.call('HMGET', key, 'sequence_num', 'settled', 'connected',
+                     'expires_ms', 'conn', 'transport', 'channel',
+                     'cs_hash', 'first_seen_ms')
+end
+
+if cur and cur[2] and cur[2] ~= '' and mask == 0 and not disconnect
+   and ARGV[14] == '' and ARGV[27] == '' and ARGV[28] == ''
+   and ARGV[31] ~= '1' and ARGV[32] == '' and ARGV[33] == ''
+   and ARGV[36] == '' and cur[1] == prev_seq and cur[3] == '1'
+   and cur[5] == conn and cur[6] == transport and cur[7] == ARGV[10]
+   and settleable
+   and cur[2] == (redis.call('GET', KEYS[3]) or '0') .. ' ' .. ARGV[5]
+                 .. ' ' .. ARGV[15]
+   and redis.call('EXISTS', prefix .. 'command:{' .. uid .. '}',
+                  prefix .. 'outbox:{' .. uid .. '}',
+                  prefix .. 'connection_settings:{' .. uid .. '}',
+                  prefix .. 'packages:{' .. uid .. '}') == 0
+then
+    redis.call('HSET', key, 'sequence_num', seq, 'last_seen_ms', ARGV[1],
+               'expires_ms', tostring(now + tonumber(ARGV[11])))
+    return { 0, 0, cur[7], cur[5], 0, '', {}, 0, '', {}, '', '', '' }
+end
 
 local fields = { 'description', 'health', 'effective_config',
                  'remote_config_status', 'package_statuses',
@@ -83,7 +122,6 @@ local function less(a, b)
     return #a < #b or (#a == #b and a < b)
 end
 
-local prefix = ARGV[25]
 
 -- AgentCapabilities.AcceptsRemoteConfig
 local function accepts_config(caps)
@@ -169,6 +207,18 @@ end
 
 local version = nil
 
+-- an offer is out and not yet acknowledged: it may be owed again later
+local pending = false
+
+-- what a settled agent's state depends on besides its own hash: any
+-- change of configs or offers (the admin API increments config_version,
+-- or clears the agent's "settled"), its capabilities, and the module's
+-- part of the connection settings
+local function settle_mark()
+    version = version or redis.call('GET', KEYS[3]) or '0'
+    return version .. ' ' .. ARGV[5] .. ' ' .. ARGV[15]
+end
+
 -- which config the agent is owed now (hash, fields, key), appending what
 -- to remember to set
 local function owed_config(set, caps, attrs_json, reported, force, now)
@@ -205,6 +255,7 @@ local function owed_config(set, caps, attrs_json, reported, force, now)
     if not force and dhash == c[4]
        and now - tonumber(c[5] or '0') < tonumber(ARGV[11])
     then
+        pending = true
         return '', {}, ''
     end
 
@@ -264,14 +315,24 @@ end
 -- ConnectionSettingsOffers: the module's own part (the OpAMP heartbeat,
 -- hashed in ARGV[15]) and what an operator stored for the agent or the
 -- fleet; offered when it changed since the last offer or on full state
+local fleet_settings = nil
+
 local function owed_settings(set, caps, stored_hash, full)
+    local other = bit(caps, 32) or bit(caps, 64) or bit(caps, 128)
+                  or bit(caps, 512)
+    if not bit(caps, 256) and not other then
+        return 0, '', ''
+    end
     local extra = redis.call('GET', prefix .. 'connection_settings:{'
                                     .. uid .. '}')
-                  or redis.call('GET', prefix .. 'connection_settings')
-                  or ''
+    if not extra then
+        fleet_settings = fleet_settings
+                         or redis.call('GET', prefix .. 'connection_settings')
+                         or ''
+        extra = fleet_settings
+    end
     local wants = bit(caps, 256)
-                  or (extra ~= '' and (bit(caps, 32) or bit(caps, 64)
-                                       or bit(caps, 128) or bit(caps, 512)))
+                  or (extra ~= '' and other)
     if not wants then
         return 0, '', ''
     end
@@ -313,6 +374,7 @@ local function owed_packages(set, caps, force, now)
     if not force and pk[1] == c[2]
        and now - tonumber(c[3] or '0') < tonumber(ARGV[11])
     then
+        pending = true
         return ''
     end
     set[#set + 1] = 'offered_packages_hash'
@@ -366,10 +428,7 @@ if ARGV[26] == 'check' then
     return { out, files }
 end
 
-local cur = redis.call('HMGET', key, 'sequence_num', 'description',
-                       'connected', 'expires_ms', 'conn', 'transport',
-                       'channel', 'cs_hash', 'first_seen_ms')
-local stored_seq, stored_desc, connected, expires, holder, holder_tr,
+local stored_seq, settled, connected, expires, holder, holder_tr,
       holder_ch, cs_hash, first_seen =
       cur[1], cur[2], cur[3], cur[4], cur[5], cur[6], cur[7], cur[8], cur[9]
 
@@ -399,7 +458,7 @@ else
         full = true
     end
 
-    if not has_desc and not stored_desc then
+    if not has_desc and redis.call('HEXISTS', key, 'description') == 0 then
         full = true
     end
 end
@@ -509,8 +568,6 @@ if not disconnect then
     packages = owed_packages(set, ARGV[5], ARGV[31] == '1', now)
 end
 
-redis.call('HSET', key, unpack(set))
-
 -- a command travels alone: the spec lets the agent ignore everything else
 -- in a ServerToAgent that carries one, so it waits for a quiet reply
 if not disconnect and owed_hash == '' and not full and offer == 0
@@ -518,6 +575,20 @@ if not disconnect and owed_hash == '' and not full and offer == 0
 then
     command = owed_command(ARGV[5])
 end
+
+-- owed nothing and no offer out: its next heartbeats take the short way
+set[#set + 1] = 'settled'
+if settleable and not disconnect and not full and verdict == 0
+   and not pending
+   and owed_hash == '' and offer == 0 and components == 0
+   and packages == '' and command == '' and #message == 0
+then
+    set[#set + 1] = settle_mark()
+else
+    set[#set + 1] = ''
+end
+
+redis.call('HSET', key, unpack(set))
 
 return { full and 1 or 0, verdict, holder_ch or '', holder or '', offer,
          owed_hash, owed_files, components, command, message, extra, cs,

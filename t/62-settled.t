@@ -1,0 +1,179 @@
+#!/usr/bin/perl
+
+# Heartbeats of an agent that is owed nothing take a short way through
+# the report script (only sequence and liveness are written; the agent
+# hash marks it "settled").  Whatever a control plane changes afterwards,
+# through the admin API or by writing Redis as docs/redis-schema.md says,
+# must still reach the agent at its next message.
+
+use strict;
+use warnings;
+
+use Test::More;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use OpAMPTest;
+use OpAMPFleet;
+
+my $t = OpAMPTest->new;
+$t->start_redis;
+$t->start_nginx('
+        location /admin/ { opamp_admin; }', workers => 1);
+
+my $P = 'opamp:';
+
+# ReportsStatus, AcceptsRemoteConfig, AcceptsRestartCommand
+my $CAPS = 0x1 | 0x2 | 0x400;
+
+my $uid = random_uid();
+my $text = uid_text($uid);
+my $key = "${P}agent:{$text}";
+my $seq = 0;
+
+sub poll {
+    my (%o) = @_;
+    my $caps = $o{caps} // $CAPS;
+    my $extra = $o{extra} // '';
+    my ($st, $h, $body) = $t->http_post($t->a2s(
+        'instance_uid: "' . uid_escape($uid) . '" '
+        . 'sequence_num: ' . $seq++ . " capabilities: $caps $extra"));
+    is($st, 200, "poll $seq answered") or return '';
+    return $t->s2a_text($body);
+}
+
+my $desc = 'agent_description { identifying_attributes { '
+           . 'key: "service.name" value { string_value: "cart" } } }';
+
+# --- becoming settled --------------------------------------------------------
+
+poll(extra => $desc);
+like($t->redis('HGET', $key, 'settled') // '', qr/^0 $CAPS [0-9a-f]{40}$/,
+     'settled after a full report with nothing owed: config_version, '
+     . 'capabilities and the settings hash');
+
+my $before = $t->agent($uid);
+select undef, undef, undef, 0.01;
+my $r = poll();
+unlike($r, qr/flags|remote_config|command/, 'a heartbeat: nothing owed');
+my $after = $t->agent($uid);
+is($after->{sequence_num}, 1, 'its sequence_num stored');
+ok($after->{last_seen_ms} > $before->{last_seen_ms}, 'last_seen_ms moves');
+ok($after->{expires_ms} > $before->{expires_ms}, 'expires_ms moves');
+is($after->{settled}, $before->{settled}, 'still settled');
+
+# a heartbeat out of sequence is not settled: the full state is asked for
+$seq++;
+$r = poll();
+like($r, qr/flags: 1\b/, 'a sequence gap asks for the full state');
+is($t->redis('HGET', $key, 'settled'), '', 'and unsettles the agent');
+poll(extra => $desc);
+like($t->redis('HGET', $key, 'settled'), qr/^0 /, 'settled again');
+
+# --- a command written directly, as the schema documents -------------------
+
+$t->redis('SET', "${P}command:{$text}", 'restart');
+$r = poll();
+like($r, qr/^command \{/m, 'a directly written command reaches a settled '
+     . 'agent at its next poll');
+is($t->redis('EXISTS', "${P}command:{$text}"), 0, 'and is taken');
+poll();
+like($t->redis('HGET', $key, 'settled'), qr/^0 /, 'settled again');
+
+# --- a command through the admin API ----------------------------------------
+
+my ($st, $h, $body) = $t->http_post('', -path => "/admin/agents/$text/restart");
+is($st, 202, 'the admin API queues a restart');
+is($t->redis('HGET', $key, 'settled'), '', 'the admin API unsettles it');
+$r = poll();
+like($r, qr/^command \{/m, 'the admin command arrives at the next poll');
+
+# --- a group config written directly, with INCR config_version ------------
+
+poll();
+my %files = ('c.yaml' => [ "x: 1\n", 'text/yaml' ]);
+my $hash = OpAMPFleet::config_hash(%files);
+$t->redis('MULTI');
+$t->redis('HSET', "${P}config:group:cart", selector => 'service.name=cart',
+          priority => 1, hash => $hash, updated_ms => 1,
+          'file:c.yaml' => "x: 1\n", 'type:c.yaml' => 'text/yaml');
+$t->redis('ZADD', "${P}groups", 1, 'cart');
+$t->redis('INCR', "${P}config_version");
+$t->redis('EXEC');
+$r = poll();
+like($r, qr/remote_config \{.*key: "c.yaml"/s,
+     'a group config reaches a settled agent at its next poll');
+is($t->redis('HGET', $key, 'settled'), '',
+   'not settled while the config is offered and not acknowledged');
+poll();
+is($t->redis('HGET', $key, 'settled'), '', 'nor at the next heartbeat');
+$r = poll(extra => 'remote_config_status { last_remote_config_hash: "'
+                   . join('', map { sprintf '\\%03o', $_ }
+                                  unpack 'C*', pack 'H*', $hash)
+                   . '" status: RemoteConfigStatuses_APPLIED }');
+like($t->redis('HGET', $key, 'settled'), qr/^1 /,
+     'settled once applied, at the new config_version');
+
+# --- new capabilities are not a heartbeat ----------------------------------
+
+# ReportsAvailableComponents and none stored: asked for them
+$r = poll(caps => $CAPS | 0x4000);
+like($r, qr/flags: 2\b/, 'a capability added in a heartbeat is seen');
+
+# --- an agent that accepts connection settings is never settled ------------
+
+my $uid2 = random_uid();
+($st, $h, $body) = $t->http_post($t->a2s(
+    'instance_uid: "' . uid_escape($uid2) . '" sequence_num: 0 '
+    . 'capabilities: ' . (0x1 | 0x100) . " $desc"));
+$t->http_post($t->a2s('instance_uid: "' . uid_escape($uid2) . '" '
+                      . 'sequence_num: 1 capabilities: ' . (0x1 | 0x100)));
+is($t->redis('HGET', "${P}agent:{" . uid_text($uid2) . '}', 'settled'), '',
+   'an agent that accepts connection settings is not settled');
+$t->redis('SET', "${P}connection_settings", $t->encode(
+    'ConnectionSettingsOffers', 'opamp { destination_endpoint: '
+    . '"ws://127.0.0.1:1/v1/opamp" }'));
+($st, $h, $body) = $t->http_post($t->a2s(
+    'instance_uid: "' . uid_escape($uid2) . '" sequence_num: 2 '
+    . 'capabilities: ' . (0x1 | 0x100)));
+like($t->s2a_text($body), qr/destination_endpoint: "ws:\/\/127.0.0.1:1/,
+     'fleet connection settings written directly reach it at its next '
+     . 'poll');
+
+# --- WebSocket: heartbeats on one connection, a new connection -----------
+
+my $uid3 = random_uid();
+my $ws = OpAMPFleet->connect_ws(port => $t->port);
+$ws->send_msg($t->a2s('instance_uid: "' . uid_escape($uid3) . '" '
+                      . "sequence_num: 0 capabilities: $CAPS $desc"));
+$r = $t->s2a_text($ws->recv_msg(5) // '');
+like($r, qr/remote_config \{/, 'a WebSocket member gets the config');
+$ws->send_msg($t->a2s('instance_uid: "' . uid_escape($uid3) . '" '
+                      . "sequence_num: 1 capabilities: $CAPS "
+                      . 'remote_config_status { last_remote_config_hash: "'
+                      . join('', map { sprintf '\\%03o', $_ }
+                                     unpack 'C*', pack 'H*', $hash)
+                      . '" status: RemoteConfigStatuses_APPLIED }'));
+$ws->recv_msg(5);
+my $k3 = "${P}agent:{" . uid_text($uid3) . '}';
+like($t->redis('HGET', $k3, 'settled'), qr/^1 /, 'settled over WebSocket');
+$ws->send_msg($t->a2s('instance_uid: "' . uid_escape($uid3) . '" '
+                      . "sequence_num: 2 capabilities: $CAPS"));
+$r = $t->s2a_text($ws->recv_msg(5) // '');
+unlike($r, qr/remote_config|flags/, 'a heartbeat gets nothing');
+is($t->redis('HGET', $k3, 'sequence_num'), 2, 'and is stored');
+$ws->close;
+$t->wait_for(sub { ($t->redis('HGET', $k3, 'connected') // '') eq '0' }, 5);
+
+# a new connection continues the sequence: not the short way, the config
+# goes out again (a new connection may have lost what the old one got)
+$ws = OpAMPFleet->connect_ws(port => $t->port);
+$ws->send_msg($t->a2s('instance_uid: "' . uid_escape($uid3) . '" '
+                      . "sequence_num: 3 capabilities: $CAPS"));
+$r = $t->s2a_text($ws->recv_msg(5) // '');
+is($t->redis('HGET', $k3, 'connected'), '1', 'connected again');
+like($t->redis('HGET', $k3, 'conn'), qr/:/, 'on the new connection');
+$ws->close;
+
+$t->done;
+done_testing;
