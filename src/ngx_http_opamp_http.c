@@ -107,7 +107,7 @@ ngx_http_opamp_http_handler(ngx_http_request_t *r)
                    "request body exceeds opamp_max_message_size");
     }
 
-    s = ngx_http_opamp_session_create(r, r->pool,
+    s = ngx_http_opamp_session_create(r,
                                       NGX_HTTP_OPAMP_TRANSPORT_HTTP);
     if (s == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;

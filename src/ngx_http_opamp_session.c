@@ -154,24 +154,31 @@ ngx_http_opamp_session_exit_process(ngx_cycle_t *cycle)
 
 
 ngx_http_opamp_session_t *
-ngx_http_opamp_session_create(ngx_http_request_t *r, ngx_pool_t *pool,
-    ngx_uint_t transport)
+ngx_http_opamp_session_create(ngx_http_request_t *r, ngx_uint_t transport)
 {
     ngx_http_opamp_session_t  *s;
 
-    s = ngx_pcalloc(pool, sizeof(ngx_http_opamp_session_t));
+    s = ngx_pcalloc(r->pool, sizeof(ngx_http_opamp_session_t));
     if (s == NULL) {
         return NULL;
     }
 
+    ngx_http_opamp_session_init(s, r, transport);
+
+    return s;
+}
+
+
+void
+ngx_http_opamp_session_init(ngx_http_opamp_session_t *s,
+    ngx_http_request_t *r, ngx_uint_t transport)
+{
     /* a WebSocket lets its request go once the 101 is out */
     s->request = (transport == NGX_HTTP_OPAMP_TRANSPORT_HTTP) ? r : NULL;
     s->connection = r->connection;
     s->conf = ngx_http_get_module_loc_conf(r, ngx_http_opamp_module);
     s->transport = transport;
     s->conn_number = ++ngx_http_opamp_conn_counter;
-
-    return s;
 }
 
 

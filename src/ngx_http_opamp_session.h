@@ -73,10 +73,14 @@ struct ngx_http_opamp_session_s {
 };
 
 
-/* pool: the request's for plain HTTP; the connection's for a WebSocket,
- * which outlives its request */
+/* a plain HTTP agent's session, in the request pool */
 ngx_http_opamp_session_t *ngx_http_opamp_session_create(
-    ngx_http_request_t *r, ngx_pool_t *pool, ngx_uint_t transport);
+    ngx_http_request_t *r, ngx_uint_t transport);
+
+/* a session in zeroed memory of the caller's (a WebSocket keeps it with
+ * its own state, beyond the request) */
+void ngx_http_opamp_session_init(ngx_http_opamp_session_t *s,
+    ngx_http_request_t *r, ngx_uint_t transport);
 
 /*
  * Processes one AgentToServer (the protobuf bytes, without any OpAMP

@@ -82,8 +82,11 @@ typedef struct {
     ngx_msec_t                  last_recv;     /* agent's bytes parsed */
     ngx_msec_t                  last_active;   /* message or lease touch */
 
+    /* a control frame's payload while it arrives: allocated then, so
+     * that an idle agent does not carry 125 bytes for it */
+    u_char                     *control;
+
     u_char                      header[NGX_HTTP_OPAMP_WS_MAX_HEADER];
-    u_char                      control[NGX_HTTP_OPAMP_WS_MAX_CONTROL];
     u_char                      header_len;
 
     unsigned                    in_payload:1;
@@ -112,6 +115,7 @@ static ngx_int_t ngx_http_opamp_ws_accept(ngx_http_request_t *r,
 static ngx_int_t ngx_http_opamp_ws_takeover(ngx_http_request_t *r,
     ngx_http_opamp_ws_ctx_t *ctx);
 
+static void ngx_http_opamp_ws_free(void *data);
 static void ngx_http_opamp_ws_upgrade_handler(ngx_event_t *ev);
 static ngx_int_t ngx_http_opamp_ws_release(ngx_http_opamp_ws_ctx_t *ctx);
 static void ngx_http_opamp_ws_read_handler(ngx_event_t *rev);
@@ -165,6 +169,7 @@ ngx_http_opamp_websocket_handler(ngx_http_request_t *r)
     ngx_str_t                  key, accept, value;
     ngx_uint_t                 status;
     const char                *reason;
+    ngx_pool_cleanup_t        *pcln;
     ngx_http_cleanup_t        *cln;
     ngx_http_opamp_ws_ctx_t   *ctx;
     ngx_http_opamp_session_t  *s;
@@ -216,18 +221,29 @@ ngx_http_opamp_websocket_handler(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    /* both outlive the request: they live in the connection pool */
+    /*
+     * The context and the session outlive the request: one block of
+     * their exact size, freed with the connection pool.  In the pool
+     * itself they would not fit beside what nginx keeps there and cost
+     * a whole second pool block per agent.
+     */
 
-    s = ngx_http_opamp_session_create(r, r->connection->pool,
-                                      NGX_HTTP_OPAMP_TRANSPORT_WS);
-    if (s == NULL) {
+    pcln = ngx_pool_cleanup_add(r->connection->pool, 0);
+    if (pcln == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    ctx = ngx_pcalloc(r->connection->pool, sizeof(ngx_http_opamp_ws_ctx_t));
+    ctx = ngx_calloc(sizeof(ngx_http_opamp_ws_ctx_t)
+                     + sizeof(ngx_http_opamp_session_t), r->connection->log);
     if (ctx == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
+
+    pcln->handler = ngx_http_opamp_ws_free;
+    pcln->data = ctx;
+
+    s = (ngx_http_opamp_session_t *) &ctx[1];
+    ngx_http_opamp_session_init(s, r, NGX_HTTP_OPAMP_TRANSPORT_WS);
 
     ctx->connection = r->connection;
     ctx->request = r;
@@ -1119,6 +1135,16 @@ ngx_http_opamp_ws_frame_start(ngx_http_opamp_ws_ctx_t *ctx)
 
     default:
         /* control frames: the parser has checked FIN and the size */
+
+        if (f->payload_len && ctx->control == NULL) {
+            ctx->control = ngx_alloc(NGX_HTTP_OPAMP_WS_MAX_CONTROL,
+                                     ctx->connection->log);
+            if (ctx->control == NULL) {
+                ngx_http_opamp_ws_fail(ctx, NGX_HTTP_OPAMP_WS_CLOSE_INTERNAL,
+                                       "no memory", 0);
+            }
+        }
+
         return;
     }
 
@@ -1157,6 +1183,14 @@ ngx_http_opamp_ws_frame_done(ngx_http_opamp_ws_ctx_t *ctx)
 
     if (f->opcode & 0x08) {
         ngx_http_opamp_ws_control(ctx);
+
+        /* the answer, if any, has copied what it needs */
+
+        if (ctx->control) {
+            ngx_free(ctx->control);
+            ctx->control = NULL;
+        }
+
         return;
     }
 
@@ -1276,10 +1310,12 @@ ngx_http_opamp_ws_control(ngx_http_opamp_ws_ctx_t *ctx)
 {
     int                        code;
     size_t                     len;
+    u_char                    *payload;
     ngx_http_opamp_wsframe_t  *f;
 
     f = &ctx->frame;
     len = (size_t) f->payload_len;
+    payload = ctx->control ? ctx->control : (u_char *) "";
 
     switch (f->opcode) {
 
@@ -1290,7 +1326,7 @@ ngx_http_opamp_ws_control(ngx_http_opamp_ws_ctx_t *ctx)
         if (!ctx->closing
             && ngx_http_opamp_ws_control_frame(ctx,
                                                NGX_HTTP_OPAMP_WS_OP_PONG,
-                                               ctx->control, len)
+                                               payload, len)
                != NGX_OK)
         {
             return;
@@ -1307,7 +1343,7 @@ ngx_http_opamp_ws_control(ngx_http_opamp_ws_ctx_t *ctx)
 
         ctx->close_in = 1;
 
-        code = ngx_http_opamp_wsframe_close_payload(ctx->control, len);
+        code = ngx_http_opamp_wsframe_close_payload(payload, len);
 
         if (code < 0) {
             ngx_http_opamp_ws_fail(ctx, -code,
@@ -1915,6 +1951,15 @@ ngx_http_opamp_ws_finalize(ngx_http_opamp_ws_ctx_t *ctx)
 }
 
 
+/* the connection pool goes: the context and the session with it */
+
+static void
+ngx_http_opamp_ws_free(void *data)
+{
+    ngx_free(data);
+}
+
+
 static void
 ngx_http_opamp_ws_cleanup(void *data)
 {
@@ -1947,6 +1992,11 @@ ngx_http_opamp_ws_cleanup(void *data)
     if (ctx->pending) {
         ngx_free(ctx->pending);
         ctx->pending = NULL;
+    }
+
+    if (ctx->control) {
+        ngx_free(ctx->control);
+        ctx->control = NULL;
     }
 
     /* anything the session still does finds the connection gone */

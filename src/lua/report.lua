@@ -221,15 +221,18 @@ end
 
 -- which config the agent is owed now (hash, fields, key), appending what
 -- to remember to set
-local function owed_config(set, caps, attrs_json, reported, force, now)
+-- (pre: those fields, when the caller read them already)
+local config_fields = { 'config_version', 'desired_config', 'desired_hash',
+                        'offered_hash', 'offered_ms', 'attributes',
+                        'config_hash' }
+
+local function owed_config(set, caps, attrs_json, reported, force, now, pre)
     if not accepts_config(caps) then
         return '', {}, ''
     end
 
     version = version or redis.call('GET', KEYS[3]) or '0'
-    local c = redis.call('HMGET', key, 'config_version',
-                         'desired_config', 'desired_hash', 'offered_hash',
-                         'offered_ms', 'attributes', 'config_hash')
+    local c = pre or redis.call('HMGET', key, unpack(config_fields))
     local desired, dhash = c[2] or '', c[3] or ''
 
     if c[1] ~= version or attrs_json ~= '' then
@@ -388,27 +391,33 @@ end
 if ARGV[26] == 'check' then
     local force = ARGV[31] == '1'
     local out, owed_keys = {}, {}
+    local check_fields = { unpack(config_fields) }
+    for _, f in ipairs({ 'capabilities', 'conn', 'connected',
+                         'custom_capability_names', 'cs_hash' }) do
+        check_fields[#check_fields + 1] = f
+    end
     for i = 37, #ARGV - 1, 2 do
         uid = ARGV[i]
         key = prefix .. 'agent:{' .. uid .. '}'
         acfg = prefix .. 'config:agent:{' .. uid .. '}'
-        local cur = redis.call('HMGET', key, 'capabilities', 'conn',
-                               'connected', 'custom_capability_names',
-                               'cs_hash')
-        if cur[1] and cur[2] == ARGV[i + 1] and cur[3] == '1' then
+        -- one read: the config fields (1 to 7), then the rest
+        local cur = redis.call('HMGET', key, unpack(check_fields))
+        local caps = cur[8]
+        if caps and cur[9] == ARGV[i + 1] and cur[10] == '1' then
             local set = {}
-            local h, _, ckey = owed_config(set, cur[1], '', nil, force, now)
-            local offer, extra, cs = owed_settings(set, cur[1], cur[5],
+            local h, _, ckey = owed_config(set, caps, '', nil, force, now,
+                                           cur)
+            local offer, extra, cs = owed_settings(set, caps, cur[12],
                                                    false)
-            local packages = owed_packages(set, cur[1], force, now)
+            local packages = owed_packages(set, caps, force, now)
             if #set > 0 then
                 redis.call('HSET', key, unpack(set))
             end
             local command = ''
             if h == '' and offer == 0 and packages == '' then
-                command = owed_command(cur[1])
+                command = owed_command(caps)
             end
-            local message = owed_message(cur[4])
+            local message = owed_message(cur[11])
             if h ~= '' or offer == 1 or packages ~= '' or command ~= ''
                or #message > 0
             then
