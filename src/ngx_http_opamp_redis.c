@@ -10,10 +10,14 @@
  * blocks, and neither do we.
  *
  * hiredis 0.14 has no timeouts of its own.  The link keeps its commands
- * in a FIFO with deadlines and one timer on the oldest: a command that
- * outlives opamp_redis_timeout means the server or the path to it is
- * stuck, so the link is dropped (every pending handler then sees NULL)
- * and connected again with backoff.
+ * in a FIFO with deadlines and one timer on the oldest.  When the oldest
+ * outlives opamp_redis_timeout and Redis has answered nothing for that
+ * long either, the server or the path to it is stuck: the link is
+ * dropped (every pending handler then sees NULL) and connected again
+ * with backoff.  A Redis that keeps answering is working through a
+ * backlog (a reconnect storm of a whole fleet) and is waited for:
+ * dropping the link would throw away the work queued and bring the
+ * agents back to queue it again.
  */
 
 
@@ -51,6 +55,9 @@ typedef struct {
 
     /* the handshake replies still awaited: AUTH, SELECT, PING/SUBSCRIBE */
     ngx_uint_t                        handshake;
+
+    /* when Redis last answered a command of the link */
+    ngx_msec_t                        answered;
 
     unsigned                          subscriber:1;
     unsigned                          outage_logged:1;
@@ -382,6 +389,7 @@ ngx_http_opamp_redis_command_reply(redisAsyncContext *ac, void *r,
     ngx_http_opamp_redis_link_t  *link;
 
     link = cmd->link;
+    link->answered = ngx_current_msec;
 
     ngx_queue_remove(&cmd->queue);
 
@@ -682,6 +690,7 @@ static void
 ngx_http_opamp_redis_up(ngx_http_opamp_redis_link_t *link)
 {
     link->state = NGX_HTTP_OPAMP_REDIS_READY;
+    link->answered = ngx_current_msec;
     link->backoff = NGX_HTTP_OPAMP_REDIS_BACKOFF_MIN;
 
     if (link->timer.timer_set) {
@@ -790,6 +799,7 @@ ngx_http_opamp_redis_timer_handler(ngx_event_t *ev)
 {
     ngx_http_opamp_redis_link_t *link = ev->data;
 
+    ngx_msec_t                   timeout;
     ngx_queue_t                 *q;
     ngx_http_opamp_redis_cmd_t  *cmd;
 
@@ -809,6 +819,15 @@ ngx_http_opamp_redis_timer_handler(ngx_event_t *ev)
         if ((ngx_msec_int_t) (cmd->deadline - ngx_current_msec) > 0) {
             /* the command that set this timer was answered in time */
             ngx_add_timer(&link->timer, cmd->deadline - ngx_current_msec);
+            return;
+        }
+
+        timeout = ngx_http_opamp_redis_conf->redis_timeout;
+
+        if (ngx_current_msec - link->answered < timeout) {
+            /* late, but Redis is answering: a backlog, not a failure */
+            ngx_add_timer(&link->timer,
+                          link->answered + timeout - ngx_current_msec);
             return;
         }
     }

@@ -50,6 +50,8 @@ static ngx_int_t ngx_http_opamp_store_send_check(
 static void ngx_http_opamp_store_check_done(redisReply *reply, void *data);
 static redisReply *ngx_http_opamp_store_check_files(redisReply *files,
     redisReply *key);
+static ngx_uint_t ngx_http_opamp_store_noscript(redisReply *reply,
+    ngx_uint_t *retried, const char *what);
 static void ngx_http_opamp_store_report_done(redisReply *reply, void *data);
 static void ngx_http_opamp_store_ready(void);
 static void ngx_http_opamp_store_ignore(redisReply *reply, void *data);
@@ -439,6 +441,31 @@ ngx_http_opamp_store_index(u_char *uid, u_char *now, size_t now_len)
 }
 
 
+/*
+ * An error answer to a script call.  NOSCRIPT the first time: the script
+ * cache was flushed, and the caller sends the source once, which caches
+ * it again (returns 1).  Anything else is logged (returns 0).
+ */
+
+static ngx_uint_t
+ngx_http_opamp_store_noscript(redisReply *reply, ngx_uint_t *retried,
+    const char *what)
+{
+    if (!*retried && reply->len >= 8
+        && ngx_strncmp(reply->str, "NOSCRIPT", 8) == 0)
+    {
+        *retried = 1;
+        return 1;
+    }
+
+    ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                  "opamp: redis %s script failed: %*s",
+                  what, (size_t) reply->len, reply->str);
+
+    return 0;
+}
+
+
 static void
 ngx_http_opamp_store_report_done(redisReply *reply, void *data)
 {
@@ -463,24 +490,12 @@ ngx_http_opamp_store_report_done(redisReply *reply, void *data)
 
     if (reply->type == REDIS_REPLY_ERROR) {
 
-        /* the script cache was flushed: send the source once, which also
-         * caches it again */
-
-        if (!req->retried && reply->len >= 8
-            && ngx_strncmp(reply->str, "NOSCRIPT", 8) == 0)
+        if (ngx_http_opamp_store_noscript(reply, &req->retried, "report")
+            && ngx_http_opamp_store_send_report(req, 1) == NGX_OK)
         {
-            req->retried = 1;
-
-            if (ngx_http_opamp_store_send_report(req, 1) == NGX_OK) {
-                return;
-            }
-
-            goto done;
+            return;
         }
 
-        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
-                      "opamp: redis report script failed: %*s",
-                      (size_t) reply->len, reply->str);
         goto done;
     }
 
@@ -761,21 +776,13 @@ ngx_http_opamp_store_check_done(redisReply *reply, void *data)
 
     if (reply->type == REDIS_REPLY_ERROR) {
 
-        if (!chk->retried && reply->len >= 8
-            && ngx_strncmp(reply->str, "NOSCRIPT", 8) == 0)
+        if (ngx_http_opamp_store_noscript(reply, &chk->retried,
+                                          "config check")
+            && ngx_http_opamp_store_send_check(chk, 1) == NGX_OK)
         {
-            chk->retried = 1;
-
-            if (ngx_http_opamp_store_send_check(chk, 1) == NGX_OK) {
-                return;
-            }
-
-            goto done;
+            return;
         }
 
-        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
-                      "opamp: redis config check script failed: %*s",
-                      (size_t) reply->len, reply->str);
         goto done;
     }
 
