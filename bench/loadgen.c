@@ -52,7 +52,7 @@
 
 #define LG_MAX_EVENTS   1024
 #define LG_INFLIGHT     256         /* connects in progress at once */
-#define LG_PER_SOURCE   20000       /* agents per source address */
+#define LG_PER_SOURCE   1000        /* agents per source address */
 
 extern char **environ;
 
@@ -325,6 +325,11 @@ start_connect(lg_agent_t *a)
     src.sin_family = AF_INET;
     src.sin_addr.s_addr = htonl(0x7f000000
                                 | (opt.src_base + a->index / LG_PER_SOURCE));
+
+    /* the port is chosen at connect(), against the whole 4-tuple: a
+     * bind() that picks it searches every port bound on the address and
+     * made the connect phase quadratic in kernel time */
+    setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
 
     if (bind(fd, (struct sockaddr *) &src, sizeof(src)) < 0) {
         die("bind");
@@ -725,9 +730,11 @@ static void
 loop(double until, int stop_when_reported, int stop_when_pushed)
 {
     int                  i, n;
-    double               t;
+    double               t, last_sweep;
     lg_agent_t          *a;
     struct epoll_event   evs[LG_MAX_EVENTS];
+
+    last_sweep = 0;
 
     for ( ;; ) {
         connect_more();
@@ -774,10 +781,14 @@ loop(double until, int stop_when_reported, int stop_when_pushed)
             }
         }
 
-        if (opt.mode == M_HOLD) {
-            t = now();
+        t = now();
 
-            /* heartbeats: a sweep per loop is fine at these intervals */
+        /* heartbeats: a sweep every 100 ms is plenty at intervals of
+         * seconds; one per event loop turn made the connect phase of tens
+         * of thousands of agents quadratic */
+        if (opt.mode == M_HOLD && t - last_sweep >= 0.1) {
+            last_sweep = t;
+
             for (long k = 0; k < next_connect; k++) {
                 a = &agents[k];
 

@@ -126,7 +126,9 @@ loadgen_many() {
     per=$(( n / procs ))
     for i in $(seq 0 $((procs - 1))); do
         src=$(cat "$WORK/src")
-        echo $(( src + 2 > 240 ? 2 : src + 2 )) > "$WORK/src"
+        # loadgen puts 1000 agents on each source address
+        next=$(( src + (per + 999) / 1000 ))
+        echo $(( next > 230 ? 2 : next )) > "$WORK/src"
         "$BENCH/loadgen" --port "$PORT" --agents "$per" --src-base "$src" \
             --seed $((i + 1)) "$@" > "$WORK/lg.$i" &
         pids+=($!)
