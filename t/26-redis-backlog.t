@@ -158,8 +158,9 @@ while (time - $t0 < 10) {
 my ($code) = $reply =~ m{^HTTP/1\.1 (\d+)};
 is($code, 503, 'a silent Redis: 503');
 ok(time - $t0 < 3, sprintf('after the timeout (%.1fs)', time - $t0));
-like($t->error_log, qr/redis command connection .* lost: timed out/,
-     'the connection is dropped');
+ok($t->wait_for(sub {
+       $t->error_log =~ /redis command connection .* lost: timed out/ }, 10),
+   'the connection is dropped');
 proxy_mode('open');
 
 kill 'TERM', $proxy;
