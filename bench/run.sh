@@ -60,14 +60,27 @@ for _ in $(seq 50); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break; slee
 
 R() { redis-cli -p "$RPORT" "$@"; }
 
+# start_nginx WORKERS [NCHAN]: NCHAN 0 leaves Nchan out, so that its
+# shared memory (touched by the workers as time goes on, and counted in
+# their RSS) does not add to the module's memory figures
 start_nginx() {
-    local workers=$1
+    local workers=$1 nchan=${2:-1} nchan_load="" nchan_conf="" nchan_locs=""
+    if [ "$nchan" = 1 ]; then
+        nchan_load="load_module $NCHAN;"
+        nchan_conf="upstream nchan_redis { nchan_redis_server \"redis://127.0.0.1:$RPORT\"; }"
+        nchan_locs="location = /sub { nchan_subscriber websocket; nchan_channel_id bench;
+                          nchan_redis_pass nchan_redis; }
+        location = /pub { nchan_publisher; nchan_channel_id bench;
+                          nchan_redis_pass nchan_redis; }"
+    else
+        nchan_locs=""
+    fi
     [ -f "$WORK/logs/nginx.pid" ] && {
         kill -QUIT "$(cat "$WORK/logs/nginx.pid")" 2>/dev/null || true
         for _ in $(seq 100); do [ -f "$WORK/logs/nginx.pid" ] || break; sleep 0.1; done
     }
     cat > "$WORK/nginx.conf" <<EOF
-load_module $NCHAN;
+$nchan_load
 load_module $MODULE;
 worker_processes $workers;
 worker_rlimit_nofile 20000;
@@ -83,16 +96,13 @@ http {
     uwsgi_temp_path $WORK/tmp/uwsgi;
     scgi_temp_path $WORK/tmp/scgi;
     opamp_redis 127.0.0.1:$RPORT;
-    upstream nchan_redis { nchan_redis_server "redis://127.0.0.1:$RPORT"; }
+    $nchan_conf
     server {
         listen 127.0.0.1:$PORT backlog=4096 reuseport;
         location = /v1/opamp { opamp; opamp_heartbeat_interval 30s; }
         location /admin/ { opamp_admin; }
         location = /204 { return 204; }
-        location = /sub { nchan_subscriber websocket; nchan_channel_id bench;
-                          nchan_redis_pass nchan_redis; }
-        location = /pub { nchan_publisher; nchan_channel_id bench;
-                          nchan_redis_pass nchan_redis; }
+        $nchan_locs
     }
 }
 EOF
@@ -158,7 +168,7 @@ if want hold; then
         workers=$(( (n + PER_PROC - 1) / PER_PROC )); [ "$workers" -lt 2 ] && workers=2
         rates=(); mem=(); rmem=(); nmem=()
         for run in $(seq "$RUNS"); do
-            start_nginx "$workers"; R flushall >/dev/null
+            start_nginx "$workers" 0; R flushall >/dev/null
             base=$(worker_rss_kb); rbase=$(redis_mem)
             out=$(loadgen_many "$n" --mode hold --duration $((n / 500 + 20)) --heartbeat 30 &
                   sleep $((n / 500 + 12)); echo "rss=$(worker_rss_kb) rmem=$(redis_mem)"; wait)
