@@ -77,7 +77,8 @@ start_nginx() {
     fi
     [ -f "$WORK/logs/nginx.pid" ] && {
         kill -QUIT "$(cat "$WORK/logs/nginx.pid")" 2>/dev/null || true
-        for _ in $(seq 100); do [ -f "$WORK/logs/nginx.pid" ] || break; sleep 0.1; done
+        # the old workers may take a while to close a whole fleet
+        for _ in $(seq 600); do [ -f "$WORK/logs/nginx.pid" ] || break; sleep 0.1; done
     }
     cat > "$WORK/nginx.conf" <<EOF
 $nchan_load
@@ -117,6 +118,20 @@ worker_rss_kb() {
         total=$((total + $(awk '/VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)))
     done
     echo "$total"
+}
+
+# the workers' RSS once it no longer moves: new workers touch their
+# connection arrays as they start, which must not count as agents' memory
+settled_rss_kb() {
+    local a b
+    a=$(worker_rss_kb)
+    for _ in $(seq 40); do
+        sleep 0.5
+        b=$(worker_rss_kb)
+        [ "$a" = "$b" ] && break
+        a=$b
+    done
+    echo "$b"
 }
 
 redis_mem() { R info memory | awk -F: '/^used_memory:/ {print $2}' | tr -d '\r'; }
@@ -169,7 +184,7 @@ if want hold; then
         rates=(); mem=(); rmem=(); nmem=()
         for run in $(seq "$RUNS"); do
             start_nginx "$workers" 0; R flushall >/dev/null
-            base=$(worker_rss_kb); rbase=$(redis_mem)
+            base=$(settled_rss_kb); rbase=$(redis_mem)
             out=$(loadgen_many "$n" --mode hold --duration $((n / 500 + 20)) --heartbeat 30 &
                   sleep $((n / 500 + 12)); echo "rss=$(worker_rss_kb) rmem=$(redis_mem)"; wait)
             reported=$(echo "$out" | sum_field reported)
@@ -181,7 +196,7 @@ if want hold; then
 
             # anchor: as many idle Nchan WebSocket subscribers
             start_nginx "$workers"
-            base=$(worker_rss_kb)
+            base=$(settled_rss_kb)
             out=$(loadgen_many "$n" --mode hold --raw --path /sub --duration $((n / 500 + 20)) &
                   sleep $((n / 500 + 12)); echo "rss=$(worker_rss_kb)"; wait)
             rss=$(echo "$out" | field rss)
