@@ -29,6 +29,9 @@
 #define NGX_HTTP_OPAMP_REDIS_BACKOFF_MIN   100
 #define NGX_HTTP_OPAMP_REDIS_BACKOFF_MAX   5000
 
+/* the command buffer a worker keeps between commands, at most */
+#define NGX_HTTP_OPAMP_REDIS_FMT_KEEP      65536
+
 
 typedef enum {
     NGX_HTTP_OPAMP_REDIS_DOWN = 0,
@@ -265,6 +268,7 @@ ngx_http_opamp_redis_command(int argc, const char **argv,
     const size_t *argvlen, ngx_http_opamp_redis_handler_pt handler,
     void *data)
 {
+    int                           rc;
     u_char                       *buf;
     size_t                        len;
     ngx_http_opamp_redis_cmd_t   *cmd;
@@ -297,11 +301,19 @@ ngx_http_opamp_redis_command(int argc, const char **argv,
     cmd->link = link;
     cmd->deadline = ngx_current_msec + ngx_http_opamp_redis_conf->redis_timeout;
 
-    if (redisAsyncFormattedCommand(link->ac,
-                                   ngx_http_opamp_redis_command_reply, cmd,
-                                   (const char *) buf, len)
-        != REDIS_OK)
-    {
+    rc = redisAsyncFormattedCommand(link->ac,
+                                    ngx_http_opamp_redis_command_reply, cmd,
+                                    (const char *) buf, len);
+
+    /* a big one (an admin config upload) does not stay with the worker */
+
+    if (ngx_http_opamp_redis_fmt_size > NGX_HTTP_OPAMP_REDIS_FMT_KEEP) {
+        ngx_free(ngx_http_opamp_redis_fmt);
+        ngx_http_opamp_redis_fmt = NULL;
+        ngx_http_opamp_redis_fmt_size = 0;
+    }
+
+    if (rc != REDIS_OK) {
         ngx_log_error(NGX_LOG_ERR, ngx_http_opamp_redis_log, 0,
                       "opamp: redis command not sent: %s",
                       link->ac->errstr[0] ? link->ac->errstr : "no memory");

@@ -47,7 +47,6 @@ typedef struct {
     ngx_http_opamp_report_t         report;
     ngx_str_t                       packed[NGX_HTTP_OPAMP_FIELD_COUNT];
     u_char                          reply_uid[NGX_HTTP_OPAMP_UID_LEN];
-    u_char                          cs_hash[20];
     u_char                          cs_hash_hex[40];
     u_char                          config_hash_hex[64];
     u_char                          packages_hash_hex[1 + 64];

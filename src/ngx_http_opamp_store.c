@@ -41,6 +41,8 @@ struct ngx_http_opamp_store_check_s {
 };
 
 
+static int ngx_http_opamp_store_report_head(const char **argv,
+    size_t *argvlen, ngx_uint_t eval);
 static ngx_int_t ngx_http_opamp_store_send_report(
     ngx_http_opamp_store_req_t *req, ngx_uint_t eval);
 static void ngx_http_opamp_store_parse_owed(ngx_http_opamp_report_t *rep,
@@ -242,6 +244,40 @@ ngx_http_opamp_store_str(ngx_str_t *s)
 }
 
 
+/*
+ * The start of a report.lua call, report or check: EVALSHA and the
+ * script's hash, or EVAL and its source after a NOSCRIPT, and its four
+ * keys' count.  Returns the number of arguments written.
+ */
+
+static int
+ngx_http_opamp_store_report_head(const char **argv, size_t *argvlen,
+    ngx_uint_t eval)
+{
+    ngx_http_opamp_script_t  *s;
+
+    s = &ngx_http_opamp_scripts[NGX_HTTP_OPAMP_SCRIPT_REPORT];
+
+    if (eval) {
+        argv[0] = "EVAL";
+        argvlen[0] = 4;
+        argv[1] = (const char *) s->source;
+        argvlen[1] = s->len;
+
+    } else {
+        argv[0] = "EVALSHA";
+        argvlen[0] = 7;
+        argv[1] = (const char *) s->sha1;
+        argvlen[1] = 40;
+    }
+
+    argv[2] = "4";
+    argvlen[2] = 1;
+
+    return 3;
+}
+
+
 static ngx_int_t
 ngx_http_opamp_store_send_report(ngx_http_opamp_store_req_t *req,
     ngx_uint_t eval)
@@ -261,11 +297,9 @@ ngx_http_opamp_store_send_report(ngx_http_opamp_store_req_t *req,
     ngx_uint_t                i, bits;
     ngx_time_t               *tp;
     const char               *argv[NGX_HTTP_OPAMP_REPORT_ARGC];
-    ngx_http_opamp_script_t  *s;
     ngx_http_opamp_report_t  *rep;
 
     rep = req->rep;
-    s = &ngx_http_opamp_scripts[NGX_HTTP_OPAMP_SCRIPT_REPORT];
     channel = ngx_http_opamp_redis_worker_channel();
     tp = ngx_timeofday();
 
@@ -275,18 +309,7 @@ ngx_http_opamp_store_send_report(ngx_http_opamp_store_req_t *req,
 #define NGX_HTTP_OPAMP_ARG_END(buf, end)                                     \
     NGX_HTTP_OPAMP_ARG(buf, (size_t) ((end) - (buf)))
 
-    argc = 0;
-
-    if (eval) {
-        NGX_HTTP_OPAMP_ARG("EVAL", 4);
-        NGX_HTTP_OPAMP_ARG(s->source, s->len);
-
-    } else {
-        NGX_HTTP_OPAMP_ARG("EVALSHA", 7);
-        NGX_HTTP_OPAMP_ARG(s->sha1, 40);
-    }
-
-    NGX_HTTP_OPAMP_ARG("4", 1);
+    argc = ngx_http_opamp_store_report_head(argv, argvlen, eval);
 
     p = ngx_http_opamp_store_agent_key(key, rep->uid);
     NGX_HTTP_OPAMP_ARG_END(key, p);
@@ -642,9 +665,7 @@ ngx_http_opamp_store_send_check(ngx_http_opamp_store_check_t *chk,
     ngx_uint_t                i, total;
     ngx_time_t               *tp;
     const char              **argv;
-    ngx_http_opamp_script_t  *s;
 
-    s = &ngx_http_opamp_scripts[NGX_HTTP_OPAMP_SCRIPT_REPORT];
     tp = ngx_timeofday();
 
     total = NGX_HTTP_OPAMP_REPORT_ARGC + 2 * chk->n;
@@ -663,18 +684,7 @@ ngx_http_opamp_store_send_check(ngx_http_opamp_store_check_t *chk,
     argvlen = (size_t *) &argv[total];
     buf = (u_char *) &argvlen[total];
 
-    argc = 0;
-
-    if (eval) {
-        NGX_HTTP_OPAMP_ARG("EVAL", 4);
-        NGX_HTTP_OPAMP_ARG(s->source, s->len);
-
-    } else {
-        NGX_HTTP_OPAMP_ARG("EVALSHA", 7);
-        NGX_HTTP_OPAMP_ARG(s->sha1, 40);
-    }
-
-    NGX_HTTP_OPAMP_ARG("4", 1);
+    argc = ngx_http_opamp_store_report_head(argv, argvlen, eval);
 
     /* KEYS[1] and KEYS[2] name one agent; a batch has many */
     NGX_HTTP_OPAMP_ARG("", 0);
@@ -741,15 +751,6 @@ ngx_http_opamp_store_send_check(ngx_http_opamp_store_check_t *chk,
     ngx_free(argv);
 
     return rc;
-}
-
-
-void
-ngx_http_opamp_store_check_cancel(ngx_http_opamp_store_check_t *chk)
-{
-    /* freed when Redis answers; until then it only must not call back */
-
-    chk->handler = NULL;
 }
 
 

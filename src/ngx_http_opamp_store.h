@@ -144,9 +144,6 @@ ngx_http_opamp_store_check_t *ngx_http_opamp_store_check(
     ngx_msec_t agent_timeout, u_char *cs_hash, ngx_uint_t force,
     ngx_http_opamp_store_check_pt handler, void *data);
 
-/* the handler will not be called again */
-void ngx_http_opamp_store_check_cancel(ngx_http_opamp_store_check_t *chk);
-
 /* marks the agent disconnected if connection conn_number still holds it;
  * fire and forget */
 void ngx_http_opamp_store_disconnect(u_char *uid, uint64_t conn_number);

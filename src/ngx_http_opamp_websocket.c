@@ -1061,7 +1061,7 @@ ngx_http_opamp_ws_consume(ngx_http_opamp_ws_ctx_t *ctx, u_char *start,
         /* data of a message given up on (the close has begun) is skipped */
 
         if (f->opcode & 0x08) {
-            dst = ctx->control + ctx->frame_pos;
+            dst = ctx->control ? ctx->control + ctx->frame_pos : NULL;
 
         } else if (!ctx->closing) {
             dst = ctx->msg + ctx->msg_len + ctx->frame_pos;
@@ -1140,8 +1140,9 @@ ngx_http_opamp_ws_frame_start(ngx_http_opamp_ws_ctx_t *ctx)
             ctx->control = ngx_alloc(NGX_HTTP_OPAMP_WS_MAX_CONTROL,
                                      ctx->connection->log);
             if (ctx->control == NULL) {
+                /* its payload has nowhere to go: stop parsing */
                 ngx_http_opamp_ws_fail(ctx, NGX_HTTP_OPAMP_WS_CLOSE_INTERNAL,
-                                       "no memory", 0);
+                                       "no memory", 1);
             }
         }
 
