@@ -785,8 +785,9 @@ loop(double until, int stop_when_reported, int stop_when_pushed)
 
         /* heartbeats: a sweep every 100 ms is plenty at intervals of
          * seconds; one per event loop turn made the connect phase of tens
-         * of thousands of agents quadratic */
-        if (opt.mode == M_HOLD && t - last_sweep >= 0.1) {
+         * of thousands of agents quadratic.  Raw subscribers send nothing:
+         * Nchan closes a subscriber that sends it an OpAMP frame. */
+        if (opt.mode == M_HOLD && !opt.raw && t - last_sweep >= 0.1) {
             last_sweep = t;
 
             for (long k = 0; k < next_connect; k++) {
