@@ -188,6 +188,7 @@ if want hold; then
             out=$(loadgen_many "$n" --mode hold --duration $((n / 500 + 20)) --heartbeat 30 &
                   sleep $((n / 500 + 12)); echo "rss=$(worker_rss_kb) rmem=$(redis_mem)"; wait)
             reported=$(echo "$out" | sum_field reported)
+            held=$(echo "$out" | sum_field held)
             secs=$(echo "$out" | max_field connect_s)
             rss=$(echo "$out" | field rss); rm=$(echo "$out" | field rmem)
             rates+=("$(awk -v r="$reported" -v s="$secs" 'BEGIN {printf "%.0f", (s>0 ? r/s : 0)}')")
@@ -200,15 +201,16 @@ if want hold; then
             out=$(loadgen_many "$n" --mode hold --raw --path /sub --duration $((n / 500 + 20)) &
                   sleep $((n / 500 + 12)); echo "rss=$(worker_rss_kb)"; wait)
             rss=$(echo "$out" | field rss)
-            nsubs=$(echo "$out" | sum_field reported)
+            # subscribers still held when the hold ended
+            nsubs=$(echo "$out" | sum_field held)
             nmem+=("$(awk -v a="$rss" -v b="$base" -v n="$nsubs" 'BEGIN {printf "%.0f", (n>0 ? (a-b)*1024/n : 0)}')")
         done
         r=$(printf '%s\n' "${rates[@]}" | median)
         m=$(printf '%s\n' "${mem[@]}" | median)
         rm=$(printf '%s\n' "${rmem[@]}" | median)
         nm=$(printf '%s\n' "${nmem[@]}" | median)
-        row "hold $n WebSocket agents: connect + first report" "$r agents/s (all $reported answered)" "—" "—"
-        row "hold $n: nginx memory per agent" "$m B" "Nchan idle subscriber: $nm B ($nsubs subscribed)" \
+        row "hold $n WebSocket agents: connect + first report" "$r agents/s ($reported answered, $held held to the end)" "—" "—"
+        row "hold $n: nginx memory per agent" "$m B" "Nchan idle subscriber: $nm B ($nsubs held to the end)" \
             "$(awk -v a="$m" -v b="$nm" 'BEGIN {printf "%.2fx", (b>0 ? a/b : 0)}')"
         row "hold $n: Redis memory per agent" "$rm B" "—" "—"
     done
