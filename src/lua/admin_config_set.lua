@@ -4,7 +4,7 @@
 -- KEYS[1]  the config hash: <prefix>config:agent:{<uid>} or
 --          <prefix>config:group:<name>
 -- KEYS[2]  <prefix>groups
--- KEYS[3]  <prefix>config_version
+-- KEYS[3]  <prefix>config_version (and <prefix>config_version_scope)
 -- KEYS[4]  the agent hash <prefix>agent:{<uid>} (agent configs), or the
 --          same as KEYS[1] for groups
 -- ARGV[1]  "agent" or "group"
@@ -36,6 +36,17 @@ for i = 8, #ARGV, 3 do
     end
 end
 
+-- what the change concerns (report.lua, keeps_desired()): a group that
+-- keeps its selector and priority moves no agent between configs
+local scope = 'agent:' .. ARGV[2]
+if ARGV[1] == 'group' then
+    local old = redis.call('HMGET', KEYS[1], 'selector', 'priority')
+    scope = 'all'
+    if old[1] == ARGV[6] and old[2] == ARGV[7] then
+        scope = 'group:' .. ARGV[2]
+    end
+end
+
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], unpack(set))
 
@@ -44,6 +55,7 @@ if ARGV[1] == 'group' then
 end
 
 local version = redis.call('INCR', KEYS[3])
+redis.call('SET', KEYS[3] .. '_scope', version .. ' ' .. scope)
 
 if ARGV[1] == 'group' then
     redis.call('PUBLISH', ARGV[3], 'config')

@@ -3,7 +3,7 @@
 --
 -- KEYS[1]  the key to delete
 -- KEYS[2]  <prefix>groups
--- KEYS[3]  <prefix>config_version
+-- KEYS[3]  <prefix>config_version (and <prefix>config_version_scope)
 -- KEYS[4]  the agent hash for an agent's key, else the same as KEYS[1]
 -- ARGV[1]  "agent", "group" or "fleet" (a fleet-wide key)
 -- ARGV[2]  uid (canonical text) or group name
@@ -19,7 +19,15 @@ if ARGV[1] == 'group' then
     redis.call('ZREM', KEYS[2], ARGV[2])
 end
 
-redis.call('INCR', KEYS[3])
+-- what the change concerns (report.lua, keeps_desired())
+local scope = 'none'
+if ARGV[1] == 'agent' then
+    scope = 'agent:' .. ARGV[2]
+elseif ARGV[1] == 'group' then
+    scope = 'all'
+end
+redis.call('SET', KEYS[3] .. '_scope',
+           redis.call('INCR', KEYS[3]) .. ' ' .. scope)
 
 if ARGV[1] == 'agent' then
     local a = redis.call('HMGET', KEYS[4], 'channel', 'connected')

@@ -5,7 +5,7 @@
 -- KEYS[1]  the key written: <prefix>command:{<uid>}, <prefix>outbox:{<uid>},
 --          <prefix>connection_settings[:{<uid>}], <prefix>packages[:{<uid>}]
 -- KEYS[2]  the agent hash <prefix>agent:{<uid>}, or "" for the fleet
--- KEYS[3]  <prefix>config_version
+-- KEYS[3]  <prefix>config_version (and <prefix>config_version_scope)
 -- ARGV[1]  "set" (string), "rpush" (list), or "offer" (packages hash)
 -- ARGV[2]  the value (for "offer": the PackagesAvailable bytes)
 -- ARGV[3]  for "offer": all_packages_hash, hex
@@ -30,7 +30,9 @@ end
 -- agents that were owed nothing look again at their next message
 -- (report.lua: "settled")
 if KEYS[2] == '' then
-    redis.call('INCR', KEYS[3])
+    -- no config changed (report.lua, keeps_desired())
+    redis.call('SET', KEYS[3] .. '_scope',
+               redis.call('INCR', KEYS[3]) .. ' none')
     redis.call('PUBLISH', ARGV[5], 'config')
 else
     redis.call('HSET', KEYS[2], 'settled', '')

@@ -219,12 +219,51 @@ local function settle_mark()
     return version .. ' ' .. ARGV[5] .. ' ' .. ARGV[15]
 end
 
+-- what the last change of configs concerns, when the admin API could
+-- tell: "<config_version> <scope>" in <prefix>config_version_scope, where
+-- scope is "none" (no config changed), "agent:<uid>" (that agent's own
+-- config) or "group:<name>" (that group's files, same selector and
+-- priority).  Only the change to the current version counts, so a
+-- writer that increments config_version without it is never misread.
+local scope = nil
+
+-- whether an agent whose config was resolved at agent_version may keep
+-- its desired config: the one change since then moved no agent between
+-- configs, except maybe another agent to or from its own config
+local function keeps_desired(agent_version)
+    if scope == nil then
+        local v, sc = string.match(redis.call('GET', KEYS[3] .. '_scope')
+                                   or '', '^(%d+) (.+)$')
+        scope = { v, sc }
+    end
+    if scope[1] ~= version or not agent_version
+       or tonumber(agent_version) ~= tonumber(version) - 1
+    then
+        return false
+    end
+    local kind, who = string.match(scope[2], '^(%a+):(.+)$')
+    return scope[2] == 'none' or kind == 'group'
+           or (kind == 'agent' and who ~= uid)
+end
+
+-- the current hash of a group, read once per call
+local group_hash = {}
+
+local function hash_of_group(name)
+    local h = group_hash[name]
+    if h == nil then
+        h = redis.call('HGET', prefix .. 'config:group:' .. name, 'hash')
+              or false
+        group_hash[name] = h
+    end
+    return h
+end
+
 -- which config the agent is owed now (hash, fields, key), appending what
 -- to remember to set
 -- (pre: those fields, when the caller read them already)
 local config_fields = { 'config_version', 'desired_config', 'desired_hash',
-                        'offered_hash', 'offered_ms', 'attributes',
-                        'config_hash' }
+                        'offered_hash', 'offered_ms', 'config_hash' }
 
 local function owed_config(set, caps, attrs_json, reported, force, now, pre)
     if not accepts_config(caps) then
@@ -235,8 +274,30 @@ local function owed_config(set, caps, attrs_json, reported, force, now, pre)
     local c = pre or redis.call('HMGET', key, unpack(config_fields))
     local desired, dhash = c[2] or '', c[3] or ''
 
-    if c[1] ~= version or attrs_json ~= '' then
-        local attrs = decode_attrs(attrs_json ~= '' and attrs_json or c[6])
+    local moved = c[1] ~= version or attrs_json ~= ''
+
+    if moved and attrs_json == '' and keeps_desired(c[1]) then
+        moved = false
+        if desired == scope[2] then
+            -- the agent's group changed its files: only the hash moves
+            local h = hash_of_group(string.sub(desired, 7))
+            if h then
+                dhash = h
+                set[#set + 1] = 'desired_hash'
+                set[#set + 1] = dhash
+            else
+                moved = true
+            end
+        end
+        if not moved then
+            set[#set + 1] = 'config_version'
+            set[#set + 1] = version
+        end
+    end
+
+    if moved then
+        local attrs = decode_attrs(attrs_json ~= '' and attrs_json
+                                   or redis.call('HGET', key, 'attributes'))
         desired, dhash = resolve(attrs)
         set[#set + 1] = 'desired_config'
         set[#set + 1] = desired
@@ -247,7 +308,7 @@ local function owed_config(set, caps, attrs_json, reported, force, now, pre)
     end
 
     if reported == nil then
-        reported = c[7] or ''
+        reported = c[6] or ''
     end
 
     if dhash == '' or dhash == reported then
@@ -400,14 +461,14 @@ if ARGV[26] == 'check' then
         uid = ARGV[i]
         key = prefix .. 'agent:{' .. uid .. '}'
         acfg = prefix .. 'config:agent:{' .. uid .. '}'
-        -- one read: the config fields (1 to 7), then the rest
+        -- one read: the config fields (1 to 6), then the rest
         local cur = redis.call('HMGET', key, unpack(check_fields))
-        local caps = cur[8]
-        if caps and cur[9] == ARGV[i + 1] and cur[10] == '1' then
+        local caps = cur[7]
+        if caps and cur[8] == ARGV[i + 1] and cur[9] == '1' then
             local set = {}
             local h, _, ckey = owed_config(set, caps, '', nil, force, now,
                                            cur)
-            local offer, extra, cs = owed_settings(set, caps, cur[12],
+            local offer, extra, cs = owed_settings(set, caps, cur[11],
                                                    false)
             local packages = owed_packages(set, caps, force, now)
             if #set > 0 then
@@ -417,7 +478,7 @@ if ARGV[26] == 'check' then
             if h == '' and offer == 0 and packages == '' then
                 command = owed_command(caps)
             end
-            local message = owed_message(cur[11])
+            local message = owed_message(cur[10])
             if h ~= '' or offer == 1 or packages ~= '' or command ~= ''
                or #message > 0
             then
