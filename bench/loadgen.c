@@ -18,7 +18,7 @@
  *   fanout     WebSocket agents connect and report, then --trigger runs and
  *              the time until each agent receives a message is measured
  *              (--raw: plain WebSocket subscribers, e.g. Nchan, that send
- *              nothing)
+ *              nothing; --linger S: stay connected S seconds after)
  *   reconnect  WebSocket agents connect and report, then all drop at once
  *              and reconnect with the next sequence number; measures the
  *              time until all are answered and counts full-state requests
@@ -93,9 +93,10 @@ static struct {
     int          src_base;
     int          raw;
     unsigned     seed;
+    double       linger;
 } opt = {
     M_HOLD, 4320, "127.0.0.1", "/v1/opamp", NULL, "127.0.0.1", 100, 10,
-    30, 2, 0, 1
+    30, 2, 0, 1, 0
 };
 
 
@@ -817,6 +818,7 @@ main(int argc, char **argv)
         { "agents", 1, NULL, 'n' }, { "duration", 1, NULL, 'd' },
         { "heartbeat", 1, NULL, 'b' }, { "src-base", 1, NULL, 's' },
         { "trigger", 1, NULL, 't' }, { "raw", 0, NULL, 'r' },
+        { "linger", 1, NULL, 'l' },
         { "seed", 1, NULL, 'S' }, { NULL, 0, NULL, 0 }
     };
 
@@ -841,6 +843,7 @@ main(int argc, char **argv)
         case 'b': opt.heartbeat = atof(optarg); break;
         case 's': opt.src_base = atoi(optarg); break;
         case 't': opt.trigger = optarg; break;
+        case 'l': opt.linger = atof(optarg); break;
         case 'r': opt.raw = 1; break;
         case 'S': opt.seed = (unsigned) atoi(optarg); break;
         default:
@@ -952,6 +955,14 @@ main(int argc, char **argv)
                "p99_ms=%.1f max_ms=%.1f failed=%ld\n", opt.agents, pushes,
                pct(0.5), pct(0.99), nlat ? latencies[nlat - 1] * 1000 : 0,
                failed);
+        fflush(stdout);
+
+        /* still connected, so that the server's cost of the fan-out can
+         * be read apart from that of the agents leaving */
+        if (opt.linger > 0) {
+            loop(now() + opt.linger, 0, 0);
+        }
+
         return 0;
     }
 
