@@ -759,9 +759,10 @@ ngx_http_opamp_store_check_done(redisReply *reply, void *data)
 {
     ngx_http_opamp_store_check_t *chk = data;
 
+    size_t                    nids;
     ngx_int_t                 rc;
-    ngx_uint_t                i, idx;
-    redisReply               *list, *files, *e;
+    ngx_uint_t                i, k, idx;
+    redisReply               *list, *files, *e, *cfg, **ids;
     ngx_http_opamp_report_t   rep;
 
     if (chk->handler == NULL) {
@@ -803,23 +804,41 @@ ngx_http_opamp_store_check_done(redisReply *reply, void *data)
     for (i = 0; i < list->elements && chk->handler; i++) {
         e = list->element[i];
 
-        if (e->type != REDIS_REPLY_ARRAY || e->elements != 10
-            || e->element[0]->type != REDIS_REPLY_INTEGER
-            || e->element[0]->integer < 1
-            || (ngx_uint_t) e->element[0]->integer > chk->n)
-        {
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != 10) {
             continue;
         }
 
-        idx = (ngx_uint_t) e->element[0]->integer - 1;
+        /* one agent's answer, or the same answer for several agents */
 
-        ngx_memzero(&rep, sizeof(ngx_http_opamp_report_t));
-        ngx_memcpy(rep.uid, chk->agents[idx].uid, NGX_HTTP_OPAMP_UID_LEN);
+        if (e->element[0]->type == REDIS_REPLY_ARRAY) {
+            ids = e->element[0]->element;
+            nids = e->element[0]->elements;
 
-        ngx_http_opamp_store_parse_owed(&rep, &e->element[1],
-            ngx_http_opamp_store_check_files(files, e->element[3]));
+        } else {
+            ids = &e->element[0];
+            nids = 1;
+        }
 
-        chk->handler(idx, &rep, NGX_OK, chk->data);
+        cfg = ngx_http_opamp_store_check_files(files, e->element[3]);
+
+        for (k = 0; k < nids && chk->handler; k++) {
+
+            if (ids[k]->type != REDIS_REPLY_INTEGER || ids[k]->integer < 1
+                || (ngx_uint_t) ids[k]->integer > chk->n)
+            {
+                continue;
+            }
+
+            idx = (ngx_uint_t) ids[k]->integer - 1;
+
+            ngx_memzero(&rep, sizeof(ngx_http_opamp_report_t));
+            ngx_memcpy(rep.uid, chk->agents[idx].uid,
+                       NGX_HTTP_OPAMP_UID_LEN);
+
+            ngx_http_opamp_store_parse_owed(&rep, &e->element[1], cfg);
+
+            chk->handler(idx, &rep, NGX_OK, chk->data);
+        }
     }
 
     rc = NGX_OK;

@@ -48,7 +48,9 @@
 -- ARGV[2] and ARGV[6] are unused.  It returns
 --   { { { index (1-based pair), then elements 5 to 13 of a report's
 --         answer below, but the owed config's key in place of its
---         fields }, ... only agents owed something },
+--         fields }, ... only agents owed something; agents owed the same
+--         config and nothing else share one entry whose first element
+--         is the array of their indexes },
 --     { config key, its fields (HGETALL), ... once per owed key } }
 --
 -- Returns { full_state (0/1), verdict (0 ok, 1 takeover, 2 duplicate),
@@ -123,9 +125,30 @@ local function less(a, b)
 end
 
 
+-- whether capability bit b (a power of two) is set; the text of the
+-- capabilities is parsed once per agent, not once per bit
+local caps_text, caps_n = nil, 0
+
+local function caps_number(caps)
+    if caps ~= caps_text then
+        caps_text, caps_n = caps, tonumber(caps or '0') or 0
+    end
+    return caps_n
+end
+
+local function bit(caps, b)
+    return math.floor(caps_number(caps) / b) % 2 == 1
+end
+
 -- AgentCapabilities.AcceptsRemoteConfig
 local function accepts_config(caps)
-    return caps and math.floor(tonumber(caps) / 2) % 2 == 1
+    return caps and bit(caps, 2)
+end
+
+-- the agent's own config key, made only when it is needed
+local function agent_config_key()
+    acfg = acfg or prefix .. 'config:agent:{' .. uid .. '}'
+    return acfg
 end
 
 -- "k=v,k2=v2": every key must be an attribute with exactly that value
@@ -180,7 +203,7 @@ local function load_groups()
 end
 
 local function resolve(attrs)
-    local h = redis.call('HGET', acfg, 'hash')
+    local h = redis.call('HGET', agent_config_key(), 'hash')
     if h then
         return 'agent', h
     end
@@ -234,20 +257,22 @@ local function keeps_desired(agent_version)
     if scope == nil then
         local v, sc = string.match(redis.call('GET', KEYS[3] .. '_scope')
                                    or '', '^(%d+) (.+)$')
-        scope = { v, sc }
+        local kind, who = string.match(sc or '', '^(%a+):(.+)$')
+        scope = { v, sc, kind, who, v and tostring(tonumber(v) - 1) }
     end
-    if scope[1] ~= version or not agent_version
-       or tonumber(agent_version) ~= tonumber(version) - 1
-    then
+    if scope[1] ~= version or agent_version ~= scope[5] then
         return false
     end
-    local kind, who = string.match(scope[2], '^(%a+):(.+)$')
+    local kind = scope[3]
     return scope[2] == 'none' or kind == 'group'
-           or (kind == 'agent' and who ~= uid)
+           or (kind == 'agent' and scope[4] ~= uid)
 end
 
 -- the current hash of a group, read once per call
 local group_hash = {}
+
+-- the key of a desired "group:<name>"
+local group_key = {}
 
 local function hash_of_group(name)
     local h = group_hash[name]
@@ -323,9 +348,12 @@ local function owed_config(set, caps, attrs_json, reported, force, now, pre)
         return '', {}, ''
     end
 
-    local ckey = acfg
-    if desired ~= 'agent' then
+    local ckey = group_key[desired]
+    if desired == 'agent' then
+        ckey = agent_config_key()
+    elseif not ckey then
         ckey = prefix .. 'config:group:' .. string.sub(desired, 7)
+        group_key[desired] = ckey
     end
 
     local files = config_files(ckey)
@@ -343,7 +371,7 @@ end
 
 -- a pending command, taken once delivered; only for agents that accept it
 local function owed_command(caps)
-    if math.floor(tonumber(caps or '0') / 1024) % 2 ~= 1 then
+    if not bit(caps, 1024) then
         return ''
     end
     local c = redis.call('GETDEL', prefix .. 'command:{' .. uid .. '}')
@@ -353,10 +381,10 @@ end
 -- the oldest queued message for a custom capability the agent has
 -- (an entry is "<capability>\n<type>\n<data>"); one per ServerToAgent
 local function owed_message(names)
-    local outbox = prefix .. 'outbox:{' .. uid .. '}'
     if not names or names == '' then
         return {}
     end
+    local outbox = prefix .. 'outbox:{' .. uid .. '}'
     local have = {}
     for n in string.gmatch(names, '[^\n]+') do
         have[n] = true
@@ -372,16 +400,16 @@ local function owed_message(names)
     return {}
 end
 
-local function bit(caps, b)
-    return math.floor(tonumber(caps or '0') / b) % 2 == 1
-end
-
 -- ConnectionSettingsOffers: the module's own part (the OpAMP heartbeat,
 -- hashed in ARGV[15]) and what an operator stored for the agent or the
 -- fleet; offered when it changed since the last offer or on full state
 local fleet_settings = nil
 
 local function owed_settings(set, caps, stored_hash, full)
+    -- none of the bits 32 to 512
+    if caps_number(caps) % 1024 < 32 then
+        return 0, '', ''
+    end
     local other = bit(caps, 32) or bit(caps, 64) or bit(caps, 128)
                   or bit(caps, 512)
     if not bit(caps, 256) and not other then
@@ -451,7 +479,7 @@ end
 -- a config or group changed: what do these connected agents need now?
 if ARGV[26] == 'check' then
     local force = ARGV[31] == '1'
-    local out, owed_keys = {}, {}
+    local out, owed_keys, same = {}, {}, {}
     local check_fields = { unpack(config_fields) }
     for _, f in ipairs({ 'capabilities', 'conn', 'connected',
                          'custom_capability_names', 'cs_hash' }) do
@@ -460,7 +488,7 @@ if ARGV[26] == 'check' then
     for i = 37, #ARGV - 1, 2 do
         uid = ARGV[i]
         key = prefix .. 'agent:{' .. uid .. '}'
-        acfg = prefix .. 'config:agent:{' .. uid .. '}'
+        acfg = nil
         -- one read: the config fields (1 to 6), then the rest
         local cur = redis.call('HMGET', key, unpack(check_fields))
         local caps = cur[7]
@@ -485,8 +513,22 @@ if ARGV[26] == 'check' then
                 if ckey ~= '' then
                     owed_keys[ckey] = true
                 end
-                out[#out + 1] = { (i - 35) / 2, offer, h, ckey, 0, command,
-                                  message, extra, cs, packages }
+                if offer == 0 and packages == '' and command == ''
+                   and #message == 0
+                then
+                    -- owed a config only: one answer for all who are
+                    -- owed the same (a fan-out's every agent)
+                    local e = same[ckey .. ' ' .. h]
+                    if not e then
+                        e = { {}, 0, h, ckey, 0, '', {}, '', '', '' }
+                        same[ckey .. ' ' .. h] = e
+                        out[#out + 1] = e
+                    end
+                    e[1][#e[1] + 1] = (i - 35) / 2
+                else
+                    out[#out + 1] = { (i - 35) / 2, offer, h, ckey, 0,
+                                      command, message, extra, cs, packages }
+                end
             end
         end
     end
