@@ -258,31 +258,58 @@ fi
 
 # --- config fan-out -----------------------------------------------------------
 
+# two kinds of change: new files for the group the agents already have a
+# config from (a rollout: each agent keeps its group, only the hash moves),
+# and a new group (every agent is matched against every group again)
+fanout_run() {
+    local n=$1 trigger=$2
+    loadgen_many "$n" --mode fanout --duration 60 --trigger "$trigger"
+}
+
 if want fanout; then
 
     for n in $FANOUT; do
         workers=$(( (n + PER_PROC - 1) / PER_PROC )); [ "$workers" -lt 2 ] && workers=2
         start_nginx "$workers"
-        p50=(); p99=(); mx=(); got=(); np99=(); nmx=(); np50=()
+        p50=(); p99=(); mx=(); got=(); gp50=(); gp99=(); gmx=(); ggot=()
+        np99=(); nmx=(); np50=()
         for run in $(seq "$RUNS"); do
+            # new files for the agents' group
             R flushall >/dev/null
+            curl -s -o /dev/null -X PUT "http://127.0.0.1:$PORT/admin/configs/groups/bench" \
+                -d "{\"selector\":\"service.name=bench\",\"files\":{\"c.yaml\":{\"body\":\"before $run\"}}}"
             body="{\"selector\":\"service.name=bench\",\"files\":{\"c.yaml\":{\"body\":\"run $run $RANDOM\"}}}"
-            out=$(loadgen_many "$n" --mode fanout --duration 60 \
-                  --trigger "curl -s -o /dev/null -X PUT http://127.0.0.1:$PORT/admin/configs/groups/bench -d '$body'")
+            out=$(fanout_run "$n" "curl -s -o /dev/null -X PUT http://127.0.0.1:$PORT/admin/configs/groups/bench -d '$body'")
             got+=("$(echo "$out" | sum_field received)")
             p50+=("$(echo "$out" | max_field p50_ms)")
             p99+=("$(echo "$out" | max_field p99_ms)")
             mx+=("$(echo "$out" | max_field max_ms)")
+
+            # a new group
+            R flushall >/dev/null
+            out=$(fanout_run "$n" "curl -s -o /dev/null -X PUT http://127.0.0.1:$PORT/admin/configs/groups/bench -d '$body'")
+            ggot+=("$(echo "$out" | sum_field received)")
+            gp50+=("$(echo "$out" | max_field p50_ms)")
+            gp99+=("$(echo "$out" | max_field p99_ms)")
+            gmx+=("$(echo "$out" | max_field max_ms)")
+
             out=$(loadgen_many "$n" --mode fanout --raw --path /sub --duration 60 \
                   --trigger "curl -s -o /dev/null -X POST http://127.0.0.1:$PORT/pub -d 'run $run'")
             np50+=("$(echo "$out" | max_field p50_ms)")
             np99+=("$(echo "$out" | max_field p99_ms)")
             nmx+=("$(echo "$out" | max_field max_ms)")
         done
-        a=$(printf '%s\n' "${p99[@]}" | median); b=$(printf '%s\n' "${np99[@]}" | median)
-        row "config change to $n agents: received / p50 / p99 / max" \
+        b=$(printf '%s\n' "${np99[@]}" | median)
+        nchan="Nchan broadcast p50 / p99 / max: $(printf '%s\n' "${np50[@]}" | median) / $b / $(printf '%s\n' "${nmx[@]}" | median) ms"
+        a=$(printf '%s\n' "${p99[@]}" | median)
+        row "config change to $n agents (new files for their group): received / p50 / p99 / max" \
             "$(printf '%s\n' "${got[@]}" | median) / $(printf '%s\n' "${p50[@]}" | median) / $a / $(printf '%s\n' "${mx[@]}" | median) ms" \
-            "Nchan broadcast p50 / p99 / max: $(printf '%s\n' "${np50[@]}" | median) / $b / $(printf '%s\n' "${nmx[@]}" | median) ms" \
+            "$nchan" \
+            "$(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.2fx", (b>0 ? a/b : 0)}')"
+        a=$(printf '%s\n' "${gp99[@]}" | median)
+        row "new group matching $n agents: received / p50 / p99 / max" \
+            "$(printf '%s\n' "${ggot[@]}" | median) / $(printf '%s\n' "${gp50[@]}" | median) / $a / $(printf '%s\n' "${gmx[@]}" | median) ms" \
+            "the same broadcast" \
             "$(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.2fx", (b>0 ? a/b : 0)}')"
     done
 fi
