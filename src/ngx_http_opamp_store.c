@@ -431,15 +431,6 @@ ngx_http_opamp_store_send_report(ngx_http_opamp_store_req_t *req,
         return NGX_ERROR;
     }
 
-    /*
-     * The fleet index is pipelined behind the script, not inside it, so
-     * that the script touches a single Redis Cluster slot.
-     */
-
-    if (!eval) {
-        ngx_http_opamp_store_index(uid, now, argvlen[7]);
-    }
-
     return NGX_OK;
 }
 

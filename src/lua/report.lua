@@ -110,6 +110,7 @@ if cur and cur[2] and cur[2] ~= '' and mask == 0 and not disconnect
 then
     redis.call('HSET', key, 'sequence_num', seq, 'last_seen_ms', ARGV[1],
                'expires_ms', tostring(now + tonumber(ARGV[11])))
+    redis.call('ZADD', prefix .. 'agents', ARGV[1], uid)
     return { 0, 0, cur[7], cur[5], 0, '', {}, 0, '', {}, '', '', '' }
 end
 
@@ -581,6 +582,9 @@ local set = { 'schema', '1', 'instance_uid', ARGV[2],
               'expires_ms', tostring(now + tonumber(ARGV[11])),
               'transport', transport, 'conn', conn, 'server_id', ARGV[8],
               'worker_pid', ARGV[9], 'channel', ARGV[10] }
+
+-- the fleet index, scored by last_seen_ms
+redis.call('ZADD', prefix .. 'agents', ARGV[1], uid)
 
 if not first_seen then
     set[#set + 1] = 'first_seen_ms'
