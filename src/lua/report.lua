@@ -246,21 +246,30 @@ end
 -- what the last change of configs concerns, when the admin API could
 -- tell: "<config_version> <scope>" in <prefix>config_version_scope, where
 -- scope is "none" (no config changed), "agent:<uid>" (that agent's own
--- config) or "group:<name>" (that group's files, same selector and
--- priority).  Only the change to the current version counts, so a
--- writer that increments config_version without it is never misread.
+-- config), "group:<name>" (that group's files, same selector and
+-- priority) or "all".  Only the change to the current version counts, so
+-- a writer that increments config_version without it is never misread.
 local scope = nil
 
 -- whether an agent whose config was resolved at agent_version may keep
 -- its desired config: the one change since then moved no agent between
 -- configs, except maybe another agent to or from its own config
-local function keeps_desired(agent_version)
+local function read_scope()
     if scope == nil then
+        version = version or redis.call('GET', KEYS[3]) or '0'
         local v, sc = string.match(redis.call('GET', KEYS[3] .. '_scope')
                                    or '', '^(%d+) (.+)$')
         local kind, who = string.match(sc or '', '^(%a+):(.+)$')
         scope = { v, sc, kind, who, v and tostring(tonumber(v) - 1) }
+        -- whether agents resolved just before the change keep theirs
+        scope.narrow = v == version and (sc == 'none' or kind == 'group'
+                                         or kind == 'agent')
     end
+    return scope
+end
+
+local function keeps_desired(agent_version)
+    read_scope()
     if scope[1] ~= version or agent_version ~= scope[5] then
         return false
     end
@@ -322,8 +331,11 @@ local function owed_config(set, caps, attrs_json, reported, force, now, pre)
     end
 
     if moved then
-        local attrs = decode_attrs(attrs_json ~= '' and attrs_json
-                                   or redis.call('HGET', key, 'attributes'))
+        local stored = c.attributes
+        if attrs_json == '' and stored == nil then
+            stored = redis.call('HGET', key, 'attributes')
+        end
+        local attrs = decode_attrs(attrs_json ~= '' and attrs_json or stored)
         desired, dhash = resolve(attrs)
         set[#set + 1] = 'desired_config'
         set[#set + 1] = desired
@@ -486,12 +498,21 @@ if ARGV[26] == 'check' then
                          'custom_capability_names', 'cs_hash' }) do
         check_fields[#check_fields + 1] = f
     end
+    -- after a change that makes agents be matched again, their
+    -- attributes are needed: read with the rest
+    local wide = not read_scope().narrow
+    if wide then
+        check_fields[#check_fields + 1] = 'attributes'
+    end
     for i = 37, #ARGV - 1, 2 do
         uid = ARGV[i]
         key = prefix .. 'agent:{' .. uid .. '}'
         acfg = nil
         -- one read: the config fields (1 to 6), then the rest
         local cur = redis.call('HMGET', key, unpack(check_fields))
+        if wide then
+            cur.attributes = cur[12]
+        end
         local caps = cur[7]
         if caps and cur[8] == ARGV[i + 1] and cur[9] == '1' then
             local set = {}
