@@ -29,6 +29,27 @@ struct ngx_http_opamp_store_req_s {
 };
 
 
+/*
+ * Heartbeats that may take report.lua's short way wait for the end of the
+ * event loop's turn and go to Redis together: one "beats" call for those
+ * a worker received in the turn (up to 128 per call) costs Redis about
+ * half of what one call each does.  Those that cannot take the short way
+ * after all are sent again, one report each.
+ */
+
+#define NGX_HTTP_OPAMP_BEATS_MAX  128
+
+/* per agent: uid, sequence_num, its predecessor, capabilities,
+ * connection, transport, agent timeout, settings hash */
+#define NGX_HTTP_OPAMP_BEAT_ARGC  8
+
+typedef struct {
+    ngx_http_opamp_store_req_t     *reqs[NGX_HTTP_OPAMP_BEATS_MAX];
+    ngx_uint_t                      n;
+    ngx_uint_t                      retried;
+} ngx_http_opamp_store_beats_t;
+
+
 struct ngx_http_opamp_store_check_s {
     ngx_http_opamp_check_agent_t   *agents;
     ngx_uint_t                      n;
@@ -59,8 +80,20 @@ static void ngx_http_opamp_store_ready(void);
 static void ngx_http_opamp_store_ignore(redisReply *reply, void *data);
 static void ngx_http_opamp_store_script(ngx_uint_t n, int argc,
     const char **argv, size_t *argvlen);
+typedef struct ngx_http_opamp_store_call_s  ngx_http_opamp_store_call_t;
+static ngx_int_t ngx_http_opamp_store_call_send(
+    ngx_http_opamp_store_call_t *call, ngx_uint_t eval);
+static void ngx_http_opamp_store_call_done(redisReply *reply, void *data);
 static void ngx_http_opamp_store_index(u_char *uid, u_char *now,
     size_t now_len);
+static ngx_uint_t ngx_http_opamp_store_is_beat(ngx_http_opamp_report_t *rep);
+static ngx_int_t ngx_http_opamp_store_queue_beat(
+    ngx_http_opamp_store_req_t *req);
+static void ngx_http_opamp_store_beats_flush(ngx_event_t *ev);
+static ngx_int_t ngx_http_opamp_store_send_beats(
+    ngx_http_opamp_store_beats_t *b, ngx_uint_t eval);
+static void ngx_http_opamp_store_beats_done(redisReply *reply, void *data);
+static void ngx_http_opamp_store_owed_nothing(ngx_http_opamp_report_t *rep);
 
 
 static ngx_http_opamp_script_t  ngx_http_opamp_scripts[] = {
@@ -91,6 +124,10 @@ static ngx_http_opamp_main_conf_t  *ngx_http_opamp_store_conf;
 static ngx_str_t                    ngx_http_opamp_index_key;
 static ngx_str_t                    ngx_http_opamp_version_key;
 static ngx_str_t                    ngx_http_opamp_groups_key;
+
+/* the heartbeats of this turn of the event loop, and their flush */
+static ngx_http_opamp_store_beats_t *ngx_http_opamp_beats;
+static ngx_event_t                   ngx_http_opamp_beats_event;
 
 
 ngx_int_t
@@ -200,6 +237,12 @@ ngx_http_opamp_store_report(ngx_http_opamp_report_t *rep,
     req->handler = handler;
     req->data = data;
     req->retried = 0;
+
+    if (ngx_http_opamp_store_is_beat(rep)
+        && ngx_http_opamp_store_queue_beat(req) == NGX_OK)
+    {
+        return req;
+    }
 
     if (ngx_http_opamp_store_send_report(req, 0) != NGX_OK) {
         ngx_free(req);
@@ -432,6 +475,337 @@ ngx_http_opamp_store_send_report(ngx_http_opamp_store_req_t *req,
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * A message that report.lua's short way may take: a heartbeat with
+ * nothing in it but its sequence, from an agent that accepts neither
+ * connection settings nor packages (the script checks the agent's side).
+ */
+
+static ngx_uint_t
+ngx_http_opamp_store_is_beat(ngx_http_opamp_report_t *rep)
+{
+    ngx_uint_t  i;
+
+    /* AcceptsPackages, ReportsOwn*, Accepts*ConnectionSettings */
+
+    if ((rep->capabilities & 0x3e8) != 0
+        || rep->disconnect || rep->healthy != 2 || rep->force_config
+        || rep->attributes.len || rep->config_status.len
+        || rep->custom_capabilities.len || rep->message_capability.len
+        || rep->packages_hash.len)
+    {
+        return 0;
+    }
+
+    for (i = 0; i < NGX_HTTP_OPAMP_FIELD_COUNT; i++) {
+        if (rep->fields[i].data) {
+            return 0;
+        }
+    }
+
+    return 1;
+}
+
+
+static ngx_int_t
+ngx_http_opamp_store_queue_beat(ngx_http_opamp_store_req_t *req)
+{
+    ngx_event_t                   *ev;
+    ngx_http_opamp_store_beats_t  *b;
+
+    /* Redis down: the report is refused at once, as alone */
+
+    if (!ngx_http_opamp_redis_ready()) {
+        return NGX_DECLINED;
+    }
+
+    b = ngx_http_opamp_beats;
+
+    if (b == NULL) {
+        b = ngx_alloc(sizeof(ngx_http_opamp_store_beats_t), ngx_cycle->log);
+        if (b == NULL) {
+            return NGX_ERROR;
+        }
+
+        b->n = 0;
+        b->retried = 0;
+        ngx_http_opamp_beats = b;
+    }
+
+    b->reqs[b->n++] = req;
+
+    ev = &ngx_http_opamp_beats_event;
+
+    if (b->n == NGX_HTTP_OPAMP_BEATS_MAX) {
+        ngx_http_opamp_store_beats_flush(ev);
+
+    } else if (!ev->posted) {
+        ev->handler = ngx_http_opamp_store_beats_flush;
+        ev->log = ngx_cycle->log;
+        ngx_post_event(ev, &ngx_posted_events);
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_opamp_store_beats_flush(ngx_event_t *ev)
+{
+    ngx_uint_t                     i, n;
+    ngx_http_opamp_store_req_t    *req;
+    ngx_http_opamp_store_beats_t  *b;
+
+    b = ngx_http_opamp_beats;
+
+    if (b == NULL) {
+        return;
+    }
+
+    ngx_http_opamp_beats = NULL;
+
+    /* those whose sessions went away while waiting are not sent */
+
+    n = 0;
+
+    for (i = 0; i < b->n; i++) {
+        if (b->reqs[i]->handler == NULL) {
+            ngx_free(b->reqs[i]);
+            continue;
+        }
+
+        b->reqs[n++] = b->reqs[i];
+    }
+
+    b->n = n;
+
+    if (n > 0 && ngx_http_opamp_store_send_beats(b, 0) == NGX_OK) {
+        return;
+    }
+
+    /* Redis went away since they were queued */
+
+    for (i = 0; i < b->n; i++) {
+        req = b->reqs[i];
+        req->handler(req->rep, NGX_ERROR, req->data);
+        ngx_free(req);
+    }
+
+    ngx_free(b);
+}
+
+
+static ngx_int_t
+ngx_http_opamp_store_send_beats(ngx_http_opamp_store_beats_t *b,
+    ngx_uint_t eval)
+{
+    int                       argc;
+    u_char                   *p, *buf;
+    u_char                    now[NGX_INT64_LEN];
+    size_t                   *argvlen, conn_len, per;
+    ngx_int_t                 rc;
+    ngx_str_t                *channel;
+    ngx_uint_t                i, total;
+    ngx_time_t               *tp;
+    const char              **argv;
+    ngx_http_opamp_report_t  *rep;
+
+    tp = ngx_timeofday();
+    channel = ngx_http_opamp_redis_worker_channel();
+
+    total = NGX_HTTP_OPAMP_REPORT_ARGC + NGX_HTTP_OPAMP_BEAT_ARGC * b->n;
+
+    /* "<server_id>:<pid>:<n>" */
+    conn_len = ngx_http_opamp_store_conf->server_id.len
+               + 2 * NGX_INT64_LEN + 2;
+    per = NGX_HTTP_OPAMP_UID_STR_LEN + 4 * NGX_INT64_LEN + conn_len;
+
+    argv = ngx_alloc(total * (sizeof(char *) + sizeof(size_t))
+                     + b->n * per, ngx_cycle->log);
+    if (argv == NULL) {
+        return NGX_ERROR;
+    }
+
+    argvlen = (size_t *) &argv[total];
+    buf = (u_char *) &argvlen[total];
+
+    argc = ngx_http_opamp_store_report_head(argv, argvlen, eval);
+
+    /* KEYS[1] and KEYS[2] name one agent; a batch has many */
+    NGX_HTTP_OPAMP_ARG("", 0);
+    NGX_HTTP_OPAMP_ARG("", 0);
+
+    NGX_HTTP_OPAMP_ARG(ngx_http_opamp_version_key.data,
+                       ngx_http_opamp_version_key.len);
+    NGX_HTTP_OPAMP_ARG(ngx_http_opamp_groups_key.data,
+                       ngx_http_opamp_groups_key.len);
+
+    for (i = 1; i <= 36; i++) {
+        switch (i) {
+
+        case 1:
+            p = ngx_sprintf(now, "%T%03M", tp->sec, tp->msec);
+            NGX_HTTP_OPAMP_ARG_END(now, p);
+            break;
+
+        case 10:
+            NGX_HTTP_OPAMP_ARG(channel->data, channel->len);
+            break;
+
+        case 25:
+            NGX_HTTP_OPAMP_ARG(ngx_http_opamp_store_conf->prefix.data,
+                               ngx_http_opamp_store_conf->prefix.len);
+            break;
+
+        case 26:
+            NGX_HTTP_OPAMP_ARG("beats", 5);
+            break;
+
+        default:
+            NGX_HTTP_OPAMP_ARG("", 0);
+        }
+    }
+
+    for (i = 0; i < b->n; i++) {
+        rep = b->reqs[i]->rep;
+
+        ngx_http_opamp_uid_format(buf, rep->uid);
+        NGX_HTTP_OPAMP_ARG(buf, NGX_HTTP_OPAMP_UID_STR_LEN);
+        buf += NGX_HTTP_OPAMP_UID_STR_LEN;
+
+        p = ngx_sprintf(buf, "%uL", rep->sequence_num);
+        NGX_HTTP_OPAMP_ARG_END(buf, p);
+        buf = p;
+
+        if (rep->sequence_num == 0) {
+            NGX_HTTP_OPAMP_ARG("", 0);
+
+        } else {
+            p = ngx_sprintf(buf, "%uL", rep->sequence_num - 1);
+            NGX_HTTP_OPAMP_ARG_END(buf, p);
+            buf = p;
+        }
+
+        p = ngx_sprintf(buf, "%uL", rep->capabilities);
+        NGX_HTTP_OPAMP_ARG_END(buf, p);
+        buf = p;
+
+        if (rep->transport == NGX_HTTP_OPAMP_TRANSPORT_HTTP) {
+            NGX_HTTP_OPAMP_ARG("http", 4);
+
+        } else {
+            p = ngx_http_opamp_store_conn_id(buf, rep->conn_number);
+            NGX_HTTP_OPAMP_ARG_END(buf, p);
+            buf = p;
+        }
+
+        NGX_HTTP_OPAMP_ARG(ngx_http_opamp_transport_names[rep->transport],
+                           ngx_strlen(
+                               ngx_http_opamp_transport_names[rep->transport]));
+
+        p = ngx_sprintf(buf, "%M", rep->agent_timeout);
+        NGX_HTTP_OPAMP_ARG_END(buf, p);
+        buf = p;
+
+        NGX_HTTP_OPAMP_ARG(ngx_http_opamp_store_str(&rep->conn_settings_hash),
+                           rep->conn_settings_hash.len);
+    }
+
+    rc = (ngx_http_opamp_redis_command(argc, argv, argvlen,
+                                       ngx_http_opamp_store_beats_done, b)
+          == NULL) ? NGX_ERROR : NGX_OK;
+
+    ngx_free(argv);
+
+    return rc;
+}
+
+
+static void
+ngx_http_opamp_store_beats_done(redisReply *reply, void *data)
+{
+    ngx_http_opamp_store_beats_t *b = data;
+
+    ngx_uint_t                   i, ok;
+    redisReply                  *e;
+    ngx_http_opamp_store_req_t  *req;
+
+    if (reply && reply->type == REDIS_REPLY_ERROR) {
+
+        if (ngx_http_opamp_store_noscript(reply, &b->retried, "heartbeats")
+            && ngx_http_opamp_store_send_beats(b, 1) == NGX_OK)
+        {
+            return;
+        }
+
+        reply = NULL;
+    }
+
+    ok = (reply && reply->type == REDIS_REPLY_ARRAY
+          && reply->elements == b->n);
+
+    if (reply && !ok) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "opamp: unexpected reply type %d from the redis "
+                      "heartbeats script", reply->type);
+    }
+
+    for (i = 0; i < b->n; i++) {
+        req = b->reqs[i];
+
+        if (req->handler == NULL) {
+            ngx_free(req);
+            continue;
+        }
+
+        if (!ok) {
+            req->handler(req->rep, NGX_ERROR, req->data);
+            ngx_free(req);
+            continue;
+        }
+
+        e = reply->element[i];
+
+        if (e->type == REDIS_REPLY_INTEGER && e->integer == 1) {
+            ngx_http_opamp_store_owed_nothing(req->rep);
+            req->handler(req->rep, NGX_OK, req->data);
+            ngx_free(req);
+            continue;
+        }
+
+        /* not settled after all: the long way, alone */
+
+        if (ngx_http_opamp_store_send_report(req, 0) != NGX_OK) {
+            req->handler(req->rep, NGX_ERROR, req->data);
+            ngx_free(req);
+        }
+    }
+
+    ngx_free(b);
+}
+
+
+/* the answer of the short way: in sequence, owed nothing */
+
+static void
+ngx_http_opamp_store_owed_nothing(ngx_http_opamp_report_t *rep)
+{
+    rep->full_state = 0;
+    rep->verdict = NGX_HTTP_OPAMP_VERDICT_OK;
+    ngx_str_null(&rep->holder_channel);
+    ngx_str_null(&rep->holder_conn);
+    rep->offer_conn_settings = 0;
+    ngx_str_null(&rep->owed_config_hash);
+    rep->owed_config = NULL;
+    rep->report_components = 0;
+    ngx_str_null(&rep->command);
+    rep->owed_message = NULL;
+    ngx_str_null(&rep->settings_extra);
+    ngx_str_null(&rep->settings_hash);
+    ngx_str_null(&rep->packages);
 }
 
 
@@ -950,31 +1324,114 @@ ngx_http_opamp_store_touch(u_char *uid, uint64_t conn_number,
  * SCRIPT FLUSH loses this one update and loads them again.
  */
 
+/*
+ * A fire-and-forget script call (disconnect, touch) is kept until Redis
+ * answers: after SCRIPT FLUSH its NOSCRIPT is answered by sending the
+ * source once with EVAL, so that no agent stays marked connected.
+ */
+
+#define NGX_HTTP_OPAMP_CALL_ARGS  8
+
+struct ngx_http_opamp_store_call_s {
+    ngx_uint_t   script;
+    int          argc;
+    ngx_uint_t   retried;
+    size_t       lens[NGX_HTTP_OPAMP_CALL_ARGS];
+    u_char      *args[NGX_HTTP_OPAMP_CALL_ARGS];
+};
+
+
 static void
 ngx_http_opamp_store_script(ngx_uint_t n, int argc, const char **argv,
     size_t *argvlen)
 {
+    int                           i;
+    u_char                       *p;
+    size_t                        size;
+    ngx_http_opamp_store_call_t  *call;
+
+    /* argv[0] is unused: argv[1..] are the key and the arguments */
+
+    size = sizeof(ngx_http_opamp_store_call_t);
+
+    for (i = 1; i < argc; i++) {
+        size += argvlen[i];
+    }
+
+    call = ngx_alloc(size, ngx_cycle->log);
+    if (call == NULL) {
+        return;
+    }
+
+    call->script = n;
+    call->argc = argc - 1;
+    call->retried = 0;
+
+    p = (u_char *) &call[1];
+
+    for (i = 1; i < argc; i++) {
+        call->args[i - 1] = p;
+        call->lens[i - 1] = argvlen[i];
+        p = ngx_cpymem(p, argv[i], argvlen[i]);
+    }
+
+    if (ngx_http_opamp_store_call_send(call, 0) != NGX_OK) {
+        ngx_free(call);
+    }
+}
+
+
+static ngx_int_t
+ngx_http_opamp_store_call_send(ngx_http_opamp_store_call_t *call,
+    ngx_uint_t eval)
+{
     int                       i;
-    size_t                    lens[8];
-    const char               *args[8];
+    size_t                    lens[NGX_HTTP_OPAMP_CALL_ARGS + 3];
+    const char               *args[NGX_HTTP_OPAMP_CALL_ARGS + 3];
     ngx_http_opamp_script_t  *s;
 
-    s = &ngx_http_opamp_scripts[n];
+    s = &ngx_http_opamp_scripts[call->script];
 
-    args[0] = "EVALSHA";
-    lens[0] = 7;
-    args[1] = (const char *) s->sha1;
-    lens[1] = 40;
+    if (eval) {
+        args[0] = "EVAL";
+        lens[0] = 4;
+        args[1] = s->source;
+        lens[1] = s->len;
+
+    } else {
+        args[0] = "EVALSHA";
+        lens[0] = 7;
+        args[1] = (const char *) s->sha1;
+        lens[1] = 40;
+    }
+
     args[2] = "1";
     lens[2] = 1;
 
-    for (i = 1; i < argc; i++) {
-        args[i + 2] = argv[i];
-        lens[i + 2] = argvlen[i];
+    for (i = 0; i < call->argc; i++) {
+        args[i + 3] = (const char *) call->args[i];
+        lens[i + 3] = call->lens[i];
     }
 
-    (void) ngx_http_opamp_redis_command(argc + 2, args, lens,
-                                        ngx_http_opamp_store_ignore, NULL);
+    return ngx_http_opamp_redis_command(call->argc + 3, args, lens,
+                                        ngx_http_opamp_store_call_done, call)
+           ? NGX_OK : NGX_ERROR;
+}
+
+
+static void
+ngx_http_opamp_store_call_done(redisReply *reply, void *data)
+{
+    ngx_http_opamp_store_call_t *call = data;
+
+    if (reply && reply->type == REDIS_REPLY_ERROR
+        && ngx_http_opamp_store_noscript(reply, &call->retried, "lease")
+        && ngx_http_opamp_store_call_send(call, 1) == NGX_OK)
+    {
+        return;
+    }
+
+    ngx_free(call);
 }
 
 

@@ -28,7 +28,8 @@
 --          available_components, connection_settings_status (protobuf)
 -- ARGV[25] key prefix (for the group keys <prefix>config:group:<name>)
 -- ARGV[26] "report", or "check": only say which config the agent is owed
---          (after a config change), storing nothing of a message
+--          (after a config change), storing nothing of a message, or
+--          "beats": heartbeats of many agents (see below)
 -- ARGV[27] attributes of the reported description, JSON; "" when none
 -- ARGV[28] remote_config_status.status name; "" when not reported
 -- ARGV[29] remote_config_status.error_message
@@ -82,35 +83,81 @@ local prefix = ARGV[25]
 -- API is still seen: configs with INCR config_version (in the mark, see
 -- settle_mark() below), commands, messages and offers for the agent by
 -- their keys; agents that accept connection settings or packages
--- (AcceptsPackages, ReportsOwn*, Accepts*ConnectionSettings) always take
--- the long way, which reads the fleet-wide offers.  First thing in the
--- script, before the functions below are even made.
--- no connection settings or packages to look for (bits 8, 32 to 512)
-local settleable = bit.band((tonumber(ARGV[5]) or 0) % 65536, 1000) == 0
+-- (AcceptsPackages, ReportsOwn*, Accepts*ConnectionSettings, bits 8 and
+-- 32 to 512) always take the long way, which reads the fleet-wide
+-- offers.  First thing in the script, before the functions below are
+-- even made.
+local short_fields = { 'sequence_num', 'settled', 'connected',
+                       'expires_ms', 'conn', 'transport', 'channel',
+                       'cs_hash', 'first_seen_ms' }
+local short_version = nil
+
+-- takes the short way if the heartbeat can (true); cur: the agent's
+-- short_fields; members: the fleet index entries to add, or nil to add
+-- this one at once
+local function short_way(k, u, sq, prev, caps, cn, tr, timeout, cs, cur,
+                         members)
+    if not (cur[2] and cur[2] ~= '' and cur[1] == prev and cur[3] == '1'
+            and cur[5] == cn and cur[6] == tr and cur[7] == ARGV[10]
+            and bit.band((tonumber(caps) or 0) % 65536, 1000) == 0)
+    then
+        return false
+    end
+    short_version = short_version or redis.call('GET', KEYS[3]) or '0'
+    if cur[2] ~= short_version .. ' ' .. caps .. ' ' .. cs
+       or redis.call('EXISTS', prefix .. 'command:{' .. u .. '}',
+                     prefix .. 'outbox:{' .. u .. '}',
+                     prefix .. 'connection_settings:{' .. u .. '}',
+                     prefix .. 'packages:{' .. u .. '}') ~= 0
+    then
+        return false
+    end
+    redis.call('HSET', k, 'sequence_num', sq, 'last_seen_ms', ARGV[1],
+               'expires_ms', tostring(now + tonumber(timeout)))
+    if members then
+        members[#members + 1] = ARGV[1]
+        members[#members + 1] = u
+    else
+        redis.call('ZADD', prefix .. 'agents', ARGV[1], u)
+    end
+    return true
+end
+
+-- "beats": the heartbeats a worker received in one turn of its event
+-- loop, ARGV[37..] eight per agent: instance uid, sequence_num,
+-- sequence_num - 1, capabilities, connection id, transport, agent
+-- timeout (ms), the module's settings hash.  Returns { 1 or 0, ... }:
+-- 1 for each that took the short way; the worker sends the others
+-- again, one report each.
+if ARGV[26] == 'beats' then
+    local out, members = {}, {}
+    for i = 37, #ARGV - 7, 8 do
+        local u = ARGV[i]
+        local k = prefix .. 'agent:{' .. u .. '}'
+        local cur = redis.call('HMGET', k, unpack(short_fields))
+        out[#out + 1] = short_way(k, u, ARGV[i + 1], ARGV[i + 2],
+                                  ARGV[i + 3], ARGV[i + 4], ARGV[i + 5],
+                                  ARGV[i + 6], ARGV[i + 7], cur, members)
+                        and 1 or 0
+    end
+    if #members > 0 then
+        redis.call('ZADD', prefix .. 'agents', unpack(members))
+    end
+    return out
+end
 
 local cur = nil
 if ARGV[26] == 'report' then
-    cur = redis.call('HMGET', key, 'sequence_num', 'settled', 'connected',
-                     'expires_ms', 'conn', 'transport', 'channel',
-                     'cs_hash', 'first_seen_ms')
+    cur = redis.call('HMGET', key, unpack(short_fields))
 end
 
-if cur and cur[2] and cur[2] ~= '' and mask == 0 and not disconnect
+if cur and mask == 0 and not disconnect
    and ARGV[14] == '' and ARGV[27] == '' and ARGV[28] == ''
    and ARGV[31] ~= '1' and ARGV[32] == '' and ARGV[33] == ''
-   and ARGV[36] == '' and cur[1] == prev_seq and cur[3] == '1'
-   and cur[5] == conn and cur[6] == transport and cur[7] == ARGV[10]
-   and settleable
-   and cur[2] == (redis.call('GET', KEYS[3]) or '0') .. ' ' .. ARGV[5]
-                 .. ' ' .. ARGV[15]
-   and redis.call('EXISTS', prefix .. 'command:{' .. uid .. '}',
-                  prefix .. 'outbox:{' .. uid .. '}',
-                  prefix .. 'connection_settings:{' .. uid .. '}',
-                  prefix .. 'packages:{' .. uid .. '}') == 0
+   and ARGV[36] == ''
+   and short_way(key, uid, seq, prev_seq, ARGV[5], conn, transport,
+                 ARGV[11], ARGV[15], cur, nil)
 then
-    redis.call('HSET', key, 'sequence_num', seq, 'last_seen_ms', ARGV[1],
-               'expires_ms', tostring(now + tonumber(ARGV[11])))
-    redis.call('ZADD', prefix .. 'agents', ARGV[1], uid)
     return { 0, 0, cur[7], cur[5], 0, '', {}, 0, '', {}, '', '', '' }
 end
 
@@ -714,6 +761,9 @@ then
 end
 
 -- owed nothing and no offer out: its next heartbeats take the short way
+-- (not for bits 8 and 32 to 512, see short_way())
+local settleable = math.floor(caps_number(ARGV[5]) % 1024 / 32) == 0
+                   and not bit(ARGV[5], 8)
 set[#set + 1] = 'settled'
 if settleable and not disconnect and not full and verdict == 0
    and not pending
