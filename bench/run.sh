@@ -18,6 +18,7 @@
 
 set -euo pipefail
 
+CALLER=$PWD
 cd "$(dirname "$0")"
 BENCH=$PWD
 TOP=$(cd .. && pwd)
@@ -30,6 +31,8 @@ RUNS=${BENCH_RUNS:-3}
 SECONDS_RUN=${BENCH_SECONDS:-10}
 PER_PROC=18000
 OUT=${BENCH_OUT:-$BENCH/results/$(date -u +%Y-%m-%d).md}
+# a relative BENCH_OUT is relative to where make bench was run
+[[ "$OUT" == /* ]] || OUT=$CALLER/$OUT
 ONLY=" ${BENCH_ONLY:-hold status http fanout storm} "
 
 want() { [[ "$ONLY" == *" $1 "* ]]; }
