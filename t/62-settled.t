@@ -88,6 +88,20 @@ is($t->redis('HGET', $key, 'settled'), '', 'the admin API unsettles it');
 $r = poll();
 like($r, qr/^command \{/m, 'the admin command arrives at the next poll');
 
+# --- a custom message queued directly, as the schema documents -------------
+
+# (without AcceptsRestartCommand, whose command key is looked at too)
+poll(caps => 3,
+     extra => 'custom_capabilities { capabilities: "io.example.ping" }');
+poll(caps => 3);
+like($t->redis('HGET', $key, 'settled') // '', qr/^\d+ 3 /,
+     'settled with a custom capability');
+$t->redis('RPUSH', "${P}outbox:{$text}", "io.example.ping\ntext/plain\nhello");
+$r = poll(caps => 3);
+like($r, qr/custom_message \{.*capability: "io.example.ping".*data: "hello"/s,
+     'a custom message queued directly reaches a settled agent at its next '
+     . 'poll');
+
 # --- a group config written directly, with INCR config_version ------------
 
 poll();

@@ -81,15 +81,17 @@ local prefix = ARGV[25]
 -- with nothing changed since that was found.  Only its sequence and
 -- liveness are stored.  What a control plane writes without the admin
 -- API is still seen: configs with INCR config_version (in the mark, see
--- settle_mark() below), commands, messages and offers for the agent by
--- their keys; agents that accept connection settings or packages
+-- settle_mark() below), commands and messages for the agent by their
+-- keys; agents that accept connection settings or packages
 -- (AcceptsPackages, ReportsOwn*, Accepts*ConnectionSettings, bits 8 and
--- 32 to 512) always take the long way, which reads the fleet-wide
--- offers.  First thing in the script, before the functions below are
+-- 32 to 512) always take the long way, which reads the offers for the
+-- agent and the fleet.  First thing in the script, before the functions below are
 -- even made.
 local short_fields = { 'sequence_num', 'settled', 'connected',
                        'expires_ms', 'conn', 'transport', 'channel',
                        'cs_hash', 'first_seen_ms' }
+-- all a batch needs: the first seven
+local beat_fields = { unpack(short_fields, 1, 7) }
 local short_version = nil
 
 -- takes the short way if the heartbeat can (true); cur: the agent's
@@ -104,12 +106,20 @@ local function short_way(k, u, sq, prev, caps, cn, tr, timeout, cs, cur,
         return false
     end
     short_version = short_version or redis.call('GET', KEYS[3]) or '0'
-    if cur[2] ~= short_version .. ' ' .. caps .. ' ' .. cs
-       or redis.call('EXISTS', prefix .. 'command:{' .. u .. '}',
-                     prefix .. 'outbox:{' .. u .. '}',
-                     prefix .. 'connection_settings:{' .. u .. '}',
-                     prefix .. 'packages:{' .. u .. '}') ~= 0
-    then
+    if cur[2] ~= short_version .. ' ' .. caps .. ' ' .. cs then
+        return false
+    end
+    -- a command or message for the agent; connection settings and
+    -- packages are not for agents that can settle.  A command only for
+    -- agents that accept it (AcceptsRestartCommand)
+    local waiting
+    if math.floor((tonumber(caps) or 0) / 1024) % 2 == 1 then
+        waiting = redis.call('EXISTS', prefix .. 'command:{' .. u .. '}',
+                             prefix .. 'outbox:{' .. u .. '}')
+    else
+        waiting = redis.call('EXISTS', prefix .. 'outbox:{' .. u .. '}')
+    end
+    if waiting ~= 0 then
         return false
     end
     redis.call('HSET', k, 'sequence_num', sq, 'last_seen_ms', ARGV[1],
@@ -134,7 +144,7 @@ if ARGV[26] == 'beats' then
     for i = 37, #ARGV - 7, 8 do
         local u = ARGV[i]
         local k = prefix .. 'agent:{' .. u .. '}'
-        local cur = redis.call('HMGET', k, unpack(short_fields))
+        local cur = redis.call('HMGET', k, unpack(beat_fields))
         out[#out + 1] = short_way(k, u, ARGV[i + 1], ARGV[i + 2],
                                   ARGV[i + 3], ARGV[i + 4], ARGV[i + 5],
                                   ARGV[i + 6], ARGV[i + 7], cur, members)
