@@ -260,8 +260,12 @@ local function load_groups()
     return list
 end
 
+-- false when a check batch found that none of its agents has its own
+-- config (one EXISTS for all instead of one HGET each)
+local own_configs = true
+
 local function resolve(attrs)
-    local h = redis.call('HGET', agent_config_key(), 'hash')
+    local h = own_configs and redis.call('HGET', agent_config_key(), 'hash')
     if h then
         return 'agent', h
     end
@@ -560,6 +564,11 @@ if ARGV[26] == 'check' then
     local wide = not read_scope().narrow
     if wide then
         check_fields[#check_fields + 1] = 'attributes'
+        local own = {}
+        for i = 37, #ARGV - 1, 2 do
+            own[#own + 1] = prefix .. 'config:agent:{' .. ARGV[i] .. '}'
+        end
+        own_configs = #own > 0 and redis.call('EXISTS', unpack(own)) > 0
     end
     for i = 37, #ARGV - 1, 2 do
         uid = ARGV[i]
