@@ -766,6 +766,17 @@ ngx_http_opamp_session_cs_hash(ngx_http_opamp_session_t *s, u_char *hex)
     Opamp__Proto__V1__OpAMPConnectionSettings  ocs =
                               OPAMP__PROTO__V1__OP_AMPCONNECTION_SETTINGS__INIT;
 
+    /* it depends on the heartbeat interval only: the last one is kept,
+     * so that a message does not pack and hash the same bytes again */
+
+    static time_t  last_interval = -1;
+    static u_char  last_hex[40];
+
+    if (s->conf->heartbeat_interval == last_interval) {
+        ngx_memcpy(hex, last_hex, sizeof(last_hex));
+        return NGX_OK;
+    }
+
     ngx_http_opamp_session_conn_settings(s, &ocs);
 
     if (ngx_http_opamp_proto_pack((ProtobufCMessage *) &ocs, &cs,
@@ -781,6 +792,9 @@ ngx_http_opamp_session_cs_hash(ngx_http_opamp_session_t *s, u_char *hex)
     ngx_free(cs.data);
 
     ngx_hex_dump(hex, digest, sizeof(digest));
+
+    ngx_memcpy(last_hex, hex, sizeof(last_hex));
+    last_interval = s->conf->heartbeat_interval;
 
     return NGX_OK;
 }
