@@ -43,11 +43,14 @@ struct ngx_http_opamp_store_req_s {
  * connection, transport, agent timeout, settings hash */
 #define NGX_HTTP_OPAMP_BEAT_ARGC  8
 
-typedef struct {
+typedef struct ngx_http_opamp_store_beats_s  ngx_http_opamp_store_beats_t;
+
+struct ngx_http_opamp_store_beats_s {
     ngx_http_opamp_store_req_t     *reqs[NGX_HTTP_OPAMP_BEATS_MAX];
     ngx_uint_t                      n;
     ngx_uint_t                      retried;
-} ngx_http_opamp_store_beats_t;
+    ngx_http_opamp_store_beats_t   *next;     /* filled earlier this turn */
+};
 
 
 struct ngx_http_opamp_store_check_s {
@@ -90,6 +93,10 @@ static ngx_uint_t ngx_http_opamp_store_is_beat(ngx_http_opamp_report_t *rep);
 static ngx_int_t ngx_http_opamp_store_queue_beat(
     ngx_http_opamp_store_req_t *req);
 static void ngx_http_opamp_store_beats_flush(ngx_event_t *ev);
+static void ngx_http_opamp_store_beats_send_batch(
+    ngx_http_opamp_store_beats_t *b);
+static int ngx_http_opamp_store_batch_args(const char **argv,
+    size_t *argvlen, ngx_uint_t eval, u_char *now, const char *mode);
 static ngx_int_t ngx_http_opamp_store_send_beats(
     ngx_http_opamp_store_beats_t *b, ngx_uint_t eval);
 static void ngx_http_opamp_store_beats_done(redisReply *reply, void *data);
@@ -125,7 +132,8 @@ static ngx_str_t                    ngx_http_opamp_index_key;
 static ngx_str_t                    ngx_http_opamp_version_key;
 static ngx_str_t                    ngx_http_opamp_groups_key;
 
-/* the heartbeats of this turn of the event loop, and their flush */
+/* the heartbeats of this turn of the event loop (the batch being filled,
+ * then those filled before it), and their flush */
 static ngx_http_opamp_store_beats_t *ngx_http_opamp_beats;
 static ngx_event_t                   ngx_http_opamp_beats_event;
 
@@ -524,7 +532,10 @@ ngx_http_opamp_store_queue_beat(ngx_http_opamp_store_req_t *req)
 
     b = ngx_http_opamp_beats;
 
-    if (b == NULL) {
+    /* a full batch waits for the flush too: sent from here, a failure
+     * would call back the session that is still queueing this report */
+
+    if (b == NULL || b->n == NGX_HTTP_OPAMP_BEATS_MAX) {
         b = ngx_alloc(sizeof(ngx_http_opamp_store_beats_t), ngx_cycle->log);
         if (b == NULL) {
             return NGX_ERROR;
@@ -532,6 +543,7 @@ ngx_http_opamp_store_queue_beat(ngx_http_opamp_store_req_t *req)
 
         b->n = 0;
         b->retried = 0;
+        b->next = ngx_http_opamp_beats;
         ngx_http_opamp_beats = b;
     }
 
@@ -539,10 +551,7 @@ ngx_http_opamp_store_queue_beat(ngx_http_opamp_store_req_t *req)
 
     ev = &ngx_http_opamp_beats_event;
 
-    if (b->n == NGX_HTTP_OPAMP_BEATS_MAX) {
-        ngx_http_opamp_store_beats_flush(ev);
-
-    } else if (!ev->posted) {
+    if (!ev->posted) {
         ev->handler = ngx_http_opamp_store_beats_flush;
         ev->log = ngx_cycle->log;
         ngx_post_event(ev, &ngx_posted_events);
@@ -555,17 +564,23 @@ ngx_http_opamp_store_queue_beat(ngx_http_opamp_store_req_t *req)
 static void
 ngx_http_opamp_store_beats_flush(ngx_event_t *ev)
 {
-    ngx_uint_t                     i, n;
-    ngx_http_opamp_store_req_t    *req;
-    ngx_http_opamp_store_beats_t  *b;
+    ngx_http_opamp_store_beats_t  *b, *next;
 
     b = ngx_http_opamp_beats;
-
-    if (b == NULL) {
-        return;
-    }
-
     ngx_http_opamp_beats = NULL;
+
+    for ( /* void */ ; b; b = next) {
+        next = b->next;
+        ngx_http_opamp_store_beats_send_batch(b);
+    }
+}
+
+
+static void
+ngx_http_opamp_store_beats_send_batch(ngx_http_opamp_store_beats_t *b)
+{
+    ngx_uint_t                   i, n;
+    ngx_http_opamp_store_req_t  *req;
 
     /* those whose sessions went away while waiting are not sent */
 
@@ -598,6 +613,56 @@ ngx_http_opamp_store_beats_flush(ngx_event_t *ev)
 }
 
 
+/* argv index of report.lua's ARGV[k] in a call built below */
+#define NGX_HTTP_OPAMP_ARGV(k)  (3 + 4 + (k) - 1)
+
+/*
+ * What a report.lua call for many agents (check, beats) starts with: the
+ * script head, no agent keys but the fleet-wide ones, and ARGV[1..36]
+ * empty but for now, the key prefix and the mode; the caller sets the
+ * others it needs and appends its agents.  Returns the count written.
+ */
+
+static int
+ngx_http_opamp_store_batch_args(const char **argv, size_t *argvlen,
+    ngx_uint_t eval, u_char *now, const char *mode)
+{
+    int          argc;
+    u_char      *p;
+    ngx_uint_t   i;
+    ngx_time_t  *tp;
+
+    argc = ngx_http_opamp_store_report_head(argv, argvlen, eval);
+
+    /* KEYS[1] and KEYS[2] name one agent; a batch has many */
+    NGX_HTTP_OPAMP_ARG("", 0);
+    NGX_HTTP_OPAMP_ARG("", 0);
+
+    NGX_HTTP_OPAMP_ARG(ngx_http_opamp_version_key.data,
+                       ngx_http_opamp_version_key.len);
+    NGX_HTTP_OPAMP_ARG(ngx_http_opamp_groups_key.data,
+                       ngx_http_opamp_groups_key.len);
+
+    for (i = 0; i < 36; i++) {
+        NGX_HTTP_OPAMP_ARG("", 0);
+    }
+
+    tp = ngx_timeofday();
+    p = ngx_sprintf(now, "%T%03M", tp->sec, tp->msec);
+    argv[NGX_HTTP_OPAMP_ARGV(1)] = (const char *) now;
+    argvlen[NGX_HTTP_OPAMP_ARGV(1)] = p - now;
+
+    argv[NGX_HTTP_OPAMP_ARGV(25)] =
+                        (const char *) ngx_http_opamp_store_conf->prefix.data;
+    argvlen[NGX_HTTP_OPAMP_ARGV(25)] = ngx_http_opamp_store_conf->prefix.len;
+
+    argv[NGX_HTTP_OPAMP_ARGV(26)] = mode;
+    argvlen[NGX_HTTP_OPAMP_ARGV(26)] = ngx_strlen(mode);
+
+    return argc;
+}
+
+
 static ngx_int_t
 ngx_http_opamp_store_send_beats(ngx_http_opamp_store_beats_t *b,
     ngx_uint_t eval)
@@ -609,11 +674,9 @@ ngx_http_opamp_store_send_beats(ngx_http_opamp_store_beats_t *b,
     ngx_int_t                 rc;
     ngx_str_t                *channel;
     ngx_uint_t                i, total;
-    ngx_time_t               *tp;
     const char              **argv;
     ngx_http_opamp_report_t  *rep;
 
-    tp = ngx_timeofday();
     channel = ngx_http_opamp_redis_worker_channel();
 
     total = NGX_HTTP_OPAMP_REPORT_ARGC + NGX_HTTP_OPAMP_BEAT_ARGC * b->n;
@@ -632,42 +695,11 @@ ngx_http_opamp_store_send_beats(ngx_http_opamp_store_beats_t *b,
     argvlen = (size_t *) &argv[total];
     buf = (u_char *) &argvlen[total];
 
-    argc = ngx_http_opamp_store_report_head(argv, argvlen, eval);
+    argc = ngx_http_opamp_store_batch_args(argv, argvlen, eval, now,
+                                           "beats");
 
-    /* KEYS[1] and KEYS[2] name one agent; a batch has many */
-    NGX_HTTP_OPAMP_ARG("", 0);
-    NGX_HTTP_OPAMP_ARG("", 0);
-
-    NGX_HTTP_OPAMP_ARG(ngx_http_opamp_version_key.data,
-                       ngx_http_opamp_version_key.len);
-    NGX_HTTP_OPAMP_ARG(ngx_http_opamp_groups_key.data,
-                       ngx_http_opamp_groups_key.len);
-
-    for (i = 1; i <= 36; i++) {
-        switch (i) {
-
-        case 1:
-            p = ngx_sprintf(now, "%T%03M", tp->sec, tp->msec);
-            NGX_HTTP_OPAMP_ARG_END(now, p);
-            break;
-
-        case 10:
-            NGX_HTTP_OPAMP_ARG(channel->data, channel->len);
-            break;
-
-        case 25:
-            NGX_HTTP_OPAMP_ARG(ngx_http_opamp_store_conf->prefix.data,
-                               ngx_http_opamp_store_conf->prefix.len);
-            break;
-
-        case 26:
-            NGX_HTTP_OPAMP_ARG("beats", 5);
-            break;
-
-        default:
-            NGX_HTTP_OPAMP_ARG("", 0);
-        }
-    }
+    argv[NGX_HTTP_OPAMP_ARGV(10)] = (const char *) channel->data;
+    argvlen[NGX_HTTP_OPAMP_ARGV(10)] = channel->len;
 
     for (i = 0; i < b->n; i++) {
         rep = b->reqs[i]->rep;
@@ -1028,10 +1060,7 @@ ngx_http_opamp_store_send_check(ngx_http_opamp_store_check_t *chk,
     size_t                   *argvlen, conn_len;
     ngx_int_t                 rc;
     ngx_uint_t                i, total;
-    ngx_time_t               *tp;
     const char              **argv;
-
-    tp = ngx_timeofday();
 
     total = NGX_HTTP_OPAMP_REPORT_ARGC + 2 * chk->n;
 
@@ -1049,55 +1078,21 @@ ngx_http_opamp_store_send_check(ngx_http_opamp_store_check_t *chk,
     argvlen = (size_t *) &argv[total];
     buf = (u_char *) &argvlen[total];
 
-    argc = ngx_http_opamp_store_report_head(argv, argvlen, eval);
+    argc = ngx_http_opamp_store_batch_args(argv, argvlen, eval, now,
+                                           "check");
 
-    /* KEYS[1] and KEYS[2] name one agent; a batch has many */
-    NGX_HTTP_OPAMP_ARG("", 0);
-    NGX_HTTP_OPAMP_ARG("", 0);
+    p = ngx_sprintf(timeout, "%M", chk->agent_timeout);
+    argv[NGX_HTTP_OPAMP_ARGV(11)] = (const char *) timeout;
+    argvlen[NGX_HTTP_OPAMP_ARGV(11)] = p - timeout;
 
-    NGX_HTTP_OPAMP_ARG(ngx_http_opamp_version_key.data,
-                       ngx_http_opamp_version_key.len);
-    NGX_HTTP_OPAMP_ARG(ngx_http_opamp_groups_key.data,
-                       ngx_http_opamp_groups_key.len);
+    argv[NGX_HTTP_OPAMP_ARGV(15)] = (const char *) chk->cs_hash;
+    argvlen[NGX_HTTP_OPAMP_ARGV(15)] = sizeof(chk->cs_hash);
 
-    for (i = 1; i <= 36; i++) {
-        switch (i) {
+    argv[NGX_HTTP_OPAMP_ARGV(16)] = "0";
+    argvlen[NGX_HTTP_OPAMP_ARGV(16)] = 1;
 
-        case 1:
-            p = ngx_sprintf(now, "%T%03M", tp->sec, tp->msec);
-            NGX_HTTP_OPAMP_ARG_END(now, p);
-            break;
-
-        case 11:
-            p = ngx_sprintf(timeout, "%M", chk->agent_timeout);
-            NGX_HTTP_OPAMP_ARG_END(timeout, p);
-            break;
-
-        case 15:
-            NGX_HTTP_OPAMP_ARG(chk->cs_hash, sizeof(chk->cs_hash));
-            break;
-
-        case 16:
-            NGX_HTTP_OPAMP_ARG("0", 1);
-            break;
-
-        case 25:
-            NGX_HTTP_OPAMP_ARG(ngx_http_opamp_store_conf->prefix.data,
-                               ngx_http_opamp_store_conf->prefix.len);
-            break;
-
-        case 26:
-            NGX_HTTP_OPAMP_ARG("check", 5);
-            break;
-
-        case 31:
-            NGX_HTTP_OPAMP_ARG(chk->force ? "1" : "0", 1);
-            break;
-
-        default:
-            NGX_HTTP_OPAMP_ARG("", 0);
-        }
-    }
+    argv[NGX_HTTP_OPAMP_ARGV(31)] = chk->force ? "1" : "0";
+    argvlen[NGX_HTTP_OPAMP_ARGV(31)] = 1;
 
     for (i = 0; i < chk->n; i++) {
         ngx_http_opamp_uid_format(buf, chk->agents[i].uid);
@@ -1351,6 +1346,10 @@ ngx_http_opamp_store_script(ngx_uint_t n, int argc, const char **argv,
     ngx_http_opamp_store_call_t  *call;
 
     /* argv[0] is unused: argv[1..] are the key and the arguments */
+
+    if (argc - 1 > NGX_HTTP_OPAMP_CALL_ARGS) {
+        return;
+    }
 
     size = sizeof(ngx_http_opamp_store_call_t);
 

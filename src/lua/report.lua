@@ -94,6 +94,11 @@ local short_fields = { 'sequence_num', 'settled', 'connected',
 local beat_fields = { unpack(short_fields, 1, 7) }
 local short_version = nil
 
+-- no connection settings or packages to look for (bits 8, 32 to 512)
+local function can_settle(caps)
+    return bit.band((tonumber(caps) or 0) % 65536, 1000) == 0
+end
+
 -- takes the short way if the heartbeat can (true); cur: the agent's
 -- short_fields; members: the fleet index entries to add, or nil to add
 -- this one at once
@@ -101,7 +106,7 @@ local function short_way(k, u, sq, prev, caps, cn, tr, timeout, cs, cur,
                          members)
     if not (cur[2] and cur[2] ~= '' and cur[1] == prev and cur[3] == '1'
             and cur[5] == cn and cur[6] == tr and cur[7] == ARGV[10]
-            and bit.band((tonumber(caps) or 0) % 65536, 1000) == 0)
+            and can_settle(caps))
     then
         return false
     end
@@ -780,11 +785,8 @@ then
 end
 
 -- owed nothing and no offer out: its next heartbeats take the short way
--- (not for bits 8 and 32 to 512, see short_way())
-local settleable = math.floor(caps_number(ARGV[5]) % 1024 / 32) == 0
-                   and not bit(ARGV[5], 8)
 set[#set + 1] = 'settled'
-if settleable and not disconnect and not full and verdict == 0
+if can_settle(ARGV[5]) and not disconnect and not full and verdict == 0
    and not pending
    and owed_hash == '' and offer == 0 and components == 0
    and packages == '' and command == '' and #message == 0
