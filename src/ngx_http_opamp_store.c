@@ -39,9 +39,9 @@ struct ngx_http_opamp_store_req_s {
 
 #define NGX_HTTP_OPAMP_BEATS_MAX  128
 
-/* per agent: uid, sequence_num, its predecessor, capabilities,
- * connection, transport, agent timeout, settings hash */
-#define NGX_HTTP_OPAMP_BEAT_ARGC  8
+/* per agent: uid, sequence_num, its predecessor, the mark its settled
+ * must match, accepts restart, expires_ms */
+#define NGX_HTTP_OPAMP_BEAT_ARGC  6
 
 typedef struct ngx_http_opamp_store_beats_s  ngx_http_opamp_store_beats_t;
 
@@ -92,6 +92,7 @@ static void ngx_http_opamp_store_index(u_char *uid, u_char *now,
 static ngx_uint_t ngx_http_opamp_store_is_beat(ngx_http_opamp_report_t *rep);
 static ngx_int_t ngx_http_opamp_store_queue_beat(
     ngx_http_opamp_store_req_t *req);
+static void ngx_http_opamp_store_beats_post(void);
 static void ngx_http_opamp_store_beats_flush(ngx_event_t *ev);
 static void ngx_http_opamp_store_beats_send_batch(
     ngx_http_opamp_store_beats_t *b);
@@ -136,6 +137,8 @@ static ngx_str_t                    ngx_http_opamp_groups_key;
  * then those filled before it), and their flush */
 static ngx_http_opamp_store_beats_t *ngx_http_opamp_beats;
 static ngx_event_t                   ngx_http_opamp_beats_event;
+/* beats calls sent and not yet answered */
+static ngx_uint_t                    ngx_http_opamp_beats_sent;
 
 
 ngx_int_t
@@ -521,7 +524,6 @@ ngx_http_opamp_store_is_beat(ngx_http_opamp_report_t *rep)
 static ngx_int_t
 ngx_http_opamp_store_queue_beat(ngx_http_opamp_store_req_t *req)
 {
-    ngx_event_t                   *ev;
     ngx_http_opamp_store_beats_t  *b;
 
     /* Redis down: the report is refused at once, as alone */
@@ -549,6 +551,26 @@ ngx_http_opamp_store_queue_beat(ngx_http_opamp_store_req_t *req)
 
     b->reqs[b->n++] = req;
 
+    /*
+     * While a beats call is out, those that come wait for its answer and
+     * go together then: under load a call carries what came during the
+     * round trip before it, so Redis runs fewer, larger calls; an idle
+     * worker still sends at the end of the turn.
+     */
+
+    if (ngx_http_opamp_beats_sent == 0) {
+        ngx_http_opamp_store_beats_post();
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_opamp_store_beats_post(void)
+{
+    ngx_event_t  *ev;
+
     ev = &ngx_http_opamp_beats_event;
 
     if (!ev->posted) {
@@ -556,8 +578,6 @@ ngx_http_opamp_store_queue_beat(ngx_http_opamp_store_req_t *req)
         ev->log = ngx_cycle->log;
         ngx_post_event(ev, &ngx_posted_events);
     }
-
-    return NGX_OK;
 }
 
 
@@ -598,6 +618,7 @@ ngx_http_opamp_store_beats_send_batch(ngx_http_opamp_store_beats_t *b)
     b->n = n;
 
     if (n > 0 && ngx_http_opamp_store_send_beats(b, 0) == NGX_OK) {
+        ngx_http_opamp_beats_sent++;
         return;
     }
 
@@ -671,9 +692,11 @@ ngx_http_opamp_store_send_beats(ngx_http_opamp_store_beats_t *b,
     u_char                   *p, *buf;
     u_char                    now[NGX_INT64_LEN];
     size_t                   *argvlen, conn_len, per;
+    uint64_t                  now_ms;
     ngx_int_t                 rc;
     ngx_str_t                *channel;
     ngx_uint_t                i, total;
+    ngx_time_t               *tp;
     const char              **argv;
     ngx_http_opamp_report_t  *rep;
 
@@ -684,7 +707,11 @@ ngx_http_opamp_store_send_beats(ngx_http_opamp_store_beats_t *b,
     /* "<server_id>:<pid>:<n>" */
     conn_len = ngx_http_opamp_store_conf->server_id.len
                + 2 * NGX_INT64_LEN + 2;
-    per = NGX_HTTP_OPAMP_UID_STR_LEN + 4 * NGX_INT64_LEN + conn_len;
+    /* uid, sequence_num, its predecessor, expires_ms, and the mark:
+     * capabilities, settings hash (sha1, hex), connection, transport
+     * and channel, separated by spaces */
+    per = NGX_HTTP_OPAMP_UID_STR_LEN + 4 * NGX_INT64_LEN + 40 + conn_len
+          + sizeof("websocket") + channel->len + 4;
 
     argv = ngx_alloc(total * (sizeof(char *) + sizeof(size_t))
                      + b->n * per, ngx_cycle->log);
@@ -700,6 +727,9 @@ ngx_http_opamp_store_send_beats(ngx_http_opamp_store_beats_t *b,
 
     argv[NGX_HTTP_OPAMP_ARGV(10)] = (const char *) channel->data;
     argvlen[NGX_HTTP_OPAMP_ARGV(10)] = channel->len;
+
+    tp = ngx_timeofday();
+    now_ms = (uint64_t) tp->sec * 1000 + tp->msec;
 
     for (i = 0; i < b->n; i++) {
         rep = b->reqs[i]->rep;
@@ -721,29 +751,36 @@ ngx_http_opamp_store_send_beats(ngx_http_opamp_store_beats_t *b,
             buf = p;
         }
 
-        p = ngx_sprintf(buf, "%uL", rep->capabilities);
-        NGX_HTTP_OPAMP_ARG_END(buf, p);
-        buf = p;
+        /* report.lua's beat_mark() */
+
+        p = ngx_sprintf(buf, "%uL %V ", rep->capabilities,
+                        &rep->conn_settings_hash);
 
         if (rep->transport == NGX_HTTP_OPAMP_TRANSPORT_HTTP) {
-            NGX_HTTP_OPAMP_ARG("http", 4);
+            p = ngx_cpymem(p, "http", 4);
 
         } else {
-            p = ngx_http_opamp_store_conn_id(buf, rep->conn_number);
-            NGX_HTTP_OPAMP_ARG_END(buf, p);
-            buf = p;
+            p = ngx_http_opamp_store_conn_id(p, rep->conn_number);
         }
 
-        NGX_HTTP_OPAMP_ARG(ngx_http_opamp_transport_names[rep->transport],
-                           ngx_strlen(
-                               ngx_http_opamp_transport_names[rep->transport]));
-
-        p = ngx_sprintf(buf, "%M", rep->agent_timeout);
+        p = ngx_sprintf(p, " %s %V",
+                        ngx_http_opamp_transport_names[rep->transport],
+                        channel);
         NGX_HTTP_OPAMP_ARG_END(buf, p);
         buf = p;
 
-        NGX_HTTP_OPAMP_ARG(ngx_http_opamp_store_str(&rep->conn_settings_hash),
-                           rep->conn_settings_hash.len);
+        /* AcceptsRestartCommand */
+
+        if (rep->capabilities & 0x400) {
+            NGX_HTTP_OPAMP_ARG("1", 1);
+
+        } else {
+            NGX_HTTP_OPAMP_ARG("", 0);
+        }
+
+        p = ngx_sprintf(buf, "%uL", now_ms + rep->agent_timeout);
+        NGX_HTTP_OPAMP_ARG_END(buf, p);
+        buf = p;
     }
 
     rc = (ngx_http_opamp_redis_command(argc, argv, argvlen,
@@ -817,6 +854,12 @@ ngx_http_opamp_store_beats_done(redisReply *reply, void *data)
     }
 
     ngx_free(b);
+
+    ngx_http_opamp_beats_sent--;
+
+    if (ngx_http_opamp_beats) {
+        ngx_http_opamp_store_beats_post();
+    }
 }
 
 

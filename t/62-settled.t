@@ -48,9 +48,10 @@ my $desc = 'agent_description { identifying_attributes { '
 # --- becoming settled --------------------------------------------------------
 
 poll(extra => $desc);
-like($t->redis('HGET', $key, 'settled') // '', qr/^0 $CAPS [0-9a-f]{40}$/,
+like($t->redis('HGET', $key, 'settled') // '',
+     qr/^0 $CAPS [0-9a-f]{40} http http \Q${P}\Eworker:\S+:\d+$/,
      'settled after a full report with nothing owed: config_version, '
-     . 'capabilities and the settings hash');
+     . 'capabilities, the settings hash, connection, transport, channel');
 
 my $before = $t->agent($uid);
 select undef, undef, undef, 0.01;
@@ -170,7 +171,10 @@ $ws->send_msg($t->a2s('instance_uid: "' . uid_escape($uid3) . '" '
                       . '" status: RemoteConfigStatuses_APPLIED }'));
 $ws->recv_msg(5);
 my $k3 = "${P}agent:{" . uid_text($uid3) . '}';
-like($t->redis('HGET', $k3, 'settled'), qr/^1 /, 'settled over WebSocket');
+my $conn3 = $t->redis('HGET', $k3, 'conn');
+like($t->redis('HGET', $k3, 'settled'),
+     qr/^1 $CAPS [0-9a-f]{40} \Q$conn3\E websocket \Q${P}\Eworker:/,
+     'settled over WebSocket, on its connection');
 $ws->send_msg($t->a2s('instance_uid: "' . uid_escape($uid3) . '" '
                       . "sequence_num: 2 capabilities: $CAPS"));
 $r = $t->s2a_text($ws->recv_msg(5) // '');
@@ -178,15 +182,19 @@ unlike($r, qr/remote_config|flags/, 'a heartbeat gets nothing');
 is($t->redis('HGET', $k3, 'sequence_num'), 2, 'and is stored');
 $ws->close;
 $t->wait_for(sub { ($t->redis('HGET', $k3, 'connected') // '') eq '0' }, 5);
+is($t->redis('HGET', $k3, 'settled'), '', 'the disconnect unsettles it');
 
-# a new connection continues the sequence: not the short way, the config
-# goes out again (a new connection may have lost what the old one got)
+# a new connection continues the sequence: not the short way (the agent
+# is connected again on it), but the config is not sent again, as the
+# status it reported says it applied it
 $ws = OpAMPFleet->connect_ws(port => $t->port);
 $ws->send_msg($t->a2s('instance_uid: "' . uid_escape($uid3) . '" '
                       . "sequence_num: 3 capabilities: $CAPS"));
 $r = $t->s2a_text($ws->recv_msg(5) // '');
+unlike($r, qr/remote_config \{/, 'the applied config is not sent again');
 is($t->redis('HGET', $k3, 'connected'), '1', 'connected again');
-like($t->redis('HGET', $k3, 'conn'), qr/:/, 'on the new connection');
+my $conn3b = $t->redis('HGET', $k3, 'conn');
+isnt($conn3b, $conn3, 'on the new connection');
 $ws->close;
 
 $t->done;

@@ -11,7 +11,9 @@ if redis.call('HGET', KEYS[1], 'conn') ~= ARGV[2] then
     return 0
 end
 
+-- a settled agent is settled on its connection: the next one takes the
+-- long way
 redis.call('HSET', KEYS[1], 'connected', '0',
-           'disconnected_at_ms', ARGV[1])
+           'disconnected_at_ms', ARGV[1], 'settled', '')
 
 return 1

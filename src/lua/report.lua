@@ -85,40 +85,45 @@ local prefix = ARGV[25]
 -- keys; agents that accept connection settings or packages
 -- (AcceptsPackages, ReportsOwn*, Accepts*ConnectionSettings, bits 8 and
 -- 32 to 512) always take the long way, which reads the offers for the
--- agent and the fleet.  First thing in the script, before the functions below are
--- even made.
+-- agent and the fleet.  First thing in the script, before the functions
+-- below are even made.
 local short_fields = { 'sequence_num', 'settled', 'connected',
                        'expires_ms', 'conn', 'transport', 'channel',
                        'cs_hash', 'first_seen_ms' }
--- all a batch needs: the first seven
-local beat_fields = { unpack(short_fields, 1, 7) }
-local short_version = nil
+local vmark = nil
 
 -- no connection settings or packages to look for (bits 8, 32 to 512)
 local function can_settle(caps)
     return bit.band((tonumber(caps) or 0) % 65536, 1000) == 0
 end
 
--- takes the short way if the heartbeat can (true); cur: the agent's
--- short_fields; members: the fleet index entries to add, or nil to add
--- this one at once
-local function short_way(k, u, sq, prev, caps, cn, tr, timeout, cs, cur,
+-- what a heartbeat must match in the agent's "settled" to take the short
+-- way, but for the config_version in front: capabilities, the module's
+-- settings hash, and the connection, transport and worker channel it
+-- came on (another connection, or a disconnect, which clears "settled",
+-- take the long way)
+local function beat_mark(caps, cs, cn, tr)
+    return caps .. ' ' .. cs .. ' ' .. cn .. ' ' .. tr .. ' ' .. ARGV[10]
+end
+
+-- takes the short way if the heartbeat can (true): k the agent's key, u
+-- its uid, sq and prev its sequence_num and the one before, stored its
+-- stored sequence_num and settled, mark its beat_mark(), restart whether
+-- it accepts a restart command, expires its new expires_ms; members: the
+-- fleet index entries to add, or nil to add this one at once
+local function short_way(k, u, sq, prev, stored, mark, restart, expires,
                          members)
-    if not (cur[2] and cur[2] ~= '' and cur[1] == prev and cur[3] == '1'
-            and cur[5] == cn and cur[6] == tr and cur[7] == ARGV[10]
-            and can_settle(caps))
-    then
+    if not (stored[1] == prev and stored[2]) then
         return false
     end
-    short_version = short_version or redis.call('GET', KEYS[3]) or '0'
-    if cur[2] ~= short_version .. ' ' .. caps .. ' ' .. cs then
+    vmark = vmark or ((redis.call('GET', KEYS[3]) or '0') .. ' ')
+    if stored[2] ~= vmark .. mark then
         return false
     end
     -- a command or message for the agent; connection settings and
-    -- packages are not for agents that can settle.  A command only for
-    -- agents that accept it (AcceptsRestartCommand)
+    -- packages are not for agents that can settle
     local waiting
-    if math.floor((tonumber(caps) or 0) / 1024) % 2 == 1 then
+    if restart then
         waiting = redis.call('EXISTS', prefix .. 'command:{' .. u .. '}',
                              prefix .. 'outbox:{' .. u .. '}')
     else
@@ -128,7 +133,7 @@ local function short_way(k, u, sq, prev, caps, cn, tr, timeout, cs, cur,
         return false
     end
     redis.call('HSET', k, 'sequence_num', sq, 'last_seen_ms', ARGV[1],
-               'expires_ms', tostring(now + tonumber(timeout)))
+               'expires_ms', expires)
     if members then
         members[#members + 1] = ARGV[1]
         members[#members + 1] = u
@@ -139,20 +144,21 @@ local function short_way(k, u, sq, prev, caps, cn, tr, timeout, cs, cur,
 end
 
 -- "beats": the heartbeats a worker received in one turn of its event
--- loop, ARGV[37..] eight per agent: instance uid, sequence_num,
--- sequence_num - 1, capabilities, connection id, transport, agent
--- timeout (ms), the module's settings hash.  Returns { 1 or 0, ... }:
--- 1 for each that took the short way; the worker sends the others
--- again, one report each.
+-- loop, from agents that can settle, ARGV[37..] six per agent: instance
+-- uid, sequence_num, sequence_num - 1, its beat_mark(), "1" if it
+-- accepts restart (AcceptsRestartCommand) else "", and its expires_ms.
+-- Returns { 1 or 0, ... }: 1 for each that took the short way; the
+-- worker sends the others again, one report each.
 if ARGV[26] == 'beats' then
     local out, members = {}, {}
-    for i = 37, #ARGV - 7, 8 do
+    for i = 37, #ARGV - 5, 6 do
         local u = ARGV[i]
         local k = prefix .. 'agent:{' .. u .. '}'
-        local cur = redis.call('HMGET', k, unpack(beat_fields))
         out[#out + 1] = short_way(k, u, ARGV[i + 1], ARGV[i + 2],
-                                  ARGV[i + 3], ARGV[i + 4], ARGV[i + 5],
-                                  ARGV[i + 6], ARGV[i + 7], cur, members)
+                                  redis.call('HMGET', k, 'sequence_num',
+                                             'settled'),
+                                  ARGV[i + 3], ARGV[i + 4] == '1',
+                                  ARGV[i + 5], members)
                         and 1 or 0
     end
     if #members > 0 then
@@ -169,9 +175,11 @@ end
 if cur and mask == 0 and not disconnect
    and ARGV[14] == '' and ARGV[27] == '' and ARGV[28] == ''
    and ARGV[31] ~= '1' and ARGV[32] == '' and ARGV[33] == ''
-   and ARGV[36] == ''
-   and short_way(key, uid, seq, prev_seq, ARGV[5], conn, transport,
-                 ARGV[11], ARGV[15], cur, nil)
+   and ARGV[36] == '' and can_settle(ARGV[5])
+   and short_way(key, uid, seq, prev_seq, cur,
+                 beat_mark(ARGV[5], ARGV[15], conn, transport),
+                 math.floor((tonumber(ARGV[5]) or 0) / 1024) % 2 == 1,
+                 tostring(now + tonumber(ARGV[11])), nil)
 then
     return { 0, 0, cur[7], cur[5], 0, '', {}, 0, '', {}, '', '', '' }
 end
@@ -306,7 +314,7 @@ local pending = false
 -- part of the connection settings
 local function settle_mark()
     version = version or redis.call('GET', KEYS[3]) or '0'
-    return version .. ' ' .. ARGV[5] .. ' ' .. ARGV[15]
+    return version .. ' ' .. beat_mark(ARGV[5], ARGV[15], conn, transport)
 end
 
 -- what the last change of configs concerns, when the admin API could
