@@ -172,6 +172,31 @@ ok($t->wait_for(sub {
    'those that left are marked disconnected')
     or diag(explain($t->agent($gone[0]{uid})));
 
+# --- heartbeats that come while a batch is out wait for its answer ---------
+
+# Redis holds the first call; the heartbeats that arrive meanwhile, each
+# in a turn of its own, go together in the next call once it answers
+$calls = evalsha_calls();
+$t->redis('CLIENT', 'PAUSE', 1500, 'ALL');
+my $t0 = time;
+my @wave = @agents[0 .. 79];
+for my $ag (@wave) {
+    $ag->{seq}++;
+    $ag->send_msg(beat_msg($ag));
+    select undef, undef, undef, 0.005;
+}
+ok(time - $t0 < 1.2, 'the wave was sent while Redis was paused');
+my $answered = grep {
+        OpAMPFleet::decode('ServerToAgent', $_->recv_msg(10) // '')
+        !~ /flags|error_response/
+    } @wave;
+is($answered, scalar @wave, 'each heartbeat of the wave answered, empty');
+$used = evalsha_calls() - $calls;
+ok($used <= 3, "the wave took $used script calls: those that came while "
+   . 'one was out went together');
+is(scalar(grep { $t->redis('HGET', key_of($_), 'sequence_num') ne $_->{seq} }
+                @wave), 0, 'every sequence_num of the wave stored');
+
 # --- Redis goes away ------------------------------------------------------------
 
 $t->stop_redis;
