@@ -208,6 +208,10 @@ my ($s, $hd, $body) = $t->http_post($t->a2s(
 unlike($t->s2a_text($body), qr/remote_config/,
        'an agent outside the selector gets nothing');
 
+# a selector written directly without "key=value" matches no agent, even
+# at the highest priority
+set_group('broken', 'service.name', 99, 'broken.yaml' => [ 'b: 1' ]);
+
 # --- plain HTTP: the config comes with the next poll -----------------------
 
 my $u4 = random_uid();
@@ -218,7 +222,8 @@ my $u4 = random_uid();
 is($s, 200, 'HTTP agent registered');
 $rc = remote_config_of($t->s2a_text($body));
 is_deeply([ sort keys %{ $rc // {} } ], [ 'collector.yaml', 'extra.yaml' ],
-          'HTTP agent gets the group config in its reply');
+          'HTTP agent gets the group config in its reply (not the group '
+          . 'with a broken selector)');
 ($s, $hd, $body) = $t->http_post($t->a2s(
     'instance_uid: "' . uid_escape($u4) . '" '
     . "sequence_num: 1 capabilities: $CAPS"));

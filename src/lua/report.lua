@@ -222,14 +222,28 @@ local function agent_config_key()
     return acfg
 end
 
--- "k=v,k2=v2": every key must be an attribute with exactly that value
-local function matches(selector, attrs)
-    if not selector or selector == '' then
-        return true
-    end
-    for pair in string.gmatch(selector, '[^,]+') do
+-- "k=v,k2=v2" as { k, v, k2, v2 }, or false when a pair has no key
+local function parse_selector(selector)
+    local t = {}
+    for pair in string.gmatch(selector or '', '[^,]+') do
         local k, v = string.match(pair, '^([^=]+)=(.*)$')
-        if not k or attrs[k] ~= v then
+        if not k then
+            return false
+        end
+        t[#t + 1] = k
+        t[#t + 1] = v
+    end
+    return t
+end
+
+-- every key of the parsed selector must be an attribute with exactly
+-- that value
+local function matches(sel, attrs)
+    if not sel then
+        return false
+    end
+    for i = 1, #sel, 2 do
+        if attrs[sel[i]] ~= sel[i + 1] then
             return false
         end
     end
@@ -268,7 +282,7 @@ local function load_groups()
     for _, e in ipairs(list) do
         local r = redis.call('HMGET', prefix .. 'config:group:' .. e[1],
                              'selector', 'hash')
-        e[3], e[4] = r[1], r[2]
+        e[3], e[4] = parse_selector(r[1]), r[2]
     end
     return list
 end
@@ -467,9 +481,11 @@ end
 
 -- the oldest queued message for a custom capability the agent has
 -- (an entry is "<capability>\n<type>\n<data>"); one per ServerToAgent
+local no_message = {}
+
 local function owed_message(names)
     if not names or names == '' then
-        return {}
+        return no_message
     end
     local outbox = prefix .. 'outbox:{' .. uid .. '}'
     local have = {}
@@ -619,10 +635,15 @@ if ARGV[26] == 'check' then
                 then
                     -- owed a config only: one answer for all who are
                     -- owed the same (a fan-out's every agent)
-                    local e = same[ckey .. ' ' .. h]
+                    local by_hash = same[ckey]
+                    if not by_hash then
+                        by_hash = {}
+                        same[ckey] = by_hash
+                    end
+                    local e = by_hash[h]
                     if not e then
                         e = { {}, 0, h, ckey, 0, '', {}, '', '', '' }
-                        same[ckey .. ' ' .. h] = e
+                        by_hash[h] = e
                         out[#out + 1] = e
                     end
                     e[1][#e[1] + 1] = (i - 35) / 2
