@@ -89,6 +89,9 @@ static void ngx_http_opamp_session_conn_settings(
     Opamp__Proto__V1__OpAMPConnectionSettings *ocs);
 static void ngx_http_opamp_session_register(ngx_http_opamp_session_t *s);
 static void ngx_http_opamp_session_unregister(ngx_http_opamp_session_t *s);
+static ngx_rbtree_key_t ngx_http_opamp_session_uid_key(u_char *uid);
+static void ngx_http_opamp_session_set_uid(ngx_http_opamp_session_t *s,
+    u_char *uid);
 static void ngx_http_opamp_session_pubsub(ngx_str_t *channel,
     ngx_str_t *payload);
 static void ngx_http_opamp_session_kick(ngx_http_opamp_report_t *rep);
@@ -129,6 +132,11 @@ static void ngx_http_opamp_session_extras(ngx_http_opamp_report_t *rep,
 
 static ngx_rbtree_t       ngx_http_opamp_sessions;
 static ngx_rbtree_node_t  ngx_http_opamp_sessions_sentinel;
+
+/* "config <uid>" finds the agent's sessions without walking them all */
+static ngx_rbtree_t       ngx_http_opamp_sessions_by_uid;
+static ngx_rbtree_node_t  ngx_http_opamp_sessions_by_uid_sentinel;
+
 static uint64_t           ngx_http_opamp_conn_counter;
 
 
@@ -137,6 +145,10 @@ ngx_http_opamp_session_init_process(ngx_cycle_t *cycle)
 {
     ngx_rbtree_init(&ngx_http_opamp_sessions,
                     &ngx_http_opamp_sessions_sentinel,
+                    ngx_rbtree_insert_value);
+
+    ngx_rbtree_init(&ngx_http_opamp_sessions_by_uid,
+                    &ngx_http_opamp_sessions_by_uid_sentinel,
                     ngx_rbtree_insert_value);
 
     ngx_http_opamp_redis_set_message_handler(ngx_http_opamp_session_pubsub);
@@ -413,8 +425,7 @@ ngx_http_opamp_session_reported(ngx_http_opamp_report_t *rep, ngx_int_t rc,
         /* fall through */
 
     default:
-        ngx_memcpy(s->uid, rep->uid, NGX_HTTP_OPAMP_UID_LEN);
-        s->has_uid = 1;
+        ngx_http_opamp_session_set_uid(s, rep->uid);
 
         if (rep->disconnect) {
             s->disconnected = 1;
@@ -674,6 +685,10 @@ ngx_http_opamp_session_register(ngx_http_opamp_session_t *s)
 {
     s->node.key = (ngx_rbtree_key_t) s->conn_number;
     ngx_rbtree_insert(&ngx_http_opamp_sessions, &s->node);
+
+    s->uid_node.key = ngx_http_opamp_session_uid_key(s->uid);
+    ngx_rbtree_insert(&ngx_http_opamp_sessions_by_uid, &s->uid_node);
+
     s->registered = 1;
 }
 
@@ -683,7 +698,46 @@ ngx_http_opamp_session_unregister(ngx_http_opamp_session_t *s)
 {
     if (s->registered) {
         ngx_rbtree_delete(&ngx_http_opamp_sessions, &s->node);
+        ngx_rbtree_delete(&ngx_http_opamp_sessions_by_uid, &s->uid_node);
         s->registered = 0;
+    }
+}
+
+
+/* the two halves of a uid folded: random in UUIDv4 and in UUIDv7 alike */
+
+static ngx_rbtree_key_t
+ngx_http_opamp_session_uid_key(u_char *uid)
+{
+    uint64_t  a, b;
+
+    ngx_memcpy(&a, uid, 8);
+    ngx_memcpy(&b, uid + 8, 8);
+
+    return (ngx_rbtree_key_t) (a ^ b);
+}
+
+
+/* the uid of the last message; an agent may change it on its connection
+ * (after the server gave it a new one) */
+
+static void
+ngx_http_opamp_session_set_uid(ngx_http_opamp_session_t *s, u_char *uid)
+{
+    if (s->has_uid && ngx_memcmp(s->uid, uid, NGX_HTTP_OPAMP_UID_LEN) == 0) {
+        return;
+    }
+
+    if (s->registered) {
+        ngx_rbtree_delete(&ngx_http_opamp_sessions_by_uid, &s->uid_node);
+    }
+
+    ngx_memcpy(s->uid, uid, NGX_HTTP_OPAMP_UID_LEN);
+    s->has_uid = 1;
+
+    if (s->registered) {
+        s->uid_node.key = ngx_http_opamp_session_uid_key(s->uid);
+        ngx_rbtree_insert(&ngx_http_opamp_sessions_by_uid, &s->uid_node);
     }
 }
 
@@ -1577,15 +1631,58 @@ ngx_http_opamp_session_checked(ngx_uint_t i, ngx_http_opamp_report_t *rep,
 
 /*
  * uid NULL: every agent of this worker (a group changed), in batches of
- * agents that share a location configuration
+ * agents that share a location configuration; else the sessions of that
+ * agent (one, but for a takeover in progress), each checked alone
  */
 
 static void
 ngx_http_opamp_session_config_changed(u_char *uid)
 {
-    ngx_rbtree_node_t             *node, *root, *sentinel;
+    ngx_rbtree_key_t               key;
+    ngx_rbtree_node_t             *node, *root, *sentinel, *first;
     ngx_http_opamp_session_t      *s;
     ngx_http_opamp_check_batch_t  *b;
+
+    if (uid) {
+        key = ngx_http_opamp_session_uid_key(uid);
+        root = ngx_http_opamp_sessions_by_uid.root;
+        sentinel = ngx_http_opamp_sessions_by_uid.sentinel;
+
+        /* the leftmost node of the key: equal keys sit side by side in
+         * order, whatever rotations did to them */
+
+        first = NULL;
+
+        for (node = root; node != sentinel; /* void */) {
+            if (key <= node->key) {
+                if (key == node->key) {
+                    first = node;
+                }
+
+                node = node->left;
+
+            } else {
+                node = node->right;
+            }
+        }
+
+        /* starting a check neither closes a session nor changes a tree */
+
+        for (node = first;
+             node && node->key == key;
+             node = ngx_rbtree_next(&ngx_http_opamp_sessions_by_uid, node))
+        {
+            s = (ngx_http_opamp_session_t *)
+                    ((u_char *) node
+                     - offsetof(ngx_http_opamp_session_t, uid_node));
+
+            if (ngx_memcmp(s->uid, uid, NGX_HTTP_OPAMP_UID_LEN) == 0) {
+                ngx_http_opamp_session_check(s, 0);
+            }
+        }
+
+        return;
+    }
 
     root = ngx_http_opamp_sessions.root;
     sentinel = ngx_http_opamp_sessions.sentinel;
@@ -1596,18 +1693,12 @@ ngx_http_opamp_session_config_changed(u_char *uid)
 
     b = NULL;
 
-    /* starting a check neither closes a session nor changes the tree */
-
     for (node = ngx_rbtree_min(root, sentinel);
          node;
          node = ngx_rbtree_next(&ngx_http_opamp_sessions, node))
     {
         s = (ngx_http_opamp_session_t *)
                 ((u_char *) node - offsetof(ngx_http_opamp_session_t, node));
-
-        if (uid && ngx_memcmp(s->uid, uid, NGX_HTTP_OPAMP_UID_LEN) != 0) {
-            continue;
-        }
 
         if (!ngx_http_opamp_session_checkable(s)) {
             continue;
@@ -1619,8 +1710,7 @@ ngx_http_opamp_session_config_changed(u_char *uid)
         }
 
         if (b == NULL) {
-            b = ngx_http_opamp_session_batch(uid ? 1
-                                             : NGX_HTTP_OPAMP_CHECK_BATCH);
+            b = ngx_http_opamp_session_batch(NGX_HTTP_OPAMP_CHECK_BATCH);
             if (b == NULL) {
                 return;
             }

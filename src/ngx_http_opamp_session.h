@@ -44,8 +44,9 @@ struct ngx_http_opamp_session_s {
     ngx_http_opamp_close_pt         close;
 
     /* registry of live WebSocket sessions of this worker, keyed by
-     * conn_number */
+     * conn_number, and the same sessions by instance uid */
     ngx_rbtree_node_t               node;
+    ngx_rbtree_node_t               uid_node;
     u_char                          uid[NGX_HTTP_OPAMP_UID_LEN];
 
     /* unique per worker, names the connection in Redis */

@@ -374,6 +374,41 @@ like($t->s2a_text($body), qr/flags: 2\b/,
     . 'hash: "\001" }'));
 unlike($t->s2a_text($body), qr/flags: 2\b/, 'and not once they are');
 
+# --- an agent that changes its uid on its connection -------------------------
+
+# a config for the uid it reports now reaches the connection; one for the
+# uid it left does not; another agent's reaches only that agent
+my ($uA, $uB, $uC) = (random_uid(), random_uid(), random_uid());
+my $a8 = OpAMPFleet->connect_ws(port => $t->port);
+my $a9 = OpAMPFleet->connect_ws(port => $t->port);
+$a8->send_msg($t->a2s('instance_uid: "' . uid_escape($uA) . '" '
+                      . "sequence_num: 0 capabilities: $CAPS "
+                      . desc('service.name' => 'solo')));
+ok(defined $a8->recv_msg(5), 'an agent answered under its first uid');
+$a9->send_msg($t->a2s('instance_uid: "' . uid_escape($uC) . '" '
+                      . "sequence_num: 0 capabilities: $CAPS "
+                      . desc('service.name' => 'solo')));
+ok(defined $a9->recv_msg(5), 'another agent answered');
+$a8->send_msg($t->a2s('instance_uid: "' . uid_escape($uB) . '" '
+                      . "sequence_num: 0 capabilities: $CAPS "
+                      . desc('service.name' => 'solo')));
+ok(defined $a8->recv_msg(5), 'the first agent answered under its new uid');
+
+set_agent_config($uB, 'b.yaml' => [ 'b: 1' ]);
+$rc = remote_config_of($t->s2a_text($a8->recv_msg(5) // ''));
+is_deeply($rc, { 'b.yaml' => [ 'b: 1', undef ] },
+          'a config for the new uid is pushed on the connection');
+ok(!defined $a9->recv_msg(0.5), 'and not to the other agent');
+set_agent_config($uA, 'a.yaml' => [ 'a: 1' ]);
+ok(!defined $a8->recv_msg(0.5),
+   'a config for the uid it left is not pushed on the connection');
+set_agent_config($uC, 'c.yaml' => [ 'c: 1' ]);
+$rc = remote_config_of($t->s2a_text($a9->recv_msg(5) // ''));
+is_deeply($rc, { 'c.yaml' => [ 'c: 1', undef ] },
+          "the other agent's config reaches it");
+$a8->close;
+$a9->close;
+
 $_->close for $a1, $a2, $a6, $a7;
 
 $t->done;
