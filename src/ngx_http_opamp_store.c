@@ -692,9 +692,11 @@ ngx_http_opamp_store_send_beats(ngx_http_opamp_store_beats_t *b,
     u_char                   *p, *buf;
     u_char                    now[NGX_INT64_LEN];
     size_t                   *argvlen, conn_len, per;
+    u_char                    digest[20];
     uint64_t                  now_ms;
     ngx_int_t                 rc;
     ngx_str_t                *channel;
+    ngx_sha1_t                sha1;
     ngx_uint_t                i, total;
     ngx_time_t               *tp;
     const char              **argv;
@@ -707,9 +709,9 @@ ngx_http_opamp_store_send_beats(ngx_http_opamp_store_beats_t *b,
     /* "<server_id>:<pid>:<n>" */
     conn_len = ngx_http_opamp_store_conf->server_id.len
                + 2 * NGX_INT64_LEN + 2;
-    /* uid, sequence_num, its predecessor, expires_ms, and the mark:
-     * capabilities, settings hash (sha1, hex), connection, transport
-     * and channel, separated by spaces */
+    /* uid, sequence_num, its predecessor, expires_ms, and the text of
+     * the mark (digested in place): capabilities, settings hash (sha1,
+     * hex), connection, transport and channel, separated by spaces */
     per = NGX_HTTP_OPAMP_UID_STR_LEN + 4 * NGX_INT64_LEN + 40 + conn_len
           + sizeof("websocket") + channel->len + 4;
 
@@ -751,7 +753,7 @@ ngx_http_opamp_store_send_beats(ngx_http_opamp_store_beats_t *b,
             buf = p;
         }
 
-        /* report.lua's beat_mark() */
+        /* report.lua's beat_mark(): the text, then its digest over it */
 
         p = ngx_sprintf(buf, "%uL %V ", rep->capabilities,
                         &rep->conn_settings_hash);
@@ -766,6 +768,12 @@ ngx_http_opamp_store_send_beats(ngx_http_opamp_store_beats_t *b,
         p = ngx_sprintf(p, " %s %V",
                         ngx_http_opamp_transport_names[rep->transport],
                         channel);
+
+        ngx_sha1_init(&sha1);
+        ngx_sha1_update(&sha1, buf, p - buf);
+        ngx_sha1_final(digest, &sha1);
+
+        p = ngx_hex_dump(buf, digest, 8);
         NGX_HTTP_OPAMP_ARG_END(buf, p);
         buf = p;
 

@@ -48,10 +48,12 @@ my $desc = 'agent_description { identifying_attributes { '
 # --- becoming settled --------------------------------------------------------
 
 poll(extra => $desc);
-like($t->redis('HGET', $key, 'settled') // '',
-     qr/^0 $CAPS [0-9a-f]{40} http http \Q${P}\Eworker:\S+:\d+$/,
-     'settled after a full report with nothing owed: config_version, '
-     . 'capabilities, the settings hash, connection, transport, channel');
+like($t->redis('HGET', $key, 'settled') // '', qr/^0 [0-9a-f]{16}$/,
+     'settled after a full report with nothing owed: config_version and '
+     . 'a digest of capabilities, settings hash, connection, transport, '
+     . 'channel');
+is($t->redis('OBJECT', 'ENCODING', $key), 'listpack',
+   'a small agent hash stays compact (every value under 64 bytes)');
 
 my $before = $t->agent($uid);
 select undef, undef, undef, 0.01;
@@ -95,7 +97,7 @@ like($r, qr/^command \{/m, 'the admin command arrives at the next poll');
 poll(caps => 3,
      extra => 'custom_capabilities { capabilities: "io.example.ping" }');
 poll(caps => 3);
-like($t->redis('HGET', $key, 'settled') // '', qr/^\d+ 3 /,
+like($t->redis('HGET', $key, 'settled') // '', qr/^\d+ [0-9a-f]{16}$/,
      'settled with a custom capability');
 $t->redis('RPUSH', "${P}outbox:{$text}", "io.example.ping\ntext/plain\nhello");
 $r = poll(caps => 3);
@@ -172,9 +174,8 @@ $ws->send_msg($t->a2s('instance_uid: "' . uid_escape($uid3) . '" '
 $ws->recv_msg(5);
 my $k3 = "${P}agent:{" . uid_text($uid3) . '}';
 my $conn3 = $t->redis('HGET', $k3, 'conn');
-like($t->redis('HGET', $k3, 'settled'),
-     qr/^1 $CAPS [0-9a-f]{40} \Q$conn3\E websocket \Q${P}\Eworker:/,
-     'settled over WebSocket, on its connection');
+my $mark3 = $t->redis('HGET', $k3, 'settled');
+like($mark3, qr/^1 [0-9a-f]{16}$/, 'settled over WebSocket');
 $ws->send_msg($t->a2s('instance_uid: "' . uid_escape($uid3) . '" '
                       . "sequence_num: 2 capabilities: $CAPS"));
 $r = $t->s2a_text($ws->recv_msg(5) // '');
@@ -195,6 +196,9 @@ unlike($r, qr/remote_config \{/, 'the applied config is not sent again');
 is($t->redis('HGET', $k3, 'connected'), '1', 'connected again');
 my $conn3b = $t->redis('HGET', $k3, 'conn');
 isnt($conn3b, $conn3, 'on the new connection');
+my $mark3b = $t->redis('HGET', $k3, 'settled');
+like($mark3b, qr/^1 [0-9a-f]{16}$/, 'settled again');
+isnt($mark3b, $mark3, 'with a mark of the new connection');
 $ws->close;
 
 $t->done;

@@ -98,12 +98,16 @@ local function can_settle(caps)
 end
 
 -- what a heartbeat must match in the agent's "settled" to take the short
--- way, but for the config_version in front: capabilities, the module's
--- settings hash, and the connection, transport and worker channel it
--- came on (another connection, or a disconnect, which clears "settled",
--- take the long way)
+-- way, but for the config_version in front: its capabilities, the
+-- module's settings hash, and the connection, transport and worker
+-- channel it came on (another connection, or a disconnect, which clears
+-- "settled", take the long way).  Digested to 16 hex digits of their SHA1
+-- so that the field stays short: an agent hash whose values all fit in
+-- 64 bytes is stored compactly by Redis (hash-max-listpack-value).  The
+-- worker digests the same text for a batch.
 local function beat_mark(caps, cs, cn, tr)
-    return caps .. ' ' .. cs .. ' ' .. cn .. ' ' .. tr .. ' ' .. ARGV[10]
+    return string.sub(redis.sha1hex(caps .. ' ' .. cs .. ' ' .. cn .. ' '
+                                    .. tr .. ' ' .. ARGV[10]), 1, 16)
 end
 
 -- takes the short way if the heartbeat can (true): k the agent's key, u
@@ -145,8 +149,9 @@ end
 
 -- "beats": the heartbeats a worker received in one turn of its event
 -- loop, from agents that can settle, ARGV[37..] six per agent: instance
--- uid, sequence_num, sequence_num - 1, its beat_mark(), "1" if it
--- accepts restart (AcceptsRestartCommand) else "", and its expires_ms.
+-- uid, sequence_num, sequence_num - 1, its beat_mark() (digested by the
+-- worker), "1" if it accepts restart (AcceptsRestartCommand) else "",
+-- and its expires_ms.
 -- Returns { 1 or 0, ... }: 1 for each that took the short way; the
 -- worker sends the others again, one report each.
 if ARGV[26] == 'beats' then
