@@ -65,6 +65,7 @@ typedef struct {
     unsigned                          subscriber:1;
     unsigned                          outage_logged:1;
     unsigned                          timed_out:1;
+    unsigned                          writing:1;  /* in the write handler */
 } ngx_http_opamp_redis_link_t;
 
 
@@ -869,7 +870,9 @@ ngx_http_opamp_redis_write_handler(ngx_event_t *ev)
     ngx_http_opamp_redis_link_t  *link = c->data;
 
     if (link->ac) {
+        link->writing = 1;
         redisAsyncHandleWrite(link->ac);
+        link->writing = 0;
     }
 }
 
@@ -912,6 +915,14 @@ ngx_http_opamp_redis_del_read(void *privdata)
 }
 
 
+/*
+ * Commands queued during a turn of the event loop are written together at
+ * its end: the socket of a connected link is nearly always writable, so
+ * the write event is posted rather than asked of epoll (two epoll_ctl and
+ * a turn saved per write).  Only what the socket did not take, and the
+ * connect, wait for epoll.
+ */
+
 static void
 ngx_http_opamp_redis_add_write(void *privdata)
 {
@@ -921,11 +932,20 @@ ngx_http_opamp_redis_add_write(void *privdata)
 
     wev = link->conn->write;
 
-    if (!wev->active) {
-        if (ngx_add_event(wev, NGX_WRITE_EVENT, NGX_LEVEL_EVENT) != NGX_OK) {
-            ngx_log_error(NGX_LOG_ERR, ngx_http_opamp_redis_log, 0,
-                          "opamp: redis write event not added");
-        }
+    if (wev->active || wev->posted) {
+        return;
+    }
+
+    if (!link->writing && link->ac
+        && (link->ac->c.flags & REDIS_CONNECTED))
+    {
+        ngx_post_event(wev, &ngx_posted_events);
+        return;
+    }
+
+    if (ngx_add_event(wev, NGX_WRITE_EVENT, NGX_LEVEL_EVENT) != NGX_OK) {
+        ngx_log_error(NGX_LOG_ERR, ngx_http_opamp_redis_log, 0,
+                      "opamp: redis write event not added");
     }
 }
 
@@ -941,6 +961,10 @@ ngx_http_opamp_redis_del_write(void *privdata)
 
     if (wev->active) {
         (void) ngx_del_event(wev, NGX_WRITE_EVENT, 0);
+    }
+
+    if (wev->posted) {
+        ngx_delete_posted_event(wev);
     }
 }
 

@@ -39,6 +39,10 @@ $t->start_nginx('
             auth_basic "opamp admin";
             auth_basic_user_file htpasswd;
             opamp_admin;
+        }
+        location /big/ {
+            opamp_admin;
+            client_max_body_size 16m;
         }', workers => 2);
 
 my $json = JSON::PP->new->canonical;
@@ -342,6 +346,23 @@ is($st, 401, 'auth_basic: 401 without credentials');
     -path => '/basic/agents', Authorization => 'Basic YWRtaW46czNjcmV0');
 is($st, 200, 'auth_basic: 200 with them');
 like($bb, qr/"agents":\[/, 'and the listing');
+
+# --- a config larger than the Redis socket takes at once --------------------
+
+# the command goes out in pieces as the socket drains, and the link goes
+# on serving the commands after it
+my $huge = 'y' x 6_000_000;
+($s, undef, $hd) = $t->http_post('{"files":{"a":{"body":"' . $huge . '"}}}',
+                                 -method => 'PUT',
+                                 -path => '/big/configs/groups/huge',
+                                 'Content-Type' => 'application/json');
+is($s, 200, 'a 6 MB config is stored');
+is($t->redis("HSTRLEN", "opamp:config:group:huge", "file:a"), 6_000_000,
+   'Redis holds all of it');
+($s, $d) = api('GET', 'agents');
+is($s, 200, 'and the next command is answered');
+($s) = api('DELETE', 'configs/groups/huge');
+is($s, 204, 'the big config is deleted');
 
 # --- Redis down -------------------------------------------------------------------
 
