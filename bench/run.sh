@@ -151,8 +151,9 @@ echo 2 > "$WORK/src"
 loadgen_many() {
     local n=$1; shift
     local procs=$(( (n + PER_PROC - 1) / PER_PROC )) i per pids=() src
-    per=$(( n / procs ))
     for i in $(seq 0 $((procs - 1))); do
+        # n agents in all: the first n % procs processes take one more
+        per=$(( n / procs + (i < n % procs ? 1 : 0) ))
         src=$(cat "$WORK/src")
         # loadgen puts 1000 agents on each source address
         next=$(( src + (per + 999) / 1000 ))
