@@ -929,7 +929,7 @@ static const char ngx_http_opamp_lua_report[] =
     "        -- one read: the config fields (1 to 6), then the rest\n"
     "        local cur = redis.call('HMGET', key, unpack(check_fields))\n"
     "        if wide then\n"
-    "            cur.attributes = cur[12]\n"
+    "            cur.attributes = cur[#check_fields]\n"
     "        end\n"
     "        local caps = cur[7]\n"
     "        if caps and cur[8] == ARGV[i + 1] and cur[9] == '1' then\n"

@@ -31,10 +31,10 @@ struct ngx_http_opamp_store_req_s {
 
 /*
  * Heartbeats that may take report.lua's short way wait for the end of the
- * event loop's turn and go to Redis together: one "beats" call for those
- * a worker received in the turn (up to 128 per call) costs Redis about
- * half of what one call each does.  Those that cannot take the short way
- * after all are sent again, one report each.
+ * event loop's turn, or while a "beats" call is out for its answer, and
+ * go to Redis together: one call for many agents (up to 128 per call)
+ * costs Redis a fraction of what one call each does.  Those that cannot
+ * take the short way after all are sent again, one report each.
  */
 
 #define NGX_HTTP_OPAMP_BEATS_MAX  128

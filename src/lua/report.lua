@@ -611,7 +611,7 @@ if ARGV[26] == 'check' then
         -- one read: the config fields (1 to 6), then the rest
         local cur = redis.call('HMGET', key, unpack(check_fields))
         if wide then
-            cur.attributes = cur[12]
+            cur.attributes = cur[#check_fields]
         end
         local caps = cur[7]
         if caps and cur[8] == ARGV[i + 1] and cur[9] == '1' then
