@@ -18,6 +18,9 @@
 #define NGX_HTTP_OPAMP_ADMIN_MAX_LIMIT     1000
 #define NGX_HTTP_OPAMP_ADMIN_MAX_FILES     64
 #define NGX_HTTP_OPAMP_ADMIN_MAX_ATTRS     16
+/* admin_list.lua's fixed arguments (KEYS[1], ARGV[1..8]) before the
+ * attribute filters */
+#define NGX_HTTP_OPAMP_ADMIN_LIST_FIXED    9
 
 
 typedef enum {
@@ -704,12 +707,14 @@ ngx_http_opamp_admin_list(ngx_http_opamp_admin_ctx_t *ctx)
     u_char                      *p, *last, *amp, *eq, *dst, *src;
     u_char                       now[NGX_INT64_LEN], budget[NGX_INT_T_LEN];
     u_char                       limit[NGX_INT_T_LEN];
-    size_t                       argvlen[8 + NGX_HTTP_OPAMP_ADMIN_MAX_ATTRS];
+    size_t                       argvlen[NGX_HTTP_OPAMP_ADMIN_LIST_FIXED
+                                         + NGX_HTTP_OPAMP_ADMIN_MAX_ATTRS];
     ngx_int_t                    n, lim;
     ngx_str_t                    name, value, cursor, connected, healthy;
     ngx_str_t                    status, key;
     ngx_time_t                  *tp;
-    const char                  *argv[8 + NGX_HTTP_OPAMP_ADMIN_MAX_ATTRS];
+    const char                  *argv[NGX_HTTP_OPAMP_ADMIN_LIST_FIXED
+                                      + NGX_HTTP_OPAMP_ADMIN_MAX_ATTRS];
     ngx_http_request_t          *r;
     ngx_http_opamp_main_conf_t  *omcf;
 
@@ -721,7 +726,7 @@ ngx_http_opamp_admin_list(ngx_http_opamp_admin_ctx_t *ctx)
     ngx_str_null(&healthy);
     ngx_str_null(&status);
     lim = 100;
-    argc = 8;
+    argc = NGX_HTTP_OPAMP_ADMIN_LIST_FIXED;
 
     p = r->args.data;
     last = p + r->args.len;
@@ -814,7 +819,9 @@ ngx_http_opamp_admin_list(ngx_http_opamp_admin_ctx_t *ctx)
                            "attr takes key=value");
             }
 
-            if (argc == 8 + NGX_HTTP_OPAMP_ADMIN_MAX_ATTRS) {
+            if (argc == NGX_HTTP_OPAMP_ADMIN_LIST_FIXED
+                        + NGX_HTTP_OPAMP_ADMIN_MAX_ATTRS)
+            {
                 return ngx_http_opamp_admin_error(r, NGX_HTTP_BAD_REQUEST,
                            "too many attr filters");
             }
@@ -854,14 +861,8 @@ ngx_http_opamp_admin_list(ngx_http_opamp_admin_ctx_t *ctx)
     argvlen[6] = connected.len;
     argv[7] = (const char *) (healthy.len ? healthy.data : (u_char *) "");
     argvlen[7] = healthy.len;
-
-    /* config_status goes in ARGV[8]: shift the attributes by one */
-
-    ngx_memmove(&argv[9], &argv[8], (argc - 8) * sizeof(char *));
-    ngx_memmove(&argvlen[9], &argvlen[8], (argc - 8) * sizeof(size_t));
     argv[8] = (const char *) (status.len ? status.data : (u_char *) "");
     argvlen[8] = status.len;
-    argc++;
 
     return ngx_http_opamp_admin_eval(ctx, NGX_HTTP_OPAMP_SCRIPT_ADMIN_LIST, 1,
                                      argc, argv, argvlen);

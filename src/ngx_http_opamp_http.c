@@ -31,6 +31,8 @@ static ngx_int_t ngx_http_opamp_http_gzip(ngx_http_request_t *r,
     u_char *data, size_t len, ngx_str_t *out);
 static ngx_int_t ngx_http_opamp_http_send(ngx_http_opamp_session_t *s,
     u_char *data, size_t len);
+static ngx_int_t ngx_http_opamp_http_output(ngx_http_opamp_session_t *s,
+    ngx_http_request_t *r, u_char *data, size_t len);
 static void ngx_http_opamp_http_resume(ngx_http_opamp_session_t *s);
 static void ngx_http_opamp_http_close(ngx_http_opamp_session_t *s,
     ngx_uint_t code, const char *reason);
@@ -214,9 +216,10 @@ ngx_http_opamp_http_body(ngx_http_request_t *r)
     if (ngx_http_opamp_session_message(ctx->session, body.data, body.len)
         != NGX_OK)
     {
-        if (!ctx->done) {
-            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-        }
+        /* no reply, or one that could not be built: the session will not
+         * resume the request, so it ends here */
+        ngx_http_finalize_request(r, ctx->done ? ctx->rc
+                                               : NGX_HTTP_INTERNAL_SERVER_ERROR);
     }
 }
 
@@ -396,9 +399,6 @@ ngx_http_opamp_http_send(ngx_http_opamp_session_t *s, u_char *data,
     size_t len)
 {
     ngx_int_t                   rc;
-    ngx_buf_t                  *b;
-    ngx_str_t                   body;
-    ngx_chain_t                 out;
     ngx_http_request_t         *r;
     ngx_http_opamp_http_ctx_t  *ctx;
 
@@ -420,6 +420,37 @@ ngx_http_opamp_http_send(ngx_http_opamp_session_t *s, u_char *data,
                       "response exceeds opamp_max_message_size");
         return NGX_DECLINED;
     }
+
+    rc = ngx_http_opamp_http_output(s, r, data, len);
+
+    if (rc == NGX_ERROR) {
+        /* nothing went out yet: whoever finalizes the request says 500 */
+        ctx->rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return rc;
+}
+
+
+/* the reply's headers and body; NGX_ERROR before anything was sent */
+
+static ngx_int_t
+ngx_http_opamp_http_output(ngx_http_opamp_session_t *s,
+    ngx_http_request_t *r, u_char *data, size_t len)
+{
+    ngx_int_t                   rc;
+    ngx_buf_t                  *b;
+    ngx_str_t                   body;
+    ngx_chain_t                 out;
+    ngx_http_opamp_http_ctx_t  *ctx;
+
+    ctx = s->transport_data;
+
+#if (NGX_HTTP_OPAMP_FAULTS)
+    if (ngx_http_opamp_fault("http_reply")) {
+        return NGX_ERROR;
+    }
+#endif
 
     if (s->unavailable) {
         r->headers_out.status = NGX_HTTP_SERVICE_UNAVAILABLE;

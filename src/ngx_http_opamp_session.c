@@ -45,7 +45,7 @@ typedef struct {
     ngx_http_opamp_session_t       *session;
     ngx_http_opamp_store_req_t     *request;
     ngx_http_opamp_report_t         report;
-    ngx_str_t                       packed[NGX_HTTP_OPAMP_FIELD_COUNT];
+    u_char                         *stored;   /* the status fields */
     u_char                          reply_uid[NGX_HTTP_OPAMP_UID_LEN];
     u_char                          cs_hash_hex[40];
     u_char                          config_hash_hex[64];
@@ -74,7 +74,7 @@ typedef struct {
 
 
 static ngx_int_t ngx_http_opamp_session_report(ngx_http_opamp_session_t *s,
-    ngx_http_opamp_a2s_t *msg);
+    ngx_http_opamp_a2s_t *msg, ngx_http_opamp_a2s_scan_t *scan);
 static void ngx_http_opamp_session_reported(ngx_http_opamp_report_t *rep,
     ngx_int_t rc, void *data);
 static ngx_int_t ngx_http_opamp_session_reply(ngx_http_opamp_session_t *s,
@@ -193,17 +193,44 @@ ngx_http_opamp_session_init(ngx_http_opamp_session_t *s,
 }
 
 
+/*
+ * An AgentToServer is checked on the wire first (nesting, element counts,
+ * wire types, UTF-8), so that nothing a client sends can make protobuf-c
+ * recurse or allocate without bound; then only the fields the module reads
+ * are decoded, and the status fields are stored as the agent sent them.
+ */
+
 ngx_int_t
 ngx_http_opamp_session_message(ngx_http_opamp_session_t *s, u_char *data,
     size_t len)
 {
+    u_char                         reason[128];
     ngx_int_t                      rc;
     ngx_http_opamp_a2s_t          *msg;
+    ngx_http_opamp_a2s_scan_t      scan;
     ngx_http_opamp_proto_alloc_t   alloc;
 
-    msg = ngx_http_opamp_proto_decode_a2s(&alloc, data, len,
-                                          s->connection->log);
+    if (ngx_http_opamp_proto_scan_a2s(&scan, data, len, s->connection->log)
+        != NGX_OK)
+    {
+        if (scan.error == NULL) {
+            return NGX_ERROR;
+        }
+
+        *ngx_snprintf(reason, sizeof(reason) - 1, "%s: %s",
+                      scan.limit ? "AgentToServer refused"
+                                 : "AgentToServer is not a valid protobuf "
+                                   "message",
+                      scan.error) = '\0';
+
+        return ngx_http_opamp_session_bad_request(s, (char *) reason);
+    }
+
+    msg = ngx_http_opamp_proto_decode_a2s(&alloc, scan.view.data,
+                                          scan.view.len, s->connection->log);
     if (msg == NULL) {
+        ngx_http_opamp_proto_scan_free(&scan, data, len);
+
         if (alloc.exhausted) {
             return ngx_http_opamp_session_bad_request(s,
                        "AgentToServer needs more memory to decode than "
@@ -218,38 +245,70 @@ ngx_http_opamp_session_message(ngx_http_opamp_session_t *s, u_char *data,
         ngx_log_error(NGX_LOG_INFO, s->connection->log, 0,
                       "opamp: instance_uid of %uz bytes, must be 16",
                       msg->instance_uid.len);
-        ngx_http_opamp_proto_free_a2s(&alloc, msg);
-        return ngx_http_opamp_session_bad_request(s,
+        rc = ngx_http_opamp_session_bad_request(s,
                    "instance_uid must be 16 bytes");
+        goto done;
     }
 
     if (s->has_header_uid
         && ngx_memcmp(s->header_uid, msg->instance_uid.data,
                       NGX_HTTP_OPAMP_UID_LEN) != 0)
     {
-        ngx_http_opamp_proto_free_a2s(&alloc, msg);
-        return ngx_http_opamp_session_bad_request(s,
+        rc = ngx_http_opamp_session_bad_request(s,
                    "OpAMP-Instance-UID header does not match instance_uid");
+        goto done;
     }
 
-    rc = ngx_http_opamp_session_report(s, msg);
+    rc = ngx_http_opamp_session_report(s, msg, &scan);
+
+done:
 
     ngx_http_opamp_proto_free_a2s(&alloc, msg);
+    ngx_http_opamp_proto_scan_free(&scan, data, len);
 
     return rc;
 }
 
 
+/* the status fields of the agent hash and their AgentToServer numbers */
+static ngx_uint_t  ngx_http_opamp_session_status_fields[] = {
+    3,      /* NGX_HTTP_OPAMP_FIELD_DESCRIPTION */
+    5,      /* NGX_HTTP_OPAMP_FIELD_HEALTH */
+    6,      /* NGX_HTTP_OPAMP_FIELD_EFFECTIVE_CONFIG */
+    7,      /* NGX_HTTP_OPAMP_FIELD_REMOTE_CONFIG_STATUS */
+    8,      /* NGX_HTTP_OPAMP_FIELD_PACKAGE_STATUSES */
+    12,     /* NGX_HTTP_OPAMP_FIELD_CUSTOM_CAPABILITIES */
+    14,     /* NGX_HTTP_OPAMP_FIELD_AVAILABLE_COMPONENTS */
+    15      /* NGX_HTTP_OPAMP_FIELD_CONN_SETTINGS_STATUS */
+};
+
+
 static ngx_int_t
 ngx_http_opamp_session_report(ngx_http_opamp_session_t *s,
-    ngx_http_opamp_a2s_t *msg)
+    ngx_http_opamp_a2s_t *msg, ngx_http_opamp_a2s_scan_t *scan)
 {
-    ngx_uint_t                   i;
-    ngx_str_t                   *f;
-    const ProtobufCMessage      *sub[NGX_HTTP_OPAMP_FIELD_COUNT];
+    u_char                      *p;
+    size_t                       size;
+    ngx_uint_t                   i, n;
     ngx_http_opamp_message_t    *m;
     ngx_http_opamp_report_t     *rep;
     ngx_http_opamp_store_req_t  *req;
+
+    /* one message cannot hold more than the agent may keep in Redis */
+
+    size = 0;
+
+    for (i = 0; i < NGX_HTTP_OPAMP_FIELD_COUNT; i++) {
+        size += scan->field[ngx_http_opamp_session_status_fields[i]].len;
+    }
+
+    if (size > s->conf->max_agent_state) {
+        ngx_log_error(NGX_LOG_INFO, s->connection->log, 0,
+                      "opamp: status fields of %uz bytes exceed "
+                      "opamp_max_agent_state", size);
+        return ngx_http_opamp_session_bad_request(s,
+                   "agent state exceeds opamp_max_agent_state");
+    }
 
     m = ngx_calloc(sizeof(ngx_http_opamp_message_t), s->connection->log);
     if (m == NULL) {
@@ -275,6 +334,7 @@ ngx_http_opamp_session_report(ngx_http_opamp_session_t *s,
     rep->conn_number = s->conn_number;
     rep->transport = s->transport;
     rep->agent_timeout = s->conf->agent_timeout;
+    rep->max_state = s->conf->max_agent_state;
     rep->first_message = (s->messages == 0
                           || s->transport == NGX_HTTP_OPAMP_TRANSPORT_HTTP);
     rep->disconnect = (msg->agent_disconnect != NULL);
@@ -292,37 +352,28 @@ ngx_http_opamp_session_report(ngx_http_opamp_session_t *s,
         return NGX_ERROR;
     }
 
-    sub[NGX_HTTP_OPAMP_FIELD_DESCRIPTION] =
-        (ProtobufCMessage *) msg->agent_description;
-    sub[NGX_HTTP_OPAMP_FIELD_HEALTH] = (ProtobufCMessage *) msg->health;
-    sub[NGX_HTTP_OPAMP_FIELD_EFFECTIVE_CONFIG] =
-        (ProtobufCMessage *) msg->effective_config;
-    sub[NGX_HTTP_OPAMP_FIELD_REMOTE_CONFIG_STATUS] =
-        (ProtobufCMessage *) msg->remote_config_status;
-    sub[NGX_HTTP_OPAMP_FIELD_PACKAGE_STATUSES] =
-        (ProtobufCMessage *) msg->package_statuses;
-    sub[NGX_HTTP_OPAMP_FIELD_CUSTOM_CAPABILITIES] =
-        (ProtobufCMessage *) msg->custom_capabilities;
-    sub[NGX_HTTP_OPAMP_FIELD_AVAILABLE_COMPONENTS] =
-        (ProtobufCMessage *) msg->available_components;
-    sub[NGX_HTTP_OPAMP_FIELD_CONN_SETTINGS_STATUS] =
-        (ProtobufCMessage *) msg->connection_settings_status;
+    /* the status fields as the agent sent them, so that any protobuf
+     * library decodes what is stored; copied, because the message's
+     * buffer goes before Redis answers (and a NOSCRIPT resends them) */
+
+    m->stored = ngx_alloc(size ? size : 1, s->connection->log);
+    if (m->stored == NULL) {
+        ngx_http_opamp_session_free_message(m);
+        return NGX_ERROR;
+    }
+
+    p = m->stored;
 
     for (i = 0; i < NGX_HTTP_OPAMP_FIELD_COUNT; i++) {
-        if (sub[i] == NULL) {
+        n = ngx_http_opamp_session_status_fields[i];
+
+        if (scan->count[n] == 0) {
             continue;
         }
 
-        f = &m->packed[i];
-
-        if (ngx_http_opamp_proto_pack(sub[i], f, s->connection->log)
-            != NGX_OK)
-        {
-            ngx_http_opamp_session_free_message(m);
-            return NGX_ERROR;
-        }
-
-        rep->fields[i] = *f;
+        rep->fields[i].data = p;
+        rep->fields[i].len = scan->field[n].len;
+        p = ngx_cpymem(p, scan->field[n].data, scan->field[n].len);
     }
 
     /*
@@ -399,6 +450,25 @@ ngx_http_opamp_session_reported(ngx_http_opamp_report_t *rep, ngx_int_t rc,
     }
 
     switch (rep->verdict) {
+
+    case NGX_HTTP_OPAMP_VERDICT_TOO_LARGE:
+        ngx_log_error(NGX_LOG_INFO, s->connection->log, 0,
+                      "opamp: agent state would exceed "
+                      "opamp_max_agent_state, nothing stored");
+
+        /* its sequence was not stored: the next message is out of
+         * sequence and the agent is asked for all of its state again */
+
+        ngx_http_opamp_session_free_message(m);
+
+        if (ngx_http_opamp_session_bad_request(s,
+                "agent state exceeds opamp_max_agent_state")
+            != NGX_OK)
+        {
+            s->resume(s);
+        }
+
+        return;
 
     case NGX_HTTP_OPAMP_VERDICT_DUPLICATE:
         ngx_log_error(NGX_LOG_WARN, s->connection->log, 0,
@@ -745,15 +815,12 @@ ngx_http_opamp_session_set_uid(ngx_http_opamp_session_t *s, u_char *uid)
 static void
 ngx_http_opamp_session_free_message(ngx_http_opamp_message_t *m)
 {
-    ngx_uint_t                i;
     ngx_http_opamp_report_t  *rep;
 
     rep = &m->report;
 
-    for (i = 0; i < NGX_HTTP_OPAMP_FIELD_COUNT; i++) {
-        if (m->packed[i].data) {
-            ngx_free(m->packed[i].data);
-        }
+    if (m->stored) {
+        ngx_free(m->stored);
     }
 
     if (rep->holder_channel.data) {

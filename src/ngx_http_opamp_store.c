@@ -17,8 +17,8 @@ typedef struct {
 } ngx_http_opamp_script_t;
 
 
-/* EVALSHA, sha1, numkeys, the 4 keys and the 36 ARGV of report.lua */
-#define NGX_HTTP_OPAMP_REPORT_ARGC  (3 + 4 + 36)
+/* EVALSHA, sha1, numkeys, the 4 keys and the 37 ARGV of report.lua */
+#define NGX_HTTP_OPAMP_REPORT_ARGC  (3 + 4 + 37)
 
 
 struct ngx_http_opamp_store_req_s {
@@ -94,6 +94,8 @@ static ngx_int_t ngx_http_opamp_store_queue_beat(
     ngx_http_opamp_store_req_t *req);
 static void ngx_http_opamp_store_beats_post(void);
 static void ngx_http_opamp_store_beats_flush(ngx_event_t *ev);
+static void ngx_http_opamp_store_beats_compact(
+    ngx_http_opamp_store_beats_t *b);
 static void ngx_http_opamp_store_beats_send_batch(
     ngx_http_opamp_store_beats_t *b);
 static int ngx_http_opamp_store_batch_args(const char **argv,
@@ -346,6 +348,7 @@ ngx_http_opamp_store_send_report(ngx_http_opamp_store_req_t *req,
     u_char                    prev[NGX_INT64_LEN], caps[NGX_INT64_LEN];
     u_char                    pid[NGX_INT64_LEN], timeout[NGX_INT64_LEN];
     u_char                    mask[NGX_INT_T_LEN];
+    u_char                    state[NGX_SIZE_T_LEN];
     size_t                    argvlen[NGX_HTTP_OPAMP_REPORT_ARGC];
     ngx_str_t                *channel;
     ngx_uint_t                i, bits;
@@ -478,6 +481,9 @@ ngx_http_opamp_store_send_report(ngx_http_opamp_store_req_t *req,
     NGX_HTTP_OPAMP_ARG(ngx_http_opamp_store_str(&rep->packages_hash),
                        rep->packages_hash.len);
 
+    p = ngx_sprintf(state, "%uz", rep->max_state);
+    NGX_HTTP_OPAMP_ARG_END(state, p);
+
     if (ngx_http_opamp_redis_command(argc, argv, argvlen,
                                      ngx_http_opamp_store_report_done, req)
         == NULL)
@@ -599,25 +605,12 @@ ngx_http_opamp_store_beats_flush(ngx_event_t *ev)
 static void
 ngx_http_opamp_store_beats_send_batch(ngx_http_opamp_store_beats_t *b)
 {
-    ngx_uint_t                   i, n;
+    ngx_uint_t                   i;
     ngx_http_opamp_store_req_t  *req;
 
-    /* those whose sessions went away while waiting are not sent */
+    ngx_http_opamp_store_beats_compact(b);
 
-    n = 0;
-
-    for (i = 0; i < b->n; i++) {
-        if (b->reqs[i]->handler == NULL) {
-            ngx_free(b->reqs[i]);
-            continue;
-        }
-
-        b->reqs[n++] = b->reqs[i];
-    }
-
-    b->n = n;
-
-    if (n > 0 && ngx_http_opamp_store_send_beats(b, 0) == NGX_OK) {
+    if (b->n > 0 && ngx_http_opamp_store_send_beats(b, 0) == NGX_OK) {
         ngx_http_opamp_beats_sent++;
         return;
     }
@@ -634,12 +627,38 @@ ngx_http_opamp_store_beats_send_batch(ngx_http_opamp_store_beats_t *b)
 }
 
 
+/*
+ * Drops the heartbeats whose sessions went away (ngx_http_opamp_store_
+ * cancel() left them without a report): whatever sends a batch, the first
+ * time or again after a NOSCRIPT, must never read their reports.
+ */
+
+static void
+ngx_http_opamp_store_beats_compact(ngx_http_opamp_store_beats_t *b)
+{
+    ngx_uint_t  i, n;
+
+    n = 0;
+
+    for (i = 0; i < b->n; i++) {
+        if (b->reqs[i]->handler == NULL) {
+            ngx_free(b->reqs[i]);
+            continue;
+        }
+
+        b->reqs[n++] = b->reqs[i];
+    }
+
+    b->n = n;
+}
+
+
 /* argv index of report.lua's ARGV[k] in a call built below */
 #define NGX_HTTP_OPAMP_ARGV(k)  (3 + 4 + (k) - 1)
 
 /*
  * What a report.lua call for many agents (check, beats) starts with: the
- * script head, no agent keys but the fleet-wide ones, and ARGV[1..36]
+ * script head, no agent keys but the fleet-wide ones, and ARGV[1..37]
  * empty but for now, the key prefix and the mode; the caller sets the
  * others it needs and appends its agents.  Returns the count written.
  */
@@ -664,7 +683,7 @@ ngx_http_opamp_store_batch_args(const char **argv, size_t *argvlen,
     NGX_HTTP_OPAMP_ARG(ngx_http_opamp_groups_key.data,
                        ngx_http_opamp_groups_key.len);
 
-    for (i = 0; i < 36; i++) {
+    for (i = 0; i < 37; i++) {
         NGX_HTTP_OPAMP_ARG("", 0);
     }
 
@@ -812,10 +831,15 @@ ngx_http_opamp_store_beats_done(redisReply *reply, void *data)
 
     if (reply && reply->type == REDIS_REPLY_ERROR) {
 
-        if (ngx_http_opamp_store_noscript(reply, &b->retried, "heartbeats")
-            && ngx_http_opamp_store_send_beats(b, 1) == NGX_OK)
+        if (ngx_http_opamp_store_noscript(reply, &b->retried, "heartbeats"))
         {
-            return;
+            /* sessions may have gone while the call was out */
+            ngx_http_opamp_store_beats_compact(b);
+
+            if (b->n > 0 && ngx_http_opamp_store_send_beats(b, 1) == NGX_OK)
+            {
+                return;
+            }
         }
 
         reply = NULL;

@@ -33,6 +33,8 @@ typedef enum {
 #define NGX_HTTP_OPAMP_VERDICT_OK         0
 #define NGX_HTTP_OPAMP_VERDICT_TAKEOVER   1   /* reconnect: old conn stale */
 #define NGX_HTTP_OPAMP_VERDICT_DUPLICATE  2   /* uid held by a live peer */
+#define NGX_HTTP_OPAMP_VERDICT_TOO_LARGE  3   /* over opamp_max_agent_state:
+                                                 nothing stored */
 
 
 typedef struct {
@@ -45,6 +47,7 @@ typedef struct {
     uint64_t            conn_number;     /* names the connection */
     ngx_uint_t          transport;
     ngx_msec_t          agent_timeout;
+    size_t              max_state;           /* opamp_max_agent_state */
     ngx_str_t           conn_settings_hash;  /* hex; empty: no offer */
     unsigned            first_message:1;     /* first on this connection */
     unsigned            disconnect:1;

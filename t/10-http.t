@@ -673,12 +673,20 @@ is($t->agent($uc2)->{sequence_num}, 0, 'and stored');
 ($s, $h, $body) = $t->http_post(sized(random_uid(), 9000), -path => '/cmbs');
 is($s, 413, 'and 9000 bytes get 413');
 
-# the default opamp_max_message_size (64m) lifts nginx's default
-# client_max_body_size (1m)
+# the default opamp_max_message_size (4m) lifts nginx's default
+# client_max_body_size (1m); what one agent keeps is capped apart from it
+# (opamp_max_agent_state, default 1m)
 my $u2m = random_uid();
 ($s, $h, $body, $m) = post(sized($u2m, 2 * 1024 * 1024), -path => '/big');
-is($s, 200, 'a 2 MB body with the default limits: 200');
-is($t->agent($u2m)->{sequence_num}, 0, 'a 2 MB body: stored');
+is($s, 400, 'a 2 MB body with the default limits: taken by nginx, but 400 '
+   . 'over opamp_max_agent_state');
+like($m->{error_response}{error_message}, qr/opamp_max_agent_state/,
+     'a 2 MB body: the reason names opamp_max_agent_state');
+is($t->agent($u2m)->{sequence_num}, undef, 'a 2 MB body: nothing stored');
+my $u1m = random_uid();
+($s, $h, $body, $m) = post(sized($u1m, 1000 * 1000), -path => '/big');
+is($s, 200, 'a 1 MB body with the default limits: 200');
+is($t->agent($u1m)->{sequence_num}, 0, 'a 1 MB body: stored');
 
 # a body too large for nginx's memory buffer goes to a temporary file
 my $uf = random_uid();

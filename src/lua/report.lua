@@ -42,9 +42,12 @@
 -- ARGV[35] its data
 -- ARGV[36] package_statuses.server_provided_all_packages_hash reported:
 --          "" when no package_statuses, else "+" and the hash in hex
+-- ARGV[37] opamp_max_agent_state, bytes: the status fields the agent
+--          keeps (those it sends now, and those it does not as stored)
+--          may not exceed it ("" in the batch modes)
 --
 -- In "check" mode the script looks at many connected agents at once
--- (all of a worker's, in batches, after a config change): ARGV[37..]
+-- (all of a worker's, in batches, after a config change): ARGV[38..]
 -- are pairs of instance uid and connection id; KEYS[1], KEYS[2],
 -- ARGV[2] and ARGV[6] are unused.  It returns
 --   { { { index (1-based pair), then elements 5 to 13 of a report's
@@ -54,7 +57,8 @@
 --         is the array of their indexes },
 --     { config key, its fields (HGETALL), ... once per owed key } }
 --
--- Returns { full_state (0/1), verdict (0 ok, 1 takeover, 2 duplicate),
+-- Returns { full_state (0/1), verdict (0 ok, 1 takeover, 2 duplicate,
+--           3 over opamp_max_agent_state),
 --           holder channel, holder conn, offer connection settings (0/1),
 --           owed config hash (hex, "" for none),
 --           the owed config's hash fields (HGETALL) or an empty array,
@@ -148,7 +152,7 @@ local function short_way(k, u, sq, prev, stored, mark, restart, expires,
 end
 
 -- "beats": the heartbeats a worker received in one turn of its event
--- loop, from agents that can settle, ARGV[37..] six per agent: instance
+-- loop, from agents that can settle, ARGV[38..] six per agent: instance
 -- uid, sequence_num, sequence_num - 1, its beat_mark() (digested by the
 -- worker), "1" if it accepts restart (AcceptsRestartCommand) else "",
 -- and its expires_ms.
@@ -156,7 +160,7 @@ end
 -- worker sends the others again, one report each.
 if ARGV[26] == 'beats' then
     local out, members = {}, {}
-    for i = 37, #ARGV - 5, 6 do
+    for i = 38, #ARGV - 5, 6 do
         local u = ARGV[i]
         local k = prefix .. 'agent:{' .. u .. '}'
         out[#out + 1] = short_way(k, u, ARGV[i + 1], ARGV[i + 2],
@@ -599,12 +603,12 @@ if ARGV[26] == 'check' then
     if wide then
         check_fields[#check_fields + 1] = 'attributes'
         local own = {}
-        for i = 37, #ARGV - 1, 2 do
+        for i = 38, #ARGV - 1, 2 do
             own[#own + 1] = prefix .. 'config:agent:{' .. ARGV[i] .. '}'
         end
         own_configs = #own > 0 and redis.call('EXISTS', unpack(own)) > 0
     end
-    for i = 37, #ARGV - 1, 2 do
+    for i = 38, #ARGV - 1, 2 do
         uid = ARGV[i]
         key = prefix .. 'agent:{' .. uid .. '}'
         acfg = nil
@@ -651,9 +655,9 @@ if ARGV[26] == 'check' then
                         by_hash[h] = e
                         out[#out + 1] = e
                     end
-                    e[1][#e[1] + 1] = (i - 35) / 2
+                    e[1][#e[1] + 1] = (i - 36) / 2
                 else
-                    out[#out + 1] = { (i - 35) / 2, offer, h, ckey, 0,
+                    out[#out + 1] = { (i - 36) / 2, offer, h, ckey, 0,
                                       command, message, extra, cs, packages }
                 end
             end
@@ -673,6 +677,23 @@ local stored_seq, settled, connected, expires, holder, holder_tr,
 
 local has_desc = mask % 2 == 1
 local verdict = 0
+
+-- what the agent would keep: over opamp_max_agent_state, nothing of the
+-- message is stored and the agent is told (verdict 3)
+if mask ~= 0 and ARGV[37] ~= '' then
+    local total, m = 0, mask
+    for i, name in ipairs(fields) do
+        if m % 2 == 1 then
+            total = total + #ARGV[16 + i]
+        else
+            total = total + redis.call('HSTRLEN', key, name)
+        end
+        m = (m - m % 2) / 2
+    end
+    if total > tonumber(ARGV[37]) then
+        return { 0, 3, '', '', 0, '', {}, 0, '', {}, '', '', '' }
+    end
+end
 
 -- another live WebSocket connection holds this uid
 if first and holder and holder ~= conn and connected == '1'
