@@ -5,6 +5,7 @@
 
 #include "ngx_http_opamp_admin.h"
 #include "ngx_http_opamp_json.h"
+#include "ngx_http_opamp_proto.h"
 #include "ngx_http_opamp_redis.h"
 #include "ngx_http_opamp_store.h"
 #include "ngx_http_opamp_uid.h"
@@ -1400,6 +1401,7 @@ ngx_http_opamp_admin_message(ngx_http_opamp_admin_ctx_t *ctx)
 static ngx_int_t
 ngx_http_opamp_admin_offer_put(ngx_http_opamp_admin_ctx_t *ctx)
 {
+    const char                           *reason;
     u_char                               *p;
     size_t                                len;
     json_t                               *root;
@@ -1424,8 +1426,8 @@ ngx_http_opamp_admin_offer_put(ngx_http_opamp_admin_ctx_t *ctx)
         && ngx_strncasecmp(type->data, (u_char *) "application/x-protobuf",
                            sizeof("application/x-protobuf") - 1) == 0)
     {
-        m = protobuf_c_message_unpack(d, NULL, ctx->body.len,
-                                      ctx->body.data);
+        m = ngx_http_opamp_proto_unpack(d, ctx->body.data, ctx->body.len,
+                                        &reason);
         if (m == NULL) {
             return ngx_http_opamp_admin_error(r, NGX_HTTP_BAD_REQUEST,
                        ctx->op == NGX_HTTP_OPAMP_ADMIN_PACKAGES
@@ -1536,6 +1538,7 @@ static ngx_int_t
 ngx_http_opamp_admin_answer(ngx_http_opamp_admin_ctx_t *ctx,
     redisReply *reply)
 {
+    const char              *reason;
     size_t                  i, k;
     redisReply             *e, **el;
     ngx_http_request_t     *r;
@@ -1703,9 +1706,9 @@ ngx_http_opamp_admin_answer(ngx_http_opamp_admin_ctx_t *ctx,
         m = NULL;
 
         if (reply->type == REDIS_REPLY_STRING) {
-            m = protobuf_c_message_unpack(
+            m = ngx_http_opamp_proto_unpack(
                     &opamp__proto__v1__connection_settings_offers__descriptor,
-                    NULL, reply->len, (uint8_t *) reply->str);
+                    (u_char *) reply->str, reply->len, &reason);
         }
 
     } else {
@@ -1718,9 +1721,9 @@ ngx_http_opamp_admin_answer(ngx_http_opamp_admin_ctx_t *ctx,
 
             if (e->len == 5 && ngx_strncmp(e->str, "offer", 5) == 0) {
                 e = reply->element[i + 1];
-                m = protobuf_c_message_unpack(
+                m = ngx_http_opamp_proto_unpack(
                         &opamp__proto__v1__packages_available__descriptor,
-                        NULL, e->len, (uint8_t *) e->str);
+                        (u_char *) e->str, e->len, &reason);
             }
         }
     }
@@ -1743,6 +1746,7 @@ static void
 ngx_http_opamp_admin_agent_json(ngx_http_opamp_json_t *j, redisReply *reply,
     ngx_uint_t full)
 {
+    const char         *reason;
     size_t             i, n;
     int64_t            expires;
     ngx_str_t          name, value, connected, exp;
@@ -1828,9 +1832,11 @@ ngx_http_opamp_admin_agent_json(ngx_http_opamp_json_t *j, redisReply *reply,
         }
 
         if (ngx_http_opamp_admin_fields[f].descriptor) {
-            m = protobuf_c_message_unpack(
-                    ngx_http_opamp_admin_fields[f].descriptor, NULL,
-                    value.len, value.data);
+            /* whatever is in Redis is checked like an agent's message:
+             * anyone may have written it */
+            m = ngx_http_opamp_proto_unpack(
+                    ngx_http_opamp_admin_fields[f].descriptor, value.data,
+                    value.len, &reason);
 
             if (m) {
                 ngx_http_opamp_json_message(j, m);

@@ -4,11 +4,14 @@
 
 
 #include "ngx_http_opamp_json.h"
+#include "ngx_http_opamp_utf8.h"
 
 
 static u_char *ngx_http_opamp_json_reserve(ngx_http_opamp_json_t *j,
     size_t n);
 static void ngx_http_opamp_json_comma(ngx_http_opamp_json_t *j);
+static u_char *ngx_http_opamp_json_utf8(ngx_http_opamp_json_t *j, u_char *s,
+    size_t len, size_t *out);
 static void ngx_http_opamp_json_value(ngx_http_opamp_json_t *j,
     const ProtobufCFieldDescriptor *f, const void *v);
 static void ngx_http_opamp_json_bytes(ngx_http_opamp_json_t *j,
@@ -119,6 +122,16 @@ ngx_http_opamp_json_string(ngx_http_opamp_json_t *j, u_char *s, size_t len)
 
     ngx_http_opamp_json_comma(j);
 
+    /* JSON is UTF-8: whatever reached Redis, each byte that does not
+     * start a valid character is written as U+FFFD */
+
+    if (!ngx_http_opamp_utf8_valid(s, len)) {
+        s = ngx_http_opamp_json_utf8(j, s, len, &len);
+        if (s == NULL) {
+            return;
+        }
+    }
+
     n = len + ngx_escape_json(NULL, s, len) + 2;
 
     p = ngx_http_opamp_json_reserve(j, n);
@@ -132,6 +145,45 @@ ngx_http_opamp_json_string(ngx_http_opamp_json_t *j, u_char *s, size_t len)
 
     j->len += n;
     j->comma = 1;
+}
+
+
+/* a copy of s with U+FFFD in place of every byte that does not start a
+ * valid UTF-8 character */
+
+static u_char *
+ngx_http_opamp_json_utf8(ngx_http_opamp_json_t *j, u_char *s, size_t len,
+    size_t *out)
+{
+    u_char  *p, *last, *dst, *d;
+    size_t   n;
+
+    dst = ngx_pnalloc(j->pool, 3 * len);
+    if (dst == NULL) {
+        j->failed = 1;
+        return NULL;
+    }
+
+    d = dst;
+    p = s;
+    last = s + len;
+
+    while (p < last) {
+        n = ngx_http_opamp_utf8_char(p, last);
+
+        if (n == 0) {
+            *d++ = 0xef; *d++ = 0xbf; *d++ = 0xbd;
+            p++;
+            continue;
+        }
+
+        d = ngx_cpymem(d, p, n);
+        p += n;
+    }
+
+    *out = d - dst;
+
+    return dst;
 }
 
 
@@ -459,7 +511,7 @@ ngx_http_opamp_json_bytes(ngx_http_opamp_json_t *j,
     const ProtobufCFieldDescriptor *f, const ProtobufCBinaryData *b)
 {
     u_char     *p, *last;
-    size_t      len;
+    size_t      len, n;
     ngx_str_t   src, dst;
 
     len = ngx_strlen(f->name);
@@ -491,9 +543,12 @@ ngx_http_opamp_json_bytes(ngx_http_opamp_json_t *j,
             continue;
         }
 
-        if (ngx_utf8_decode(&p, last - p) > 0x10ffff) {
+        n = ngx_http_opamp_utf8_char(p, last);
+        if (n == 0) {
             break;
         }
+
+        p += n;
     }
 
     if (p == last) {

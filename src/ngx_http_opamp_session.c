@@ -1359,6 +1359,7 @@ ngx_http_opamp_session_offers(ngx_http_opamp_session_t *s,
     ngx_http_opamp_owed_t *o)
 {
     uint64_t                                     caps;
+    const char                                  *reason;
     Opamp__Proto__V1__ConnectionSettingsOffers  *st;
 
     opamp__proto__v1__connection_settings_offers__init(&o->cso);
@@ -1367,8 +1368,10 @@ ngx_http_opamp_session_offers(ngx_http_opamp_session_t *s,
     caps = s->capabilities;
 
     if (rep->packages.len) {
-        o->packages = opamp__proto__v1__packages_available__unpack(NULL,
-                          rep->packages.len, rep->packages.data);
+        o->packages = (Opamp__Proto__V1__PackagesAvailable *)
+                      ngx_http_opamp_proto_unpack(
+                          &opamp__proto__v1__packages_available__descriptor,
+                          rep->packages.data, rep->packages.len, &reason);
 
         if (o->packages) {
             s2a->packages_available = o->packages;
@@ -1388,9 +1391,11 @@ ngx_http_opamp_session_offers(ngx_http_opamp_session_t *s,
     }
 
     if (rep->settings_extra.len) {
-        o->stored = opamp__proto__v1__connection_settings_offers__unpack(
-                        NULL, rep->settings_extra.len,
-                        rep->settings_extra.data);
+        o->stored = (Opamp__Proto__V1__ConnectionSettingsOffers *)
+                    ngx_http_opamp_proto_unpack(
+                        &opamp__proto__v1__connection_settings_offers__descriptor,
+                        rep->settings_extra.data, rep->settings_extra.len,
+                        &reason);
 
         if (o->stored == NULL) {
             ngx_log_error(NGX_LOG_ERR, s->connection->log, 0,

@@ -1064,6 +1064,17 @@ ngx_http_opamp_ws_consume(ngx_http_opamp_ws_ctx_t *ctx, u_char *start,
             dst = ctx->control ? ctx->control + ctx->frame_pos : NULL;
 
         } else if (!ctx->closing) {
+            if (ngx_http_opamp_ws_grow(ctx, ctx->msg_len + ctx->frame_pos
+                                            + size)
+                != NGX_OK)
+            {
+                ngx_http_opamp_ws_close_frame(ctx,
+                                              NGX_HTTP_OPAMP_WS_CLOSE_INTERNAL,
+                                              "internal error");
+                ctx->drain = 1;
+                break;
+            }
+
             dst = ctx->msg + ctx->msg_len + ctx->frame_pos;
 
         } else {
@@ -1160,16 +1171,10 @@ ngx_http_opamp_ws_frame_start(ngx_http_opamp_ws_ctx_t *ctx)
     {
         ngx_http_opamp_ws_fail(ctx, NGX_HTTP_OPAMP_WS_CLOSE_TOO_BIG,
                                "message exceeds opamp_max_message_size", 0);
-        return;
     }
 
-    if (ngx_http_opamp_ws_grow(ctx, ctx->msg_len + (size_t) f->payload_len)
-        != NGX_OK)
-    {
-        ngx_http_opamp_ws_close_frame(ctx, NGX_HTTP_OPAMP_WS_CLOSE_INTERNAL,
-                                      "internal error");
-        ctx->drain = 1;
-    }
+    /* memory comes as the payload does (ngx_http_opamp_ws_grow()), not as
+     * the header declares: a header alone reserves nothing */
 }
 
 
@@ -1214,24 +1219,26 @@ static ngx_int_t
 ngx_http_opamp_ws_grow(ngx_http_opamp_ws_ctx_t *ctx, size_t need)
 {
     u_char  *p;
-    size_t   size;
+    size_t   size, limit;
 
     if (need <= ctx->msg_size) {
         return NGX_OK;
     }
 
-    size = need;
-
     /*
-     * With more fragments to come, room doubles (up to the limit), so that
-     * a message in many small frames is copied a few times, not once per
-     * frame; a message in one frame gets exactly its size.
+     * Room doubles as bytes arrive, so that a message is copied a few
+     * times, not once per read or per frame, and never beyond what can
+     * still come: the end of the last frame when it is the last, else
+     * the limit.  A client that declares a large frame and sends little
+     * holds little.
      */
 
-    if (!ctx->frame.fin) {
-        size = ngx_max(need, ngx_max(2 * ctx->msg_size, 4096));
-        size = ngx_min(size, ctx->conf->max_message_size);
-    }
+    size = ngx_max(need, ngx_max(2 * ctx->msg_size, 4096));
+
+    limit = ctx->frame.fin ? ctx->msg_len + (size_t) ctx->frame.payload_len
+                           : ctx->conf->max_message_size;
+
+    size = ngx_max(need, ngx_min(size, limit));
 
     p = ngx_alloc(size, ctx->connection->log);
     if (p == NULL) {
