@@ -626,3 +626,25 @@ ngx_http_opamp_exit_process(ngx_cycle_t *cycle)
     ngx_http_opamp_session_exit_process(cycle);
     ngx_http_opamp_redis_exit_process(cycle);
 }
+
+
+#if (NGX_HTTP_OPAMP_FAULTS)
+
+/*
+ * Fault injection for test builds (make test-asan compiles with
+ * -DNGX_HTTP_OPAMP_FAULTS=1): paths that only an allocation failure
+ * reaches are tested by naming their failure points, comma-separated, in
+ * OPAMP_FAULTS.  Never compiled into a production build.
+ */
+
+ngx_uint_t
+ngx_http_opamp_fault(const char *point)
+{
+    char  *v;
+
+    v = getenv("OPAMP_FAULTS");
+
+    return (v != NULL && ngx_strstr(v, point) != NULL);
+}
+
+#endif

@@ -84,4 +84,11 @@ typedef struct {
 extern ngx_module_t  ngx_http_opamp_module;
 
 
+#if (NGX_HTTP_OPAMP_FAULTS)
+/* test builds only: whether the failure point is named in the environment
+ * variable OPAMP_FAULTS (passed to workers with "env OPAMP_FAULTS;") */
+ngx_uint_t ngx_http_opamp_fault(const char *point);
+#endif
+
+
 #endif /* _NGX_HTTP_OPAMP_H_INCLUDED_ */

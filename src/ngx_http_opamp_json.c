@@ -210,6 +210,30 @@ ngx_http_opamp_json_literal(ngx_http_opamp_json_t *j, const char *s)
 void
 ngx_http_opamp_json_raw(ngx_http_opamp_json_t *j, u_char *s, size_t len)
 {
+    json_t        *v;
+    json_error_t   error;
+
+    /*
+     * Text from Redis that should be JSON: anyone may have written it, so
+     * it is written out only if it parses (invalid UTF-8 made U+FFFD
+     * first), else as null; one bad agent never spoils a whole page.
+     */
+
+    if (!ngx_http_opamp_utf8_valid(s, len)) {
+        s = ngx_http_opamp_json_utf8(j, s, len, &len);
+        if (s == NULL) {
+            return;
+        }
+    }
+
+    v = json_loadb((const char *) s, len, JSON_DECODE_ANY, &error);
+    if (v == NULL) {
+        ngx_http_opamp_json_literal(j, "null");
+        return;
+    }
+
+    json_decref(v);
+
     ngx_http_opamp_json_comma(j);
     ngx_http_opamp_json_put(j, s, len);
     j->comma = 1;

@@ -37,7 +37,8 @@ void ngx_http_opamp_json_string(ngx_http_opamp_json_t *j, u_char *s,
 void ngx_http_opamp_json_int(ngx_http_opamp_json_t *j, int64_t n);
 void ngx_http_opamp_json_literal(ngx_http_opamp_json_t *j, const char *s);
 
-/* text that is JSON already */
+/* text that should be JSON already (from Redis): written if it parses,
+ * with invalid UTF-8 replaced, else null */
 void ngx_http_opamp_json_raw(ngx_http_opamp_json_t *j, u_char *s,
     size_t len);
 

@@ -1246,7 +1246,8 @@ ngx_http_opamp_ws_grow(ngx_http_opamp_ws_ctx_t *ctx, size_t need)
     }
 
     if (ctx->msg) {
-        ngx_memcpy(p, ctx->msg, ctx->msg_len);
+        /* the message so far, and what came of the frame being read */
+        ngx_memcpy(p, ctx->msg, ctx->msg_len + (size_t) ctx->frame_pos);
         ngx_free(ctx->msg);
     }
 
