@@ -99,6 +99,7 @@ typedef struct {
     unsigned                    drain:1;       /* input no longer parsed */
     unsigned                    error:1;       /* close the connection */
     unsigned                    cleaned:1;
+    unsigned                    waiting:1;     /* counted in stub_status */
 } ngx_http_opamp_ws_ctx_t;
 
 
@@ -762,6 +763,19 @@ ngx_http_opamp_ws_release(ngx_http_opamp_ws_ctx_t *ctx)
 
     c->read->handler = ngx_http_opamp_ws_read_handler;
     c->write->handler = ngx_http_opamp_ws_write_handler;
+
+    /*
+     * Without its request the connection is in neither stub_status's
+     * Reading nor Writing: it waits for its agent as an idle keep-alive
+     * connection does, and is counted as Waiting.  Not by making it
+     * reusable: nginx would close reusable connections, agents among
+     * them, whenever it runs short of free connections.
+     */
+
+#if (NGX_STAT_STUB)
+    (void) ngx_atomic_fetch_add(ngx_stat_waiting, 1);
+    ctx->waiting = 1;
+#endif
 
     return NGX_OK;
 }
@@ -1981,6 +1995,13 @@ ngx_http_opamp_ws_cleanup(void *data)
     }
 
     ctx->cleaned = 1;
+
+#if (NGX_STAT_STUB)
+    if (ctx->waiting) {
+        (void) ngx_atomic_fetch_add(ngx_stat_waiting, -1);
+        ctx->waiting = 0;
+    }
+#endif
 
     ngx_http_opamp_session_finalize(ctx->session);
 
