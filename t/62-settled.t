@@ -65,6 +65,24 @@ ok($after->{last_seen_ms} > $before->{last_seen_ms}, 'last_seen_ms moves');
 ok($after->{expires_ms} > $before->{expires_ms}, 'expires_ms moves');
 is($after->{settled}, $before->{settled}, 'still settled');
 
+# the short way itself: a settled heartbeat writes sequence_num,
+# last_seen_ms and expires_ms only (redis-schema.md, settled), so a field
+# that the long way writes on every report keeps what we put there; the
+# same heartbeat without the mark takes the long way and rewrites it
+my $sid = $after->{server_id};
+$t->redis('HSET', $key, server_id => 'marker', worker_pid => '1');
+$r = poll();
+$after = $t->agent($uid);
+is($after->{sequence_num}, 2, 'a settled heartbeat is stored');
+is("$after->{server_id} $after->{worker_pid}", 'marker 1',
+   'and takes the short way: nothing but sequence and liveness written');
+$t->redis('HSET', $key, settled => '');
+$r = poll();
+$after = $t->agent($uid);
+is($after->{server_id}, $sid, 'unsettled, the same heartbeat takes the '
+   . 'long way (server_id written again)');
+like($after->{settled}, qr/^0 /, 'and settles the agent again');
+
 # a heartbeat out of sequence is not settled: the full state is asked for
 $seq++;
 $r = poll();

@@ -17,9 +17,13 @@ package OpAMPTest;
 #
 # The API:
 #
-#   OpAMPTest->new(%o)          redis_port => share another test's Redis
+#   OpAMPTest->new(%o)          redis_port => share another test's Redis,
+#                               redis_auth => [user, password] or
+#                               [password]: the harness's own connections
+#                               authenticate so
 #   dir port redis_port module  accessors
-#   start_redis stop_redis      a redis-server child of this process
+#   start_redis(@args) stop_redis  a redis-server child of this process;
+#                               @args are more redis-server options
 #   redis(@cmd)                 one command; scalar, array ref, undef for
 #                               nil; dies on an error reply
 #   redis_nodie(@cmd)           the same, an error reply is returned as an
@@ -183,7 +187,7 @@ sub _reap {
 # --- Redis -------------------------------------------------------------
 
 sub start_redis {
-    my ($self) = @_;
+    my ($self, @extra) = @_;
     die "redis already started\n" if $self->{redis_pid};
     my $pid = fork() // die "fork: $!\n";
     if ($pid == 0) {
@@ -191,7 +195,7 @@ sub start_redis {
         open STDERR, '>&', \*STDOUT;
         exec 'redis-server', '--bind', '127.0.0.1',
             '--port', $self->{redis_port}, '--save', '', '--appendonly', 'no',
-            '--daemonize', 'no', '--dir', $self->{dir}
+            '--daemonize', 'no', '--dir', $self->{dir}, @extra
             or POSIX::_exit(127);
     }
     $self->{redis_pid} = $pid;
@@ -277,6 +281,11 @@ sub redis_connect {
         or die "redis connect to port $self->{redis_port}: $!\n";
     binmode $s;
     ${*$s}{resp_buf} = '';
+    if ($self->{redis_auth}) {
+        syswrite($s, resp_command('AUTH', @{ $self->{redis_auth} }));
+        my $r = _resp_read($s);
+        die "redis AUTH: $$r\n" if ref $r eq 'OpAMPTest::RedisError';
+    }
     # named, so that workers_ready() does not count it as nginx's
     syswrite($s, resp_command('CLIENT', 'SETNAME', 'opamp-test'));
     _resp_read($s);

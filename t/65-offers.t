@@ -1,0 +1,351 @@
+#!/usr/bin/perl
+
+# Promises of docs/redis-schema.md and docs/directives.md about what the
+# server sends, each checked in what an agent receives and in Redis:
+#
+#   own_traces / own_logs / own_metrics offered only with the capability
+#   a Restart never together with a config, a full-state request or
+#     connection settings; it waits for a quiet reply (HTTP and WebSocket)
+#   an unacknowledged package offer sent again after opamp_agent_timeout
+#     and on every new WebSocket connection, not on every poll
+#   custom messages sent oldest first, one per ServerToAgent
+#   connected_at_ms: when the current connection began
+#   an oversized ServerToAgent is not sent (WebSocket and plain HTTP),
+#     and a warning is logged
+#
+# Every check here fails with the matching mutation of t/mutate/catalogue.
+
+use strict;
+use warnings;
+
+use Test::More;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Time::HiRes qw(time sleep);
+
+use OpAMPTest;
+use OpAMPFleet;
+
+my $t = OpAMPTest->new;
+$t->start_redis;
+$t->start_nginx('
+        location = /pk {
+            opamp;
+            opamp_heartbeat_interval 1s;
+            opamp_agent_timeout 2s;
+        }
+        location = /small {
+            opamp;
+            opamp_max_message_size 1k;
+        }', workers => 1);
+
+my $P = 'opamp:';
+my $DESC = 'agent_description { identifying_attributes { key: '
+           . '"service.name" value { string_value: "offers" } } }';
+
+sub msg {
+    my ($uid, $text) = @_;
+    return $t->a2s('instance_uid: "' . uid_escape($uid) . '" ' . $text);
+}
+
+sub poll {
+    my ($uid, $text, %o) = @_;
+    my ($s, $h, $b) = $t->http_post(msg($uid, $text), %o);
+    my $m = $s && $s == 200 ? $t->s2a($b) : undef;
+    return wantarray ? ($m, $s, $b) : $m;
+}
+
+sub redis_ms {
+    my $tm = $t->redis('TIME');
+    return $tm->[0] * 1000 + int($tm->[1] / 1000);
+}
+
+sub set_agent_config {
+    my ($uid, $body) = @_;
+    my $h = OpAMPFleet::config_hash('c.yaml' => [ $body ]);
+    my $key = "${P}config:agent:{" . uid_text($uid) . '}';
+    $t->redis('DEL', $key);
+    $t->redis('HSET', $key, hash => $h, updated_ms => 1,
+              'file:c.yaml' => $body);
+    $t->redis('INCR', "${P}config_version");
+    my $ch = $t->redis('HGET', $t->agent_key($uid), 'channel');
+    $t->redis('PUBLISH', $ch, 'config ' . uid_text($uid)) if $ch;
+    return $h;
+}
+
+sub hash_escape { uid_escape(pack 'H*', $_[0]) }
+
+# --- connection settings: each part only with its capability ---------------
+
+$t->redis('SET', "${P}connection_settings",
+          $t->encode('ConnectionSettingsOffers',
+                     'own_traces { destination_endpoint: "http://t" } '
+                     . 'own_metrics { destination_endpoint: "http://m" } '
+                     . 'own_logs { destination_endpoint: "http://l" }'));
+
+my %own = (traces => 0x20, metrics => 0x40, logs => 0x80);
+for my $part (sort keys %own) {
+    my $u = random_uid();
+    my $m = poll($u, "sequence_num: 0 capabilities: "
+                     . (0x1 | $own{$part}) . " $DESC");
+    my $cs = $m->{connection_settings} // {};
+    is($cs->{"own_$part"}{destination_endpoint}, 'http://' . substr($part, 0, 1),
+       "own_$part offered to an agent with ReportsOwn\u$part");
+    is_deeply([ sort grep { /^own_|^opamp$|^other/ } keys %$cs ],
+              [ "own_$part" ], "and no other part ($part)");
+}
+{
+    my $u = random_uid();
+    my $m = poll($u, 'sequence_num: 0 capabilities: ' . (0x1 | 0x100)
+                     . " $DESC");
+    my $cs = $m->{connection_settings} // {};
+    ok($cs->{opamp}, 'AcceptsOpAMPConnectionSettings alone: the opamp part');
+    ok(!$cs->{own_traces} && !$cs->{own_logs} && !$cs->{own_metrics},
+       'and none of the own_* parts');
+    $m = poll(random_uid(), "sequence_num: 0 capabilities: 1 $DESC");
+    ok($m && !$m->{connection_settings},
+       'an agent with none of the capabilities is offered nothing');
+}
+$t->redis('DEL', "${P}connection_settings");
+
+# --- Restart: alone, never with a config or a full-state request -----------
+
+my $RCAPS = 0x1 | 0x2 | 0x400;
+{
+    my $u = random_uid();
+    my $m = poll($u, "sequence_num: 0 capabilities: $RCAPS $DESC");
+    ok($m && !$m->{command}, 'a restart agent registered');
+    my $h = set_agent_config($u, 'a: 1');
+    $t->redis('SET', "${P}command:{" . uid_text($u) . '}', 'restart');
+    $m = poll($u, "sequence_num: 1 capabilities: $RCAPS");
+    ok($m->{remote_config}, 'a config and a command owed: the config goes');
+    ok(!$m->{command}, 'without the command');
+    is($t->redis('GET', "${P}command:{" . uid_text($u) . '}'), 'restart',
+       'the command waits in Redis');
+    $m = poll($u, "sequence_num: 2 capabilities: $RCAPS "
+                  . 'remote_config_status { last_remote_config_hash: "'
+                  . hash_escape($h) . '" status: RemoteConfigStatuses_APPLIED }');
+    ok($m->{command}, 'the next quiet reply carries the command');
+    is($m->{command}{type} // 'CommandType_Restart', 'CommandType_Restart',
+       'a Restart');
+    ok(!$m->{remote_config} && !($m->{flags} // 0),
+       'and nothing else');
+    is($t->redis('EXISTS', "${P}command:{" . uid_text($u) . '}'), 0,
+       'taken from Redis once sent');
+
+    # a sequence gap: ReportFullState, the command waits for the next reply
+    $t->redis('SET', "${P}command:{" . uid_text($u) . '}', 'restart');
+    $m = poll($u, "sequence_num: 9 capabilities: $RCAPS");
+    is(($m->{flags} // 0) & 1, 1, 'a sequence gap: ReportFullState');
+    ok(!$m->{command}, 'never together with the command');
+    $m = poll($u, "sequence_num: 10 capabilities: $RCAPS $DESC "
+                  . 'remote_config_status { last_remote_config_hash: "'
+                  . hash_escape($h) . '" status: RemoteConfigStatuses_APPLIED }');
+    ok($m->{command} && !($m->{flags} // 0),
+       'the full state report is answered with the command alone');
+
+    # connection settings owed on the first message: the command waits
+    my $u2 = random_uid();
+    $t->redis('SET', "${P}command:{" . uid_text($u2) . '}', 'restart');
+    $m = poll($u2, 'sequence_num: 0 capabilities: ' . ($RCAPS | 0x100)
+                   . " $DESC");
+    ok($m->{connection_settings}, 'connection settings owed: offered');
+    ok(!$m->{command}, 'without the command');
+    $m = poll($u2, 'sequence_num: 1 capabilities: ' . ($RCAPS | 0x100));
+    ok($m->{command} && !$m->{connection_settings},
+       'the command in the next reply, alone');
+
+    # an agent without AcceptsRestartCommand never gets it
+    my $u3 = random_uid();
+    poll($u3, "sequence_num: 0 capabilities: 3 $DESC");
+    $t->redis('SET', "${P}command:{" . uid_text($u3) . '}', 'restart');
+    # (a status report: the long way, which looks for what is owed)
+    $m = poll($u3, 'sequence_num: 1 capabilities: 3 health { healthy: true }');
+    ok($m && !$m->{command}, 'no command for an agent without the capability');
+    is($t->redis('GET', "${P}command:{" . uid_text($u3) . '}'), 'restart',
+       'it stays queued');
+}
+
+# over WebSocket: a config and a command pushed at once arrive in two
+# messages, the config first
+{
+    my $u = random_uid();
+    my $a = OpAMPFleet->connect_ws(port => $t->port);
+    $a->send_msg(msg($u, "sequence_num: 0 capabilities: $RCAPS $DESC"));
+    ok(defined $a->recv_msg(5), 'a WebSocket restart agent registered');
+    $t->redis('SET', "${P}command:{" . uid_text($u) . '}', 'restart');
+    my $h = set_agent_config($u, 'ws: 1');
+    my $m = $t->s2a($a->recv_msg(5) // '');
+    ok($m->{remote_config}, 'WebSocket: the pushed config arrives');
+    ok(!$m->{command}, 'without the command');
+    $a->send_msg(msg($u, "sequence_num: 1 capabilities: $RCAPS "
+                         . 'remote_config_status { last_remote_config_hash: "'
+                         . hash_escape($h) . '" status: '
+                         . 'RemoteConfigStatuses_APPLIED }'));
+    $m = $t->s2a($a->recv_msg(5) // '');
+    ok($m->{command} && !$m->{remote_config},
+       'WebSocket: the command follows alone in the next reply');
+    $a->close;
+}
+
+# --- packages: an unacknowledged offer is sent again ------------------------
+
+my $pk = $t->encode('PackagesAvailable',
+    'packages { key: "agent" value { type: PackageType_TopLevel '
+    . 'version: "1.0" } } all_packages_hash: "\252\273"');
+$t->redis('HSET', "${P}packages", hash => 'aabb', offer => $pk);
+my $PCAPS = 0x1 | 0x8;
+{
+    my $u = random_uid();
+    my $m = poll($u, "sequence_num: 0 capabilities: $PCAPS $DESC", -path => '/pk');
+    ok($m->{packages_available}, 'packages offered');
+    my $offered = $t->agent($u)->{offered_packages_ms};
+    ok($offered, 'offered_packages_ms recorded');
+    $m = poll($u, "sequence_num: 1 capabilities: $PCAPS", -path => '/pk');
+    if (redis_ms() < $offered + 2000) {
+        ok(!$m->{packages_available},
+           'not acknowledged, within opamp_agent_timeout: not sent again');
+    } else {
+        pass('(the machine took longer than opamp_agent_timeout)');
+    }
+    # past the timeout, measured on Redis's clock as the script does
+    $t->wait_for(sub { redis_ms() >= $offered + 2000 }, 10);
+    $m = poll($u, "sequence_num: 2 capabilities: $PCAPS", -path => '/pk');
+    ok($m->{packages_available},
+       'not acknowledged after opamp_agent_timeout: sent again');
+    ok($t->agent($u)->{offered_packages_ms} >= $offered + 2000,
+       'offered_packages_ms renewed');
+    $m = poll($u, "sequence_num: 3 capabilities: $PCAPS package_statuses { "
+                  . 'server_provided_all_packages_hash: "\252\273" }',
+              -path => '/pk');
+    ok($m && !$m->{packages_available}, 'acknowledged: not sent');
+    $t->wait_for(sub { redis_ms() >= $offered + 4100 }, 10);
+    $m = poll($u, "sequence_num: 4 capabilities: $PCAPS", -path => '/pk');
+    ok($m && !$m->{packages_available},
+       'acknowledged, past the timeout: still not sent');
+}
+{
+    # every new WebSocket connection gets the offer again
+    my $u = random_uid();
+    my $a = OpAMPFleet->connect_ws(port => $t->port);
+    $a->send_msg(msg($u, "sequence_num: 0 capabilities: $PCAPS $DESC"));
+    my $m = $t->s2a($a->recv_msg(5) // '');
+    ok($m->{packages_available}, 'WebSocket: packages offered');
+    $a->close;
+    $t->wait_for(sub { ($t->agent($u)->{connected} // '') eq '0' }, 5);
+    my $b = OpAMPFleet->connect_ws(port => $t->port);
+    $b->send_msg(msg($u, "sequence_num: 1 capabilities: $PCAPS"));
+    $m = $t->s2a($b->recv_msg(5) // '');
+    ok($m->{packages_available},
+       'a new WebSocket connection (sequence continues): offered again');
+    $b->close;
+}
+$t->redis('DEL', "${P}packages");
+
+# --- custom messages: oldest first, one per ServerToAgent -------------------
+
+{
+    my $u = random_uid();
+    my $CC = 'custom_capabilities { capabilities: "io.example.chat" }';
+    my $m = poll($u, "sequence_num: 0 capabilities: 1 $DESC");
+    my $ob = "${P}outbox:{" . uid_text($u) . '}';
+    $t->redis('RPUSH', $ob, "io.example.chat\nnote\nfirst",
+              "io.example.chat\nnote\nsecond", "io.example.chat\nnote\nthird");
+    my @got;
+    for my $seq (1 .. 4) {
+        $m = poll($u, "sequence_num: $seq capabilities: 1 $CC");
+        push @got, $m->{custom_message}{data} if $m->{custom_message};
+    }
+    is_deeply(\@got, [qw(first second third)],
+              'queued custom messages arrive oldest first, one per reply');
+    is($t->redis('EXISTS', $ob), 0, 'and are removed once sent');
+}
+
+# --- connected_at_ms ------------------------------------------------------------
+
+{
+    my $u = random_uid();
+    my $a = OpAMPFleet->connect_ws(port => $t->port);
+    $a->send_msg(msg($u, "sequence_num: 0 capabilities: 1 $DESC"));
+    $a->recv_msg(5);
+    my $h = $t->agent($u);
+    is($h->{connected_at_ms}, $h->{first_seen_ms},
+       'connected_at_ms: the first message of the first connection');
+    my $c1 = $h->{connected_at_ms};
+    $t->wait_for(sub { redis_ms() > $c1 + 5 }, 5);
+    # a status report (the long way; a heartbeat would take the short one)
+    $a->send_msg(msg($u, "sequence_num: 1 capabilities: 1 "
+                         . 'health { healthy: true }'));
+    $a->recv_msg(5);
+    $h = $t->agent($u);
+    ok($h->{last_seen_ms} > $c1 && $h->{healthy} eq '1',
+       'a later message on the same connection');
+    is($h->{connected_at_ms}, $c1, 'leaves connected_at_ms as it was');
+    $a->close;
+    $t->wait_for(sub { ($t->agent($u)->{connected} // '') eq '0' }, 5);
+    $t->wait_for(sub { redis_ms() > $c1 + 10 }, 5);
+    my $b = OpAMPFleet->connect_ws(port => $t->port);
+    $b->send_msg(msg($u, "sequence_num: 2 capabilities: 1"));
+    $b->recv_msg(5);
+    $h = $t->agent($u);
+    ok($h->{connected_at_ms} > $c1,
+       'a new connection: connected_at_ms is its first message');
+    is($h->{connected_at_ms}, $h->{last_seen_ms}, 'exactly');
+    $b->close;
+}
+
+# --- opamp_max_message_size on what the server sends ---------------------------
+
+{
+    my $big = 'x' x 2000;
+
+    # plain HTTP: the reply would carry a 2000-byte config
+    my $u = random_uid();
+    my ($m, $s) = poll($u, "sequence_num: 0 capabilities: 3 $DESC",
+                       -path => '/small');
+    is($s, 200, 'opamp_max_message_size 1k: a small reply is sent');
+    set_agent_config($u, 'small: 1');
+    ($m, $s) = poll($u, 'sequence_num: 1 capabilities: 3', -path => '/small');
+    ok($m && $m->{remote_config}, 'a config that fits is sent');
+    set_agent_config($u, $big);
+    my ($m2, $s2, $b2) = poll($u, 'sequence_num: 2 capabilities: 3',
+                              -path => '/small');
+    is($s2, 500, 'HTTP: a ServerToAgent over opamp_max_message_size is not '
+       . 'sent (500)');
+    ok(index($b2, $big) < 0, 'and the config is nowhere in the answer');
+    ok($t->wait_for(sub { $t->error_log =~ /\[warn\].*opamp: ServerToAgent of \d+ bytes exceeds opamp_max_message_size, not sent/ }, 5),
+       'a warning is logged');
+
+    # WebSocket: the pushed config does not fit
+    my $u2 = random_uid();
+    my $a = OpAMPFleet->connect_ws(port => $t->port, path => '/small');
+    $a->send_msg(msg($u2, "sequence_num: 0 capabilities: 3 $DESC"));
+    ok(defined $a->recv_msg(5), 'WebSocket: registered under the 1k limit');
+    set_agent_config($u2, 'small: 2');
+    $m = $t->s2a($a->recv_msg(5) // '');
+    ok($m->{remote_config}, 'WebSocket: a config that fits is pushed');
+    my $warns = () = $t->error_log =~ /exceeds opamp_max_message_size, not sent/g;
+    set_agent_config($u2, $big);
+    ok($t->wait_for(sub {
+           my $n = () = $t->error_log =~ /exceeds opamp_max_message_size, not sent/g;
+           $n > $warns }, 5),
+       'WebSocket: the oversized push is refused with a warning');
+    # the same wait that saw the small push: nothing arrives, and the
+    # connection stays open (a ping of ours is answered)
+    ok(!defined $a->recv_msg(1), 'WebSocket: nothing oversized is sent');
+    ok(!$a->{closed}, 'and the connection stays open');
+    $a->send_msg(msg($u2, 'sequence_num: 1 capabilities: 3 '
+                          . 'remote_config_status { last_remote_config_hash: "'
+                          . hash_escape(OpAMPFleet::config_hash('c.yaml' => [ 'small: 2' ]))
+                          . '" status: RemoteConfigStatuses_APPLIED }'));
+    my $r = $a->recv_msg(5);
+    ok(defined $r && index($r, $big) < 0 && !$a->{closed},
+       "its next message is answered, without the oversized config");
+    $a->close;
+}
+
+is_deeply([ grep { /\[(error)\]/ } split /\n/, $t->error_log ], [],
+          'no [error] in the log');
+
+$t->done;
+done_testing;
