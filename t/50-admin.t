@@ -121,8 +121,10 @@ my %by = map { $_->{instance_uid} => $_ } @{ $d->{agents} };
 is($by{ uid_text($http[0]) }{attributes}{'service.name'}, 'web',
    'with their attributes');
 is($by{ uid_text($wu) }{transport}, 'websocket', 'and transport');
-ok($by{ uid_text($wu) }{live}, 'live for a connected agent');
-ok(!$by{ uid_text($http[4]) }{live}, 'not live after agent_disconnect');
+is($by{ uid_text($wu) }{live}, JSON::PP::true, 'live for a connected agent');
+is(exists $by{ uid_text($http[4]) }{live}
+   ? $by{ uid_text($http[4]) }{live} : 'missing', JSON::PP::false,
+   'not live after agent_disconnect (false, not missing)');
 
 my @seen;
 my $cursor = 0;

@@ -30,7 +30,8 @@ sub template_for {
     return OpAMPFleet::template(
         'sequence_num: 0 capabilities: 3 agent_description { '
         . 'identifying_attributes { key: "service.name" '
-        . "value { string_value: \"$service\" } } }");
+        . "value { string_value: \"$service\" } } } "
+        . 'custom_capabilities { capabilities: "io.example.barrier" }');
 }
 
 # a heartbeat with the next sequence number
@@ -73,14 +74,34 @@ sub hash_of {
     return OpAMPFleet::config_hash('c.yaml' => [ $body, '' ]);
 }
 
-# the config hash each agent receives within a second, or '' for nothing
+# the config hash each agent receives for the change just made, or '' for
+# nothing.  What "nothing" means is proven, not waited for: a custom
+# message queued for every agent and a fleet-wide PUBLISH config reach
+# each agent through the same path as the change (its worker's pub/sub
+# connection, a check call, the answer in order), so whatever the change
+# sends an agent arrives before (or with) that barrier message.
+my $barrier = 0;
+
 sub received {
+    $barrier++;
+    for my $name (sort keys %agents) {
+        $t->redis('RPUSH', $P . 'outbox:{'
+                  . OpAMPFleet::uid_text($agents{$name}{uid}) . '}',
+                  "io.example.barrier\nb\n$barrier");
+    }
+    $t->redis('PUBLISH', "${P}fleet", 'config');
     my %got;
     for my $name (sort keys %agents) {
-        my $m = $agents{$name}->recv_msg(1);
-        my $text = defined $m ? OpAMPFleet::decode('ServerToAgent', $m) : '';
-        my ($h) = $text =~ /config_hash: "((?:[^"\\]|\\.)*)"/;
-        $got{$name} = defined $h ? unpack('H*', _unescape($h)) : '';
+        my @h;
+        for (1 .. 5) {
+            my $m = $agents{$name}->recv_msg(10);
+            last unless defined $m;
+            my $text = OpAMPFleet::decode('ServerToAgent', $m);
+            my ($h) = $text =~ /config_hash: "((?:[^"\\]|\\.)*)"/;
+            push @h, unpack('H*', _unescape($h)) if defined $h;
+            last if $text =~ /data: "\Q$barrier\E"/;
+        }
+        $got{$name} = join ',', @h;
     }
     return \%got;
 }

@@ -14,12 +14,28 @@ int  unit_passed;
 int  unit_failed;
 
 
-/* replaced by the real suite when t/unit/test_uid.c is linked in */
+/*
+ * Each suite is linked in for real (no weak stand-in: a suite whose file
+ * is not linked fails the build), and a suite that ran no check at all
+ * counts as failed, so that a suite emptied by mistake cannot pass.
+ */
 
-__attribute__((weak)) int
-unit_uid(void)
+static int
+unit_run(const char *name, int (*suite)(void))
 {
-    return 0;
+    int  before, failures;
+
+    before = unit_passed + unit_failed;
+
+    failures = suite();
+
+    if (unit_passed + unit_failed == before) {
+        fprintf(stderr, "FAIL %s: the suite ran no checks\n", name);
+        unit_failed++;
+        return failures + 1;
+    }
+
+    return failures;
 }
 
 
@@ -30,8 +46,8 @@ main(void)
 
     failures = 0;
 
-    failures += unit_wsframe();
-    failures += unit_uid();
+    failures += unit_run("wsframe", unit_wsframe);
+    failures += unit_run("uid", unit_uid);
 
     printf("%d passed, %d failed\n", unit_passed, unit_failed);
 
