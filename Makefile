@@ -5,6 +5,8 @@
 #   make stop   stop what make run started
 #   make test   install, build and run every test
 #   make bench  run the benchmarks (bench/)
+#   make mutate break documented behaviours on purpose, one at a time, and
+#               report which ones the tests catch (t/mutate/, not in CI)
 
 SHELL      := /bin/bash
 TOP        := $(CURDIR)
@@ -24,7 +26,7 @@ SOURCES := config ngx_http_opamp_module.c $(wildcard src/*.c src/*.h) \
            $(wildcard proto/opamp/v1/*.c proto/opamp/v1/*.h)
 
 .PHONY: all deps build build-static proto run stop test test-valgrind unit \
-        bench clean
+        bench mutate clean
 
 all: build
 
@@ -135,6 +137,11 @@ test-valgrind: build unit t/node/node_modules
 bench: build
 	$(MAKE) -C bench
 	NGINX_MODULE=$(MODULE) bench/run.sh
+
+# every mutation of t/mutate/catalogue on a copy of the tree under
+# build/mutate; MUTATE="name ..." runs only those
+mutate: build t/node/node_modules
+	t/mutate/run $(MUTATE)
 
 clean:
 	rm -rf $(BUILD)
