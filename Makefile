@@ -7,6 +7,8 @@
 #   make bench  run the benchmarks (bench/)
 #   make mutate break documented behaviours on purpose, one at a time, and
 #               report which ones the tests catch (t/mutate/, not in CI)
+#   make fuzz   run every libFuzzer target of t/fuzz/ for FUZZ_TIME seconds
+#   make test-asan  the integration tests against an ASan + UBSan build
 
 SHELL      := /bin/bash
 TOP        := $(CURDIR)
@@ -26,7 +28,8 @@ SOURCES := config ngx_http_opamp_module.c $(wildcard src/*.c src/*.h) \
            $(wildcard proto/opamp/v1/*.c proto/opamp/v1/*.h)
 
 .PHONY: all deps build build-static proto run stop test test-valgrind unit \
-        bench mutate clean
+        bench mutate clean fuzz fuzz-build fuzz-regress fuzz-short fuzz-deps \
+        test-asan
 
 all: build
 
@@ -126,13 +129,79 @@ t/node/node_modules: t/node/package.json
 	cd t/node && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-test: build unit t/node/node_modules
+test: build unit fuzz-short t/node/node_modules
 	NGINX_MODULE=$(MODULE) prove -I t/lib t/*.t
 
 # the same tests with every nginx process under valgrind's memcheck
 test-valgrind: build unit t/node/node_modules
 	@command -v valgrind >/dev/null || apt-get install -y -qq valgrind
 	TEST_NGINX_VALGRIND=1 NGINX_MODULE=$(MODULE) prove -I t/lib t/*.t
+
+# --- fuzzing (t/fuzz/README.md) ----------------------------------------
+#
+# Each target compiles the module's own parser files with clang's
+# libFuzzer, AddressSanitizer and UndefinedBehaviorSanitizer, against
+# nginx's headers as configured by `make build` and t/fuzz/shim.c for the
+# few nginx core functions they call (nginx itself is not linked).
+
+FUZZ_TARGETS := wsframe a2s unpack json gzip selector
+FUZZ_TIME    ?= 60
+FUZZ_SHORT   ?= 10
+FUZZ_DIR     := $(BUILD)/fuzz
+FUZZ_CC      ?= clang
+FUZZ_CFLAGS  := -g -O1 -fno-omit-frame-pointer \
+                -fsanitize=fuzzer,address,undefined \
+                -fno-sanitize-recover=all -Wall -Wno-unused-parameter \
+                -Werror -Isrc -Iproto -It/fuzz \
+                -I$(NGX_SRC)/src/core -I$(NGX_SRC)/src/event \
+                -I$(NGX_SRC)/src/event/modules -I$(NGX_SRC)/src/os/unix \
+                -I$(NGX_SRC)/objs -I$(NGX_SRC)/src/http \
+                -I$(NGX_SRC)/src/http/modules -I$(NGX_SRC)/src/http/v2
+
+FUZZ_PROTO := src/ngx_http_opamp_proto.c src/ngx_http_opamp_utf8.c \
+              src/ngx_http_opamp_json.c proto/opamp/v1/anyvalue.pb-c.c \
+              proto/opamp/v1/opamp.pb-c.c
+FUZZ_SRCS_wsframe  := src/ngx_http_opamp_wsframe.c src/ngx_http_opamp_utf8.c
+FUZZ_SRCS_a2s      := $(FUZZ_PROTO)
+FUZZ_SRCS_unpack   := $(FUZZ_PROTO)
+FUZZ_SRCS_json     := $(FUZZ_PROTO)
+FUZZ_SRCS_gzip     := src/ngx_http_opamp_gzip.c
+FUZZ_SRCS_selector := src/ngx_http_opamp_selector.c
+FUZZ_LIBS := -ljansson -lprotobuf-c -lz
+
+fuzz-deps: $(FUZZ_DIR)/.deps
+
+$(FUZZ_DIR)/.deps: $(BUILD)/.deps
+	@missing=""; for p in clang libclang-rt-14-dev; do \
+	    dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	    echo "installing:$$missing"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get update -qq && apt-get install -y -qq $$missing; \
+	fi
+	@mkdir -p $(FUZZ_DIR) && touch $@
+
+$(FUZZ_DIR)/fuzz_%: t/fuzz/fuzz_%.c t/fuzz/shim.c t/fuzz/shim.h \
+        $(FUZZ_DIR)/.deps $(NGX_SRC)/objs/Makefile $(wildcard src/*.[ch]) \
+        $(wildcard proto/opamp/v1/*.[ch])
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $< t/fuzz/shim.c $(FUZZ_SRCS_$*) \
+	    $(FUZZ_LIBS)
+
+fuzz-build: $(addprefix $(FUZZ_DIR)/fuzz_,$(FUZZ_TARGETS))
+
+# every committed input once (seeds and the inputs of crashes fixed)
+fuzz-regress: fuzz-build
+	@for t in $(FUZZ_TARGETS); do \
+	    t/fuzz/run.sh $(FUZZ_DIR) $$t 0 || exit 1; done
+
+# each target briefly, as `make test` does
+fuzz-short: fuzz-regress
+	@for t in $(FUZZ_TARGETS); do \
+	    t/fuzz/run.sh $(FUZZ_DIR) $$t $(FUZZ_SHORT) || exit 1; done
+
+fuzz: fuzz-regress
+	@for t in $(FUZZ_TARGETS); do \
+	    t/fuzz/run.sh $(FUZZ_DIR) $$t $(FUZZ_TIME) || exit 1; done
 
 bench: build
 	$(MAKE) -C bench

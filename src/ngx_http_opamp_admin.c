@@ -7,6 +7,7 @@
 #include "ngx_http_opamp_json.h"
 #include "ngx_http_opamp_proto.h"
 #include "ngx_http_opamp_redis.h"
+#include "ngx_http_opamp_selector.h"
 #include "ngx_http_opamp_store.h"
 #include "ngx_http_opamp_uid.h"
 
@@ -962,7 +963,7 @@ static ngx_int_t
 ngx_http_opamp_admin_config_put(ngx_http_opamp_admin_ctx_t *ctx)
 {
     int                          argc;
-    u_char                      *p, *last, *comma, *eq;
+    u_char                      *p;
     u_char                       now[NGX_INT64_LEN], prio[NGX_INT64_LEN];
     size_t                      *argvlen, len;
     json_t                      *root, *files, *file, *body, *type, *sel;
@@ -1089,28 +1090,9 @@ ngx_http_opamp_admin_config_put(ngx_http_opamp_admin_ctx_t *ctx)
             selector.len = json_string_length(sel);
         }
 
-        /* "k=v,k2=v2": keys not empty, no "=" in a key */
-
-        p = selector.data;
-        last = p + selector.len;
-
-        while (p < last) {
-            comma = ngx_strlchr(p, last, ',');
-            if (comma == NULL) {
-                comma = last;
-            }
-
-            eq = ngx_strlchr(p, comma, '=');
-
-            if (eq == NULL || eq == p) {
-                reason = "invalid selector: use key=value[,key=value...]";
-                goto invalid;
-            }
-
-            p = comma + 1;
-        }
-
-        if (selector.len && selector.data[selector.len - 1] == ',') {
+        if (ngx_http_opamp_selector_check(selector.data, selector.len)
+            != NGX_OK)
+        {
             reason = "invalid selector: use key=value[,key=value...]";
             goto invalid;
         }

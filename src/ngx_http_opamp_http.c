@@ -4,6 +4,7 @@
 
 
 #include "ngx_http_opamp_http.h"
+#include "ngx_http_opamp_gzip.h"
 #include "ngx_http_opamp_session.h"
 #include "ngx_http_opamp_uid.h"
 
@@ -25,8 +26,6 @@ typedef struct {
 static void ngx_http_opamp_http_body(ngx_http_request_t *r);
 static ngx_int_t ngx_http_opamp_http_collect(ngx_http_request_t *r,
     ngx_str_t *body);
-static ngx_int_t ngx_http_opamp_http_gunzip(ngx_http_request_t *r,
-    ngx_str_t *in, ngx_str_t *out, size_t limit);
 static ngx_int_t ngx_http_opamp_http_gzip(ngx_http_request_t *r,
     u_char *data, size_t len, ngx_str_t *out);
 static ngx_int_t ngx_http_opamp_http_send(ngx_http_opamp_session_t *s,
@@ -43,9 +42,6 @@ static ngx_table_elt_t *ngx_http_opamp_http_header_in(ngx_http_request_t *r,
     const char *name, size_t len);
 static ngx_int_t ngx_http_opamp_http_header_out(ngx_http_request_t *r,
     const char *name, const char *value);
-static void *ngx_http_opamp_http_zalloc(void *opaque, u_int items,
-    u_int size);
-static void ngx_http_opamp_http_zfree(void *opaque, void *address);
 
 
 ngx_int_t
@@ -187,8 +183,8 @@ ngx_http_opamp_http_body(ngx_http_request_t *r)
     }
 
     if (ctx->gzip) {
-        rc = ngx_http_opamp_http_gunzip(r, &body, &plain,
-                                        olcf->max_message_size);
+        rc = ngx_http_opamp_gunzip(r->pool, r->connection->log, &body, &plain,
+                                   olcf->max_message_size);
 
         if (rc == NGX_DECLINED) {
             ngx_http_finalize_request(r, ngx_http_opamp_http_error(r,
@@ -198,7 +194,7 @@ ngx_http_opamp_http_body(ngx_http_request_t *r)
             return;
         }
 
-        if (rc == NGX_HTTP_BAD_REQUEST) {
+        if (rc == NGX_ABORT) {
             ngx_http_finalize_request(r, ngx_http_opamp_http_error(r,
                                       NGX_HTTP_BAD_REQUEST,
                                       "request body is not valid gzip"));
@@ -281,114 +277,6 @@ ngx_http_opamp_http_collect(ngx_http_request_t *r, ngx_str_t *body)
 
         p += n;
     }
-
-    return NGX_OK;
-}
-
-
-/*
- * Inflates a gzip body.  The output grows in steps up to limit, so a small
- * bomb costs at most limit bytes: NGX_DECLINED as soon as it would pass.
- */
-
-static ngx_int_t
-ngx_http_opamp_http_gunzip(ngx_http_request_t *r, ngx_str_t *in,
-    ngx_str_t *out, size_t limit)
-{
-    int        rc;
-    u_char    *buf, *nbuf;
-    size_t     size;
-    z_stream   zs;
-
-    ngx_memzero(&zs, sizeof(z_stream));
-
-    zs.zalloc = ngx_http_opamp_http_zalloc;
-    zs.zfree = ngx_http_opamp_http_zfree;
-    zs.opaque = r->pool;
-
-    /* 16 + MAX_WBITS: gzip header and trailer only */
-
-    if (inflateInit2(&zs, 16 + MAX_WBITS) != Z_OK) {
-        return NGX_ERROR;
-    }
-
-    size = ngx_min(limit + 1, ngx_max(in->len * 4, 4096));
-
-    buf = ngx_alloc(size, r->connection->log);
-    if (buf == NULL) {
-        inflateEnd(&zs);
-        return NGX_ERROR;
-    }
-
-    zs.next_in = in->data;
-    zs.avail_in = in->len;
-    zs.next_out = buf;
-    zs.avail_out = size;
-
-    for ( ;; ) {
-        rc = inflate(&zs, Z_NO_FLUSH);
-
-        if (rc == Z_STREAM_END) {
-            break;
-        }
-
-        if (rc == Z_BUF_ERROR && zs.avail_in == 0) {
-            /* the input ended before the gzip trailer */
-            rc = Z_DATA_ERROR;
-        }
-
-        if (rc != Z_OK && rc != Z_BUF_ERROR) {
-            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                          "opamp: invalid gzip request body: %s",
-                          zs.msg ? zs.msg : "truncated");
-            inflateEnd(&zs);
-            ngx_free(buf);
-            return NGX_HTTP_BAD_REQUEST;
-        }
-
-        if (zs.avail_out == 0) {
-            if (size > limit) {
-                inflateEnd(&zs);
-                ngx_free(buf);
-                return NGX_DECLINED;
-            }
-
-            nbuf = ngx_alloc(ngx_min(size * 2, limit + 1),
-                             r->connection->log);
-            if (nbuf == NULL) {
-                inflateEnd(&zs);
-                ngx_free(buf);
-                return NGX_ERROR;
-            }
-
-            ngx_memcpy(nbuf, buf, size);
-            ngx_free(buf);
-
-            buf = nbuf;
-            zs.next_out = buf + size;
-            zs.avail_out = ngx_min(size * 2, limit + 1) - size;
-            size = ngx_min(size * 2, limit + 1);
-        }
-    }
-
-    out->len = zs.total_out;
-    inflateEnd(&zs);
-
-    if (out->len > limit) {
-        ngx_free(buf);
-        return NGX_DECLINED;
-    }
-
-    /* the pool owns the result, so every exit frees it with the request */
-
-    out->data = ngx_pnalloc(r->pool, out->len ? out->len : 1);
-    if (out->data == NULL) {
-        ngx_free(buf);
-        return NGX_ERROR;
-    }
-
-    ngx_memcpy(out->data, buf, out->len);
-    ngx_free(buf);
 
     return NGX_OK;
 }
@@ -587,8 +475,8 @@ ngx_http_opamp_http_gzip(ngx_http_request_t *r, u_char *data, size_t len,
 
     ngx_memzero(&zs, sizeof(z_stream));
 
-    zs.zalloc = ngx_http_opamp_http_zalloc;
-    zs.zfree = ngx_http_opamp_http_zfree;
+    zs.zalloc = ngx_http_opamp_gzip_zalloc;
+    zs.zfree = ngx_http_opamp_gzip_zfree;
     zs.opaque = r->pool;
 
     if (deflateInit2(&zs, Z_DEFAULT_COMPRESSION, Z_DEFLATED, 16 + MAX_WBITS,
@@ -818,16 +706,3 @@ ngx_http_opamp_http_error(ngx_http_request_t *r, ngx_uint_t status,
     return ngx_http_output_filter(r, &out);
 }
 
-
-static void *
-ngx_http_opamp_http_zalloc(void *opaque, u_int items, u_int size)
-{
-    return ngx_palloc((ngx_pool_t *) opaque, items * size);
-}
-
-
-static void
-ngx_http_opamp_http_zfree(void *opaque, void *address)
-{
-    /* the pool frees it with the request */
-}

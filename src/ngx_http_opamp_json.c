@@ -554,6 +554,12 @@ ngx_http_opamp_json_bytes(ngx_http_opamp_json_t *j,
         return;
     }
 
+    /* protobuf-c leaves empty bytes NULL, and NULL + 0 is undefined */
+    if (b->len == 0) {
+        ngx_http_opamp_json_string(j, (u_char *) "", 0);
+        return;
+    }
+
     p = b->data;
     last = p + b->len;
 

@@ -266,7 +266,11 @@ ngx_http_opamp_proto_field(ngx_http_opamp_proto_walk_t *w, u_char **pp,
 
     p = *pp;
 
-    if (ngx_http_opamp_proto_varint(&p, last, &tag) != NGX_OK) {
+    /* a tag is a 32-bit varint: protobuf-c reads at most 5 bytes of it */
+
+    if (ngx_http_opamp_proto_varint(&p, last, &tag) != NGX_OK
+        || p - *pp > 5)
+    {
         w->error = "truncated or overlong field tag";
         return NGX_ERROR;
     }
@@ -308,9 +312,17 @@ ngx_http_opamp_proto_field(ngx_http_opamp_proto_walk_t *w, u_char **pp,
         break;
 
     case NGX_HTTP_OPAMP_WIRE_LEN:
+
+        /* protobuf-c reads at most 5 bytes of a length, too */
+
         if (ngx_http_opamp_proto_varint(&p, last, &n) != NGX_OK
-            || n > (uint64_t) (last - p))
+            || p - *value > 5)
         {
+            w->error = "truncated or overlong length";
+            return NGX_ERROR;
+        }
+
+        if (n > (uint64_t) (last - p)) {
             w->error = "length-delimited field longer than its message";
             return NGX_ERROR;
         }

@@ -479,6 +479,20 @@ like($m->{error_response}{error_message} // '', qr/16 bytes/,
      '15 bytes: says instance_uid must be 16 bytes');
 still_serves('a 15-byte instance_uid');
 
+# an effective_config (stored as received, never decoded in the worker)
+# holding a field whose tag takes 6 bytes: valid varint, but protobuf-c
+# reads at most 5 bytes of a tag, so the admin API could never decode what
+# would be stored (found by t/fuzz/fuzz_a2s.c)
+my $u6 = random_uid();
+my $tag6 = msg($u6, 'sequence_num: 0 capabilities: 1')
+           . "\x32\x07\x90\x80\x80\x80\x80\x00\x01";
+($s, $h, $body, $m) = post($tag6);
+is($s, 400, 'a field tag of 6 bytes in effective_config: 400');
+like($m->{error_response}{error_message} // '', qr/overlong field tag/,
+     '6-byte tag: says why');
+ok(!$t->agent($u6)->{effective_config}, '6-byte tag: nothing stored');
+still_serves('a 6-byte field tag');
+
 ($s, $h, $body, $m) = post($t->a2s("sequence_num: 0 $DESC"));
 is($s, 400, 'no instance_uid: 400');
 is($m->{error_response}{type}, 'ServerErrorResponseType_BadRequest',
