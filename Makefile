@@ -137,6 +137,36 @@ test-valgrind: build unit t/node/node_modules
 	@command -v valgrind >/dev/null || apt-get install -y -qq valgrind
 	TEST_NGINX_VALGRIND=1 NGINX_MODULE=$(MODULE) prove -I t/lib t/*.t
 
+# --- the integration tests against an AddressSanitizer build -----------
+#
+# The module (not nginx) is built with gcc's -fsanitize=address,undefined
+# and the fault injection hooks (-DNGX_HTTP_OPAMP_FAULTS=1), in its own
+# configured nginx source tree; the harness preloads libasan into nginx
+# (TEST_NGINX_ASAN=1) and fails a test file on any sanitizer report.
+
+ASAN_DIR    := $(BUILD)/asan
+ASAN_SRC    := $(ASAN_DIR)/nginx-src
+ASAN_MODULE := $(ASAN_DIR)/ngx_http_opamp_module.so
+ASAN_FLAGS  := -fsanitize=address,undefined -fno-omit-frame-pointer
+ASAN_TESTS  ?= t/*.t
+
+$(ASAN_SRC)/objs/Makefile: $(BUILD)/.deps config
+	rm -rf $(ASAN_SRC) && mkdir -p $(ASAN_DIR)
+	cp -r /usr/share/nginx/src $(ASAN_SRC)
+	cd $(ASAN_SRC) && . ./conf_flags && \
+	    ./configure "$${NGX_CONF_FLAGS[@]}" \
+	    --with-cc-opt="$(ASAN_FLAGS) -DNGX_HTTP_OPAMP_FAULTS=1" \
+	    --with-ld-opt="$(ASAN_FLAGS)" \
+	    --add-dynamic-module=$(TOP) >$(ASAN_DIR)/configure.log 2>&1 \
+	    || { tail -30 $(ASAN_DIR)/configure.log; exit 1; }
+
+$(ASAN_MODULE): $(ASAN_SRC)/objs/Makefile src/ngx_http_opamp_lua.h $(SOURCES)
+	$(MAKE) -C $(ASAN_SRC) -f objs/Makefile modules
+	cp $(ASAN_SRC)/objs/ngx_http_opamp_module.so $@.tmp && mv -f $@.tmp $@
+
+test-asan: $(ASAN_MODULE) unit t/node/node_modules
+	TEST_NGINX_ASAN=1 NGINX_MODULE=$(ASAN_MODULE) prove -I t/lib $(ASAN_TESTS)
+
 # --- fuzzing (t/fuzz/README.md) ----------------------------------------
 #
 # Each target compiles the module's own parser files with clang's

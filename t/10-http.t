@@ -483,14 +483,14 @@ still_serves('a 15-byte instance_uid');
 # holding a field whose tag takes 6 bytes: valid varint, but protobuf-c
 # reads at most 5 bytes of a tag, so the admin API could never decode what
 # would be stored (found by t/fuzz/fuzz_a2s.c)
-my $u6 = random_uid();
-my $tag6 = msg($u6, 'sequence_num: 0 capabilities: 1')
+my $utag = random_uid();
+my $tag6 = msg($utag, 'sequence_num: 0 capabilities: 1')
            . "\x32\x07\x90\x80\x80\x80\x80\x00\x01";
 ($s, $h, $body, $m) = post($tag6);
 is($s, 400, 'a field tag of 6 bytes in effective_config: 400');
 like($m->{error_response}{error_message} // '', qr/overlong field tag/,
      '6-byte tag: says why');
-ok(!$t->agent($u6)->{effective_config}, '6-byte tag: nothing stored');
+ok(!$t->agent($utag)->{effective_config}, '6-byte tag: nothing stored');
 still_serves('a 6-byte field tag');
 
 ($s, $h, $body, $m) = post($t->a2s("sequence_num: 0 $DESC"));

@@ -55,7 +55,9 @@ package OpAMPTest;
 #
 # Environment: NGINX (default /usr/sbin/nginx), NGINX_MODULE (default
 # build/ngx_http_opamp_module.so of this repository), TEST_KEEP=1 keeps the
-# temporary directory, TEST_NGINX_VALGRIND=1 runs nginx under memcheck.
+# temporary directory, TEST_NGINX_VALGRIND=1 runs nginx under memcheck,
+# TEST_NGINX_ASAN=1 runs nginx with the AddressSanitizer runtime preloaded
+# (for a module built with -fsanitize=address,undefined: make test-asan).
 #
 # Every wait is bounded; a child process is only ever signalled by the pid
 # this harness got when it started it.
@@ -129,6 +131,9 @@ sub new {
     # nginx started as root runs its workers as another user, which must
     # reach the temporary files (request bodies) under the directory
     chmod 0755, $dir, "$dir/tmp";
+    # the sanitizers open their report files in the worker, after it has
+    # become that other user
+    chmod 01777, "$dir/logs" if $ENV{TEST_NGINX_ASAN};
     my $self = bless {
         dir => $dir,
         port => free_port(),
@@ -437,9 +442,28 @@ sub write_conf {
     return $self->{conf};
 }
 
+# TEST_NGINX_ASAN=1: nginx itself is not instrumented, so the sanitizer
+# runtime that the module needs must be loaded first (LD_PRELOAD); reports
+# go to logs/asan.<pid> and logs/ubsan.<pid>, which done() reads.  Only
+# nginx gets this environment, not protoc, redis-server or node.
+sub _sanitizer_env {
+    my ($self, $leaks) = @_;
+    return '' unless $ENV{TEST_NGINX_ASAN};
+    my $lib = `gcc -print-file-name=libasan.so`;
+    chomp $lib;
+    my $d = "$self->{dir}/logs";
+    return "env LD_PRELOAD=$lib"
+           . " ASAN_OPTIONS=log_path=$d/asan:detect_leaks=" . ($leaks // 1)
+           . ":allocator_may_return_null=1:detect_odr_violation=0"
+           . " LSAN_OPTIONS=suppressions=$ROOT/t/lsan.supp"
+           . ":print_suppressions=0"
+           . " UBSAN_OPTIONS=log_path=$d/ubsan:print_stacktrace=1 ";
+}
+
 sub _nginx_cmd {
     my ($self, @args) = @_;
     my $cmd = join ' ', $self->{nginx}, '-p', "$self->{dir}/", @args;
+    $cmd = $self->_sanitizer_env . $cmd;
 
     # TEST_NGINX_VALGRIND=1: every nginx process under memcheck, one log
     # per process; done() fails the test on any error they report
@@ -588,7 +612,9 @@ sub nginx_t {
     open my $f, '>', $file or die;
     print $f $conf;
     close $f;
-    my $out = `$self->{nginx} -t -p $self->{dir}/ -c $file 2>&1`;
+    # nginx -t that fails exits without freeing its first cycle's pool
+    my $env = $self->_sanitizer_env(0);
+    my $out = `$env$self->{nginx} -t -p $self->{dir}/ -c $file 2>&1`;
     return ($? >> 8, $out);
 }
 
@@ -622,6 +648,18 @@ sub done {
             push @v, $text if $text =~ /\S/;
         }
         ok(!@v, 'valgrind reports no errors') or diag(join "\n", @v);
+    }
+
+    if ($ENV{TEST_NGINX_ASAN}) {
+        my @v;
+        for my $f (glob "$self->{dir}/logs/asan.* $self->{dir}/logs/ubsan.*") {
+            open my $fh, '<', $f or next;
+            local $/;
+            my $text = <$fh>;
+            push @v, "$f:\n$text" if $text =~ /\S/;
+        }
+        ok(!@v, 'AddressSanitizer and UBSan report nothing')
+            or diag(join "\n", @v);
     }
     $self->{done} = 1;
 }
