@@ -92,6 +92,94 @@ static ngx_command_t  ngx_http_opamp_commands[] = {
       offsetof(ngx_http_opamp_main_conf_t, redis_timeout),
       &ngx_http_opamp_time_post },
 
+    { ngx_string("opamp_redis_sentinel_auth"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
+      ngx_http_opamp_redis_sentinel_auth,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("opamp_redis_wait"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
+      ngx_http_opamp_redis_wait,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+#if (NGX_SSL)
+
+    { ngx_string("opamp_redis_ssl"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_opamp_main_conf_t, ssl),
+      NULL },
+
+    { ngx_string("opamp_redis_ssl_protocols"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_conf_set_bitmask_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_opamp_main_conf_t, ssl_protocols),
+      &ngx_http_opamp_redis_ssl_protocols },
+
+    { ngx_string("opamp_redis_ssl_ciphers"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_opamp_main_conf_t, ssl_ciphers),
+      NULL },
+
+    { ngx_string("opamp_redis_ssl_verify"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_opamp_main_conf_t, ssl_verify),
+      NULL },
+
+    { ngx_string("opamp_redis_ssl_verify_depth"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_opamp_main_conf_t, ssl_verify_depth),
+      NULL },
+
+    { ngx_string("opamp_redis_ssl_trusted_certificate"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_opamp_main_conf_t, ssl_trusted_certificate),
+      NULL },
+
+    { ngx_string("opamp_redis_ssl_certificate"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_opamp_main_conf_t, ssl_certificate),
+      NULL },
+
+    { ngx_string("opamp_redis_ssl_certificate_key"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_opamp_main_conf_t, ssl_certificate_key),
+      NULL },
+
+    { ngx_string("opamp_redis_ssl_name"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_opamp_main_conf_t, ssl_name),
+      NULL },
+
+    { ngx_string("opamp_redis_ssl_server_name"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_opamp_main_conf_t, ssl_server_name),
+      NULL },
+
+#endif
+
     { ngx_string("opamp_server_id"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_http_opamp_server_id,
@@ -235,6 +323,8 @@ ngx_http_opamp_create_main_conf(ngx_conf_t *cf)
     omcf->configured = NGX_CONF_UNSET;
     omcf->redis_timeout = NGX_CONF_UNSET_MSEC;
 
+    ngx_http_opamp_redis_create_conf(omcf);
+
     return omcf;
 }
 
@@ -261,6 +351,10 @@ ngx_http_opamp_init_main_conf(ngx_conf_t *cf, void *conf)
     }
 
     ngx_conf_init_msec_value(omcf->redis_timeout, 5000);
+
+    if (ngx_http_opamp_redis_init_conf(cf, omcf) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
+    }
 
     if (omcf->server_id.data == NULL) {
         omcf->server_id = cf->cycle->hostname;

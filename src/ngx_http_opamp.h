@@ -47,13 +47,22 @@
 
 
 typedef struct {
-    ngx_str_t                   host;        /* empty when unix socket */
+    ngx_str_t                   host;        /* name or address, NUL-ended;
+                                                empty when unix socket */
     ngx_int_t                   port;
     ngx_str_t                   unix_path;   /* null-terminated */
     ngx_str_t                   password;    /* may be empty */
     ngx_str_t                   username;    /* Redis 6 ACL user, optional */
     ngx_int_t                   database;
     ngx_str_t                   url;         /* as configured, for logs */
+    ngx_addr_t                 *addrs;       /* resolved at configuration
+                                                time, when no resolver */
+    ngx_uint_t                  naddrs;
+    ngx_array_t                *sentinels;   /* of ngx_http_opamp_redis_url_t;
+                                                NULL: not sentinel:// */
+    ngx_str_t                   master_name; /* the Sentinel master name */
+    unsigned                    ssl:1;       /* rediss:// */
+    unsigned                    name:1;      /* host is not an address */
 } ngx_http_opamp_redis_url_t;
 
 
@@ -64,6 +73,28 @@ typedef struct {
     ngx_msec_t                  redis_timeout;
     ngx_str_t                   server_id;   /* hostname, in the channel */
     ngx_flag_t                  used;        /* some location has opamp */
+
+    /* Sentinel, resolver, TLS and WAIT: ngx_http_opamp_redis.c */
+    ngx_str_t                   sentinel_username;
+    ngx_str_t                   sentinel_password;
+    ngx_resolver_t             *resolver;    /* NULL: none configured */
+    ngx_msec_t                  resolver_timeout;
+    ngx_int_t                   wait_replicas;  /* 0: no WAIT */
+    ngx_msec_t                  wait_timeout;
+
+    ngx_flag_t                  ssl;
+    ngx_flag_t                  ssl_verify;
+    ngx_uint_t                  ssl_verify_depth;
+    ngx_uint_t                  ssl_protocols;
+    ngx_str_t                   ssl_ciphers;
+    ngx_str_t                   ssl_trusted_certificate;
+    ngx_str_t                   ssl_certificate;
+    ngx_str_t                   ssl_certificate_key;
+    ngx_str_t                   ssl_name;
+    ngx_flag_t                  ssl_server_name;
+#if (NGX_SSL)
+    ngx_ssl_t                  *ssl_ctx;
+#endif
 } ngx_http_opamp_main_conf_t;
 
 

@@ -54,6 +54,7 @@ typedef struct {
     ngx_str_t                       body;
     u_char                          hash[64];   /* config_hash, hex */
     const char                     *reason;     /* of a refusal */
+    redisReply                     *written;    /* kept during WAIT */
 } ngx_http_opamp_admin_ctx_t;
 
 
@@ -232,6 +233,11 @@ ngx_http_opamp_admin_cleanup(void *data)
     if (ctx->cmd) {
         ngx_http_opamp_redis_cancel(ctx->cmd);
         ctx->cmd = NULL;
+    }
+
+    if (ctx->written) {
+        freeReplyObject(ctx->written);
+        ctx->written = NULL;
     }
 }
 
@@ -1489,7 +1495,42 @@ ngx_http_opamp_admin_reply(redisReply *reply, void *data)
     ctx->cmd = NULL;
     r = ctx->request;
 
-    if (reply == NULL) {
+    /*
+     * opamp_redis_wait: a write of operator data is answered once enough
+     * replicas have it (WAIT on the same connection, right after it); its
+     * reply is kept meanwhile.
+     */
+
+    if (ctx->written == NULL && reply && reply->type != REDIS_REPLY_ERROR
+        && (r->method & (NGX_HTTP_PUT|NGX_HTTP_POST|NGX_HTTP_DELETE)))
+    {
+        rc = ngx_http_opamp_redis_wait_send(reply, &ctx->written,
+                                            ngx_http_opamp_admin_reply, ctx,
+                                            &ctx->cmd);
+        if (rc == NGX_AGAIN) {
+            return;
+        }
+
+        if (rc == NGX_ERROR) {
+            reply = NULL;
+        }
+    }
+
+    if (ctx->written) {
+        rc = ngx_http_opamp_redis_wait_check(reply, r->pool, &ctx->reason);
+        reply = ctx->written;
+
+        if (rc != NGX_OK) {
+            rc = ngx_http_opamp_admin_error(r, rc, ctx->reason);
+
+        } else {
+            rc = ngx_http_opamp_admin_answer(ctx, reply);
+        }
+
+        freeReplyObject(ctx->written);
+        ctx->written = NULL;
+
+    } else if (reply == NULL) {
         rc = ngx_http_opamp_admin_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
                                         "the agent state store did not "
                                         "answer, retry later");

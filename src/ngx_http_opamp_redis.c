@@ -1,19 +1,31 @@
 /*
  * Copyright (C) ngx_http_opamp_module authors
  *
- * hiredis's async API driven by nginx's event loop.
+ * The links to Redis, on nginx's event loop.
  *
- * Each worker holds two links to Redis: the command link, which carries
- * every command of the module in order, and the pub/sub link, subscribed
- * to the worker's own channel.  A link's socket is wrapped in an nginx
- * connection so that epoll reports it like any other; hiredis never
- * blocks, and neither do we.
+ * Each worker holds two links to the Redis primary: the command link,
+ * which carries every command of the module in order, and the pub/sub
+ * link, subscribed to the worker's own channel and the fleet's.  With
+ * "opamp_redis sentinel://..." a third link stays connected to one of
+ * the Sentinels: it asks for the primary's address and is subscribed to
+ * +switch-master, so that every worker follows a failover without a
+ * reload.
  *
- * hiredis 0.14 has no timeouts of its own.  The link keeps its commands
- * in a FIFO with deadlines and one timer on the oldest.  When the oldest
- * outlives opamp_redis_timeout and Redis has answered nothing for that
- * long either, the server or the path to it is stuck: the link is
- * dropped (every pending handler then sees NULL) and connected again
+ * The socket I/O is our own, on an nginx connection, with nginx's
+ * OpenSSL for TLS; hiredis is used only to parse replies (redisReader).
+ * Why not hiredis's async I/O: Debian bookworm's hiredis 0.14 has no TLS
+ * and a newer one would have to be built from fetched sources; hiredis
+ * also connects by itself (getaddrinfo() blocks on a name), while here a
+ * name is resolved through nginx's own resolver on every reconnect, and
+ * TLS uses the same OpenSSL, protocols, ciphers and certificate files
+ * as the rest of nginx.  The reply objects stay hiredis's redisReply, so
+ * nothing changes for the rest of the module.
+ *
+ * Redis has no timeouts of its own here either.  The link keeps its
+ * commands in a FIFO with deadlines and one timer on the oldest.  When
+ * the oldest outlives opamp_redis_timeout and Redis has answered nothing
+ * for that long either, the server or the path to it is stuck: the link
+ * is dropped (every pending handler then sees NULL) and connected again
  * with backoff.  A Redis that keeps answering is working through a
  * backlog (a reconnect storm of a whole fleet) and is waited for:
  * dropping the link would throw away the work queued and bring the
@@ -23,19 +35,34 @@
 
 #include "ngx_http_opamp.h"
 #include "ngx_http_opamp_redis.h"
-#include <hiredis/async.h>
+
+#if (NGX_SSL)
+#include <openssl/x509v3.h>
+#endif
 
 
 #define NGX_HTTP_OPAMP_REDIS_BACKOFF_MIN   100
 #define NGX_HTTP_OPAMP_REDIS_BACKOFF_MAX   5000
 
-/* the command buffer a worker keeps between commands, at most */
-#define NGX_HTTP_OPAMP_REDIS_FMT_KEEP      65536
+/* the output buffer a link keeps between commands, at most */
+#define NGX_HTTP_OPAMP_REDIS_OUT_KEEP      65536
+
+/* reads per read event before others get a turn */
+#define NGX_HTTP_OPAMP_REDIS_READS         32
+
+#define NGX_HTTP_OPAMP_REDIS_HOST_LEN      255
+
+#define NGX_HTTP_OPAMP_REDIS_COMMAND       0
+#define NGX_HTTP_OPAMP_REDIS_PUBSUB        1
+#define NGX_HTTP_OPAMP_REDIS_SENTINEL      2
+#define NGX_HTTP_OPAMP_REDIS_NLINKS        3
 
 
 typedef enum {
     NGX_HTTP_OPAMP_REDIS_DOWN = 0,
+    NGX_HTTP_OPAMP_REDIS_RESOLVING,
     NGX_HTTP_OPAMP_REDIS_CONNECTING,
+    NGX_HTTP_OPAMP_REDIS_TLS,
     NGX_HTTP_OPAMP_REDIS_HANDSHAKE,
     NGX_HTTP_OPAMP_REDIS_READY
 } ngx_http_opamp_redis_state_e;
@@ -43,29 +70,56 @@ typedef enum {
 
 typedef struct {
     const char                       *name;
-    redisAsyncContext                *ac;
+    ngx_uint_t                        kind;
+
     ngx_connection_t                 *conn;
+    redisReader                      *reader;
+
+    /* changes whenever the connection goes: a loop over replies stops */
+    ngx_uint_t                        gen;
+
+    /* commands formatted and not yet written: out[pos, len) */
+    u_char                           *out;
+    size_t                            out_pos;
+    size_t                            out_len;
+    size_t                            out_size;
 
     ngx_http_opamp_redis_state_e      state;
 
     /* commands sent and not answered yet, oldest first */
     ngx_queue_t                       pending;
 
-    /* connect and handshake deadline, then the oldest command's */
+    /* resolve, connect and handshake deadline, then the oldest command's */
     ngx_event_t                       timer;
     ngx_event_t                       reconnect;
     ngx_msec_t                        backoff;
 
-    /* the handshake replies still awaited: AUTH, SELECT, PING/SUBSCRIBE */
+    /* the handshake replies still awaited */
     ngx_uint_t                        handshake;
 
     /* when Redis last answered a command of the link */
     ngx_msec_t                        answered;
 
+    ngx_resolver_ctx_t               *resolving;
+    ngx_uint_t                        next_addr;    /* round robin */
+
+    /* where the link connects to now */
+    ngx_sockaddr_t                    sockaddr;
+    socklen_t                         socklen;
+    ngx_str_t                         host;         /* name or address */
+    in_port_t                         port;
+    u_char                            host_buf[NGX_HTTP_OPAMP_REDIS_HOST_LEN
+                                               + 1];
+    ngx_str_t                         addr;         /* for logs */
+    u_char                            addr_buf[NGX_SOCKADDR_STRLEN];
+
+    ngx_log_t                         log;
+    u_char                            why[NGX_MAX_ERROR_STR];
+
     unsigned                          subscriber:1;
     unsigned                          outage_logged:1;
-    unsigned                          timed_out:1;
-    unsigned                          writing:1;  /* in the write handler */
+    unsigned                          blocked:1;    /* socket full */
+    unsigned                          waiting:1;    /* for the primary */
 } ngx_http_opamp_redis_link_t;
 
 
@@ -78,66 +132,137 @@ struct ngx_http_opamp_redis_cmd_s {
 };
 
 
+/* the primary named by the Sentinels */
+typedef struct {
+    ngx_str_t                         host;
+    in_port_t                         port;
+    u_char                            buf[NGX_HTTP_OPAMP_REDIS_HOST_LEN + 1];
+    ngx_uint_t                        known;
+} ngx_http_opamp_redis_primary_t;
+
+
 static void ngx_http_opamp_redis_connect(ngx_http_opamp_redis_link_t *link);
-static void ngx_http_opamp_redis_connected(const redisAsyncContext *ac,
-    int status);
-static void ngx_http_opamp_redis_handshake_reply(redisAsyncContext *ac,
-    void *r, void *privdata);
-static void ngx_http_opamp_redis_subscribe_reply(redisAsyncContext *ac,
-    void *r, void *privdata);
+static ngx_int_t ngx_http_opamp_redis_target(
+    ngx_http_opamp_redis_link_t *link, ngx_http_opamp_redis_url_t **url);
+static ngx_int_t ngx_http_opamp_redis_literal(
+    ngx_http_opamp_redis_link_t *link);
+static void ngx_http_opamp_redis_resolved(ngx_resolver_ctx_t *ctx);
+static void ngx_http_opamp_redis_connect_addr(
+    ngx_http_opamp_redis_link_t *link);
+static void ngx_http_opamp_redis_connect_done(
+    ngx_http_opamp_redis_link_t *link);
+static void ngx_http_opamp_redis_hello(ngx_http_opamp_redis_link_t *link);
+static ngx_int_t ngx_http_opamp_redis_hello_step(
+    ngx_http_opamp_redis_link_t *link, redisReply *reply, const char *what);
+static void ngx_http_opamp_redis_auth_reply(redisReply *reply, void *data);
+static void ngx_http_opamp_redis_select_reply(redisReply *reply, void *data);
+static void ngx_http_opamp_redis_ping_reply(redisReply *reply, void *data);
+static void ngx_http_opamp_redis_role_reply(redisReply *reply, void *data);
+static void ngx_http_opamp_redis_master_reply(redisReply *reply,
+    void *data);
+static void ngx_http_opamp_redis_push(ngx_http_opamp_redis_link_t *link,
+    redisReply *reply);
+static void ngx_http_opamp_redis_switch_master(ngx_str_t *payload);
+static void ngx_http_opamp_redis_set_primary(u_char *host, size_t len,
+    ngx_int_t port, const char *how);
+static void ngx_http_opamp_redis_sentinel_ask(void);
 static void ngx_http_opamp_redis_up(ngx_http_opamp_redis_link_t *link);
+static void ngx_http_opamp_redis_close(ngx_http_opamp_redis_link_t *link);
 static void ngx_http_opamp_redis_drop(ngx_http_opamp_redis_link_t *link,
     const char *why);
+static void ngx_http_opamp_redis_move(ngx_http_opamp_redis_link_t *link);
 static void ngx_http_opamp_redis_schedule(ngx_http_opamp_redis_link_t *link);
 static void ngx_http_opamp_redis_reconnect_handler(ngx_event_t *ev);
 static void ngx_http_opamp_redis_timer_handler(ngx_event_t *ev);
-static u_char *ngx_http_opamp_redis_format(int argc, const char **argv,
-    const size_t *argvlen, size_t *len);
-static void ngx_http_opamp_redis_command_reply(redisAsyncContext *ac,
-    void *r, void *privdata);
+static ngx_http_opamp_redis_cmd_t *ngx_http_opamp_redis_send(
+    ngx_http_opamp_redis_link_t *link, int argc, const char **argv,
+    const size_t *argvlen, ngx_http_opamp_redis_handler_pt handler,
+    void *data);
+static ngx_int_t ngx_http_opamp_redis_append(
+    ngx_http_opamp_redis_link_t *link, int argc, const char **argv,
+    const size_t *argvlen);
+static void ngx_http_opamp_redis_post_write(
+    ngx_http_opamp_redis_link_t *link);
+static void ngx_http_opamp_redis_dispatch(ngx_http_opamp_redis_link_t *link,
+    redisReply *reply);
 
 static void ngx_http_opamp_redis_read_handler(ngx_event_t *ev);
 static void ngx_http_opamp_redis_write_handler(ngx_event_t *ev);
-static void ngx_http_opamp_redis_add_read(void *privdata);
-static void ngx_http_opamp_redis_del_read(void *privdata);
-static void ngx_http_opamp_redis_add_write(void *privdata);
-static void ngx_http_opamp_redis_del_write(void *privdata);
-static void ngx_http_opamp_redis_cleanup(void *privdata);
+static ssize_t ngx_http_opamp_redis_recv(ngx_http_opamp_redis_link_t *link,
+    u_char *buf, size_t size);
+static ssize_t ngx_http_opamp_redis_write(ngx_http_opamp_redis_link_t *link,
+    u_char *buf, size_t size);
+static void ngx_http_opamp_redis_flush(ngx_http_opamp_redis_link_t *link);
+static u_char *ngx_http_opamp_redis_log_error(ngx_log_t *log, u_char *buf,
+    size_t len);
+
+#if (NGX_SSL)
+static void ngx_http_opamp_redis_tls_start(ngx_http_opamp_redis_link_t *link);
+static void ngx_http_opamp_redis_tls_handshake(
+    ngx_http_opamp_redis_link_t *link);
+static void ngx_http_opamp_redis_tls_alert(ngx_http_opamp_redis_link_t *link);
+static const char *ngx_http_opamp_redis_tls_error(
+    ngx_http_opamp_redis_link_t *link, const char *what, int sslerr);
+#endif
 
 static char *ngx_http_opamp_redis_parse_unix(ngx_conf_t *cf,
     ngx_str_t *value, ngx_http_opamp_redis_url_t *url);
 static char *ngx_http_opamp_redis_parse_tcp(ngx_conf_t *cf,
     ngx_str_t *value, ngx_http_opamp_redis_url_t *url);
+static char *ngx_http_opamp_redis_parse_host(ngx_conf_t *cf,
+    ngx_str_t *value, u_char *p, u_char *last, ngx_int_t port,
+    ngx_http_opamp_redis_url_t *url);
+static char *ngx_http_opamp_redis_resolve_conf(ngx_conf_t *cf,
+    ngx_http_opamp_redis_url_t *url);
 static char *ngx_http_opamp_redis_parse_db(ngx_conf_t *cf, ngx_str_t *value,
     u_char *start, u_char *end, ngx_http_opamp_redis_url_t *url);
 static ngx_int_t ngx_http_opamp_redis_unescape(ngx_conf_t *cf, u_char *start,
     u_char *end, ngx_str_t *dst);
+#if (NGX_SSL)
+static char *ngx_http_opamp_redis_ssl_conf(ngx_conf_t *cf,
+    ngx_http_opamp_main_conf_t *omcf);
+#endif
 
 
 static ngx_http_opamp_main_conf_t       *ngx_http_opamp_redis_conf;
 static ngx_log_t                        *ngx_http_opamp_redis_log;
-static ngx_http_opamp_redis_link_t       ngx_http_opamp_redis_cmd_link;
-static ngx_http_opamp_redis_link_t       ngx_http_opamp_redis_sub_link;
+static ngx_http_opamp_redis_link_t       ngx_http_opamp_redis_links[
+                                                NGX_HTTP_OPAMP_REDIS_NLINKS];
+static ngx_http_opamp_redis_primary_t    ngx_http_opamp_redis_primary;
+static ngx_uint_t                        ngx_http_opamp_redis_next_sentinel;
 static ngx_str_t                         ngx_http_opamp_redis_channel;
 static ngx_str_t                         ngx_http_opamp_redis_fleet;
 static ngx_uint_t                        ngx_http_opamp_redis_exiting;
-static u_char                           *ngx_http_opamp_redis_fmt;
-static size_t                            ngx_http_opamp_redis_fmt_size;
 
 static ngx_http_opamp_redis_message_pt   ngx_http_opamp_redis_on_message;
 static ngx_http_opamp_redis_ready_pt     ngx_http_opamp_redis_on_ready;
+
+
+#define ngx_http_opamp_redis_cmd_link                                         \
+    ngx_http_opamp_redis_links[NGX_HTTP_OPAMP_REDIS_COMMAND]
+#define ngx_http_opamp_redis_sub_link                                         \
+    ngx_http_opamp_redis_links[NGX_HTTP_OPAMP_REDIS_PUBSUB]
+#define ngx_http_opamp_redis_sentinel_link                                    \
+    ngx_http_opamp_redis_links[NGX_HTTP_OPAMP_REDIS_SENTINEL]
+
+#define ngx_http_opamp_redis_sentinel_mode()                                  \
+    (ngx_http_opamp_redis_conf->redis.sentinels != NULL)
 
 
 ngx_int_t
 ngx_http_opamp_redis_init_process(ngx_cycle_t *cycle,
     ngx_http_opamp_main_conf_t *omcf)
 {
-    ngx_uint_t                    i;
-    ngx_http_opamp_redis_link_t  *link, *links[2];
+    ngx_uint_t                    i, n;
+    ngx_http_opamp_redis_link_t  *link;
+
+    static const char  *names[] = { "command", "pub/sub", "sentinel" };
 
     ngx_http_opamp_redis_conf = omcf;
     ngx_http_opamp_redis_log = cycle->log;
     ngx_http_opamp_redis_exiting = 0;
+    ngx_memzero(&ngx_http_opamp_redis_primary,
+                sizeof(ngx_http_opamp_redis_primary_t));
 
     ngx_http_opamp_redis_channel.len = omcf->prefix.len
                                        + sizeof("worker::") - 1
@@ -162,18 +287,27 @@ ngx_http_opamp_redis_init_process(ngx_cycle_t *cycle,
 
     ngx_sprintf(ngx_http_opamp_redis_fleet.data, "%Vfleet", &omcf->prefix);
 
-    links[0] = &ngx_http_opamp_redis_cmd_link;
-    links[1] = &ngx_http_opamp_redis_sub_link;
+    /* the workers of a host start with different Sentinels */
+    ngx_http_opamp_redis_next_sentinel = (ngx_uint_t) ngx_pid;
 
-    for (i = 0; i < 2; i++) {
-        link = links[i];
+    n = omcf->redis.sentinels ? NGX_HTTP_OPAMP_REDIS_NLINKS
+                              : NGX_HTTP_OPAMP_REDIS_NLINKS - 1;
+
+    for (i = 0; i < NGX_HTTP_OPAMP_REDIS_NLINKS; i++) {
+        link = &ngx_http_opamp_redis_links[i];
 
         ngx_memzero(link, sizeof(ngx_http_opamp_redis_link_t));
 
-        link->name = (i == 0) ? "command" : "pub/sub";
-        link->subscriber = (i == 1);
+        link->name = names[i];
+        link->kind = i;
+        link->subscriber = (i != NGX_HTTP_OPAMP_REDIS_COMMAND);
         link->backoff = NGX_HTTP_OPAMP_REDIS_BACKOFF_MIN;
         ngx_queue_init(&link->pending);
+
+        link->log = *cycle->log;
+        link->log.handler = ngx_http_opamp_redis_log_error;
+        link->log.data = link;
+        link->log.action = NULL;
 
         link->timer.handler = ngx_http_opamp_redis_timer_handler;
         link->timer.data = link;
@@ -184,8 +318,12 @@ ngx_http_opamp_redis_init_process(ngx_cycle_t *cycle,
         link->reconnect.data = link;
         link->reconnect.log = cycle->log;
         link->reconnect.cancelable = 1;
+    }
 
-        ngx_http_opamp_redis_connect(link);
+    /* the Sentinel link first: the others wait for its answer */
+
+    for (i = n; i > 0; i--) {
+        ngx_http_opamp_redis_connect(&ngx_http_opamp_redis_links[i - 1]);
     }
 
     return NGX_OK;
@@ -196,34 +334,25 @@ void
 ngx_http_opamp_redis_exit_process(ngx_cycle_t *cycle)
 {
     ngx_uint_t                    i;
-    ngx_http_opamp_redis_link_t  *link, *links[2];
+    ngx_http_opamp_redis_link_t  *link;
 
     ngx_http_opamp_redis_exiting = 1;
 
-    links[0] = &ngx_http_opamp_redis_cmd_link;
-    links[1] = &ngx_http_opamp_redis_sub_link;
-
-    for (i = 0; i < 2; i++) {
-        link = links[i];
+    for (i = 0; i < NGX_HTTP_OPAMP_REDIS_NLINKS; i++) {
+        link = &ngx_http_opamp_redis_links[i];
 
         if (link->reconnect.timer_set) {
             ngx_del_timer(&link->reconnect);
         }
 
-        if (link->ac) {
-            /* pending handlers are called with NULL, then cleanup runs */
-            redisAsyncFree(link->ac);
-        }
+        /* pending handlers are called with NULL */
+        ngx_http_opamp_redis_close(link);
 
-        if (link->timer.timer_set) {
-            ngx_del_timer(&link->timer);
+        if (link->out) {
+            ngx_free(link->out);
+            link->out = NULL;
+            link->out_size = 0;
         }
-    }
-
-    if (ngx_http_opamp_redis_fmt) {
-        ngx_free(ngx_http_opamp_redis_fmt);
-        ngx_http_opamp_redis_fmt = NULL;
-        ngx_http_opamp_redis_fmt_size = 0;
     }
 }
 
@@ -269,10 +398,6 @@ ngx_http_opamp_redis_command(int argc, const char **argv,
     const size_t *argvlen, ngx_http_opamp_redis_handler_pt handler,
     void *data)
 {
-    int                           rc;
-    u_char                       *buf;
-    size_t                        len;
-    ngx_http_opamp_redis_cmd_t   *cmd;
     ngx_http_opamp_redis_link_t  *link;
 
     link = &ngx_http_opamp_redis_cmd_link;
@@ -281,106 +406,8 @@ ngx_http_opamp_redis_command(int argc, const char **argv,
         return NULL;
     }
 
-    buf = ngx_http_opamp_redis_format(argc, argv, argvlen, &len);
-    if (buf == NULL) {
-        return NULL;
-    }
-
-    /*
-     * Plain malloc: a command may outlive the request or connection that
-     * sent it (its handler is then canceled), so no pool fits.
-     */
-
-    cmd = ngx_alloc(sizeof(ngx_http_opamp_redis_cmd_t),
-                    ngx_http_opamp_redis_log);
-    if (cmd == NULL) {
-        return NULL;
-    }
-
-    cmd->handler = handler;
-    cmd->data = data;
-    cmd->link = link;
-    cmd->deadline = ngx_current_msec + ngx_http_opamp_redis_conf->redis_timeout;
-
-    rc = redisAsyncFormattedCommand(link->ac,
-                                    ngx_http_opamp_redis_command_reply, cmd,
-                                    (const char *) buf, len);
-
-    /* a big one (an admin config upload) does not stay with the worker */
-
-    if (ngx_http_opamp_redis_fmt_size > NGX_HTTP_OPAMP_REDIS_FMT_KEEP) {
-        ngx_free(ngx_http_opamp_redis_fmt);
-        ngx_http_opamp_redis_fmt = NULL;
-        ngx_http_opamp_redis_fmt_size = 0;
-    }
-
-    if (rc != REDIS_OK) {
-        ngx_log_error(NGX_LOG_ERR, ngx_http_opamp_redis_log, 0,
-                      "opamp: redis command not sent: %s",
-                      link->ac->errstr[0] ? link->ac->errstr : "no memory");
-        ngx_free(cmd);
-        return NULL;
-    }
-
-    ngx_queue_insert_tail(&link->pending, &cmd->queue);
-
-    if (!link->timer.timer_set) {
-        ngx_add_timer(&link->timer, ngx_http_opamp_redis_conf->redis_timeout);
-    }
-
-    return cmd;
-}
-
-
-/*
- * The command in RESP, in a buffer reused for every command of the
- * worker: hiredis copies it to its output buffer at once.  hiredis's own
- * formatting (redisAsyncCommandArgv) grows an sds string piece by piece
- * and was a measurable share of a worker's time with 40-argument report
- * scripts.
- */
-
-static u_char *
-ngx_http_opamp_redis_format(int argc, const char **argv,
-    const size_t *argvlen, size_t *len)
-{
-    int      i;
-    u_char  *p;
-    size_t   size;
-
-    size = 1 + NGX_INT_T_LEN + 2;
-
-    for (i = 0; i < argc; i++) {
-        size += 1 + NGX_SIZE_T_LEN + 2 + argvlen[i] + 2;
-    }
-
-    if (size > ngx_http_opamp_redis_fmt_size) {
-        size = ngx_max(size, 4096);
-
-        p = ngx_alloc(size, ngx_http_opamp_redis_log);
-        if (p == NULL) {
-            return NULL;
-        }
-
-        if (ngx_http_opamp_redis_fmt) {
-            ngx_free(ngx_http_opamp_redis_fmt);
-        }
-
-        ngx_http_opamp_redis_fmt = p;
-        ngx_http_opamp_redis_fmt_size = size;
-    }
-
-    p = ngx_sprintf(ngx_http_opamp_redis_fmt, "*%d" CRLF, argc);
-
-    for (i = 0; i < argc; i++) {
-        p = ngx_sprintf(p, "$%uz" CRLF, argvlen[i]);
-        p = ngx_cpymem(p, argv[i], argvlen[i]);
-        *p++ = CR; *p++ = LF;
-    }
-
-    *len = p - ngx_http_opamp_redis_fmt;
-
-    return ngx_http_opamp_redis_fmt;
+    return ngx_http_opamp_redis_send(link, argc, argv, argvlen, handler,
+                                     data);
 }
 
 
@@ -393,152 +420,603 @@ ngx_http_opamp_redis_cancel(ngx_http_opamp_redis_cmd_t *cmd)
 }
 
 
-static void
-ngx_http_opamp_redis_command_reply(redisAsyncContext *ac, void *r,
-    void *privdata)
+static ngx_http_opamp_redis_cmd_t *
+ngx_http_opamp_redis_send(ngx_http_opamp_redis_link_t *link, int argc,
+    const char **argv, const size_t *argvlen,
+    ngx_http_opamp_redis_handler_pt handler, void *data)
 {
-    ngx_http_opamp_redis_cmd_t *cmd = privdata;
+    ngx_http_opamp_redis_cmd_t  *cmd;
 
-    ngx_http_opamp_redis_link_t  *link;
+    /*
+     * Plain malloc: a command may outlive the request or connection that
+     * sent it (its handler is then canceled), so no pool fits.
+     */
 
-    link = cmd->link;
-    link->answered = ngx_current_msec;
-
-    ngx_queue_remove(&cmd->queue);
-
-    if (ngx_queue_empty(&link->pending)
-        && link->state == NGX_HTTP_OPAMP_REDIS_READY
-        && link->timer.timer_set)
-    {
-        ngx_del_timer(&link->timer);
+    cmd = ngx_alloc(sizeof(ngx_http_opamp_redis_cmd_t),
+                    ngx_http_opamp_redis_log);
+    if (cmd == NULL) {
+        return NULL;
     }
 
-    if (cmd->handler) {
-        cmd->handler(r, cmd->data);
+    if (ngx_http_opamp_redis_append(link, argc, argv, argvlen) != NGX_OK) {
+        ngx_log_error(NGX_LOG_ERR, ngx_http_opamp_redis_log, 0,
+                      "opamp: redis command not sent: no memory");
+        ngx_free(cmd);
+        return NULL;
     }
 
-    ngx_free(cmd);
+    cmd->handler = handler;
+    cmd->data = data;
+    cmd->link = link;
+    cmd->deadline = ngx_current_msec + ngx_http_opamp_redis_conf->redis_timeout;
+
+    ngx_queue_insert_tail(&link->pending, &cmd->queue);
+
+    if (link->state == NGX_HTTP_OPAMP_REDIS_READY && !link->timer.timer_set) {
+        ngx_add_timer(&link->timer, ngx_http_opamp_redis_conf->redis_timeout);
+    }
+
+    ngx_http_opamp_redis_post_write(link);
+
+    return cmd;
 }
+
+
+/*
+ * The command in RESP, straight into the link's output buffer: the
+ * arguments are copied before this returns.  hiredis's own formatting
+ * grows an sds string piece by piece and was a measurable share of a
+ * worker's time with 40-argument report scripts.
+ */
+
+static ngx_int_t
+ngx_http_opamp_redis_append(ngx_http_opamp_redis_link_t *link, int argc,
+    const char **argv, const size_t *argvlen)
+{
+    int      i;
+    u_char  *p;
+    size_t   size, need;
+
+    size = 1 + NGX_INT_T_LEN + 2;
+
+    for (i = 0; i < argc; i++) {
+        size += 1 + NGX_SIZE_T_LEN + 2 + argvlen[i] + 2;
+    }
+
+    if (link->out_size - link->out_len < size) {
+
+        if (link->out_pos) {
+            /* what is written goes; TLS accepts a moved write buffer */
+            ngx_memmove(link->out, link->out + link->out_pos,
+                        link->out_len - link->out_pos);
+            link->out_len -= link->out_pos;
+            link->out_pos = 0;
+        }
+
+        if (link->out_size - link->out_len < size) {
+            need = ngx_max(link->out_len + size, 2 * link->out_size);
+            need = ngx_max(need, 4096);
+
+            p = ngx_alloc(need, ngx_http_opamp_redis_log);
+            if (p == NULL) {
+                return NGX_ERROR;
+            }
+
+            if (link->out) {
+                ngx_memcpy(p, link->out, link->out_len);
+                ngx_free(link->out);
+            }
+
+            link->out = p;
+            link->out_size = need;
+        }
+    }
+
+    p = ngx_sprintf(link->out + link->out_len, "*%d" CRLF, argc);
+
+    for (i = 0; i < argc; i++) {
+        p = ngx_sprintf(p, "$%uz" CRLF, argvlen[i]);
+        p = ngx_cpymem(p, argv[i], argvlen[i]);
+        *p++ = CR; *p++ = LF;
+    }
+
+    link->out_len = p - link->out;
+
+    return NGX_OK;
+}
+
+
+/*
+ * Commands queued during a turn of the event loop are written together at
+ * its end: the socket of a connected link is nearly always writable, so
+ * the write event is posted rather than asked of epoll.  Only what the
+ * socket did not take waits for epoll.
+ */
+
+static void
+ngx_http_opamp_redis_post_write(ngx_http_opamp_redis_link_t *link)
+{
+    ngx_event_t  *wev;
+
+    if (link->conn == NULL || link->blocked
+        || link->state < NGX_HTTP_OPAMP_REDIS_HANDSHAKE)
+    {
+        return;
+    }
+
+    wev = link->conn->write;
+
+    if (!wev->posted) {
+        ngx_post_event(wev, &ngx_posted_events);
+    }
+}
+
+
+/* connecting */
 
 
 static void
 ngx_http_opamp_redis_connect(ngx_http_opamp_redis_link_t *link)
 {
-    int                          fd, on;
-    ngx_connection_t            *c;
-    redisAsyncContext           *ac;
+    ngx_int_t                    rc;
+    ngx_resolver_ctx_t          *ctx;
     ngx_http_opamp_redis_url_t  *url;
 
-    url = &ngx_http_opamp_redis_conf->redis;
-
-    if (url->unix_path.len) {
-        ac = redisAsyncConnectUnix((const char *) url->unix_path.data);
-
-    } else {
-        /* the host is an address resolved at configuration time, so that
-         * hiredis's getaddrinfo() never waits for DNS here */
-        ac = redisAsyncConnect((const char *) url->host.data,
-                               (int) url->port);
-    }
-
-    if (ac == NULL) {
-        ngx_http_opamp_redis_drop(link, "no memory");
+    if (ngx_http_opamp_redis_exiting || link->state != NGX_HTTP_OPAMP_REDIS_DOWN)
+    {
         return;
     }
 
-    if (ac->err) {
-        ngx_http_opamp_redis_drop(link, ac->errstr);
-        redisAsyncFree(ac);
+    if (link->reconnect.timer_set) {
+        ngx_del_timer(&link->reconnect);
+    }
+
+    link->waiting = 0;
+
+    rc = ngx_http_opamp_redis_target(link, &url);
+
+    if (rc == NGX_DECLINED) {
+        /* no primary known yet: the Sentinel link connects this one */
+        link->waiting = 1;
+        ngx_http_opamp_redis_sentinel_ask();
         return;
     }
-
-    fd = ac->c.fd;
-
-    c = ngx_get_connection(fd, ngx_http_opamp_redis_log);
-    if (c == NULL) {
-        ngx_http_opamp_redis_drop(link, "no free nginx connection");
-        redisAsyncFree(ac);
-        return;
-    }
-
-    if (!url->unix_path.len) {
-        /* a half-open link would otherwise go unnoticed on pub/sub */
-        on = 1;
-        (void) setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(int));
-    }
-
-    c->data = link;
-    c->read->handler = ngx_http_opamp_redis_read_handler;
-    c->write->handler = ngx_http_opamp_redis_write_handler;
-    c->read->log = ngx_http_opamp_redis_log;
-    c->write->log = ngx_http_opamp_redis_log;
-
-    link->ac = ac;
-    link->conn = c;
-    link->state = NGX_HTTP_OPAMP_REDIS_CONNECTING;
-    link->timed_out = 0;
-
-    ac->data = link;
-    ac->ev.data = link;
-    ac->ev.addRead = ngx_http_opamp_redis_add_read;
-    ac->ev.delRead = ngx_http_opamp_redis_del_read;
-    ac->ev.addWrite = ngx_http_opamp_redis_add_write;
-    ac->ev.delWrite = ngx_http_opamp_redis_del_write;
-    ac->ev.cleanup = ngx_http_opamp_redis_cleanup;
-
-    /* this also waits for the socket to become writable: the connect */
-    (void) redisAsyncSetConnectCallback(ac, ngx_http_opamp_redis_connected);
 
     if (link->timer.timer_set) {
         ngx_del_timer(&link->timer);
     }
 
     ngx_add_timer(&link->timer, ngx_http_opamp_redis_conf->redis_timeout);
+
+    if (rc == NGX_OK) {
+        /* an address, or a unix socket */
+        link->state = NGX_HTTP_OPAMP_REDIS_CONNECTING;
+        ngx_http_opamp_redis_connect_addr(link);
+        return;
+    }
+
+    /* a name: nginx's resolver each time, so that an address that moves
+     * is followed; without one, the addresses found when nginx started */
+
+    if (ngx_http_opamp_redis_conf->resolver) {
+        ctx = ngx_resolve_start(ngx_http_opamp_redis_conf->resolver, NULL);
+
+        if (ctx == NULL) {
+            link->state = NGX_HTTP_OPAMP_REDIS_RESOLVING;
+            ngx_http_opamp_redis_drop(link, "no memory");
+            return;
+        }
+
+        if (ctx != NGX_NO_RESOLVER) {
+            ctx->name = link->host;
+            ctx->handler = ngx_http_opamp_redis_resolved;
+            ctx->data = link;
+            ctx->timeout = ngx_http_opamp_redis_conf->resolver_timeout;
+            ctx->cancelable = 1;
+
+            link->state = NGX_HTTP_OPAMP_REDIS_RESOLVING;
+            link->resolving = ctx;
+
+            if (ngx_resolve_name(ctx) != NGX_OK) {
+                /* the resolver freed the context */
+                link->resolving = NULL;
+                ngx_http_opamp_redis_drop(link, "resolver error");
+            }
+
+            return;
+        }
+    }
+
+    link->state = NGX_HTTP_OPAMP_REDIS_CONNECTING;
+
+    if (url == NULL || url->naddrs == 0) {
+        ngx_snprintf(link->why, sizeof(link->why) - 1,
+                     "\"%V\" is a host name and no resolver is "
+                     "configured%Z", &link->host);
+        ngx_http_opamp_redis_drop(link, (char *) link->why);
+        return;
+    }
+
+    ngx_memcpy(&link->sockaddr,
+               url->addrs[link->next_addr % url->naddrs].sockaddr,
+               url->addrs[link->next_addr % url->naddrs].socklen);
+    link->socklen = url->addrs[link->next_addr % url->naddrs].socklen;
+    link->next_addr++;
+
+    ngx_http_opamp_redis_connect_addr(link);
+}
+
+
+/*
+ * Where the link connects to: NGX_OK with link->sockaddr set (an address
+ * or a unix socket), NGX_AGAIN with link->host a name to resolve (url is
+ * then the configured one, or NULL for a primary named by a Sentinel),
+ * NGX_DECLINED when the Sentinels have not named the primary yet.
+ */
+
+static ngx_int_t
+ngx_http_opamp_redis_target(ngx_http_opamp_redis_link_t *link,
+    ngx_http_opamp_redis_url_t **url)
+{
+    size_t                       len;
+    struct sockaddr_un          *sun;
+    ngx_http_opamp_redis_url_t  *u, *sentinels;
+
+    u = &ngx_http_opamp_redis_conf->redis;
+    *url = NULL;
+
+    if (u->unix_path.len) {
+        sun = &link->sockaddr.sockaddr_un;
+        ngx_memzero(sun, sizeof(struct sockaddr_un));
+        sun->sun_family = AF_UNIX;
+
+        len = ngx_min(u->unix_path.len, sizeof(sun->sun_path) - 1);
+        ngx_memcpy(sun->sun_path, u->unix_path.data, len);
+
+        link->socklen = sizeof(struct sockaddr_un);
+        link->host = u->unix_path;
+        link->port = 0;
+        link->addr = link->host;
+
+        return NGX_OK;
+    }
+
+    if (link->kind == NGX_HTTP_OPAMP_REDIS_SENTINEL) {
+        sentinels = u->sentinels->elts;
+        u = &sentinels[ngx_http_opamp_redis_next_sentinel
+                       % u->sentinels->nelts];
+
+    } else if (u->sentinels) {
+        if (!ngx_http_opamp_redis_primary.known) {
+            return NGX_DECLINED;
+        }
+
+        link->host.len = ngx_http_opamp_redis_primary.host.len;
+        link->host.data = link->host_buf;
+        ngx_memcpy(link->host_buf, ngx_http_opamp_redis_primary.host.data,
+                   link->host.len);
+        link->host_buf[link->host.len] = '\0';
+        link->port = ngx_http_opamp_redis_primary.port;
+        link->addr = link->host;
+
+        return ngx_http_opamp_redis_literal(link);
+    }
+
+    *url = u;
+
+    link->host.len = ngx_min(u->host.len, NGX_HTTP_OPAMP_REDIS_HOST_LEN);
+    link->host.data = link->host_buf;
+    ngx_memcpy(link->host_buf, u->host.data, link->host.len);
+    link->host_buf[link->host.len] = '\0';
+    link->port = (in_port_t) u->port;
+    link->addr = link->host;
+
+    return ngx_http_opamp_redis_literal(link);
+}
+
+
+/* an address in link->host goes to link->sockaddr as it is */
+
+static ngx_int_t
+ngx_http_opamp_redis_literal(ngx_http_opamp_redis_link_t *link)
+{
+    in_addr_t             inaddr;
+    struct sockaddr_in   *sin;
+#if (NGX_HAVE_INET6)
+    u_char                inaddr6[16];
+    struct sockaddr_in6  *sin6;
+#endif
+
+    inaddr = ngx_inet_addr(link->host.data, link->host.len);
+
+    if (inaddr != INADDR_NONE) {
+        sin = &link->sockaddr.sockaddr_in;
+        ngx_memzero(sin, sizeof(struct sockaddr_in));
+        sin->sin_family = AF_INET;
+        sin->sin_addr.s_addr = inaddr;
+        sin->sin_port = htons(link->port);
+        link->socklen = sizeof(struct sockaddr_in);
+        return NGX_OK;
+    }
+
+#if (NGX_HAVE_INET6)
+    if (ngx_inet6_addr(link->host.data, link->host.len, inaddr6) == NGX_OK) {
+        sin6 = &link->sockaddr.sockaddr_in6;
+        ngx_memzero(sin6, sizeof(struct sockaddr_in6));
+        sin6->sin6_family = AF_INET6;
+        ngx_memcpy(sin6->sin6_addr.s6_addr, inaddr6, 16);
+        sin6->sin6_port = htons(link->port);
+        link->socklen = sizeof(struct sockaddr_in6);
+        return NGX_OK;
+    }
+#endif
+
+    return NGX_AGAIN;
 }
 
 
 static void
-ngx_http_opamp_redis_connected(const redisAsyncContext *cac, int status)
+ngx_http_opamp_redis_resolved(ngx_resolver_ctx_t *ctx)
 {
-    u_char                        db[NGX_INT_T_LEN];
-    size_t                        argvlen[3];
-    ngx_uint_t                    argc;
-    const char                   *argv[3];
-    redisAsyncContext            *ac;
-    ngx_http_opamp_redis_url_t   *url;
-    ngx_http_opamp_redis_link_t  *link;
+    ngx_http_opamp_redis_link_t *link = ctx->data;
 
-    if (status != REDIS_OK) {
-        /* hiredis frees the context next; cleanup schedules a retry */
+    ngx_uint_t  i;
+
+    link->resolving = NULL;
+
+    if (ctx->state) {
+        ngx_snprintf(link->why, sizeof(link->why) - 1,
+                     "\"%V\" could not be resolved (%i: %s)%Z",
+                     &ctx->name, ctx->state,
+                     ngx_resolver_strerror(ctx->state));
+        ngx_resolve_name_done(ctx);
+        ngx_http_opamp_redis_drop(link, (char *) link->why);
         return;
     }
 
-    ac = (redisAsyncContext *) cac;
-    link = ac->data;
+    i = link->next_addr++ % ctx->naddrs;
+
+    ngx_memcpy(&link->sockaddr, ctx->addrs[i].sockaddr,
+               ctx->addrs[i].socklen);
+    link->socklen = ctx->addrs[i].socklen;
+    ngx_inet_set_port(&link->sockaddr.sockaddr, link->port);
+
+    ngx_resolve_name_done(ctx);
+
+    link->state = NGX_HTTP_OPAMP_REDIS_CONNECTING;
+    ngx_http_opamp_redis_connect_addr(link);
+}
+
+
+/*
+ * The socket and connect() of our own rather than ngx_event_connect_peer():
+ * a refused connection is then one line per outage, not one per retry.
+ */
+
+static void
+ngx_http_opamp_redis_connect_addr(ngx_http_opamp_redis_link_t *link)
+{
+    int                rc, on;
+    ngx_err_t          err;
+    ngx_socket_t       s;
+    ngx_connection_t  *c;
+
+    link->addr.data = link->addr_buf;
+    link->addr.len = ngx_sock_ntop(&link->sockaddr.sockaddr, link->socklen,
+                                   link->addr_buf, NGX_SOCKADDR_STRLEN, 1);
+
+    s = ngx_socket(link->sockaddr.sockaddr.sa_family, SOCK_STREAM, 0);
+
+    if (s == (ngx_socket_t) -1) {
+        err = ngx_socket_errno;
+        *ngx_strerror(err, link->why, sizeof(link->why) - 1) = '\0';
+        ngx_http_opamp_redis_drop(link, (char *) link->why);
+        return;
+    }
+
+    c = ngx_get_connection(s, &link->log);
+    if (c == NULL) {
+        (void) ngx_close_socket(s);
+        ngx_http_opamp_redis_drop(link, "no free nginx connection");
+        return;
+    }
+
+    link->conn = c;
+    link->gen++;
+
+    c->data = link;
+    c->type = SOCK_STREAM;
+    c->log_error = NGX_ERROR_INFO;
+    c->recv = ngx_recv;
+    c->send = ngx_send;
+    c->recv_chain = ngx_recv_chain;
+    c->send_chain = ngx_send_chain;
+    c->read->handler = ngx_http_opamp_redis_read_handler;
+    c->write->handler = ngx_http_opamp_redis_write_handler;
+    c->read->log = c->log;
+    c->write->log = c->log;
+    c->number = ngx_atomic_fetch_add(ngx_connection_counter, 1);
+
+    if (ngx_nonblocking(s) == -1) {
+        ngx_http_opamp_redis_drop(link, "fcntl(O_NONBLOCK) failed");
+        return;
+    }
+
+    if (link->sockaddr.sockaddr.sa_family != AF_UNIX) {
+        /* a half-open link would otherwise go unnoticed on pub/sub */
+        on = 1;
+        (void) setsockopt(s, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(int));
+        (void) setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(int));
+    }
+
+    link->log.action = "connecting to redis";
+
+    rc = connect(s, &link->sockaddr.sockaddr, link->socklen);
+
+    if (rc == -1) {
+        err = ngx_socket_errno;
+
+        if (err != NGX_EINPROGRESS && err != NGX_EAGAIN) {
+            *ngx_strerror(err, link->why, sizeof(link->why) - 1) = '\0';
+            ngx_http_opamp_redis_drop(link, (char *) link->why);
+            return;
+        }
+    }
+
+    /* edge-triggered, both directions, for the life of the connection */
+
+    if (ngx_add_conn) {
+        if (ngx_add_conn(c) == NGX_ERROR) {
+            ngx_http_opamp_redis_drop(link, "epoll_ctl() failed");
+            return;
+        }
+
+    } else {
+        if (ngx_add_event(c->read, NGX_READ_EVENT, NGX_CLEAR_EVENT) != NGX_OK
+            || ngx_add_event(c->write, NGX_WRITE_EVENT, NGX_CLEAR_EVENT)
+               != NGX_OK)
+        {
+            ngx_http_opamp_redis_drop(link, "event not added");
+            return;
+        }
+    }
+
+    if (rc == 0) {
+        /* a unix socket connects at once */
+        c->write->ready = 1;
+        ngx_http_opamp_redis_connect_done(link);
+    }
+}
+
+
+static void
+ngx_http_opamp_redis_connect_done(ngx_http_opamp_redis_link_t *link)
+{
+    int         err;
+    socklen_t   len;
+
+    err = 0;
+    len = sizeof(int);
+
+    if (getsockopt(link->conn->fd, SOL_SOCKET, SO_ERROR, (void *) &err, &len)
+        == -1)
+    {
+        err = ngx_socket_errno;
+    }
+
+    if (err) {
+        *ngx_strerror(err, link->why, sizeof(link->why) - 1) = '\0';
+        ngx_http_opamp_redis_drop(link, (char *) link->why);
+        return;
+    }
+
+    link->conn->write->ready = 1;
+
+#if (NGX_SSL)
+    if (ngx_http_opamp_redis_conf->ssl_ctx) {
+        ngx_http_opamp_redis_tls_start(link);
+        return;
+    }
+#endif
+
+    ngx_http_opamp_redis_hello(link);
+}
+
+
+/*
+ * The Redis handshake: AUTH where set, ROLE behind Sentinels (a primary
+ * that a Sentinel named may have been demoted since), SELECT, then PING
+ * on the command link, SUBSCRIBE on the pub/sub link, and on the
+ * Sentinel link the question for the primary.  Sent together; the link
+ * is ready when every answer is in.
+ */
+
+static void
+ngx_http_opamp_redis_hello(ngx_http_opamp_redis_link_t *link)
+{
+    u_char                       db[NGX_INT_T_LEN];
+    size_t                       argvlen[3];
+    ngx_str_t                   *user, *pass;
+    ngx_uint_t                   argc;
+    const char                  *argv[3];
+    ngx_http_opamp_redis_url_t  *url;
+
     url = &ngx_http_opamp_redis_conf->redis;
 
+    link->log.action = "talking to redis";
     link->state = NGX_HTTP_OPAMP_REDIS_HANDSHAKE;
     link->handshake = 0;
 
-    if (url->password.len) {
+    link->reader = redisReaderCreate();
+    if (link->reader == NULL) {
+        ngx_http_opamp_redis_drop(link, "no memory");
+        return;
+    }
+
+    if (link->kind == NGX_HTTP_OPAMP_REDIS_SENTINEL) {
+        user = &ngx_http_opamp_redis_conf->sentinel_username;
+        pass = &ngx_http_opamp_redis_conf->sentinel_password;
+
+    } else {
+        user = &url->username;
+        pass = &url->password;
+    }
+
+    if (pass->len) {
         argc = 0;
         argv[argc] = "AUTH";
         argvlen[argc++] = 4;
 
-        if (url->username.len) {
-            argv[argc] = (const char *) url->username.data;
-            argvlen[argc++] = url->username.len;
+        if (user->len) {
+            argv[argc] = (const char *) user->data;
+            argvlen[argc++] = user->len;
         }
 
-        argv[argc] = (const char *) url->password.data;
-        argvlen[argc++] = url->password.len;
+        argv[argc] = (const char *) pass->data;
+        argvlen[argc++] = pass->len;
 
-        if (redisAsyncCommandArgv(ac, ngx_http_opamp_redis_handshake_reply,
-                                  (void *) "AUTH", argc, argv, argvlen)
-            == REDIS_OK)
+        if (ngx_http_opamp_redis_send(link, argc, argv, argvlen,
+                                      ngx_http_opamp_redis_auth_reply, link)
+            == NULL)
         {
-            link->handshake++;
+            goto failed;
         }
+
+        link->handshake++;
+    }
+
+    if (link->kind == NGX_HTTP_OPAMP_REDIS_SENTINEL) {
+        argv[0] = "SENTINEL";
+        argvlen[0] = 8;
+        argv[1] = "get-master-addr-by-name";
+        argvlen[1] = 23;
+        argv[2] = (const char *) url->master_name.data;
+        argvlen[2] = url->master_name.len;
+
+        if (ngx_http_opamp_redis_send(link, 3, argv, argvlen,
+                                      ngx_http_opamp_redis_master_reply, link)
+            == NULL)
+        {
+            goto failed;
+        }
+
+        /* the answer, then the confirmation of the SUBSCRIBE it sends */
+        link->handshake += 2;
+        return;
+    }
+
+    if (url->sentinels) {
+        argv[0] = "ROLE";
+        argvlen[0] = 4;
+
+        if (ngx_http_opamp_redis_send(link, 1, argv, argvlen,
+                                      ngx_http_opamp_redis_role_reply, link)
+            == NULL)
+        {
+            goto failed;
+        }
+
+        link->handshake++;
     }
 
     if (link->subscriber) {
@@ -550,15 +1028,15 @@ ngx_http_opamp_redis_connected(const redisAsyncContext *cac, int status)
         argv[2] = (const char *) ngx_http_opamp_redis_fleet.data;
         argvlen[2] = ngx_http_opamp_redis_fleet.len;
 
-        /* one confirmation per channel */
+        /* no command of the FIFO: its answers are pushed messages, one
+         * confirmation per channel */
 
-        if (redisAsyncCommandArgv(ac, ngx_http_opamp_redis_subscribe_reply,
-                                  link, 3, argv, argvlen)
-            == REDIS_OK)
-        {
-            link->handshake += 2;
+        if (ngx_http_opamp_redis_append(link, 3, argv, argvlen) != NGX_OK) {
+            goto failed;
         }
 
+        link->handshake += 2;
+        ngx_http_opamp_redis_post_write(link);
         return;
     }
 
@@ -568,57 +1046,137 @@ ngx_http_opamp_redis_connected(const redisAsyncContext *cac, int status)
         argv[1] = (const char *) db;
         argvlen[1] = ngx_sprintf(db, "%i", url->database) - db;
 
-        if (redisAsyncCommandArgv(ac, ngx_http_opamp_redis_handshake_reply,
-                                  (void *) "SELECT", 2, argv, argvlen)
-            == REDIS_OK)
+        if (ngx_http_opamp_redis_send(link, 2, argv, argvlen,
+                                      ngx_http_opamp_redis_select_reply, link)
+            == NULL)
         {
-            link->handshake++;
+            goto failed;
         }
+
+        link->handshake++;
     }
 
     /* the PONG tells that everything before it succeeded */
     argv[0] = "PING";
     argvlen[0] = 4;
 
-    if (redisAsyncCommandArgv(ac, ngx_http_opamp_redis_handshake_reply,
-                              (void *) "PING", 1, argv, argvlen)
-        == REDIS_OK)
+    if (ngx_http_opamp_redis_send(link, 1, argv, argvlen,
+                                  ngx_http_opamp_redis_ping_reply, link)
+        == NULL)
     {
-        link->handshake++;
+        goto failed;
     }
+
+    link->handshake++;
+    return;
+
+failed:
+
+    ngx_http_opamp_redis_drop(link, "no memory");
 }
 
 
-static void
-ngx_http_opamp_redis_handshake_reply(redisAsyncContext *ac, void *r,
-    void *privdata)
+/*
+ * NGX_OK: a good answer of the handshake; NGX_DONE: the link is up;
+ * NGX_ERROR: none, or an error that dropped the link.
+ */
+
+static ngx_int_t
+ngx_http_opamp_redis_hello_step(ngx_http_opamp_redis_link_t *link,
+    redisReply *reply, const char *what)
 {
-    redisReply                   *reply = r;
-    ngx_http_opamp_redis_link_t  *link;
-
-    link = ac->data;
-
-    if (reply == NULL || link == NULL || link->ac != ac
-        || link->state != NGX_HTTP_OPAMP_REDIS_HANDSHAKE)
-    {
-        return;
+    if (reply == NULL || link->state != NGX_HTTP_OPAMP_REDIS_HANDSHAKE) {
+        return NGX_ERROR;
     }
 
     if (reply->type == REDIS_REPLY_ERROR) {
         if (!link->outage_logged) {
             ngx_log_error(NGX_LOG_ERR, ngx_http_opamp_redis_log, 0,
                           "opamp: redis %s on the %s connection to \"%V\" "
-                          "failed: %*s; retrying", (char *) privdata,
-                          link->name, &ngx_http_opamp_redis_conf->redis.url,
+                          "(%V) failed: %*s; retrying", what, link->name,
+                          &ngx_http_opamp_redis_conf->redis.url, &link->addr,
                           (size_t) reply->len, reply->str);
 
             /* a wrong password stays wrong: one line per outage */
             link->outage_logged = 1;
         }
 
-        /* the replies still on their way are of no interest now */
-        link->state = NGX_HTTP_OPAMP_REDIS_CONNECTING;
-        redisAsyncDisconnect(ac);
+        ngx_http_opamp_redis_drop(link, what);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_opamp_redis_auth_reply(redisReply *reply, void *data)
+{
+    ngx_http_opamp_redis_link_t *link = data;
+
+    if (ngx_http_opamp_redis_hello_step(link, reply, "AUTH") == NGX_OK
+        && --link->handshake == 0)
+    {
+        ngx_http_opamp_redis_up(link);
+    }
+}
+
+
+static void
+ngx_http_opamp_redis_select_reply(redisReply *reply, void *data)
+{
+    ngx_http_opamp_redis_link_t *link = data;
+
+    if (ngx_http_opamp_redis_hello_step(link, reply, "SELECT") == NGX_OK
+        && --link->handshake == 0)
+    {
+        ngx_http_opamp_redis_up(link);
+    }
+}
+
+
+static void
+ngx_http_opamp_redis_ping_reply(redisReply *reply, void *data)
+{
+    ngx_http_opamp_redis_link_t *link = data;
+
+    if (ngx_http_opamp_redis_hello_step(link, reply, "PING") == NGX_OK
+        && --link->handshake == 0)
+    {
+        ngx_http_opamp_redis_up(link);
+    }
+}
+
+
+/* the server a Sentinel named must still be the primary */
+
+static void
+ngx_http_opamp_redis_role_reply(redisReply *reply, void *data)
+{
+    ngx_http_opamp_redis_link_t *link = data;
+
+    redisReply  *role;
+
+    if (ngx_http_opamp_redis_hello_step(link, reply, "ROLE") != NGX_OK) {
+        return;
+    }
+
+    role = (reply->type == REDIS_REPLY_ARRAY && reply->elements > 0)
+           ? reply->element[0] : NULL;
+
+    if (role == NULL || role->type != REDIS_REPLY_STRING
+        || role->len != 6 || ngx_strncmp(role->str, "master", 6) != 0)
+    {
+        ngx_snprintf(link->why, sizeof(link->why) - 1,
+                     "%V is not the primary (its role is \"%*s\"); asking "
+                     "the Sentinels again%Z", &link->addr,
+                     (size_t) (role && role->type == REDIS_REPLY_STRING
+                               ? role->len : 0),
+                     role && role->type == REDIS_REPLY_STRING
+                     ? role->str : "");
+
+        ngx_http_opamp_redis_primary.known = 0;
+        ngx_http_opamp_redis_drop(link, (char *) link->why);
         return;
     }
 
@@ -629,45 +1187,72 @@ ngx_http_opamp_redis_handshake_reply(redisAsyncContext *ac, void *r,
 
 
 static void
-ngx_http_opamp_redis_subscribe_reply(redisAsyncContext *ac, void *r,
-    void *privdata)
+ngx_http_opamp_redis_master_reply(redisReply *reply, void *data)
 {
-    redisReply                   *reply = r;
-    ngx_str_t                     channel, payload;
-    redisReply                  **el;
-    ngx_http_opamp_redis_link_t  *link;
+    ngx_http_opamp_redis_link_t *link = data;
 
-    link = privdata;
+    ngx_int_t     port;
+    redisReply  **el;
+    const char   *argv[2];
+    size_t        argvlen[2];
 
-    if (reply == NULL || link->ac != ac) {
-        return;
-    }
-
-    if (reply->type == REDIS_REPLY_ERROR) {
-        if (!link->outage_logged) {
-            ngx_log_error(NGX_LOG_ERR, ngx_http_opamp_redis_log, 0,
-                          "opamp: redis SUBSCRIBE to \"%V\" failed: %*s; "
-                          "retrying", &ngx_http_opamp_redis_channel,
-                          (size_t) reply->len, reply->str);
-            link->outage_logged = 1;
-        }
-
-        link->state = NGX_HTTP_OPAMP_REDIS_CONNECTING;
-        redisAsyncDisconnect(ac);
-        return;
-    }
-
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3) {
+    if (ngx_http_opamp_redis_hello_step(link, reply,
+                                        "SENTINEL get-master-addr-by-name")
+        != NGX_OK)
+    {
         return;
     }
 
     el = reply->element;
 
-    if (el[0]->type != REDIS_REPLY_STRING
-        || el[1]->type != REDIS_REPLY_STRING)
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2
+        || el[0]->type != REDIS_REPLY_STRING
+        || el[1]->type != REDIS_REPLY_STRING
+        || el[0]->len == 0 || el[0]->len > NGX_HTTP_OPAMP_REDIS_HOST_LEN
+        || (port = ngx_atoi((u_char *) el[1]->str, el[1]->len)) < 1
+        || port > 65535)
     {
+        ngx_snprintf(link->why, sizeof(link->why) - 1,
+                     "the Sentinel does not know the master \"%V\"%Z",
+                     &ngx_http_opamp_redis_conf->redis.master_name);
+
+        /* another Sentinel may know it */
+        ngx_http_opamp_redis_next_sentinel++;
+        ngx_http_opamp_redis_drop(link, (char *) link->why);
         return;
     }
+
+    ngx_http_opamp_redis_set_primary((u_char *) el[0]->str, el[0]->len,
+                                     port, "named by a Sentinel");
+
+    argv[0] = "SUBSCRIBE";
+    argvlen[0] = 9;
+    argv[1] = "+switch-master";
+    argvlen[1] = 14;
+
+    if (ngx_http_opamp_redis_append(link, 2, argv, argvlen) != NGX_OK) {
+        ngx_http_opamp_redis_drop(link, "no memory");
+        return;
+    }
+
+    ngx_http_opamp_redis_post_write(link);
+
+    if (--link->handshake == 0) {
+        ngx_http_opamp_redis_up(link);
+    }
+}
+
+
+/* the messages of a subscribed link */
+
+static void
+ngx_http_opamp_redis_push(ngx_http_opamp_redis_link_t *link,
+    redisReply *reply)
+{
+    ngx_str_t     channel, payload;
+    redisReply  **el;
+
+    el = reply->element;
 
     if (el[0]->len == 9 && ngx_strncmp(el[0]->str, "subscribe", 9) == 0) {
         if (link->state == NGX_HTTP_OPAMP_REDIS_HANDSHAKE
@@ -690,11 +1275,155 @@ ngx_http_opamp_redis_subscribe_reply(redisAsyncContext *ac, void *r,
     payload.data = (u_char *) el[2]->str;
     payload.len = el[2]->len;
 
-    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_http_opamp_redis_log, 0,
-                   "opamp: message on \"%V\": \"%V\"", &channel, &payload);
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ngx_http_opamp_redis_log, 0,
+                   "opamp: %s message on \"%V\": \"%V\"", link->name,
+                   &channel, &payload);
+
+    if (link->kind == NGX_HTTP_OPAMP_REDIS_SENTINEL) {
+        ngx_http_opamp_redis_switch_master(&payload);
+        return;
+    }
 
     if (ngx_http_opamp_redis_on_message) {
         ngx_http_opamp_redis_on_message(&channel, &payload);
+    }
+}
+
+
+/* "<master name> <old ip> <old port> <new ip> <new port>" */
+
+static void
+ngx_http_opamp_redis_switch_master(ngx_str_t *payload)
+{
+    u_char      *p, *last, *field[5];
+    size_t       len[5];
+    ngx_int_t    port;
+    ngx_uint_t   n;
+    ngx_str_t   *name;
+
+    p = payload->data;
+    last = p + payload->len;
+
+    for (n = 0; n < 5 && p < last; n++) {
+        field[n] = p;
+
+        while (p < last && *p != ' ') {
+            p++;
+        }
+
+        len[n] = p - field[n];
+
+        while (p < last && *p == ' ') {
+            p++;
+        }
+    }
+
+    name = &ngx_http_opamp_redis_conf->redis.master_name;
+
+    if (n != 5 || len[0] != name->len
+        || ngx_strncmp(field[0], name->data, name->len) != 0)
+    {
+        return;
+    }
+
+    port = ngx_atoi(field[4], len[4]);
+
+    if (port < 1 || port > 65535 || len[3] == 0
+        || len[3] > NGX_HTTP_OPAMP_REDIS_HOST_LEN)
+    {
+        return;
+    }
+
+    ngx_http_opamp_redis_set_primary(field[3], len[3], port,
+                                     "after a failover (+switch-master)");
+}
+
+
+/*
+ * The Sentinels named the primary: links that waited for it connect now,
+ * and when it moved, links to the old one move to it at once.
+ */
+
+static void
+ngx_http_opamp_redis_set_primary(u_char *host, size_t len, ngx_int_t port,
+    const char *how)
+{
+    ngx_uint_t                       i, changed, level;
+    ngx_http_opamp_redis_link_t     *link;
+    ngx_http_opamp_redis_primary_t  *pr;
+
+    pr = &ngx_http_opamp_redis_primary;
+
+    changed = (pr->host.len != len
+               || ngx_strncmp(pr->buf, host, len) != 0
+               || pr->port != (in_port_t) port);
+
+    if (changed) {
+        level = pr->host.len ? NGX_LOG_NOTICE : NGX_LOG_INFO;
+
+        ngx_log_error(level, ngx_http_opamp_redis_log, 0,
+                      "opamp: redis primary of \"%V\" is %*s:%i (%s)",
+                      &ngx_http_opamp_redis_conf->redis.master_name,
+                      len, host, port, how);
+    }
+
+    ngx_memcpy(pr->buf, host, len);
+    pr->buf[len] = '\0';
+    pr->host.data = pr->buf;
+    pr->host.len = len;
+    pr->port = (in_port_t) port;
+    pr->known = 1;
+
+    for (i = 0; i < NGX_HTTP_OPAMP_REDIS_SENTINEL; i++) {
+        link = &ngx_http_opamp_redis_links[i];
+
+        if (link->state == NGX_HTTP_OPAMP_REDIS_DOWN) {
+            if (changed) {
+                link->backoff = NGX_HTTP_OPAMP_REDIS_BACKOFF_MIN;
+            }
+
+            if (link->waiting || (changed && link->reconnect.timer_set)) {
+                ngx_http_opamp_redis_connect(link);
+            }
+
+            continue;
+        }
+
+        if (changed) {
+            ngx_http_opamp_redis_move(link);
+        }
+    }
+}
+
+
+/*
+ * Ask the Sentinels again, after a link to the primary failed or was
+ * told READONLY: the Sentinel link reconnects and asks, unless a
+ * question is on its way or a retry is already scheduled.
+ */
+
+static void
+ngx_http_opamp_redis_sentinel_ask(void)
+{
+    ngx_http_opamp_redis_link_t  *link;
+
+    if (!ngx_http_opamp_redis_sentinel_mode() || ngx_http_opamp_redis_exiting)
+    {
+        return;
+    }
+
+    link = &ngx_http_opamp_redis_sentinel_link;
+
+    if (link->state == NGX_HTTP_OPAMP_REDIS_READY) {
+        ngx_http_opamp_redis_close(link);
+        ngx_http_opamp_redis_connect(link);
+        return;
+    }
+
+    if (link->state == NGX_HTTP_OPAMP_REDIS_DOWN
+        && !link->reconnect.timer_set)
+    {
+        ngx_http_opamp_redis_connect(link);
     }
 }
 
@@ -710,20 +1439,109 @@ ngx_http_opamp_redis_up(ngx_http_opamp_redis_link_t *link)
         ngx_del_timer(&link->timer);
     }
 
+    if (!ngx_queue_empty(&link->pending)) {
+        ngx_add_timer(&link->timer, ngx_http_opamp_redis_conf->redis_timeout);
+    }
+
     if (link->outage_logged) {
         link->outage_logged = 0;
         ngx_log_error(NGX_LOG_NOTICE, ngx_http_opamp_redis_log, 0,
-                      "opamp: redis %s connection to \"%V\" restored",
-                      link->name, &ngx_http_opamp_redis_conf->redis.url);
+                      "opamp: redis %s connection to \"%V\" (%V) restored",
+                      link->name, &ngx_http_opamp_redis_conf->redis.url,
+                      &link->addr);
 
     } else {
-        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_http_opamp_redis_log, 0,
-                       "opamp: redis %s connection to \"%V\" ready",
-                       link->name, &ngx_http_opamp_redis_conf->redis.url);
+        ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ngx_http_opamp_redis_log, 0,
+                       "opamp: redis %s connection to \"%V\" (%V) ready",
+                       link->name, &ngx_http_opamp_redis_conf->redis.url,
+                       &link->addr);
     }
 
-    if (!link->subscriber && ngx_http_opamp_redis_on_ready) {
+    if (link->kind == NGX_HTTP_OPAMP_REDIS_COMMAND
+        && ngx_http_opamp_redis_on_ready)
+    {
         ngx_http_opamp_redis_on_ready();
+    }
+}
+
+
+/*
+ * Closes the connection, if any, and calls every pending handler with
+ * NULL.  The link is DOWN afterwards; nothing is scheduled.
+ */
+
+static void
+ngx_http_opamp_redis_close(ngx_http_opamp_redis_link_t *link)
+{
+    ngx_pool_t                  *pool;
+    ngx_queue_t                 *q;
+    ngx_connection_t            *c;
+    ngx_http_opamp_redis_cmd_t  *cmd;
+
+    link->state = NGX_HTTP_OPAMP_REDIS_DOWN;
+    link->gen++;
+    link->blocked = 0;
+    link->log.action = NULL;
+
+    if (link->timer.timer_set) {
+        ngx_del_timer(&link->timer);
+    }
+
+    if (link->resolving) {
+        ngx_resolve_name_done(link->resolving);
+        link->resolving = NULL;
+    }
+
+    c = link->conn;
+
+    if (c) {
+        link->conn = NULL;
+
+#if (NGX_SSL)
+        if (c->ssl) {
+            /* no close_notify exchange: Redis does not wait for one */
+            SSL_set_quiet_shutdown(c->ssl->connection, 1);
+            (void) SSL_shutdown(c->ssl->connection);
+            ERR_clear_error();
+            SSL_free(c->ssl->connection);
+            c->ssl = NULL;
+        }
+#endif
+
+        pool = c->pool;
+        ngx_close_connection(c);
+
+        if (pool) {
+            ngx_destroy_pool(pool);
+        }
+    }
+
+    if (link->reader) {
+        redisReaderFree(link->reader);
+        link->reader = NULL;
+    }
+
+    link->out_pos = 0;
+    link->out_len = 0;
+
+    if (link->out_size > NGX_HTTP_OPAMP_REDIS_OUT_KEEP) {
+        ngx_free(link->out);
+        link->out = NULL;
+        link->out_size = 0;
+    }
+
+    /* handlers may send again: they find the link down */
+
+    while (!ngx_queue_empty(&link->pending)) {
+        q = ngx_queue_head(&link->pending);
+        ngx_queue_remove(q);
+        cmd = ngx_queue_data(q, ngx_http_opamp_redis_cmd_t, queue);
+
+        if (cmd->handler) {
+            cmd->handler(NULL, cmd->data);
+        }
+
+        ngx_free(cmd);
     }
 }
 
@@ -739,11 +1557,7 @@ ngx_http_opamp_redis_drop(ngx_http_opamp_redis_link_t *link, const char *why)
 
     was_ready = (link->state == NGX_HTTP_OPAMP_REDIS_READY);
 
-    link->state = NGX_HTTP_OPAMP_REDIS_DOWN;
-
-    if (link->timer.timer_set) {
-        ngx_del_timer(&link->timer);
-    }
+    ngx_http_opamp_redis_close(link);
 
     if (ngx_http_opamp_redis_exiting) {
         return;
@@ -752,9 +1566,9 @@ ngx_http_opamp_redis_drop(ngx_http_opamp_redis_link_t *link, const char *why)
     if (!link->outage_logged) {
         link->outage_logged = 1;
         ngx_log_error(NGX_LOG_ERR, ngx_http_opamp_redis_log, 0,
-                      "opamp: redis %s connection to \"%V\" %s: %s; "
+                      "opamp: redis %s connection to \"%V\" (%V) %s: %s; "
                       "retrying", link->name,
-                      &ngx_http_opamp_redis_conf->redis.url,
+                      &ngx_http_opamp_redis_conf->redis.url, &link->addr,
                       was_ready ? "lost" : "failed",
                       (why && why[0]) ? why : "connection closed");
 
@@ -765,7 +1579,28 @@ ngx_http_opamp_redis_drop(ngx_http_opamp_redis_link_t *link, const char *why)
                        why ? why : "");
     }
 
+    if (link->kind == NGX_HTTP_OPAMP_REDIS_SENTINEL) {
+        /* try the next Sentinel */
+        ngx_http_opamp_redis_next_sentinel++;
+
+    } else {
+        ngx_http_opamp_redis_sentinel_ask();
+    }
+
     ngx_http_opamp_redis_schedule(link);
+}
+
+
+/* the primary moved: no error, connect to the new one now */
+
+static void
+ngx_http_opamp_redis_move(ngx_http_opamp_redis_link_t *link)
+{
+    ngx_http_opamp_redis_close(link);
+
+    link->backoff = NGX_HTTP_OPAMP_REDIS_BACKOFF_MIN;
+
+    ngx_http_opamp_redis_connect(link);
 }
 
 
@@ -774,8 +1609,8 @@ ngx_http_opamp_redis_schedule(ngx_http_opamp_redis_link_t *link)
 {
     ngx_msec_t  delay;
 
-    if (link->reconnect.timer_set || ngx_exiting || ngx_quit
-        || ngx_terminate)
+    if (link->reconnect.timer_set || link->state != NGX_HTTP_OPAMP_REDIS_DOWN
+        || ngx_exiting || ngx_quit || ngx_terminate)
     {
         return;
     }
@@ -799,10 +1634,6 @@ ngx_http_opamp_redis_reconnect_handler(ngx_event_t *ev)
 {
     ngx_http_opamp_redis_link_t *link = ev->data;
 
-    if (ngx_http_opamp_redis_exiting || link->ac) {
-        return;
-    }
-
     ngx_http_opamp_redis_connect(link);
 }
 
@@ -816,7 +1647,7 @@ ngx_http_opamp_redis_timer_handler(ngx_event_t *ev)
     ngx_queue_t                 *q;
     ngx_http_opamp_redis_cmd_t  *cmd;
 
-    if (link->ac == NULL) {
+    if (link->state == NGX_HTTP_OPAMP_REDIS_DOWN) {
         return;
     }
 
@@ -845,10 +1676,12 @@ ngx_http_opamp_redis_timer_handler(ngx_event_t *ev)
         }
     }
 
-    /* drop the link: every pending handler sees NULL, cleanup retries */
-    link->timed_out = 1;
-    redisAsyncFree(link->ac);
+    /* every pending handler sees NULL, then a retry */
+    ngx_http_opamp_redis_drop(link, "timed out");
 }
+
+
+/* I/O */
 
 
 static void
@@ -857,8 +1690,149 @@ ngx_http_opamp_redis_read_handler(ngx_event_t *ev)
     ngx_connection_t             *c = ev->data;
     ngx_http_opamp_redis_link_t  *link = c->data;
 
-    if (link->ac) {
-        redisAsyncHandleRead(link->ac);
+    u_char       buf[16384];
+    void        *r;
+    ssize_t      n;
+    ngx_uint_t   i, gen;
+
+    switch (link->state) {
+
+    case NGX_HTTP_OPAMP_REDIS_CONNECTING:
+        ngx_http_opamp_redis_connect_done(link);
+        return;
+
+#if (NGX_SSL)
+    case NGX_HTTP_OPAMP_REDIS_TLS:
+        ngx_http_opamp_redis_tls_handshake(link);
+        return;
+#endif
+
+    case NGX_HTTP_OPAMP_REDIS_HANDSHAKE:
+    case NGX_HTTP_OPAMP_REDIS_READY:
+        break;
+
+    default:
+        return;
+    }
+
+    gen = link->gen;
+
+    /* edge-triggered: read until the socket is empty, or give others a
+     * turn and come back */
+
+    for (i = 0; i < NGX_HTTP_OPAMP_REDIS_READS; i++) {
+
+        n = ngx_http_opamp_redis_recv(link, buf, sizeof(buf));
+
+        if (n == NGX_AGAIN) {
+            return;
+        }
+
+        if (n == 0) {
+            ngx_http_opamp_redis_drop(link, "connection closed by the server");
+            return;
+        }
+
+        if (n < 0) {
+            ngx_http_opamp_redis_drop(link, (char *) link->why);
+            return;
+        }
+
+        if (redisReaderFeed(link->reader, (const char *) buf, n) != REDIS_OK)
+        {
+            ngx_http_opamp_redis_drop(link, "no memory");
+            return;
+        }
+
+        for ( ;; ) {
+            r = NULL;
+
+            if (redisReaderGetReply(link->reader, &r) != REDIS_OK) {
+                ngx_snprintf(link->why, sizeof(link->why) - 1,
+                             "protocol error: %s%Z", link->reader->errstr);
+                ngx_http_opamp_redis_drop(link, (char *) link->why);
+                return;
+            }
+
+            if (r == NULL) {
+                break;
+            }
+
+            ngx_http_opamp_redis_dispatch(link, r);
+
+            freeReplyObject(r);
+
+            if (link->gen != gen) {
+                /* the link went while a handler ran */
+                return;
+            }
+        }
+    }
+
+    ngx_post_event(ev, &ngx_posted_events);
+}
+
+
+static void
+ngx_http_opamp_redis_dispatch(ngx_http_opamp_redis_link_t *link,
+    redisReply *reply)
+{
+    ngx_uint_t                   readonly;
+    ngx_queue_t                 *q;
+    ngx_http_opamp_redis_cmd_t  *cmd;
+
+    link->answered = ngx_current_msec;
+
+    if (link->subscriber
+        && reply->type == REDIS_REPLY_ARRAY && reply->elements == 3
+        && reply->element[0]->type == REDIS_REPLY_STRING
+        && reply->element[1]->type == REDIS_REPLY_STRING)
+    {
+        ngx_http_opamp_redis_push(link, reply);
+        return;
+    }
+
+    if (ngx_queue_empty(&link->pending)) {
+
+        if (reply->type == REDIS_REPLY_ERROR) {
+            /* SUBSCRIBE refused */
+            (void) ngx_http_opamp_redis_hello_step(link, reply, "SUBSCRIBE");
+        }
+
+        return;
+    }
+
+    q = ngx_queue_head(&link->pending);
+    ngx_queue_remove(q);
+    cmd = ngx_queue_data(q, ngx_http_opamp_redis_cmd_t, queue);
+
+    if (ngx_queue_empty(&link->pending)
+        && link->state == NGX_HTTP_OPAMP_REDIS_READY
+        && link->timer.timer_set)
+    {
+        ngx_del_timer(&link->timer);
+    }
+
+    /* a demoted primary: the writes go nowhere until we find the new one */
+    readonly = (reply->type == REDIS_REPLY_ERROR && reply->len >= 8
+                && ngx_strncmp(reply->str, "READONLY", 8) == 0);
+
+    if (cmd->handler) {
+        cmd->handler(reply, cmd->data);
+    }
+
+    ngx_free(cmd);
+
+    if (readonly && link->state == NGX_HTTP_OPAMP_REDIS_READY) {
+        ngx_http_opamp_redis_primary.known = 0;
+        ngx_http_opamp_redis_drop(link, "the server is a replica now "
+                                        "(READONLY)");
+
+        if (ngx_http_opamp_redis_sub_link.state != NGX_HTTP_OPAMP_REDIS_DOWN)
+        {
+            ngx_http_opamp_redis_close(&ngx_http_opamp_redis_sub_link);
+            ngx_http_opamp_redis_connect(&ngx_http_opamp_redis_sub_link);
+        }
     }
 }
 
@@ -869,151 +1843,545 @@ ngx_http_opamp_redis_write_handler(ngx_event_t *ev)
     ngx_connection_t             *c = ev->data;
     ngx_http_opamp_redis_link_t  *link = c->data;
 
-    if (link->ac) {
-        link->writing = 1;
-        redisAsyncHandleWrite(link->ac);
-        link->writing = 0;
+    switch (link->state) {
+
+    case NGX_HTTP_OPAMP_REDIS_CONNECTING:
+        ngx_http_opamp_redis_connect_done(link);
+        return;
+
+#if (NGX_SSL)
+    case NGX_HTTP_OPAMP_REDIS_TLS:
+        ngx_http_opamp_redis_tls_handshake(link);
+        return;
+#endif
+
+    case NGX_HTTP_OPAMP_REDIS_HANDSHAKE:
+    case NGX_HTTP_OPAMP_REDIS_READY:
+        link->blocked = 0;
+        ngx_http_opamp_redis_flush(link);
+        return;
+
+    default:
+        return;
     }
 }
 
 
-/*
- * Level-triggered events: hiredis reads at most one buffer per call, so
- * an edge-triggered read event could leave replies unread in the socket.
- */
-
 static void
-ngx_http_opamp_redis_add_read(void *privdata)
+ngx_http_opamp_redis_flush(ngx_http_opamp_redis_link_t *link)
 {
-    ngx_http_opamp_redis_link_t *link = privdata;
+    ssize_t  n;
 
-    ngx_event_t  *rev;
+    while (link->out_pos < link->out_len) {
 
-    rev = link->conn->read;
+        n = ngx_http_opamp_redis_write(link, link->out + link->out_pos,
+                                       link->out_len - link->out_pos);
 
-    if (!rev->active) {
-        if (ngx_add_event(rev, NGX_READ_EVENT, NGX_LEVEL_EVENT) != NGX_OK) {
-            ngx_log_error(NGX_LOG_ERR, ngx_http_opamp_redis_log, 0,
-                          "opamp: redis read event not added");
+        if (n == NGX_AGAIN) {
+            /* the rest when epoll says the socket has room */
+            link->blocked = 1;
+            return;
+        }
+
+        if (n < 0) {
+#if (NGX_SSL)
+            if (link->conn->ssl) {
+                ngx_http_opamp_redis_tls_alert(link);
+            }
+#endif
+            ngx_http_opamp_redis_drop(link, (char *) link->why);
+            return;
+        }
+
+        link->out_pos += n;
+    }
+
+    link->out_pos = 0;
+    link->out_len = 0;
+
+    /* a big one (an admin config upload) does not stay with the worker */
+
+    if (link->out_size > NGX_HTTP_OPAMP_REDIS_OUT_KEEP) {
+        ngx_free(link->out);
+        link->out = NULL;
+        link->out_size = 0;
+    }
+}
+
+
+/* > 0: bytes; 0: closed; NGX_AGAIN; NGX_ERROR with link->why set */
+
+static ssize_t
+ngx_http_opamp_redis_recv(ngx_http_opamp_redis_link_t *link, u_char *buf,
+    size_t size)
+{
+    ssize_t     n;
+    ngx_err_t   err;
+#if (NGX_SSL)
+    int         sslerr;
+
+    if (link->conn->ssl) {
+        ERR_clear_error();
+
+        n = SSL_read(link->conn->ssl->connection, buf, (int) size);
+
+        if (n > 0) {
+            return n;
+        }
+
+        sslerr = SSL_get_error(link->conn->ssl->connection, (int) n);
+
+        if (sslerr == SSL_ERROR_WANT_READ || sslerr == SSL_ERROR_WANT_WRITE)
+        {
+            return NGX_AGAIN;
+        }
+
+        if (sslerr == SSL_ERROR_ZERO_RETURN) {
+            return 0;
+        }
+
+        (void) ngx_http_opamp_redis_tls_error(link, "TLS read failed",
+                                              sslerr);
+        return NGX_ERROR;
+    }
+#endif
+
+    for ( ;; ) {
+        n = recv(link->conn->fd, buf, size, 0);
+
+        if (n >= 0) {
+            return n;
+        }
+
+        err = ngx_socket_errno;
+
+        if (err == NGX_EAGAIN) {
+            return NGX_AGAIN;
+        }
+
+        if (err != NGX_EINTR) {
+            *ngx_strerror(err, link->why, sizeof(link->why) - 1) = '\0';
+            return NGX_ERROR;
         }
     }
 }
 
 
-static void
-ngx_http_opamp_redis_del_read(void *privdata)
+static ssize_t
+ngx_http_opamp_redis_write(ngx_http_opamp_redis_link_t *link, u_char *buf,
+    size_t size)
 {
-    ngx_http_opamp_redis_link_t *link = privdata;
+    ssize_t     n;
+    ngx_err_t   err;
+#if (NGX_SSL)
+    int         sslerr;
 
-    ngx_event_t  *rev;
+    if (link->conn->ssl) {
+        ERR_clear_error();
 
-    rev = link->conn->read;
+        /* partial writes are on, so a big command goes in records */
+        n = SSL_write(link->conn->ssl->connection, buf,
+                      (int) ngx_min(size, 65536));
 
-    if (rev->active) {
-        (void) ngx_del_event(rev, NGX_READ_EVENT, 0);
+        if (n > 0) {
+            return n;
+        }
+
+        sslerr = SSL_get_error(link->conn->ssl->connection, (int) n);
+
+        if (sslerr == SSL_ERROR_WANT_WRITE || sslerr == SSL_ERROR_WANT_READ)
+        {
+            return NGX_AGAIN;
+        }
+
+        (void) ngx_http_opamp_redis_tls_error(link, "TLS write failed",
+                                              sslerr);
+        return NGX_ERROR;
+    }
+#endif
+
+    for ( ;; ) {
+        n = send(link->conn->fd, buf, size, 0);
+
+        if (n >= 0) {
+            return n;
+        }
+
+        err = ngx_socket_errno;
+
+        if (err == NGX_EAGAIN) {
+            return NGX_AGAIN;
+        }
+
+        if (err != NGX_EINTR) {
+            *ngx_strerror(err, link->why, sizeof(link->why) - 1) = '\0';
+            return NGX_ERROR;
+        }
     }
 }
 
 
-/*
- * Commands queued during a turn of the event loop are written together at
- * its end: the socket of a connected link is nearly always writable, so
- * the write event is posted rather than asked of epoll (two epoll_ctl and
- * a turn saved per write).  Only what the socket did not take, and the
- * connect, wait for epoll.
- */
+/* what nginx adds to a line logged on a link's connection */
+
+static u_char *
+ngx_http_opamp_redis_log_error(ngx_log_t *log, u_char *buf, size_t len)
+{
+    ngx_http_opamp_redis_link_t *link = log->data;
+
+    u_char  *p;
+
+    p = buf;
+
+    if (log->action) {
+        p = ngx_snprintf(p, len, " while %s", log->action);
+        len -= p - buf;
+    }
+
+    return ngx_snprintf(p, len, ", redis %s connection to %V",
+                        link->name, &link->addr);
+}
+
+
+#if (NGX_SSL)
 
 static void
-ngx_http_opamp_redis_add_write(void *privdata)
+ngx_http_opamp_redis_tls_start(ngx_http_opamp_redis_link_t *link)
 {
-    ngx_http_opamp_redis_link_t *link = privdata;
+    ngx_str_t          *name;
+    ngx_connection_t   *c;
 
-    ngx_event_t  *wev;
+    c = link->conn;
 
-    wev = link->conn->write;
-
-    if (wev->active || wev->posted) {
+    c->pool = ngx_create_pool(512, c->log);
+    if (c->pool == NULL) {
+        ngx_http_opamp_redis_drop(link, "no memory");
         return;
     }
 
-    if (!link->writing && link->ac
-        && (link->ac->c.flags & REDIS_CONNECTED))
+    if (ngx_ssl_create_connection(ngx_http_opamp_redis_conf->ssl_ctx, c,
+                                  NGX_SSL_CLIENT)
+        != NGX_OK)
     {
-        ngx_post_event(wev, &ngx_posted_events);
+        ngx_http_opamp_redis_drop(link, "TLS connection not created");
         return;
     }
 
-    if (ngx_add_event(wev, NGX_WRITE_EVENT, NGX_LEVEL_EVENT) != NGX_OK) {
-        ngx_log_error(NGX_LOG_ERR, ngx_http_opamp_redis_log, 0,
-                      "opamp: redis write event not added");
+    SSL_set_mode(c->ssl->connection, SSL_MODE_ENABLE_PARTIAL_WRITE
+                                     |SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+
+    name = ngx_http_opamp_redis_conf->ssl_name.len
+           ? &ngx_http_opamp_redis_conf->ssl_name : &link->host;
+
+    /* SNI carries names only, never addresses (RFC 6066) */
+
+    if (ngx_http_opamp_redis_conf->ssl_server_name
+        && name->len && name->data[name->len] == '\0'
+        && ngx_inet_addr(name->data, name->len) == INADDR_NONE
+        && ngx_strlchr(name->data, name->data + name->len, ':') == NULL)
+    {
+        if (SSL_set_tlsext_host_name(c->ssl->connection,
+                                     (char *) name->data)
+            == 0)
+        {
+            ngx_http_opamp_redis_drop(link, "TLS server name not set");
+            return;
+        }
     }
+
+    link->log.action = "TLS handshaking with redis";
+    link->state = NGX_HTTP_OPAMP_REDIS_TLS;
+
+    ngx_http_opamp_redis_tls_handshake(link);
 }
 
 
 static void
-ngx_http_opamp_redis_del_write(void *privdata)
+ngx_http_opamp_redis_tls_handshake(ngx_http_opamp_redis_link_t *link)
 {
-    ngx_http_opamp_redis_link_t *link = privdata;
-
-    ngx_event_t  *wev;
-
-    wev = link->conn->write;
-
-    if (wev->active) {
-        (void) ngx_del_event(wev, NGX_WRITE_EVENT, 0);
-    }
-
-    if (wev->posted) {
-        ngx_delete_posted_event(wev);
-    }
-}
-
-
-/*
- * hiredis frees the context: after an error, a disconnect, or our own
- * redisAsyncFree().  Pending handlers have been called with NULL by now;
- * hiredis closes the socket itself right after this returns.
- */
-
-static void
-ngx_http_opamp_redis_cleanup(void *privdata)
-{
-    ngx_http_opamp_redis_link_t *link = privdata;
-
-    const char        *why;
+    int                n, sslerr;
+    long               rc;
+    X509              *cert;
+    ngx_str_t         *name;
     ngx_connection_t  *c;
 
     c = link->conn;
 
-    if (c) {
-        if (c->read->active) {
-            (void) ngx_del_event(c->read, NGX_READ_EVENT, 0);
+    ERR_clear_error();
+
+    n = SSL_do_handshake(c->ssl->connection);
+
+    if (n != 1) {
+        sslerr = SSL_get_error(c->ssl->connection, n);
+
+        if (sslerr == SSL_ERROR_WANT_READ || sslerr == SSL_ERROR_WANT_WRITE)
+        {
+            return;
         }
 
-        if (c->write->active) {
-            (void) ngx_del_event(c->write, NGX_WRITE_EVENT, 0);
-        }
-
-        if (c->read->posted) {
-            ngx_delete_posted_event(c->read);
-        }
-
-        if (c->write->posted) {
-            ngx_delete_posted_event(c->write);
-        }
-
-        c->fd = (ngx_socket_t) -1;
-        ngx_free_connection(c);
-        link->conn = NULL;
+        ngx_http_opamp_redis_drop(link,
+            ngx_http_opamp_redis_tls_error(link, "TLS handshake failed",
+                                           sslerr));
+        return;
     }
 
-    why = link->timed_out ? "timed out"
-                          : (link->ac && link->ac->errstr[0])
-                            ? link->ac->errstr : NULL;
+    if (ngx_http_opamp_redis_conf->ssl_verify) {
+        rc = SSL_get_verify_result(c->ssl->connection);
 
-    link->ac = NULL;
+        if (rc != X509_V_OK) {
+            ngx_snprintf(link->why, sizeof(link->why) - 1,
+                         "TLS certificate of the server not trusted: "
+                         "%s (%l)%Z", X509_verify_cert_error_string(rc), rc);
+            ngx_http_opamp_redis_drop(link, (char *) link->why);
+            return;
+        }
 
-    ngx_http_opamp_redis_drop(link, why);
+        name = ngx_http_opamp_redis_conf->ssl_name.len
+               ? &ngx_http_opamp_redis_conf->ssl_name : &link->host;
+
+        /* an address is checked against the certificate's IP names */
+
+        cert = SSL_get_peer_certificate(c->ssl->connection);
+
+        if (cert == NULL) {
+            ngx_http_opamp_redis_drop(link, "the server sent no TLS "
+                                            "certificate");
+            return;
+        }
+
+        if (ngx_inet_addr(name->data, name->len) != INADDR_NONE
+            || ngx_strlchr(name->data, name->data + name->len, ':'))
+        {
+            rc = (X509_check_ip_asc(cert, (char *) name->data, 0) == 1);
+            X509_free(cert);
+
+        } else {
+            X509_free(cert);
+            rc = (ngx_ssl_check_host(c, name) == NGX_OK);
+        }
+
+        if (!rc) {
+            ngx_snprintf(link->why, sizeof(link->why) - 1,
+                         "TLS certificate of the server does not match "
+                         "\"%V\"%Z", name);
+            ngx_http_opamp_redis_drop(link, (char *) link->why);
+            return;
+        }
+    }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, c->log, 0,
+                   "opamp: redis TLS %s, %s",
+                   SSL_get_version(c->ssl->connection),
+                   SSL_get_cipher_name(c->ssl->connection));
+
+    ngx_http_opamp_redis_hello(link);
+}
+
+
+/*
+ * A write failed because the server closed the connection: the reason is
+ * usually a TLS alert that it sent before, such as "certificate required"
+ * (TLS 1.3 checks the client's certificate after the client thinks the
+ * handshake is done).  Read it, and tell it instead of the reset.
+ */
+
+static void
+ngx_http_opamp_redis_tls_alert(ngx_http_opamp_redis_link_t *link)
+{
+    u_char   buf[256], why[NGX_MAX_ERROR_STR];
+    ssize_t  n;
+
+    ngx_memcpy(why, link->why, sizeof(why));
+
+    n = ngx_http_opamp_redis_recv(link, buf, sizeof(buf));
+
+    if (n != NGX_ERROR || ngx_strstr(link->why, "alert") == NULL) {
+        ngx_memcpy(link->why, why, sizeof(why));
+    }
+}
+
+
+/* the reason in link->why, one line, without nginx's [crit] of its own */
+
+static const char *
+ngx_http_opamp_redis_tls_error(ngx_http_opamp_redis_link_t *link,
+    const char *what, int sslerr)
+{
+    u_char         *p, *last;
+    ngx_err_t       err;
+    unsigned long   e;
+
+    err = ngx_socket_errno;
+
+    p = link->why;
+    last = link->why + sizeof(link->why) - 1;
+
+    p = ngx_slprintf(p, last, "%s: ", what);
+
+    e = ERR_peek_last_error();
+
+    if (e) {
+        ERR_error_string_n(e, (char *) p, last - p);
+        p += ngx_strlen(p);
+
+    } else if (sslerr == SSL_ERROR_SYSCALL && err) {
+        p = ngx_strerror(err, p, last - p);
+
+    } else {
+        p = ngx_slprintf(p, last, "connection closed by the server");
+    }
+
+    *p = '\0';
+
+    ERR_clear_error();
+
+    return (const char *) link->why;
+}
+
+#endif
+
+
+/* WAIT after writes of operator data */
+
+
+static redisReply *
+ngx_http_opamp_redis_reply_copy(redisReply *reply)
+{
+    size_t       i;
+    redisReply  *r;
+
+    /* plain malloc, as hiredis 0.14 allocates: freeReplyObject() frees it */
+
+    r = calloc(1, sizeof(redisReply));
+    if (r == NULL) {
+        return NULL;
+    }
+
+    r->type = reply->type;
+    r->integer = reply->integer;
+
+    if (reply->str) {
+        r->str = malloc(reply->len + 1);
+        if (r->str == NULL) {
+            goto failed;
+        }
+
+        ngx_memcpy(r->str, reply->str, reply->len);
+        r->str[reply->len] = '\0';
+        r->len = reply->len;
+    }
+
+    if (reply->element) {
+        r->element = calloc(reply->elements, sizeof(redisReply *));
+        if (r->element == NULL) {
+            goto failed;
+        }
+
+        r->elements = reply->elements;
+
+        for (i = 0; i < reply->elements; i++) {
+            r->element[i] = ngx_http_opamp_redis_reply_copy(reply->element[i]);
+            if (r->element[i] == NULL) {
+                goto failed;
+            }
+        }
+    }
+
+    return r;
+
+failed:
+
+    freeReplyObject(r);
+    return NULL;
+}
+
+
+/*
+ * WAIT goes on the command link, which is the connection that wrote:
+ * Redis counts the replicas that acknowledged this connection's writes.
+ * The link waits with it (its timeout is below opamp_redis_timeout); a
+ * replica acknowledges within a millisecond or two when it is up.
+ */
+
+ngx_int_t
+ngx_http_opamp_redis_wait_send(redisReply *reply, redisReply **written,
+    ngx_http_opamp_redis_handler_pt handler, void *data,
+    ngx_http_opamp_redis_cmd_t **cmd)
+{
+    u_char       n[NGX_INT_T_LEN], t[NGX_INT_T_LEN];
+    size_t       argvlen[3];
+    const char  *argv[3];
+
+    if (ngx_http_opamp_redis_conf->wait_replicas == 0) {
+        return NGX_DECLINED;
+    }
+
+    *written = ngx_http_opamp_redis_reply_copy(reply);
+    if (*written == NULL) {
+        return NGX_ERROR;
+    }
+
+    argv[0] = "WAIT";
+    argvlen[0] = 4;
+    argv[1] = (const char *) n;
+    argvlen[1] = ngx_sprintf(n, "%i", ngx_http_opamp_redis_conf->wait_replicas)
+                 - n;
+    argv[2] = (const char *) t;
+    argvlen[2] = ngx_sprintf(t, "%M", ngx_http_opamp_redis_conf->wait_timeout)
+                 - t;
+
+    *cmd = ngx_http_opamp_redis_command(3, argv, argvlen, handler, data);
+
+    if (*cmd == NULL) {
+        /* the written reply stays: the caller answers that it may not be
+         * durable */
+        return NGX_ERROR;
+    }
+
+    return NGX_AGAIN;
+}
+
+
+ngx_int_t
+ngx_http_opamp_redis_wait_check(redisReply *reply, ngx_pool_t *pool,
+    const char **reason)
+{
+    u_char     *p;
+    size_t      len;
+    long long   acked;
+
+    if (reply && reply->type == REDIS_REPLY_INTEGER
+        && reply->integer >= ngx_http_opamp_redis_conf->wait_replicas)
+    {
+        return NGX_OK;
+    }
+
+    acked = (reply && reply->type == REDIS_REPLY_INTEGER) ? reply->integer
+                                                          : 0;
+
+    len = sizeof("the write is on the Redis primary, but ") - 1
+          + 2 * NGX_INT_T_LEN + NGX_INT_T_LEN
+          + sizeof(" of  replicas confirmed it within  ms (opamp_redis_wait):"
+                   " it may not be durable, a failover now could lose it;"
+                   " check the replicas, then read it back or retry") + 16;
+
+    p = ngx_pnalloc(pool, len);
+    if (p == NULL) {
+        *reason = "the write may not be durable";
+        return NGX_HTTP_GATEWAY_TIME_OUT;
+    }
+
+    *reason = (const char *) p;
+
+    ngx_snprintf(p, len - 1,
+                 "the write is on the Redis primary, but %s%L of %i "
+                 "replicas confirmed it within %M ms (opamp_redis_wait): it "
+                 "may not be durable, a failover now could lose it; check "
+                 "the replicas, then read it back or retry%Z",
+                 reply ? "" : "no answer came and ",
+                 acked, ngx_http_opamp_redis_conf->wait_replicas,
+                 ngx_http_opamp_redis_conf->wait_timeout);
+
+    return NGX_HTTP_GATEWAY_TIME_OUT;
 }
 
 
@@ -1061,6 +2429,14 @@ ngx_http_opamp_redis_parse_unix(ngx_conf_t *cf, ngx_str_t *value,
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "opamp: invalid redis unix socket address \"%V\": "
                            "an absolute path is required", value);
+        return NGX_CONF_ERROR;
+    }
+
+    if ((size_t) (query - p) >= sizeof(((struct sockaddr_un *) 0)->sun_path))
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "opamp: invalid redis unix socket address \"%V\": "
+                           "the path is too long", value);
         return NGX_CONF_ERROR;
     }
 
@@ -1127,54 +2503,84 @@ invalid:
 }
 
 
+/*
+ * "host:port", "redis://[[user]:password@]host[:port][/db]", the same
+ * with "rediss://" for TLS, and
+ * "sentinel://[[user]:password@]host[:port][,host[:port]...]/name[/db]".
+ */
+
 static char *
 ngx_http_opamp_redis_parse_tcp(ngx_conf_t *cf, ngx_str_t *value,
     ngx_http_opamp_redis_url_t *url)
 {
-    u_char     *p, *last, *at, *colon, *slash, *addr;
-    size_t      len;
-    ngx_url_t   u;
+    u_char                      *p, *last, *at, *colon, *slash, *addr,
+                                *comma, *name_end;
+    ngx_uint_t                   sentinel;
+    ngx_http_opamp_redis_url_t  *s;
 
     p = value->data;
     last = value->data + value->len;
+    sentinel = 0;
 
     if (value->len >= 8 && ngx_strncmp(p, "redis://", 8) == 0) {
         p += 8;
 
-        /* the database: the last "/" after the host */
-        slash = ngx_strlchr(p, last, '/');
+    } else if (value->len >= 9 && ngx_strncmp(p, "rediss://", 9) == 0) {
+        p += 9;
+        url->ssl = 1;
 
-        at = NULL;
-        for (addr = p; addr < (slash ? slash : last); addr++) {
-            if (*addr == '@') {
-                at = addr;     /* the last "@": passwords may contain "@" */
-            }
+    } else if (value->len >= 11 && ngx_strncmp(p, "sentinel://", 11) == 0) {
+        p += 11;
+        sentinel = 1;
+
+    } else {
+        if (ngx_strlchr(p, last, '/') || ngx_strlchr(p, last, '@')) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "opamp: invalid redis address \"%V\": use "
+                               "\"host:port\", \"redis://[[user]:password@]"
+                               "host[:port][/db]\", \"rediss://...\", "
+                               "\"sentinel://[[user]:password@]host[:port]"
+                               "[,host[:port]...]/master[/db]\" or "
+                               "\"unix:/path\"", value);
+            return NGX_CONF_ERROR;
         }
 
-        if (at) {
-            colon = ngx_strlchr(p, at, ':');
+        return ngx_http_opamp_redis_parse_host(cf, value, p, last, 6379, url);
+    }
 
-            if (colon) {
-                if (ngx_http_opamp_redis_unescape(cf, p, colon,
-                                                  &url->username)
-                    != NGX_OK
-                    || ngx_http_opamp_redis_unescape(cf, colon + 1, at,
-                                                     &url->password)
-                       != NGX_OK)
-                {
-                    return NGX_CONF_ERROR;
-                }
+    /* the path: the first "/" after the host */
+    slash = ngx_strlchr(p, last, '/');
 
-            } else if (ngx_http_opamp_redis_unescape(cf, p, at,
-                                                     &url->password)
-                       != NGX_OK)
+    at = NULL;
+    for (addr = p; addr < (slash ? slash : last); addr++) {
+        if (*addr == '@') {
+            at = addr;     /* the last "@": passwords may contain "@" */
+        }
+    }
+
+    if (at) {
+        colon = ngx_strlchr(p, at, ':');
+
+        if (colon) {
+            if (ngx_http_opamp_redis_unescape(cf, p, colon, &url->username)
+                != NGX_OK
+                || ngx_http_opamp_redis_unescape(cf, colon + 1, at,
+                                                 &url->password)
+                   != NGX_OK)
             {
                 return NGX_CONF_ERROR;
             }
 
-            p = at + 1;
+        } else if (ngx_http_opamp_redis_unescape(cf, p, at, &url->password)
+                   != NGX_OK)
+        {
+            return NGX_CONF_ERROR;
         }
 
+        p = at + 1;
+    }
+
+    if (!sentinel) {
         if (slash) {
             if (ngx_http_opamp_redis_parse_db(cf, value, slash + 1, last, url)
                 != NGX_CONF_OK)
@@ -1185,13 +2591,94 @@ ngx_http_opamp_redis_parse_tcp(ngx_conf_t *cf, ngx_str_t *value,
             last = slash;
         }
 
-    } else if (ngx_strlchr(p, last, '/') || ngx_strlchr(p, last, '@')) {
+        return ngx_http_opamp_redis_parse_host(cf, value, p, last, 6379, url);
+    }
+
+    /* sentinel://: the master name is required, the database is not */
+
+    if (slash == NULL || slash + 1 == last) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "opamp: invalid redis address \"%V\": use "
-                           "\"host:port\", \"redis://[[user]:password@]host"
-                           "[:port][/db]\" or \"unix:/path\"", value);
+                           "opamp: no master name in redis address \"%V\": "
+                           "use \"sentinel://host[:port][,host[:port]...]"
+                           "/master[/db]\"", value);
         return NGX_CONF_ERROR;
     }
+
+    name_end = ngx_strlchr(slash + 1, last, '/');
+
+    if (name_end) {
+        if (ngx_http_opamp_redis_parse_db(cf, value, name_end + 1, last, url)
+            != NGX_CONF_OK)
+        {
+            return NGX_CONF_ERROR;
+        }
+
+    } else {
+        name_end = last;
+    }
+
+    if (ngx_http_opamp_redis_unescape(cf, slash + 1, name_end,
+                                      &url->master_name)
+        != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    if (url->master_name.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "opamp: empty master name in redis address \"%V\"",
+                           value);
+        return NGX_CONF_ERROR;
+    }
+
+    url->sentinels = ngx_array_create(cf->pool, 3,
+                                      sizeof(ngx_http_opamp_redis_url_t));
+    if (url->sentinels == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    last = slash;
+
+    for ( ;; ) {
+        comma = ngx_strlchr(p, last, ',');
+        if (comma == NULL) {
+            comma = last;
+        }
+
+        s = ngx_array_push(url->sentinels);
+        if (s == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        ngx_memzero(s, sizeof(ngx_http_opamp_redis_url_t));
+        s->url = *value;
+
+        if (ngx_http_opamp_redis_parse_host(cf, value, p, comma, 26379, s)
+            != NGX_CONF_OK)
+        {
+            return NGX_CONF_ERROR;
+        }
+
+        if (comma == last) {
+            return NGX_CONF_OK;
+        }
+
+        p = comma + 1;
+    }
+}
+
+
+/*
+ * "host[:port]" without resolving: a name is resolved when the
+ * configuration is complete and it is known whether a resolver is set.
+ */
+
+static char *
+ngx_http_opamp_redis_parse_host(ngx_conf_t *cf, ngx_str_t *value, u_char *p,
+    u_char *last, ngx_int_t port, ngx_http_opamp_redis_url_t *url)
+{
+    u_char     *host;
+    ngx_url_t   u;
 
     if (p == last) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
@@ -1199,16 +2686,12 @@ ngx_http_opamp_redis_parse_tcp(ngx_conf_t *cf, ngx_str_t *value,
         return NGX_CONF_ERROR;
     }
 
-    /*
-     * Resolve now, as nginx does for upstream servers: hiredis would call
-     * getaddrinfo() in the worker, which blocks on DNS.
-     */
-
     ngx_memzero(&u, sizeof(ngx_url_t));
 
     u.url.data = p;
     u.url.len = last - p;
-    u.default_port = 6379;
+    u.default_port = (in_port_t) port;
+    u.no_resolve = 1;
 
     if (ngx_parse_url(cf->pool, &u) != NGX_OK) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
@@ -1217,25 +2700,76 @@ ngx_http_opamp_redis_parse_tcp(ngx_conf_t *cf, ngx_str_t *value,
         return NGX_CONF_ERROR;
     }
 
-    if (u.naddrs == 0 || u.family == AF_UNIX) {
+    if (u.family == AF_UNIX || u.host.len == 0
+        || u.host.len > NGX_HTTP_OPAMP_REDIS_HOST_LEN || u.uri.len)
+    {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "opamp: invalid redis address \"%V\": host not "
-                           "found", value);
+                           "opamp: invalid redis address \"%V\"", value);
         return NGX_CONF_ERROR;
     }
 
-    addr = ngx_pnalloc(cf->pool, NGX_SOCKADDR_STRLEN + 1);
-    if (addr == NULL) {
+    /* "[::1]" is "::1" */
+
+    if (u.host.len > 2 && u.host.data[0] == '[') {
+        u.host.data++;
+        u.host.len -= 2;
+    }
+
+    host = ngx_pnalloc(cf->pool, u.host.len + 1);
+    if (host == NULL) {
         return NGX_CONF_ERROR;
     }
 
-    len = ngx_sock_ntop(u.addrs[0].sockaddr, u.addrs[0].socklen, addr,
-                        NGX_SOCKADDR_STRLEN, 0);
-    addr[len] = '\0';
+    ngx_memcpy(host, u.host.data, u.host.len);
+    host[u.host.len] = '\0';
 
-    url->host.data = addr;
-    url->host.len = len;
+    url->host.data = host;
+    url->host.len = u.host.len;
     url->port = u.port;
+
+    url->name = (ngx_inet_addr(host, u.host.len) == INADDR_NONE);
+
+#if (NGX_HAVE_INET6)
+    if (url->name) {
+        u_char  inaddr6[16];
+
+        url->name = (ngx_inet6_addr(host, u.host.len, inaddr6) != NGX_OK);
+    }
+#endif
+
+    return NGX_CONF_OK;
+}
+
+
+/* a name, resolved now as nginx does for upstream servers, when no
+ * resolver is configured: getaddrinfo() would block a worker */
+
+static char *
+ngx_http_opamp_redis_resolve_conf(ngx_conf_t *cf,
+    ngx_http_opamp_redis_url_t *url)
+{
+    ngx_url_t  u;
+
+    if (!url->name) {
+        return NGX_CONF_OK;
+    }
+
+    ngx_memzero(&u, sizeof(ngx_url_t));
+
+    u.host = url->host;
+    u.port = (in_port_t) url->port;
+
+    if (ngx_inet_resolve_host(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "opamp: invalid redis address \"%V\": host \"%V\" "
+                           "not found (with \"resolver\" in the http block "
+                           "it is resolved by the workers instead)",
+                           &url->url, &url->host);
+        return NGX_CONF_ERROR;
+    }
+
+    url->addrs = u.addrs;
+    url->naddrs = u.naddrs;
 
     return NGX_CONF_OK;
 }
@@ -1284,4 +2818,279 @@ ngx_http_opamp_redis_unescape(ngx_conf_t *cf, u_char *start, u_char *end,
     dst->data[dst->len] = '\0';
 
     return NGX_OK;
+}
+
+
+void
+ngx_http_opamp_redis_create_conf(ngx_http_opamp_main_conf_t *omcf)
+{
+    omcf->wait_replicas = NGX_CONF_UNSET;
+    omcf->wait_timeout = NGX_CONF_UNSET_MSEC;
+    omcf->ssl = NGX_CONF_UNSET;
+    omcf->ssl_verify = NGX_CONF_UNSET;
+    omcf->ssl_verify_depth = NGX_CONF_UNSET_UINT;
+    omcf->ssl_server_name = NGX_CONF_UNSET;
+}
+
+
+/* once the http block is read: defaults, the resolver, TLS */
+
+char *
+ngx_http_opamp_redis_init_conf(ngx_conf_t *cf,
+    ngx_http_opamp_main_conf_t *omcf)
+{
+    ngx_uint_t                   i;
+    ngx_http_core_loc_conf_t    *clcf;
+    ngx_http_opamp_redis_url_t  *s;
+
+    if (omcf->wait_replicas == NGX_CONF_UNSET) {
+        omcf->wait_replicas = 0;
+    }
+
+    ngx_conf_init_msec_value(omcf->wait_timeout, 0);
+    ngx_conf_init_value(omcf->ssl, 0);
+    ngx_conf_init_value(omcf->ssl_verify, 0);
+    ngx_conf_init_uint_value(omcf->ssl_verify_depth, 1);
+    ngx_conf_init_value(omcf->ssl_server_name, 0);
+
+    if (omcf->ssl_protocols == 0) {
+        omcf->ssl_protocols = NGX_CONF_BITMASK_SET
+#if (NGX_SSL)
+                              |NGX_SSL_TLSv1_2|NGX_SSL_TLSv1_3
+#endif
+                              ;
+    }
+
+    if (omcf->ssl_ciphers.data == NULL) {
+        ngx_str_set(&omcf->ssl_ciphers, "DEFAULT");
+    }
+
+    if (omcf->wait_replicas && omcf->wait_timeout >= omcf->redis_timeout) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"opamp_redis_wait\" timeout %M must be shorter "
+                           "than \"opamp_redis_timeout\" %M: the command "
+                           "link waits with it",
+                           omcf->wait_timeout, omcf->redis_timeout);
+        return NGX_CONF_ERROR;
+    }
+
+    if (omcf->redis.ssl) {
+        omcf->ssl = 1;
+    }
+
+    if (omcf->redis.unix_path.len) {
+        omcf->ssl = 0;
+    }
+
+    /* the resolver of the http block, where the opamp_redis directive is */
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    omcf->resolver = NULL;
+
+    if (clcf->resolver && clcf->resolver->connections.nelts) {
+        omcf->resolver = clcf->resolver;
+        omcf->resolver_timeout = (clcf->resolver_timeout
+                                  == NGX_CONF_UNSET_MSEC)
+                                 ? 30000 : clcf->resolver_timeout;
+    }
+
+    if (omcf->resolver == NULL) {
+        if (omcf->redis.unix_path.len == 0
+            && ngx_http_opamp_redis_resolve_conf(cf, &omcf->redis)
+               != NGX_CONF_OK)
+        {
+            return NGX_CONF_ERROR;
+        }
+
+        if (omcf->redis.sentinels) {
+            s = omcf->redis.sentinels->elts;
+
+            for (i = 0; i < omcf->redis.sentinels->nelts; i++) {
+                if (ngx_http_opamp_redis_resolve_conf(cf, &s[i])
+                    != NGX_CONF_OK)
+                {
+                    return NGX_CONF_ERROR;
+                }
+            }
+        }
+    }
+
+    if (!omcf->ssl) {
+        return NGX_CONF_OK;
+    }
+
+#if (NGX_SSL)
+    return ngx_http_opamp_redis_ssl_conf(cf, omcf);
+#else
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "opamp: TLS to redis needs nginx built with "
+                       "--with-http_ssl_module");
+    return NGX_CONF_ERROR;
+#endif
+}
+
+
+#if (NGX_SSL)
+
+static char *
+ngx_http_opamp_redis_ssl_conf(ngx_conf_t *cf, ngx_http_opamp_main_conf_t *omcf)
+{
+    ngx_ssl_t           *ssl;
+    ngx_pool_cleanup_t  *cln;
+
+    ssl = ngx_pcalloc(cf->pool, sizeof(ngx_ssl_t));
+    if (ssl == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ssl->log = cf->log;
+
+    if (ngx_ssl_create(ssl, omcf->ssl_protocols, NULL) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    cln = ngx_pool_cleanup_add(cf->pool, 0);
+    if (cln == NULL) {
+        ngx_ssl_cleanup_ctx(ssl);
+        return NGX_CONF_ERROR;
+    }
+
+    cln->handler = ngx_ssl_cleanup_ctx;
+    cln->data = ssl;
+
+    if (ngx_ssl_ciphers(cf, ssl, &omcf->ssl_ciphers, 0) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (omcf->ssl_certificate.len) {
+
+        if (omcf->ssl_certificate_key.len == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "no \"opamp_redis_ssl_certificate_key\" for "
+                               "opamp_redis_ssl_certificate \"%V\"",
+                               &omcf->ssl_certificate);
+            return NGX_CONF_ERROR;
+        }
+
+        if (ngx_ssl_certificate(cf, ssl, &omcf->ssl_certificate,
+                                &omcf->ssl_certificate_key, NULL)
+            != NGX_OK)
+        {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    if (omcf->ssl_verify) {
+        if (omcf->ssl_trusted_certificate.len == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "no opamp_redis_ssl_trusted_certificate for "
+                               "opamp_redis_ssl_verify");
+            return NGX_CONF_ERROR;
+        }
+
+        if (ngx_ssl_trusted_certificate(cf, ssl,
+                                        &omcf->ssl_trusted_certificate,
+                                        omcf->ssl_verify_depth)
+            != NGX_OK)
+        {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    omcf->ssl_ctx = ssl;
+
+    return NGX_CONF_OK;
+}
+
+#endif
+
+
+#if (NGX_SSL)
+
+ngx_conf_bitmask_t  ngx_http_opamp_redis_ssl_protocols[] = {
+    { ngx_string("TLSv1"), NGX_SSL_TLSv1 },
+    { ngx_string("TLSv1.1"), NGX_SSL_TLSv1_1 },
+    { ngx_string("TLSv1.2"), NGX_SSL_TLSv1_2 },
+    { ngx_string("TLSv1.3"), NGX_SSL_TLSv1_3 },
+    { ngx_null_string, 0 }
+};
+
+#endif
+
+
+/* opamp_redis_sentinel_auth [user] password */
+
+char *
+ngx_http_opamp_redis_sentinel_auth(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_opamp_main_conf_t *omcf = conf;
+
+    ngx_str_t  *value;
+
+    if (omcf->sentinel_password.data) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (cf->args->nelts == 3) {
+        omcf->sentinel_username = value[1];
+        omcf->sentinel_password = value[2];
+
+    } else {
+        omcf->sentinel_password = value[1];
+    }
+
+    if (omcf->sentinel_password.len == 0) {
+        return "has an empty password";
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* opamp_redis_wait <replicas> <timeout> | off */
+
+char *
+ngx_http_opamp_redis_wait(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_opamp_main_conf_t *omcf = conf;
+
+    ngx_str_t  *value;
+
+    if (omcf->wait_replicas != NGX_CONF_UNSET) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (cf->args->nelts == 2) {
+        if (value[1].len == 3 && ngx_strncmp(value[1].data, "off", 3) == 0) {
+            omcf->wait_replicas = 0;
+            omcf->wait_timeout = 0;
+            return NGX_CONF_OK;
+        }
+
+        return "takes \"off\" or a number of replicas and a timeout";
+    }
+
+    omcf->wait_replicas = ngx_atoi(value[1].data, value[1].len);
+
+    if (omcf->wait_replicas == NGX_ERROR || omcf->wait_replicas < 1
+        || omcf->wait_replicas > 100)
+    {
+        return "has an invalid number of replicas (1 to 100)";
+    }
+
+    omcf->wait_timeout = ngx_parse_time(&value[2], 0);
+
+    if (omcf->wait_timeout == (ngx_msec_t) NGX_ERROR
+        || omcf->wait_timeout == 0)
+    {
+        return "has an invalid timeout (it must be greater than zero)";
+    }
+
+    return NGX_CONF_OK;
 }

@@ -1,10 +1,12 @@
 /*
  * Copyright (C) ngx_http_opamp_module authors
  *
- * Per-worker Redis connections on nginx's event loop through hiredis's
- * async API: one command connection and one pub/sub connection, both
- * opened in init_process, reconnected with backoff and jitter, closed in
- * exit_process.  Nothing here ever blocks the worker.
+ * Per-worker Redis connections on nginx's event loop: one command
+ * connection and one pub/sub connection (and one to a Sentinel behind
+ * "sentinel://"), opened in init_process, reconnected with backoff and
+ * jitter, closed in exit_process.  Plain TCP, unix sockets or TLS with
+ * nginx's OpenSSL; hiredis parses the replies.  Nothing here ever blocks
+ * the worker.
  */
 
 #ifndef _NGX_HTTP_OPAMP_REDIS_H_INCLUDED_
@@ -66,10 +68,42 @@ void ngx_http_opamp_redis_set_message_handler(
 void ngx_http_opamp_redis_set_ready_handler(
     ngx_http_opamp_redis_ready_pt handler);
 
-/* parses "redis://[[user]:password@]host[:port][/db]" or
+/* parses "redis://[[user]:password@]host[:port][/db]", "rediss://...",
+ * "sentinel://[[user]:password@]host[:port][,host[:port]...]/master[/db]",
  * "unix:/path[?db=N]" or "host:port" at configuration time */
 char *ngx_http_opamp_redis_parse_url(ngx_conf_t *cf, ngx_str_t *value,
     ngx_http_opamp_redis_url_t *url);
+
+/* the main configuration's Redis fields: unset, then defaults, resolver
+ * and TLS context once the http block is read */
+void ngx_http_opamp_redis_create_conf(ngx_http_opamp_main_conf_t *omcf);
+char *ngx_http_opamp_redis_init_conf(ngx_conf_t *cf,
+    ngx_http_opamp_main_conf_t *omcf);
+
+/* opamp_redis_sentinel_auth [user] password */
+char *ngx_http_opamp_redis_sentinel_auth(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+
+/* opamp_redis_wait replicas timeout | off */
+char *ngx_http_opamp_redis_wait(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+
+/*
+ * After a write of operator data, with opamp_redis_wait: copies the
+ * write's reply to *written and sends WAIT with the handler (NGX_AGAIN,
+ * *cmd set), or NGX_DECLINED when no wait is configured, or NGX_ERROR.
+ */
+ngx_int_t ngx_http_opamp_redis_wait_send(redisReply *reply,
+    redisReply **written, ngx_http_opamp_redis_handler_pt handler,
+    void *data, ngx_http_opamp_redis_cmd_t **cmd);
+
+/* the WAIT answer: NGX_OK, or the HTTP status to answer with *reason */
+ngx_int_t ngx_http_opamp_redis_wait_check(redisReply *reply,
+    ngx_pool_t *pool, const char **reason);
+
+#if (NGX_SSL)
+extern ngx_conf_bitmask_t  ngx_http_opamp_redis_ssl_protocols[];
+#endif
 
 
 #endif /* _NGX_HTTP_OPAMP_REDIS_H_INCLUDED_ */

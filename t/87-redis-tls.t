@@ -1,0 +1,142 @@
+#!/usr/bin/perl
+
+# TLS to Redis through nginx's OpenSSL, against Debian's redis-server
+# with --tls-port and a test CA made here with the openssl command.
+# Mutual TLS with a good CA and client certificate works (agents are
+# served, a 3 MB config goes over TLS in pieces); a CA that did not sign
+# the server, a missing client certificate and a name the certificate
+# does not have each fail with one clear [error] line, and agents get 503.
+
+use strict;
+use warnings;
+
+use Test::More;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use OpAMPTest;
+use OpAMPRedisHA;
+
+my $t = OpAMPTest->new;
+my $ha = OpAMPRedisHA->new($t);
+my $d = $t->dir;
+
+# --- a test CA, a server and a client certificate; another CA ---------
+
+sub ssl {
+    my ($cmd) = @_;
+    my $out = `cd $d && openssl $cmd 2>&1`;
+    die "openssl $cmd: $out\n" if $?;
+}
+
+my $EC = '-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes';
+for my $ca ('ca', 'ca2') {
+    ssl("req -x509 $EC -keyout $ca.key -out $ca.crt -days 2 "
+        . "-subj '/CN=opamp test $ca'");
+}
+for my $c (['server', 'subjectAltName=DNS:redis.test,IP:127.0.0.1'],
+           ['client', 'extendedKeyUsage=clientAuth'])
+{
+    my ($name, $ext) = @$c;
+    open my $f, '>', "$d/$name.ext" or die;
+    print $f "$ext\n";
+    close $f;
+    ssl("req $EC -keyout $name.key -out $name.csr -subj '/CN=opamp $name'");
+    ssl("x509 -req -in $name.csr -CA ca.crt -CAkey ca.key -CAcreateserial "
+        . "-out $name.crt -days 2 -extfile $name.ext");
+}
+chmod 0644, glob "$d/*.key";
+
+# plain port for the harness's own checks, TLS port for nginx
+my $tls_port = OpAMPTest::free_port();
+my $pid = $ha->server(port => $t->redis_port, args => [
+    '--tls-port', $tls_port,
+    '--tls-cert-file', "$d/server.crt", '--tls-key-file', "$d/server.key",
+    '--tls-ca-cert-file', "$d/ca.crt"]);
+
+my $DESC = 'agent_description { identifying_attributes { key: '
+           . '"service.name" value { string_value: "tls" } } }';
+
+sub agent_status {
+    my $uid = random_uid();
+    my ($s) = $t->http_post($t->a2s('instance_uid: "' . uid_escape($uid)
+                                     . "\" sequence_num: 0 capabilities: 1 "
+                                     . $DESC));
+    return ($s, $uid);
+}
+
+my $ADMIN = '
+        location /admin/ { opamp_admin; client_max_body_size 8m; }';
+
+sub tls_conf {
+    my (%o) = @_;
+    return join "\n    ",
+        'opamp_redis_timeout 2s;',
+        'opamp_redis_ssl_verify on;',
+        'opamp_redis_ssl_server_name on;',
+        "opamp_redis_ssl_trusted_certificate $d/" . ($o{ca} // 'ca') . '.crt;',
+        ($o{name} ? "opamp_redis_ssl_name $o{name};" : ()),
+        ($o{client} // 1
+         ? ("opamp_redis_ssl_certificate $d/client.crt;",
+            "opamp_redis_ssl_certificate_key $d/client.key;")
+         : ());
+}
+
+# --- mutual TLS that works --------------------------------------------
+
+$t->start_nginx($ADMIN, workers => 2, redis => "rediss://127.0.0.1:$tls_port",
+                http => tls_conf(name => 'redis.test'));
+pass('both workers connect over mutual TLS');
+
+my ($s, $uid) = agent_status();
+is($s, 200, 'an agent is served through the TLS connection');
+is($t->agent($uid)->{sequence_num}, 0, 'and its state is in Redis');
+
+my $clients = $t->redis('CLIENT', 'LIST');
+my $tls_clients = () = $clients =~ /laddr=127\.0\.0\.1:$tls_port /g;
+is($tls_clients, 4, 'the workers\' four connections are on the TLS port');
+
+my $huge = 'z' x 3_000_000;
+($s) = $t->http_post('{"selector":"service.name=tls","files":{"a":'
+                     . '{"body":"' . $huge . '"}}}', -method => 'PUT',
+                     -path => '/admin/configs/groups/huge',
+                     'Content-Type' => 'application/json');
+is($s, 200, 'a 3 MB config goes over TLS');
+is($t->redis('HSTRLEN', 'opamp:config:group:huge', 'file:a'), 3_000_000,
+   'and arrives whole');
+($s, $uid) = agent_status();
+is($s, 200, 'the connection serves the next command');
+
+$t->stop_nginx;
+
+# --- failures ---------------------------------------------------------
+
+my @cases = (
+    [ 'a CA that did not sign the server', { ca => 'ca2' },
+      qr/\[error\].*redis command connection to "rediss:.*failed: TLS certificate of the server not trusted: .*\(\d+\); retrying/ ],
+    [ 'no client certificate', { client => 0 },
+      qr/\[error\].*redis command connection to "rediss:.*failed: TLS read failed: .*(certificate required|handshake failure)/ ],
+    [ 'a name the certificate does not have', { name => 'other.test' },
+      qr/\[error\].*redis command connection to "rediss:.*failed: TLS certificate of the server does not match "other\.test"/ ],
+);
+
+for my $c (@cases) {
+    my ($what, $o, $re) = @$c;
+    my $before = length $t->error_log;
+    $t->start_nginx($ADMIN, workers => 1, no_wait_redis => 1,
+                    redis => "rediss://127.0.0.1:$tls_port",
+                    http => tls_conf(%$o));
+    my $log = '';
+    ok($t->wait_for(sub { $log = substr($t->error_log, $before);
+                          $log =~ $re }, 10),
+       "$what: a clear [error] line") or diag $log;
+    ($s) = agent_status();
+    is($s, 503, "$what: agents get 503");
+    my $lines = () = $log =~ /redis command connection to .* failed/g;
+    is($lines, 1, "$what: one line, not one per retry");
+    $t->stop_nginx;
+}
+
+$t->done;
+$ha->stop($pid);
+done_testing;
