@@ -92,10 +92,18 @@ run: build
 	else \
 	    redis-server --bind 127.0.0.1 --port $(REDIS_PORT) --daemonize yes \
 	        --pidfile $(RUN)/redis.pid --logfile $(RUN)/logs/redis.log \
-	        --dir $(RUN) --save "" --appendonly no; \
+	        --dir $(RUN) --save "" --appendonly yes \
+	        --appendfsync everysec; \
 	    for i in $$(seq 50); do redis-cli -p $(REDIS_PORT) ping \
 	        >/dev/null 2>&1 && break; sleep 0.1; done; \
 	fi
+	@# operator data (configs, groups, offers) lives only in Redis
+	@echo "Redis persistence: appendonly $$(redis-cli -p $(REDIS_PORT) \
+	    config get appendonly | tail -1), appendfsync $$(redis-cli \
+	    -p $(REDIS_PORT) config get appendfsync | tail -1), save \
+	    '$$(redis-cli -p $(REDIS_PORT) config get save | tail -1)' in \
+	    $$(redis-cli -p $(REDIS_PORT) config get dir | tail -1)" \
+	    "(docs/operations.md, Running Redis in production)"
 	@if [ -f $(RUN)/logs/nginx.pid ] && kill -0 $$(cat $(RUN)/logs/nginx.pid) 2>/dev/null; then \
 	    $(NGINX) -p $(RUN)/ -c $(TOP)/examples/nginx.conf \
 	        -g "load_module $(MODULE);" -s reload; \

@@ -1,0 +1,91 @@
+#!/usr/bin/perl
+
+# What the module costs Redis, for sizing a primary (docs/operations.md,
+# "Sizing"): Redis CPU per WebSocket heartbeat (settled agents, in
+# batches), per plain HTTP poll and per agent of a config fan-out to a
+# new group, and Redis memory per agent, read from Redis's own INFO
+# (used_cpu_sys + used_cpu_user, used_memory) around each phase.  The
+# agents are bench/loadgen's (payload: see docs/operations.md).  Loopback
+# only, bounded in agents and time.
+#
+#   perl bench/redis-costs.pl            # AGENTS=2000 SECONDS=10
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/../t/lib";
+use Time::HiRes qw(time sleep);
+use POSIX qw(WNOHANG);
+use Test::More;
+
+use OpAMPTest;
+
+my $N = $ENV{AGENTS} // 2000;
+my $W = $ENV{SECONDS} // 10;
+my $bench = $FindBin::Bin;
+
+system("make -s -C $bench loadgen") == 0 or die "loadgen does not build\n";
+
+my $t = OpAMPTest->new;
+$t->start_redis;
+$t->start_nginx('
+        location /admin/ { opamp_admin; }', workers => 2);
+
+sub cpu {
+    my $i = $t->redis('INFO', 'cpu');
+    my ($s) = $i =~ /used_cpu_sys:([\d.]+)/;
+    my ($u) = $i =~ /used_cpu_user:([\d.]+)/;
+    return $s + $u;
+}
+
+sub mem { return ($t->redis('INFO', 'memory') =~ /used_memory:(\d+)/)[0] }
+
+my $m0 = mem();
+
+my $pid = fork() // die;
+if ($pid == 0) {
+    open STDOUT, '>', $t->dir . '/hold.out';
+    exec "$bench/loadgen", '--mode', 'hold', '--port', $t->port,
+        '--agents', $N, '--duration', 3 * $W + 15, '--heartbeat', 1;
+}
+
+$t->wait_for(sub { ($t->redis('ZCARD', 'opamp:agents') // 0) == $N }, 30)
+    or die "the agents did not all report\n";
+sleep 3;     # every agent settled, the connect burst over
+
+my $m1 = mem();
+my ($c0, $t0) = (cpu(), time);
+sleep $W;
+my ($c1, $t1) = (cpu(), time);
+my $beat_cpu = ($c1 - $c0) / (($t1 - $t0) * $N);     # heartbeat 1 s
+
+# fan-out: a new group that matches every agent
+my ($c2, $t2) = (cpu(), time);
+my ($s) = $t->http_post('{"selector":"service.name=bench","files":'
+                        . '{"a.yaml":{"body":"x: 1\n"}}}', -method => 'PUT',
+                        -path => '/admin/configs/groups/costs',
+                        'Content-Type' => 'application/json');
+die "PUT: $s\n" unless $s == 200 || $s == 201;
+sleep $W;
+my ($c3, $t3) = (cpu(), time);
+my $fan_cpu = (($c3 - $c2) - $beat_cpu * $N * ($t3 - $t2)) / $N;
+
+waitpid($pid, 0);
+
+# HTTP polling, back to back
+my $out = `$bench/loadgen --mode http --port ${\ $t->port} --agents 50 --duration $W`;
+my ($c4) = cpu();
+$out = `$bench/loadgen --mode http --port ${\ $t->port} --agents 50 --duration $W`;
+my ($c5) = cpu();
+my ($answered) = $out =~ /answered=(\d+)/;
+my $poll_cpu = ($c5 - $c4) / ($answered || 1);
+
+printf "agents=%d redis_memory_per_agent=%.0fB redis_cpu_per_heartbeat=%.1fus "
+       . "redis_cpu_per_fanout_agent=%.1fus redis_cpu_per_http_poll=%.1fus "
+       . "(polls=%d)\n",
+       $N, ($m1 - $m0) / $N, $beat_cpu * 1e6, $fan_cpu * 1e6,
+       $poll_cpu * 1e6, $answered // 0;
+
+$t->done;
+done_testing;
