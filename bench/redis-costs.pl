@@ -8,7 +8,7 @@
 # agents are bench/loadgen's (payload: see docs/operations.md).  Loopback
 # only, bounded in agents and time.
 #
-#   perl bench/redis-costs.pl            # AGENTS=2000 SECONDS=10
+#   perl bench/redis-costs.pl            # AGENTS=1000 SECONDS=10
 
 use strict;
 use warnings;
@@ -21,7 +21,7 @@ use Test::More;
 
 use OpAMPTest;
 
-my $N = $ENV{AGENTS} // 2000;
+my $N = $ENV{AGENTS} // 1000;    # the harness: 1024 connections a worker
 my $W = $ENV{SECONDS} // 10;
 my $bench = $FindBin::Bin;
 
@@ -41,36 +41,49 @@ sub cpu {
 
 sub mem { return ($t->redis('INFO', 'memory') =~ /used_memory:(\d+)/)[0] }
 
-my $m0 = mem();
-
-my $pid = fork() // die;
-if ($pid == 0) {
-    open STDOUT, '>', $t->dir . '/hold.out';
-    exec "$bench/loadgen", '--mode', 'hold', '--port', $t->port,
-        '--agents', $N, '--duration', 3 * $W + 15, '--heartbeat', 1;
+sub hold {
+    my ($heartbeat, $duration, $seed) = @_;
+    my $pid = fork() // die;
+    if ($pid == 0) {
+        open STDOUT, '>', $t->dir . "/hold-$seed.out";
+        exec "$bench/loadgen", '--mode', 'hold', '--port', $t->port,
+            '--agents', $N, '--duration', $duration,
+            '--heartbeat', $heartbeat, '--seed', $seed;
+    }
+    $t->wait_for(sub { ($t->redis('ZCARD', 'opamp:agents') // 0) >= $N }, 30)
+        or die "the agents did not all report: "
+               . ($t->redis('ZCARD', 'opamp:agents') // 0) . "\n";
+    sleep 3;     # every agent settled, the connect burst over
+    return $pid;
 }
 
-$t->wait_for(sub { ($t->redis('ZCARD', 'opamp:agents') // 0) == $N }, 30)
-    or die "the agents did not all report\n";
-sleep 3;     # every agent settled, the connect burst over
+# heartbeats: every agent once a second, settled (owed nothing)
 
+my $m0 = mem();
+my $pid = hold(1, $W + 8, 1);
 my $m1 = mem();
 my ($c0, $t0) = (cpu(), time);
 sleep $W;
 my ($c1, $t1) = (cpu(), time);
-my $beat_cpu = ($c1 - $c0) / (($t1 - $t0) * $N);     # heartbeat 1 s
+my $beat_cpu = ($c1 - $c0) / (($t1 - $t0) * $N);
+waitpid($pid, 0);
+$t->redis('DEL', 'opamp:agents');
 
-# fan-out: a new group that matches every agent
+# fan-out: agents that send nothing meanwhile; a new group matching all
+
+$pid = hold(3600, $W + 8, 2);
+my ($cb, $tb) = (cpu(), time);
+sleep 2;
+my $idle = (cpu() - $cb) / (time - $tb);
 my ($c2, $t2) = (cpu(), time);
 my ($s) = $t->http_post('{"selector":"service.name=bench","files":'
                         . '{"a.yaml":{"body":"x: 1\n"}}}', -method => 'PUT',
                         -path => '/admin/configs/groups/costs',
                         'Content-Type' => 'application/json');
 die "PUT: $s\n" unless $s == 200 || $s == 201;
-sleep $W;
+sleep 2;
 my ($c3, $t3) = (cpu(), time);
-my $fan_cpu = (($c3 - $c2) - $beat_cpu * $N * ($t3 - $t2)) / $N;
-
+my $fan_cpu = (($c3 - $c2) - $idle * ($t3 - $t2)) / $N;
 waitpid($pid, 0);
 
 # HTTP polling, back to back
@@ -80,12 +93,13 @@ $out = `$bench/loadgen --mode http --port ${\ $t->port} --agents 50 --duration $
 my ($c5) = cpu();
 my ($answered) = $out =~ /answered=(\d+)/;
 my $poll_cpu = ($c5 - $c4) / ($answered || 1);
+my ($rate) = $out =~ /rate=(\d+)/;
 
 printf "agents=%d redis_memory_per_agent=%.0fB redis_cpu_per_heartbeat=%.1fus "
        . "redis_cpu_per_fanout_agent=%.1fus redis_cpu_per_http_poll=%.1fus "
-       . "(polls=%d)\n",
+       . "(polls=%d, %d/s)\n",
        $N, ($m1 - $m0) / $N, $beat_cpu * 1e6, $fan_cpu * 1e6,
-       $poll_cpu * 1e6, $answered // 0;
+       $poll_cpu * 1e6, $answered // 0, $rate // 0;
 
 $t->done;
 done_testing;
