@@ -240,7 +240,8 @@ sub admin {
     }
     is(join(' ', map { $t->agent($_)->{connected} } @u), '1 1',
        'two agents held');
-    my $out = `$t->{nginx} -p $t->{dir}/ -c $t->{conf} -s quit 2>&1`;
+    my $cmd = $t->nginx_cmd('-c', $t->{conf}, '-s', 'quit');
+    my $out = `$cmd 2>&1`;
     is($?, 0, 'nginx -s quit') or diag $out;
     for my $i (0, 1) {
         $a[$i]->recv_msg(10);

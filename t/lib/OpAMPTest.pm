@@ -44,6 +44,7 @@ package OpAMPTest;
 #   reload(%o)                  HUP, wait for the new workers; true if so
 #   stop_nginx                  QUIT, then TERM
 #   nginx_t($conf_text)         (exit code, output) of nginx -t
+#   nginx_cmd(@args)            the command line that runs nginx (for -s)
 #   error_log error_log_problems   the log; its [alert|crit|emerg] lines
 #   done                        stop all, ok() on error_log_problems
 #   wait_for($sub, $secs)       poll every 50 ms, bounded; true if met
@@ -64,6 +65,7 @@ package OpAMPTest;
 
 use strict;
 use warnings;
+use feature qw(state);
 
 use Test::More;
 use IO::Socket::INET;
@@ -449,8 +451,12 @@ sub write_conf {
 sub _sanitizer_env {
     my ($self, $leaks) = @_;
     return '' unless $ENV{TEST_NGINX_ASAN};
-    my $lib = `gcc -print-file-name=libasan.so`;
-    chomp $lib;
+    state $lib = do {
+        my $l = `gcc -print-file-name=libasan.so`;
+        chomp $l;
+        die "no libasan.so from gcc -print-file-name\n" unless -e $l;
+        $l;
+    };
     my $d = "$self->{dir}/logs";
     return "env LD_PRELOAD=$lib"
            . " ASAN_OPTIONS=log_path=$d/asan:detect_leaks=" . ($leaks // 1)
@@ -460,10 +466,20 @@ sub _sanitizer_env {
            . " UBSAN_OPTIONS=log_path=$d/ubsan:print_stacktrace=1 ";
 }
 
+# the shell command that runs nginx with these arguments as the harness
+# does (-p the test's directory, under valgrind or with the sanitizer
+# runtime when asked): for nginx -s, which exits without freeing its first
+# cycle's pool, so no leak check
+sub nginx_cmd {
+    my ($self, @args) = @_;
+    local $self->{no_leak_check} = 1;
+    return $self->_nginx_cmd(@args);
+}
+
 sub _nginx_cmd {
     my ($self, @args) = @_;
     my $cmd = join ' ', $self->{nginx}, '-p', "$self->{dir}/", @args;
-    $cmd = $self->_sanitizer_env . $cmd;
+    $cmd = $self->_sanitizer_env($self->{no_leak_check} ? 0 : 1) . $cmd;
 
     # TEST_NGINX_VALGRIND=1: every nginx process under memcheck, one log
     # per process; done() fails the test on any error they report
@@ -487,7 +503,7 @@ sub start_nginx {
     unlink "$self->{dir}/logs/nginx.pid";
     my $cmd = $self->_nginx_cmd('-c', $self->{conf});
     my $out = `$cmd 2>&1`;
-    die "nginx did not start: $out\n" if $?;
+    die "nginx did not start ($cmd): $out\n" if $?;
     my $slow = $ENV{TEST_NGINX_VALGRIND} ? 12 : 1;
     $self->wait_for(sub { -s "$self->{dir}/logs/nginx.pid" }, 5 * $slow)
         or die "no nginx pid file\n";
