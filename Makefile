@@ -4,6 +4,7 @@
 #               examples/nginx.conf (OpAMP on 127.0.0.1:4320/v1/opamp)
 #   make stop   stop what make run started
 #   make test   install, build and run every test
+#   make test-interop   only the tests with real OpAMP clients
 #   make bench  run the benchmarks (bench/)
 #   make mutate break documented behaviours on purpose, one at a time, and
 #               report which ones the tests catch (t/mutate/, not in CI)
@@ -22,14 +23,14 @@ REDIS_PORT ?= 6379
 DEBS := nginx nginx-dev redis-server redis-tools libhiredis-dev \
         libprotobuf-c-dev protobuf-c-compiler protobuf-compiler zlib1g-dev \
         libjansson-dev libssl-dev \
-        libprotocol-websocket-perl libnginx-mod-nchan gcc make
+        libprotocol-websocket-perl libnginx-mod-nchan gcc make python3-venv
 
 SOURCES := config ngx_http_opamp_module.c $(wildcard src/*.c src/*.h) \
            $(wildcard proto/opamp/v1/*.c proto/opamp/v1/*.h)
 
 .PHONY: all deps build build-static proto run stop test test-valgrind unit \
         bench mutate clean fuzz fuzz-build fuzz-regress fuzz-short fuzz-deps \
-        test-asan
+        test-asan interop-tools interop-go interop-python test-interop
 
 all: build
 
@@ -137,11 +138,94 @@ t/node/node_modules: t/node/package.json
 	cd t/node && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-test: build unit fuzz-short t/node/node_modules
+# --- real OpAMP clients for t/9x-interop-*.t, pinned, under build/interop --
+#
+# Go modules come from the Go module proxy into the default GOMODCACHE;
+# each program is rebuilt only when its pins (go.mod, go.sum, manifest)
+# or sources change.  Without Go $(GO_MIN) or newer, or without access to
+# the proxy (or PyPI), the step says what it skipped and leaves a note in
+# build/interop/skip-go (skip-python) that the tests print when they skip.
+
+INTEROP     := $(BUILD)/interop
+INTEROP_BIN := $(INTEROP)/bin
+GO          ?= go
+GO_MIN_MINOR := 25
+GO_MIN      := 1.$(GO_MIN_MINOR)
+PYTHON      ?= python3
+SUPERVISOR_PKG := github.com/open-telemetry/opentelemetry-collector-contrib/cmd/opampsupervisor
+
+interop-tools: interop-go interop-python
+
+interop-go:
+	@mkdir -p $(INTEROP_BIN); rm -f $(INTEROP)/skip-go; \
+	v=$$($(GO) version 2>/dev/null | sed -n 's/.*go\([0-9]*\)\.\([0-9]*\).*/\1 \2/p'); \
+	set -- $$v; \
+	if [ -z "$$v" ] || { [ "$$1" -eq 1 ] && [ "$$2" -lt $(GO_MIN_MINOR) ]; }; then \
+	    echo "Go $(GO_MIN) or newer is needed (found: $${v:-none})" \
+	        > $(INTEROP)/skip-go; \
+	    echo "SKIPPED interop Go clients: $$(cat $(INTEROP)/skip-go);" \
+	        "install Go and run make test-interop"; exit 0; fi; \
+	for d in opampgo supervisor collector; do \
+	    (cd t/interop/$$d && $(GO) mod download) >$(INTEROP)/download.log 2>&1 \
+	    || { echo "no access to the Go module proxy (go mod download in" \
+	            "t/interop/$$d failed: $$(tail -1 $(INTEROP)/download.log))" \
+	            > $(INTEROP)/skip-go; \
+	         echo "SKIPPED interop Go clients: $$(cat $(INTEROP)/skip-go)"; \
+	         exit 0; }; done; \
+	$(MAKE) --no-print-directory $(INTEROP_BIN)/opampgo-agent \
+	    $(INTEROP_BIN)/opampsupervisor $(INTEROP_BIN)/otelcol
+
+$(INTEROP_BIN)/opampgo-agent: t/interop/opampgo/go.mod \
+        t/interop/opampgo/go.sum t/interop/opampgo/main.go
+	cd t/interop/opampgo && $(GO) build -o $@ .
+
+# `go install path@version` refuses contrib's supervisor (its go.mod has
+# replace directives): built as a tool of a pinned module of ours instead
+$(INTEROP_BIN)/opampsupervisor: t/interop/supervisor/go.mod \
+        t/interop/supervisor/go.sum
+	cd t/interop/supervisor && $(GO) build -o $@ $(SUPERVISOR_PKG)
+
+$(INTEROP_BIN)/builder: t/interop/collector/go.mod t/interop/collector/go.sum
+	cd t/interop/collector && \
+	    $(GO) build -o $@ go.opentelemetry.io/collector/cmd/builder
+
+$(INTEROP_BIN)/otelcol: t/interop/collector/manifest.yaml \
+        $(INTEROP_BIN)/builder
+	$(INTEROP_BIN)/builder --config t/interop/collector/manifest.yaml \
+	    --output-path $(INTEROP)/otelcol-src >$(INTEROP)/builder.log 2>&1 \
+	    || { tail -30 $(INTEROP)/builder.log; exit 1; }
+	cp $(INTEROP)/otelcol-src/otelcol-opamp-interop $@.tmp && mv $@.tmp $@
+
+interop-python:
+	@mkdir -p $(INTEROP); rm -f $(INTEROP)/skip-python; \
+	if ! $(PYTHON) -c 'import venv, ensurepip' 2>/dev/null; then \
+	    echo "python3 with venv and ensurepip is needed (python3-venv)" \
+	        > $(INTEROP)/skip-python; \
+	    echo "SKIPPED interop Python client: $$(cat $(INTEROP)/skip-python)"; \
+	    exit 0; fi; \
+	$(MAKE) --no-print-directory $(INTEROP)/venv/.installed \
+	    || { echo "no access to PyPI (pip install failed, see" \
+	              "$(INTEROP)/pip.log)" > $(INTEROP)/skip-python; \
+	         echo "SKIPPED interop Python client: $$(cat $(INTEROP)/skip-python)"; }
+
+$(INTEROP)/venv/.installed: t/interop/python/requirements.txt
+	rm -rf $(INTEROP)/venv
+	$(PYTHON) -m venv $(INTEROP)/venv
+	$(INTEROP)/venv/bin/pip install -q --disable-pip-version-check \
+	    -r t/interop/python/requirements.txt >$(INTEROP)/pip.log 2>&1
+	touch $@
+
+INTEROP_TESTS := t/40-interop-node.t t/66-supervisor-sequence.t \
+                 $(wildcard t/9*-interop-*.t)
+
+test: build unit fuzz-short t/node/node_modules interop-tools
 	NGINX_MODULE=$(MODULE) prove -I t/lib t/*.t
 
+test-interop: build t/node/node_modules interop-tools
+	NGINX_MODULE=$(MODULE) prove -I t/lib $(INTEROP_TESTS)
+
 # the same tests with every nginx process under valgrind's memcheck
-test-valgrind: build unit t/node/node_modules
+test-valgrind: build unit t/node/node_modules interop-tools
 	@command -v valgrind >/dev/null || apt-get install -y -qq valgrind
 	TEST_NGINX_VALGRIND=1 NGINX_MODULE=$(MODULE) prove -I t/lib t/*.t
 

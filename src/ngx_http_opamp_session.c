@@ -1416,6 +1416,18 @@ ngx_http_opamp_session_offers(ngx_http_opamp_session_t *s,
         }
 
         ngx_http_opamp_session_conn_settings(s, o->cso.opamp);
+
+    } else if (caps & NGX_HTTP_OPAMP_ACAP_REPORTS_HEARTBEAT) {
+
+        /*
+         * The spec tells the heartbeat interval to agents that report
+         * heartbeats in OpAMPConnectionSettings.heartbeat_interval_seconds
+         * (opamp-go applies it for ReportsHeartbeat alone); such an agent
+         * gets the interval and nothing else of the OpAMP settings.
+         */
+
+        o->cso.opamp = &o->ocs;
+        ngx_http_opamp_session_conn_settings(s, o->cso.opamp);
     }
 
     if (st) {

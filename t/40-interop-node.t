@@ -6,6 +6,10 @@
 # of a group written straight into Redis as docs/redis-schema.md says,
 # applies it, and its APPLIED status is recorded.
 #
+# Plain HTTP only: the client (0.5.0, pinned in t/node/package.json) has
+# no WebSocket transport (its README: "Only supports HTTP transport (no
+# WebSocket transport)"), so there is no WebSocket run.
+#
 # t/node/node_modules must be there (make test runs npm ci first): without
 # it this test fails, it does not skip.
 

@@ -514,28 +514,36 @@ end
 
 -- ConnectionSettingsOffers: the module's own part (the OpAMP heartbeat,
 -- hashed in ARGV[15]) and what an operator stored for the agent or the
--- fleet; offered when it changed since the last offer or on full state
+-- fleet; offered when it changed since the last offer, on full state,
+-- and to an agent process that started again (renew).  An agent that
+-- reports heartbeats (ReportsHeartbeat, 8192) is told the interval even
+-- when it accepts no settings (the session leaves the rest out).
 local fleet_settings = nil
 
-local function owed_settings(set, caps, stored_hash, full)
+local function owed_settings(set, caps, stored_hash, renew)
+    local heartbeat = bit(caps, 8192)
     -- none of the bits 32 to 512
-    if caps_number(caps) % 1024 < 32 then
+    if caps_number(caps) % 1024 < 32 and not heartbeat then
         return 0, '', ''
     end
     local other = bit(caps, 32) or bit(caps, 64) or bit(caps, 128)
                   or bit(caps, 512)
-    if not bit(caps, 256) and not other then
+    if not bit(caps, 256) and not other and not heartbeat then
         return 0, '', ''
     end
-    local extra = redis.call('GET', prefix .. 'connection_settings:{'
-                                    .. uid .. '}')
-    if not extra then
-        fleet_settings = fleet_settings
-                         or redis.call('GET', prefix .. 'connection_settings')
-                         or ''
-        extra = fleet_settings
+    local extra = ''
+    if bit(caps, 256) or other then
+        extra = redis.call('GET', prefix .. 'connection_settings:{'
+                                  .. uid .. '}')
+        if not extra then
+            fleet_settings = fleet_settings
+                             or redis.call('GET',
+                                           prefix .. 'connection_settings')
+                             or ''
+            extra = fleet_settings
+        end
     end
-    local wants = bit(caps, 256)
+    local wants = bit(caps, 256) or heartbeat
                   or (extra ~= '' and other)
     if not wants then
         return 0, '', ''
@@ -544,7 +552,7 @@ local function owed_settings(set, caps, stored_hash, full)
     if extra ~= '' then
         h = redis.sha1hex(ARGV[15] .. extra)
     end
-    if stored_hash == h and not full then
+    if stored_hash == h and not renew then
         return 0, '', ''
     end
     set[#set + 1] = 'cs_hash'
@@ -671,6 +679,65 @@ if ARGV[26] == 'check' then
     return { out, files }
 end
 
+-- an AvailableComponents message (protobuf): its hash, and whether it
+-- lists components (field 1) or carries the hash only (field 2, as
+-- opamp-go sends it until the server sets ReportAvailableComponents);
+-- nil, false for what this short reader does not follow
+local function components_of(pb)
+    local i, n, hash, list = 1, #pb, nil, false
+    while i <= n do
+        local tag = string.byte(pb, i)
+        if tag >= 128 or (tag % 8 ~= 0 and tag % 8 ~= 2) then
+            return nil, false
+        end
+        local len, mul, b = 0, 1, 128
+        i = i + 1
+        while b >= 128 do
+            b = string.byte(pb, i)
+            if not b then
+                return nil, false
+            end
+            len, mul, i = len + (b % 128) * mul, mul * 128, i + 1
+        end
+        if tag % 8 == 2 then
+            if tag == 10 then
+                list = true
+            elseif tag == 18 then
+                hash = string.sub(pb, i, i + len - 1)
+            end
+            i = i + len
+        end
+    end
+    return hash, list
+end
+
+-- whether the message carries the agent's full status: its description,
+-- and every status field that its capabilities say it reports
+-- (capability bit, presence mask bit, field) unless the agent never
+-- reported that field (an agent with no remote config yet has no status
+-- for it), and its custom capabilities when it ever sent some; nothing
+-- reported before is then left to status compression
+local function complete_status()
+    if mask_all % 2 == 0 then
+        return false
+    end
+    for _, p in ipairs({ { 4, 4, 'effective_config' },
+                         { 16, 16, 'package_statuses' },
+                         { 2048, 2, 'health' },
+                         { 4096, 8, 'remote_config_status' },
+                         { 16384, 64, 'available_components' },
+                         { 32768, 128, 'connection_settings_status' },
+                         { 0, 32, 'custom_capabilities' } }) do
+        if (p[1] == 0 or bit(ARGV[5], p[1]))
+           and math.floor(mask_all / p[2]) % 2 == 0
+           and redis.call('HEXISTS', key, p[3]) == 1
+        then
+            return false
+        end
+    end
+    return true
+end
+
 local stored_seq, settled, connected, expires, holder, holder_tr,
       holder_ch, cs_hash, first_seen =
       cur[1], cur[2], cur[3], cur[4], cur[5], cur[6], cur[7], cur[8], cur[9]
@@ -709,11 +776,18 @@ end
 
 local full = false
 
+-- the agent process started again: it counts from 0 (or anew, lower)
+-- and reports its description; what it was offered before is lost
+local restarted = has_desc and stored_seq ~= nil
+                  and (seq == '0' or less(seq, stored_seq))
+
 if not stored_seq then
     full = not has_desc
 else
-    if stored_seq ~= prev_seq
-       and not (has_desc and less(seq, stored_seq))
+    -- out of sequence: ask for the full state, unless the agent restarted
+    -- or the message carries it already
+    if stored_seq ~= prev_seq and not restarted
+       and not complete_status()
     then
         full = true
     end
@@ -753,8 +827,26 @@ else
     set[#set + 1] = '1'
 end
 
+-- AvailableComponents with the hash only: a stored list of the same hash
+-- is kept, else the agent is asked for the list (ReportsAvailableComponents)
+local components = 0
+local keep_components = false
+
+if math.floor(mask_all / 64) % 2 == 1 then
+    local h, list = components_of(ARGV[23])
+    if h and not list then
+        local sh, slist = components_of(redis.call('HGET', key,
+                                        'available_components') or '')
+        if slist and sh == h then
+            keep_components = true
+        elseif bit(ARGV[5], 16384) and not disconnect then
+            components = 1
+        end
+    end
+end
+
 for i, name in ipairs(fields) do
-    if mask % 2 == 1 then
+    if mask % 2 == 1 and not (i == 7 and keep_components) then
         set[#set + 1] = name
         set[#set + 1] = ARGV[16 + i]
     end
@@ -795,15 +887,18 @@ if ARGV[33] ~= '' then
 end
 
 local owed_hash, owed_files = '', {}
-local command, message, components = '', {}, 0
+local command, message = '', {}
 
 if not disconnect then
+    -- a restarted agent that reports no remote config status runs none
     local reported = nil
     if ARGV[28] ~= '' then
         reported = ARGV[30]
+    elseif restarted then
+        reported = ''
     end
     owed_hash, owed_files = owed_config(set, ARGV[5], ARGV[27], reported,
-                                        ARGV[31] == '1', now)
+                                        ARGV[31] == '1' or restarted, now)
 
     if names == nil then
         names = redis.call('HGET', key, 'custom_capability_names')
@@ -827,8 +922,10 @@ end
 local offer, extra, cs, packages = 0, '', '', ''
 
 if not disconnect then
-    offer, extra, cs = owed_settings(set, ARGV[5], cs_hash, full)
-    packages = owed_packages(set, ARGV[5], ARGV[31] == '1', now)
+    offer, extra, cs = owed_settings(set, ARGV[5], cs_hash,
+                                     full or restarted)
+    packages = owed_packages(set, ARGV[5], ARGV[31] == '1' or restarted,
+                             now)
 end
 
 -- a command travels alone: the spec lets the agent ignore everything else
