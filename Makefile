@@ -215,7 +215,7 @@ $(INTEROP)/venv/.installed: t/interop/python/requirements.txt
 	    -r t/interop/python/requirements.txt >$(INTEROP)/pip.log 2>&1
 	touch $@
 
-INTEROP_TESTS := t/40-interop-node.t t/66-supervisor-sequence.t \
+INTEROP_TESTS := t/40-interop-node.t t/69-supervisor-sequence.t \
                  $(wildcard t/9*-interop-*.t)
 
 test: build unit fuzz-short t/node/node_modules interop-tools
