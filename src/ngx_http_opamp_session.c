@@ -559,6 +559,11 @@ ngx_http_opamp_session_reply(ngx_http_opamp_session_t *s,
 
     if (rep->full_state) {
         s2a.flags |= NGX_HTTP_OPAMP_SFLAG_REPORT_FULL_STATE;
+
+        /* a round trip for the agent, worth seeing when it repeats */
+
+        ngx_log_error(NGX_LOG_INFO, s->connection->log, 0,
+                      "opamp: asking the agent for its full state");
     }
 
     if (m->new_uid) {

@@ -372,7 +372,19 @@ like($t->s2a_text($body), qr/flags: 2\b/,
     'instance_uid: "' . uid_escape($u11) . '" sequence_num: 1 '
     . 'capabilities: ' . (0x1 | 0x4000) . ' available_components { '
     . 'hash: "\001" }'));
+like($t->s2a_text($body), qr/flags: 2\b/,
+     'asked again when only their hash comes (no list of it stored)');
+($s, $hd, $body) = $t->http_post($t->a2s(
+    'instance_uid: "' . uid_escape($u11) . '" sequence_num: 2 '
+    . 'capabilities: ' . (0x1 | 0x4000) . ' available_components { '
+    . 'components { key: "receivers" value { } } hash: "\001" }'));
 unlike($t->s2a_text($body), qr/flags: 2\b/, 'and not once they are');
+($s, $hd, $body) = $t->http_post($t->a2s(
+    'instance_uid: "' . uid_escape($u11) . '" sequence_num: 3 '
+    . 'capabilities: ' . (0x1 | 0x4000) . ' available_components { '
+    . 'hash: "\001" }'));
+unlike($t->s2a_text($body), qr/flags: 2\b/,
+       'nor when the hash of the stored list comes alone');
 
 # --- an agent that changes its uid on its connection -------------------------
 

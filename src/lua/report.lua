@@ -778,8 +778,8 @@ local full = false
 
 -- the agent process started again: it counts from 0 (or anew, lower)
 -- and reports its description; what it was offered before is lost
-local restarted = has_desc and stored_seq ~= nil
-                  and (seq == '0' or less(seq, stored_seq))
+local restarted = has_desc and stored_seq
+                  and (seq == '0' or less(seq, stored_seq)) or false
 
 if not stored_seq then
     full = not has_desc
