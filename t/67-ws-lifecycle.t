@@ -98,6 +98,10 @@ sub redis_ms {
     is($h1->{expires_ms}, $h1->{last_seen_ms} + 3000,
        'and expires_ms with it');
     is($h1->{sequence_num}, 0, 'without a message (sequence_num as it was)');
+    ok($t->wait_for(sub {
+           ($t->redis('ZSCORE', 'opamp:agents', uid_text($u)) // 0)
+           >= $h1->{last_seen_ms} }, 5),
+       'the fleet index is scored by the renewed last_seen_ms too');
     ok($t->wait_for(sub { $a->recv_msg(0.1); redis_ms() > $h0->{expires_ms} + 500 },
                     10), 'time passes the first lease');
     my $h2 = $t->agent($u);

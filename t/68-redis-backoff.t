@@ -51,6 +51,9 @@ sub resp_command {
 # time it arrived, then the connection is closed; bounded to 90 s
 my $fake = fork() // die "fork: $!\n";
 if ($fake == 0) {
+    # not holding the TAP pipe: prove must not wait for this child
+    open STDOUT, '>', '/dev/null';
+    open STDERR, '>&', \*STDOUT;
     open my $out, '>', $log or POSIX::_exit(1);
     $out->autoflush(1);
     my $sel = IO::Select->new($listen);
@@ -85,6 +88,15 @@ if ($fake == 0) {
 }
 close $listen;
 
+# a test that dies on the way leaves no fake Redis behind
+my $parent = $$;
+END {
+    if ($$ == $parent && $fake && kill 0, $fake) {
+        kill 'TERM', $fake;
+        waitpid($fake, 0);
+    }
+}
+
 $t->start_nginx('', workers => 2, no_wait_redis => 1);
 my @w = $t->worker_pids;
 is(scalar @w, 2, 'two workers');
@@ -109,6 +121,7 @@ ok($t->wait_for(sub {
 
 kill 'TERM', $fake;
 waitpid($fake, 0);
+$fake = 0;
 
 my @level = map { $_ < 6 ? 0.1 * 2**$_ : 5 } 0 .. $N - 2;
 my $a = attempts();
