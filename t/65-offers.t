@@ -294,6 +294,28 @@ $t->redis('DEL', "${P}packages");
     $b->close;
 }
 
+# --- attributes: an identifying attribute wins over a non-identifying one ---
+
+{
+    my $u = random_uid();
+    my $h = OpAMPFleet::config_hash('c.yaml' => [ 'dup: 1' ]);
+    $t->redis('HSET', "${P}config:group:dup", selector => 'tier=ident',
+              priority => 1, hash => $h, updated_ms => 1,
+              'file:c.yaml' => 'dup: 1');
+    $t->redis('ZADD', "${P}groups", 1, 'dup');
+    $t->redis('INCR', "${P}config_version");
+    my $m = poll($u, 'sequence_num: 0 capabilities: 3 agent_description { '
+                     . 'identifying_attributes { key: "tier" value { '
+                     . 'string_value: "ident" } } non_identifying_attributes '
+                     . '{ key: "tier" value { string_value: "nonident" } } }');
+    ok($m->{remote_config}, 'a key in both attribute lists: the '
+       . 'identifying value is matched (tier=ident gets its group config)');
+    is($t->agent($u)->{desired_config}, 'group:dup', 'and recorded so');
+    $t->redis('DEL', "${P}config:group:dup");
+    $t->redis('ZREM', "${P}groups", 'dup');
+    $t->redis('INCR', "${P}config_version");
+}
+
 # --- opamp_max_message_size on what the server sends ---------------------------
 
 {
