@@ -478,6 +478,7 @@ ok(closed_by_server($s1, 10), 'its connection ends');
 ok($t->wait_for(sub { ($t->agent($su1)->{connected} // '') eq '0' }, 5),
    'and it is marked disconnected');
 
+my $t_slow = time;
 my ($s2, $su2) = slow_agent('/timeout');
 sleep 0.5;
 $t->redis('HSET', 'opamp:config:group:slow', hash => 'cd' x 32);
@@ -485,6 +486,10 @@ $t->redis('INCR', 'opamp:config_version');
 $t->redis('PUBLISH', 'opamp:fleet', 'config');
 ok($t->wait_for(sub { $t->error_log =~ /opamp: send timed out/ }, 10),
    'a stalled send ends after opamp_send_timeout');
+# the first stalled send comes after this agent connected: the timeout
+# ends 2 s after it at the soonest
+cmp_ok(time - $t_slow, '>=', 1.995, sprintf('not before opamp_send_timeout '
+       . '(%.3f s after the agent connected)', time - $t_slow));
 ok(closed_by_server($s2, 10), 'closing the connection');
 still_serves('slow readers');
 
