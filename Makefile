@@ -331,7 +331,7 @@ bench: build
 
 # every mutation of t/mutate/catalogue on a copy of the tree under
 # build/mutate; MUTATE="name ..." runs only those
-mutate: build t/node/node_modules
+mutate: build t/node/node_modules interop-tools
 	t/mutate/run $(MUTATE)
 
 clean:
