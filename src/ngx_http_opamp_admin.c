@@ -594,8 +594,26 @@ ngx_http_opamp_admin_run(ngx_http_opamp_admin_ctx_t *ctx)
         return ngx_http_opamp_admin_list(ctx);
 
     case NGX_HTTP_OPAMP_ADMIN_AGENT:
+        {
+        size_t                       argvlen[2];
+        const char                  *argv[2];
+        ngx_http_opamp_main_conf_t  *omcf;
+
+        /* the agent's hash with the content it shares resolved */
+
         ctx->key = ctx->agent_key;
-        return ngx_http_opamp_admin_simple(ctx, "HGETALL");
+
+        omcf = ngx_http_get_module_main_conf(r, ngx_http_opamp_module);
+
+        argv[0] = (const char *) ctx->agent_key.data;
+        argvlen[0] = ctx->agent_key.len;
+        argv[1] = (const char *) omcf->prefix.data;
+        argvlen[1] = omcf->prefix.len;
+
+        return ngx_http_opamp_admin_eval(ctx,
+                                         NGX_HTTP_OPAMP_SCRIPT_ADMIN_AGENT,
+                                         1, 2, argv, argvlen);
+        }
 
     case NGX_HTTP_OPAMP_ADMIN_GROUPS:
         return ngx_http_opamp_admin_simple(ctx, NULL);

@@ -121,7 +121,9 @@ static ngx_http_opamp_script_t  ngx_http_opamp_scripts[] = {
     { ngx_http_opamp_lua_admin_delete,
       sizeof(ngx_http_opamp_lua_admin_delete) - 1, "" },
     { ngx_http_opamp_lua_admin_push,
-      sizeof(ngx_http_opamp_lua_admin_push) - 1, "" }
+      sizeof(ngx_http_opamp_lua_admin_push) - 1, "" },
+    { ngx_http_opamp_lua_admin_agent,
+      sizeof(ngx_http_opamp_lua_admin_agent) - 1, "" }
 };
 
 

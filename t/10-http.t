@@ -126,7 +126,7 @@ ok(!$m->{connection_settings},
 ok(!$m->{agent_identification}, 'no agent_identification');
 
 my $a = $t->agent($u1);
-is($a->{schema}, 1, 'hash: schema 1');
+is($a->{schema}, 2, 'hash: schema 2');
 is($a->{instance_uid}, uid_text($u1), 'hash: instance_uid, canonical text');
 is($a->{sequence_num}, 0, 'hash: sequence_num');
 is($a->{capabilities}, 0x801, 'hash: capabilities');

@@ -163,6 +163,9 @@ package Agent {
 sub flag { my ($r, $f) = @_; return ((($r // {})->{flags} // 0) & $f) ? 1 : 0 }
 
 for my $tr ('ws', 'http') {
+    # each transport's agent runs a build of its own (a list of the same
+    # hash, once stored, is known fleet-wide and not asked for again)
+    $COMP_HASH =~ s/\\040$/\\041/ if $tr eq 'http';
     my $svc = "otelcol-contrib-$tr";
     my ($s, $r) = api('PUT', "configs/groups/$svc", $json->encode({
         selector => "service.name=$svc",

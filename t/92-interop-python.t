@@ -79,6 +79,7 @@ ok($t->wait_for(sub {
     defined $uid;
 }, 10), 'found in the admin API by its service.name');
 my $key = "opamp:agent:{$uid}";
+my $uid_bytes = pack 'H*', $uid =~ s/-//gr;
 ok($t->wait_for(sub {
     my $x = $t->hgetall($key);
     ($x->{config_status} // '') eq 'APPLIED'
@@ -113,11 +114,11 @@ ok(!$st->{effective_config}, 'its effective config is not in Redis yet '
 my $n0 = () = $p->lines;
 $t->redis('HSET', $key, 'sequence_num', 1000000);
 ok($t->wait_for(sub {
-    my $x = $t->hgetall($key);
+    my $x = $t->agent($uid_bytes);
     $x->{effective_config} && $x->{sequence_num} < 1000000;
 }, 10), 'out of sequence: the client sent its full state');
 my $e = eval { $t->parse('EffectiveConfig',
-                         $t->hgetall($key)->{effective_config}) } // {};
+                         $t->agent($uid_bytes)->{effective_config}) } // {};
 is($e->{config_map}{config_map}{'config.json'}{body}, '{"sampling": 0.25}',
    'its effective config holds the applied config');
 my $seq1 = $t->hgetall($key)->{sequence_num};

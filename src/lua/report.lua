@@ -198,6 +198,9 @@ local fields = { 'description', 'health', 'effective_config',
                  'custom_capabilities', 'available_components',
                  'connection_settings_status' }
 
+-- the fields that may be shared content (see refer() below), their kind
+local shared_kinds = { [3] = 'config', [7] = 'components' }
+
 -- decimal strings without leading zeros: compare as numbers would, but
 -- without Lua's 53-bit doubles losing 64-bit sequence numbers
 local function less(a, b)
@@ -711,6 +714,62 @@ local function components_of(pb)
     return hash, list
 end
 
+-- Content that many agents report alike is stored once (a build's
+-- component list, a config rolled out to a fleet):
+-- <prefix>shared:<kind>:<digest>, a hash of the bytes ("data") and the
+-- number of agents that refer to them ("refs"); the agent hash holds
+-- <field>_ref = <digest> instead of <field>.  Components are named by
+-- the hash the agent gives them (the spec's own mechanism: a list is
+-- known fleet-wide by its hash), configs by the SHA1 of their bytes.
+local function shared_key(kind, digest)
+    return prefix .. 'shared:' .. kind .. ':' .. digest
+end
+
+-- the agent drops its reference; the last one out deletes the content
+local function unref(kind, digest)
+    local k = shared_key(kind, digest)
+    if redis.call('HINCRBY', k, 'refs', -1) <= 0 then
+        redis.call('DEL', k)
+    end
+end
+
+-- the agent's field now refers to digest (data nil: known to exist)
+local function refer(name, kind, digest, data)
+    local old = redis.call('HGET', key, name .. '_ref')
+    if old == digest then
+        return
+    end
+    local k = shared_key(kind, digest)
+    if redis.call('HINCRBY', k, 'refs', 1) == 1 and data then
+        redis.call('HSET', k, 'data', data)
+    end
+    if old then
+        unref(kind, old)
+    end
+    redis.call('HSET', key, name .. '_ref', digest)
+    redis.call('HDEL', key, name)
+end
+
+-- the agent's field is stored in its own hash again
+local function unshare(name, kind)
+    local old = redis.call('HGET', key, name .. '_ref')
+    if old then
+        unref(kind, old)
+        redis.call('HDEL', key, name .. '_ref')
+    end
+end
+
+local function tohex(b)
+    return (string.gsub(b, '.', function(c)
+        return string.format('%02x', string.byte(c))
+    end))
+end
+
+local function has_field(name)
+    return redis.call('HEXISTS', key, name) == 1
+           or redis.call('HEXISTS', key, name .. '_ref') == 1
+end
+
 -- whether the message carries the agent's full status: its description,
 -- and every status field that its capabilities say it reports
 -- (capability bit, presence mask bit, field) unless the agent never
@@ -730,7 +789,7 @@ local function complete_status()
                          { 0, 32, 'custom_capabilities' } }) do
         if (p[1] == 0 or bit(ARGV[5], p[1]))
            and math.floor(mask_all / p[2]) % 2 == 0
-           and redis.call('HEXISTS', key, p[3]) == 1
+           and has_field(p[3])
         then
             return false
         end
@@ -754,6 +813,12 @@ if mask ~= 0 and ARGV[37] ~= '' then
             total = total + #ARGV[16 + i]
         else
             total = total + redis.call('HSTRLEN', key, name)
+            local kind = shared_kinds[i]
+            local ref = kind and redis.call('HGET', key, name .. '_ref')
+            if ref then
+                total = total + redis.call('HSTRLEN', prefix .. 'shared:'
+                                           .. kind .. ':' .. ref, 'data')
+            end
         end
         m = (m - m % 2) / 2
     end
@@ -797,7 +862,7 @@ else
     end
 end
 
-local set = { 'schema', '1', 'instance_uid', ARGV[2],
+local set = { 'schema', '2', 'instance_uid', ARGV[2],
               'sequence_num', seq, 'capabilities', ARGV[5],
               'last_seen_ms', ARGV[1],
               'expires_ms', tostring(now + tonumber(ARGV[11])),
@@ -834,21 +899,38 @@ local keep_components = false
 
 if math.floor(mask_all / 64) % 2 == 1 then
     local h, list = components_of(ARGV[23])
-    if h and not list then
-        local sh, slist = components_of(redis.call('HGET', key,
-                                        'available_components') or '')
-        if slist and sh == h then
+    if h and h ~= '' then
+        local digest = tohex(h)
+        if list then
+            refer('available_components', 'components', digest, ARGV[23])
             keep_components = true
-        elseif bit(ARGV[5], 16384) and not disconnect then
-            components = 1
+        elseif redis.call('EXISTS', shared_key('components', digest)) == 1
+        then
+            refer('available_components', 'components', digest, nil)
+            keep_components = true
+        else
+            local sh, slist = components_of(redis.call('HGET', key,
+                                            'available_components') or '')
+            if slist and sh == h then
+                keep_components = true
+            elseif bit(ARGV[5], 16384) and not disconnect then
+                components = 1
+            end
         end
     end
 end
 
 for i, name in ipairs(fields) do
-    if mask % 2 == 1 and not (i == 7 and keep_components) then
-        set[#set + 1] = name
-        set[#set + 1] = ARGV[16 + i]
+    if mask % 2 == 1 then
+        if i == 3 and #ARGV[19] > 64 then
+            refer(name, 'config', redis.sha1hex(ARGV[19]), ARGV[19])
+        elseif not (i == 7 and keep_components) then
+            if shared_kinds[i] then
+                unshare(name, shared_kinds[i])
+            end
+            set[#set + 1] = name
+            set[#set + 1] = ARGV[16 + i]
+        end
     end
     mask = (mask - mask % 2) / 2
 end
@@ -908,7 +990,7 @@ if not disconnect then
     -- AgentCapabilities.ReportsAvailableComponents, and none stored
     if math.floor(tonumber(ARGV[5]) / 16384) % 2 == 1
        and math.floor(mask_all / 64) % 2 == 0
-       and redis.call('HEXISTS', key, 'available_components') == 0
+       and not has_field('available_components')
     then
         components = 1
     end

@@ -29,7 +29,8 @@ package OpAMPTest;
 #   redis_nodie(@cmd)           the same, an error reply is returned as an
 #                               OpAMPTest::RedisError ($$r is its text)
 #   hgetall($key)               hashref
-#   agent($uid[, $prefix])      hgetall of <prefix>agent:{<uid text>}
+#   agent($uid[, $prefix])      hgetall of <prefix>agent:{<uid text>}, with
+#                               shared content (<field>_ref) read in place
 #   agent_key($uid[, $prefix])  that key
 #   subscribe(@channels)        sub ($timeout) -> [channel, payload]|undef
 #   conf_text($server, %o)      the nginx.conf text; %o: workers, prefix,
@@ -348,7 +349,16 @@ sub agent_key {
 
 sub agent {
     my ($self, $uid, $prefix) = @_;
-    return $self->hgetall($self->agent_key($uid, $prefix));
+    my $h = $self->hgetall($self->agent_key($uid, $prefix));
+    $prefix //= 'opamp:';
+    # content shared with other agents, read where it is
+    for my $k (['effective_config', 'config'],
+               ['available_components', 'components']) {
+        my $ref = $h->{"$k->[0]_ref"} // next;
+        $h->{ $k->[0] } = $self->redis('HGET',
+                              "${prefix}shared:$k->[1]:$ref", 'data');
+    }
+    return $h;
 }
 
 # a subscriber connection: returns a sub that waits (bounded, default 5 s)
