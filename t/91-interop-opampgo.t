@@ -89,7 +89,7 @@ for my $tr ('ws', 'http') {
 
     ok($a->expect(qr/^connected$/, 10), "$tr: the client connected");
     ok($t->wait_for(sub {
-        my $h = $t->hgetall($key);
+        my $h = $t->agent($uid);
         $h->{description} && $h->{health} && $h->{effective_config}
             && $h->{available_components};
     }, 10), "$tr: description, health, effective config, components in "
