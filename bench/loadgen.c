@@ -94,9 +94,10 @@ static struct {
     int          raw;
     unsigned     seed;
     double       linger;
+    char        *full;       /* --full: template files, comma-separated */
 } opt = {
     M_HOLD, 4320, "127.0.0.1", "/v1/opamp", NULL, "127.0.0.1", 100, 10,
-    30, 2, 0, 1, 0
+    30, 2, 0, 1, 0, NULL
 };
 
 
@@ -110,6 +111,19 @@ static double      *latencies;
 static long         nlat;
 static uint8_t     *full_msg, *beat_msg;
 static size_t       full_len, beat_len;
+
+/* --full: full status messages read from files (a Collector's, made by
+ * bench/collector.pl), agent i sending file i % n: a few builds and
+ * configs across the fleet */
+#define LG_MAX_FULL  16
+#define LG_MAX_MSG   (256 * 1024)
+static uint8_t     *full_msgs[LG_MAX_FULL];
+static size_t       full_lens[LG_MAX_FULL];
+static int          nfull;
+static uint8_t      lg_msg[LG_MAX_MSG], lg_out[LG_MAX_MSG + 1024];
+
+#define LG_FULL(a)      (nfull ? full_msgs[(a)->index % nfull] : full_msg)
+#define LG_FULL_LEN(a)  (nfull ? full_lens[(a)->index % nfull] : full_len)
 
 
 static double
@@ -189,6 +203,46 @@ pack_a2s(int full, size_t *len)
 }
 
 
+/* full status templates from files: each a packed AgentToServer that
+ * starts as make_msg() expects (uid field, then sequence_num 1) */
+
+static void
+load_full(char *list)
+{
+    char    *name;
+    FILE    *f;
+    size_t   n;
+
+    for (name = strtok(list, ","); name && nfull < LG_MAX_FULL;
+         name = strtok(NULL, ","))
+    {
+        f = fopen(name, "rb");
+        if (f == NULL) {
+            die(name);
+        }
+
+        full_msgs[nfull] = malloc(LG_MAX_MSG);
+        if (full_msgs[nfull] == NULL) {
+            die("malloc");
+        }
+
+        n = fread(full_msgs[nfull], 1, LG_MAX_MSG - 64, f);
+        fclose(f);
+
+        if (n < 20 || full_msgs[nfull][0] != 0x0a
+            || full_msgs[nfull][1] != 16 || full_msgs[nfull][18] != 0x10
+            || full_msgs[nfull][19] != 1)
+        {
+            fprintf(stderr, "%s: not a template (uid, then sequence_num "
+                    "1)\n", name);
+            exit(2);
+        }
+
+        full_lens[nfull++] = n;
+    }
+}
+
+
 /* the uid and sequence number of a packed template, for one agent: the
  * uid is the first field (tag 0x0a, length 16), the sequence number the
  * second (tag 0x10, a varint); the template's varint is 1 byte (1) */
@@ -236,11 +290,15 @@ agent_write(lg_agent_t *a, const uint8_t *data, size_t len)
 static void
 send_ws(lg_agent_t *a, int full)
 {
-    uint8_t  frame[16 + 4096], msg[4096];
-    size_t   mlen, n;
+    uint8_t  *frame, *msg;
+    size_t    mlen, n;
+    int       i;
 
-    mlen = make_msg(a, full ? full_msg : beat_msg, full ? full_len : beat_len,
-                    msg + 1);
+    frame = lg_out;
+    msg = lg_msg;
+
+    mlen = make_msg(a, full ? LG_FULL(a) : beat_msg,
+                    full ? LG_FULL_LEN(a) : beat_len, msg + 1);
     msg[0] = 0;                          /* the OpAMP header */
     mlen++;
 
@@ -250,10 +308,16 @@ send_ws(lg_agent_t *a, int full)
     if (mlen < 126) {
         frame[n++] = 0x80 | (uint8_t) mlen;
 
-    } else {
+    } else if (mlen < 65536) {
         frame[n++] = 0x80 | 126;
         frame[n++] = (uint8_t) (mlen >> 8);
         frame[n++] = (uint8_t) mlen;
+
+    } else {
+        frame[n++] = 0x80 | 127;
+        for (i = 7; i >= 0; i--) {
+            frame[n++] = (uint8_t) (mlen >> (8 * i));
+        }
     }
 
     memset(frame + n, 0, 4);             /* a zero mask key */
@@ -269,16 +333,19 @@ send_ws(lg_agent_t *a, int full)
 static void
 send_http(lg_agent_t *a)
 {
-    char     head[512];
-    uint8_t  req[4096], msg[4096];
-    size_t   mlen;
-    int      hlen;
+    char      head[512];
+    uint8_t  *req, *msg;
+    size_t    mlen;
+    int       hlen;
+
+    req = lg_out;
+    msg = lg_msg;
 
     /* like a real agent: all its status first and when asked again,
      * heartbeats in between */
     if (a->seq == 0 || a->full) {
         a->full = 0;
-        mlen = make_msg(a, full_msg, full_len, msg);
+        mlen = make_msg(a, LG_FULL(a), LG_FULL_LEN(a), msg);
 
     } else {
         mlen = make_msg(a, beat_msg, beat_len, msg);
@@ -302,7 +369,7 @@ send_http(lg_agent_t *a)
 static void
 start_connect(lg_agent_t *a)
 {
-    int                 fd, one;
+    int                 fd, one, sndbuf = 262144;
     struct linger       lg;
     struct sockaddr_in  src, dst;
     struct epoll_event  ev;
@@ -320,6 +387,11 @@ start_connect(lg_agent_t *a)
     lg.l_onoff = 1;
     lg.l_linger = 0;
     setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+
+    /* a Collector's full status (tens of KB) in one send() */
+    if (nfull) {
+        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+    }
 
     /* spread the agents over 127.0.0.X so that ports never run out */
     memset(&src, 0, sizeof(src));
@@ -819,7 +891,8 @@ main(int argc, char **argv)
         { "heartbeat", 1, NULL, 'b' }, { "src-base", 1, NULL, 's' },
         { "trigger", 1, NULL, 't' }, { "raw", 0, NULL, 'r' },
         { "linger", 1, NULL, 'l' },
-        { "seed", 1, NULL, 'S' }, { NULL, 0, NULL, 0 }
+        { "seed", 1, NULL, 'S' }, { "full", 1, NULL, 'F' },
+        { NULL, 0, NULL, 0 }
     };
 
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -846,6 +919,7 @@ main(int argc, char **argv)
         case 'l': opt.linger = atof(optarg); break;
         case 'r': opt.raw = 1; break;
         case 'S': opt.seed = (unsigned) atoi(optarg); break;
+        case 'F': opt.full = optarg; break;
         default:
             return 2;
         }
@@ -901,6 +975,10 @@ main(int argc, char **argv)
 
     full_msg = pack_a2s(1, &full_len);
     beat_msg = pack_a2s(0, &beat_len);
+
+    if (opt.full) {
+        load_full(opt.full);
+    }
 
     t_start = now();
 

@@ -12,7 +12,10 @@
 #   BENCH_SECONDS=10              length of the throughput runs
 #   BENCH_OUT=file                default bench/results/<date>.md
 #   BENCH_ONLY="hold fanout"      scenarios to run (default: all of hold
-#                                 status http fanout storm)
+#                                 collector status http fanout storm)
+#   BENCH_COLLECTORS=2000         agents in the collector scenario, each
+#                                 sending a Collector's 39.8 KB full status
+#                                 (bench/collector.pl: 3 builds x 2 configs)
 #
 # Everything is bounded in count and time, and targets 127.0.0.0/8 only.
 
@@ -33,7 +36,8 @@ PER_PROC=18000
 OUT=${BENCH_OUT:-$BENCH/results/$(date -u +%Y-%m-%d).md}
 # a relative BENCH_OUT is relative to where make bench was run
 [[ "$OUT" == /* ]] || OUT=$CALLER/$OUT
-ONLY=" ${BENCH_ONLY:-hold status http fanout storm} "
+COLLECTORS=${BENCH_COLLECTORS:-2000}
+ONLY=" ${BENCH_ONLY:-hold collector status http fanout storm} "
 
 want() { [[ "$ONLY" == *" $1 "* ]]; }
 
@@ -220,6 +224,48 @@ if want hold; then
     done
 fi
 
+# --- collector-sized agents ---------------------------------------------------
+#
+# What a Collector under the OpAMP supervisor reports (t/lib/OpAMPCollector.pm:
+# ~190 components, a 5 KB effective config, 3x4 health entries, 13
+# attributes; 39.8 KB), 3 builds x 2 configs across the fleet, instead of
+# the minimal agent of the other scenarios.
+
+if want collector; then
+
+    files=$(perl "$BENCH/collector.pl" "$WORK/collector" 3 2)
+    n=$COLLECTORS
+    mem=(); rmem=(); rown=(); hp=()
+    for run in $(seq "$RUNS"); do
+        start_nginx 2 0; R flushall >/dev/null
+        base=$(settled_rss_kb); rbase=$(redis_mem)
+        out=$(loadgen_many "$n" --mode hold --full "$files" --duration $((n / 200 + 20)) --heartbeat 30 &
+              sleep $((n / 200 + 12)); echo "rss=$(worker_rss_kb) rmem=$(redis_mem)"; wait)
+        rss=$(echo "$out" | field rss); rm=$(echo "$out" | field rmem)
+        held=$(echo "$out" | sum_field held)
+        mem+=("$(awk -v a="$rss" -v b="$base" -v n="$n" 'BEGIN {printf "%.0f", (a-b)*1024/n}')")
+        rmem+=("$(awk -v a="$rm" -v b="$rbase" -v n="$n" 'BEGIN {printf "%.0f", (a-b)/n}')")
+        # an agent's own hash, all fields counted (SAMPLES 0)
+        k=$(R --scan --pattern 'opamp:agent:*' | awk 'NR == 1')
+        rown+=("$(R memory usage "$k" samples 0)")
+
+        R flushall >/dev/null
+        hp+=("$("$BENCH/loadgen" --port "$PORT" --mode http --full "$files" --agents 500 --duration "$SECONDS_RUN" | field rate)")
+    done
+    m=$(printf '%s
+' "${mem[@]}" | median)
+    rm=$(printf '%s
+' "${rmem[@]}" | median)
+    ro=$(printf '%s
+' "${rown[@]}" | median)
+    h=$(printf '%s
+' "${hp[@]}" | median)
+    row "hold $n collector-sized agents (39.8 KB full status): nginx memory per agent" "$m B ($held held to the end)" "—" "—"
+    row "hold $n collector-sized agents: Redis memory per agent" "$rm B in all, $ro B its own hash" "one copy each: ~39,300 B" \
+        "$(awk -v a="$rm" 'BEGIN {printf "%.2fx", a/39300}')"
+    row "HTTP polling, 500 collector-sized agents (full status first)" "$h /s" "—" "—"
+fi
+
 # --- status throughput ------------------------------------------------------
 
 if want status; then
@@ -236,7 +282,7 @@ if want status; then
             EVALSHA "$SHA" 4 'opamp:agent:{__rand_int__}' 'opamp:config:agent:{__rand_int__}' \
             opamp:config_version opamp:groups 1795550000000 u 1 0 3 'h:1:1' websocket h 1 \
             opamp:worker:h:1 90000 0 0 '' "$(printf '%040d' 0)" 0 '' '' '' '' '' '' '' '' \
-            opamp: report '' '' '' '' 0 '' '' '' '' '' 2>/dev/null \
+            opamp: report '' '' '' '' 0 '' '' '' '' '' '' 2>/dev/null \
             | awk '{for (i=1;i<=NF;i++) if ($(i+1) ~ /requests/) {print $i; exit}}')")
     done
     t=$(printf '%s\n' "${tp[@]}" | median); b=$(printf '%s\n' "${rb[@]}" | median)
