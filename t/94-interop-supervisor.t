@@ -1,0 +1,392 @@
+#!/usr/bin/perl
+
+# Interop: the OpAMP supervisor (cmd/opampsupervisor of
+# opentelemetry-collector-contrib, pinned in t/interop/supervisor/go.mod)
+# managing a real OpenTelemetry Collector (built by the Collector's builder
+# from t/interop/collector/manifest.yaml: the opamp extension the
+# supervisor needs, nop, otlp and debug components), both built by `make
+# interop-tools`, against the module over WebSocket and over plain HTTP:
+#
+# * the collector's description, health, effective config and available
+#   components land in Redis as docs/redis-schema.md says;
+# * a group config PUT through the admin API is applied by the collector
+#   (APPLIED, the effective config then holds it);
+# * a config the collector rejects reports FAILED with the collector's
+#   error, and the supervisor keeps the last good config;
+# * the restart command restarts the collector (a new process: a new
+#   health start time);
+# * own-metrics connection settings make the collector send its own
+#   metrics to an OTLP/HTTP endpoint this test serves on loopback;
+# * the supervisor restarted with its persisted state comes back under
+#   the same uid without being asked for its full state;
+# * nginx reloaded mid-run: the supervisor comes back.
+#
+# Skips (saying so) only on a machine without Go; see t/lib/OpAMPInterop.pm.
+
+use strict;
+use warnings;
+
+use Test::More;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use JSON::PP;
+use IO::Socket::INET;
+use IO::Select;
+use POSIX ();
+use Time::HiRes qw(time sleep);
+
+use OpAMPTest;
+use OpAMPInterop;
+
+my $supervisor = OpAMPInterop::need('opampsupervisor');
+my $otelcol = OpAMPInterop::need('otelcol');
+
+my $t = OpAMPTest->new;
+$t->start_redis;
+$t->start_nginx('
+        location /admin/ {
+            opamp_admin;
+        }', workers => 2, location => '            opamp_heartbeat_interval 1s;');
+
+my $json = JSON::PP->new->canonical;
+
+# whatever happens, no collector of this test outlives it
+END { stop_collectors($t->dir) if $t && ($t->{owner} // 0) == $$ }
+
+sub api {
+    my ($method, $path, $body) = @_;
+    my ($s, undef, $b) = $t->http_post($body // '', -method => $method,
+                                       -path => "/admin/$path",
+                                       'Content-Type' => 'application/json');
+    return ($s, eval { $json->decode($b) });
+}
+
+sub field {
+    my ($uid, $f, $type) = @_;
+    my $v = $t->redis('HGET', "opamp:agent:{$uid}", $f);
+    return $v unless $type;
+    return eval { $t->parse($type, $v // '') } // {};
+}
+
+sub full_state_asks {
+    return scalar grep { /asking the agent for its full state/ }
+                  split /\n/, $t->error_log;
+}
+
+# --- an OTLP/HTTP endpoint on loopback: a child that answers every POST
+# with 200 and writes "<path> <content-type> <body length>" to a file -----
+
+sub otlp_sink {
+    my ($file) = @_;
+    my $l = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
+                                  Listen => 16, ReuseAddr => 1)
+        or die "listen: $!\n";
+    my $pid = fork() // die "fork: $!\n";
+    if ($pid == 0) {
+        my $sel = IO::Select->new($l);
+        my %buf;
+        my $end = time + 600;
+        while (time < $end && getppid() > 1) {
+            for my $s ($sel->can_read(0.5)) {
+                if ($s == $l) {
+                    my $c = $l->accept or next;
+                    $sel->add($c);
+                    $buf{$c} = '';
+                    next;
+                }
+                my $n = sysread($s, $buf{$s}, 65536, length $buf{$s});
+                if (!$n) {
+                    $sel->remove($s);
+                    delete $buf{$s};
+                    close $s;
+                    next;
+                }
+                while ($buf{$s} =~ /^(.*?)\r\n\r\n/s) {
+                    my $head = $1;
+                    my ($len) = $head =~ /^Content-Length:\s*(\d+)/mi;
+                    $len //= 0;
+                    last if length($buf{$s}) < length($head) + 4 + $len;
+                    substr($buf{$s}, 0, length($head) + 4 + $len) = '';
+                    my ($path) = $head =~ /^POST (\S+)/;
+                    my ($ct) = $head =~ /^Content-Type:\s*(\S+)/mi;
+                    if (open my $f, '>>', $file) {
+                        print $f ($path // '?') . ' ' . ($ct // '?')
+                                 . " $len\n";
+                        close $f;
+                    }
+                    syswrite($s, "HTTP/1.1 200 OK\r\nContent-Type: "
+                             . "application/x-protobuf\r\n"
+                             . "Content-Length: 0\r\n\r\n");
+                }
+            }
+        }
+        POSIX::_exit(0);
+    }
+    my $port = $l->sockport;
+    close $l;
+    return ($pid, $port);
+}
+
+my $sink_file = $t->dir . '/otlp.txt';
+my ($sink_pid, $sink_port) = otlp_sink($sink_file);
+
+sub sink_lines {
+    open my $f, '<', $sink_file or return ();
+    return <$f>;
+}
+
+# a config the collector runs: its pipeline's name marks it in the
+# effective config.  No service::telemetry of its own: the supervisor
+# merges the own-metrics settings under the remote config, whose readers
+# would replace them
+sub good {
+    my ($mark) = @_;
+    return <<"EOF";
+receivers:
+  nop:
+exporters:
+  debug:
+service:
+  pipelines:
+    metrics/$mark:
+      receivers: [nop]
+      exporters: [debug]
+EOF
+}
+
+sub effective_text {
+    my ($uid) = @_;
+    my $e = field($uid, 'effective_config', 'EffectiveConfig');
+    return join '', map { $_->{body} // '' }
+                    values %{ $e->{config_map}{config_map} // {} };
+}
+
+# the collectors of a supervisor's storage directory still running (the
+# supervisor stops its collector on SIGINT; after anything else they are
+# left to their own orphan detection): stopped by their pids
+sub stop_collectors {
+    my ($dir) = @_;
+    for my $p (glob '/proc/[0-9]*') {
+        open my $f, '<', "$p/cmdline" or next;
+        my $cl = <$f> // '';
+        next unless $cl =~ /\Q$otelcol\E/ && $cl =~ /\Q$dir\E/;
+        my ($pid) = $p =~ /(\d+)$/;
+        kill 'TERM', $pid;
+    }
+}
+
+my $bad = <<'EOF';
+receivers:
+  bogus_receiver_type:
+exporters:
+  debug:
+service:
+  pipelines:
+    metrics:
+      receivers: [bogus_receiver_type]
+      exporters: [debug]
+EOF
+
+# TEST_TRANSPORTS=ws (or http) runs one of them
+for my $tr (split /,/, $ENV{TEST_TRANSPORTS} // 'ws,http') {
+    my $dir = $t->dir . "/sup-$tr";
+    mkdir $dir;
+    mkdir "$dir/storage";
+    my $endpoint = ($tr eq 'ws' ? 'ws' : 'http') . '://127.0.0.1:'
+                   . $t->port . '/v1/opamp';
+    open my $c, '>', "$dir/supervisor.yaml" or die;
+    print $c <<"EOF";
+server:
+  endpoint: $endpoint
+capabilities:
+  accepts_remote_config: true
+  reports_remote_config: true
+  accepts_restart_command: true
+  reports_effective_config: true
+  reports_own_metrics: true
+  reports_health: true
+  reports_available_components: true
+  reports_heartbeat: true
+agent:
+  executable: $otelcol
+  validate_config: true
+  config_apply_timeout: 15s
+  bootstrap_timeout: 15s
+  env:
+    OTEL_METRIC_EXPORT_INTERVAL: "1000"
+  description:
+    non_identifying_attributes:
+      test.transport: $tr
+storage:
+  directory: $dir/storage
+telemetry:
+  logs:
+    level: debug
+    output_paths: [$dir/supervisor.log]
+    error_output_paths: [$dir/supervisor.log]
+EOF
+    close $c;
+
+    my $start = sub {
+        return OpAMPInterop->spawn([ $supervisor, '--config',
+                                     "$dir/supervisor.yaml" ],
+                                   log => "$dir/stderr.log", dir => $dir);
+    };
+    my $sup = $start->();
+
+    # --- the collector reports --------------------------------------------
+
+    my $uid;
+    ok($t->wait_for(sub {
+        my (undef, $d) = api('GET', "agents?attr=test.transport=$tr");
+        $uid = $d->{agents}[0]{instance_uid} if $d && @{ $d->{agents} // [] };
+        defined $uid && field($uid, 'health') && field($uid, 'effective_config');
+    }, 60), "$tr: the supervisor and its collector registered")
+        or do { diag(`tail -30 $dir/supervisor.log`); $sup->stop('INT', 20);
+                stop_collectors($dir); last };
+    my $st = $t->hgetall("opamp:agent:{$uid}");
+    is($st->{transport}, $tr eq 'ws' ? 'websocket' : 'http', "$tr: transport");
+    my $caps = $st->{capabilities};
+    is($caps & (0x2 | 0x400 | 0x2000 | 0x4000 | 0x40),
+       0x2 | 0x400 | 0x2000 | 0x4000 | 0x40,
+       "$tr: capabilities as configured ($caps)");
+    my $d = field($uid, 'description', 'AgentDescription');
+    my %attr = map { $_->{key} => $_->{value}{string_value} }
+               @{ $d->{identifying_attributes} // [] },
+               @{ $d->{non_identifying_attributes} // [] };
+    ok($attr{'service.name'}, "$tr: description: service.name "
+       . ($attr{'service.name'} // 'none'));
+    is($attr{'service.instance.id'}, $uid,
+       "$tr: description: service.instance.id is the instance uid");
+    is($attr{'test.transport'}, $tr, "$tr: the supervisor's own attribute");
+    ok($t->wait_for(sub {
+        field($uid, 'health', 'ComponentHealth')->{healthy} // '' eq 'true'
+    }, 30), "$tr: health: healthy");
+    my $ac;
+    ok($t->wait_for(sub {
+        $ac = field($uid, 'available_components', 'AvailableComponents');
+        $ac->{components}{extensions}{sub_component_map}{opamp};
+    }, 20), "$tr: available components: the collector's list with its "
+            . 'opamp extension');
+    ok($ac->{components}{exporters}{sub_component_map}{debug},
+       "$tr: and its debug exporter");
+
+    # --- a group config, applied by the collector --------------------------
+
+    my ($s, $r) = api('PUT', "configs/groups/sup-$tr", $json->encode({
+        selector => "test.transport=$tr",
+        files => { 'collector.yaml' => { body => good('first'),
+                                         content_type => 'text/yaml' } } }));
+    is($s, 200, "$tr: PUT a group config");
+    my $hash = $r->{config_hash};
+    ok($t->wait_for(sub {
+        (field($uid, 'config_status') // '') eq 'APPLIED'
+            && (field($uid, 'config_hash') // '') eq $hash;
+    }, 60), "$tr: the collector applied it: APPLIED")
+        or diag(`tail -20 $dir/supervisor.log`);
+    ok($t->wait_for(sub { effective_text($uid) =~ m{metrics/first} }, 30),
+       "$tr: its effective config holds the config");
+
+    # --- a config the collector rejects -------------------------------------
+
+    ($s, $r) = api('PUT', "configs/groups/sup-$tr", $json->encode({
+        selector => "test.transport=$tr",
+        files => { 'collector.yaml' => { body => $bad,
+                                         content_type => 'text/yaml' } } }));
+    my $bad_hash = $r->{config_hash};
+    ok($t->wait_for(sub {
+        (field($uid, 'config_status') // '') eq 'FAILED'
+            && (field($uid, 'config_hash') // '') eq $bad_hash;
+    }, 60), "$tr: a config the collector rejects: FAILED");
+    like(field($uid, 'config_error') // '', qr/bogus_receiver_type/,
+         "$tr: with the collector's error: "
+         . substr(field($uid, 'config_error') // '', 0, 160));
+    like(effective_text($uid), qr{metrics/first}, "$tr: the effective "
+         . 'config is still the last good one');
+    ok($t->wait_for(sub {
+        (field($uid, 'health', 'ComponentHealth')->{healthy} // '') eq 'true'
+    }, 20), "$tr: and the collector is healthy");
+
+    ($s, $r) = api('PUT', "configs/groups/sup-$tr", $json->encode({
+        selector => "test.transport=$tr",
+        files => { 'collector.yaml' => { body => good('second'),
+                                         content_type => 'text/yaml' } } }));
+    $hash = $r->{config_hash};
+    ok($t->wait_for(sub {
+        (field($uid, 'config_status') // '') eq 'APPLIED'
+            && (field($uid, 'config_hash') // '') eq $hash;
+    }, 60), "$tr: a good config again: APPLIED");
+    ok($t->wait_for(sub { effective_text($uid) =~ m{metrics/second} }, 30),
+       "$tr: and the effective config holds it");
+
+    # --- restart command ------------------------------------------------------
+
+    my $started = field($uid, 'health', 'ComponentHealth')
+                  ->{start_time_unix_nano} // 0;
+    ($s) = api('POST', "agents/$uid/restart");
+    is($s, 202, "$tr: restart queued");
+    ok($t->wait_for(sub {
+        my $h = field($uid, 'health', 'ComponentHealth');
+        ($h->{start_time_unix_nano} // 0) > $started
+            && ($h->{healthy} // '') eq 'true';
+    }, 60), "$tr: the collector restarted (a new start time) and is healthy");
+
+    # --- own metrics to an endpoint of the test -----------------------------
+
+    my $before = () = sink_lines();
+    ($s) = api('PUT', "connection-settings/agents/$uid", $json->encode({
+        own_metrics => { destination_endpoint =>
+                         "http://127.0.0.1:$sink_port/v1/metrics" } }));
+    ok($s == 200 || $s == 201 || $s == 204, "$tr: own-metrics settings for "
+       . "the agent ($s)");
+    ok($t->wait_for(sub { scalar(() = sink_lines()) > $before }, 60),
+       "$tr: the collector sends its own metrics to the test's endpoint");
+    my @got = sink_lines();
+    like($got[-1] // '', qr{^/v1/metrics application/x-protobuf [1-9]},
+         "$tr: OTLP/HTTP protobuf: " . ($got[-1] // 'none'));
+    api('DELETE', "connection-settings/agents/$uid");
+
+    # --- the supervisor restarted with its persisted state ----------------
+
+    my $asks = full_state_asks();
+    $sup->stop('INT', 20);
+    ok(!$sup->alive, "$tr: the supervisor stopped (SIGINT)");
+    stop_collectors($dir);
+    my $seq_before = field($uid, 'sequence_num');
+    $sup = $start->();
+    ok($t->wait_for(sub {
+        my $x = $t->hgetall("opamp:agent:{$uid}");
+        ($x->{connected} // '') eq '1' && defined $x->{sequence_num}
+            && $x->{sequence_num} < $seq_before;
+    }, 60), "$tr: restarted, it reports again under the same uid (a new "
+            . 'sequence)');
+    ok($t->wait_for(sub {
+        (field($uid, 'health', 'ComponentHealth')->{healthy} // '') eq 'true'
+            && (field($uid, 'config_status') // '') eq 'APPLIED'
+    }, 60), "$tr: healthy, the config still APPLIED");
+    is(full_state_asks(), $asks, "$tr: it was not asked for its full state");
+    is(field($uid, 'config_hash'), $hash, "$tr: with the same config");
+
+    # --- nginx reloaded mid-run -----------------------------------------------
+
+    my $seq = field($uid, 'sequence_num');
+    my $conn = field($uid, 'conn');
+    ok($t->reload, "$tr: nginx reloaded");
+    ok($t->wait_for(sub {
+        my $x = $t->hgetall("opamp:agent:{$uid}");
+        $x->{sequence_num} >= $seq + 2 && $x->{connected} eq '1'
+            && ($tr eq 'http' || $x->{conn} ne $conn);
+    }, 60), "$tr: the supervisor comes back to the new workers");
+    is(field($uid, 'config_status'), 'APPLIED', "$tr: still APPLIED");
+
+    $sup->stop('INT', 20);
+    ok(!$sup->alive, "$tr: the supervisor stopped at the end");
+    stop_collectors($dir);
+}
+
+kill 'TERM', $sink_pid;
+waitpid($sink_pid, 0);
+stop_collectors($t->dir);
+
+$t->done;
+done_testing;
