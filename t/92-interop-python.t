@@ -79,6 +79,8 @@ ok($t->wait_for(sub {
     defined $uid;
 }, 10), 'found in the admin API by its service.name');
 my $key = "opamp:agent:{$uid}";
+(my $uid_hex = $uid) =~ s/-//g;
+my $ubytes = pack 'H*', $uid_hex;
 my $uid_bytes = pack 'H*', $uid =~ s/-//gr;
 ok($t->wait_for(sub {
     my $x = $t->hgetall($key);
@@ -105,7 +107,7 @@ ok($t->wait_for(sub { $t->hgetall($key)->{sequence_num} >= $seq0 + 5 },
 my @ex = map { [ split / / ] } grep { /^exchange / } $p->lines;
 is(scalar(grep { $_->[2] & 1 } @ex), 0, 'in sequence: never asked for its '
    . 'full state') or diag(join "\n", map { "@$_" } @ex);
-ok(!$st->{effective_config}, 'its effective config is not in Redis yet '
+ok(!$t->agent($ubytes)->{effective_config}, 'its effective config is not in Redis yet '
    . '(the client sends it in full-state messages only)');
 
 # the server loses the agent's sequence (as after Redis lost data): the

@@ -61,9 +61,11 @@ sub api {
     return ($s, eval { $json->decode($b) });
 }
 
+# a field of the agent hash (by uid text), shared content followed
 sub field {
     my ($uid, $f, $type) = @_;
-    my $v = $t->redis('HGET', "opamp:agent:{$uid}", $f);
+    (my $hex = $uid) =~ s/-//g;
+    my $v = $t->agent(pack 'H*', $hex)->{$f};
     return $v unless $type;
     return eval { $t->parse($type, $v // '') } // {};
 }
