@@ -6,6 +6,8 @@
 # served, a 3 MB config goes over TLS in pieces); a CA that did not sign
 # the server, a missing client certificate and a name the certificate
 # does not have each fail with one clear [error] line, and agents get 503.
+# SNI: with opamp_redis_ssl_server_name on, a server (openssl s_server)
+# that refuses unknown names refuses ours; with it off, no name is sent.
 
 use strict;
 use warnings;
@@ -136,6 +138,39 @@ for my $c (@cases) {
     is($lines, 1, "$what: one line, not one per retry");
     $t->stop_nginx;
 }
+
+# --- SNI: a TLS server that refuses any name but redis.test ------------
+
+my $sni_port = OpAMPTest::free_port();
+my $sni = $ha->spawn("$d/logs/s_server.log", 'openssl', 's_server',
+    '-accept', "127.0.0.1:$sni_port", '-www', '-servername', 'redis.test',
+    '-servername_fatal', '-cert', "$d/server.crt", '-key', "$d/server.key",
+    '-cert2', "$d/server.crt", '-key2', "$d/server.key");
+$t->wait_for(sub { IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                         PeerPort => $sni_port) }, 10)
+    or die "openssl s_server did not start\n";
+
+for my $c ([ 'on', qr/TLS handshake failed: .*unrecognized name/,
+             'SNI on: the server sees the name and refuses it' ],
+           [ 'off', qr/TLS certificate of the server does not match "other\.test"/,
+             'SNI off: no name is sent (the handshake passes, the '
+             . 'verification does not)' ])
+{
+    my ($on, $re, $what) = @$c;
+    my $before = length $t->error_log;
+    my $conf = tls_conf(name => 'other.test');
+    $conf =~ s/opamp_redis_ssl_server_name on;/opamp_redis_ssl_server_name $on;/
+        or die;
+    $t->start_nginx($ADMIN, workers => 1, no_wait_redis => 1,
+                    redis => "rediss://127.0.0.1:$sni_port", http => $conf);
+    my $log = '';
+    ok($t->wait_for(sub { $log = substr($t->error_log, $before);
+                          $log =~ /\[error\].*redis command connection/ },
+                    10), "$what: an [error] line");
+    like($log, $re, "$what: it says why") or diag $log;
+    $t->stop_nginx;
+}
+$ha->stop($sni);
 
 $t->done;
 $ha->stop($pid);

@@ -11,6 +11,7 @@ package OpAMPRedisHA;
 #   my $s = $ha->sentinel(port => $port, master => 'm',
 #                         master_port => $p1, pass => 'x');
 #   $ha->cmd($port, @cmd)                 # one command; auth => 'pw'
+#   $ha->spawn($log, @cmd)                # any other server: pid
 #   $ha->signal($pid, 'KILL')  $ha->stop($pid)  $ha->reap($pid)
 
 use strict;
@@ -39,10 +40,13 @@ sub new {
     return bless { t => $t, dir => $t->dir }, $class;
 }
 
+sub spawn { my $self = shift; return $self->_spawn(@_) }
+
 sub _spawn {
     my ($self, $log, @cmd) = @_;
     my $pid = fork() // die "fork: $!\n";
     if ($pid == 0) {
+        open STDIN, '<', '/dev/null';
         open STDOUT, '>>', $log;
         open STDERR, '>&', \*STDOUT;
         exec @cmd or POSIX::_exit(127);
