@@ -562,7 +562,8 @@ ngx_http_opamp_redis_connect(ngx_http_opamp_redis_link_t *link)
     ngx_resolver_ctx_t          *ctx;
     ngx_http_opamp_redis_url_t  *url;
 
-    if (ngx_http_opamp_redis_exiting || link->state != NGX_HTTP_OPAMP_REDIS_DOWN)
+    if (ngx_http_opamp_redis_exiting
+        || link->state != NGX_HTTP_OPAMP_REDIS_DOWN)
     {
         return;
     }

@@ -4,8 +4,9 @@
 # with --tls-port and a test CA made here with the openssl command.
 # Mutual TLS with a good CA and client certificate works (agents are
 # served, a 3 MB config goes over TLS in pieces); a CA that did not sign
-# the server, a missing client certificate and a name the certificate
-# does not have each fail with one clear [error] line, and agents get 503.
+# the server, a missing client certificate, a name the certificate does
+# not have and protocols the server does not take each fail with one
+# clear [error] line, and agents get 503.
 # SNI: with opamp_redis_ssl_server_name on, a server (openssl s_server)
 # that refuses unknown names refuses ours; with it off, no name is sent.
 
@@ -78,6 +79,7 @@ sub tls_conf {
         'opamp_redis_ssl_server_name on;',
         "opamp_redis_ssl_trusted_certificate $d/" . ($o{ca} // 'ca') . '.crt;',
         ($o{name} ? "opamp_redis_ssl_name $o{name};" : ()),
+        ($o{protocols} ? "opamp_redis_ssl_protocols $o{protocols};" : ()),
         ($o{client} // 1
          ? ("opamp_redis_ssl_certificate $d/client.crt;",
             "opamp_redis_ssl_certificate_key $d/client.key;")
@@ -120,11 +122,16 @@ my @cases = (
       qr/\[error\].*redis command connection to "rediss:.*failed: TLS read failed: .*(certificate required|handshake failure)/ ],
     [ 'a name the certificate does not have', { name => 'other.test' },
       qr/\[error\].*redis command connection to "rediss:.*failed: TLS certificate of the server does not match "other\.test"/ ],
+    [ 'only a protocol the server does not take',
+      { protocols => 'TLSv1.2', server => 'TLSv1.3' },
+      qr/\[error\].*redis command connection to "rediss:.*failed: TLS handshake failed: .*(protocol|version)/ ],
 );
 
 for my $c (@cases) {
     my ($what, $o, $re) = @$c;
     my $before = length $t->error_log;
+    $t->redis('CONFIG', 'SET', 'tls-protocols', $o->{server})
+        if $o->{server};
     $t->start_nginx($ADMIN, workers => 1, no_wait_redis => 1,
                     redis => "rediss://127.0.0.1:$tls_port",
                     http => tls_conf(%$o));
@@ -137,6 +144,8 @@ for my $c (@cases) {
     my $lines = () = $log =~ /redis command connection to .* failed/g;
     is($lines, 1, "$what: one line, not one per retry");
     $t->stop_nginx;
+    $t->redis('CONFIG', 'SET', 'tls-protocols', 'TLSv1.2 TLSv1.3')
+        if $o->{server};
 }
 
 # --- SNI: a TLS server that refuses any name but redis.test ------------
