@@ -264,6 +264,10 @@ for my $r (values %res) {
 like($t->error_log, qr/\[notice\].*redis primary of "opamp" is 127\.0\.0\.1:$p2/,
      'the workers log the new primary');
 
+ok($t->reload(workers => 2),
+   'after a reload, the new workers find the new primary through the '
+   . 'Sentinels');
+
 # done(): nothing above [error] (no [crit], [alert] or [emerg]) in the logs
 $t2->done;
 $t->done;
