@@ -208,8 +208,10 @@ for my $case (['array_value', nested_anyvalue(10000, 'array')],
            "the bomb: the worker's peak memory grew by at most 4 times the "
            . "inflated size (grew " . int($grew / 1024) . " KB)");
     SKIP: {
-        # AddressSanitizer keeps freed memory in quarantine (256 MB)
-        skip 'RSS under make test-asan', 1 if $ENV{TEST_NGINX_ASAN};
+        # AddressSanitizer keeps freed memory in quarantine (256 MB),
+        # valgrind's allocator holds freed blocks back too
+        skip 'RSS under make test-asan or test-valgrind', 1
+            if $ENV{TEST_NGINX_ASAN} || $ENV{TEST_NGINX_VALGRIND};
         cmp_ok(worker_status('VmRSS') - $rss, '<', 2 * 1024 * 1024,
                'the bomb: and its memory is given back');
     }
@@ -349,8 +351,8 @@ sub raw_ws {
            '50 frames declaring 4 MB each, with 4 bytes sent: the worker '
            . 'reserved ' . int($grew / 1024) . ' KB, not 200 MB');
     SKIP: {
-        skip 'RSS under make test-asan (quarantine)', 1
-            if $ENV{TEST_NGINX_ASAN};
+        skip 'RSS under make test-asan or test-valgrind', 1
+            if $ENV{TEST_NGINX_ASAN} || $ENV{TEST_NGINX_VALGRIND};
         cmp_ok(worker_status('VmRSS') - $rss, '<', 10 * 1024 * 1024,
                'and holds little');
     }
