@@ -10,6 +10,8 @@
 #     and on every new WebSocket connection, not on every poll
 #   custom messages sent oldest first, one per ServerToAgent
 #   connected_at_ms: when the current connection began
+#   selectors on integer and boolean attribute values (not doubles), and
+#     an identifying attribute winning over a non-identifying one
 #   an oversized ServerToAgent is not sent (WebSocket and plain HTTP),
 #     and a warning is logged
 #
@@ -313,6 +315,51 @@ $t->redis('DEL', "${P}packages");
     is($t->agent($u)->{desired_config}, 'group:dup', 'and recorded so');
     $t->redis('DEL', "${P}config:group:dup");
     $t->redis('ZREM', "${P}groups", 'dup');
+    $t->redis('INCR', "${P}config_version");
+}
+
+# --- selectors on integer and boolean attributes (protocol.md) -------------
+
+{
+    my $h = OpAMPFleet::config_hash('c.yaml' => [ 'typed: 1' ]);
+    $t->redis('HSET', "${P}config:group:typed",
+              selector => 'replicas=42,canary=true,offset=-5',
+              priority => 1, hash => $h, updated_ms => 1,
+              'file:c.yaml' => 'typed: 1');
+    $t->redis('ZADD', "${P}groups", 1, 'typed');
+    $t->redis('INCR', "${P}config_version");
+    my $attrs = sub {
+        my ($replicas, $canary, $offset) = @_;
+        return 'agent_description { identifying_attributes { key: '
+               . '"service.name" value { string_value: "typed" } } '
+               . join(' ', map { "non_identifying_attributes { key: \"$_->[0]\" "
+                                 . "value { $_->[1] } }" }
+                           [ replicas => $replicas ], [ canary => $canary ],
+                           [ offset => $offset ])
+               . ' }';
+    };
+    my @cases = (
+        [ 'int 42, bool true, int -5', 1, 'int_value: 42', 'bool_value: true',
+          'int_value: -5' ],
+        [ 'int 43', 0, 'int_value: 43', 'bool_value: true', 'int_value: -5' ],
+        [ 'bool false', 0, 'int_value: 42', 'bool_value: false',
+          'int_value: -5' ],
+        [ 'a double 42 (not matched)', 0, 'double_value: 42',
+          'bool_value: true', 'int_value: -5' ],
+        [ 'a string "42" and "true" (the same text)', 1,
+          'string_value: "42"', 'string_value: "true"',
+          'string_value: "-5"' ],
+    );
+    for my $c (@cases) {
+        my ($what, $match, @v) = @$c;
+        my $m = poll(random_uid(), 'sequence_num: 0 capabilities: 3 '
+                                   . $attrs->(@v));
+        is($m->{remote_config} ? 1 : 0, $match,
+           "selector replicas=42,canary=true,offset=-5, agent with $what: "
+           . ($match ? 'matched' : 'not matched'));
+    }
+    $t->redis('DEL', "${P}config:group:typed");
+    $t->redis('ZREM', "${P}groups", 'typed');
     $t->redis('INCR', "${P}config_version");
 }
 
