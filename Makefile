@@ -22,7 +22,7 @@ REDIS_PORT ?= 6379
 
 DEBS := nginx nginx-dev redis-server redis-tools libhiredis-dev \
         libprotobuf-c-dev protobuf-c-compiler protobuf-compiler zlib1g-dev \
-        libjansson-dev libssl-dev \
+        libjansson-dev libssl-dev openssl \
         libprotocol-websocket-perl libnginx-mod-nchan gcc make python3-venv
 
 SOURCES := config ngx_http_opamp_module.c $(wildcard src/*.c src/*.h) \
