@@ -99,11 +99,10 @@ run: build
 	        >/dev/null 2>&1 && break; sleep 0.1; done; \
 	fi
 	@# operator data (configs, groups, offers) lives only in Redis
-	@echo "Redis persistence: appendonly $$(redis-cli -p $(REDIS_PORT) \
-	    config get appendonly | tail -1), appendfsync $$(redis-cli \
-	    -p $(REDIS_PORT) config get appendfsync | tail -1), save \
-	    '$$(redis-cli -p $(REDIS_PORT) config get save | tail -1)' in \
-	    $$(redis-cli -p $(REDIS_PORT) config get dir | tail -1)" \
+	@c="redis-cli -p $(REDIS_PORT) config get"; \
+	echo "Redis persistence: appendonly $$($$c appendonly | tail -1)," \
+	    "appendfsync $$($$c appendfsync | tail -1)," \
+	    "save '$$($$c save | tail -1)', in $$($$c dir | tail -1)" \
 	    "(docs/operations.md, Running Redis in production)"
 	@if [ -f $(RUN)/logs/nginx.pid ] && kill -0 $$(cat $(RUN)/logs/nginx.pid) 2>/dev/null; then \
 	    $(NGINX) -p $(RUN)/ -c $(TOP)/examples/nginx.conf \
