@@ -7,8 +7,10 @@
 # the server, a missing client certificate, a name the certificate does
 # not have and protocols the server does not take each fail with one
 # clear [error] line, and agents get 503.
-# SNI: with opamp_redis_ssl_server_name on, a server (openssl s_server)
-# that refuses unknown names refuses ours; with it off, no name is sent.
+# Behind a Sentinel over TLS, the workers reach it and the primary it
+# names over TLS.  SNI: with opamp_redis_ssl_server_name on, a server
+# (openssl s_server) that refuses unknown names refuses ours; with it
+# off, no name is sent.
 
 use strict;
 use warnings;
@@ -147,6 +149,44 @@ for my $c (@cases) {
     $t->redis('CONFIG', 'SET', 'tls-protocols', 'TLSv1.2 TLSv1.3')
         if $o->{server};
 }
+
+# --- Sentinel over TLS: the Sentinel, and the primary it names ---------
+
+my $s_port = OpAMPTest::free_port();
+open my $sc, '>', "$d/sentinel-tls.conf" or die;
+print $sc <<"EOF";
+port 0
+tls-port $s_port
+bind 127.0.0.1
+dir $d
+tls-cert-file $d/server.crt
+tls-key-file $d/server.key
+tls-ca-cert-file $d/ca.crt
+tls-replication yes
+sentinel monitor tlsm 127.0.0.1 $tls_port 1
+sentinel down-after-milliseconds tlsm 1000
+EOF
+close $sc;
+my $sentinel = $ha->spawn("$d/logs/sentinel-tls.log", 'redis-server',
+                          "$d/sentinel-tls.conf", '--sentinel');
+
+$t->start_nginx($ADMIN, workers => 2,
+                redis => "sentinel://127.0.0.1:$s_port/tlsm",
+                http => "opamp_redis_ssl on;\n    "
+                        . tls_conf(name => 'redis.test'));
+pass('behind a Sentinel over TLS, both workers connect to the primary '
+     . 'over TLS');
+like($t->error_log, qr/primary of "tlsm" is 127\.0\.0\.1:$tls_port \(named by a Sentinel\)/,
+     'which the Sentinel named');
+($s, $uid) = agent_status();
+is($s, 200, 'an agent is served');
+is($t->agent($uid)->{sequence_num}, 0, 'and its state is in Redis');
+$clients = $t->redis('CLIENT', 'LIST');
+$tls_clients = () = $clients
+    =~ /laddr=127\.0\.0\.1:$tls_port fd=\d+ name=(?!sentinel)/g;
+is($tls_clients, 4, "the workers' four connections are on the TLS port");
+$t->stop_nginx;
+$ha->stop($sentinel);
 
 # --- SNI: a TLS server that refuses any name but redis.test ------------
 
