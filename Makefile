@@ -255,7 +255,7 @@ $(ASAN_MODULE): $(ASAN_SRC)/objs/Makefile src/ngx_http_opamp_lua.h $(SOURCES)
 	$(MAKE) -C $(ASAN_SRC) -f objs/Makefile modules
 	cp $(ASAN_SRC)/objs/ngx_http_opamp_module.so $@.tmp && mv -f $@.tmp $@
 
-test-asan: $(ASAN_MODULE) unit t/node/node_modules
+test-asan: $(ASAN_MODULE) unit t/node/node_modules interop-tools
 	TEST_NGINX_ASAN=1 NGINX_MODULE=$(ASAN_MODULE) prove -I t/lib $(ASAN_TESTS)
 
 # --- fuzzing (t/fuzz/README.md) ----------------------------------------
