@@ -5,10 +5,11 @@
  *
  * Each worker holds two links to the Redis primary: the command link,
  * which carries every command of the module in order, and the pub/sub
- * link, subscribed to the worker's own channel and the fleet's.  With
- * "opamp_redis sentinel://..." a third link stays connected to one of
- * the Sentinels: it asks for the primary's address and is subscribed to
- * +switch-master, so that every worker follows a failover without a
+ * link, subscribed to the worker's own channel and the fleet's; with
+ * opamp_redis_wait, a wait link carries the WAITs after admin writes.
+ * With "opamp_redis sentinel://..." one more link stays connected to one
+ * of the Sentinels: it asks for the primary's address and is subscribed
+ * to +switch-master, so that every worker follows a failover without a
  * reload.
  *
  * The socket I/O is our own, on an nginx connection, with nginx's
@@ -54,8 +55,9 @@
 
 #define NGX_HTTP_OPAMP_REDIS_COMMAND       0
 #define NGX_HTTP_OPAMP_REDIS_PUBSUB        1
-#define NGX_HTTP_OPAMP_REDIS_SENTINEL      2
-#define NGX_HTTP_OPAMP_REDIS_NLINKS        3
+#define NGX_HTTP_OPAMP_REDIS_WAIT          2
+#define NGX_HTTP_OPAMP_REDIS_SENTINEL      3
+#define NGX_HTTP_OPAMP_REDIS_NLINKS        4
 
 
 typedef enum {
@@ -242,6 +244,8 @@ static ngx_http_opamp_redis_ready_pt     ngx_http_opamp_redis_on_ready;
     ngx_http_opamp_redis_links[NGX_HTTP_OPAMP_REDIS_COMMAND]
 #define ngx_http_opamp_redis_sub_link                                         \
     ngx_http_opamp_redis_links[NGX_HTTP_OPAMP_REDIS_PUBSUB]
+#define ngx_http_opamp_redis_wait_link                                        \
+    ngx_http_opamp_redis_links[NGX_HTTP_OPAMP_REDIS_WAIT]
 #define ngx_http_opamp_redis_sentinel_link                                    \
     ngx_http_opamp_redis_links[NGX_HTTP_OPAMP_REDIS_SENTINEL]
 
@@ -256,7 +260,8 @@ ngx_http_opamp_redis_init_process(ngx_cycle_t *cycle,
     ngx_uint_t                    i, n;
     ngx_http_opamp_redis_link_t  *link;
 
-    static const char  *names[] = { "command", "pub/sub", "sentinel" };
+    static const char  *names[] = { "command", "pub/sub", "wait",
+                                    "sentinel" };
 
     ngx_http_opamp_redis_conf = omcf;
     ngx_http_opamp_redis_log = cycle->log;
@@ -290,9 +295,6 @@ ngx_http_opamp_redis_init_process(ngx_cycle_t *cycle,
     /* the workers of a host start with different Sentinels */
     ngx_http_opamp_redis_next_sentinel = (ngx_uint_t) ngx_pid;
 
-    n = omcf->redis.sentinels ? NGX_HTTP_OPAMP_REDIS_NLINKS
-                              : NGX_HTTP_OPAMP_REDIS_NLINKS - 1;
-
     for (i = 0; i < NGX_HTTP_OPAMP_REDIS_NLINKS; i++) {
         link = &ngx_http_opamp_redis_links[i];
 
@@ -300,7 +302,8 @@ ngx_http_opamp_redis_init_process(ngx_cycle_t *cycle,
 
         link->name = names[i];
         link->kind = i;
-        link->subscriber = (i != NGX_HTTP_OPAMP_REDIS_COMMAND);
+        link->subscriber = (i == NGX_HTTP_OPAMP_REDIS_PUBSUB
+                            || i == NGX_HTTP_OPAMP_REDIS_SENTINEL);
         link->backoff = NGX_HTTP_OPAMP_REDIS_BACKOFF_MIN;
         ngx_queue_init(&link->pending);
 
@@ -320,10 +323,19 @@ ngx_http_opamp_redis_init_process(ngx_cycle_t *cycle,
         link->reconnect.cancelable = 1;
     }
 
-    /* the Sentinel link first: the others wait for its answer */
+    /* the Sentinel link first: the others wait for its answer; the wait
+     * link only with opamp_redis_wait */
 
-    for (i = n; i > 0; i--) {
-        ngx_http_opamp_redis_connect(&ngx_http_opamp_redis_links[i - 1]);
+    for (i = NGX_HTTP_OPAMP_REDIS_NLINKS; i > 0; i--) {
+        n = i - 1;
+
+        if ((n == NGX_HTTP_OPAMP_REDIS_SENTINEL && !omcf->redis.sentinels)
+            || (n == NGX_HTTP_OPAMP_REDIS_WAIT && !omcf->wait_replicas))
+        {
+            continue;
+        }
+
+        ngx_http_opamp_redis_connect(&ngx_http_opamp_redis_links[n]);
     }
 
     return NGX_OK;
@@ -1378,6 +1390,12 @@ ngx_http_opamp_redis_set_primary(u_char *host, size_t len, ngx_int_t port,
     for (i = 0; i < NGX_HTTP_OPAMP_REDIS_SENTINEL; i++) {
         link = &ngx_http_opamp_redis_links[i];
 
+        if (i == NGX_HTTP_OPAMP_REDIS_WAIT
+            && !ngx_http_opamp_redis_conf->wait_replicas)
+        {
+            continue;
+        }
+
         if (link->state == NGX_HTTP_OPAMP_REDIS_DOWN) {
             if (changed) {
                 link->backoff = NGX_HTTP_OPAMP_REDIS_BACKOFF_MIN;
@@ -2297,10 +2315,14 @@ failed:
 
 
 /*
- * WAIT goes on the command link, which is the connection that wrote:
- * Redis counts the replicas that acknowledged this connection's writes.
- * The link waits with it (its timeout is below opamp_redis_timeout); a
- * replica acknowledges within a millisecond or two when it is up.
+ * WAIT waits for the replicas to acknowledge the replication offset of
+ * the connection's own last write.  It goes on a link of its own, so that
+ * the agents' commands on the command link never queue behind it: there
+ * a PUBLISH to "<prefix>wait" (a channel nobody listens to, replicated
+ * like every PUBLISH) comes first, and as the offset only grows, the
+ * offset of that PUBLISH covers the admin write that the command link
+ * has already seen answered.  Without the wait link (down), WAIT goes on
+ * the command link itself, which then waits with it.
  */
 
 ngx_int_t
@@ -2308,9 +2330,11 @@ ngx_http_opamp_redis_wait_send(redisReply *reply, redisReply **written,
     ngx_http_opamp_redis_handler_pt handler, void *data,
     ngx_http_opamp_redis_cmd_t **cmd)
 {
-    u_char       n[NGX_INT_T_LEN], t[NGX_INT_T_LEN];
-    size_t       argvlen[3];
-    const char  *argv[3];
+    u_char                       n[NGX_INT_T_LEN], t[NGX_INT_T_LEN];
+    u_char                       channel[64 + sizeof("wait")];
+    size_t                       argvlen[3];
+    const char                  *argv[3];
+    ngx_http_opamp_redis_link_t  *link;
 
     if (ngx_http_opamp_redis_conf->wait_replicas == 0) {
         return NGX_DECLINED;
@@ -2319,6 +2343,28 @@ ngx_http_opamp_redis_wait_send(redisReply *reply, redisReply **written,
     *written = ngx_http_opamp_redis_reply_copy(reply);
     if (*written == NULL) {
         return NGX_ERROR;
+    }
+
+    link = &ngx_http_opamp_redis_wait_link;
+
+    if (link->state == NGX_HTTP_OPAMP_REDIS_READY) {
+        argv[0] = "PUBLISH";
+        argvlen[0] = 7;
+        argv[1] = (const char *) channel;
+        argvlen[1] = ngx_snprintf(channel, sizeof(channel), "%Vwait",
+                                  &ngx_http_opamp_redis_conf->prefix)
+                     - channel;
+        argv[2] = "";
+        argvlen[2] = 0;
+
+        if (ngx_http_opamp_redis_send(link, 3, argv, argvlen, NULL, NULL)
+            == NULL)
+        {
+            link = &ngx_http_opamp_redis_cmd_link;
+        }
+
+    } else {
+        link = &ngx_http_opamp_redis_cmd_link;
     }
 
     argv[0] = "WAIT";
@@ -2330,7 +2376,12 @@ ngx_http_opamp_redis_wait_send(redisReply *reply, redisReply **written,
     argvlen[2] = ngx_sprintf(t, "%M", ngx_http_opamp_redis_conf->wait_timeout)
                  - t;
 
-    *cmd = ngx_http_opamp_redis_command(3, argv, argvlen, handler, data);
+    *cmd = NULL;
+
+    if (link->state == NGX_HTTP_OPAMP_REDIS_READY) {
+        *cmd = ngx_http_opamp_redis_send(link, 3, argv, argvlen, handler,
+                                         data);
+    }
 
     if (*cmd == NULL) {
         /* the written reply stays: the caller answers that it may not be

@@ -20,6 +20,8 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Time::HiRes qw(time sleep);
 use POSIX qw(WNOHANG);
+use IO::Socket::INET;
+use IO::Select;
 
 use OpAMPTest;
 use OpAMPRedisHA;
@@ -143,20 +145,43 @@ like($s, qr/^20[01]$/, 'a config PUT with opamp_redis_wait 1 is acknowledged');
 my $cfg_key = (grep { /ha$/ } @{ $ha->cmd($p2, 'KEYS', 'opamp:*config*') })[0];
 ok(defined $cfg_key, "and the replica has it at once ($cfg_key)");
 
+# with the replica stopped: a third nginx of one worker, so that the
+# admin write and an agent share the worker and its Redis connections
+my $t3 = OpAMPTest->new(redis_port => $p1);
+$t3->start_nginx($ADMIN, %conf, workers => 1);
+
 $ha->signal($replica, 'STOP');
 my $t0 = time;
-($s, $h, $b) = $t->http_post('{"selector":"service.name=ha2","files":'
-                             . '{"a.yaml":{"body":"x"}}}',
-                             -method => 'PUT',
-                             -path => '/admin/configs/groups/ha2',
-                             'Content-Type' => 'application/json');
+my $put = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                PeerPort => $t3->port) or die;
+my $pbody = '{"selector":"service.name=ha2","files":{"a.yaml":{"body":"x"}}}';
+syswrite($put, "PUT /admin/configs/groups/ha2 HTTP/1.1\r\nHost: x\r\n"
+         . "Connection: close\r\nContent-Type: application/json\r\n"
+         . 'Content-Length: ' . length($pbody) . "\r\n\r\n$pbody");
+sleep 0.3;    # the write is done and WAIT is out
+my $u3 = random_uid();
+my ($as) = $t3->http_post($t3->a2s('instance_uid: "' . uid_escape($u3)
+                                   . "\" sequence_num: 0 capabilities: 1 $DESC"));
+my $put_pending = !IO::Select->new($put)->can_read(0);
+my $resp = '';
+while (IO::Select->new($put)->can_read(10)) {
+    last unless sysread($put, $resp, 65536, length $resp);
+}
 my $took = time - $t0;
 $ha->signal($replica, 'CONT');
+($s, $b) = $resp =~ m{^HTTP/1\.1 (\d+).*?\r\n\r\n(.*)}s;
 is($s, 504, 'with the replica stopped, the PUT answers 504');
 like($b, qr/0 of 1 replicas confirmed it within 2000 ms.*may not be durable/,
      'saying that the write may not be durable');
 ok($took >= 1.9 && $took < 4, sprintf 'after the wait timeout (%.1f s)',
    $took);
+is($as, 200, 'an agent on the same worker is served meanwhile');
+ok($put_pending, 'before the PUT is answered: agents do not queue behind '
+   . 'the WAIT');
+$t3->done;
+# that agent is gone: it does not count in the fleet below
+$t->redis('ZREM', 'opamp:agents', uid_text($u3));
+$t->redis('DEL', $t->agent_key($u3));
 
 ok($t->wait_for(sub {
        my $r = eval { $ha->cmd($p2, 'INFO', 'replication') } // '';
