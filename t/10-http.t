@@ -705,7 +705,15 @@ is($s, 413, 'and 9000 bytes get 413');
 # client_max_body_size (1m); what one agent keeps is capped apart from it
 # (opamp_max_agent_state, default 1m)
 my $u2m = random_uid();
+my $redis_in = sub {
+    my ($n) = $t->redis('INFO', 'stats') =~ /total_net_input_bytes:(\d+)/;
+    return $n // 0;
+};
+my $in0 = $redis_in->();
 ($s, $h, $body, $m) = post(sized($u2m, 2 * 1024 * 1024), -path => '/big');
+cmp_ok($redis_in->() - $in0, '<', 100 * 1024, 'a single message over '
+       . 'opamp_max_agent_state is refused by the worker: its 2 MB never '
+       . 'go to Redis');
 is($s, 400, 'a 2 MB body with the default limits: taken by nginx, but 400 '
    . 'over opamp_max_agent_state');
 like($m->{error_response}{error_message}, qr/opamp_max_agent_state/,
