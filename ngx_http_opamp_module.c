@@ -13,6 +13,7 @@
 #include "ngx_http_opamp_admin.h"
 #include "ngx_http_opamp_session.h"
 #include "ngx_http_opamp_store.h"
+#include "ngx_http_opamp_sweep.h"
 #include "ngx_http_opamp_websocket.h"
 
 
@@ -29,6 +30,7 @@
 /* a real Collector's full status is 30-40 KB, its effective config a few
  * hundred KB at most */
 #define NGX_HTTP_OPAMP_DEFAULT_MAX_STATE    (1024 * 1024)
+#define NGX_HTTP_OPAMP_DEFAULT_RETENTION    (7 * 24 * 3600 * 1000)
 
 
 static ngx_int_t ngx_http_opamp_handler(ngx_http_request_t *r);
@@ -194,6 +196,13 @@ static ngx_command_t  ngx_http_opamp_commands[] = {
       0,
       NULL },
 
+    { ngx_string("opamp_agent_retention"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_opamp_sweep_retention,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("opamp_max_message_size"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_size_slot,
@@ -325,10 +334,12 @@ ngx_http_opamp_create_main_conf(ngx_conf_t *cf)
      *     omcf->prefix = { 0, NULL };
      *     omcf->server_id = { 0, NULL };
      *     omcf->used = 0;
+     *     omcf->max_agent_timeout = 0;
      */
 
     omcf->configured = NGX_CONF_UNSET;
     omcf->redis_timeout = NGX_CONF_UNSET_MSEC;
+    omcf->agent_retention = NGX_CONF_UNSET_MSEC;
 
     ngx_http_opamp_redis_create_conf(omcf);
 
@@ -358,6 +369,10 @@ ngx_http_opamp_init_main_conf(ngx_conf_t *cf, void *conf)
     }
 
     ngx_conf_init_msec_value(omcf->redis_timeout, 5000);
+
+    /* a week: see opamp_agent_retention in docs/directives.md */
+    ngx_conf_init_msec_value(omcf->agent_retention,
+                             NGX_HTTP_OPAMP_DEFAULT_RETENTION);
 
     if (ngx_http_opamp_redis_init_conf(cf, omcf) != NGX_CONF_OK) {
         return NGX_CONF_ERROR;
@@ -401,7 +416,8 @@ ngx_http_opamp_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_opamp_loc_conf_t *prev = parent;
     ngx_http_opamp_loc_conf_t *conf = child;
 
-    ngx_http_core_loc_conf_t  *clcf;
+    ngx_http_core_loc_conf_t    *clcf;
+    ngx_http_opamp_main_conf_t  *omcf;
 
     ngx_conf_merge_value(conf->enable, prev->enable, 0);
     ngx_conf_merge_size_value(conf->max_message_size,
@@ -429,6 +445,15 @@ ngx_http_opamp_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
      */
 
     if (conf->enable) {
+        /* a live agent was seen within the longest timeout of any OpAMP
+         * location: where the admin API's live listing starts */
+
+        omcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_opamp_module);
+
+        if (conf->agent_timeout > omcf->max_agent_timeout) {
+            omcf->max_agent_timeout = conf->agent_timeout;
+        }
+
         clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
 
         if (clcf->client_max_body_size != 0
@@ -723,6 +748,10 @@ ngx_http_opamp_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
+    if (ngx_http_opamp_sweep_init_process(cycle, omcf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     return ngx_http_opamp_redis_init_process(cycle, omcf);
 }
 
@@ -738,6 +767,7 @@ ngx_http_opamp_exit_process(ngx_cycle_t *cycle)
     }
 
     ngx_http_opamp_session_exit_process(cycle);
+    ngx_http_opamp_sweep_exit_process(cycle);
     ngx_http_opamp_redis_exit_process(cycle);
 }
 

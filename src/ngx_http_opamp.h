@@ -74,6 +74,9 @@ typedef struct {
     ngx_msec_t                  redis_timeout;
     ngx_str_t                   server_id;   /* hostname, in the channel */
     ngx_flag_t                  used;        /* some location has opamp */
+    ngx_msec_t                  agent_retention;    /* 0: off */
+    ngx_msec_t                  max_agent_timeout;  /* of the opamp
+                                                       locations */
 
     /* Sentinel, resolver, TLS and WAIT: ngx_http_opamp_redis.c */
     ngx_str_t                   sentinel_username;

@@ -20,9 +20,9 @@
 #define NGX_HTTP_OPAMP_ADMIN_MAX_LIMIT     1000
 #define NGX_HTTP_OPAMP_ADMIN_MAX_FILES     64
 #define NGX_HTTP_OPAMP_ADMIN_MAX_ATTRS     16
-/* admin_list.lua's fixed arguments (KEYS[1], ARGV[1..8]) before the
+/* admin_list.lua's fixed arguments (KEYS[1], ARGV[1..9]) before the
  * attribute filters */
-#define NGX_HTTP_OPAMP_ADMIN_LIST_FIXED    9
+#define NGX_HTTP_OPAMP_ADMIN_LIST_FIXED    10
 
 
 typedef enum {
@@ -68,6 +68,8 @@ static ngx_int_t ngx_http_opamp_admin_config_put(
 static ngx_int_t ngx_http_opamp_admin_push(ngx_http_opamp_admin_ctx_t *ctx,
     const char *how, ngx_str_t *value, ngx_str_t *hash);
 static ngx_int_t ngx_http_opamp_admin_delete(
+    ngx_http_opamp_admin_ctx_t *ctx);
+static ngx_int_t ngx_http_opamp_admin_remove(
     ngx_http_opamp_admin_ctx_t *ctx);
 static ngx_int_t ngx_http_opamp_admin_simple(ngx_http_opamp_admin_ctx_t *ctx,
     const char *command);
@@ -299,7 +301,7 @@ ngx_http_opamp_admin_uid(ngx_http_request_t *r,
  * Paths (docs/admin-api.md):
  *
  *   agents                          GET
- *   agents/<uid>                    GET
+ *   agents/<uid>                    GET DELETE
  *   agents/<uid>/restart            POST
  *   agents/<uid>/messages           POST
  *   configs/groups                  GET
@@ -366,8 +368,9 @@ ngx_http_opamp_admin_route(ngx_http_request_t *r,
 
         if (nseg == 2) {
             ctx->op = NGX_HTTP_OPAMP_ADMIN_AGENT;
-            return ngx_http_opamp_admin_method(ctx, NGX_HTTP_GET|NGX_HTTP_HEAD,
-                                               "GET, HEAD");
+            return ngx_http_opamp_admin_method(ctx, NGX_HTTP_GET|NGX_HTTP_HEAD
+                                                    |NGX_HTTP_DELETE,
+                                               "GET, HEAD, DELETE");
         }
 
         if (nseg == 3 && ngx_http_opamp_seg(2, "restart")) {
@@ -605,6 +608,10 @@ ngx_http_opamp_admin_run(ngx_http_opamp_admin_ctx_t *ctx)
 
         omcf = ngx_http_get_module_main_conf(r, ngx_http_opamp_module);
 
+        if (r->method & NGX_HTTP_DELETE) {
+            return ngx_http_opamp_admin_remove(ctx);
+        }
+
         argv[0] = (const char *) ctx->agent_key.data;
         argvlen[0] = ctx->agent_key.len;
         argv[1] = (const char *) omcf->prefix.data;
@@ -733,15 +740,19 @@ ngx_http_opamp_admin_list(ngx_http_opamp_admin_ctx_t *ctx)
     u_char                      *p, *last, *amp, *eq, *dst, *src;
     u_char                       now[NGX_INT64_LEN], budget[NGX_INT_T_LEN];
     u_char                       limit[NGX_INT_T_LEN];
+    u_char                       from[NGX_INT64_LEN];
     size_t                       argvlen[NGX_HTTP_OPAMP_ADMIN_LIST_FIXED
                                          + NGX_HTTP_OPAMP_ADMIN_MAX_ATTRS];
     ngx_int_t                    n, lim;
     ngx_str_t                    name, value, cursor, connected, healthy;
     ngx_str_t                    status, key;
+    uint64_t                     ms;
+    ngx_msec_t                   timeout;
     ngx_time_t                  *tp;
     const char                  *argv[NGX_HTTP_OPAMP_ADMIN_LIST_FIXED
                                       + NGX_HTTP_OPAMP_ADMIN_MAX_ATTRS];
     ngx_http_request_t          *r;
+    ngx_http_opamp_loc_conf_t   *olcf;
     ngx_http_opamp_main_conf_t  *omcf;
 
     r = ctx->request;
@@ -889,6 +900,23 @@ ngx_http_opamp_admin_list(ngx_http_opamp_admin_ctx_t *ctx)
     argvlen[7] = healthy.len;
     argv[8] = (const char *) (status.len ? status.data : (u_char *) "");
     argvlen[8] = status.len;
+
+    /*
+     * A live agent was seen within its location's opamp_agent_timeout:
+     * the live listing looks only at the index entries of that range and
+     * never walks the departed.  The longest timeout of this nginx's
+     * OpAMP locations, or the admin location's own on a host without one.
+     */
+
+    olcf = ngx_http_get_module_loc_conf(r, ngx_http_opamp_module);
+
+    timeout = omcf->max_agent_timeout ? omcf->max_agent_timeout
+                                      : olcf->agent_timeout;
+    ms = (uint64_t) tp->sec * 1000 + tp->msec;
+    ms = (ms > timeout) ? ms - timeout : 0;
+
+    argv[9] = (const char *) from;
+    argvlen[9] = ngx_sprintf(from, "%uL", ms) - from;
 
     return ngx_http_opamp_admin_eval(ctx, NGX_HTTP_OPAMP_SCRIPT_ADMIN_LIST, 1,
                                      argc, argv, argvlen);
@@ -1282,6 +1310,44 @@ ngx_http_opamp_admin_delete(ngx_http_opamp_admin_ctx_t *ctx)
 }
 
 
+/* DELETE agents/<uid>: the agent and all that is only its own, as the
+ * retention sweep removes it (remove.lua) */
+
+static ngx_int_t
+ngx_http_opamp_admin_remove(ngx_http_opamp_admin_ctx_t *ctx)
+{
+    u_char                      now[NGX_INT64_LEN];
+    size_t                      argvlen[5];
+    ngx_str_t                   index;
+    ngx_time_t                 *tp;
+    const char                 *argv[5];
+    ngx_http_opamp_main_conf_t *omcf;
+
+    omcf = ngx_http_get_module_main_conf(ctx->request,
+                                         ngx_http_opamp_module);
+
+    if (ngx_http_opamp_admin_key(ctx, &index, "agents", 0) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    tp = ngx_timeofday();
+
+    argv[0] = (const char *) index.data;
+    argvlen[0] = index.len;
+    argv[1] = (const char *) omcf->prefix.data;
+    argvlen[1] = omcf->prefix.len;
+    argv[2] = "agent";
+    argvlen[2] = 5;
+    argv[3] = (const char *) now;
+    argvlen[3] = ngx_sprintf(now, "%T%03M", tp->sec, tp->msec) - now;
+    argv[4] = (const char *) ctx->uid_text;
+    argvlen[4] = NGX_HTTP_OPAMP_UID_STR_LEN;
+
+    return ngx_http_opamp_admin_eval(ctx, NGX_HTTP_OPAMP_SCRIPT_REMOVE, 1, 5,
+                                     argv, argvlen);
+}
+
+
 /* a value for one agent or the fleet, through admin_push.lua */
 
 static ngx_int_t
@@ -1621,6 +1687,18 @@ ngx_http_opamp_admin_answer(ngx_http_opamp_admin_ctx_t *ctx,
         return ngx_http_opamp_admin_send(r, NGX_HTTP_OK, &j);
 
     case NGX_HTTP_OPAMP_ADMIN_AGENT:
+        if (r->method & NGX_HTTP_DELETE) {
+            if (reply->type != REDIS_REPLY_INTEGER || reply->integer == 0) {
+                return ngx_http_opamp_admin_error(r, NGX_HTTP_NOT_FOUND,
+                                                  "unknown agent");
+            }
+
+            r->headers_out.status = NGX_HTTP_NO_CONTENT;
+            r->header_only = 1;
+            r->headers_out.content_length_n = 0;
+            return ngx_http_send_header(r);
+        }
+
         if (reply->type != REDIS_REPLY_ARRAY || reply->elements == 0) {
             return ngx_http_opamp_admin_error(r, NGX_HTTP_NOT_FOUND,
                                               "unknown agent");

@@ -87,8 +87,6 @@ typedef struct ngx_http_opamp_store_call_s  ngx_http_opamp_store_call_t;
 static ngx_int_t ngx_http_opamp_store_call_send(
     ngx_http_opamp_store_call_t *call, ngx_uint_t eval);
 static void ngx_http_opamp_store_call_done(redisReply *reply, void *data);
-static void ngx_http_opamp_store_index(u_char *uid, u_char *now,
-    size_t now_len);
 static ngx_uint_t ngx_http_opamp_store_is_beat(ngx_http_opamp_report_t *rep);
 static ngx_int_t ngx_http_opamp_store_queue_beat(
     ngx_http_opamp_store_req_t *req);
@@ -123,7 +121,8 @@ static ngx_http_opamp_script_t  ngx_http_opamp_scripts[] = {
     { ngx_http_opamp_lua_admin_push,
       sizeof(ngx_http_opamp_lua_admin_push) - 1, "" },
     { ngx_http_opamp_lua_admin_agent,
-      sizeof(ngx_http_opamp_lua_admin_agent) - 1, "" }
+      sizeof(ngx_http_opamp_lua_admin_agent) - 1, "" },
+    { ngx_http_opamp_lua_remove, sizeof(ngx_http_opamp_lua_remove) - 1, "" }
 };
 
 
@@ -918,26 +917,6 @@ ngx_http_opamp_store_owed_nothing(ngx_http_opamp_report_t *rep)
 }
 
 
-static void
-ngx_http_opamp_store_index(u_char *uid, u_char *now, size_t now_len)
-{
-    size_t       argvlen[4];
-    const char  *argv[4];
-
-    argv[0] = "ZADD";
-    argvlen[0] = 4;
-    argv[1] = (const char *) ngx_http_opamp_index_key.data;
-    argvlen[1] = ngx_http_opamp_index_key.len;
-    argv[2] = (const char *) now;
-    argvlen[2] = now_len;
-    argv[3] = (const char *) uid;
-    argvlen[3] = NGX_HTTP_OPAMP_UID_STR_LEN;
-
-    (void) ngx_http_opamp_redis_command(4, argv, argvlen,
-                                        ngx_http_opamp_store_ignore, NULL);
-}
-
-
 /*
  * An error answer to a script call.  NOSCRIPT the first time: the script
  * cache was flushed, and the caller sends the source once, which caches
@@ -1328,8 +1307,8 @@ typedef struct {
     u_char       key[128 + NGX_HTTP_OPAMP_UID_STR_LEN];
     u_char       conn[NGX_HTTP_OPAMP_CONN_ID_LEN];
     u_char       now[NGX_INT64_LEN];
-    size_t       argvlen[6];
-    const char  *argv[6];
+    size_t       argvlen[7];
+    const char  *argv[7];
 } ngx_http_opamp_store_lease_t;
 
 
@@ -1381,11 +1360,19 @@ ngx_http_opamp_store_touch(u_char *uid, uint64_t conn_number,
     l.argv[4] = (const char *) timeout;
     l.argvlen[4] = ngx_sprintf(timeout, "%M", agent_timeout) - timeout;
 
-    ngx_http_opamp_store_script(NGX_HTTP_OPAMP_SCRIPT_TOUCH, 5, l.argv,
-                                l.argvlen);
+    /* the fleet index moves in the same step, and only for an agent that
+     * is still there: a DELETE or the retention sweep may have removed it
+     * while its connection lived on */
+
+    l.argv[5] = (const char *) ngx_http_opamp_index_key.data;
+    l.argvlen[5] = ngx_http_opamp_index_key.len;
 
     ngx_http_opamp_uid_format(text, uid);
-    ngx_http_opamp_store_index(text, l.now, l.argvlen[2]);
+    l.argv[6] = (const char *) text;
+    l.argvlen[6] = NGX_HTTP_OPAMP_UID_STR_LEN;
+
+    ngx_http_opamp_store_script(NGX_HTTP_OPAMP_SCRIPT_TOUCH, 7, l.argv,
+                                l.argvlen);
 }
 
 

@@ -12,7 +12,11 @@
 --          expires_ms in the future
 -- ARGV[7]  healthy filter: "1", "0" or ""
 -- ARGV[8]  config_status filter, or ""
--- ARGV[9..] attribute filters "key=value"
+-- ARGV[9]  the lowest last_seen_ms a live agent can have (now minus the
+--          longest opamp_agent_timeout): with connected "1" the cursor is
+--          an offset into the index entries scored from there on, so the
+--          departed are never walked
+-- ARGV[10..] attribute filters "key=value"
 --
 -- Returns { next cursor ("" at the end), agent, agent, ... } where each
 -- agent is the flat list of the fields named in `fields` below.
@@ -28,13 +32,20 @@ local fields = { 'instance_uid', 'connected', 'expires_ms', 'transport',
                  'desired_hash' }
 
 local want = {}
-for i = 9, #ARGV do
+for i = 10, #ARGV do
     local k, v = string.match(ARGV[i], '^([^=]+)=(.*)$')
     want[#want + 1] = { k, v }
 end
 
 local out = { '' }
-local uids = redis.call('ZREVRANGE', KEYS[1], cursor, cursor + budget - 1)
+local live_from = ARGV[6] == '1' and ARGV[9] or nil
+local uids
+if live_from then
+    uids = redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf', live_from,
+                      'LIMIT', cursor, budget)
+else
+    uids = redis.call('ZREVRANGE', KEYS[1], cursor, cursor + budget - 1)
+end
 local examined = 0
 
 for _, uid in ipairs(uids) do
@@ -85,7 +96,9 @@ end
 local next_at = cursor + examined
 if examined == #uids and #uids < budget then
     out[1] = ''
-elseif next_at >= redis.call('ZCARD', KEYS[1]) then
+elseif next_at >= (live_from
+                   and redis.call('ZCOUNT', KEYS[1], live_from, '+inf')
+                   or redis.call('ZCARD', KEYS[1])) then
     out[1] = ''
 else
     out[1] = tostring(next_at)

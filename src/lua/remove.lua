@@ -1,0 +1,70 @@
+-- remove.lua: remove agents with everything that is only theirs: the
+-- retention sweep (opamp_agent_retention) takes a bounded batch of
+-- departed agents per call; DELETE agents/<uid> removes one at once.
+-- What an operator set for a uid (config:agent:{<uid>},
+-- connection_settings:{<uid>}, packages:{<uid>}) stays.
+--
+-- KEYS[1]  <prefix>agents
+-- ARGV[1]  key prefix
+-- ARGV[2]  "sweep" or "agent"
+-- ARGV[3]  now, Unix ms
+-- "agent":
+-- ARGV[4]  instance uid, canonical text
+-- "sweep":
+-- ARGV[4]  cutoff, Unix ms: agents last seen before it have departed
+-- ARGV[5]  how many index entries to examine at most
+-- ARGV[6]  offset into the departed range: live agents a previous call
+--          kept there are not examined again and again
+--
+-- Returns, "agent": 1 when there was an agent (hash or index entry),
+-- else 0; "sweep": { removed, examined, kept (live, still in the range) }
+
+local prefix, now = ARGV[1], tonumber(ARGV[3])
+
+-- the hash, the index entry, the queued command and messages, and the
+-- references to shared content (report.lua, refer()): the last agent out
+-- deletes the content
+local function remove(uid)
+    local key = prefix .. 'agent:{' .. uid .. '}'
+    local refs = redis.call('HMGET', key, 'effective_config_ref',
+                            'available_components_ref')
+    for i, kind in ipairs({ 'config', 'components' }) do
+        if refs[i] then
+            local k = prefix .. 'shared:' .. kind .. ':' .. refs[i]
+            if redis.call('HINCRBY', k, 'refs', -1) <= 0 then
+                redis.call('DEL', k)
+            end
+        end
+    end
+    return redis.call('DEL', key, prefix .. 'command:{' .. uid .. '}',
+                      prefix .. 'outbox:{' .. uid .. '}')
+           + redis.call('ZREM', KEYS[1], uid)
+end
+
+if ARGV[2] == 'agent' then
+    return remove(ARGV[4]) > 0 and 1 or 0
+end
+
+local cutoff = tonumber(ARGV[4])
+local uids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[4],
+                        'LIMIT', tonumber(ARGV[6]), tonumber(ARGV[5]))
+local removed, kept = 0, 0
+
+for _, uid in ipairs(uids) do
+    -- the index may lag behind the hash, and a live agent (connected and
+    -- not expired: a WebSocket agent with a long heartbeat interval) is
+    -- never removed, whatever its last_seen_ms
+    local a = redis.call('HMGET', prefix .. 'agent:{' .. uid .. '}',
+                         'last_seen_ms', 'connected', 'expires_ms')
+    local seen = tonumber(a[1] or '')
+    if seen and seen >= cutoff then
+        redis.call('ZADD', KEYS[1], a[1], uid)
+    elseif seen and a[2] == '1' and tonumber(a[3] or '0') > now then
+        kept = kept + 1
+    else
+        remove(uid)
+        removed = removed + 1
+    end
+end
+
+return { removed, #uids, kept }

@@ -1,0 +1,256 @@
+/*
+ * Copyright (C) ngx_http_opamp_module authors
+ */
+
+
+#include "ngx_http_opamp_sweep.h"
+#include "ngx_http_opamp_redis.h"
+#include "ngx_http_opamp_store.h"
+
+
+/*
+ * Each step examines at most this many index entries of departed agents,
+ * so that one script call stays short for Redis however many agents left
+ * at once; a full batch is followed by the next one after a short pause,
+ * a partial one ends the sweep until the next period.
+ */
+#define NGX_HTTP_OPAMP_SWEEP_BATCH   100
+#define NGX_HTTP_OPAMP_SWEEP_AGAIN   50          /* ms */
+
+/* the period: half the retention, within these bounds */
+#define NGX_HTTP_OPAMP_SWEEP_MIN     1000
+#define NGX_HTTP_OPAMP_SWEEP_MAX     60000
+
+
+static void ngx_http_opamp_sweep_arm(ngx_msec_t delay);
+static ngx_msec_t ngx_http_opamp_sweep_jitter(void);
+static void ngx_http_opamp_sweep_step(ngx_event_t *ev);
+static void ngx_http_opamp_sweep_done(redisReply *reply, void *data);
+
+
+static ngx_event_t                  ngx_http_opamp_sweep_event;
+static ngx_http_opamp_redis_cmd_t  *ngx_http_opamp_sweep_cmd;
+static ngx_http_opamp_main_conf_t  *ngx_http_opamp_sweep_conf;
+static ngx_msec_t                   ngx_http_opamp_sweep_period;
+static ngx_str_t                    ngx_http_opamp_sweep_index;
+
+/* live agents the last steps kept at the start of the departed range:
+ * the next step starts past them, so that they never starve the others */
+static ngx_uint_t                   ngx_http_opamp_sweep_skip;
+
+
+char *
+ngx_http_opamp_sweep_retention(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_opamp_main_conf_t *omcf = conf;
+
+    ngx_str_t  *value;
+    ngx_msec_t  ms;
+
+    if (omcf->agent_retention != NGX_CONF_UNSET_MSEC) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_strcmp(value[1].data, "off") == 0) {
+        omcf->agent_retention = 0;
+        return NGX_CONF_OK;
+    }
+
+    ms = ngx_parse_time(&value[1], 0);
+
+    if (ms == (ngx_msec_t) NGX_ERROR || ms == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid \"opamp_agent_retention\" \"%V\": use a "
+                           "time of at least 1ms or \"off\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    omcf->agent_retention = ms;
+
+    return NGX_CONF_OK;
+}
+
+
+ngx_int_t
+ngx_http_opamp_sweep_init_process(ngx_cycle_t *cycle,
+    ngx_http_opamp_main_conf_t *omcf)
+{
+    ngx_event_t  *ev;
+
+    ngx_http_opamp_sweep_conf = omcf;
+    ngx_http_opamp_sweep_cmd = NULL;
+    ngx_http_opamp_sweep_skip = 0;
+
+    if (omcf->agent_retention == 0) {
+        return NGX_OK;
+    }
+
+    ngx_http_opamp_sweep_period = omcf->agent_retention / 2;
+
+    if (ngx_http_opamp_sweep_period < NGX_HTTP_OPAMP_SWEEP_MIN) {
+        ngx_http_opamp_sweep_period = NGX_HTTP_OPAMP_SWEEP_MIN;
+    }
+
+    if (ngx_http_opamp_sweep_period > NGX_HTTP_OPAMP_SWEEP_MAX) {
+        ngx_http_opamp_sweep_period = NGX_HTTP_OPAMP_SWEEP_MAX;
+    }
+
+    ngx_http_opamp_sweep_index.len = omcf->prefix.len + sizeof("agents") - 1;
+    ngx_http_opamp_sweep_index.data =
+                   ngx_pnalloc(cycle->pool, ngx_http_opamp_sweep_index.len);
+    if (ngx_http_opamp_sweep_index.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_sprintf(ngx_http_opamp_sweep_index.data, "%Vagents", &omcf->prefix);
+
+    ev = &ngx_http_opamp_sweep_event;
+    ngx_memzero(ev, sizeof(ngx_event_t));
+
+    ev->handler = ngx_http_opamp_sweep_step;
+    ev->log = cycle->log;
+
+    /* a graceful shutdown does not wait for the next sweep */
+    ev->cancelable = 1;
+
+    /* workers (and hosts) started together do not sweep together */
+
+    ngx_http_opamp_sweep_arm((ngx_msec_t) ngx_random()
+                             % ngx_http_opamp_sweep_period + 1);
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_opamp_sweep_exit_process(ngx_cycle_t *cycle)
+{
+    if (ngx_http_opamp_sweep_event.timer_set) {
+        ngx_del_timer(&ngx_http_opamp_sweep_event);
+    }
+
+    if (ngx_http_opamp_sweep_cmd) {
+        ngx_http_opamp_redis_cancel(ngx_http_opamp_sweep_cmd);
+        ngx_http_opamp_sweep_cmd = NULL;
+    }
+}
+
+
+static void
+ngx_http_opamp_sweep_arm(ngx_msec_t delay)
+{
+    if (ngx_exiting || ngx_quit || ngx_terminate) {
+        return;
+    }
+
+    ngx_add_timer(&ngx_http_opamp_sweep_event, delay);
+}
+
+
+/* the period, 75% to 125% of it */
+
+static ngx_msec_t
+ngx_http_opamp_sweep_jitter(void)
+{
+    ngx_msec_t  p;
+
+    p = ngx_http_opamp_sweep_period;
+
+    return p - p / 4 + (ngx_msec_t) ngx_random() % (p / 2 + 1);
+}
+
+
+static void
+ngx_http_opamp_sweep_step(ngx_event_t *ev)
+{
+    u_char       now[NGX_INT64_LEN], cutoff[NGX_INT64_LEN];
+    u_char       batch[NGX_INT_T_LEN], skip[NGX_INT_T_LEN];
+    size_t       argvlen[7];
+    uint64_t     ms;
+    ngx_time_t  *tp;
+    const char  *argv[7];
+
+    if (ngx_exiting || ngx_quit || ngx_terminate) {
+        return;
+    }
+
+    tp = ngx_timeofday();
+    ms = (uint64_t) tp->sec * 1000 + tp->msec;
+
+    argv[0] = (const char *) ngx_http_opamp_sweep_index.data;
+    argvlen[0] = ngx_http_opamp_sweep_index.len;
+    argv[1] = (const char *) ngx_http_opamp_sweep_conf->prefix.data;
+    argvlen[1] = ngx_http_opamp_sweep_conf->prefix.len;
+    argv[2] = "sweep";
+    argvlen[2] = 5;
+    argv[3] = (const char *) now;
+    argvlen[3] = ngx_sprintf(now, "%uL", ms) - now;
+    argv[4] = (const char *) cutoff;
+    argvlen[4] = ngx_sprintf(cutoff, "%uL",
+                             ms - ngx_http_opamp_sweep_conf->agent_retention)
+                 - cutoff;
+    argv[5] = (const char *) batch;
+    argvlen[5] = ngx_sprintf(batch, "%d", NGX_HTTP_OPAMP_SWEEP_BATCH)
+                 - batch;
+    argv[6] = (const char *) skip;
+    argvlen[6] = ngx_sprintf(skip, "%ui", ngx_http_opamp_sweep_skip) - skip;
+
+    /* a rare call: EVAL with the source saves the NOSCRIPT dance */
+
+    ngx_http_opamp_sweep_cmd = ngx_http_opamp_store_eval(
+                                   NGX_HTTP_OPAMP_SCRIPT_REMOVE, 1, 7, argv,
+                                   argvlen, ngx_http_opamp_sweep_done, NULL);
+
+    if (ngx_http_opamp_sweep_cmd == NULL) {
+        /* Redis is away: the next period tries again */
+        ngx_http_opamp_sweep_arm(ngx_http_opamp_sweep_jitter());
+    }
+}
+
+
+static void
+ngx_http_opamp_sweep_done(redisReply *reply, void *data)
+{
+    ngx_msec_t   delay;
+    redisReply **e;
+
+    ngx_http_opamp_sweep_cmd = NULL;
+    delay = ngx_http_opamp_sweep_jitter();
+
+    if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 3
+        && reply->element[0]->type == REDIS_REPLY_INTEGER
+        && reply->element[1]->type == REDIS_REPLY_INTEGER
+        && reply->element[2]->type == REDIS_REPLY_INTEGER)
+    {
+        e = reply->element;
+
+        if (e[0]->integer > 0) {
+            ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                          "opamp: removed %L departed agents",
+                          (int64_t) e[0]->integer);
+        }
+
+        if (e[1]->integer >= NGX_HTTP_OPAMP_SWEEP_BATCH) {
+            /* more may be waiting: go on soon, past the live ones kept */
+            ngx_http_opamp_sweep_skip += (ngx_uint_t) e[2]->integer;
+            delay = NGX_HTTP_OPAMP_SWEEP_AGAIN;
+
+        } else {
+            ngx_http_opamp_sweep_skip = 0;
+        }
+
+    } else {
+        if (reply && reply->type == REDIS_REPLY_ERROR) {
+            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                          "opamp: agent retention sweep failed: %*s",
+                          (size_t) reply->len, reply->str);
+        }
+
+        ngx_http_opamp_sweep_skip = 0;
+    }
+
+    ngx_http_opamp_sweep_arm(delay);
+}
