@@ -129,6 +129,17 @@ is($t->redis('EXISTS', $ek, $ck), 0,
     ($st, $m) = post($a1, 2, $FULL_CAPS, "$DESC $EFF $COMP");
     ok(!full_state_asked($m), 'its full state is taken');
     ok($t->agent($a1)->{description}, 'and stored');
+
+    # status compression: a message with the description alone (it
+    # changed) leaves out what the agent reported before
+    admin('DELETE', 'agents/' . uid_text($a1));
+    ($st, $m) = post($a1, 3, $FULL_CAPS, $DESC);
+    ok(full_state_asked($m), 'deleted, then a message with its description '
+       . 'alone: asked for its full state');
+    admin('DELETE', 'agents/' . uid_text($a1));
+    ($st, $m) = post($a1, 4, $FULL_CAPS, "$DESC $EFF $COMP");
+    ok(!full_state_asked($m), 'one that carries all its capabilities name: '
+       . 'taken as it is');
     admin('DELETE', 'agents/' . uid_text($a1));
 }
 

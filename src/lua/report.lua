@@ -775,8 +775,9 @@ end
 -- (capability bit, presence mask bit, field) unless the agent never
 -- reported that field (an agent with no remote config yet has no status
 -- for it), and its custom capabilities when it ever sent some; nothing
--- reported before is then left to status compression
-local function complete_status()
+-- reported before is then left to status compression; for an agent
+-- with nothing stored (new), every field its capabilities name
+local function complete_status(new)
     if mask_all % 2 == 0 then
         return false
     end
@@ -787,9 +788,9 @@ local function complete_status()
                          { 16384, 64, 'available_components' },
                          { 32768, 128, 'connection_settings_status' },
                          { 0, 32, 'custom_capabilities' } }) do
-        if (p[1] == 0 or bit(ARGV[5], p[1]))
+        if (p[1] == 0 and not new or p[1] ~= 0 and bit(ARGV[5], p[1]))
            and math.floor(mask_all / p[2]) % 2 == 0
-           and has_field(p[3])
+           and (new or has_field(p[3]))
         then
             return false
         end
@@ -847,7 +848,10 @@ local restarted = has_desc and stored_seq
                   and (seq == '0' or less(seq, stored_seq)) or false
 
 if not stored_seq then
-    full = not has_desc
+    -- past its first message (sequence 0), an agent unknown here was
+    -- removed (DELETE agents/<uid>, opamp_agent_retention) or Redis lost
+    -- it: status compression leaves out what it reported before
+    full = not has_desc or (seq ~= '0' and not complete_status(true))
 else
     -- out of sequence: ask for the full state, unless the agent restarted
     -- or the message carries it already
