@@ -169,7 +169,7 @@ ngx_http_opamp_sweep_step(ngx_event_t *ev)
     u_char       now[NGX_INT64_LEN], cutoff[NGX_INT64_LEN];
     u_char       batch[NGX_INT_T_LEN], skip[NGX_INT_T_LEN];
     size_t       argvlen[7];
-    uint64_t     ms;
+    uint64_t     ms, retention;
     ngx_time_t  *tp;
     const char  *argv[7];
 
@@ -179,6 +179,7 @@ ngx_http_opamp_sweep_step(ngx_event_t *ev)
 
     tp = ngx_timeofday();
     ms = (uint64_t) tp->sec * 1000 + tp->msec;
+    retention = ngx_http_opamp_sweep_conf->agent_retention;
 
     argv[0] = (const char *) ngx_http_opamp_sweep_index.data;
     argvlen[0] = ngx_http_opamp_sweep_index.len;
@@ -190,7 +191,7 @@ ngx_http_opamp_sweep_step(ngx_event_t *ev)
     argvlen[3] = ngx_sprintf(now, "%uL", ms) - now;
     argv[4] = (const char *) cutoff;
     argvlen[4] = ngx_sprintf(cutoff, "%uL",
-                             ms - ngx_http_opamp_sweep_conf->agent_retention)
+                             ms > retention ? ms - retention : 0)
                  - cutoff;
     argv[5] = (const char *) batch;
     argvlen[5] = ngx_sprintf(batch, "%d", NGX_HTTP_OPAMP_SWEEP_BATCH)

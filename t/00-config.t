@@ -43,6 +43,7 @@ like($out, qr/syntax is ok/, 'nginx says the syntax is ok');
     http => '
     opamp_server_id edge-1.example;
     opamp_redis_timeout 500ms;
+    opamp_agent_retention 30d;
     opamp_max_message_size 2m;
     opamp_heartbeat_interval 10s;',
     server => '
@@ -51,6 +52,11 @@ like($out, qr/syntax is ok/, 'nginx says the syntax is ok');
         location = /v2/opamp { opamp; }'));
 is($rc, 0, 'a configuration with every directive, at every level, passes')
     or diag $out;
+
+for my $r ('off', '2s', '1ms', '7d') {
+    ($rc, $out) = $t->nginx_t(conf(http => "opamp_agent_retention $r;"));
+    is($rc, 0, "opamp_agent_retention $r passes") or diag $out;
+}
 
 ($rc, $out) = $t->nginx_t(conf(location => '
             opamp_heartbeat_interval 1s;
@@ -96,6 +102,17 @@ my @bad = (
       qr/"opamp_heartbeat_interval" directive invalid value/ ],
     [ 'opamp_agent_timeout 0', location => 'opamp_agent_timeout 0;',
       qr/"opamp_agent_timeout" directive must be greater than zero/ ],
+    [ 'opamp_agent_retention 0', http => 'opamp_agent_retention 0;',
+      qr/invalid "opamp_agent_retention" "0": use a time of at least 1ms or "off"/ ],
+    [ 'opamp_agent_retention not a time',
+      http => 'opamp_agent_retention forever;',
+      qr/invalid "opamp_agent_retention" "forever"/ ],
+    [ 'opamp_agent_retention in a server',
+      server => 'opamp_agent_retention 1d;',
+      qr/"opamp_agent_retention" directive is not allowed here/ ],
+    [ 'duplicate opamp_agent_retention',
+      http => 'opamp_agent_retention 1d; opamp_agent_retention off;',
+      qr/"opamp_agent_retention" directive is duplicate/ ],
     [ 'opamp_send_timeout 0', location => 'opamp_send_timeout 0;',
       qr/"opamp_send_timeout" directive must be greater than zero/ ],
     [ 'opamp_redis_timeout 0', http => 'opamp_redis_timeout 0;',
