@@ -16,8 +16,8 @@
 -- ARGV[6]  offset into the departed range: live agents a previous call
 --          kept there are not examined again and again
 --
--- Returns, "agent": 1 when there was an agent (hash or index entry),
--- else 0; "sweep": { removed, examined, kept (live, still in the range) }
+-- Returns, "agent": 1 when there was anything of the agent (hash, index
+-- entry, or something queued for it), else 0; "sweep": { removed, examined, kept (live, still in the range) }
 
 local prefix, now = ARGV[1], tonumber(ARGV[3])
 
