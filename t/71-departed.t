@@ -361,7 +361,7 @@ close $mon;
 # (closing) and HTTP (falling silent); Redis stays flat
 my $wtpl = OpAMPFleet::template("sequence_num: 0 capabilities: $FULL_CAPS "
                                 . "$DESC $EFF $COMP");
-my (@mem, @keys);
+my (@mem, @keys, @peak);
 for my $round (1 .. 10) {
     my @conns;
     for (1 .. 150) {
@@ -380,13 +380,16 @@ for my $round (1 .. 10) {
     }
     my $n = zcard();
     $n == 300 or fail("round $round: $n agents in the index, not 300");
+    push @peak, ($t->redis('INFO', 'memory') =~ /used_memory:(\d+)/)[0];
     $t->wait_for(sub { zcard() == 0 }, 20)
         or fail("round $round: departed agents left in the index");
     push @keys, $t->redis('DBSIZE');
     push @mem, ($t->redis('INFO', 'memory') =~ /used_memory:(\d+)/)[0];
 }
 diag('churn, 10 rounds of 150 WebSocket + 150 HTTP agents: used_memory '
-     . join(' ', @mem) . '; DBSIZE ' . join(' ', @keys));
+     . join(' ', @mem) . '; DBSIZE ' . join(' ', @keys)
+     . '; used_memory with the round\'s 300 agents in Redis '
+     . join(' ', @peak));
 is_deeply(\@keys, [ (0) x 10 ], 'DBSIZE is 0 after every round');
 my ($lo, $hi) = (sort { $a <=> $b } @mem)[0, -1];
 cmp_ok($hi - $lo, '<', 64 * 1024,
