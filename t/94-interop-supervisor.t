@@ -212,8 +212,12 @@ capabilities:
 agent:
   executable: $otelcol
   validate_config: true
-  config_apply_timeout: 15s
-  bootstrap_timeout: 15s
+  # generous: on a loaded 2-core machine the collector's first start (a
+  # 29 MB Go binary) took longer than 15 s, and the supervisor gave up;
+  # a config is applied after the one before has had its time, so the
+  # test's own waits for APPLIED are longer than this
+  config_apply_timeout: 30s
+  bootstrap_timeout: 60s
   env:
     OTEL_METRIC_EXPORT_INTERVAL: "1000"
   description:
@@ -229,6 +233,16 @@ telemetry:
 EOF
     close $c;
 
+    # the collector's own telemetry binds 127.0.0.1:8888 whatever it is
+    # told (the supervisor writes its bootstrap config), so one collector
+    # at a time on this machine: wait (bounded) for another run's to end
+    ok($t->wait_for(sub {
+        my $l = IO::Socket::INET->new(LocalAddr => '127.0.0.1:8888',
+                                      Listen => 1, ReuseAddr => 1);
+        close $l if $l;
+        return !!$l;
+    }, 300), "$tr: 127.0.0.1:8888 is free for the collector's telemetry");
+
     my $start = sub {
         return OpAMPInterop->spawn([ $supervisor, '--config',
                                      "$dir/supervisor.yaml" ],
@@ -243,7 +257,7 @@ EOF
         my (undef, $d) = api('GET', "agents?attr=test.transport=$tr");
         $uid = $d->{agents}[0]{instance_uid} if $d && @{ $d->{agents} // [] };
         defined $uid && field($uid, 'health') && field($uid, 'effective_config');
-    }, 60), "$tr: the supervisor and its collector registered")
+    }, 120), "$tr: the supervisor and its collector registered")
         or do { diag(`tail -30 $dir/supervisor.log`); $sup->stop('INT', 20);
                 stop_collectors($dir); last };
     my $st = $t->hgetall("opamp:agent:{$uid}");
@@ -284,8 +298,10 @@ EOF
     ok($t->wait_for(sub {
         (field($uid, 'config_status') // '') eq 'APPLIED'
             && (field($uid, 'config_hash') // '') eq $hash;
-    }, 60), "$tr: the collector applied it: APPLIED")
-        or diag(`tail -20 $dir/supervisor.log`);
+    }, 120), "$tr: the collector applied it: APPLIED")
+        or diag('stored: ' . join(' ', map { "$_=" . (field($uid, $_) // '') }
+                                  qw(config_status config_hash sequence_num))
+                . " wanted $hash\n" . `grep -i 'remote\|config' $dir/supervisor.log | tail -20`);
     ok($t->wait_for(sub { effective_text($uid) =~ m{metrics/first} }, 30),
        "$tr: its effective config holds the config");
 
@@ -299,7 +315,7 @@ EOF
     ok($t->wait_for(sub {
         (field($uid, 'config_status') // '') eq 'FAILED'
             && (field($uid, 'config_hash') // '') eq $bad_hash;
-    }, 60), "$tr: a config the collector rejects: FAILED");
+    }, 90), "$tr: a config the collector rejects: FAILED");
     like(field($uid, 'config_error') // '', qr/bogus_receiver_type/,
          "$tr: with the collector's error: "
          . substr(field($uid, 'config_error') // '', 0, 160));
@@ -317,7 +333,7 @@ EOF
     ok($t->wait_for(sub {
         (field($uid, 'config_status') // '') eq 'APPLIED'
             && (field($uid, 'config_hash') // '') eq $hash;
-    }, 60), "$tr: a good config again: APPLIED");
+    }, 120), "$tr: a good config again: APPLIED");
     ok($t->wait_for(sub { effective_text($uid) =~ m{metrics/second} }, 30),
        "$tr: and the effective config holds it");
 
