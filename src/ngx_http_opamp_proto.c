@@ -126,7 +126,7 @@ ngx_http_opamp_proto_scan_a2s(ngx_http_opamp_a2s_scan_t *scan,
         if (f != NULL && f->type == PROTOBUF_C_TYPE_MESSAGE
             && number < NGX_HTTP_OPAMP_A2S_FIELDS)
         {
-            if (scan->count[number]++ == 0) {
+            if (scan->count[number] == 0) {
                 scan->field[number].data = value;
                 scan->field[number].len = vlen;
 
@@ -134,8 +134,12 @@ ngx_http_opamp_proto_scan_a2s(ngx_http_opamp_a2s_scan_t *scan,
                                                  len, value, vlen, log)
                        != NGX_OK)
             {
+                /* the field still points into the message: not ours to
+                 * free */
                 goto failed;
             }
+
+            scan->count[number]++;
         }
 
         if (number == NGX_HTTP_OPAMP_A2S_EFFECTIVE_CONFIG
