@@ -294,6 +294,23 @@ for my $case (['array_value', nested_anyvalue(10000, 'array')],
               'the admin API shows the stored custom capabilities');
 }
 
+# a message field sent twice is merged, as protobuf merges: its bytes are
+# joined, and a decoder sees both parts
+{
+    my $uid = random_uid();
+    my $d1 = fld(1, fld(1, 'a') . fld(2, fld(1, 'one')));
+    my $d2 = fld(2, fld(1, 'b') . fld(2, fld(1, 'two')));
+    my ($s) = post(a2s($uid, 0, fld(3, $d1), fld(3, $d2)));
+    is($s, 200, 'agent_description sent twice in one message');
+    my $stored = $t->agent($uid)->{description} // '';
+    is($stored, $d1 . $d2, 'stored as the two parts joined');
+    my $text = $t->decode('AgentDescription', $stored);
+    like($text, qr/string_value: "one".*string_value: "two"/s,
+         'protoc decodes both parts');
+    like($t->agent($uid)->{attributes} // '', qr/"a":"one".*"b":"two"|"b":"two".*"a":"one"/,
+         'and the module read both (attributes)');
+}
+
 # --- what one agent can make Redis hold ------------------------------------
 
 {
