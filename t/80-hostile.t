@@ -43,7 +43,7 @@ $t->start_nginx('
             opamp_agent_timeout 2s;
         }
         location /admin/ { opamp_admin; }', workers => 1,
-    http => 'opamp_redis_timeout 30s;');
+    http => 'opamp_redis_timeout 60s;');
 
 my ($worker) = $t->worker_pids;
 
@@ -515,7 +515,7 @@ sub ws_settled {
         $ag->{ws}->send_msg(a2s($ag->{uid}, $ag->{seq}));
     }
     kill 'CONT', $worker;
-    ok($t->wait_for(sub { redis_inbound() > $q0 }, 5),
+    ok($t->wait_for(sub { redis_inbound() > $q0 }, 30),
        'NOSCRIPT: the heartbeat batch went out to the stopped Redis');
     my $old = $worker;
     kill 'HUP', $t->nginx_pid;
@@ -526,7 +526,7 @@ sub ws_settled {
               'NOSCRIPT: a reload closes the agents while their batch is out');
     my $q1 = redis_inbound();
     close $_->{ws}->sock for @ags;
-    ok($t->wait_for(sub { redis_inbound() > $q1 }, 5),
+    ok($t->wait_for(sub { redis_inbound() > $q1 }, 30),
        'NOSCRIPT: and their sessions end (their disconnects go out)');
     kill 'CONT', $t->redis_pid;
     ok($t->wait_for(sub { !kill 0, $old }, 15),
@@ -565,10 +565,10 @@ sub ws_settled {
     kill 'STOP', $t->redis_pid;
     kill 'CONT', $worker;
     my $q1;
-    ok($t->wait_for(sub { ($q1 = redis_inbound()) > $q0 }, 5),
+    ok($t->wait_for(sub { ($q1 = redis_inbound()) > $q0 }, 30),
        'check NOSCRIPT: the config check went out to the stopped Redis');
     close $a->{ws}->sock;
-    ok($t->wait_for(sub { redis_inbound() > $q1 }, 5),
+    ok($t->wait_for(sub { redis_inbound() > $q1 }, 30),
        'check NOSCRIPT: one agent left while it was out');
     kill 'CONT', $t->redis_pid;
     my $r = $b->{ws}->recv_msg(10);
@@ -591,7 +591,7 @@ sub ws_settled {
     syswrite($s, "POST /v1/opamp HTTP/1.1\r\nHost: x\r\n"
              . "Content-Type: application/x-protobuf\r\n"
              . 'Content-Length: ' . length($body) . "\r\n\r\n$body");
-    ok($t->wait_for(sub { redis_inbound() > $q0 }, 5),
+    ok($t->wait_for(sub { redis_inbound() > $q0 }, 30),
        'HTTP NOSCRIPT: the report went out to the stopped Redis');
     close $s;
     kill 'CONT', $t->redis_pid;
