@@ -78,7 +78,7 @@ typedef struct {
     ngx_msec_t                  max_agent_timeout;  /* of the opamp
                                                        locations */
 
-    /* Sentinel, resolver, TLS and WAIT: ngx_http_opamp_redis.c */
+    /* Sentinel, resolver, TLS and WAIT: ngx_http_opamp_redis*.c */
     ngx_str_t                   sentinel_username;
     ngx_str_t                   sentinel_password;
     ngx_resolver_t             *resolver;    /* NULL: none configured */

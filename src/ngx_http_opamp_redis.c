@@ -31,119 +31,21 @@
  * backlog (a reconnect storm of a whole fleet) and is waited for:
  * dropping the link would throw away the work queued and bring the
  * agents back to queue it again.
+ *
+ * This file holds the links themselves; what asks the Sentinels is in
+ * ngx_http_opamp_redis_sentinel.c, TLS in ngx_http_opamp_redis_ssl.c,
+ * the configuration in ngx_http_opamp_redis_conf.c, and what they share
+ * in ngx_http_opamp_redis_link.h.
  */
 
 
 #include "ngx_http_opamp.h"
 #include "ngx_http_opamp_redis.h"
-
-#if (NGX_SSL)
-#include <openssl/x509v3.h>
-#endif
-
-
-#define NGX_HTTP_OPAMP_REDIS_BACKOFF_MIN   100
-#define NGX_HTTP_OPAMP_REDIS_BACKOFF_MAX   5000
-
-/* the output buffer a link keeps between commands, at most */
-#define NGX_HTTP_OPAMP_REDIS_OUT_KEEP      65536
-
-/* reads per read event before others get a turn */
-#define NGX_HTTP_OPAMP_REDIS_READS         32
-
-#define NGX_HTTP_OPAMP_REDIS_HOST_LEN      255
-
-#define NGX_HTTP_OPAMP_REDIS_COMMAND       0
-#define NGX_HTTP_OPAMP_REDIS_PUBSUB        1
-#define NGX_HTTP_OPAMP_REDIS_WAIT          2
-#define NGX_HTTP_OPAMP_REDIS_SENTINEL      3
-#define NGX_HTTP_OPAMP_REDIS_NLINKS        4
+#include "ngx_http_opamp_redis_link.h"
+#include "ngx_http_opamp_redis_sentinel.h"
+#include "ngx_http_opamp_redis_ssl.h"
 
 
-typedef enum {
-    NGX_HTTP_OPAMP_REDIS_DOWN = 0,
-    NGX_HTTP_OPAMP_REDIS_RESOLVING,
-    NGX_HTTP_OPAMP_REDIS_CONNECTING,
-    NGX_HTTP_OPAMP_REDIS_TLS,
-    NGX_HTTP_OPAMP_REDIS_HANDSHAKE,
-    NGX_HTTP_OPAMP_REDIS_READY
-} ngx_http_opamp_redis_state_e;
-
-
-typedef struct {
-    const char                       *name;
-    ngx_uint_t                        kind;
-
-    ngx_connection_t                 *conn;
-    redisReader                      *reader;
-
-    /* changes whenever the connection goes: a loop over replies stops */
-    ngx_uint_t                        gen;
-
-    /* commands formatted and not yet written: out[pos, len) */
-    u_char                           *out;
-    size_t                            out_pos;
-    size_t                            out_len;
-    size_t                            out_size;
-
-    ngx_http_opamp_redis_state_e      state;
-
-    /* commands sent and not answered yet, oldest first */
-    ngx_queue_t                       pending;
-
-    /* resolve, connect and handshake deadline, then the oldest command's */
-    ngx_event_t                       timer;
-    ngx_event_t                       reconnect;
-    ngx_msec_t                        backoff;
-
-    /* the handshake replies still awaited */
-    ngx_uint_t                        handshake;
-
-    /* when Redis last answered a command of the link */
-    ngx_msec_t                        answered;
-
-    ngx_resolver_ctx_t               *resolving;
-    ngx_uint_t                        next_addr;    /* round robin */
-
-    /* where the link connects to now */
-    ngx_sockaddr_t                    sockaddr;
-    socklen_t                         socklen;
-    ngx_str_t                         host;         /* name or address */
-    in_port_t                         port;
-    u_char                            host_buf[NGX_HTTP_OPAMP_REDIS_HOST_LEN
-                                               + 1];
-    ngx_str_t                         addr;         /* for logs */
-    u_char                            addr_buf[NGX_SOCKADDR_STRLEN];
-
-    ngx_log_t                         log;
-    u_char                            why[NGX_MAX_ERROR_STR];
-
-    unsigned                          subscriber:1;
-    unsigned                          outage_logged:1;
-    unsigned                          blocked:1;    /* socket full */
-    unsigned                          waiting:1;    /* for the primary */
-} ngx_http_opamp_redis_link_t;
-
-
-struct ngx_http_opamp_redis_cmd_s {
-    ngx_queue_t                       queue;
-    ngx_msec_t                        deadline;
-    ngx_http_opamp_redis_handler_pt   handler;
-    void                             *data;
-    ngx_http_opamp_redis_link_t      *link;
-};
-
-
-/* the primary named by the Sentinels */
-typedef struct {
-    ngx_str_t                         host;
-    in_port_t                         port;
-    u_char                            buf[NGX_HTTP_OPAMP_REDIS_HOST_LEN + 1];
-    ngx_uint_t                        known;
-} ngx_http_opamp_redis_primary_t;
-
-
-static void ngx_http_opamp_redis_connect(ngx_http_opamp_redis_link_t *link);
 static ngx_int_t ngx_http_opamp_redis_target(
     ngx_http_opamp_redis_link_t *link, ngx_http_opamp_redis_url_t **url);
 static ngx_int_t ngx_http_opamp_redis_literal(
@@ -153,26 +55,11 @@ static void ngx_http_opamp_redis_connect_addr(
     ngx_http_opamp_redis_link_t *link);
 static void ngx_http_opamp_redis_connect_done(
     ngx_http_opamp_redis_link_t *link);
-static void ngx_http_opamp_redis_hello(ngx_http_opamp_redis_link_t *link);
-static ngx_int_t ngx_http_opamp_redis_hello_step(
-    ngx_http_opamp_redis_link_t *link, redisReply *reply, const char *what);
 static void ngx_http_opamp_redis_auth_reply(redisReply *reply, void *data);
 static void ngx_http_opamp_redis_select_reply(redisReply *reply, void *data);
 static void ngx_http_opamp_redis_ping_reply(redisReply *reply, void *data);
-static void ngx_http_opamp_redis_role_reply(redisReply *reply, void *data);
-static void ngx_http_opamp_redis_master_reply(redisReply *reply,
-    void *data);
 static void ngx_http_opamp_redis_push(ngx_http_opamp_redis_link_t *link,
     redisReply *reply);
-static void ngx_http_opamp_redis_switch_master(ngx_str_t *payload);
-static void ngx_http_opamp_redis_set_primary(u_char *host, size_t len,
-    ngx_int_t port, const char *how);
-static void ngx_http_opamp_redis_sentinel_ask(void);
-static void ngx_http_opamp_redis_up(ngx_http_opamp_redis_link_t *link);
-static void ngx_http_opamp_redis_close(ngx_http_opamp_redis_link_t *link);
-static void ngx_http_opamp_redis_drop(ngx_http_opamp_redis_link_t *link,
-    const char *why);
-static void ngx_http_opamp_redis_move(ngx_http_opamp_redis_link_t *link);
 static void ngx_http_opamp_redis_schedule(ngx_http_opamp_redis_link_t *link);
 static void ngx_http_opamp_redis_reconnect_handler(ngx_event_t *ev);
 static void ngx_http_opamp_redis_timer_handler(ngx_event_t *ev);
@@ -180,77 +67,30 @@ static ngx_http_opamp_redis_cmd_t *ngx_http_opamp_redis_send(
     ngx_http_opamp_redis_link_t *link, int argc, const char **argv,
     const size_t *argvlen, ngx_http_opamp_redis_handler_pt handler,
     void *data);
-static ngx_int_t ngx_http_opamp_redis_append(
-    ngx_http_opamp_redis_link_t *link, int argc, const char **argv,
-    const size_t *argvlen);
-static void ngx_http_opamp_redis_post_write(
-    ngx_http_opamp_redis_link_t *link);
 static void ngx_http_opamp_redis_dispatch(ngx_http_opamp_redis_link_t *link,
     redisReply *reply);
 
 static void ngx_http_opamp_redis_read_handler(ngx_event_t *ev);
 static void ngx_http_opamp_redis_write_handler(ngx_event_t *ev);
-static ssize_t ngx_http_opamp_redis_recv(ngx_http_opamp_redis_link_t *link,
-    u_char *buf, size_t size);
 static ssize_t ngx_http_opamp_redis_write(ngx_http_opamp_redis_link_t *link,
     u_char *buf, size_t size);
 static void ngx_http_opamp_redis_flush(ngx_http_opamp_redis_link_t *link);
 static u_char *ngx_http_opamp_redis_log_error(ngx_log_t *log, u_char *buf,
     size_t len);
 
-#if (NGX_SSL)
-static void ngx_http_opamp_redis_tls_start(ngx_http_opamp_redis_link_t *link);
-static void ngx_http_opamp_redis_tls_handshake(
-    ngx_http_opamp_redis_link_t *link);
-static void ngx_http_opamp_redis_tls_alert(ngx_http_opamp_redis_link_t *link);
-static const char *ngx_http_opamp_redis_tls_error(
-    ngx_http_opamp_redis_link_t *link, const char *what, int sslerr);
-#endif
 
-static char *ngx_http_opamp_redis_parse_unix(ngx_conf_t *cf,
-    ngx_str_t *value, ngx_http_opamp_redis_url_t *url);
-static char *ngx_http_opamp_redis_parse_tcp(ngx_conf_t *cf,
-    ngx_str_t *value, ngx_http_opamp_redis_url_t *url);
-static char *ngx_http_opamp_redis_parse_host(ngx_conf_t *cf,
-    ngx_str_t *value, u_char *p, u_char *last, ngx_int_t port,
-    ngx_http_opamp_redis_url_t *url);
-static char *ngx_http_opamp_redis_resolve_conf(ngx_conf_t *cf,
-    ngx_http_opamp_redis_url_t *url);
-static char *ngx_http_opamp_redis_parse_db(ngx_conf_t *cf, ngx_str_t *value,
-    u_char *start, u_char *end, ngx_http_opamp_redis_url_t *url);
-static ngx_int_t ngx_http_opamp_redis_unescape(ngx_conf_t *cf, u_char *start,
-    u_char *end, ngx_str_t *dst);
-#if (NGX_SSL)
-static char *ngx_http_opamp_redis_ssl_conf(ngx_conf_t *cf,
-    ngx_http_opamp_main_conf_t *omcf);
-#endif
+ngx_http_opamp_main_conf_t       *ngx_http_opamp_redis_conf;
+ngx_log_t                        *ngx_http_opamp_redis_log;
+ngx_http_opamp_redis_link_t       ngx_http_opamp_redis_links[
+                                          NGX_HTTP_OPAMP_REDIS_NLINKS];
+ngx_http_opamp_redis_primary_t    ngx_http_opamp_redis_primary;
+ngx_uint_t                        ngx_http_opamp_redis_next_sentinel;
+ngx_uint_t                        ngx_http_opamp_redis_exiting;
 
-
-static ngx_http_opamp_main_conf_t       *ngx_http_opamp_redis_conf;
-static ngx_log_t                        *ngx_http_opamp_redis_log;
-static ngx_http_opamp_redis_link_t       ngx_http_opamp_redis_links[
-                                                NGX_HTTP_OPAMP_REDIS_NLINKS];
-static ngx_http_opamp_redis_primary_t    ngx_http_opamp_redis_primary;
-static ngx_uint_t                        ngx_http_opamp_redis_next_sentinel;
 static ngx_str_t                         ngx_http_opamp_redis_channel;
 static ngx_str_t                         ngx_http_opamp_redis_fleet;
-static ngx_uint_t                        ngx_http_opamp_redis_exiting;
-
 static ngx_http_opamp_redis_message_pt   ngx_http_opamp_redis_on_message;
 static ngx_http_opamp_redis_ready_pt     ngx_http_opamp_redis_on_ready;
-
-
-#define ngx_http_opamp_redis_cmd_link                                         \
-    ngx_http_opamp_redis_links[NGX_HTTP_OPAMP_REDIS_COMMAND]
-#define ngx_http_opamp_redis_sub_link                                         \
-    ngx_http_opamp_redis_links[NGX_HTTP_OPAMP_REDIS_PUBSUB]
-#define ngx_http_opamp_redis_wait_link                                        \
-    ngx_http_opamp_redis_links[NGX_HTTP_OPAMP_REDIS_WAIT]
-#define ngx_http_opamp_redis_sentinel_link                                    \
-    ngx_http_opamp_redis_links[NGX_HTTP_OPAMP_REDIS_SENTINEL]
-
-#define ngx_http_opamp_redis_sentinel_mode()                                  \
-    (ngx_http_opamp_redis_conf->redis.sentinels != NULL)
 
 
 ngx_int_t
@@ -481,7 +321,7 @@ ngx_http_opamp_redis_send(ngx_http_opamp_redis_link_t *link, int argc,
  * worker's time with 40-argument report scripts.
  */
 
-static ngx_int_t
+ngx_int_t
 ngx_http_opamp_redis_append(ngx_http_opamp_redis_link_t *link, int argc,
     const char **argv, const size_t *argvlen)
 {
@@ -545,7 +385,7 @@ ngx_http_opamp_redis_append(ngx_http_opamp_redis_link_t *link, int argc,
  * socket did not take waits for epoll.
  */
 
-static void
+void
 ngx_http_opamp_redis_post_write(ngx_http_opamp_redis_link_t *link)
 {
     ngx_event_t  *wev;
@@ -567,7 +407,7 @@ ngx_http_opamp_redis_post_write(ngx_http_opamp_redis_link_t *link)
 /* connecting */
 
 
-static void
+void
 ngx_http_opamp_redis_connect(ngx_http_opamp_redis_link_t *link)
 {
     ngx_int_t                    rc;
@@ -944,7 +784,7 @@ ngx_http_opamp_redis_connect_done(ngx_http_opamp_redis_link_t *link)
  * is ready when every answer is in.
  */
 
-static void
+void
 ngx_http_opamp_redis_hello(ngx_http_opamp_redis_link_t *link)
 {
     u_char                       db[NGX_INT_T_LEN];
@@ -1094,7 +934,7 @@ failed:
  * NGX_ERROR: none, or an error that dropped the link.
  */
 
-static ngx_int_t
+ngx_int_t
 ngx_http_opamp_redis_hello_step(ngx_http_opamp_redis_link_t *link,
     redisReply *reply, const char *what)
 {
@@ -1161,101 +1001,6 @@ ngx_http_opamp_redis_ping_reply(redisReply *reply, void *data)
 }
 
 
-/* the server a Sentinel named must still be the primary */
-
-static void
-ngx_http_opamp_redis_role_reply(redisReply *reply, void *data)
-{
-    ngx_http_opamp_redis_link_t *link = data;
-
-    redisReply  *role;
-
-    if (ngx_http_opamp_redis_hello_step(link, reply, "ROLE") != NGX_OK) {
-        return;
-    }
-
-    role = (reply->type == REDIS_REPLY_ARRAY && reply->elements > 0)
-           ? reply->element[0] : NULL;
-
-    if (role == NULL || role->type != REDIS_REPLY_STRING
-        || role->len != 6 || ngx_strncmp(role->str, "master", 6) != 0)
-    {
-        ngx_snprintf(link->why, sizeof(link->why) - 1,
-                     "%V is not the primary (its role is \"%*s\"); asking "
-                     "the Sentinels again%Z", &link->addr,
-                     (size_t) (role && role->type == REDIS_REPLY_STRING
-                               ? role->len : 0),
-                     role && role->type == REDIS_REPLY_STRING
-                     ? role->str : "");
-
-        ngx_http_opamp_redis_primary.known = 0;
-        ngx_http_opamp_redis_drop(link, (char *) link->why);
-        return;
-    }
-
-    if (--link->handshake == 0) {
-        ngx_http_opamp_redis_up(link);
-    }
-}
-
-
-static void
-ngx_http_opamp_redis_master_reply(redisReply *reply, void *data)
-{
-    ngx_http_opamp_redis_link_t *link = data;
-
-    ngx_int_t     port;
-    redisReply  **el;
-    const char   *argv[2];
-    size_t        argvlen[2];
-
-    if (ngx_http_opamp_redis_hello_step(link, reply,
-                                        "SENTINEL get-master-addr-by-name")
-        != NGX_OK)
-    {
-        return;
-    }
-
-    el = reply->element;
-
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2
-        || el[0]->type != REDIS_REPLY_STRING
-        || el[1]->type != REDIS_REPLY_STRING
-        || el[0]->len == 0 || el[0]->len > NGX_HTTP_OPAMP_REDIS_HOST_LEN
-        || (port = ngx_atoi((u_char *) el[1]->str, el[1]->len)) < 1
-        || port > 65535)
-    {
-        ngx_snprintf(link->why, sizeof(link->why) - 1,
-                     "the Sentinel does not know the master \"%V\"%Z",
-                     &ngx_http_opamp_redis_conf->redis.master_name);
-
-        /* another Sentinel may know it */
-        ngx_http_opamp_redis_next_sentinel++;
-        ngx_http_opamp_redis_drop(link, (char *) link->why);
-        return;
-    }
-
-    ngx_http_opamp_redis_set_primary((u_char *) el[0]->str, el[0]->len,
-                                     port, "named by a Sentinel");
-
-    argv[0] = "SUBSCRIBE";
-    argvlen[0] = 9;
-    argv[1] = "+switch-master";
-    argvlen[1] = 14;
-
-    if (ngx_http_opamp_redis_append(link, 2, argv, argvlen) != NGX_OK) {
-        ngx_http_opamp_redis_drop(link, "no memory");
-        return;
-    }
-
-    ngx_http_opamp_redis_post_write(link);
-
-    if (--link->handshake == 0) {
-        ngx_http_opamp_redis_up(link);
-    }
-}
-
-
 /* the messages of a subscribed link */
 
 static void
@@ -1303,151 +1048,7 @@ ngx_http_opamp_redis_push(ngx_http_opamp_redis_link_t *link,
 }
 
 
-/* "<master name> <old ip> <old port> <new ip> <new port>" */
-
-static void
-ngx_http_opamp_redis_switch_master(ngx_str_t *payload)
-{
-    u_char      *p, *last, *field[5];
-    size_t       len[5];
-    ngx_int_t    port;
-    ngx_uint_t   n;
-    ngx_str_t   *name;
-
-    p = payload->data;
-    last = p + payload->len;
-
-    for (n = 0; n < 5 && p < last; n++) {
-        field[n] = p;
-
-        while (p < last && *p != ' ') {
-            p++;
-        }
-
-        len[n] = p - field[n];
-
-        while (p < last && *p == ' ') {
-            p++;
-        }
-    }
-
-    name = &ngx_http_opamp_redis_conf->redis.master_name;
-
-    if (n != 5 || len[0] != name->len
-        || ngx_strncmp(field[0], name->data, name->len) != 0)
-    {
-        return;
-    }
-
-    port = ngx_atoi(field[4], len[4]);
-
-    if (port < 1 || port > 65535 || len[3] == 0
-        || len[3] > NGX_HTTP_OPAMP_REDIS_HOST_LEN)
-    {
-        return;
-    }
-
-    ngx_http_opamp_redis_set_primary(field[3], len[3], port,
-                                     "after a failover (+switch-master)");
-}
-
-
-/*
- * The Sentinels named the primary: links that waited for it connect now,
- * and when it moved, links to the old one move to it at once.
- */
-
-static void
-ngx_http_opamp_redis_set_primary(u_char *host, size_t len, ngx_int_t port,
-    const char *how)
-{
-    ngx_uint_t                       i, changed, level;
-    ngx_http_opamp_redis_link_t     *link;
-    ngx_http_opamp_redis_primary_t  *pr;
-
-    pr = &ngx_http_opamp_redis_primary;
-
-    changed = (pr->host.len != len
-               || ngx_strncmp(pr->buf, host, len) != 0
-               || pr->port != (in_port_t) port);
-
-    if (changed) {
-        level = pr->host.len ? NGX_LOG_NOTICE : NGX_LOG_INFO;
-
-        ngx_log_error(level, ngx_http_opamp_redis_log, 0,
-                      "opamp: redis primary of \"%V\" is %*s:%i (%s)",
-                      &ngx_http_opamp_redis_conf->redis.master_name,
-                      len, host, port, how);
-    }
-
-    ngx_memcpy(pr->buf, host, len);
-    pr->buf[len] = '\0';
-    pr->host.data = pr->buf;
-    pr->host.len = len;
-    pr->port = (in_port_t) port;
-    pr->known = 1;
-
-    for (i = 0; i < NGX_HTTP_OPAMP_REDIS_SENTINEL; i++) {
-        link = &ngx_http_opamp_redis_links[i];
-
-        if (i == NGX_HTTP_OPAMP_REDIS_WAIT
-            && !ngx_http_opamp_redis_conf->wait_replicas)
-        {
-            continue;
-        }
-
-        if (link->state == NGX_HTTP_OPAMP_REDIS_DOWN) {
-            if (changed) {
-                link->backoff = NGX_HTTP_OPAMP_REDIS_BACKOFF_MIN;
-            }
-
-            if (link->waiting || (changed && link->reconnect.timer_set)) {
-                ngx_http_opamp_redis_connect(link);
-            }
-
-            continue;
-        }
-
-        if (changed) {
-            ngx_http_opamp_redis_move(link);
-        }
-    }
-}
-
-
-/*
- * Ask the Sentinels again, after a link to the primary failed or was
- * told READONLY: the Sentinel link reconnects and asks, unless a
- * question is on its way or a retry is already scheduled.
- */
-
-static void
-ngx_http_opamp_redis_sentinel_ask(void)
-{
-    ngx_http_opamp_redis_link_t  *link;
-
-    if (!ngx_http_opamp_redis_sentinel_mode() || ngx_http_opamp_redis_exiting)
-    {
-        return;
-    }
-
-    link = &ngx_http_opamp_redis_sentinel_link;
-
-    if (link->state == NGX_HTTP_OPAMP_REDIS_READY) {
-        ngx_http_opamp_redis_close(link);
-        ngx_http_opamp_redis_connect(link);
-        return;
-    }
-
-    if (link->state == NGX_HTTP_OPAMP_REDIS_DOWN
-        && !link->reconnect.timer_set)
-    {
-        ngx_http_opamp_redis_connect(link);
-    }
-}
-
-
-static void
+void
 ngx_http_opamp_redis_up(ngx_http_opamp_redis_link_t *link)
 {
     link->state = NGX_HTTP_OPAMP_REDIS_READY;
@@ -1489,7 +1090,7 @@ ngx_http_opamp_redis_up(ngx_http_opamp_redis_link_t *link)
  * NULL.  The link is DOWN afterwards; nothing is scheduled.
  */
 
-static void
+void
 ngx_http_opamp_redis_close(ngx_http_opamp_redis_link_t *link)
 {
     ngx_pool_t                  *pool;
@@ -1569,7 +1170,7 @@ ngx_http_opamp_redis_close(ngx_http_opamp_redis_link_t *link)
  * The link is gone or never came up: log once per outage, retry later.
  */
 
-static void
+void
 ngx_http_opamp_redis_drop(ngx_http_opamp_redis_link_t *link, const char *why)
 {
     ngx_uint_t  was_ready;
@@ -1612,7 +1213,7 @@ ngx_http_opamp_redis_drop(ngx_http_opamp_redis_link_t *link, const char *why)
 
 /* the primary moved: no error, connect to the new one now */
 
-static void
+void
 ngx_http_opamp_redis_move(ngx_http_opamp_redis_link_t *link)
 {
     ngx_http_opamp_redis_close(link);
@@ -1930,7 +1531,7 @@ ngx_http_opamp_redis_flush(ngx_http_opamp_redis_link_t *link)
 
 /* > 0: bytes; 0: closed; NGX_AGAIN; NGX_ERROR with link->why set */
 
-static ssize_t
+ssize_t
 ngx_http_opamp_redis_recv(ngx_http_opamp_redis_link_t *link, u_char *buf,
     size_t size)
 {
@@ -2061,202 +1662,6 @@ ngx_http_opamp_redis_log_error(ngx_log_t *log, u_char *buf, size_t len)
 }
 
 
-#if (NGX_SSL)
-
-static void
-ngx_http_opamp_redis_tls_start(ngx_http_opamp_redis_link_t *link)
-{
-    ngx_str_t          *name;
-    ngx_connection_t   *c;
-
-    c = link->conn;
-
-    c->pool = ngx_create_pool(512, c->log);
-    if (c->pool == NULL) {
-        ngx_http_opamp_redis_drop(link, "no memory");
-        return;
-    }
-
-    if (ngx_ssl_create_connection(ngx_http_opamp_redis_conf->ssl_ctx, c,
-                                  NGX_SSL_CLIENT)
-        != NGX_OK)
-    {
-        ngx_http_opamp_redis_drop(link, "TLS connection not created");
-        return;
-    }
-
-    SSL_set_mode(c->ssl->connection, SSL_MODE_ENABLE_PARTIAL_WRITE
-                                     |SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-
-    name = ngx_http_opamp_redis_conf->ssl_name.len
-           ? &ngx_http_opamp_redis_conf->ssl_name : &link->host;
-
-    /* SNI carries names only, never addresses (RFC 6066) */
-
-    if (ngx_http_opamp_redis_conf->ssl_server_name
-        && name->len && name->data[name->len] == '\0'
-        && ngx_inet_addr(name->data, name->len) == INADDR_NONE
-        && ngx_strlchr(name->data, name->data + name->len, ':') == NULL)
-    {
-        if (SSL_set_tlsext_host_name(c->ssl->connection,
-                                     (char *) name->data)
-            == 0)
-        {
-            ngx_http_opamp_redis_drop(link, "TLS server name not set");
-            return;
-        }
-    }
-
-    link->log.action = "TLS handshaking with redis";
-    link->state = NGX_HTTP_OPAMP_REDIS_TLS;
-
-    ngx_http_opamp_redis_tls_handshake(link);
-}
-
-
-static void
-ngx_http_opamp_redis_tls_handshake(ngx_http_opamp_redis_link_t *link)
-{
-    int                n, sslerr;
-    long               rc;
-    X509              *cert;
-    ngx_str_t         *name;
-    ngx_connection_t  *c;
-
-    c = link->conn;
-
-    ERR_clear_error();
-
-    n = SSL_do_handshake(c->ssl->connection);
-
-    if (n != 1) {
-        sslerr = SSL_get_error(c->ssl->connection, n);
-
-        if (sslerr == SSL_ERROR_WANT_READ || sslerr == SSL_ERROR_WANT_WRITE)
-        {
-            return;
-        }
-
-        ngx_http_opamp_redis_drop(link,
-            ngx_http_opamp_redis_tls_error(link, "TLS handshake failed",
-                                           sslerr));
-        return;
-    }
-
-    if (ngx_http_opamp_redis_conf->ssl_verify) {
-        rc = SSL_get_verify_result(c->ssl->connection);
-
-        if (rc != X509_V_OK) {
-            ngx_snprintf(link->why, sizeof(link->why) - 1,
-                         "TLS certificate of the server not trusted: "
-                         "%s (%l)%Z", X509_verify_cert_error_string(rc), rc);
-            ngx_http_opamp_redis_drop(link, (char *) link->why);
-            return;
-        }
-
-        name = ngx_http_opamp_redis_conf->ssl_name.len
-               ? &ngx_http_opamp_redis_conf->ssl_name : &link->host;
-
-        /* an address is checked against the certificate's IP names */
-
-        cert = SSL_get_peer_certificate(c->ssl->connection);
-
-        if (cert == NULL) {
-            ngx_http_opamp_redis_drop(link, "the server sent no TLS "
-                                            "certificate");
-            return;
-        }
-
-        if (ngx_inet_addr(name->data, name->len) != INADDR_NONE
-            || ngx_strlchr(name->data, name->data + name->len, ':'))
-        {
-            rc = (X509_check_ip_asc(cert, (char *) name->data, 0) == 1);
-            X509_free(cert);
-
-        } else {
-            X509_free(cert);
-            rc = (ngx_ssl_check_host(c, name) == NGX_OK);
-        }
-
-        if (!rc) {
-            ngx_snprintf(link->why, sizeof(link->why) - 1,
-                         "TLS certificate of the server does not match "
-                         "\"%V\"%Z", name);
-            ngx_http_opamp_redis_drop(link, (char *) link->why);
-            return;
-        }
-    }
-
-    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, c->log, 0,
-                   "opamp: redis TLS %s, %s",
-                   SSL_get_version(c->ssl->connection),
-                   SSL_get_cipher_name(c->ssl->connection));
-
-    ngx_http_opamp_redis_hello(link);
-}
-
-
-/*
- * A write failed because the server closed the connection: the reason is
- * usually a TLS alert that it sent before, such as "certificate required"
- * (TLS 1.3 checks the client's certificate after the client thinks the
- * handshake is done).  Read it, and tell it instead of the reset.
- */
-
-static void
-ngx_http_opamp_redis_tls_alert(ngx_http_opamp_redis_link_t *link)
-{
-    u_char   buf[256], why[NGX_MAX_ERROR_STR];
-    ssize_t  n;
-
-    ngx_memcpy(why, link->why, sizeof(why));
-
-    n = ngx_http_opamp_redis_recv(link, buf, sizeof(buf));
-
-    if (n != NGX_ERROR || ngx_strstr(link->why, "alert") == NULL) {
-        ngx_memcpy(link->why, why, sizeof(why));
-    }
-}
-
-
-/* the reason in link->why, one line, without nginx's [crit] of its own */
-
-static const char *
-ngx_http_opamp_redis_tls_error(ngx_http_opamp_redis_link_t *link,
-    const char *what, int sslerr)
-{
-    u_char         *p, *last;
-    ngx_err_t       err;
-    unsigned long   e;
-
-    err = ngx_socket_errno;
-
-    p = link->why;
-    last = link->why + sizeof(link->why) - 1;
-
-    p = ngx_slprintf(p, last, "%s: ", what);
-
-    e = ERR_peek_last_error();
-
-    if (e) {
-        ERR_error_string_n(e, (char *) p, last - p);
-        p += ngx_strlen(p);
-
-    } else if (sslerr == SSL_ERROR_SYSCALL && err) {
-        p = ngx_strerror(err, p, last - p);
-
-    } else {
-        p = ngx_slprintf(p, last, "connection closed by the server");
-    }
-
-    *p = '\0';
-
-    ERR_clear_error();
-
-    return (const char *) link->why;
-}
-
-#endif
 
 
 /* WAIT after writes of operator data */
@@ -2436,713 +1841,3 @@ ngx_http_opamp_redis_wait_check(redisReply *reply, ngx_pool_t *pool,
     return NGX_HTTP_GATEWAY_TIME_OUT;
 }
 
-
-/* configuration */
-
-
-char *
-ngx_http_opamp_redis_parse_url(ngx_conf_t *cf, ngx_str_t *value,
-    ngx_http_opamp_redis_url_t *url)
-{
-    ngx_memzero(url, sizeof(ngx_http_opamp_redis_url_t));
-
-    url->url = *value;
-
-    if (value->len == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "opamp: empty redis address");
-        return NGX_CONF_ERROR;
-    }
-
-    if (value->len >= 5 && ngx_strncmp(value->data, "unix:", 5) == 0) {
-        return ngx_http_opamp_redis_parse_unix(cf, value, url);
-    }
-
-    return ngx_http_opamp_redis_parse_tcp(cf, value, url);
-}
-
-
-static char *
-ngx_http_opamp_redis_parse_unix(ngx_conf_t *cf, ngx_str_t *value,
-    ngx_http_opamp_redis_url_t *url)
-{
-    u_char     *p, *last, *query, *arg, *amp, *eq;
-    ngx_str_t   name;
-
-    p = value->data + 5;
-    last = value->data + value->len;
-
-    query = ngx_strlchr(p, last, '?');
-    if (query == NULL) {
-        query = last;
-    }
-
-    if (query == p || *p != '/') {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "opamp: invalid redis unix socket address \"%V\": "
-                           "an absolute path is required", value);
-        return NGX_CONF_ERROR;
-    }
-
-    if ((size_t) (query - p) >= sizeof(((struct sockaddr_un *) 0)->sun_path))
-    {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "opamp: invalid redis unix socket address \"%V\": "
-                           "the path is too long", value);
-        return NGX_CONF_ERROR;
-    }
-
-    url->unix_path.len = query - p;
-    url->unix_path.data = ngx_pnalloc(cf->pool, url->unix_path.len + 1);
-    if (url->unix_path.data == NULL) {
-        return NGX_CONF_ERROR;
-    }
-
-    ngx_memcpy(url->unix_path.data, p, url->unix_path.len);
-    url->unix_path.data[url->unix_path.len] = '\0';
-
-    for (arg = query + 1; arg < last; arg = amp + 1) {
-        amp = ngx_strlchr(arg, last, '&');
-        if (amp == NULL) {
-            amp = last;
-        }
-
-        eq = ngx_strlchr(arg, amp, '=');
-        if (eq == NULL) {
-            goto invalid;
-        }
-
-        name.data = arg;
-        name.len = eq - arg;
-
-        if (name.len == 2 && ngx_strncmp(name.data, "db", 2) == 0) {
-            if (ngx_http_opamp_redis_parse_db(cf, value, eq + 1, amp, url)
-                != NGX_CONF_OK)
-            {
-                return NGX_CONF_ERROR;
-            }
-
-        } else if (name.len == 8
-                   && ngx_strncmp(name.data, "password", 8) == 0)
-        {
-            if (ngx_http_opamp_redis_unescape(cf, eq + 1, amp, &url->password)
-                != NGX_OK)
-            {
-                return NGX_CONF_ERROR;
-            }
-
-        } else if (name.len == 4 && ngx_strncmp(name.data, "user", 4) == 0) {
-            if (ngx_http_opamp_redis_unescape(cf, eq + 1, amp, &url->username)
-                != NGX_OK)
-            {
-                return NGX_CONF_ERROR;
-            }
-
-        } else {
-            goto invalid;
-        }
-    }
-
-    return NGX_CONF_OK;
-
-invalid:
-
-    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                       "opamp: invalid redis unix socket address \"%V\": "
-                       "only \"db\", \"user\" and \"password\" parameters "
-                       "are known", value);
-    return NGX_CONF_ERROR;
-}
-
-
-/*
- * "host:port", "redis://[[user]:password@]host[:port][/db]", the same
- * with "rediss://" for TLS, and
- * "sentinel://[[user]:password@]host[:port][,host[:port]...]/name[/db]".
- */
-
-static char *
-ngx_http_opamp_redis_parse_tcp(ngx_conf_t *cf, ngx_str_t *value,
-    ngx_http_opamp_redis_url_t *url)
-{
-    u_char                      *p, *last, *at, *colon, *slash, *addr,
-                                *comma, *name_end;
-    ngx_uint_t                   sentinel;
-    ngx_http_opamp_redis_url_t  *s;
-
-    p = value->data;
-    last = value->data + value->len;
-    sentinel = 0;
-
-    if (value->len >= 8 && ngx_strncmp(p, "redis://", 8) == 0) {
-        p += 8;
-
-    } else if (value->len >= 9 && ngx_strncmp(p, "rediss://", 9) == 0) {
-        p += 9;
-        url->ssl = 1;
-
-    } else if (value->len >= 11 && ngx_strncmp(p, "sentinel://", 11) == 0) {
-        p += 11;
-        sentinel = 1;
-
-    } else {
-        if (ngx_strlchr(p, last, '/') || ngx_strlchr(p, last, '@')) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "opamp: invalid redis address \"%V\": use "
-                               "\"host:port\", \"redis://[[user]:password@]"
-                               "host[:port][/db]\", \"rediss://...\", "
-                               "\"sentinel://[[user]:password@]host[:port]"
-                               "[,host[:port]...]/master[/db]\" or "
-                               "\"unix:/path\"", value);
-            return NGX_CONF_ERROR;
-        }
-
-        return ngx_http_opamp_redis_parse_host(cf, value, p, last, 6379, url);
-    }
-
-    /* the path: the first "/" after the host */
-    slash = ngx_strlchr(p, last, '/');
-
-    at = NULL;
-    for (addr = p; addr < (slash ? slash : last); addr++) {
-        if (*addr == '@') {
-            at = addr;     /* the last "@": passwords may contain "@" */
-        }
-    }
-
-    if (at) {
-        colon = ngx_strlchr(p, at, ':');
-
-        if (colon) {
-            if (ngx_http_opamp_redis_unescape(cf, p, colon, &url->username)
-                != NGX_OK
-                || ngx_http_opamp_redis_unescape(cf, colon + 1, at,
-                                                 &url->password)
-                   != NGX_OK)
-            {
-                return NGX_CONF_ERROR;
-            }
-
-        } else if (ngx_http_opamp_redis_unescape(cf, p, at, &url->password)
-                   != NGX_OK)
-        {
-            return NGX_CONF_ERROR;
-        }
-
-        p = at + 1;
-    }
-
-    if (!sentinel) {
-        if (slash) {
-            if (ngx_http_opamp_redis_parse_db(cf, value, slash + 1, last, url)
-                != NGX_CONF_OK)
-            {
-                return NGX_CONF_ERROR;
-            }
-
-            last = slash;
-        }
-
-        return ngx_http_opamp_redis_parse_host(cf, value, p, last, 6379, url);
-    }
-
-    /* sentinel://: the master name is required, the database is not */
-
-    if (slash == NULL || slash + 1 == last) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "opamp: no master name in redis address \"%V\": "
-                           "use \"sentinel://host[:port][,host[:port]...]"
-                           "/master[/db]\"", value);
-        return NGX_CONF_ERROR;
-    }
-
-    name_end = ngx_strlchr(slash + 1, last, '/');
-
-    if (name_end) {
-        if (ngx_http_opamp_redis_parse_db(cf, value, name_end + 1, last, url)
-            != NGX_CONF_OK)
-        {
-            return NGX_CONF_ERROR;
-        }
-
-    } else {
-        name_end = last;
-    }
-
-    if (ngx_http_opamp_redis_unescape(cf, slash + 1, name_end,
-                                      &url->master_name)
-        != NGX_OK)
-    {
-        return NGX_CONF_ERROR;
-    }
-
-    if (url->master_name.len == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "opamp: empty master name in redis address \"%V\"",
-                           value);
-        return NGX_CONF_ERROR;
-    }
-
-    url->sentinels = ngx_array_create(cf->pool, 3,
-                                      sizeof(ngx_http_opamp_redis_url_t));
-    if (url->sentinels == NULL) {
-        return NGX_CONF_ERROR;
-    }
-
-    last = slash;
-
-    for ( ;; ) {
-        comma = ngx_strlchr(p, last, ',');
-        if (comma == NULL) {
-            comma = last;
-        }
-
-        s = ngx_array_push(url->sentinels);
-        if (s == NULL) {
-            return NGX_CONF_ERROR;
-        }
-
-        ngx_memzero(s, sizeof(ngx_http_opamp_redis_url_t));
-        s->url = *value;
-
-        if (ngx_http_opamp_redis_parse_host(cf, value, p, comma, 26379, s)
-            != NGX_CONF_OK)
-        {
-            return NGX_CONF_ERROR;
-        }
-
-        if (comma == last) {
-            return NGX_CONF_OK;
-        }
-
-        p = comma + 1;
-    }
-}
-
-
-/*
- * "host[:port]" without resolving: a name is resolved when the
- * configuration is complete and it is known whether a resolver is set.
- */
-
-static char *
-ngx_http_opamp_redis_parse_host(ngx_conf_t *cf, ngx_str_t *value, u_char *p,
-    u_char *last, ngx_int_t port, ngx_http_opamp_redis_url_t *url)
-{
-    u_char     *host;
-    ngx_url_t   u;
-
-    if (p == last) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "opamp: no host in redis address \"%V\"", value);
-        return NGX_CONF_ERROR;
-    }
-
-    ngx_memzero(&u, sizeof(ngx_url_t));
-
-    u.url.data = p;
-    u.url.len = last - p;
-    u.default_port = (in_port_t) port;
-    u.no_resolve = 1;
-
-    if (ngx_parse_url(cf->pool, &u) != NGX_OK) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "opamp: invalid redis address \"%V\": %s",
-                           value, u.err ? u.err : "cannot parse");
-        return NGX_CONF_ERROR;
-    }
-
-    if (u.family == AF_UNIX || u.host.len == 0
-        || u.host.len > NGX_HTTP_OPAMP_REDIS_HOST_LEN || u.uri.len)
-    {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "opamp: invalid redis address \"%V\"", value);
-        return NGX_CONF_ERROR;
-    }
-
-    /* "[::1]" is "::1" */
-
-    if (u.host.len > 2 && u.host.data[0] == '[') {
-        u.host.data++;
-        u.host.len -= 2;
-    }
-
-    host = ngx_pnalloc(cf->pool, u.host.len + 1);
-    if (host == NULL) {
-        return NGX_CONF_ERROR;
-    }
-
-    ngx_memcpy(host, u.host.data, u.host.len);
-    host[u.host.len] = '\0';
-
-    url->host.data = host;
-    url->host.len = u.host.len;
-    url->port = u.port;
-
-    url->name = (ngx_inet_addr(host, u.host.len) == INADDR_NONE);
-
-#if (NGX_HAVE_INET6)
-    if (url->name) {
-        u_char  inaddr6[16];
-
-        url->name = (ngx_inet6_addr(host, u.host.len, inaddr6) != NGX_OK);
-    }
-#endif
-
-    return NGX_CONF_OK;
-}
-
-
-/* a name, resolved now as nginx does for upstream servers, when no
- * resolver is configured: getaddrinfo() would block a worker */
-
-static char *
-ngx_http_opamp_redis_resolve_conf(ngx_conf_t *cf,
-    ngx_http_opamp_redis_url_t *url)
-{
-    ngx_url_t  u;
-
-    if (!url->name) {
-        return NGX_CONF_OK;
-    }
-
-    ngx_memzero(&u, sizeof(ngx_url_t));
-
-    u.host = url->host;
-    u.port = (in_port_t) url->port;
-
-    if (ngx_inet_resolve_host(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "opamp: invalid redis address \"%V\": host \"%V\" "
-                           "not found (with \"resolver\" in the http block "
-                           "it is resolved by the workers instead)",
-                           &url->url, &url->host);
-        return NGX_CONF_ERROR;
-    }
-
-    url->addrs = u.addrs;
-    url->naddrs = u.naddrs;
-
-    return NGX_CONF_OK;
-}
-
-
-static char *
-ngx_http_opamp_redis_parse_db(ngx_conf_t *cf, ngx_str_t *value,
-    u_char *start, u_char *end, ngx_http_opamp_redis_url_t *url)
-{
-    if (start == end) {
-        return NGX_CONF_OK;
-    }
-
-    url->database = ngx_atoi(start, end - start);
-
-    if (url->database == NGX_ERROR || url->database > 1000000) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "opamp: invalid database number in redis address "
-                           "\"%V\"", value);
-        return NGX_CONF_ERROR;
-    }
-
-    return NGX_CONF_OK;
-}
-
-
-/* "%40" and the like in user names and passwords, as in any URL */
-
-static ngx_int_t
-ngx_http_opamp_redis_unescape(ngx_conf_t *cf, u_char *start, u_char *end,
-    ngx_str_t *dst)
-{
-    u_char  *src, *d;
-
-    dst->data = ngx_pnalloc(cf->pool, end - start + 1);
-    if (dst->data == NULL) {
-        return NGX_ERROR;
-    }
-
-    src = start;
-    d = dst->data;
-
-    ngx_unescape_uri(&d, &src, end - start, 0);
-
-    dst->len = d - dst->data;
-    dst->data[dst->len] = '\0';
-
-    return NGX_OK;
-}
-
-
-void
-ngx_http_opamp_redis_create_conf(ngx_http_opamp_main_conf_t *omcf)
-{
-    omcf->wait_replicas = NGX_CONF_UNSET;
-    omcf->wait_timeout = NGX_CONF_UNSET_MSEC;
-    omcf->ssl = NGX_CONF_UNSET;
-    omcf->ssl_verify = NGX_CONF_UNSET;
-    omcf->ssl_verify_depth = NGX_CONF_UNSET_UINT;
-    omcf->ssl_server_name = NGX_CONF_UNSET;
-}
-
-
-/* once the http block is read: defaults, the resolver, TLS */
-
-char *
-ngx_http_opamp_redis_init_conf(ngx_conf_t *cf,
-    ngx_http_opamp_main_conf_t *omcf)
-{
-    ngx_uint_t                   i;
-    ngx_http_core_loc_conf_t    *clcf;
-    ngx_http_opamp_redis_url_t  *s;
-
-    if (omcf->wait_replicas == NGX_CONF_UNSET) {
-        omcf->wait_replicas = 0;
-    }
-
-    ngx_conf_init_msec_value(omcf->wait_timeout, 0);
-    ngx_conf_init_value(omcf->ssl, 0);
-    ngx_conf_init_value(omcf->ssl_verify, 0);
-    ngx_conf_init_uint_value(omcf->ssl_verify_depth, 1);
-    ngx_conf_init_value(omcf->ssl_server_name, 0);
-
-    if (omcf->ssl_protocols == 0) {
-        omcf->ssl_protocols = NGX_CONF_BITMASK_SET
-#if (NGX_SSL)
-                              |NGX_SSL_TLSv1_2|NGX_SSL_TLSv1_3
-#endif
-                              ;
-    }
-
-    if (omcf->ssl_ciphers.data == NULL) {
-        ngx_str_set(&omcf->ssl_ciphers, "DEFAULT");
-    }
-
-    if (omcf->wait_replicas && omcf->wait_timeout >= omcf->redis_timeout) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"opamp_redis_wait\" timeout %M must be shorter "
-                           "than \"opamp_redis_timeout\" %M: the command "
-                           "link waits with it",
-                           omcf->wait_timeout, omcf->redis_timeout);
-        return NGX_CONF_ERROR;
-    }
-
-    if (omcf->redis.ssl) {
-        omcf->ssl = 1;
-    }
-
-    if (omcf->redis.unix_path.len) {
-        omcf->ssl = 0;
-    }
-
-    /* the resolver of the http block, where the opamp_redis directive is */
-
-    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
-
-    omcf->resolver = NULL;
-
-    if (clcf->resolver && clcf->resolver->connections.nelts) {
-        omcf->resolver = clcf->resolver;
-        omcf->resolver_timeout = (clcf->resolver_timeout
-                                  == NGX_CONF_UNSET_MSEC)
-                                 ? 30000 : clcf->resolver_timeout;
-    }
-
-    if (omcf->resolver == NULL) {
-        if (omcf->redis.unix_path.len == 0
-            && ngx_http_opamp_redis_resolve_conf(cf, &omcf->redis)
-               != NGX_CONF_OK)
-        {
-            return NGX_CONF_ERROR;
-        }
-
-        if (omcf->redis.sentinels) {
-            s = omcf->redis.sentinels->elts;
-
-            for (i = 0; i < omcf->redis.sentinels->nelts; i++) {
-                if (ngx_http_opamp_redis_resolve_conf(cf, &s[i])
-                    != NGX_CONF_OK)
-                {
-                    return NGX_CONF_ERROR;
-                }
-            }
-        }
-    }
-
-    if (!omcf->ssl) {
-        return NGX_CONF_OK;
-    }
-
-#if (NGX_SSL)
-    return ngx_http_opamp_redis_ssl_conf(cf, omcf);
-#else
-    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                       "opamp: TLS to redis needs nginx built with "
-                       "--with-http_ssl_module");
-    return NGX_CONF_ERROR;
-#endif
-}
-
-
-#if (NGX_SSL)
-
-static char *
-ngx_http_opamp_redis_ssl_conf(ngx_conf_t *cf, ngx_http_opamp_main_conf_t *omcf)
-{
-    ngx_ssl_t           *ssl;
-    ngx_pool_cleanup_t  *cln;
-
-    ssl = ngx_pcalloc(cf->pool, sizeof(ngx_ssl_t));
-    if (ssl == NULL) {
-        return NGX_CONF_ERROR;
-    }
-
-    ssl->log = cf->log;
-
-    if (ngx_ssl_create(ssl, omcf->ssl_protocols, NULL) != NGX_OK) {
-        return NGX_CONF_ERROR;
-    }
-
-    cln = ngx_pool_cleanup_add(cf->pool, 0);
-    if (cln == NULL) {
-        ngx_ssl_cleanup_ctx(ssl);
-        return NGX_CONF_ERROR;
-    }
-
-    cln->handler = ngx_ssl_cleanup_ctx;
-    cln->data = ssl;
-
-    if (ngx_ssl_ciphers(cf, ssl, &omcf->ssl_ciphers, 0) != NGX_OK) {
-        return NGX_CONF_ERROR;
-    }
-
-    if (omcf->ssl_certificate.len) {
-
-        if (omcf->ssl_certificate_key.len == 0) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "no \"opamp_redis_ssl_certificate_key\" for "
-                               "opamp_redis_ssl_certificate \"%V\"",
-                               &omcf->ssl_certificate);
-            return NGX_CONF_ERROR;
-        }
-
-        if (ngx_ssl_certificate(cf, ssl, &omcf->ssl_certificate,
-                                &omcf->ssl_certificate_key, NULL)
-            != NGX_OK)
-        {
-            return NGX_CONF_ERROR;
-        }
-    }
-
-    if (omcf->ssl_verify) {
-        if (omcf->ssl_trusted_certificate.len == 0) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "no opamp_redis_ssl_trusted_certificate for "
-                               "opamp_redis_ssl_verify");
-            return NGX_CONF_ERROR;
-        }
-
-        if (ngx_ssl_trusted_certificate(cf, ssl,
-                                        &omcf->ssl_trusted_certificate,
-                                        omcf->ssl_verify_depth)
-            != NGX_OK)
-        {
-            return NGX_CONF_ERROR;
-        }
-    }
-
-    omcf->ssl_ctx = ssl;
-
-    return NGX_CONF_OK;
-}
-
-#endif
-
-
-#if (NGX_SSL)
-
-ngx_conf_bitmask_t  ngx_http_opamp_redis_ssl_protocols[] = {
-    { ngx_string("TLSv1"), NGX_SSL_TLSv1 },
-    { ngx_string("TLSv1.1"), NGX_SSL_TLSv1_1 },
-    { ngx_string("TLSv1.2"), NGX_SSL_TLSv1_2 },
-    { ngx_string("TLSv1.3"), NGX_SSL_TLSv1_3 },
-    { ngx_null_string, 0 }
-};
-
-#endif
-
-
-/* opamp_redis_sentinel_auth [user] password */
-
-char *
-ngx_http_opamp_redis_sentinel_auth(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf)
-{
-    ngx_http_opamp_main_conf_t *omcf = conf;
-
-    ngx_str_t  *value;
-
-    if (omcf->sentinel_password.data) {
-        return "is duplicate";
-    }
-
-    value = cf->args->elts;
-
-    if (cf->args->nelts == 3) {
-        omcf->sentinel_username = value[1];
-        omcf->sentinel_password = value[2];
-
-    } else {
-        omcf->sentinel_password = value[1];
-    }
-
-    if (omcf->sentinel_password.len == 0) {
-        return "has an empty password";
-    }
-
-    return NGX_CONF_OK;
-}
-
-
-/* opamp_redis_wait <replicas> <timeout> | off */
-
-char *
-ngx_http_opamp_redis_wait(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
-{
-    ngx_http_opamp_main_conf_t *omcf = conf;
-
-    ngx_str_t  *value;
-
-    if (omcf->wait_replicas != NGX_CONF_UNSET) {
-        return "is duplicate";
-    }
-
-    value = cf->args->elts;
-
-    if (cf->args->nelts == 2) {
-        if (value[1].len == 3 && ngx_strncmp(value[1].data, "off", 3) == 0) {
-            omcf->wait_replicas = 0;
-            omcf->wait_timeout = 0;
-            return NGX_CONF_OK;
-        }
-
-        return "takes \"off\" or a number of replicas and a timeout";
-    }
-
-    omcf->wait_replicas = ngx_atoi(value[1].data, value[1].len);
-
-    if (omcf->wait_replicas == NGX_ERROR || omcf->wait_replicas < 1
-        || omcf->wait_replicas > 100)
-    {
-        return "has an invalid number of replicas (1 to 100)";
-    }
-
-    omcf->wait_timeout = ngx_parse_time(&value[2], 0);
-
-    if (omcf->wait_timeout == (ngx_msec_t) NGX_ERROR
-        || omcf->wait_timeout == 0)
-    {
-        return "has an invalid timeout (it must be greater than zero)";
-    }
-
-    return NGX_CONF_OK;
-}

@@ -15,6 +15,7 @@
 
 #include "ngx_http_opamp.h"
 #include <hiredis/hiredis.h>
+#include "ngx_http_opamp_redis_conf.h"
 
 
 typedef struct ngx_http_opamp_redis_cmd_s  ngx_http_opamp_redis_cmd_t;
@@ -67,26 +68,6 @@ void ngx_http_opamp_redis_set_message_handler(
     ngx_http_opamp_redis_message_pt handler);
 void ngx_http_opamp_redis_set_ready_handler(
     ngx_http_opamp_redis_ready_pt handler);
-
-/* parses "redis://[[user]:password@]host[:port][/db]", "rediss://...",
- * "sentinel://[[user]:password@]host[:port][,host[:port]...]/master[/db]",
- * "unix:/path[?db=N]" or "host:port" at configuration time */
-char *ngx_http_opamp_redis_parse_url(ngx_conf_t *cf, ngx_str_t *value,
-    ngx_http_opamp_redis_url_t *url);
-
-/* the main configuration's Redis fields: unset, then defaults, resolver
- * and TLS context once the http block is read */
-void ngx_http_opamp_redis_create_conf(ngx_http_opamp_main_conf_t *omcf);
-char *ngx_http_opamp_redis_init_conf(ngx_conf_t *cf,
-    ngx_http_opamp_main_conf_t *omcf);
-
-/* opamp_redis_sentinel_auth [user] password */
-char *ngx_http_opamp_redis_sentinel_auth(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf);
-
-/* opamp_redis_wait replicas timeout | off */
-char *ngx_http_opamp_redis_wait(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf);
 
 /*
  * After a write of operator data, with opamp_redis_wait: copies the
