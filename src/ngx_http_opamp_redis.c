@@ -46,6 +46,13 @@
 #include "ngx_http_opamp_redis_ssl.h"
 
 
+/* the output buffer a link keeps between commands, at most */
+#define NGX_HTTP_OPAMP_REDIS_OUT_KEEP      65536
+
+/* reads per read event before others get a turn */
+#define NGX_HTTP_OPAMP_REDIS_READS         32
+
+
 static ngx_int_t ngx_http_opamp_redis_target(
     ngx_http_opamp_redis_link_t *link, ngx_http_opamp_redis_url_t **url);
 static ngx_int_t ngx_http_opamp_redis_literal(

@@ -11,6 +11,7 @@
 #include "ngx_http_opamp.h"
 #include "ngx_http_opamp_redis.h"
 #include "ngx_http_opamp_redis_conf.h"
+#include "ngx_http_opamp_redis_link.h"
 #include "ngx_http_opamp_redis_ssl.h"
 
 

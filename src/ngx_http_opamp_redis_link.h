@@ -21,12 +21,6 @@
 #define NGX_HTTP_OPAMP_REDIS_BACKOFF_MIN   100
 #define NGX_HTTP_OPAMP_REDIS_BACKOFF_MAX   5000
 
-/* the output buffer a link keeps between commands, at most */
-#define NGX_HTTP_OPAMP_REDIS_OUT_KEEP      65536
-
-/* reads per read event before others get a turn */
-#define NGX_HTTP_OPAMP_REDIS_READS         32
-
 #define NGX_HTTP_OPAMP_REDIS_HOST_LEN      255
 
 #define NGX_HTTP_OPAMP_REDIS_COMMAND       0
