@@ -113,7 +113,6 @@ typedef struct {
 } ngx_http_opamp_redis_primary_t;
 
 
-
 extern ngx_http_opamp_main_conf_t      *ngx_http_opamp_redis_conf;
 extern ngx_log_t                       *ngx_http_opamp_redis_log;
 extern ngx_http_opamp_redis_link_t      ngx_http_opamp_redis_links[
@@ -158,8 +157,8 @@ void ngx_http_opamp_redis_drop(ngx_http_opamp_redis_link_t *link,
 /* the primary moved: closes and connects to the new one now */
 void ngx_http_opamp_redis_move(ngx_http_opamp_redis_link_t *link);
 
-/* formats a command into the link's output buffer, then makes sure it
- * gets written */
+/* a command without a handler, in RESP into the link's output buffer;
+ * post_write has the buffer written at the end of the event loop's turn */
 ngx_int_t ngx_http_opamp_redis_append(ngx_http_opamp_redis_link_t *link,
     int argc, const char **argv, const size_t *argvlen);
 void ngx_http_opamp_redis_post_write(ngx_http_opamp_redis_link_t *link);
