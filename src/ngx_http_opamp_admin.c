@@ -80,6 +80,8 @@ static ngx_int_t ngx_http_opamp_admin_offer_put(
 static ngx_int_t ngx_http_opamp_admin_eval(ngx_http_opamp_admin_ctx_t *ctx,
     ngx_uint_t script, ngx_uint_t nkeys, int argc, const char **argv,
     size_t *argvlen);
+static ngx_int_t ngx_http_opamp_admin_keyed(ngx_http_opamp_admin_ctx_t *ctx,
+    ngx_uint_t script);
 static void ngx_http_opamp_admin_reply(redisReply *reply, void *data);
 static ngx_int_t ngx_http_opamp_admin_answer(ngx_http_opamp_admin_ctx_t *ctx,
     redisReply *reply);
@@ -597,30 +599,16 @@ ngx_http_opamp_admin_run(ngx_http_opamp_admin_ctx_t *ctx)
         return ngx_http_opamp_admin_list(ctx);
 
     case NGX_HTTP_OPAMP_ADMIN_AGENT:
-        {
-        size_t                       argvlen[2];
-        const char                  *argv[2];
-        ngx_http_opamp_main_conf_t  *omcf;
-
-        /* the agent's hash with the content it shares resolved */
-
         ctx->key = ctx->agent_key;
-
-        omcf = ngx_http_get_module_main_conf(r, ngx_http_opamp_module);
 
         if (r->method & NGX_HTTP_DELETE) {
             return ngx_http_opamp_admin_remove(ctx);
         }
 
-        argv[0] = (const char *) ctx->agent_key.data;
-        argvlen[0] = ctx->agent_key.len;
-        argv[1] = (const char *) omcf->prefix.data;
-        argvlen[1] = omcf->prefix.len;
+        /* the agent's hash with the content it shares resolved */
 
-        return ngx_http_opamp_admin_eval(ctx,
-                                         NGX_HTTP_OPAMP_SCRIPT_ADMIN_AGENT,
-                                         1, 2, argv, argvlen);
-        }
+        return ngx_http_opamp_admin_keyed(ctx,
+                                          NGX_HTTP_OPAMP_SCRIPT_ADMIN_AGENT);
 
     case NGX_HTTP_OPAMP_ADMIN_GROUPS:
         return ngx_http_opamp_admin_simple(ctx, NULL);
@@ -683,11 +671,11 @@ ngx_http_opamp_admin_eval(ngx_http_opamp_admin_ctx_t *ctx, ngx_uint_t script,
 }
 
 
-/* one plain command on ctx->key; NULL: the groups listing script */
+/* a script of KEYS[1] = ctx->key and ARGV[1] = the key prefix */
 
 static ngx_int_t
-ngx_http_opamp_admin_simple(ngx_http_opamp_admin_ctx_t *ctx,
-    const char *command)
+ngx_http_opamp_admin_keyed(ngx_http_opamp_admin_ctx_t *ctx,
+    ngx_uint_t script)
 {
     size_t                       argvlen[2];
     const char                  *argv[2];
@@ -695,19 +683,31 @@ ngx_http_opamp_admin_simple(ngx_http_opamp_admin_ctx_t *ctx,
 
     omcf = ngx_http_get_module_main_conf(ctx->request, ngx_http_opamp_module);
 
+    argv[0] = (const char *) ctx->key.data;
+    argvlen[0] = ctx->key.len;
+    argv[1] = (const char *) omcf->prefix.data;
+    argvlen[1] = omcf->prefix.len;
+
+    return ngx_http_opamp_admin_eval(ctx, script, 1, 2, argv, argvlen);
+}
+
+
+/* one plain command on ctx->key; NULL: the groups listing script */
+
+static ngx_int_t
+ngx_http_opamp_admin_simple(ngx_http_opamp_admin_ctx_t *ctx,
+    const char *command)
+{
+    size_t        argvlen[2];
+    const char   *argv[2];
+
     if (command == NULL) {
         if (ngx_http_opamp_admin_key(ctx, &ctx->key, "groups", 0) != NGX_OK) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        argv[0] = (const char *) ctx->key.data;
-        argvlen[0] = ctx->key.len;
-        argv[1] = (const char *) omcf->prefix.data;
-        argvlen[1] = omcf->prefix.len;
-
-        return ngx_http_opamp_admin_eval(ctx,
-                                         NGX_HTTP_OPAMP_SCRIPT_ADMIN_GROUPS,
-                                         1, 2, argv, argvlen);
+        return ngx_http_opamp_admin_keyed(ctx,
+                                          NGX_HTTP_OPAMP_SCRIPT_ADMIN_GROUPS);
     }
 
     argv[0] = command;
