@@ -53,7 +53,7 @@ proto:
 	cd proto && protoc-c --c_out=. -I. opamp/v1/anyvalue.proto \
 	    opamp/v1/opamp.proto
 
-src/ngx_http_opamp_lua.h: $(wildcard src/lua/*.lua) src/lua/embed.sh
+src/ngx_http_opamp_lua.h: $(wildcard src/lua/*.lua src/lua/lib/*.lua) src/lua/embed.sh src/lua/expand.sh
 	sh src/lua/embed.sh src/lua/*.lua > $@.tmp && mv $@.tmp $@
 
 $(NGX_SRC)/objs/Makefile: $(BUILD)/.deps config

@@ -11,7 +11,9 @@
  *              send a heartbeat every --heartbeat seconds until --duration
  *   status     WebSocket agents send the next message as soon as the reply
  *              to the last one arrives (full status first, then compressed
- *              heartbeats); counts messages answered per second
+ *              heartbeats; --full-every N: every Nth message the full
+ *              status, as after reconnects); counts messages answered per
+ *              second
  *   http       plain HTTP agents on keep-alive connections, each posting a
  *              heartbeat as soon as the last reply arrived; counts replies
  *              per second (also fine against a `return 204` location)
@@ -95,9 +97,11 @@ static struct {
     unsigned     seed;
     double       linger;
     char        *full;       /* --full: template files, comma-separated */
+    long         full_every; /* --full-every N: status mode, every Nth
+                                message is the full status (1: all) */
 } opt = {
     M_HOLD, 4320, "127.0.0.1", "/v1/opamp", NULL, "127.0.0.1", 100, 10,
-    30, 2, 0, 1, 0, NULL
+    30, 2, 0, 1, 0, NULL, 0
 };
 
 
@@ -554,7 +558,7 @@ got_message(lg_agent_t *a, const uint8_t *p, size_t n)
     a->seq++;
 
     if (opt.mode == M_STATUS && t - t_start < opt.duration + 1e9) {
-        send_ws(a, 0);
+        send_ws(a, opt.full_every && a->seq % opt.full_every == 0);
 
     } else if (opt.mode == M_HOLD) {
         a->next_beat = t + opt.heartbeat;
@@ -892,6 +896,7 @@ main(int argc, char **argv)
         { "trigger", 1, NULL, 't' }, { "raw", 0, NULL, 'r' },
         { "linger", 1, NULL, 'l' },
         { "seed", 1, NULL, 'S' }, { "full", 1, NULL, 'F' },
+        { "full-every", 1, NULL, 'E' },
         { NULL, 0, NULL, 0 }
     };
 
@@ -920,6 +925,7 @@ main(int argc, char **argv)
         case 'r': opt.raw = 1; break;
         case 'S': opt.seed = (unsigned) atoi(optarg); break;
         case 'F': opt.full = optarg; break;
+        case 'E': opt.full_every = atol(optarg); break;
         default:
             return 2;
         }

@@ -13,7 +13,7 @@
 #   BENCH_OUT=file                default bench/results/<date>.md
 #   BENCH_ONLY="hold fanout"      scenarios to run (default: all of hold
 #                                 collector status http fanout storm)
-#   BENCH_COLLECTORS=2000         agents in the collector scenario, each
+#   BENCH_COLLECTORS=5000         agents in the collector scenario, each
 #                                 sending a Collector's 39.8 KB full status
 #                                 (bench/collector.pl: 3 builds x 2 configs)
 #
@@ -36,7 +36,7 @@ PER_PROC=18000
 OUT=${BENCH_OUT:-$BENCH/results/$(date -u +%Y-%m-%d).md}
 # a relative BENCH_OUT is relative to where make bench was run
 [[ "$OUT" == /* ]] || OUT=$CALLER/$OUT
-COLLECTORS=${BENCH_COLLECTORS:-2000}
+COLLECTORS=${BENCH_COLLECTORS:-5000}
 ONLY=" ${BENCH_ONLY:-hold collector status http fanout storm} "
 
 want() { [[ "$ONLY" == *" $1 "* ]]; }
@@ -235,7 +235,7 @@ if want collector; then
 
     files=$(perl "$BENCH/collector.pl" "$WORK/collector" 3 2)
     n=$COLLECTORS
-    mem=(); rmem=(); rown=(); hp=()
+    mem=(); rmem=(); rown=(); rst=(); hp=(); sp=()
     for run in $(seq "$RUNS"); do
         start_nginx 2 0; R flushall >/dev/null
         base=$(settled_rss_kb); rbase=$(redis_mem)
@@ -245,12 +245,17 @@ if want collector; then
         held=$(echo "$out" | sum_field held)
         mem+=("$(awk -v a="$rss" -v b="$base" -v n="$n" 'BEGIN {printf "%.0f", (a-b)*1024/n}')")
         rmem+=("$(awk -v a="$rm" -v b="$rbase" -v n="$n" 'BEGIN {printf "%.0f", (a-b)/n}')")
-        # an agent's own hash, all fields counted (SAMPLES 0)
+        # an agent's own hash and status string, all counted (SAMPLES 0)
         k=$(R --scan --pattern 'opamp:agent:*' | awk 'NR == 1')
         rown+=("$(R memory usage "$k" samples 0)")
+        rst+=("$(R memory usage "${k/agent:/status:}" samples 0)")
 
         R flushall >/dev/null
         hp+=("$("$BENCH/loadgen" --port "$PORT" --mode http --full "$files" --agents 500 --duration "$SECONDS_RUN" | field rate)")
+
+        # the worst case: every message the full status (a reconnect storm)
+        R flushall >/dev/null
+        sp+=("$("$BENCH/loadgen" --port "$PORT" --mode status --full "$files" --full-every 1 --agents 200 --duration "$SECONDS_RUN" | field rate)")
     done
     m=$(printf '%s
 ' "${mem[@]}" | median)
@@ -258,12 +263,17 @@ if want collector; then
 ' "${rmem[@]}" | median)
     ro=$(printf '%s
 ' "${rown[@]}" | median)
+    rs=$(printf '%s
+' "${rst[@]}" | median)
+    s=$(printf '%s
+' "${sp[@]}" | median)
     h=$(printf '%s
 ' "${hp[@]}" | median)
     row "hold $n collector-sized agents (39.8 KB full status): nginx memory per agent" "$m B ($held held to the end)" "—" "—"
-    row "hold $n collector-sized agents: Redis memory per agent" "$rm B in all, $ro B its own hash" "one copy each: ~39,300 B" \
+    row "hold $n collector-sized agents: Redis memory per agent" "$rm B in all ($ro B its hash, $rs B its status)" "one copy each: ~39,300 B" \
         "$(awk -v a="$rm" 'BEGIN {printf "%.2fx", a/39300}')"
     row "HTTP polling, 500 collector-sized agents (full status first)" "$h /s" "—" "—"
+    row "status messages persisted per second, 200 collector-sized agents, each message its full status" "$s /s" "—" "—"
 fi
 
 # --- status throughput ------------------------------------------------------
@@ -272,17 +282,18 @@ if want status; then
 
     start_nginx 2
     tp=(); rb=()
-    SHA=$(R script load "$(cat "$TOP/src/lua/report.lua")")
+    SHA=$(R script load "$(sh "$TOP/src/lua/expand.sh" "$TOP/src/lua/report.lua")")
     for run in $(seq "$RUNS"); do
         R flushall >/dev/null
         out=$("$BENCH/loadgen" --port "$PORT" --mode status --agents 200 --duration "$SECONDS_RUN")
         tp+=("$(echo "$out" | field rate)")
         # the same script, from redis-benchmark, with a heartbeat's arguments
         rb+=("$(redis-benchmark -p "$RPORT" -c 50 -n 200000 -r 100000 -q \
-            EVALSHA "$SHA" 4 'opamp:agent:{__rand_int__}' 'opamp:config:agent:{__rand_int__}' \
-            opamp:config_version opamp:groups 1795550000000 u 1 0 3 'h:1:1' websocket h 1 \
+            EVALSHA "$SHA" 5 'opamp:agent:{__rand_int__}' 'opamp:config:agent:{__rand_int__}' \
+            opamp:config_version opamp:groups 'opamp:status:{__rand_int__}' \
+            1795550000000 u 1 0 3 'h:1:1' websocket h 1 \
             opamp:worker:h:1 90000 0 0 '' "$(printf '%040d' 0)" 0 '' '' '' '' '' '' '' '' \
-            opamp: report '' '' '' '' 0 '' '' '' '' '' '' 2>/dev/null \
+            opamp: report '' '' '' 0 '' '' '' '' '' '' 2>/dev/null \
             | awk '{for (i=1;i<=NF;i++) if ($(i+1) ~ /requests/) {print $i; exit}}')")
     done
     t=$(printf '%s\n' "${tp[@]}" | median); b=$(printf '%s\n' "${rb[@]}" | median)

@@ -4,6 +4,7 @@
 
 
 #include "ngx_http_opamp_admin.h"
+#include "ngx_http_opamp_gzip.h"
 #include "ngx_http_opamp_json.h"
 #include "ngx_http_opamp_proto.h"
 #include "ngx_http_opamp_redis.h"
@@ -125,6 +126,11 @@ static struct {
       &opamp__proto__v1__connection_settings_status__descriptor },
     { ngx_null_string, NULL }
 };
+
+
+/* the most a stored status field may inflate to in the admin API's
+ * view: opamp_max_agent_state's largest sensible setting */
+#define NGX_HTTP_OPAMP_ADMIN_FIELD_MAX  (64 * 1024 * 1024)
 
 
 /* fields of the agent hash that hold numbers */
@@ -1951,6 +1957,19 @@ ngx_http_opamp_admin_agent_json(ngx_http_opamp_json_t *j, redisReply *reply,
         }
 
         if (ngx_http_opamp_admin_fields[f].descriptor) {
+
+            /* stored compressed where that saved bytes; bounded like a
+             * message, whoever wrote it */
+
+            if (ngx_http_opamp_stored_inflate(j->pool, ngx_cycle->log,
+                                              &value, &value,
+                                              NGX_HTTP_OPAMP_ADMIN_FIELD_MAX)
+                != NGX_OK)
+            {
+                ngx_http_opamp_json_literal(j, "null");
+                continue;
+            }
+
             /* whatever is in Redis is checked like an agent's message:
              * anyone may have written it */
             m = ngx_http_opamp_proto_unpack(

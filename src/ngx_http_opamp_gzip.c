@@ -8,14 +8,111 @@
 #include <zlib.h>
 
 
-/*
- * Inflates a gzip body.  The output grows in steps up to limit, so a small
- * bomb costs at most limit bytes: NGX_DECLINED as soon as it would pass.
- */
+static ngx_int_t ngx_http_opamp_inflate(ngx_pool_t *pool, ngx_log_t *log,
+    ngx_str_t *in, ngx_str_t *out, size_t limit, int wbits, char *what);
+
 
 ngx_int_t
 ngx_http_opamp_gunzip(ngx_pool_t *pool, ngx_log_t *log, ngx_str_t *in,
     ngx_str_t *out, size_t limit)
+{
+    /* 16 + MAX_WBITS: gzip header and trailer only */
+    return ngx_http_opamp_inflate(pool, log, in, out, limit, 16 + MAX_WBITS,
+                                  "gzip request body");
+}
+
+
+/*
+ * A status field as stored: a first byte 0 (which no protobuf message
+ * starts with: field number 0 does not exist) says that a zlib stream
+ * follows; any other value is the protobuf bytes themselves.
+ */
+
+ngx_int_t
+ngx_http_opamp_stored_inflate(ngx_pool_t *pool, ngx_log_t *log,
+    ngx_str_t *in, ngx_str_t *out, size_t limit)
+{
+    ngx_str_t  z;
+
+    if (in->len == 0 || in->data[0] != '\0') {
+        *out = *in;
+        return NGX_OK;
+    }
+
+    z.data = in->data + 1;
+    z.len = in->len - 1;
+
+    return ngx_http_opamp_inflate(pool, log, &z, out, limit, MAX_WBITS,
+                                  "stored status field");
+}
+
+
+/*
+ * Compresses a status field for Redis into out (in->len bytes of room),
+ * only when that saves bytes: NGX_DECLINED when the result, with its
+ * first byte 0, would not be smaller than the field.  A 4 KB window and
+ * less memory than zlib's default suit fields of a few KB (a health tree,
+ * package statuses): about 48 KB, freed at once.
+ */
+
+ngx_int_t
+ngx_http_opamp_stored_deflate(ngx_log_t *log, ngx_str_t *in, u_char *out,
+    size_t *len)
+{
+    int       rc;
+    z_stream  zs;
+
+    if (in->len < NGX_HTTP_OPAMP_DEFLATE_MIN) {
+        return NGX_DECLINED;
+    }
+
+    ngx_memzero(&zs, sizeof(z_stream));
+
+    if (deflateInit2(&zs, Z_DEFAULT_COMPRESSION, Z_DEFLATED, 12, 6,
+                     Z_DEFAULT_STRATEGY)
+        != Z_OK)
+    {
+        ngx_log_error(NGX_LOG_ALERT, log, 0, "opamp: deflateInit2() failed");
+        return NGX_ERROR;
+    }
+
+    out[0] = '\0';
+
+    zs.next_in = in->data;
+    zs.avail_in = in->len;
+    zs.next_out = out + 1;
+    zs.avail_out = in->len - 2;
+
+    rc = deflate(&zs, Z_FINISH);
+
+    *len = 1 + zs.total_out;
+
+    deflateEnd(&zs);
+
+    if (rc == Z_STREAM_END) {
+        return NGX_OK;
+    }
+
+    if (rc == Z_OK || rc == Z_BUF_ERROR) {
+        /* no room left: it would not be smaller */
+        return NGX_DECLINED;
+    }
+
+    ngx_log_error(NGX_LOG_ALERT, log, 0, "opamp: deflate() failed: %d", rc);
+
+    return NGX_ERROR;
+}
+
+
+/*
+ * Inflates zlib or gzip data (wbits says which).  The output grows in
+ * steps up to limit, so a small bomb costs at most limit bytes:
+ * NGX_DECLINED as soon as it would pass.
+ */
+
+static ngx_int_t
+ngx_http_opamp_inflate(ngx_pool_t *pool, ngx_log_t *log, ngx_str_t *in,
+    ngx_str_t *out, size_t limit, int wbits, char *what)
 {
     int        rc;
     u_char    *buf, *nbuf;
@@ -28,9 +125,7 @@ ngx_http_opamp_gunzip(ngx_pool_t *pool, ngx_log_t *log, ngx_str_t *in,
     zs.zfree = ngx_http_opamp_gzip_zfree;
     zs.opaque = pool;
 
-    /* 16 + MAX_WBITS: gzip header and trailer only */
-
-    if (inflateInit2(&zs, 16 + MAX_WBITS) != Z_OK) {
+    if (inflateInit2(&zs, wbits) != Z_OK) {
         return NGX_ERROR;
     }
 
@@ -55,14 +150,13 @@ ngx_http_opamp_gunzip(ngx_pool_t *pool, ngx_log_t *log, ngx_str_t *in,
         }
 
         if (rc == Z_BUF_ERROR && zs.avail_in == 0) {
-            /* the input ended before the gzip trailer */
+            /* the input ended before the trailer */
             rc = Z_DATA_ERROR;
         }
 
         if (rc != Z_OK && rc != Z_BUF_ERROR) {
-            ngx_log_error(NGX_LOG_INFO, log, 0,
-                          "opamp: invalid gzip request body: %s",
-                          zs.msg ? zs.msg : "truncated");
+            ngx_log_error(NGX_LOG_INFO, log, 0, "opamp: invalid %s: %s",
+                          what, zs.msg ? zs.msg : "truncated");
             inflateEnd(&zs);
             ngx_free(buf);
             return NGX_ABORT;

@@ -4,6 +4,7 @@
 
 
 #include "ngx_http_opamp_session.h"
+#include "ngx_http_opamp_gzip.h"
 #include "ngx_http_opamp_proto.h"
 #include "ngx_http_opamp_redis.h"
 #include "ngx_http_opamp_store.h"
@@ -50,7 +51,7 @@ typedef struct {
     u_char                          cs_hash_hex[40];
     u_char                          config_hash_hex[64];
     u_char                          packages_hash_hex[1 + 64];
-    u_char                         *text;   /* attributes, config error */
+    u_char                         *text;   /* config error, names */
     unsigned                        new_uid:1;
 } ngx_http_opamp_message_t;
 
@@ -97,10 +98,6 @@ static void ngx_http_opamp_session_pubsub(ngx_str_t *channel,
 static void ngx_http_opamp_session_kick(ngx_http_opamp_report_t *rep);
 static ngx_int_t ngx_http_opamp_session_config_status(
     ngx_http_opamp_message_t *m, ngx_http_opamp_a2s_t *msg);
-static size_t ngx_http_opamp_session_attrs_len(
-    Opamp__Proto__V1__KeyValue **kv, size_t n);
-static u_char *ngx_http_opamp_session_attrs(u_char *p,
-    Opamp__Proto__V1__KeyValue **kv, size_t n, ngx_uint_t *first);
 static ngx_int_t ngx_http_opamp_session_remote_config(
     ngx_http_opamp_report_t *rep, Opamp__Proto__V1__AgentRemoteConfig *arc,
     u_char *hash, ngx_log_t *log);
@@ -283,12 +280,26 @@ static ngx_uint_t  ngx_http_opamp_session_status_fields[] = {
 };
 
 
+/* the status fields that report.lua and the other scripts never read */
+static ngx_uint_t  ngx_http_opamp_session_compressed[] = {
+    0,      /* description: groups' selectors match its attributes */
+    1,      /* health */
+    0,      /* effective_config: shared by the SHA1 of its bytes */
+    1,      /* remote_config_status */
+    1,      /* package_statuses */
+    1,      /* custom_capabilities */
+    0,      /* available_components: the script reads its hash */
+    1       /* connection_settings_status */
+};
+
+
 static ngx_int_t
 ngx_http_opamp_session_report(ngx_http_opamp_session_t *s,
     ngx_http_opamp_a2s_t *msg, ngx_http_opamp_a2s_scan_t *scan)
 {
     u_char                      *p;
-    size_t                       size;
+    size_t                       size, len;
+    ngx_int_t                    rc;
     ngx_uint_t                   i, n;
     ngx_http_opamp_message_t    *m;
     ngx_http_opamp_report_t     *rep;
@@ -372,6 +383,26 @@ ngx_http_opamp_session_report(ngx_http_opamp_session_t *s,
         }
 
         rep->fields[i].data = p;
+
+        /* what the scripts never read is stored compressed where that
+         * saves bytes: an agent's health tree is most of what is its
+         * own in Redis (docs/redis-schema.md) */
+
+        if (ngx_http_opamp_session_compressed[i]) {
+            rc = ngx_http_opamp_stored_deflate(s->connection->log,
+                                               &scan->field[n], p, &len);
+            if (rc == NGX_ERROR) {
+                ngx_http_opamp_session_free_message(m);
+                return NGX_ERROR;
+            }
+
+            if (rc == NGX_OK) {
+                rep->fields[i].len = len;
+                p += len;
+                continue;
+            }
+        }
+
         rep->fields[i].len = scan->field[n].len;
         p = ngx_cpymem(p, scan->field[n].data, scan->field[n].len);
     }
@@ -955,9 +986,9 @@ ngx_http_opamp_session_kick(ngx_http_opamp_report_t *rep)
 
 /*
  * What the report script needs of the message besides the status fields:
- * the agent's attributes as JSON (to match group selectors), the reported
- * RemoteConfigStatus as text, the custom capability names and the custom
- * message.  Copied into the message: the decoded AgentToServer is freed
+ * the reported RemoteConfigStatus as text, the custom capability names
+ * and the custom message (the script reads the attributes that group
+ * selectors match from the description itself).  Copied into the message: the decoded AgentToServer is freed
  * before Redis answers.
  */
 
@@ -967,10 +998,8 @@ ngx_http_opamp_session_config_status(ngx_http_opamp_message_t *m,
 {
     u_char                               *p;
     size_t                                i, len, elen;
-    ngx_uint_t                            first;
     ngx_http_opamp_report_t              *rep;
     Opamp__Proto__V1__CustomMessage      *cm;
-    Opamp__Proto__V1__AgentDescription   *d;
     Opamp__Proto__V1__CustomCapabilities *cc;
     Opamp__Proto__V1__RemoteConfigStatus *rcs;
 
@@ -979,20 +1008,10 @@ ngx_http_opamp_session_config_status(ngx_http_opamp_message_t *m,
     };
 
     rep = &m->report;
-    d = msg->agent_description;
     rcs = msg->remote_config_status;
 
     len = 0;
     elen = 0;
-
-    if (d) {
-        len = sizeof("{}") - 1
-              + ngx_http_opamp_session_attrs_len(
-                    d->non_identifying_attributes,
-                    d->n_non_identifying_attributes)
-              + ngx_http_opamp_session_attrs_len(d->identifying_attributes,
-                                                 d->n_identifying_attributes);
-    }
 
     if (rcs && rcs->error_message) {
         elen = ngx_strlen(rcs->error_message);
@@ -1056,24 +1075,6 @@ ngx_http_opamp_session_config_status(ngx_http_opamp_message_t *m,
         p = ngx_cpymem(p, cm->data.data, cm->data.len);
     }
 
-    if (d) {
-        /* identifying attributes come last: for a key that is in both,
-         * the later one wins when the JSON is read */
-
-        rep->attributes.data = p;
-
-        *p++ = '{';
-        first = 1;
-        p = ngx_http_opamp_session_attrs(p, d->non_identifying_attributes,
-                                         d->n_non_identifying_attributes,
-                                         &first);
-        p = ngx_http_opamp_session_attrs(p, d->identifying_attributes,
-                                         d->n_identifying_attributes, &first);
-        *p++ = '}';
-
-        rep->attributes.len = p - rep->attributes.data;
-    }
-
     if (elen) {
         rep->config_error.data = p;
         rep->config_error.len = elen;
@@ -1114,106 +1115,6 @@ status:
                            - m->config_hash_hex;
 
     return NGX_OK;
-}
-
-
-/* attributes that a selector can match: strings, integers and booleans */
-
-static ngx_int_t
-ngx_http_opamp_session_attr_value(Opamp__Proto__V1__KeyValue *kv,
-    ngx_str_t *value, u_char *buf)
-{
-    Opamp__Proto__V1__AnyValue  *v;
-
-    v = kv->value;
-
-    if (kv->key == NULL || v == NULL) {
-        return NGX_DECLINED;
-    }
-
-    switch (v->value_case) {
-
-    case OPAMP__PROTO__V1__ANY_VALUE__VALUE_STRING_VALUE:
-        value->data = (u_char *) v->string_value;
-        value->len = ngx_strlen(v->string_value);
-        return NGX_OK;
-
-    case OPAMP__PROTO__V1__ANY_VALUE__VALUE_BOOL_VALUE:
-        ngx_str_set(value, "false");
-        if (v->bool_value) {
-            ngx_str_set(value, "true");
-        }
-        return NGX_OK;
-
-    case OPAMP__PROTO__V1__ANY_VALUE__VALUE_INT_VALUE:
-        value->data = buf;
-        value->len = ngx_sprintf(buf, "%L", v->int_value) - buf;
-        return NGX_OK;
-
-    default:
-        return NGX_DECLINED;
-    }
-}
-
-
-static size_t
-ngx_http_opamp_session_attrs_len(Opamp__Proto__V1__KeyValue **kv, size_t n)
-{
-    u_char      buf[NGX_INT64_LEN];
-    size_t      i, len, klen;
-    ngx_str_t   value;
-
-    len = 0;
-
-    for (i = 0; i < n; i++) {
-        if (ngx_http_opamp_session_attr_value(kv[i], &value, buf) != NGX_OK)
-        {
-            continue;
-        }
-
-        klen = ngx_strlen(kv[i]->key);
-
-        /* ,"key":"value" */
-        len += sizeof(",\"\":\"\"") - 1
-               + klen + ngx_escape_json(NULL, (u_char *) kv[i]->key, klen)
-               + value.len + ngx_escape_json(NULL, value.data, value.len);
-    }
-
-    return len;
-}
-
-
-static u_char *
-ngx_http_opamp_session_attrs(u_char *p, Opamp__Proto__V1__KeyValue **kv,
-    size_t n, ngx_uint_t *first)
-{
-    u_char      buf[NGX_INT64_LEN];
-    size_t      i;
-    ngx_str_t   value;
-
-    for (i = 0; i < n; i++) {
-        if (ngx_http_opamp_session_attr_value(kv[i], &value, buf) != NGX_OK)
-        {
-            continue;
-        }
-
-        if (!*first) {
-            *p++ = ',';
-        }
-
-        *first = 0;
-
-        *p++ = '"';
-        p = (u_char *) ngx_escape_json(p, (u_char *) kv[i]->key,
-                                       ngx_strlen(kv[i]->key));
-        *p++ = '"';
-        *p++ = ':';
-        *p++ = '"';
-        p = (u_char *) ngx_escape_json(p, value.data, value.len);
-        *p++ = '"';
-    }
-
-    return p;
 }
 
 

@@ -17,8 +17,9 @@ typedef struct {
 } ngx_http_opamp_script_t;
 
 
-/* EVALSHA, sha1, numkeys, the 4 keys and the 37 ARGV of report.lua */
-#define NGX_HTTP_OPAMP_REPORT_ARGC  (3 + 4 + 37)
+/* EVALSHA, sha1, numkeys, the 5 keys and the 36 ARGV of report.lua */
+#define NGX_HTTP_OPAMP_REPORT_KEYS  5
+#define NGX_HTTP_OPAMP_REPORT_ARGC  (3 + NGX_HTTP_OPAMP_REPORT_KEYS + 36)
 
 
 struct ngx_http_opamp_store_req_s {
@@ -214,6 +215,20 @@ ngx_http_opamp_store_agent_key(u_char *buf, u_char *uid)
 }
 
 
+/* the agent's own status fields, apart from its small fields */
+
+u_char *
+ngx_http_opamp_store_status_key(u_char *buf, u_char *uid)
+{
+    buf = ngx_sprintf(buf, "%Vstatus:{", &ngx_http_opamp_store_conf->prefix);
+    ngx_http_opamp_uid_format(buf, uid);
+    buf += NGX_HTTP_OPAMP_UID_STR_LEN;
+    *buf++ = '}';
+
+    return buf;
+}
+
+
 u_char *
 ngx_http_opamp_store_config_key(u_char *buf, u_char *uid)
 {
@@ -303,7 +318,7 @@ ngx_http_opamp_store_str(ngx_str_t *s)
 
 /*
  * The start of a report.lua call, report or check: EVALSHA and the
- * script's hash, or EVAL and its source after a NOSCRIPT, and its four
+ * script's hash, or EVAL and its source after a NOSCRIPT, and its five
  * keys' count.  Returns the number of arguments written.
  */
 
@@ -328,7 +343,7 @@ ngx_http_opamp_store_report_head(const char **argv, size_t *argvlen,
         argvlen[1] = 40;
     }
 
-    argv[2] = "4";
+    argv[2] = "5";
     argvlen[2] = 1;
 
     return 3;
@@ -343,6 +358,7 @@ ngx_http_opamp_store_send_report(ngx_http_opamp_store_req_t *req,
     u_char                   *p;
     u_char                    key[128 + NGX_HTTP_OPAMP_UID_STR_LEN];
     u_char                    ckey[128 + NGX_HTTP_OPAMP_UID_STR_LEN];
+    u_char                    skey[128 + NGX_HTTP_OPAMP_UID_STR_LEN];
     u_char                    uid[NGX_HTTP_OPAMP_UID_STR_LEN];
     u_char                    conn[NGX_HTTP_OPAMP_CONN_ID_LEN];
     u_char                    now[NGX_INT64_LEN], seq[NGX_INT64_LEN];
@@ -379,6 +395,9 @@ ngx_http_opamp_store_send_report(ngx_http_opamp_store_req_t *req,
                        ngx_http_opamp_version_key.len);
     NGX_HTTP_OPAMP_ARG(ngx_http_opamp_groups_key.data,
                        ngx_http_opamp_groups_key.len);
+
+    p = ngx_http_opamp_store_status_key(skey, rep->uid);
+    NGX_HTTP_OPAMP_ARG_END(skey, p);
 
     p = ngx_sprintf(now, "%T%03M", tp->sec, tp->msec);
     NGX_HTTP_OPAMP_ARG_END(now, p);
@@ -462,8 +481,6 @@ ngx_http_opamp_store_send_report(ngx_http_opamp_store_req_t *req,
 
     NGX_HTTP_OPAMP_ARG("report", 6);
 
-    NGX_HTTP_OPAMP_ARG(ngx_http_opamp_store_str(&rep->attributes),
-                       rep->attributes.len);
     NGX_HTTP_OPAMP_ARG(ngx_http_opamp_store_str(&rep->config_status),
                        rep->config_status.len);
     NGX_HTTP_OPAMP_ARG(ngx_http_opamp_store_str(&rep->config_error),
@@ -511,7 +528,7 @@ ngx_http_opamp_store_is_beat(ngx_http_opamp_report_t *rep)
 
     if ((rep->capabilities & 0x3e8) != 0
         || rep->disconnect || rep->healthy != 2 || rep->force_config
-        || rep->attributes.len || rep->config_status.len
+        || rep->config_status.len
         || rep->custom_capabilities.len || rep->message_capability.len
         || rep->packages_hash.len)
     {
@@ -655,11 +672,11 @@ ngx_http_opamp_store_beats_compact(ngx_http_opamp_store_beats_t *b)
 
 
 /* argv index of report.lua's ARGV[k] in a call built below */
-#define NGX_HTTP_OPAMP_ARGV(k)  (3 + 4 + (k) - 1)
+#define NGX_HTTP_OPAMP_ARGV(k)  (3 + NGX_HTTP_OPAMP_REPORT_KEYS + (k) - 1)
 
 /*
  * What a report.lua call for many agents (check, beats) starts with: the
- * script head, no agent keys but the fleet-wide ones, and ARGV[1..37]
+ * script head, no agent keys but the fleet-wide ones, and ARGV[1..36]
  * empty but for now, the key prefix and the mode; the caller sets the
  * others it needs and appends its agents.  Returns the count written.
  */
@@ -675,7 +692,7 @@ ngx_http_opamp_store_batch_args(const char **argv, size_t *argvlen,
 
     argc = ngx_http_opamp_store_report_head(argv, argvlen, eval);
 
-    /* KEYS[1] and KEYS[2] name one agent; a batch has many */
+    /* KEYS[1], KEYS[2] and KEYS[5] name one agent; a batch has many */
     NGX_HTTP_OPAMP_ARG("", 0);
     NGX_HTTP_OPAMP_ARG("", 0);
 
@@ -683,8 +700,9 @@ ngx_http_opamp_store_batch_args(const char **argv, size_t *argvlen,
                        ngx_http_opamp_version_key.len);
     NGX_HTTP_OPAMP_ARG(ngx_http_opamp_groups_key.data,
                        ngx_http_opamp_groups_key.len);
+    NGX_HTTP_OPAMP_ARG("", 0);
 
-    for (i = 0; i < 37; i++) {
+    for (i = 0; i < 36; i++) {
         NGX_HTTP_OPAMP_ARG("", 0);
     }
 
@@ -731,9 +749,11 @@ ngx_http_opamp_store_send_beats(ngx_http_opamp_store_beats_t *b,
                + 2 * NGX_INT64_LEN + 2;
     /* uid, sequence_num, its predecessor, expires_ms, and the text of
      * the mark (digested in place): capabilities, settings hash (sha1,
-     * hex), connection, transport and channel, separated by spaces */
+     * hex), connection, transport, channel and layout version,
+     * separated by spaces */
     per = NGX_HTTP_OPAMP_UID_STR_LEN + 4 * NGX_INT64_LEN + 40 + conn_len
-          + sizeof("websocket") + channel->len + 4;
+          + sizeof("websocket") + channel->len
+          + sizeof(NGX_HTTP_OPAMP_SCHEMA) + 5;
 
     argv = ngx_alloc(total * (sizeof(char *) + sizeof(size_t))
                      + b->n * per, ngx_cycle->log);
@@ -785,7 +805,7 @@ ngx_http_opamp_store_send_beats(ngx_http_opamp_store_beats_t *b,
             p = ngx_http_opamp_store_conn_id(p, rep->conn_number);
         }
 
-        p = ngx_sprintf(p, " %s %V",
+        p = ngx_sprintf(p, " %s %V " NGX_HTTP_OPAMP_SCHEMA,
                         ngx_http_opamp_transport_names[rep->transport],
                         channel);
 
@@ -1147,8 +1167,8 @@ ngx_http_opamp_store_send_check(ngx_http_opamp_store_check_t *chk,
     argv[NGX_HTTP_OPAMP_ARGV(16)] = "0";
     argvlen[NGX_HTTP_OPAMP_ARGV(16)] = 1;
 
-    argv[NGX_HTTP_OPAMP_ARGV(31)] = chk->force ? "1" : "0";
-    argvlen[NGX_HTTP_OPAMP_ARGV(31)] = 1;
+    argv[NGX_HTTP_OPAMP_ARGV(30)] = chk->force ? "1" : "0";
+    argvlen[NGX_HTTP_OPAMP_ARGV(30)] = 1;
 
     for (i = 0; i < chk->n; i++) {
         ngx_http_opamp_uid_format(buf, chk->agents[i].uid);

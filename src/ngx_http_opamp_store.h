@@ -30,6 +30,15 @@ typedef enum {
 
 
 /* what the report script concluded about the connection */
+/*
+ * The layout version of the agent hash (its "schema" field, see
+ * docs/redis-schema.md); part of the mark of a settled agent, so that
+ * agents settled under an older layout take the long way once, which
+ * moves them to this one.  report.lua says the same.
+ */
+#define NGX_HTTP_OPAMP_SCHEMA  "3"
+
+
 #define NGX_HTTP_OPAMP_VERDICT_OK         0
 #define NGX_HTTP_OPAMP_VERDICT_TAKEOVER   1   /* reconnect: old conn stale */
 #define NGX_HTTP_OPAMP_VERDICT_DUPLICATE  2   /* uid held by a live peer */
@@ -53,8 +62,6 @@ typedef struct {
     unsigned            disconnect:1;
     unsigned            healthy:2;           /* 0 no, 1 yes, 2 unknown */
     unsigned            force_config:1;      /* send it even if offered */
-    ngx_str_t           attributes;          /* JSON; empty: no
-                                                description reported */
     ngx_str_t           config_status;       /* empty: not reported */
     ngx_str_t           config_error;
     ngx_str_t           config_hash;         /* hex */
@@ -157,6 +164,7 @@ void ngx_http_opamp_store_touch(u_char *uid, uint64_t conn_number,
 
 /* "<prefix>config:agent:{<uuid>}" into buf (at least prefix + 64) */
 u_char *ngx_http_opamp_store_config_key(u_char *buf, u_char *uid);
+u_char *ngx_http_opamp_store_status_key(u_char *buf, u_char *uid);
 
 /* formats "<server_id>:<pid>:<n>" into buf (NGX_HTTP_OPAMP_CONN_ID_LEN),
  * returns the end */

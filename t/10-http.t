@@ -126,8 +126,10 @@ ok(!$m->{connection_settings},
 ok(!$m->{agent_identification}, 'no agent_identification');
 
 my $a = $t->agent($u1);
-is($a->{schema}, 2, 'hash: schema 2');
-is($a->{instance_uid}, uid_text($u1), 'hash: instance_uid, canonical text');
+is($a->{schema}, 3, 'hash: schema 3');
+ok(!exists $a->{instance_uid}, 'hash: no instance_uid (the key names it)');
+is($t->redis('TYPE', $t->status_key($u1)), 'string',
+   'status fields: one string of their own');
 is($a->{sequence_num}, 0, 'hash: sequence_num');
 is($a->{capabilities}, 0x801, 'hash: capabilities');
 is($a->{transport}, 'http', 'hash: transport http');

@@ -126,9 +126,8 @@ ok(index($raw, "\x12\x20" . pack('H*', $h1)) >= 0,
 is($t->agent($u1)->{offered_hash}, $h1, 'offered_hash recorded');
 is($t->agent($u1)->{desired_config}, 'group:checkout',
    'the resolution is recorded in the agent hash');
-is($t->agent($u1)->{attributes},
-   '{"host.name":"h1","env":"prod","service.name":"checkout"}',
-   'attributes JSON: identifying after non-identifying');
+ok(!exists $t->agent($u1)->{attributes},
+   'no attributes stored: selectors read the description');
 
 # the agent applies it and says so: recorded
 $a1->send_msg($t->a2s('instance_uid: "' . uid_escape($u1) . '" '

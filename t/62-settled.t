@@ -87,7 +87,7 @@ like($after->{settled}, qr/^0 /, 'and settles the agent again');
 $seq++;
 $r = poll();
 like($r, qr/flags: 1\b/, 'a sequence gap asks for the full state');
-is($t->redis('HGET', $key, 'settled'), '', 'and unsettles the agent');
+is($t->redis('HGET', $key, 'settled'), undef, 'and unsettles the agent');
 poll(extra => $desc);
 like($t->redis('HGET', $key, 'settled'), qr/^0 /, 'settled again');
 
@@ -138,10 +138,10 @@ $t->redis('EXEC');
 $r = poll();
 like($r, qr/remote_config \{.*key: "c.yaml"/s,
      'a group config reaches a settled agent at its next poll');
-is($t->redis('HGET', $key, 'settled'), '',
+is($t->redis('HGET', $key, 'settled'), undef,
    'not settled while the config is offered and not acknowledged');
 poll();
-is($t->redis('HGET', $key, 'settled'), '', 'nor at the next heartbeat');
+is($t->redis('HGET', $key, 'settled'), undef, 'nor at the next heartbeat');
 $r = poll(extra => 'remote_config_status { last_remote_config_hash: "'
                    . join('', map { sprintf '\\%03o', $_ }
                                   unpack 'C*', pack 'H*', $hash)
@@ -163,8 +163,8 @@ my $uid2 = random_uid();
     . 'capabilities: ' . (0x1 | 0x100) . " $desc"));
 $t->http_post($t->a2s('instance_uid: "' . uid_escape($uid2) . '" '
                       . 'sequence_num: 1 capabilities: ' . (0x1 | 0x100)));
-is($t->redis('HGET', "${P}agent:{" . uid_text($uid2) . '}', 'settled'), '',
-   'an agent that accepts connection settings is not settled');
+is($t->redis('HGET', "${P}agent:{" . uid_text($uid2) . '}', 'settled'),
+   undef, 'an agent that accepts connection settings is not settled');
 $t->redis('SET', "${P}connection_settings", $t->encode(
     'ConnectionSettingsOffers', 'opamp { destination_endpoint: '
     . '"ws://127.0.0.1:1/v1/opamp" }'));

@@ -220,7 +220,7 @@ is($t->redis('HGET', $http_key, 'desired_config'), 'group:other',
 is($st, 200, 'its heartbeat two changes later');
 unlike(OpAMPFleet::decode('ServerToAgent', $body), qr/remote_config/,
        'offers nothing: the group left it');
-is($t->redis('HGET', $http_key, 'desired_config'), '',
+is($t->redis('HGET', $http_key, 'desired_config'), undef,
    'it is matched again, not kept in its group by the last change\'s scope');
 
 # connection settings for the fleet change no config

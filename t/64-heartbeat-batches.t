@@ -136,7 +136,7 @@ unlike($owed->{answer}, qr/flags: 1\b/,
        'the agent owed a config is in sequence');
 is(scalar(grep { $_ != $gap && $_->{answer} =~ /flags/ } @agents), 0,
    'no other agent is asked for anything');
-is($t->redis('HGET', key_of($gap), 'settled'), '',
+is($t->redis('HGET', key_of($gap), 'settled'), undef,
    'the agent out of sequence is no longer settled');
 is($t->redis('HGET', key_of($owed), 'sequence_num'), $owed->{seq},
    'the one owed a config has its sequence stored the long way');

@@ -363,6 +363,41 @@ $t->redis('DEL', "${P}packages");
     $t->redis('INCR', "${P}config_version");
 }
 
+# --- integer attributes: all 64 bits, exactly (Lua's numbers are doubles) ---
+
+{
+    my $h = OpAMPFleet::config_hash('c.yaml' => [ 'wide: 1' ]);
+    $t->redis('HSET', "${P}config:group:wide",
+              selector => 'n=9007199254740993,min=-9223372036854775808,'
+                          . 'max=9223372036854775807',
+              priority => 1, hash => $h, updated_ms => 1,
+              'file:c.yaml' => 'wide: 1');
+    $t->redis('ZADD', "${P}groups", 1, 'wide');
+    $t->redis('INCR', "${P}config_version");
+    my $attrs = sub {
+        my ($n) = @_;
+        return 'agent_description { '
+               . join(' ', map { "non_identifying_attributes { key: \"$_->[0]\" "
+                                 . "value { int_value: $_->[1] } }" }
+                           [ n => $n ], [ min => '-9223372036854775808' ],
+                           [ max => '9223372036854775807' ])
+               . ' }';
+    };
+    # 2^53 + 1 is the first integer a double cannot hold: read as one, it
+    # would be 2^53, and 2^53 + 2 would not differ from it either
+    for my $c ([ '9007199254740993', 1 ], [ '9007199254740992', 0 ],
+               [ '9007199254740994', 0 ]) {
+        my $m = poll(random_uid(), 'sequence_num: 0 capabilities: 3 '
+                                   . $attrs->($c->[0]));
+        is($m->{remote_config} ? 1 : 0, $c->[1],
+           "selector n=9007199254740993 and the int64 extremes, agent with "
+           . "n=$c->[0]: " . ($c->[1] ? 'matched' : 'not matched'));
+    }
+    $t->redis('DEL', "${P}config:group:wide");
+    $t->redis('ZREM', "${P}groups", 'wide');
+    $t->redis('INCR', "${P}config_version");
+}
+
 # --- opamp_max_message_size on what the server sends ---------------------------
 
 {

@@ -124,7 +124,8 @@ is($t->redis('EXISTS', $ek, $ck), 0,
     is($st, 200, 'the deleted HTTP agent polls again');
     ok(full_state_asked($m), 'it is asked for its full state');
     my $h = $t->hgetall(key_of('agent', $a1));
-    is($h->{instance_uid}, uid_text($a1), 'it is a new agent: a whole hash');
+    is($h->{first_seen_ms}, $h->{last_seen_ms},
+       'it is a new agent: a whole hash, first seen now');
     ok($h->{first_seen_ms} && $h->{schema}, 'first seen now, with the schema');
     ($st, $m) = post($a1, 2, $FULL_CAPS, "$DESC $EFF $COMP");
     ok(!full_state_asked($m), 'its full state is taken');
@@ -168,7 +169,8 @@ my $m = beat();
 ok($m && full_state_asked($m),
    'its next heartbeat on the same connection is asked for full state');
 my $h = $t->hgetall(key_of('agent', $w));
-is($h->{instance_uid}, uid_text($w), 'and makes a whole new agent hash');
+ok($h->{first_seen_ms} && $h->{first_seen_ms} == $h->{last_seen_ms},
+   'and makes a whole new agent hash, first seen now');
 ok($h->{first_seen_ms} && $h->{schema} && $h->{conn},
    'not a half one of sequence and liveness only');
 $m = beat($DESC);
@@ -310,9 +312,11 @@ ok($t->wait_for(sub { zcard() == 150 }, 30),
 my $took = time - $t0;
 is(scalar(grep { $t->redis('EXISTS', key_of('agent', $_->[1])) } @live), 150,
    'every live agent is still there, scored older than the departed');
-is($t->redis('DBSIZE'), 151, 'and nothing else is left but their hashes '
-   . 'and the index (shared content gone with the last reference)')
-    or diag(explain [ grep { !/^\Q${P}\Eagent:/ } @{ $t->redis('KEYS', '*') } ]);
+is($t->redis('DBSIZE'), 301, 'and nothing else is left but their hashes, '
+   . 'their status fields and the index (shared content gone with the last '
+   . 'reference)')
+    or diag(explain [ grep { !/^\Q${P}\E(agent|status):/ }
+                      @{ $t->redis('KEYS', '*') } ]);
 
 my (@steps, $cur);
 for (monitor_lines()) {

@@ -244,9 +244,10 @@ for my $case (['array_value', nested_anyvalue(10000, 'array')],
     ($s) = post(a2s($u2, 0, fld(3, fld(1, fld(1, 'k') . fld(2, fld(1, 'v'))))));
     is($s, 200, 'an ordinary agent for the admin API');
     my $key = $t->agent_key($u2);
-    $t->redis('HSET', $key, 'attributes', "{\"k\":\"v\xc3\x28\xff\"}",
-              'description', fld(1, fld(1, 'k') . fld(2, fld(7, "\xff\xfe"))),
-              'server_id', "host\xe2\x82");
+    $t->redis('HSET', $key, 'server_id', "host\xe2\x82");
+    $t->redis('SET', $t->status_key($u2),
+              fld(3, fld(2, fld(1, 'k') . fld(2, fld(1, "v\xc3\x28\xff")))
+                     . fld(1, fld(1, 'b') . fld(2, fld(7, "\xff\xfe")))));
     my ($as, $ah, $ab) = $t->http_post('', -method => 'GET',
                                        -path => '/admin/agents');
     is($as, 200, 'GET agents with invalid UTF-8 in Redis: 200');
@@ -307,8 +308,12 @@ for my $case (['array_value', nested_anyvalue(10000, 'array')],
     my $text = $t->decode('AgentDescription', $stored);
     like($text, qr/string_value: "one".*string_value: "two"/s,
          'protoc decodes both parts');
-    like($t->agent($uid)->{attributes} // '', qr/"a":"one".*"b":"two"|"b":"two".*"a":"one"/,
-         'and the module read both (attributes)');
+    my ($as, $ah, $ab) = $t->http_post('', -method => 'GET',
+                                       -path => '/admin/agents/'
+                                                . uid_text($uid));
+    my $view = eval { JSON::PP->new->utf8->decode($ab) } // {};
+    is_deeply($view->{attributes}, { a => 'one', b => 'two' },
+              'and the module read both (the attributes selectors see)');
 }
 
 # --- what one agent can make Redis hold ------------------------------------

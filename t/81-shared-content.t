@@ -18,6 +18,7 @@ use Digest::SHA qw(sha1_hex);
 
 use OpAMPTest;
 use OpAMPCollector;
+use Compress::Zlib ();
 
 my $N = 60;
 my $P = 'opamp:';
@@ -84,13 +85,39 @@ like($t->decode('EffectiveConfig', $eff), qr/timeout: 2s/,
 like($t->decode('AvailableComponents', $t->agent($uids[0])
                                        ->{available_components}),
      qr/key: "rece070"/, 'and its component list (190 components)');
-my ($own, $shared) = (0, 0);
-$own += $t->redis('MEMORY', 'USAGE', $t->agent_key($_), 'SAMPLES', 0) for @uids;
+my ($hash, $status, $shared) = (0, 0, 0);
+$hash += $t->redis('MEMORY', 'USAGE', $t->agent_key($_), 'SAMPLES', 0)
+    for @uids;
+$status += $t->redis('MEMORY', 'USAGE', $t->status_key($_), 'SAMPLES', 0)
+    for @uids;
 $shared += $t->redis('MEMORY', 'USAGE', $_, 'SAMPLES', 0) for @ck, @ek;
-diag(sprintf 'MEMORY USAGE: agent hash %.0f B on average, shared content '
-     . '%d B in all', $own / $N, $shared);
-cmp_ok($own / $N, '<', 6144, 'an agent\'s own hash is far below the ~40 KB '
-       . 'it reports (a copy each was 39 KB)');
+diag(sprintf 'MEMORY USAGE: agent hash %.0f B and status %.0f B on average, '
+     . 'shared content %d B in all', $hash / $N, $status / $N, $shared);
+is(scalar(grep { $t->redis('OBJECT', 'ENCODING', $t->agent_key($_))
+                 ne 'listpack' } @uids), 0,
+   'every agent hash holds small values only: Redis keeps it compact '
+   . '(listpack)');
+cmp_ok(($hash + $status) / $N, '<', 1800, 'what is an agent\'s own in Redis '
+       . '(hash and status) is below 1,800 B (a copy each was 39 KB)');
+
+# the status string: protobuf fields numbered as in AgentToServer; health
+# compressed (zlib after a byte 0), the description as the agent sent it
+{
+    my $st = $t->redis('GET', $t->status_key($uids[0]));
+    like($t->decode_raw($st), qr/^3 \{/m,
+         'protoc --decode_raw reads the status string: field 3 first');
+    my $f = OpAMPTest::status_fields($st);
+    like($t->decode('AgentDescription', $f->{description}),
+         qr/key: "host.name"\s+value \{\s+string_value: "host1"/,
+         'the description as sent (protoc decodes it)');
+    is(substr($f->{health}, 0, 1), "\0", 'health stored compressed');
+    my $plain = Compress::Zlib::uncompress(substr($f->{health}, 1));
+    like($t->decode('ComponentHealth', $plain // ''),
+         qr/key: "exporter:otlphttp"/,
+         'zlib inflates it to the health tree (protoc decodes it)');
+    cmp_ok(length $f->{health}, '<', length($plain // '') / 2,
+           'at less than half its size');
+}
 cmp_ok($shared, '<', 2 * $len + 2 * 8192,
        'the shared content is about one copy per build and config');
 
@@ -152,9 +179,57 @@ is(scalar @ek, 2, 'when it goes back, the config only it used is deleted');
         . 'effective_config { config_map { config_map { key: "" value { '
         . 'body: "a: 1" } } } }'));
     is($st, 200, 'an agent with a tiny effective config');
-    my $h = $t->hgetall($t->agent_key($uid));
+    my $h = $t->agent($uid);
     ok(exists $h->{effective_config} && !exists $h->{effective_config_ref},
-       'keeps it in its own hash (sharing it would cost more than it saves)');
+       'keeps it with its own status (sharing it would cost more than it '
+       . 'saves)');
+}
+
+# upgrade: an agent hash of schema 2 (status fields, attributes and
+# instance_uid in the hash, long values: Redis's larger encoding) moves to
+# this layout at the agent's next message, as it is: no full state asked
+{
+    my $uid = random_uid();
+    my $key = $t->agent_key($uid);
+    my $desc = $t->encode('AgentDescription',
+        'identifying_attributes { key: "service.name" value { '
+        . 'string_value: "legacy" } }');
+    my $health = $t->encode('ComponentHealth', OpAMPCollector::health('old')
+                            =~ s/^health \{(.*)\}\s*$/$1/sr);
+    my $now = int(time * 1000);
+    $t->redis('HSET', $key, schema => 2, instance_uid => uid_text($uid),
+              sequence_num => 4, capabilities => 0x801,
+              description => $desc, health => $health, healthy => 1,
+              attributes => '{"service.name":"legacy"}',
+              first_seen_ms => $now - 60000, last_seen_ms => $now - 1000,
+              expires_ms => $now + 89000, connected => 1, conn => 'http',
+              transport => 'http', settled => '0 0123456789abcdef');
+    $t->redis('ZADD', "${P}agents", $now - 1000, uid_text($uid));
+    is($t->redis('OBJECT', 'ENCODING', $key), 'hashtable',
+       'a schema 2 hash with its long values');
+    my ($st, $h, $b) = $t->http_post($t->a2s('instance_uid: "'
+        . uid_escape($uid) . '" sequence_num: 5 capabilities: 2049'));
+    is($st, 200, 'its next heartbeat: 200');
+    ok(!(($t->s2a($b)->{flags} // 0) & 1), 'not asked for its full state');
+    my $raw = $t->hgetall($key);
+    is($raw->{schema}, 3, 'the hash is of schema 3 now');
+    ok(!grep({ exists $raw->{$_} } qw(description health attributes
+                                      instance_uid)),
+       'with no status fields, attributes or instance_uid');
+    is($raw->{first_seen_ms}, $now - 60000, 'and its other fields kept');
+    is($t->redis('OBJECT', 'ENCODING', $key), 'listpack',
+       'written anew: Redis keeps it compact again');
+    my $a = $t->agent($uid);
+    is($a->{description}, $desc, 'the description moved to the status string');
+    is($a->{health}, $health, 'and the health, as it was (not compressed)');
+    my ($as, $ah, $ab) = $t->http_post('', -method => 'GET',
+                                       -path => '/admin/agents/'
+                                                . uid_text($uid));
+    my $j = decode_json($ab);
+    is($j->{attributes}{'service.name'}, 'legacy',
+       'GET agents/<uid>: its attributes, read from the description');
+    ok($j->{health}{component_health_map}{'pipeline:logs'},
+       'GET agents/<uid>: its health tree');
 }
 
 $t->done;

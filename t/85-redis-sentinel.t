@@ -245,7 +245,7 @@ like($b, qr/acknowledged: 1/, 'with its content');
 my @lost = @uids[0 .. 49];
 for my $i (0 .. $#lost) {
     if ($i % 2) {
-        $t->redis('DEL', "opamp:agent:{$lost[$i]}");
+        $t->redis('DEL', "opamp:agent:{$lost[$i]}", "opamp:status:{$lost[$i]}");
     } else {
         $t->redis('HINCRBY', "opamp:agent:{$lost[$i]}", 'sequence_num', -3);
     }
@@ -258,8 +258,10 @@ ok($t->wait_for(sub {
        @bad = ();
        for my $u (@lost) {
            my $a = $t->hgetall("opamp:agent:{$u}");
+           my $st = OpAMPTest::status_fields(
+                        $t->redis('GET', "opamp:status:{$u}"));
            push @bad, $u unless ($a->{last_seen_ms} // 0) > $cut_ms
-                                && defined $a->{description};
+                                && defined $st->{description};
        }
        !@bad }, 20),
    'agents whose writes were lost report their full state again')

@@ -108,8 +108,9 @@ for my $tr ('ws', 'http') {
     is($attr{'service.instance.id'}, uid_hex($uid),
        "$tr: description service.instance.id");
     is($attr{'os.type'}, 'linux', "$tr: a non-identifying attribute");
-    is_deeply($json->decode($st->{attributes} // '{}')->{'service.name'},
-              $name, "$tr: attributes JSON");
+    my (undef, $view) = api('GET', 'agents/' . uid_text($uid));
+    is($view->{attributes}{'service.name'}, $name,
+       "$tr: the attributes selectors see (admin API)");
     my $h = decode_field('ComponentHealth', $st->{health});
     is($h->{healthy}, 'true', "$tr: health healthy");
     is($h->{status}, 'ok', "$tr: health status");

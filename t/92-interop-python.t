@@ -88,7 +88,7 @@ ok($t->wait_for(sub {
         && ($x->{config_hash} // '') eq $hash;
 }, 10), 'APPLIED with the config\'s hash in Redis');
 
-my $st = $t->hgetall($key);
+my $st = $t->agent($ubytes);
 is($st->{transport}, 'http', 'transport http');
 is($st->{capabilities}, 0x1 | 0x2 | 0x4 | 0x1000 | 0x2000,
    'its capabilities (the client\'s defaults)');

@@ -19,7 +19,14 @@
 -- ARGV[10..] attribute filters "key=value"
 --
 -- Returns { next cursor ("" at the end), agent, agent, ... } where each
--- agent is the flat list of the fields named in `fields` below.
+-- agent is the flat list of the fields named in `fields` below
+-- (instance_uid from the index, attributes from the description in
+-- <prefix>status:{<uid>} as a JSON object, the others from the agent
+-- hash).
+
+--@include lib/protobuf.lua
+--@include lib/attributes.lua
+--@include lib/status.lua
 
 local prefix, now = ARGV[1], tonumber(ARGV[2])
 local cursor, budget, limit = tonumber(ARGV[3]), tonumber(ARGV[4]),
@@ -50,9 +57,11 @@ local examined = 0
 
 for _, uid in ipairs(uids) do
     examined = examined + 1
-    local a = redis.call('HMGET', prefix .. 'agent:{' .. uid .. '}',
-                         unpack(fields))
-    local ok = a[1] ~= false
+    local key = prefix .. 'agent:{' .. uid .. '}'
+    local a = redis.call('HMGET', key, unpack(fields))
+    -- the index may name an agent whose hash is gone
+    local ok = a[11] ~= false
+    a[1] = uid
 
     if ok and ARGV[6] ~= '' then
         local live = a[2] == '1' and tonumber(a[3] or '0') > now
@@ -64,14 +73,20 @@ for _, uid in ipairs(uids) do
     if ok and ARGV[8] ~= '' then
         ok = (a[13] or 'UNSET') == ARGV[8]
     end
-    if ok and #want > 0 then
-        local attrs = {}
-        if a[12] then
-            local good, t = pcall(cjson.decode, a[12])
-            if good and type(t) == 'table' then
-                attrs = t
-            end
+    -- the attributes of its description, as selectors see them (a hash
+    -- of schema 2 has its description and none of them in the status hash)
+    local attrs = nil
+    if ok then
+        local desc = status_read(redis.call('GET', prefix .. 'status:{'
+                                            .. uid .. '}')).description
+                     or redis.call('HGET', key, 'description')
+        if desc then
+            attrs = attributes_of(desc)
+            a[12] = cjson.encode(attrs)
         end
+    end
+    if ok and #want > 0 then
+        attrs = attrs or {}
         for _, kv in ipairs(want) do
             if attrs[kv[1]] ~= kv[2] then
                 ok = false

@@ -21,9 +21,9 @@
 
 local prefix, now = ARGV[1], tonumber(ARGV[3])
 
--- the hash, the index entry, the queued command and messages, and the
--- references to shared content (report.lua, refer()): the last agent out
--- deletes the content
+-- the hash, its status fields, the index entry, the queued command and
+-- messages, and the references to shared content (report.lua, refer()):
+-- the last agent out deletes the content
 local function remove(uid)
     local key = prefix .. 'agent:{' .. uid .. '}'
     local refs = redis.call('HMGET', key, 'effective_config_ref',
@@ -36,7 +36,8 @@ local function remove(uid)
             end
         end
     end
-    return redis.call('DEL', key, prefix .. 'command:{' .. uid .. '}',
+    return redis.call('DEL', key, prefix .. 'status:{' .. uid .. '}',
+                      prefix .. 'command:{' .. uid .. '}',
                       prefix .. 'outbox:{' .. uid .. '}')
            + redis.call('ZREM', KEYS[1], uid)
 end

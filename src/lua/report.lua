@@ -6,6 +6,7 @@
 -- KEYS[2]  <prefix>config:agent:{<uid>}
 -- KEYS[3]  <prefix>config_version
 -- KEYS[4]  <prefix>groups
+-- KEYS[5]  <prefix>status:{<uid>}
 -- ARGV[1]  now, Unix ms
 -- ARGV[2]  instance uid, canonical text
 -- ARGV[3]  sequence_num, decimal
@@ -30,24 +31,23 @@
 -- ARGV[26] "report", or "check": only say which config the agent is owed
 --          (after a config change), storing nothing of a message, or
 --          "beats": heartbeats of many agents (see below)
--- ARGV[27] attributes of the reported description, JSON; "" when none
--- ARGV[28] remote_config_status.status name; "" when not reported
--- ARGV[29] remote_config_status.error_message
--- ARGV[30] remote_config_status.last_remote_config_hash, hex
--- ARGV[31] "1": send the owed config even if it was offered before
--- ARGV[32] custom capabilities reported: "" when not reported, else "+"
+-- ARGV[27] remote_config_status.status name; "" when not reported
+-- ARGV[28] remote_config_status.error_message
+-- ARGV[29] remote_config_status.last_remote_config_hash, hex
+-- ARGV[30] "1": send the owed config even if it was offered before
+-- ARGV[31] custom capabilities reported: "" when not reported, else "+"
 --          and the capability names, one per line
--- ARGV[33] custom_message of the agent: capability ("" when none)
--- ARGV[34] its type
--- ARGV[35] its data
--- ARGV[36] package_statuses.server_provided_all_packages_hash reported:
+-- ARGV[32] custom_message of the agent: capability ("" when none)
+-- ARGV[33] its type
+-- ARGV[34] its data
+-- ARGV[35] package_statuses.server_provided_all_packages_hash reported:
 --          "" when no package_statuses, else "+" and the hash in hex
--- ARGV[37] opamp_max_agent_state, bytes: the status fields the agent
+-- ARGV[36] opamp_max_agent_state, bytes: the status fields the agent
 --          keeps (those it sends now, and those it does not as stored)
 --          may not exceed it ("" in the batch modes)
 --
 -- In "check" mode the script looks at many connected agents at once
--- (all of a worker's, in batches, after a config change): ARGV[38..]
+-- (all of a worker's, in batches, after a config change): ARGV[37..]
 -- are pairs of instance uid and connection id; KEYS[1], KEYS[2],
 -- ARGV[2] and ARGV[6] are unused.  It returns
 --   { { { index (1-based pair), then elements 5 to 13 of a report's
@@ -69,9 +69,29 @@
 --           (protobuf, "" for none), the offer's hash (hex),
 --           PackagesAvailable owed (protobuf, "" for none) }
 
+--@include lib/protobuf.lua
+--@include lib/attributes.lua
+--@include lib/status.lua
+
+-- the layout version of the agent hash (docs/redis-schema.md); the
+-- worker's digest of a beat_mark() says the same
+local SCHEMA = '3'
+
 -- the agent the functions below look at: one per call, or each agent of
--- a check batch in turn
-local key, acfg, uid = KEYS[1], KEYS[2], ARGV[2]
+-- a check batch in turn: its hash of small fields (key), its own config
+-- (acfg) and its status fields as the agent reported them (skey)
+local key, acfg, skey, uid = KEYS[1], KEYS[2], KEYS[5], ARGV[2]
+
+-- the agent's stored status fields (lib/status.lua), read when first
+-- needed; status_changed: to be written back at the end
+local status_t, status_changed = nil, false
+
+local function stored_status()
+    if not status_t then
+        status_t = status_read(redis.call('GET', skey))
+    end
+    return status_t
+end
 local now = tonumber(ARGV[1])
 local seq, prev_seq = ARGV[3], ARGV[4]
 local conn, transport = ARGV[6], ARGV[7]
@@ -93,7 +113,7 @@ local prefix = ARGV[25]
 -- below are even made.
 local short_fields = { 'sequence_num', 'settled', 'connected',
                        'expires_ms', 'conn', 'transport', 'channel',
-                       'cs_hash', 'first_seen_ms' }
+                       'cs_hash', 'first_seen_ms', 'schema' }
 local vmark = nil
 
 -- no connection settings or packages to look for (bits 8, 32 to 512)
@@ -105,13 +125,15 @@ end
 -- way, but for the config_version in front: its capabilities, the
 -- module's settings hash, and the connection, transport and worker
 -- channel it came on (another connection, or a disconnect, which clears
--- "settled", take the long way).  Digested to 16 hex digits of their SHA1
+-- "settled", take the long way), and the layout version (an agent settled
+-- under an older one takes the long way once, which moves it).  Digested to 16 hex digits of their SHA1
 -- so that the field stays short: an agent hash whose values all fit in
 -- 64 bytes is stored compactly by Redis (hash-max-listpack-value).  The
 -- worker digests the same text for a batch.
 local function beat_mark(caps, cs, cn, tr)
     return string.sub(redis.sha1hex(caps .. ' ' .. cs .. ' ' .. cn .. ' '
-                                    .. tr .. ' ' .. ARGV[10]), 1, 16)
+                                    .. tr .. ' ' .. ARGV[10] .. ' '
+                                    .. SCHEMA), 1, 16)
 end
 
 -- takes the short way if the heartbeat can (true): k the agent's key, u
@@ -152,7 +174,7 @@ local function short_way(k, u, sq, prev, stored, mark, restart, expires,
 end
 
 -- "beats": the heartbeats a worker received in one turn of its event
--- loop, from agents that can settle, ARGV[38..] six per agent: instance
+-- loop, from agents that can settle, ARGV[37..] six per agent: instance
 -- uid, sequence_num, sequence_num - 1, its beat_mark() (digested by the
 -- worker), "1" if it accepts restart (AcceptsRestartCommand) else "",
 -- and its expires_ms.
@@ -160,7 +182,7 @@ end
 -- worker sends the others again, one report each.
 if ARGV[26] == 'beats' then
     local out, members = {}, {}
-    for i = 38, #ARGV - 5, 6 do
+    for i = 37, #ARGV - 5, 6 do
         local u = ARGV[i]
         local k = prefix .. 'agent:{' .. u .. '}'
         out[#out + 1] = short_way(k, u, ARGV[i + 1], ARGV[i + 2],
@@ -182,9 +204,9 @@ if ARGV[26] == 'report' then
 end
 
 if cur and mask == 0 and not disconnect
-   and ARGV[14] == '' and ARGV[27] == '' and ARGV[28] == ''
-   and ARGV[31] ~= '1' and ARGV[32] == '' and ARGV[33] == ''
-   and ARGV[36] == '' and can_settle(ARGV[5])
+   and ARGV[14] == '' and ARGV[27] == ''
+   and ARGV[30] ~= '1' and ARGV[31] == '' and ARGV[32] == ''
+   and ARGV[35] == '' and can_settle(ARGV[5])
    and short_way(key, uid, seq, prev_seq, cur,
                  beat_mark(ARGV[5], ARGV[15], conn, transport),
                  math.floor((tonumber(ARGV[5]) or 0) / 1024) % 2 == 1,
@@ -260,17 +282,6 @@ local function matches(sel, attrs)
         end
     end
     return true
-end
-
-local function decode_attrs(json)
-    if not json or json == '' then
-        return {}
-    end
-    local ok, t = pcall(cjson.decode, json)
-    if ok and type(t) == 'table' then
-        return t
-    end
-    return {}
 end
 
 -- precedence: the agent's own config, then the group of highest priority
@@ -400,7 +411,8 @@ end
 local config_fields = { 'config_version', 'desired_config', 'desired_hash',
                         'offered_hash', 'offered_ms', 'config_hash' }
 
-local function owed_config(set, caps, attrs_json, reported, force, now, pre)
+-- (desc: the description the message carries, else "")
+local function owed_config(set, caps, desc, reported, force, now, pre)
     if not accepts_config(caps) then
         return '', {}, ''
     end
@@ -409,9 +421,9 @@ local function owed_config(set, caps, attrs_json, reported, force, now, pre)
     local c = pre or redis.call('HMGET', key, unpack(config_fields))
     local desired, dhash = c[2] or '', c[3] or ''
 
-    local moved = c[1] ~= version or attrs_json ~= ''
+    local moved = c[1] ~= version or desc ~= ''
 
-    if moved and attrs_json == '' and keeps_desired(c[1]) then
+    if moved and desc == '' and keeps_desired(c[1]) then
         moved = false
         if desired == scope[2] then
             -- the agent's group changed its files: only the hash moves
@@ -431,12 +443,12 @@ local function owed_config(set, caps, attrs_json, reported, force, now, pre)
     end
 
     if moved then
-        local stored = c.attributes
-        if attrs_json == '' and stored == nil then
-            stored = redis.call('HGET', key, 'attributes')
+        if desc == '' then
+            -- an agent not yet moved to this layout has it in its hash
+            desc = stored_status().description
+                   or redis.call('HGET', key, 'description') or ''
         end
-        local attrs = decode_attrs(attrs_json ~= '' and attrs_json or stored)
-        desired, dhash = resolve(attrs)
+        desired, dhash = resolve(attributes_of(desc))
         set[#set + 1] = 'desired_config'
         set[#set + 1] = desired
         set[#set + 1] = 'desired_hash'
@@ -580,8 +592,8 @@ local function owed_packages(set, caps, force, now)
     local c = redis.call('HMGET', key, 'packages_hash',
                          'offered_packages_hash', 'offered_packages_ms')
     local reported = c[1] or ''
-    if ARGV[36] ~= '' then
-        reported = string.sub(ARGV[36], 2)
+    if ARGV[35] ~= '' then
+        reported = string.sub(ARGV[35], 2)
     end
     if pk[1] == reported then
         return ''
@@ -601,33 +613,31 @@ end
 
 -- a config or group changed: what do these connected agents need now?
 if ARGV[26] == 'check' then
-    local force = ARGV[31] == '1'
+    local force = ARGV[30] == '1'
     local out, owed_keys, same = {}, {}, {}
     local check_fields = { unpack(config_fields) }
     for _, f in ipairs({ 'capabilities', 'conn', 'connected',
                          'custom_capability_names', 'cs_hash' }) do
         check_fields[#check_fields + 1] = f
     end
-    -- after a change that makes agents be matched again, their
-    -- attributes are needed: read with the rest
+    -- after a change that makes agents be matched again, their own
+    -- configs are looked for at once
     local wide = not read_scope().narrow
     if wide then
-        check_fields[#check_fields + 1] = 'attributes'
         local own = {}
-        for i = 38, #ARGV - 1, 2 do
+        for i = 37, #ARGV - 1, 2 do
             own[#own + 1] = prefix .. 'config:agent:{' .. ARGV[i] .. '}'
         end
         own_configs = #own > 0 and redis.call('EXISTS', unpack(own)) > 0
     end
-    for i = 38, #ARGV - 1, 2 do
+    for i = 37, #ARGV - 1, 2 do
         uid = ARGV[i]
         key = prefix .. 'agent:{' .. uid .. '}'
+        skey = prefix .. 'status:{' .. uid .. '}'
+        status_t = nil
         acfg = nil
         -- one read: the config fields (1 to 6), then the rest
         local cur = redis.call('HMGET', key, unpack(check_fields))
-        if wide then
-            cur.attributes = cur[#check_fields]
-        end
         local caps = cur[7]
         if caps and cur[8] == ARGV[i + 1] and cur[9] == '1' then
             local set = {}
@@ -666,9 +676,9 @@ if ARGV[26] == 'check' then
                         by_hash[h] = e
                         out[#out + 1] = e
                     end
-                    e[1][#e[1] + 1] = (i - 36) / 2
+                    e[1][#e[1] + 1] = (i - 35) / 2
                 else
-                    out[#out + 1] = { (i - 36) / 2, offer, h, ckey, 0,
+                    out[#out + 1] = { (i - 35) / 2, offer, h, ckey, 0,
                                       command, message, extra, cs, packages }
                 end
             end
@@ -747,7 +757,8 @@ local function refer(name, kind, digest, data)
         unref(kind, old)
     end
     redis.call('HSET', key, name .. '_ref', digest)
-    redis.call('HDEL', key, name)
+    stored_status()[name] = nil
+    status_changed = true
 end
 
 -- the agent's field is stored in its own hash again
@@ -766,7 +777,7 @@ local function tohex(b)
 end
 
 local function has_field(name)
-    return redis.call('HEXISTS', key, name) == 1
+    return stored_status()[name] ~= nil
            or redis.call('HEXISTS', key, name .. '_ref') == 1
 end
 
@@ -798,6 +809,34 @@ local function complete_status(new)
     return true
 end
 
+-- an agent hash of an older layout (schema 2 or less, docs/redis-schema.md
+-- "Upgrade"): its status fields move to the status hash as they are, the
+-- fields this layout does without go, and the hash is written anew, so
+-- that Redis stores it compactly again (it never does for a hash that
+-- once held a long value)
+if cur[1] and cur[10] ~= SCHEMA then
+    local old = redis.call('HGETALL', key)
+    local small, moved = {}, {}
+    for i = 1, #old, 2 do
+        local f = old[i]
+        if f == 'description' or f == 'health' or f == 'effective_config'
+           or f == 'remote_config_status' or f == 'package_statuses'
+           or f == 'custom_capabilities' or f == 'available_components'
+           or f == 'connection_settings_status'
+        then
+            moved[f] = old[i + 1]
+        elseif f ~= 'attributes' and f ~= 'instance_uid' then
+            small[#small + 1] = f
+            small[#small + 1] = old[i + 1]
+        end
+    end
+    redis.call('DEL', key)
+    redis.call('HSET', key, unpack(small))
+    if next(moved) then
+        redis.call('SET', skey, status_string(moved))
+    end
+end
+
 local stored_seq, settled, connected, expires, holder, holder_tr,
       holder_ch, cs_hash, first_seen =
       cur[1], cur[2], cur[3], cur[4], cur[5], cur[6], cur[7], cur[8], cur[9]
@@ -807,13 +846,13 @@ local verdict = 0
 
 -- what the agent would keep: over opamp_max_agent_state, nothing of the
 -- message is stored and the agent is told (verdict 3)
-if mask ~= 0 and ARGV[37] ~= '' then
+if mask ~= 0 and ARGV[36] ~= '' then
     local total, m = 0, mask
     for i, name in ipairs(fields) do
         if m % 2 == 1 then
             total = total + #ARGV[16 + i]
         else
-            total = total + redis.call('HSTRLEN', key, name)
+            total = total + #(stored_status()[name] or '')
             local kind = shared_kinds[i]
             local ref = kind and redis.call('HGET', key, name .. '_ref')
             if ref then
@@ -823,7 +862,7 @@ if mask ~= 0 and ARGV[37] ~= '' then
         end
         m = (m - m % 2) / 2
     end
-    if total > tonumber(ARGV[37]) then
+    if total > tonumber(ARGV[36]) then
         return { 0, 3, '', '', 0, '', {}, 0, '', {}, '', '', '' }
     end
 end
@@ -861,13 +900,12 @@ else
         full = true
     end
 
-    if not has_desc and redis.call('HEXISTS', key, 'description') == 0 then
+    if not has_desc and not stored_status().description then
         full = true
     end
 end
 
-local set = { 'schema', '2', 'instance_uid', ARGV[2],
-              'sequence_num', seq, 'capabilities', ARGV[5],
+local set = { 'schema', SCHEMA, 'sequence_num', seq, 'capabilities', ARGV[5],
               'last_seen_ms', ARGV[1],
               'expires_ms', tostring(now + tonumber(ARGV[11])),
               'transport', transport, 'conn', conn, 'server_id', ARGV[8],
@@ -913,8 +951,8 @@ if math.floor(mask_all / 64) % 2 == 1 then
             refer('available_components', 'components', digest, nil)
             keep_components = true
         else
-            local sh, slist = components_of(redis.call('HGET', key,
-                                            'available_components') or '')
+            local sh, slist = components_of(
+                                  stored_status().available_components or '')
             if slist and sh == h then
                 keep_components = true
             elseif bit(ARGV[5], 16384) and not disconnect then
@@ -924,6 +962,8 @@ if math.floor(mask_all / 64) % 2 == 1 then
     end
 end
 
+-- the status fields go to their own key, so that the agent hash holds
+-- small values only (Redis keeps such a hash in one compact block)
 for i, name in ipairs(fields) do
     if mask % 2 == 1 then
         if i == 3 and #ARGV[19] > 64 then
@@ -932,8 +972,8 @@ for i, name in ipairs(fields) do
             if shared_kinds[i] then
                 unshare(name, shared_kinds[i])
             end
-            set[#set + 1] = name
-            set[#set + 1] = ARGV[16 + i]
+            stored_status()[name] = ARGV[16 + i]
+            status_changed = true
         end
     end
     mask = (mask - mask % 2) / 2
@@ -945,31 +985,26 @@ if ARGV[14] ~= '' then
 end
 
 if ARGV[27] ~= '' then
-    set[#set + 1] = 'attributes'
-    set[#set + 1] = ARGV[27]
-end
-
-if ARGV[28] ~= '' then
     set[#set + 1] = 'config_status'
-    set[#set + 1] = ARGV[28]
+    set[#set + 1] = ARGV[27]
     set[#set + 1] = 'config_error'
-    set[#set + 1] = ARGV[29]
+    set[#set + 1] = ARGV[28]
     set[#set + 1] = 'config_hash'
-    set[#set + 1] = ARGV[30]
+    set[#set + 1] = ARGV[29]
 end
 
 local names = nil
-if ARGV[32] ~= '' then
-    names = string.sub(ARGV[32], 2)
+if ARGV[31] ~= '' then
+    names = string.sub(ARGV[31], 2)
     set[#set + 1] = 'custom_capability_names'
     set[#set + 1] = names
 end
 
 -- messages of agents for a control plane to read, fleet-wide, bounded
-if ARGV[33] ~= '' then
+if ARGV[32] ~= '' then
     redis.call('XADD', prefix .. 'custom_messages', 'MAXLEN', '~', '10000',
-               '*', 'instance_uid', uid, 'capability', ARGV[33],
-               'type', ARGV[34], 'data', ARGV[35])
+               '*', 'instance_uid', uid, 'capability', ARGV[32],
+               'type', ARGV[33], 'data', ARGV[34])
 end
 
 local owed_hash, owed_files = '', {}
@@ -978,13 +1013,13 @@ local command, message = '', {}
 if not disconnect then
     -- a restarted agent that reports no remote config status runs none
     local reported = nil
-    if ARGV[28] ~= '' then
-        reported = ARGV[30]
+    if ARGV[27] ~= '' then
+        reported = ARGV[29]
     elseif restarted then
         reported = ''
     end
-    owed_hash, owed_files = owed_config(set, ARGV[5], ARGV[27], reported,
-                                        ARGV[31] == '1' or restarted, now)
+    owed_hash, owed_files = owed_config(set, ARGV[5], has_desc and ARGV[17] or '', reported,
+                                        ARGV[30] == '1' or restarted, now)
 
     if names == nil then
         names = redis.call('HGET', key, 'custom_capability_names')
@@ -1000,9 +1035,9 @@ if not disconnect then
     end
 end
 
-if ARGV[36] ~= '' then
+if ARGV[35] ~= '' then
     set[#set + 1] = 'packages_hash'
-    set[#set + 1] = string.sub(ARGV[36], 2)
+    set[#set + 1] = string.sub(ARGV[35], 2)
 end
 
 local offer, extra, cs, packages = 0, '', '', ''
@@ -1010,7 +1045,7 @@ local offer, extra, cs, packages = 0, '', '', ''
 if not disconnect then
     offer, extra, cs = owed_settings(set, ARGV[5], cs_hash,
                                      full or restarted)
-    packages = owed_packages(set, ARGV[5], ARGV[31] == '1' or restarted,
+    packages = owed_packages(set, ARGV[5], ARGV[30] == '1' or restarted,
                              now)
 end
 
@@ -1034,7 +1069,29 @@ else
     set[#set + 1] = ''
 end
 
-redis.call('HSET', key, unpack(set))
+-- an empty value is no field: Redis keeps each field, name and all
+local put, gone = {}, {}
+for i = 1, #set, 2 do
+    if set[i + 1] == '' then
+        gone[#gone + 1] = set[i]
+    else
+        put[#put + 1] = set[i]
+        put[#put + 1] = set[i + 1]
+    end
+end
+redis.call('HSET', key, unpack(put))
+if #gone > 0 then
+    redis.call('HDEL', key, unpack(gone))
+end
+
+if status_changed then
+    local text = status_string(stored_status())
+    if text == '' then
+        redis.call('DEL', skey)
+    else
+        redis.call('SET', skey, text)
+    end
+end
 
 return { full and 1 or 0, verdict, holder_ch or '', holder or '', offer,
          owed_hash, owed_files, components, command, message, extra, cs,

@@ -2,7 +2,9 @@
  * Copyright (C) ngx_http_opamp_module authors
  *
  * gzip request bodies: ngx_http_opamp_gunzip(), which the plain HTTP
- * transport calls with opamp_max_message_size as the limit.  The first
+ * transport calls with opamp_max_message_size as the limit; and the same
+ * bytes as a status field stored in Redis (ngx_http_opamp_stored_inflate
+ * and _deflate, which must give back what they were given).  The first
  * input byte picks the limit: odd, the default 4m; even, a small limit
  * from the next two bytes (1 to 65536), so that inputs meet it often.
  * The rest is the body.
@@ -67,10 +69,10 @@ int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     int          expect;
-    u_char      *ref;
-    size_t       limit, reflen;
+    u_char      *ref, *packed;
+    size_t       limit, reflen, plen;
     ngx_int_t    rc;
-    ngx_str_t    in, out;
+    ngx_str_t    in, out, z;
     ngx_pool_t  *pool;
 
     if (size < 3) {
@@ -122,6 +124,46 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     default:
         FUZZ_CHECK(0, "NGX_ERROR without an allocation failure");
     }
+
+    /* the status fields stored compressed: any value read back is the
+     * value itself or what its zlib stream inflates to, within the limit;
+     * and a field compressed by the worker reads back as it was */
+
+    rc = ngx_http_opamp_stored_inflate(pool, ngx_fuzz_log, &in, &out, limit);
+
+    if (in.len == 0 || in.data[0] != '\0') {
+        FUZZ_CHECK(rc == NGX_OK && out.data == in.data && out.len == in.len,
+                   "a value not marked compressed was changed");
+
+    } else {
+        FUZZ_CHECK(rc != NGX_ERROR, "NGX_ERROR without an allocation "
+                                    "failure");
+        FUZZ_CHECK(rc != NGX_OK || out.len <= limit,
+                   "inflated past the limit");
+    }
+
+    packed = malloc(in.len ? in.len : 1);
+    FUZZ_CHECK(packed != NULL, "malloc");
+
+    rc = ngx_http_opamp_stored_deflate(ngx_fuzz_log, &in, packed, &plen);
+
+    if (rc == NGX_OK) {
+        FUZZ_CHECK(plen < in.len && packed[0] == '\0',
+                   "compressed to no fewer bytes, or unmarked");
+
+        z.data = packed;
+        z.len = plen;
+        rc = ngx_http_opamp_stored_inflate(pool, ngx_fuzz_log, &z, &out,
+                                           in.len);
+        FUZZ_CHECK(rc == NGX_OK && out.len == in.len
+                   && memcmp(out.data, in.data, in.len) == 0,
+                   "a compressed field does not read back as it was");
+
+    } else {
+        FUZZ_CHECK(rc == NGX_DECLINED, "deflate failed");
+    }
+
+    free(packed);
 
     ngx_destroy_pool(pool);
     free(ref);

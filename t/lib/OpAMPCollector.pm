@@ -73,22 +73,39 @@ sub effective_config {
 
 sub health {
     my ($host) = @_;
-    my $t = 1700000000000000000 + length($host) * 1000;
-    my $out = "health { healthy: true start_time_unix_nano: $t "
-            . "status: \"StatusOK\" status_time_unix_nano: $t ";
+
+    # as a collector reports them: one start time (the collector's own,
+    # nanoseconds), and each component's status time when it came up, a
+    # few milliseconds apart with nanosecond digits of their own; derived
+    # from the host so that each agent has its own and runs repeat
+    my $seed = unpack '%32C*', $host;
+    my $t0 = 1764000000000000000 + $seed * 1000003917;
+    my $n = 0;
+    my $at = sub { $n++; $t0 + $n * 3141592 + ($seed * 7919 * $n) % 1000000 };
+    my $entry = sub {
+        return "healthy: true start_time_unix_nano: $t0 "
+             . 'status: "StatusOK" status_time_unix_nano: ' . $at->() . ' ';
+    };
+    my $out = 'health { ' . $entry->();
     for my $p ('traces', 'metrics', 'logs') {
         $out .= "component_health_map { key: \"pipeline:$p\" value { "
-              . "healthy: true start_time_unix_nano: $t status: \"StatusOK\" "
-              . "status_time_unix_nano: $t ";
+              . $entry->();
         for my $c ('receiver:otlp', 'processor:batch',
                    'processor:memory_limiter', 'exporter:otlphttp') {
             $out .= "component_health_map { key: \"$c\" value { "
-                  . "healthy: true start_time_unix_nano: $t "
-                  . "status: \"StatusOK\" status_time_unix_nano: $t } } ";
+                  . $entry->() . '} } ';
         }
         $out .= '} } ';
     }
     return "$out }";
+}
+
+# a UUID of the host's own, as the collector makes one at its first start
+sub instance_id {
+    my ($host) = @_;
+    my $h = unpack 'H*', pack 'N4', map { unpack('%32C*', "$_$host") * 2654435761 % 4294967296 } 1 .. 4;
+    return join '-', substr($h, 0, 8), substr($h, 8, 4), '4' . substr($h, 13, 3),
+                     '8' . substr($h, 17, 3), substr($h, 20, 12);
 }
 
 sub description {
@@ -97,7 +114,7 @@ sub description {
         . 'identifying_attributes ' . kv('service.name', 'otelcol-contrib')
         . ' identifying_attributes ' . kv('service.version', '0.114.0')
         . ' identifying_attributes ' . kv('service.instance.id',
-                                          "instance-$host")
+                                          instance_id($host))
         . ' non_identifying_attributes ' . kv('os.type', 'linux')
         . ' non_identifying_attributes ' . kv('os.description',
                                               'Debian GNU/Linux 12')

@@ -29,9 +29,12 @@ package OpAMPTest;
 #   redis_nodie(@cmd)           the same, an error reply is returned as an
 #                               OpAMPTest::RedisError ($$r is its text)
 #   hgetall($key)               hashref
-#   agent($uid[, $prefix])      hgetall of <prefix>agent:{<uid text>}, with
-#                               shared content (<field>_ref) read in place
-#   agent_key($uid[, $prefix])  that key
+#   agent($uid[, $prefix])      hgetall of <prefix>agent:{<uid text>} and
+#                               of <prefix>status:{<uid text>} (fields
+#                               stored compressed inflated), with shared
+#                               content (<field>_ref) read in place
+#   agent_key($uid[, $prefix])  that first key; status_key() the second
+#   stored_field($value)        a status field as the agent sent it
 #   subscribe(@channels)        sub ($timeout) -> [channel, payload]|undef
 #   conf_text($server, %o)      the nginx.conf text; %o: workers, prefix,
 #                               http, location, main, redis
@@ -75,6 +78,7 @@ use POSIX qw(WNOHANG);
 use File::Temp qw(tempdir);
 use File::Basename qw(dirname);
 use Cwd qw(abs_path);
+use Compress::Zlib ();
 use Time::HiRes qw(time sleep);
 use Exporter 'import';
 use Scalar::Util qw(weaken);
@@ -347,9 +351,62 @@ sub agent_key {
     return ($prefix // 'opamp:') . 'agent:{' . uid_text($uid) . '}';
 }
 
+sub status_key {
+    my ($self, $uid, $prefix) = @_;
+    return ($prefix // 'opamp:') . 'status:{' . uid_text($uid) . '}';
+}
+
+# <prefix>status:{<uid>}: length-delimited protobuf fields numbered as in
+# AgentToServer, read here with a reader of the test's own
+my %STATUS_NAMES = (3 => 'description', 5 => 'health',
+                    6 => 'effective_config', 7 => 'remote_config_status',
+                    8 => 'package_statuses', 12 => 'custom_capabilities',
+                    14 => 'available_components',
+                    15 => 'connection_settings_status');
+
+sub status_fields {
+    my ($s) = @_;
+    my %f;
+    return \%f unless defined $s;
+    my $varint = sub {
+        my ($v, $shift) = (0, 0);
+        while (1) {
+            die "status string: truncated varint\n" unless length $s;
+            my $b = ord substr($s, 0, 1, '');
+            $v |= ($b & 0x7f) << $shift;
+            $shift += 7;
+            return $v if $b < 0x80;
+        }
+    };
+    while (length $s) {
+        my $tag = $varint->();
+        die "status string: field $tag not length-delimited\n"
+            unless ($tag & 7) == 2;
+        my $len = $varint->();
+        die "status string: truncated field\n" if $len > length $s;
+        my $name = $STATUS_NAMES{ $tag >> 3 }
+            // die "status string: unknown field " . ($tag >> 3) . "\n";
+        $f{$name} = substr($s, 0, $len, '');
+    }
+    return \%f;
+}
+
+# a status field as stored: a first byte 0 says a zlib stream follows
+sub stored_field {
+    my ($v) = @_;
+    return $v unless defined $v && length $v && substr($v, 0, 1) eq "\0";
+    my $plain = Compress::Zlib::uncompress(substr($v, 1));
+    die "stored field: not a zlib stream\n" unless defined $plain;
+    return $plain;
+}
+
 sub agent {
     my ($self, $uid, $prefix) = @_;
     my $h = $self->hgetall($self->agent_key($uid, $prefix));
+    # the status fields, inflated where they are stored compressed
+    my $st = status_fields($self->redis('GET',
+                                        $self->status_key($uid, $prefix)));
+    $h->{$_} = stored_field($st->{$_}) for keys %$st;
     $prefix //= 'opamp:';
     # content shared with other agents, read where it is
     for my $k (['effective_config', 'config'],
@@ -710,7 +767,8 @@ sub _protoc {
     open my $f, '>:raw', $fin or die "$fin: $!\n";
     print $f $in;
     close $f;
-    system("protoc --$mode=$type -I $ROOT/proto opamp/v1/opamp.proto"
+    system(($mode eq 'decode_raw' ? 'protoc --decode_raw'
+            : "protoc --$mode=$type -I $ROOT/proto opamp/v1/opamp.proto")
            . " < $fin > $fout 2> $ferr");
     my $rc = $?;
     local $/;
@@ -733,6 +791,9 @@ sub a2s { my ($self, $text) = @_; $self->encode('AgentToServer', $text) }
 
 # binary -> protoc's text format, of any message type (dies if invalid)
 sub decode { my ($self, $type, $b) = @_; $self->_protoc('decode', $type, $b) }
+
+# binary -> protoc's guess at it without a schema (--decode_raw)
+sub decode_raw { my ($self, $b) = @_; $self->_protoc('decode_raw', 'raw', $b) }
 
 sub s2a_text { my ($self, $b) = @_; $self->decode('ServerToAgent', $b) }
 

@@ -1,0 +1,49 @@
+-- lib/status.lua, included after lib/protobuf.lua: <prefix>status:{<uid>},
+-- the status fields an agent reported, kept as one string (docs/redis-
+-- schema.md): each field as protobuf writes a length-delimited field, its
+-- tag (the field's number in AgentToServer), its length and its bytes, in
+-- ascending order of number.  One string costs Redis far less than a hash
+-- of long values; the scripts read and write it whole (about a KB).
+
+local status_numbers = { description = 3, health = 5, effective_config = 6,
+                         remote_config_status = 7, package_statuses = 8,
+                         custom_capabilities = 12, available_components = 14,
+                         connection_settings_status = 15 }
+local status_order = { 'description', 'health', 'effective_config',
+                       'remote_config_status', 'package_statuses',
+                       'custom_capabilities', 'available_components',
+                       'connection_settings_status' }
+
+-- the fields of a stored string as name -> bytes (unknown numbers, and
+-- whatever follows something malformed, are left out)
+local function status_read(s)
+    local t = {}
+    if not s then
+        return t
+    end
+    local i, n = 1, #s
+    while i <= n do
+        local field, wire, a, b, past = next_field(s, i, n)
+        if not field then
+            break
+        end
+        for name, number in pairs(status_numbers) do
+            if number == field and wire == 2 then
+                t[name] = string.sub(s, a, b)
+            end
+        end
+        i = past
+    end
+    return t
+end
+
+-- the string of fields t (name -> bytes)
+local function status_string(t)
+    local out = {}
+    for _, name in ipairs(status_order) do
+        if t[name] then
+            out[#out + 1] = len_field(status_numbers[name], t[name])
+        end
+    end
+    return table.concat(out)
+end
