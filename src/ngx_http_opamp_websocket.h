@@ -1,10 +1,11 @@
 /*
  * Copyright (C) ngx_http_opamp_module authors
  *
- * The WebSocket transport (RFC 6455) inside nginx: the handshake, the
- * takeover of the connection after 101, the frame reader, the output queue
- * and the close handshake.  Frame-level parsing lives in
- * ngx_http_opamp_wsframe.c.
+ * The WebSocket transport (RFC 6455) inside nginx: the handshake and the
+ * takeover of the connection after 101 (ngx_http_opamp_websocket.c), the
+ * frame reader (ngx_http_opamp_websocket_read.c), the output queue and
+ * the close handshake (ngx_http_opamp_websocket_write.c).  Frame-level
+ * parsing lives in ngx_http_opamp_wsframe.c.
  */
 
 #ifndef _NGX_HTTP_OPAMP_WEBSOCKET_H_INCLUDED_

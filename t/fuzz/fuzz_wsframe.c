@@ -4,7 +4,7 @@
  * The WebSocket side of the module: frame headers from clients, unmasking,
  * close payloads, the UTF-8 check of text and close reasons, and the
  * varint OpAMP header in front of each AgentToServer
- * (ngx_http_opamp_ws_message() in websocket.c decodes it).  The first
+ * (ngx_http_opamp_ws_message() in websocket_read.c decodes it).  The first
  * input byte picks what the rest is: even, a client frame (header and
  * payload); odd, an OpAMP message with its header.
  *
