@@ -69,22 +69,12 @@ void ngx_http_opamp_redis_set_message_handler(
 void ngx_http_opamp_redis_set_ready_handler(
     ngx_http_opamp_redis_ready_pt handler);
 
-/*
- * After a write of operator data, with opamp_redis_wait: copies the
- * write's reply to *written and sends WAIT with the handler (NGX_AGAIN,
- * *cmd set), or NGX_DECLINED when no wait is configured, or NGX_ERROR.
- */
-ngx_int_t ngx_http_opamp_redis_wait_send(redisReply *reply,
-    redisReply **written, ngx_http_opamp_redis_handler_pt handler,
-    void *data, ngx_http_opamp_redis_cmd_t **cmd);
-
-/* the WAIT answer: NGX_OK, or the HTTP status to answer with *reason */
-ngx_int_t ngx_http_opamp_redis_wait_check(redisReply *reply,
-    ngx_pool_t *pool, const char **reason);
-
 #if (NGX_SSL)
 extern ngx_conf_bitmask_t  ngx_http_opamp_redis_ssl_protocols[];
 #endif
+
+/* WAIT after writes of operator data: it uses the types above */
+#include "ngx_http_opamp_redis_wait.h"
 
 
 #endif /* _NGX_HTTP_OPAMP_REDIS_H_INCLUDED_ */

@@ -5,8 +5,9 @@
  * link, the pending command, the primary the Sentinels named, the
  * worker's links and the link functions that ngx_http_opamp_redis.c
  * (connect, handshake, commands, timers, reconnect), the Sentinel part
- * (ngx_http_opamp_redis_sentinel.c) and the TLS part
- * (ngx_http_opamp_redis_ssl.c) call in one another.
+ * (ngx_http_opamp_redis_sentinel.c), the TLS part
+ * (ngx_http_opamp_redis_ssl.c) and the WAIT part
+ * (ngx_http_opamp_redis_wait.c) call in one another.
  */
 
 #ifndef _NGX_HTTP_OPAMP_REDIS_LINK_H_INCLUDED_
@@ -156,6 +157,13 @@ void ngx_http_opamp_redis_drop(ngx_http_opamp_redis_link_t *link,
 
 /* the primary moved: closes and connects to the new one now */
 void ngx_http_opamp_redis_move(ngx_http_opamp_redis_link_t *link);
+
+/* a command on the given link, whatever its state, with a deadline; its
+ * handler is called once; NULL only without memory */
+ngx_http_opamp_redis_cmd_t *ngx_http_opamp_redis_send(
+    ngx_http_opamp_redis_link_t *link, int argc, const char **argv,
+    const size_t *argvlen, ngx_http_opamp_redis_handler_pt handler,
+    void *data);
 
 /* a command without a handler, in RESP into the link's output buffer;
  * post_write has the buffer written at the end of the event loop's turn */
