@@ -3,11 +3,12 @@
  *
  * What the files of the Redis links share, inside the module only: the
  * link, the pending command, the primary the Sentinels named, the
- * worker's links and the link functions that ngx_http_opamp_redis.c
- * (connect, handshake, commands, timers, reconnect), the Sentinel part
+ * worker's links and the link functions of ngx_http_opamp_redis.c
+ * (handshake, commands, I/O, timers, reconnect) that the connecting part
+ * (ngx_http_opamp_redis_connect.c), the Sentinel part
  * (ngx_http_opamp_redis_sentinel.c), the TLS part
  * (ngx_http_opamp_redis_ssl.c) and the WAIT part
- * (ngx_http_opamp_redis_wait.c) call in one another.
+ * (ngx_http_opamp_redis_wait.c) call.
  */
 
 #ifndef _NGX_HTTP_OPAMP_REDIS_LINK_H_INCLUDED_
@@ -136,8 +137,9 @@ extern ngx_uint_t                       ngx_http_opamp_redis_exiting;
     (ngx_http_opamp_redis_conf->redis.sentinels != NULL)
 
 
-/* connects a DOWN link, resolving a name through nginx's resolver */
-void ngx_http_opamp_redis_connect(ngx_http_opamp_redis_link_t *link);
+/* the events of a link's connection, from connect() on */
+void ngx_http_opamp_redis_read_handler(ngx_event_t *ev);
+void ngx_http_opamp_redis_write_handler(ngx_event_t *ev);
 
 /* the handshake once connected (and TLS is up); hello_step checks one
  * of its replies */

@@ -13,6 +13,7 @@
 #include "ngx_http_opamp.h"
 #include "ngx_http_opamp_redis.h"
 #include "ngx_http_opamp_redis_link.h"
+#include "ngx_http_opamp_redis_connect.h"
 #include "ngx_http_opamp_redis_sentinel.h"
 
 
