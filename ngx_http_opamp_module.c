@@ -8,6 +8,7 @@
 
 
 #include "ngx_http_opamp.h"
+#include "ngx_http_opamp_gzip.h"
 #include "ngx_http_opamp_http.h"
 #include "ngx_http_opamp_redis.h"
 #include "ngx_http_opamp_admin.h"
@@ -769,6 +770,7 @@ ngx_http_opamp_exit_process(ngx_cycle_t *cycle)
     ngx_http_opamp_session_exit_process(cycle);
     ngx_http_opamp_sweep_exit_process(cycle);
     ngx_http_opamp_redis_exit_process(cycle);
+    ngx_http_opamp_stored_deflate_end();
 }
 
 

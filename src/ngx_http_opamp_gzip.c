@@ -59,22 +59,27 @@ ngx_http_opamp_stored_inflate(ngx_pool_t *pool, ngx_log_t *log,
  * at 2,000 agents, 14.7 KB at 5,000).
  */
 
+static z_stream  ngx_http_opamp_deflate_zs;
+static ngx_uint_t  ngx_http_opamp_deflate_ready;
+
+
 ngx_int_t
 ngx_http_opamp_stored_deflate(ngx_log_t *log, ngx_str_t *in, u_char *out,
     size_t *len)
 {
-    int              rc;
-    static z_stream  zs;
-    static int       ready;
+    int        rc;
+    z_stream  *zs;
+
+    zs = &ngx_http_opamp_deflate_zs;
 
     if (in->len < NGX_HTTP_OPAMP_DEFLATE_MIN) {
         return NGX_DECLINED;
     }
 
-    if (!ready) {
-        ngx_memzero(&zs, sizeof(z_stream));
+    if (!ngx_http_opamp_deflate_ready) {
+        ngx_memzero(zs, sizeof(z_stream));
 
-        if (deflateInit2(&zs, Z_DEFAULT_COMPRESSION, Z_DEFLATED, 12, 6,
+        if (deflateInit2(zs, Z_DEFAULT_COMPRESSION, Z_DEFLATED, 12, 6,
                          Z_DEFAULT_STRATEGY)
             != Z_OK)
         {
@@ -83,23 +88,23 @@ ngx_http_opamp_stored_deflate(ngx_log_t *log, ngx_str_t *in, u_char *out,
             return NGX_ERROR;
         }
 
-        ready = 1;
+        ngx_http_opamp_deflate_ready = 1;
 
-    } else if (deflateReset(&zs) != Z_OK) {
+    } else if (deflateReset(zs) != Z_OK) {
         ngx_log_error(NGX_LOG_ALERT, log, 0, "opamp: deflateReset() failed");
         return NGX_ERROR;
     }
 
     out[0] = '\0';
 
-    zs.next_in = in->data;
-    zs.avail_in = in->len;
-    zs.next_out = out + 1;
-    zs.avail_out = in->len - 2;
+    zs->next_in = in->data;
+    zs->avail_in = in->len;
+    zs->next_out = out + 1;
+    zs->avail_out = in->len - 2;
 
-    rc = deflate(&zs, Z_FINISH);
+    rc = deflate(zs, Z_FINISH);
 
-    *len = 1 + zs.total_out;
+    *len = 1 + zs->total_out;
 
     if (rc == Z_STREAM_END) {
         return NGX_OK;
@@ -113,6 +118,16 @@ ngx_http_opamp_stored_deflate(ngx_log_t *log, ngx_str_t *in, u_char *out,
     ngx_log_error(NGX_LOG_ALERT, log, 0, "opamp: deflate() failed: %d", rc);
 
     return NGX_ERROR;
+}
+
+
+void
+ngx_http_opamp_stored_deflate_end(void)
+{
+    if (ngx_http_opamp_deflate_ready) {
+        (void) deflateEnd(&ngx_http_opamp_deflate_zs);
+        ngx_http_opamp_deflate_ready = 0;
+    }
 }
 
 

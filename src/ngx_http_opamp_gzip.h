@@ -44,6 +44,9 @@ ngx_int_t ngx_http_opamp_stored_inflate(ngx_pool_t *pool, ngx_log_t *log,
 ngx_int_t ngx_http_opamp_stored_deflate(ngx_log_t *log, ngx_str_t *in,
     u_char *out, size_t *len);
 
+/* frees the worker's deflate stream (at its exit) */
+void ngx_http_opamp_stored_deflate_end(void);
+
 /* zlib's allocation from the pool in opaque; the pool frees it */
 void *ngx_http_opamp_gzip_zalloc(void *opaque, u_int items, u_int size);
 void ngx_http_opamp_gzip_zfree(void *opaque, void *address);
