@@ -235,7 +235,7 @@ if want collector; then
 
     files=$(perl "$BENCH/collector.pl" "$WORK/collector" 3 2)
     n=$COLLECTORS
-    mem=(); rmem=(); rown=(); rst=(); hp=(); sp=()
+    mem=(); rmem=(); rown=(); rst=(); hp=(); sp=(); sb=()
     for run in $(seq "$RUNS"); do
         start_nginx 2 0; R flushall >/dev/null
         base=$(settled_rss_kb); rbase=$(redis_mem)
@@ -253,6 +253,10 @@ if want collector; then
         R flushall >/dev/null
         hp+=("$("$BENCH/loadgen" --port "$PORT" --mode http --full "$files" --agents 500 --duration "$SECONDS_RUN" | field rate)")
 
+        # as the supervisor sends: the full status, then heartbeats
+        R flushall >/dev/null
+        sb+=("$("$BENCH/loadgen" --port "$PORT" --mode status --full "$files" --agents 200 --duration "$SECONDS_RUN" | field rate)")
+
         # the worst case: every message the full status (a reconnect storm)
         R flushall >/dev/null
         sp+=("$("$BENCH/loadgen" --port "$PORT" --mode status --full "$files" --full-every 1 --agents 200 --duration "$SECONDS_RUN" | field rate)")
@@ -267,12 +271,15 @@ if want collector; then
 ' "${rst[@]}" | median)
     s=$(printf '%s
 ' "${sp[@]}" | median)
+    sh=$(printf '%s
+' "${sb[@]}" | median)
     h=$(printf '%s
 ' "${hp[@]}" | median)
     row "hold $n collector-sized agents (39.8 KB full status): nginx memory per agent" "$m B ($held held to the end)" "—" "—"
     row "hold $n collector-sized agents: Redis memory per agent" "$rm B in all ($ro B its hash, $rs B its status)" "one copy each: ~39,300 B" \
         "$(awk -v a="$rm" 'BEGIN {printf "%.2fx", a/39300}')"
     row "HTTP polling, 500 collector-sized agents (full status first)" "$h /s" "—" "—"
+    row "status messages persisted per second, 200 collector-sized agents (full status first, then heartbeats)" "$sh /s" "—" "—"
     row "status messages persisted per second, 200 collector-sized agents, each message its full status" "$s /s" "—" "—"
 fi
 
