@@ -1,0 +1,108 @@
+/*
+ * Copyright (C) ngx_http_opamp_module authors
+ *
+ * What the files of the admin API share, inside the module only: the
+ * request's context, and the helpers of ngx_http_opamp_admin.c (routing,
+ * Redis keys, the scripts and commands, the answers) that the resources
+ * call: the agents (ngx_http_opamp_admin_agents.c), the configs and groups
+ * (ngx_http_opamp_admin_configs.c), the connection settings and packages
+ * offered to agents (ngx_http_opamp_admin_offers.c).
+ */
+
+#ifndef _NGX_HTTP_OPAMP_ADMIN_INTERNAL_H_INCLUDED_
+#define _NGX_HTTP_OPAMP_ADMIN_INTERNAL_H_INCLUDED_
+
+
+#include "ngx_http_opamp.h"
+#include "ngx_http_opamp_admin.h"
+#include "ngx_http_opamp_json.h"
+#include "ngx_http_opamp_redis.h"
+#include "ngx_http_opamp_uid.h"
+
+
+typedef enum {
+    NGX_HTTP_OPAMP_ADMIN_LIST = 0,
+    NGX_HTTP_OPAMP_ADMIN_AGENT,
+    NGX_HTTP_OPAMP_ADMIN_RESTART,
+    NGX_HTTP_OPAMP_ADMIN_MESSAGE,
+    NGX_HTTP_OPAMP_ADMIN_GROUPS,
+    NGX_HTTP_OPAMP_ADMIN_CONFIG,          /* of an agent or a group */
+    NGX_HTTP_OPAMP_ADMIN_SETTINGS,        /* of the fleet or an agent */
+    NGX_HTTP_OPAMP_ADMIN_PACKAGES         /* of the fleet or an agent */
+} ngx_http_opamp_admin_op_e;
+
+
+typedef struct {
+    ngx_http_request_t             *request;
+    ngx_http_opamp_redis_cmd_t     *cmd;
+    ngx_http_opamp_admin_op_e       op;
+
+    /* the agent (has_uid) or the group the request is about */
+    unsigned                        has_uid:1;
+    unsigned                        group:1;
+    u_char                          uid[NGX_HTTP_OPAMP_UID_LEN];
+    u_char                          uid_text[NGX_HTTP_OPAMP_UID_STR_LEN];
+    ngx_str_t                       name;
+
+    ngx_str_t                       key;     /* the Redis key concerned */
+    ngx_str_t                       agent_key;
+    ngx_str_t                       body;
+    u_char                          hash[64];   /* config_hash, hex */
+    const char                     *reason;     /* of a refusal */
+    redisReply                     *written;    /* kept during WAIT */
+} ngx_http_opamp_admin_ctx_t;
+
+
+/* ngx_http_opamp_admin_key()'s suffix */
+#define NGX_HTTP_OPAMP_ADMIN_KEY_PLAIN  0
+#define NGX_HTTP_OPAMP_ADMIN_KEY_AGENT  1     /* ...{<uid>} */
+#define NGX_HTTP_OPAMP_ADMIN_KEY_NAME   2     /* ...<group name> */
+
+
+/* ngx_http_opamp_admin.c: keys, Redis, answers */
+
+ngx_int_t ngx_http_opamp_admin_key(ngx_http_opamp_admin_ctx_t *ctx,
+    ngx_str_t *key, const char *what, ngx_uint_t suffix);
+ngx_int_t ngx_http_opamp_admin_eval(ngx_http_opamp_admin_ctx_t *ctx,
+    ngx_uint_t script, ngx_uint_t nkeys, int argc, const char **argv,
+    size_t *argvlen);
+ngx_int_t ngx_http_opamp_admin_keyed(ngx_http_opamp_admin_ctx_t *ctx,
+    ngx_uint_t script);
+ngx_int_t ngx_http_opamp_admin_push(ngx_http_opamp_admin_ctx_t *ctx,
+    const char *how, ngx_str_t *value, ngx_str_t *hash);
+ngx_int_t ngx_http_opamp_admin_send(ngx_http_request_t *r,
+    ngx_uint_t status, ngx_http_opamp_json_t *j);
+ngx_int_t ngx_http_opamp_admin_error(ngx_http_request_t *r,
+    ngx_uint_t status, const char *reason);
+ngx_int_t ngx_http_opamp_admin_no_content(ngx_http_request_t *r);
+
+/* ngx_http_opamp_admin_agents.c */
+
+ngx_int_t ngx_http_opamp_admin_list(ngx_http_opamp_admin_ctx_t *ctx);
+ngx_int_t ngx_http_opamp_admin_remove(ngx_http_opamp_admin_ctx_t *ctx);
+ngx_int_t ngx_http_opamp_admin_restart(ngx_http_opamp_admin_ctx_t *ctx);
+ngx_int_t ngx_http_opamp_admin_message(ngx_http_opamp_admin_ctx_t *ctx);
+ngx_int_t ngx_http_opamp_admin_list_answer(ngx_http_opamp_admin_ctx_t *ctx,
+    redisReply *reply);
+ngx_int_t ngx_http_opamp_admin_agent_answer(ngx_http_opamp_admin_ctx_t *ctx,
+    redisReply *reply);
+ngx_int_t ngx_http_opamp_admin_queued_answer(
+    ngx_http_opamp_admin_ctx_t *ctx, redisReply *reply);
+
+/* ngx_http_opamp_admin_configs.c */
+
+ngx_int_t ngx_http_opamp_admin_groups(ngx_http_opamp_admin_ctx_t *ctx);
+ngx_int_t ngx_http_opamp_admin_config_put(ngx_http_opamp_admin_ctx_t *ctx);
+ngx_int_t ngx_http_opamp_admin_groups_answer(
+    ngx_http_opamp_admin_ctx_t *ctx, redisReply *reply);
+ngx_int_t ngx_http_opamp_admin_config_answer(
+    ngx_http_opamp_admin_ctx_t *ctx, redisReply *reply);
+
+/* ngx_http_opamp_admin_offers.c */
+
+ngx_int_t ngx_http_opamp_admin_offer_put(ngx_http_opamp_admin_ctx_t *ctx);
+ngx_int_t ngx_http_opamp_admin_offer_answer(ngx_http_opamp_admin_ctx_t *ctx,
+    redisReply *reply);
+
+
+#endif /* _NGX_HTTP_OPAMP_ADMIN_INTERNAL_H_INCLUDED_ */
