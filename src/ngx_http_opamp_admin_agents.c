@@ -107,20 +107,21 @@ static void ngx_http_opamp_admin_agent_field(redisReply **el, size_t i,
 ngx_int_t
 ngx_http_opamp_admin_list(ngx_http_opamp_admin_ctx_t *ctx)
 {
-    u_char                       now[NGX_INT64_LEN], budget[NGX_INT_T_LEN];
-    u_char                       limit[NGX_INT_T_LEN];
-    u_char                       from[NGX_INT64_LEN];
-    size_t                      *argvlen;
-    ngx_int_t                    n, rc;
-    ngx_str_t                    key;
-    uint64_t                     ms;
-    ngx_msec_t                   timeout;
-    ngx_time_t                  *tp;
-    const char                 **argv;
-    ngx_http_request_t          *r;
-    ngx_http_opamp_loc_conf_t   *olcf;
-    ngx_http_opamp_main_conf_t  *omcf;
-    ngx_http_opamp_admin_query_t q;
+    u_char                         now[NGX_INT64_LEN];
+    u_char                         budget[NGX_INT_T_LEN];
+    u_char                         limit[NGX_INT_T_LEN];
+    u_char                         from[NGX_INT64_LEN];
+    size_t                        *argvlen;
+    ngx_int_t                      n, rc;
+    ngx_str_t                      key;
+    uint64_t                       ms;
+    ngx_msec_t                     timeout;
+    ngx_time_t                    *tp;
+    const char                   **argv;
+    ngx_http_request_t            *r;
+    ngx_http_opamp_loc_conf_t     *olcf;
+    ngx_http_opamp_main_conf_t    *omcf;
+    ngx_http_opamp_admin_query_t   q;
 
     r = ctx->request;
     omcf = ngx_http_get_module_main_conf(r, ngx_http_opamp_module);
