@@ -2,7 +2,8 @@
  * Copyright (C) ngx_http_opamp_module authors
  *
  * Group selectors, "k=v,k2=v2": the check of what an operator writes in
- * the admin API.  report.lua parses them again in Redis to match agents.
+ * the admin API.  report.lua and check.lua parse them again in Redis
+ * (src/lua/lib/owed_config.lua) to match agents.
  */
 
 #ifndef _NGX_HTTP_OPAMP_SELECTOR_H_INCLUDED_

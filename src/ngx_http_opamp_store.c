@@ -17,9 +17,15 @@ typedef struct {
 } ngx_http_opamp_script_t;
 
 
-/* EVALSHA, sha1, numkeys, the 5 keys and the 36 ARGV of report.lua */
-#define NGX_HTTP_OPAMP_REPORT_KEYS  5
-#define NGX_HTTP_OPAMP_REPORT_ARGC  (3 + NGX_HTTP_OPAMP_REPORT_KEYS + 36)
+/*
+ * The arguments of a call of each script: EVALSHA, sha1, numkeys, then
+ * the keys and ARGV its header lists.  report.lua: 5 keys and 35 ARGV;
+ * check.lua and beats.lua: their keys and ARGV before the agents, then
+ * as many per agent as the _AGENT_ARGC says.
+ */
+#define NGX_HTTP_OPAMP_REPORT_ARGC       (3 + 5 + 35)
+#define NGX_HTTP_OPAMP_CHECK_ARGC        (3 + 2 + 5)
+#define NGX_HTTP_OPAMP_BEATS_ARGC        (3 + 1 + 2)
 
 
 struct ngx_http_opamp_store_req_s {
@@ -31,18 +37,22 @@ struct ngx_http_opamp_store_req_s {
 
 
 /*
- * Heartbeats that may take report.lua's short way wait for the end of the
- * event loop's turn, or while a "beats" call is out for its answer, and
- * go to Redis together: one call for many agents (up to 128 per call)
- * costs Redis a fraction of what one call each does.  Those that cannot
- * take the short way after all are sent again, one report each.
+ * Heartbeats that may take the short way (src/lua/lib/short_way.lua) wait
+ * for the end of the event loop's turn, or while a beats.lua call is out
+ * for its answer, and go to Redis together: one call for many agents (up
+ * to 128 per call) costs Redis a fraction of what one call each does.
+ * Those that cannot take the short way after all are sent again, one
+ * report.lua call each.
  */
 
 #define NGX_HTTP_OPAMP_BEATS_MAX  128
 
-/* per agent: uid, sequence_num, its predecessor, the mark its settled
- * must match, accepts restart, expires_ms */
-#define NGX_HTTP_OPAMP_BEAT_ARGC  6
+/* beats.lua, per agent: uid, sequence_num, its predecessor, the mark its
+ * settled must match, accepts restart, expires_ms */
+#define NGX_HTTP_OPAMP_BEATS_AGENT_ARGC  6
+
+/* check.lua, per agent: uid and the connection id */
+#define NGX_HTTP_OPAMP_CHECK_AGENT_ARGC  2
 
 typedef struct ngx_http_opamp_store_beats_s  ngx_http_opamp_store_beats_t;
 
@@ -66,8 +76,8 @@ struct ngx_http_opamp_store_check_s {
 };
 
 
-static int ngx_http_opamp_store_report_head(const char **argv,
-    size_t *argvlen, ngx_uint_t eval);
+static int ngx_http_opamp_store_script_head(const char **argv,
+    size_t *argvlen, ngx_uint_t script, const char *nkeys, ngx_uint_t eval);
 static ngx_int_t ngx_http_opamp_store_send_report(
     ngx_http_opamp_store_req_t *req, ngx_uint_t eval);
 static void ngx_http_opamp_store_parse_owed(ngx_http_opamp_report_t *rep,
@@ -97,8 +107,6 @@ static void ngx_http_opamp_store_beats_compact(
     ngx_http_opamp_store_beats_t *b);
 static void ngx_http_opamp_store_beats_send_batch(
     ngx_http_opamp_store_beats_t *b);
-static int ngx_http_opamp_store_batch_args(const char **argv,
-    size_t *argvlen, ngx_uint_t eval, u_char *now, const char *mode);
 static ngx_int_t ngx_http_opamp_store_send_beats(
     ngx_http_opamp_store_beats_t *b, ngx_uint_t eval);
 static void ngx_http_opamp_store_beats_done(redisReply *reply, void *data);
@@ -108,6 +116,8 @@ static void ngx_http_opamp_store_owed_nothing(ngx_http_opamp_report_t *rep);
 static ngx_http_opamp_script_t  ngx_http_opamp_scripts[] = {
     { ngx_http_opamp_lua_report, sizeof(ngx_http_opamp_lua_report) - 1,
       "" },
+    { ngx_http_opamp_lua_check, sizeof(ngx_http_opamp_lua_check) - 1, "" },
+    { ngx_http_opamp_lua_beats, sizeof(ngx_http_opamp_lua_beats) - 1, "" },
     { ngx_http_opamp_lua_disconnect,
       sizeof(ngx_http_opamp_lua_disconnect) - 1, "" },
     { ngx_http_opamp_lua_touch, sizeof(ngx_http_opamp_lua_touch) - 1, "" },
@@ -141,7 +151,7 @@ static ngx_str_t                    ngx_http_opamp_groups_key;
  * then those filled before it), and their flush */
 static ngx_http_opamp_store_beats_t *ngx_http_opamp_beats;
 static ngx_event_t                   ngx_http_opamp_beats_event;
-/* beats calls sent and not yet answered */
+/* beats.lua calls sent and not yet answered */
 static ngx_uint_t                    ngx_http_opamp_beats_sent;
 
 
@@ -317,18 +327,18 @@ ngx_http_opamp_store_str(ngx_str_t *s)
 
 
 /*
- * The start of a report.lua call, report or check: EVALSHA and the
- * script's hash, or EVAL and its source after a NOSCRIPT, and its five
- * keys' count.  Returns the number of arguments written.
+ * The start of a call of report.lua, check.lua or beats.lua: EVALSHA and
+ * the script's hash, or EVAL and its source after a NOSCRIPT, and the
+ * count of its keys.  Returns the number of arguments written.
  */
 
 static int
-ngx_http_opamp_store_report_head(const char **argv, size_t *argvlen,
-    ngx_uint_t eval)
+ngx_http_opamp_store_script_head(const char **argv, size_t *argvlen,
+    ngx_uint_t script, const char *nkeys, ngx_uint_t eval)
 {
     ngx_http_opamp_script_t  *s;
 
-    s = &ngx_http_opamp_scripts[NGX_HTTP_OPAMP_SCRIPT_REPORT];
+    s = &ngx_http_opamp_scripts[script];
 
     if (eval) {
         argv[0] = "EVAL";
@@ -343,8 +353,8 @@ ngx_http_opamp_store_report_head(const char **argv, size_t *argvlen,
         argvlen[1] = 40;
     }
 
-    argv[2] = "5";
-    argvlen[2] = 1;
+    argv[2] = nkeys;
+    argvlen[2] = ngx_strlen(nkeys);
 
     return 3;
 }
@@ -383,7 +393,9 @@ ngx_http_opamp_store_send_report(ngx_http_opamp_store_req_t *req,
 #define NGX_HTTP_OPAMP_ARG_END(buf, end)                                     \
     NGX_HTTP_OPAMP_ARG(buf, (size_t) ((end) - (buf)))
 
-    argc = ngx_http_opamp_store_report_head(argv, argvlen, eval);
+    argc = ngx_http_opamp_store_script_head(argv, argvlen,
+                                            NGX_HTTP_OPAMP_SCRIPT_REPORT,
+                                            "5", eval);
 
     p = ngx_http_opamp_store_agent_key(key, rep->uid);
     NGX_HTTP_OPAMP_ARG_END(key, p);
@@ -479,8 +491,6 @@ ngx_http_opamp_store_send_report(ngx_http_opamp_store_req_t *req,
     NGX_HTTP_OPAMP_ARG(ngx_http_opamp_store_conf->prefix.data,
                        ngx_http_opamp_store_conf->prefix.len);
 
-    NGX_HTTP_OPAMP_ARG("report", 6);
-
     NGX_HTTP_OPAMP_ARG(ngx_http_opamp_store_str(&rep->config_status),
                        rep->config_status.len);
     NGX_HTTP_OPAMP_ARG(ngx_http_opamp_store_str(&rep->config_error),
@@ -514,9 +524,10 @@ ngx_http_opamp_store_send_report(ngx_http_opamp_store_req_t *req,
 
 
 /*
- * A message that report.lua's short way may take: a heartbeat with
- * nothing in it but its sequence, from an agent that accepts neither
- * connection settings nor packages (the script checks the agent's side).
+ * A message that the short way (report.lua, beats.lua) may take: a
+ * heartbeat with nothing in it but its sequence, from an agent that
+ * accepts neither connection settings nor packages (the script checks the
+ * agent's side).
  */
 
 static ngx_uint_t
@@ -576,7 +587,7 @@ ngx_http_opamp_store_queue_beat(ngx_http_opamp_store_req_t *req)
     b->reqs[b->n++] = req;
 
     /*
-     * While a beats call is out, those that come wait for its answer and
+     * While a beats.lua call is out, those that come wait for its answer and
      * go together then: under load a call carries what came during the
      * round trip before it, so Redis runs fewer, larger calls; an idle
      * worker still sends at the end of the turn.
@@ -671,57 +682,6 @@ ngx_http_opamp_store_beats_compact(ngx_http_opamp_store_beats_t *b)
 }
 
 
-/* argv index of report.lua's ARGV[k] in a call built below */
-#define NGX_HTTP_OPAMP_ARGV(k)  (3 + NGX_HTTP_OPAMP_REPORT_KEYS + (k) - 1)
-
-/*
- * What a report.lua call for many agents (check, beats) starts with: the
- * script head, no agent keys but the fleet-wide ones, and ARGV[1..36]
- * empty but for now, the key prefix and the mode; the caller sets the
- * others it needs and appends its agents.  Returns the count written.
- */
-
-static int
-ngx_http_opamp_store_batch_args(const char **argv, size_t *argvlen,
-    ngx_uint_t eval, u_char *now, const char *mode)
-{
-    int          argc;
-    u_char      *p;
-    ngx_uint_t   i;
-    ngx_time_t  *tp;
-
-    argc = ngx_http_opamp_store_report_head(argv, argvlen, eval);
-
-    /* KEYS[1], KEYS[2] and KEYS[5] name one agent; a batch has many */
-    NGX_HTTP_OPAMP_ARG("", 0);
-    NGX_HTTP_OPAMP_ARG("", 0);
-
-    NGX_HTTP_OPAMP_ARG(ngx_http_opamp_version_key.data,
-                       ngx_http_opamp_version_key.len);
-    NGX_HTTP_OPAMP_ARG(ngx_http_opamp_groups_key.data,
-                       ngx_http_opamp_groups_key.len);
-    NGX_HTTP_OPAMP_ARG("", 0);
-
-    for (i = 0; i < 36; i++) {
-        NGX_HTTP_OPAMP_ARG("", 0);
-    }
-
-    tp = ngx_timeofday();
-    p = ngx_sprintf(now, "%T%03M", tp->sec, tp->msec);
-    argv[NGX_HTTP_OPAMP_ARGV(1)] = (const char *) now;
-    argvlen[NGX_HTTP_OPAMP_ARGV(1)] = p - now;
-
-    argv[NGX_HTTP_OPAMP_ARGV(25)] =
-                        (const char *) ngx_http_opamp_store_conf->prefix.data;
-    argvlen[NGX_HTTP_OPAMP_ARGV(25)] = ngx_http_opamp_store_conf->prefix.len;
-
-    argv[NGX_HTTP_OPAMP_ARGV(26)] = mode;
-    argvlen[NGX_HTTP_OPAMP_ARGV(26)] = ngx_strlen(mode);
-
-    return argc;
-}
-
-
 static ngx_int_t
 ngx_http_opamp_store_send_beats(ngx_http_opamp_store_beats_t *b,
     ngx_uint_t eval)
@@ -742,7 +702,8 @@ ngx_http_opamp_store_send_beats(ngx_http_opamp_store_beats_t *b,
 
     channel = ngx_http_opamp_redis_worker_channel();
 
-    total = NGX_HTTP_OPAMP_REPORT_ARGC + NGX_HTTP_OPAMP_BEAT_ARGC * b->n;
+    total = NGX_HTTP_OPAMP_BEATS_ARGC
+            + NGX_HTTP_OPAMP_BEATS_AGENT_ARGC * b->n;
 
     /* "<server_id>:<pid>:<n>" */
     conn_len = ngx_http_opamp_store_conf->server_id.len
@@ -764,14 +725,21 @@ ngx_http_opamp_store_send_beats(ngx_http_opamp_store_beats_t *b,
     argvlen = (size_t *) &argv[total];
     buf = (u_char *) &argvlen[total];
 
-    argc = ngx_http_opamp_store_batch_args(argv, argvlen, eval, now,
-                                           "beats");
+    argc = ngx_http_opamp_store_script_head(argv, argvlen,
+                                            NGX_HTTP_OPAMP_SCRIPT_BEATS,
+                                            "1", eval);
 
-    argv[NGX_HTTP_OPAMP_ARGV(10)] = (const char *) channel->data;
-    argvlen[NGX_HTTP_OPAMP_ARGV(10)] = channel->len;
+    NGX_HTTP_OPAMP_ARG(ngx_http_opamp_version_key.data,
+                       ngx_http_opamp_version_key.len);
 
     tp = ngx_timeofday();
     now_ms = (uint64_t) tp->sec * 1000 + tp->msec;
+
+    p = ngx_sprintf(now, "%uL", now_ms);
+    NGX_HTTP_OPAMP_ARG_END(now, p);
+
+    NGX_HTTP_OPAMP_ARG(ngx_http_opamp_store_conf->prefix.data,
+                       ngx_http_opamp_store_conf->prefix.len);
 
     for (i = 0; i < b->n; i++) {
         rep = b->reqs[i]->rep;
@@ -1053,9 +1021,9 @@ done:
 
 /*
  * What the agent is owed, from the nine elements of a script answer that
- * start at e (report.lua: elements 5 to 13), files being the owed
- * config's fields.  Strings stay in the reply: the handler uses them at
- * once.
+ * start at e (report.lua: elements 5 to 13; check.lua: the same, from the
+ * second element of an entry), files being the owed config's fields.
+ * Strings stay in the reply: the handler uses them at once.
  */
 
 static void
@@ -1121,9 +1089,9 @@ ngx_http_opamp_store_check(ngx_http_opamp_check_agent_t *agents,
 
 
 /*
- * report.lua in check mode: the arguments of a report that it reads (now,
- * agent timeout, the module's connection settings hash, prefix, force),
- * empty strings for the rest, then a uid and a connection id per agent.
+ * check.lua: the config_version and groups keys; now, the key prefix,
+ * the agent timeout, the module's connection settings hash and force;
+ * then a uid and a connection id per agent.
  */
 
 static ngx_int_t
@@ -1136,9 +1104,11 @@ ngx_http_opamp_store_send_check(ngx_http_opamp_store_check_t *chk,
     size_t                   *argvlen, conn_len;
     ngx_int_t                 rc;
     ngx_uint_t                i, total;
+    ngx_time_t               *tp;
     const char              **argv;
 
-    total = NGX_HTTP_OPAMP_REPORT_ARGC + 2 * chk->n;
+    total = NGX_HTTP_OPAMP_CHECK_ARGC
+            + NGX_HTTP_OPAMP_CHECK_AGENT_ARGC * chk->n;
 
     /* "<server_id>:<pid>:<n>" */
     conn_len = ngx_http_opamp_store_conf->server_id.len
@@ -1154,21 +1124,27 @@ ngx_http_opamp_store_send_check(ngx_http_opamp_store_check_t *chk,
     argvlen = (size_t *) &argv[total];
     buf = (u_char *) &argvlen[total];
 
-    argc = ngx_http_opamp_store_batch_args(argv, argvlen, eval, now,
-                                           "check");
+    argc = ngx_http_opamp_store_script_head(argv, argvlen,
+                                            NGX_HTTP_OPAMP_SCRIPT_CHECK,
+                                            "2", eval);
+
+    NGX_HTTP_OPAMP_ARG(ngx_http_opamp_version_key.data,
+                       ngx_http_opamp_version_key.len);
+    NGX_HTTP_OPAMP_ARG(ngx_http_opamp_groups_key.data,
+                       ngx_http_opamp_groups_key.len);
+
+    tp = ngx_timeofday();
+    p = ngx_sprintf(now, "%T%03M", tp->sec, tp->msec);
+    NGX_HTTP_OPAMP_ARG_END(now, p);
+
+    NGX_HTTP_OPAMP_ARG(ngx_http_opamp_store_conf->prefix.data,
+                       ngx_http_opamp_store_conf->prefix.len);
 
     p = ngx_sprintf(timeout, "%M", chk->agent_timeout);
-    argv[NGX_HTTP_OPAMP_ARGV(11)] = (const char *) timeout;
-    argvlen[NGX_HTTP_OPAMP_ARGV(11)] = p - timeout;
+    NGX_HTTP_OPAMP_ARG_END(timeout, p);
 
-    argv[NGX_HTTP_OPAMP_ARGV(15)] = (const char *) chk->cs_hash;
-    argvlen[NGX_HTTP_OPAMP_ARGV(15)] = sizeof(chk->cs_hash);
-
-    argv[NGX_HTTP_OPAMP_ARGV(16)] = "0";
-    argvlen[NGX_HTTP_OPAMP_ARGV(16)] = 1;
-
-    argv[NGX_HTTP_OPAMP_ARGV(30)] = chk->force ? "1" : "0";
-    argvlen[NGX_HTTP_OPAMP_ARGV(30)] = 1;
+    NGX_HTTP_OPAMP_ARG(chk->cs_hash, sizeof(chk->cs_hash));
+    NGX_HTTP_OPAMP_ARG(chk->force ? "1" : "0", 1);
 
     for (i = 0; i < chk->n; i++) {
         ngx_http_opamp_uid_format(buf, chk->agents[i].uid);

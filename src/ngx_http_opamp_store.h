@@ -15,7 +15,7 @@
 
 
 /* the status fields of AgentToServer kept in the agent hash, in the order
- * of the script's ARGV (docs/redis-schema.md names them) */
+ * of report.lua's ARGV (docs/redis-schema.md names them) */
 typedef enum {
     NGX_HTTP_OPAMP_FIELD_DESCRIPTION = 0,
     NGX_HTTP_OPAMP_FIELD_HEALTH,
@@ -178,6 +178,8 @@ void ngx_http_opamp_store_publish(ngx_str_t *channel, ngx_str_t *payload);
 /* the embedded Lua scripts (src/lua/NAME.lua), see ngx_http_opamp_store.c */
 enum {
     NGX_HTTP_OPAMP_SCRIPT_REPORT = 0,
+    NGX_HTTP_OPAMP_SCRIPT_CHECK,
+    NGX_HTTP_OPAMP_SCRIPT_BEATS,
     NGX_HTTP_OPAMP_SCRIPT_DISCONNECT,
     NGX_HTTP_OPAMP_SCRIPT_TOUCH,
     NGX_HTTP_OPAMP_SCRIPT_ADMIN_LIST,

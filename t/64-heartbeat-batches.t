@@ -1,7 +1,7 @@
 #!/usr/bin/perl
 
 # Heartbeats a worker receives in one turn of its event loop go to Redis in
-# one "beats" call of the report script.  Every agent must still get its
+# one call of the beats script (src/lua/beats.lua).  Every agent must still get its
 # own answer: settled agents nothing, an agent in the same batch that is
 # owed a config its offer, an agent out of sequence the full-state flag;
 # Redis must hold each agent's sequence and liveness; a script cache

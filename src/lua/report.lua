@@ -28,34 +28,24 @@
 --          remote_config_status, package_statuses, custom_capabilities,
 --          available_components, connection_settings_status (protobuf)
 -- ARGV[25] key prefix (for the group keys <prefix>config:group:<name>)
--- ARGV[26] "report", or "check": only say which config the agent is owed
---          (after a config change), storing nothing of a message, or
---          "beats": heartbeats of many agents (see below)
--- ARGV[27] remote_config_status.status name; "" when not reported
--- ARGV[28] remote_config_status.error_message
--- ARGV[29] remote_config_status.last_remote_config_hash, hex
--- ARGV[30] "1": send the owed config even if it was offered before
--- ARGV[31] custom capabilities reported: "" when not reported, else "+"
+-- ARGV[26] remote_config_status.status name; "" when not reported
+-- ARGV[27] remote_config_status.error_message
+-- ARGV[28] remote_config_status.last_remote_config_hash, hex
+-- ARGV[29] "1": send the owed config even if it was offered before
+-- ARGV[30] custom capabilities reported: "" when not reported, else "+"
 --          and the capability names, one per line
--- ARGV[32] custom_message of the agent: capability ("" when none)
--- ARGV[33] its type
--- ARGV[34] its data
--- ARGV[35] package_statuses.server_provided_all_packages_hash reported:
+-- ARGV[31] custom_message of the agent: capability ("" when none)
+-- ARGV[32] its type
+-- ARGV[33] its data
+-- ARGV[34] package_statuses.server_provided_all_packages_hash reported:
 --          "" when no package_statuses, else "+" and the hash in hex
--- ARGV[36] opamp_max_agent_state, bytes: the status fields the agent
+-- ARGV[35] opamp_max_agent_state, bytes: the status fields the agent
 --          keeps (those it sends now, and those it does not as stored)
---          may not exceed it ("" in the batch modes)
+--          may not exceed it ("": no limit)
 --
--- In "check" mode the script looks at many connected agents at once
--- (all of a worker's, in batches, after a config change): ARGV[37..]
--- are pairs of instance uid and connection id; KEYS[1], KEYS[2],
--- ARGV[2] and ARGV[6] are unused.  It returns
---   { { { index (1-based pair), then elements 5 to 13 of a report's
---         answer below, but the owed config's key in place of its
---         fields }, ... only agents owed something; agents owed the same
---         config and nothing else share one entry whose first element
---         is the array of their indexes },
---     { config key, its fields (HGETALL), ... once per owed key } }
+-- Heartbeats that a worker batches go to beats.lua, which takes the same
+-- short way (lib/short_way.lua); after a config change, check.lua looks
+-- at connected agents with the same owed_*() functions (lib/owed*.lua).
 --
 -- Returns { full_state (0/1), verdict (0 ok, 1 takeover, 2 duplicate,
 --           3 over opamp_max_agent_state),
@@ -72,51 +62,34 @@
 --@include lib/protobuf.lua
 --@include lib/attributes.lua
 --@include lib/status.lua
+--@include lib/state.lua
 
 -- the layout version of the agent hash (docs/redis-schema.md); the
 -- worker's digest of a beat_mark() says the same
 local SCHEMA = '3'
 
--- the agent the functions below look at: one per call, or each agent of
--- a check batch in turn: its hash of small fields (key), its own config
--- (acfg) and its status fields as the agent reported them (skey)
-local key, acfg, skey, uid = KEYS[1], KEYS[2], KEYS[5], ARGV[2]
+-- the call and its agent, for the functions of lib/ (lib/state.lua)
+key, acfg, skey, uid = KEYS[1], KEYS[2], KEYS[5], ARGV[2]
+version_key, groups_key = KEYS[3], KEYS[4]
+now_text, now = ARGV[1], tonumber(ARGV[1])
+prefix, timeout, cs_offer = ARGV[25], tonumber(ARGV[11]), ARGV[15]
 
--- the agent's stored status fields (lib/status.lua), read when first
--- needed; status_changed: to be written back at the end
-local status_t, status_changed = nil, false
-
-local function stored_status()
-    if not status_t then
-        status_t = status_read(redis.call('GET', skey))
-    end
-    return status_t
-end
-local now = tonumber(ARGV[1])
 local seq, prev_seq = ARGV[3], ARGV[4]
 local conn, transport = ARGV[6], ARGV[7]
 local first, disconnect = ARGV[12] == '1', ARGV[13] == '1'
 local mask = tonumber(ARGV[16])
 local mask_all = mask
-local prefix = ARGV[25]
 
--- The common message of a fleet: a heartbeat in sequence on the same
--- connection from an agent that is owed nothing and has no offer out,
--- with nothing changed since that was found.  Only its sequence and
--- liveness are stored.  What a control plane writes without the admin
--- API is still seen: configs with INCR config_version (in the mark, see
--- settle_mark() below), commands and messages for the agent by their
--- keys; agents that accept connection settings or packages
--- (AcceptsPackages, ReportsOwn*, Accepts*ConnectionSettings, bits 8 and
--- 32 to 512) always take the long way, which reads the offers for the
--- agent and the fleet.  First thing in the script, before the functions
--- below are even made.
+-- The short way of a heartbeat (lib/short_way.lua) comes first in the
+-- script, before the functions of the long way are even made: the fields
+-- it reads, then whether it can take it.
 local short_fields = { 'sequence_num', 'settled', 'connected',
                        'expires_ms', 'conn', 'transport', 'channel',
                        'cs_hash', 'first_seen_ms', 'schema' }
-local vmark = nil
 
--- no connection settings or packages to look for (bits 8, 32 to 512)
+-- no connection settings or packages to look for (bits 8, 32 to 512);
+-- bit.band is Redis's bit library, which lib/caps.lua (included below)
+-- hides behind its own bit()
 local function can_settle(caps)
     return bit.band((tonumber(caps) or 0) % 65536, 1000) == 0
 end
@@ -126,87 +99,25 @@ end
 -- module's settings hash, and the connection, transport and worker
 -- channel it came on (another connection, or a disconnect, which clears
 -- "settled", take the long way), and the layout version (an agent settled
--- under an older one takes the long way once, which moves it).  Digested to 16 hex digits of their SHA1
--- so that the field stays short: an agent hash whose values all fit in
--- 64 bytes is stored compactly by Redis (hash-max-listpack-value).  The
--- worker digests the same text for a batch.
+-- under an older one takes the long way once, which moves it).  Digested
+-- to 16 hex digits of their SHA1 so that the field stays short: an agent
+-- hash whose values all fit in 64 bytes is stored compactly by Redis
+-- (hash-max-listpack-value).  The worker digests the same text for a
+-- batch of beats.lua.
 local function beat_mark(caps, cs, cn, tr)
     return string.sub(redis.sha1hex(caps .. ' ' .. cs .. ' ' .. cn .. ' '
                                     .. tr .. ' ' .. ARGV[10] .. ' '
                                     .. SCHEMA), 1, 16)
 end
 
--- takes the short way if the heartbeat can (true): k the agent's key, u
--- its uid, sq and prev its sequence_num and the one before, stored its
--- stored sequence_num and settled, mark its beat_mark(), restart whether
--- it accepts a restart command, expires its new expires_ms; members: the
--- fleet index entries to add, or nil to add this one at once
-local function short_way(k, u, sq, prev, stored, mark, restart, expires,
-                         members)
-    if not (stored[1] == prev and stored[2]) then
-        return false
-    end
-    vmark = vmark or ((redis.call('GET', KEYS[3]) or '0') .. ' ')
-    if stored[2] ~= vmark .. mark then
-        return false
-    end
-    -- a command or message for the agent; connection settings and
-    -- packages are not for agents that can settle
-    local waiting
-    if restart then
-        waiting = redis.call('EXISTS', prefix .. 'command:{' .. u .. '}',
-                             prefix .. 'outbox:{' .. u .. '}')
-    else
-        waiting = redis.call('EXISTS', prefix .. 'outbox:{' .. u .. '}')
-    end
-    if waiting ~= 0 then
-        return false
-    end
-    redis.call('HSET', k, 'sequence_num', sq, 'last_seen_ms', ARGV[1],
-               'expires_ms', expires)
-    if members then
-        members[#members + 1] = ARGV[1]
-        members[#members + 1] = u
-    else
-        redis.call('ZADD', prefix .. 'agents', ARGV[1], u)
-    end
-    return true
-end
+--@include lib/short_way.lua
 
--- "beats": the heartbeats a worker received in one turn of its event
--- loop, from agents that can settle, ARGV[37..] six per agent: instance
--- uid, sequence_num, sequence_num - 1, its beat_mark() (digested by the
--- worker), "1" if it accepts restart (AcceptsRestartCommand) else "",
--- and its expires_ms.
--- Returns { 1 or 0, ... }: 1 for each that took the short way; the
--- worker sends the others again, one report each.
-if ARGV[26] == 'beats' then
-    local out, members = {}, {}
-    for i = 37, #ARGV - 5, 6 do
-        local u = ARGV[i]
-        local k = prefix .. 'agent:{' .. u .. '}'
-        out[#out + 1] = short_way(k, u, ARGV[i + 1], ARGV[i + 2],
-                                  redis.call('HMGET', k, 'sequence_num',
-                                             'settled'),
-                                  ARGV[i + 3], ARGV[i + 4] == '1',
-                                  ARGV[i + 5], members)
-                        and 1 or 0
-    end
-    if #members > 0 then
-        redis.call('ZADD', prefix .. 'agents', unpack(members))
-    end
-    return out
-end
+local cur = redis.call('HMGET', key, unpack(short_fields))
 
-local cur = nil
-if ARGV[26] == 'report' then
-    cur = redis.call('HMGET', key, unpack(short_fields))
-end
-
-if cur and mask == 0 and not disconnect
-   and ARGV[14] == '' and ARGV[27] == ''
-   and ARGV[30] ~= '1' and ARGV[31] == '' and ARGV[32] == ''
-   and ARGV[35] == '' and can_settle(ARGV[5])
+if mask == 0 and not disconnect
+   and ARGV[14] == '' and ARGV[26] == ''
+   and ARGV[29] ~= '1' and ARGV[30] == '' and ARGV[31] == ''
+   and ARGV[34] == '' and can_settle(ARGV[5])
    and short_way(key, uid, seq, prev_seq, cur,
                  beat_mark(ARGV[5], ARGV[15], conn, transport),
                  math.floor((tonumber(ARGV[5]) or 0) / 1024) % 2 == 1,
@@ -229,121 +140,9 @@ local function less(a, b)
     return #a < #b or (#a == #b and a < b)
 end
 
-
--- whether capability bit b (a power of two) is set; the text of the
--- capabilities is parsed once per agent, not once per bit
-local caps_text, caps_n = nil, 0
-
-local function caps_number(caps)
-    if caps ~= caps_text then
-        caps_text, caps_n = caps, tonumber(caps or '0') or 0
-    end
-    return caps_n
-end
-
-local function bit(caps, b)
-    return math.floor(caps_number(caps) / b) % 2 == 1
-end
-
--- AgentCapabilities.AcceptsRemoteConfig
-local function accepts_config(caps)
-    return caps and bit(caps, 2)
-end
-
--- the agent's own config key, made only when it is needed
-local function agent_config_key()
-    acfg = acfg or prefix .. 'config:agent:{' .. uid .. '}'
-    return acfg
-end
-
--- "k=v,k2=v2" as { k, v, k2, v2 }, or false when a pair has no key
-local function parse_selector(selector)
-    local t = {}
-    for pair in string.gmatch(selector or '', '[^,]+') do
-        local k, v = string.match(pair, '^([^=]+)=(.*)$')
-        if not k then
-            return false
-        end
-        t[#t + 1] = k
-        t[#t + 1] = v
-    end
-    return t
-end
-
--- every key of the parsed selector must be an attribute with exactly
--- that value
-local function matches(sel, attrs)
-    if not sel then
-        return false
-    end
-    for i = 1, #sel, 2 do
-        if attrs[sel[i]] ~= sel[i + 1] then
-            return false
-        end
-    end
-    return true
-end
-
--- precedence: the agent's own config, then the group of highest priority
--- whose selector matches, equal priorities by name
--- the groups by precedence, with selector and hash: read once per call,
--- however many agents a check batch resolves
-local groups = nil
-
-local function load_groups()
-    local g = redis.call('ZREVRANGE', KEYS[4], 0, -1, 'WITHSCORES')
-    local list = {}
-    for i = 1, #g, 2 do
-        list[#list + 1] = { g[i], tonumber(g[i + 1]) }
-    end
-    table.sort(list, function(a, b)
-        if a[2] ~= b[2] then
-            return a[2] > b[2]
-        end
-        return a[1] < b[1]
-    end)
-    for _, e in ipairs(list) do
-        local r = redis.call('HMGET', prefix .. 'config:group:' .. e[1],
-                             'selector', 'hash')
-        e[3], e[4] = parse_selector(r[1]), r[2]
-    end
-    return list
-end
-
--- false when a check batch found that none of its agents has its own
--- config (one EXISTS for all instead of one HGET each)
-local own_configs = true
-
-local function resolve(attrs)
-    local h = own_configs and redis.call('HGET', agent_config_key(), 'hash')
-    if h then
-        return 'agent', h
-    end
-    groups = groups or load_groups()
-    for _, e in ipairs(groups) do
-        if e[4] and matches(e[3], attrs) then
-            return 'group:' .. e[1], e[4]
-        end
-    end
-    return '', ''
-end
-
--- the fields of a config hash, read once per call
-local files_of = {}
-
-local function config_files(ckey)
-    local f = files_of[ckey]
-    if not f then
-        f = redis.call('HGETALL', ckey)
-        files_of[ckey] = f
-    end
-    return f
-end
-
-local version = nil
-
--- an offer is out and not yet acknowledged: it may be owed again later
-local pending = false
+--@include lib/caps.lua
+--@include lib/owed_config.lua
+--@include lib/owed.lua
 
 -- what a settled agent's state depends on besides its own hash: any
 -- change of configs or offers (the admin API increments config_version,
@@ -352,344 +151,6 @@ local pending = false
 local function settle_mark()
     version = version or redis.call('GET', KEYS[3]) or '0'
     return version .. ' ' .. beat_mark(ARGV[5], ARGV[15], conn, transport)
-end
-
--- what the last change of configs concerns, when the admin API could
--- tell: "<config_version> <scope>" in <prefix>config_version_scope, where
--- scope is "none" (no config changed), "agent:<uid>" (that agent's own
--- config), "group:<name>" (that group's files, same selector and
--- priority) or "all".  Only the change to the current version counts, so
--- a writer that increments config_version without it is never misread.
-local scope = nil
-
--- whether an agent whose config was resolved at agent_version may keep
--- its desired config: the one change since then moved no agent between
--- configs, except maybe another agent to or from its own config
-local function read_scope()
-    if scope == nil then
-        version = version or redis.call('GET', KEYS[3]) or '0'
-        local v, sc = string.match(redis.call('GET', KEYS[3] .. '_scope')
-                                   or '', '^(%d+) (.+)$')
-        local kind, who = string.match(sc or '', '^(%a+):(.+)$')
-        scope = { v, sc, kind, who, v and tostring(tonumber(v) - 1) }
-        -- whether agents resolved just before the change keep theirs
-        scope.narrow = v == version and (sc == 'none' or kind == 'group'
-                                         or kind == 'agent')
-    end
-    return scope
-end
-
-local function keeps_desired(agent_version)
-    read_scope()
-    if scope[1] ~= version or agent_version ~= scope[5] then
-        return false
-    end
-    local kind = scope[3]
-    return scope[2] == 'none' or kind == 'group'
-           or (kind == 'agent' and scope[4] ~= uid)
-end
-
--- the current hash of a group, read once per call
-local group_hash = {}
-
--- the key of a desired "group:<name>"
-local group_key = {}
-
-local function hash_of_group(name)
-    local h = group_hash[name]
-    if h == nil then
-        h = redis.call('HGET', prefix .. 'config:group:' .. name, 'hash')
-              or false
-        group_hash[name] = h
-    end
-    return h
-end
-
--- which config the agent is owed now (hash, fields, key), appending what
--- to remember to set
--- (pre: those fields, when the caller read them already)
-local config_fields = { 'config_version', 'desired_config', 'desired_hash',
-                        'offered_hash', 'offered_ms', 'config_hash' }
-
--- (desc: the description the message carries, else "")
-local function owed_config(set, caps, desc, reported, force, now, pre)
-    if not accepts_config(caps) then
-        return '', {}, ''
-    end
-
-    version = version or redis.call('GET', KEYS[3]) or '0'
-    local c = pre or redis.call('HMGET', key, unpack(config_fields))
-    local desired, dhash = c[2] or '', c[3] or ''
-
-    local moved = c[1] ~= version or desc ~= ''
-
-    if moved and desc == '' and keeps_desired(c[1]) then
-        moved = false
-        if desired == scope[2] then
-            -- the agent's group changed its files: only the hash moves
-            local h = hash_of_group(string.sub(desired, 7))
-            if h then
-                dhash = h
-                set[#set + 1] = 'desired_hash'
-                set[#set + 1] = dhash
-            else
-                moved = true
-            end
-        end
-        if not moved then
-            set[#set + 1] = 'config_version'
-            set[#set + 1] = version
-        end
-    end
-
-    if moved then
-        if desc == '' then
-            -- an agent not yet moved to this layout has it in its hash
-            desc = stored_status().description
-                   or redis.call('HGET', key, 'description') or ''
-        end
-        desired, dhash = resolve(attributes_of(desc))
-        set[#set + 1] = 'desired_config'
-        set[#set + 1] = desired
-        set[#set + 1] = 'desired_hash'
-        set[#set + 1] = dhash
-        set[#set + 1] = 'config_version'
-        set[#set + 1] = version
-    end
-
-    if reported == nil then
-        reported = c[6] or ''
-    end
-
-    if dhash == '' or dhash == reported then
-        return '', {}, ''
-    end
-
-    -- offered already and not lost on the way: the agent is applying it
-    if not force and dhash == c[4]
-       and now - tonumber(c[5] or '0') < tonumber(ARGV[11])
-    then
-        pending = true
-        return '', {}, ''
-    end
-
-    local ckey = group_key[desired]
-    if desired == 'agent' then
-        ckey = agent_config_key()
-    elseif not ckey then
-        ckey = prefix .. 'config:group:' .. string.sub(desired, 7)
-        group_key[desired] = ckey
-    end
-
-    local files = config_files(ckey)
-    if #files == 0 then
-        return '', {}, ''
-    end
-
-    set[#set + 1] = 'offered_hash'
-    set[#set + 1] = dhash
-    set[#set + 1] = 'offered_ms'
-    set[#set + 1] = ARGV[1]
-
-    return dhash, files, ckey
-end
-
--- a pending command, taken once delivered; only for agents that accept it
-local function owed_command(caps)
-    if not bit(caps, 1024) then
-        return ''
-    end
-    local c = redis.call('GETDEL', prefix .. 'command:{' .. uid .. '}')
-    return c or ''
-end
-
--- the oldest queued message for a custom capability the agent has
--- (an entry is "<capability>\n<type>\n<data>"); one per ServerToAgent
-local no_message = {}
-
-local function owed_message(names)
-    if not names or names == '' then
-        return no_message
-    end
-    local outbox = prefix .. 'outbox:{' .. uid .. '}'
-    local have = {}
-    for n in string.gmatch(names, '[^\n]+') do
-        have[n] = true
-    end
-    local queued = redis.call('LRANGE', outbox, 0, 99)
-    for _, e in ipairs(queued) do
-        local cap, typ, data = string.match(e, '^([^\n]*)\n([^\n]*)\n(.*)$')
-        if cap and have[cap] then
-            redis.call('LREM', outbox, 1, e)
-            return { cap, typ, data }
-        end
-    end
-    return {}
-end
-
--- ConnectionSettingsOffers: the module's own part (the OpAMP heartbeat,
--- hashed in ARGV[15]) and what an operator stored for the agent or the
--- fleet; offered when it changed since the last offer, on full state,
--- and to an agent process that started again (renew).  An agent that
--- reports heartbeats (ReportsHeartbeat, 8192) is told the interval even
--- when it accepts no settings (the session leaves the rest out).
-local fleet_settings = nil
-
-local function owed_settings(set, caps, stored_hash, renew)
-    local heartbeat = bit(caps, 8192)
-    -- none of the bits 32 to 512
-    if caps_number(caps) % 1024 < 32 and not heartbeat then
-        return 0, '', ''
-    end
-    local other = bit(caps, 32) or bit(caps, 64) or bit(caps, 128)
-                  or bit(caps, 512)
-    if not bit(caps, 256) and not other and not heartbeat then
-        return 0, '', ''
-    end
-    local extra = ''
-    if bit(caps, 256) or other then
-        extra = redis.call('GET', prefix .. 'connection_settings:{'
-                                  .. uid .. '}')
-        if not extra then
-            fleet_settings = fleet_settings
-                             or redis.call('GET',
-                                           prefix .. 'connection_settings')
-                             or ''
-            extra = fleet_settings
-        end
-    end
-    local wants = bit(caps, 256) or heartbeat
-                  or (extra ~= '' and other)
-    if not wants then
-        return 0, '', ''
-    end
-    local h = ARGV[15]
-    if extra ~= '' then
-        h = redis.sha1hex(ARGV[15] .. extra)
-    end
-    if stored_hash == h and not renew then
-        return 0, '', ''
-    end
-    set[#set + 1] = 'cs_hash'
-    set[#set + 1] = h
-    return 1, extra, h
-end
-
--- PackagesAvailable for agents that accept packages, until the agent
--- reports the same all_packages_hash
-local function owed_packages(set, caps, force, now)
-    if not bit(caps, 8) then
-        return ''
-    end
-    local pk = redis.call('HMGET', prefix .. 'packages:{' .. uid .. '}',
-                          'hash', 'offer')
-    if not pk[1] then
-        pk = redis.call('HMGET', prefix .. 'packages', 'hash', 'offer')
-    end
-    if not pk[1] or not pk[2] then
-        return ''
-    end
-    local c = redis.call('HMGET', key, 'packages_hash',
-                         'offered_packages_hash', 'offered_packages_ms')
-    local reported = c[1] or ''
-    if ARGV[35] ~= '' then
-        reported = string.sub(ARGV[35], 2)
-    end
-    if pk[1] == reported then
-        return ''
-    end
-    if not force and pk[1] == c[2]
-       and now - tonumber(c[3] or '0') < tonumber(ARGV[11])
-    then
-        pending = true
-        return ''
-    end
-    set[#set + 1] = 'offered_packages_hash'
-    set[#set + 1] = pk[1]
-    set[#set + 1] = 'offered_packages_ms'
-    set[#set + 1] = ARGV[1]
-    return pk[2]
-end
-
--- a config or group changed: what do these connected agents need now?
-if ARGV[26] == 'check' then
-    local force = ARGV[30] == '1'
-    local out, owed_keys, same = {}, {}, {}
-    local check_fields = { unpack(config_fields) }
-    for _, f in ipairs({ 'capabilities', 'conn', 'connected',
-                         'custom_capability_names', 'cs_hash' }) do
-        check_fields[#check_fields + 1] = f
-    end
-    -- after a change that makes agents be matched again, their own
-    -- configs are looked for at once
-    local wide = not read_scope().narrow
-    if wide then
-        local own = {}
-        for i = 37, #ARGV - 1, 2 do
-            own[#own + 1] = prefix .. 'config:agent:{' .. ARGV[i] .. '}'
-        end
-        own_configs = #own > 0 and redis.call('EXISTS', unpack(own)) > 0
-    end
-    for i = 37, #ARGV - 1, 2 do
-        uid = ARGV[i]
-        key = prefix .. 'agent:{' .. uid .. '}'
-        skey = prefix .. 'status:{' .. uid .. '}'
-        status_t = nil
-        acfg = nil
-        -- one read: the config fields (1 to 6), then the rest
-        local cur = redis.call('HMGET', key, unpack(check_fields))
-        local caps = cur[7]
-        if caps and cur[8] == ARGV[i + 1] and cur[9] == '1' then
-            local set = {}
-            local h, _, ckey = owed_config(set, caps, '', nil, force, now,
-                                           cur)
-            local offer, extra, cs = owed_settings(set, caps, cur[11],
-                                                   false)
-            local packages = owed_packages(set, caps, force, now)
-            if #set > 0 then
-                redis.call('HSET', key, unpack(set))
-            end
-            local command = ''
-            if h == '' and offer == 0 and packages == '' then
-                command = owed_command(caps)
-            end
-            local message = owed_message(cur[10])
-            if h ~= '' or offer == 1 or packages ~= '' or command ~= ''
-               or #message > 0
-            then
-                if ckey ~= '' then
-                    owed_keys[ckey] = true
-                end
-                if offer == 0 and packages == '' and command == ''
-                   and #message == 0
-                then
-                    -- owed a config only: one answer for all who are
-                    -- owed the same (a fan-out's every agent)
-                    local by_hash = same[ckey]
-                    if not by_hash then
-                        by_hash = {}
-                        same[ckey] = by_hash
-                    end
-                    local e = by_hash[h]
-                    if not e then
-                        e = { {}, 0, h, ckey, 0, '', {}, '', '', '' }
-                        by_hash[h] = e
-                        out[#out + 1] = e
-                    end
-                    e[1][#e[1] + 1] = (i - 35) / 2
-                else
-                    out[#out + 1] = { (i - 35) / 2, offer, h, ckey, 0,
-                                      command, message, extra, cs, packages }
-                end
-            end
-        end
-    end
-    local files = {}
-    for ckey in pairs(owed_keys) do
-        files[#files + 1] = ckey
-        files[#files + 1] = files_of[ckey]
-    end
-    return { out, files }
 end
 
 -- an AvailableComponents message (protobuf): its hash, and whether it
@@ -846,7 +307,7 @@ local verdict = 0
 
 -- what the agent would keep: over opamp_max_agent_state, nothing of the
 -- message is stored and the agent is told (verdict 3)
-if mask ~= 0 and ARGV[36] ~= '' then
+if mask ~= 0 and ARGV[35] ~= '' then
     local total, m = 0, mask
     for i, name in ipairs(fields) do
         if m % 2 == 1 then
@@ -862,7 +323,7 @@ if mask ~= 0 and ARGV[36] ~= '' then
         end
         m = (m - m % 2) / 2
     end
-    if total > tonumber(ARGV[36]) then
+    if total > tonumber(ARGV[35]) then
         return { 0, 3, '', '', 0, '', {}, 0, '', {}, '', '', '' }
     end
 end
@@ -984,27 +445,27 @@ if ARGV[14] ~= '' then
     set[#set + 1] = ARGV[14]
 end
 
-if ARGV[27] ~= '' then
+if ARGV[26] ~= '' then
     set[#set + 1] = 'config_status'
-    set[#set + 1] = ARGV[27]
+    set[#set + 1] = ARGV[26]
     set[#set + 1] = 'config_error'
-    set[#set + 1] = ARGV[28]
+    set[#set + 1] = ARGV[27]
     set[#set + 1] = 'config_hash'
-    set[#set + 1] = ARGV[29]
+    set[#set + 1] = ARGV[28]
 end
 
 local names = nil
-if ARGV[31] ~= '' then
-    names = string.sub(ARGV[31], 2)
+if ARGV[30] ~= '' then
+    names = string.sub(ARGV[30], 2)
     set[#set + 1] = 'custom_capability_names'
     set[#set + 1] = names
 end
 
 -- messages of agents for a control plane to read, fleet-wide, bounded
-if ARGV[32] ~= '' then
+if ARGV[31] ~= '' then
     redis.call('XADD', prefix .. 'custom_messages', 'MAXLEN', '~', '10000',
-               '*', 'instance_uid', uid, 'capability', ARGV[32],
-               'type', ARGV[33], 'data', ARGV[34])
+               '*', 'instance_uid', uid, 'capability', ARGV[31],
+               'type', ARGV[32], 'data', ARGV[33])
 end
 
 local owed_hash, owed_files = '', {}
@@ -1013,13 +474,13 @@ local command, message = '', {}
 if not disconnect then
     -- a restarted agent that reports no remote config status runs none
     local reported = nil
-    if ARGV[27] ~= '' then
-        reported = ARGV[29]
+    if ARGV[26] ~= '' then
+        reported = ARGV[28]
     elseif restarted then
         reported = ''
     end
     owed_hash, owed_files = owed_config(set, ARGV[5], has_desc and ARGV[17] or '', reported,
-                                        ARGV[30] == '1' or restarted, now)
+                                        ARGV[29] == '1' or restarted, now)
 
     if names == nil then
         names = redis.call('HGET', key, 'custom_capability_names')
@@ -1035,9 +496,9 @@ if not disconnect then
     end
 end
 
-if ARGV[35] ~= '' then
+if ARGV[34] ~= '' then
     set[#set + 1] = 'packages_hash'
-    set[#set + 1] = string.sub(ARGV[35], 2)
+    set[#set + 1] = string.sub(ARGV[34], 2)
 end
 
 local offer, extra, cs, packages = 0, '', '', ''
@@ -1045,8 +506,9 @@ local offer, extra, cs, packages = 0, '', '', ''
 if not disconnect then
     offer, extra, cs = owed_settings(set, ARGV[5], cs_hash,
                                      full or restarted)
-    packages = owed_packages(set, ARGV[5], ARGV[30] == '1' or restarted,
-                             now)
+    packages = owed_packages(set, ARGV[5], ARGV[29] == '1' or restarted,
+                             now, ARGV[34] ~= '' and string.sub(ARGV[34], 2)
+                                  or nil)
 end
 
 -- a command travels alone: the spec lets the agent ignore everything else

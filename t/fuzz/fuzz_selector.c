@@ -2,8 +2,9 @@
  * Copyright (C) ngx_http_opamp_module authors
  *
  * Group selectors: ngx_http_opamp_selector_check(), which the admin API
- * applies to what an operator PUTs.  report.lua parses the stored
- * selector again in Redis (parse_selector: the pairs of
+ * applies to what an operator PUTs.  src/lua/lib/owed_config.lua (of
+ * report.lua and check.lua) parses the stored selector again in Redis
+ * (parse_selector: the pairs of
  * string.gmatch(s, '[^,]+'), each matching '^([^=]+)=(.*)$', else no
  * match at all); Lua cannot run here, so parse_selector is written again
  * below, and the check must only accept what it parses into the same
@@ -15,7 +16,7 @@
 #include "shim.h"
 
 
-/* report.lua's parse_selector: the number of pairs, or -1 (false) */
+/* owed_config.lua's parse_selector: the number of pairs, or -1 (false) */
 
 static ngx_int_t
 fuzz_lua_parse(u_char *s, size_t len, u_char **keys, size_t *klen,
@@ -79,7 +80,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         n = fuzz_lua_parse(buf, size, keys, klen, vals, vlen);
 
         FUZZ_CHECK(n >= 0, "a selector the admin API accepts does not "
-                           "parse in report.lua");
+                           "parse in lib/owed_config.lua");
 
         /* the same pairs as "," then the first "=" */
 
@@ -98,12 +99,12 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             FUZZ_CHECK(keys[k] == p && klen[k] == (size_t) (eq - p)
                        && vals[k] == eq + 1
                        && vlen[k] == (size_t) (comma - eq - 1),
-                       "report.lua would read other pairs");
+                       "owed_config.lua would read other pairs");
             k++;
             p = comma + 1;
         }
 
-        FUZZ_CHECK(k == n, "report.lua would read more pairs");
+        FUZZ_CHECK(k == n, "owed_config.lua would read more pairs");
     }
 
     free(vlen);

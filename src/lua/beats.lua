@@ -1,0 +1,37 @@
+-- beats.lua: the heartbeats a worker received in one turn of its event
+-- loop (up to 128), from agents that can settle: each takes the short way
+-- of report.lua if it can (lib/short_way.lua), storing only its sequence
+-- and liveness.  The layout is docs/redis-schema.md.
+--
+-- KEYS[1]  <prefix>config_version
+-- ARGV[1]  now, Unix ms
+-- ARGV[2]  key prefix
+-- ARGV[3..] six per agent: instance uid (canonical text), sequence_num,
+--          sequence_num - 1 ("" when sequence_num is 0), its beat_mark()
+--          (report.lua, digested by the worker), "1" if it accepts
+--          restart (AcceptsRestartCommand) else "", and its new
+--          expires_ms
+--
+-- Returns { 1 or 0, ... }: 1 for each that took the short way; the
+-- worker sends the others again, one report.lua call each.
+
+--@include lib/state.lua
+--@include lib/short_way.lua
+
+version_key, now_text, prefix = KEYS[1], ARGV[1], ARGV[2]
+
+local out, members = {}, {}
+for i = 3, #ARGV - 5, 6 do
+    local u = ARGV[i]
+    local k = prefix .. 'agent:{' .. u .. '}'
+    out[#out + 1] = short_way(k, u, ARGV[i + 1], ARGV[i + 2],
+                              redis.call('HMGET', k, 'sequence_num',
+                                         'settled'),
+                              ARGV[i + 3], ARGV[i + 4] == '1',
+                              ARGV[i + 5], members)
+                    and 1 or 0
+end
+if #members > 0 then
+    redis.call('ZADD', prefix .. 'agents', unpack(members))
+end
+return out

@@ -1,0 +1,55 @@
+-- lib/short_way.lua, included after lib/state.lua by report.lua (one
+-- agent's heartbeat) and beats.lua (a worker's batch of them).  Reads
+-- prefix, now_text and version_key of lib/state.lua.
+--
+-- The common message of a fleet: a heartbeat in sequence on the same
+-- connection from an agent that is owed nothing and has no offer out,
+-- with nothing changed since that was found.  Only its sequence and
+-- liveness are stored.  What a control plane writes without the admin
+-- API is still seen: configs with INCR config_version (in the mark, see
+-- settle_mark() in report.lua), commands and messages for the agent by
+-- their keys; agents that accept connection settings or packages
+-- (AcceptsPackages, ReportsOwn*, Accepts*ConnectionSettings, bits 8 and
+-- 32 to 512) always take the long way, which reads the offers for the
+-- agent and the fleet.
+
+-- the config_version in front of the mark, read once per call
+local vmark = nil
+
+-- takes the short way if the heartbeat can (true): k the agent's key, u
+-- its uid, sq and prev its sequence_num and the one before, stored its
+-- stored sequence_num and settled, mark its beat_mark() (report.lua; the
+-- worker digests it for beats.lua), restart whether it accepts a restart
+-- command, expires its new expires_ms; members: the fleet index entries
+-- to add, or nil to add this one at once
+local function short_way(k, u, sq, prev, stored, mark, restart, expires,
+                         members)
+    if not (stored[1] == prev and stored[2]) then
+        return false
+    end
+    vmark = vmark or ((redis.call('GET', version_key) or '0') .. ' ')
+    if stored[2] ~= vmark .. mark then
+        return false
+    end
+    -- a command or message for the agent; connection settings and
+    -- packages are not for agents that can settle
+    local waiting
+    if restart then
+        waiting = redis.call('EXISTS', prefix .. 'command:{' .. u .. '}',
+                             prefix .. 'outbox:{' .. u .. '}')
+    else
+        waiting = redis.call('EXISTS', prefix .. 'outbox:{' .. u .. '}')
+    end
+    if waiting ~= 0 then
+        return false
+    end
+    redis.call('HSET', k, 'sequence_num', sq, 'last_seen_ms', now_text,
+               'expires_ms', expires)
+    if members then
+        members[#members + 1] = now_text
+        members[#members + 1] = u
+    else
+        redis.call('ZADD', prefix .. 'agents', now_text, u)
+    end
+    return true
+end
