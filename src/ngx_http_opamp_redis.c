@@ -314,7 +314,7 @@ ngx_http_opamp_redis_send(ngx_http_opamp_redis_link_t *link, int argc,
  * The command in RESP, straight into the link's output buffer: the
  * arguments are copied before this returns.  hiredis's own formatting
  * grows an sds string piece by piece and was a measurable share of a
- * worker's time with 40-argument report scripts.
+ * worker's time with report scripts of 40 arguments and more.
  */
 
 ngx_int_t

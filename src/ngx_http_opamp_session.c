@@ -988,8 +988,8 @@ ngx_http_opamp_session_kick(ngx_http_opamp_report_t *rep)
  * What the report script needs of the message besides the status fields:
  * the reported RemoteConfigStatus as text, the custom capability names
  * and the custom message (the script reads the attributes that group
- * selectors match from the description itself).  Copied into the message: the decoded AgentToServer is freed
- * before Redis answers.
+ * selectors match from the description itself).  Copied into the
+ * message: the decoded AgentToServer is freed before Redis answers.
  */
 
 static ngx_int_t

@@ -213,15 +213,25 @@ ngx_http_opamp_store_init_process(ngx_cycle_t *cycle,
 }
 
 
-u_char *
-ngx_http_opamp_store_agent_key(u_char *buf, u_char *uid)
+/* "<prefix><kind>{<uid>}": the uid as a Redis Cluster hash tag, so that
+ * all of an agent's keys are in one slot */
+
+static u_char *
+ngx_http_opamp_store_uid_key(u_char *buf, const char *kind, u_char *uid)
 {
-    buf = ngx_sprintf(buf, "%Vagent:{", &ngx_http_opamp_store_conf->prefix);
+    buf = ngx_sprintf(buf, "%V%s{", &ngx_http_opamp_store_conf->prefix, kind);
     ngx_http_opamp_uid_format(buf, uid);
     buf += NGX_HTTP_OPAMP_UID_STR_LEN;
     *buf++ = '}';
 
     return buf;
+}
+
+
+u_char *
+ngx_http_opamp_store_agent_key(u_char *buf, u_char *uid)
+{
+    return ngx_http_opamp_store_uid_key(buf, "agent:", uid);
 }
 
 
@@ -230,25 +240,14 @@ ngx_http_opamp_store_agent_key(u_char *buf, u_char *uid)
 u_char *
 ngx_http_opamp_store_status_key(u_char *buf, u_char *uid)
 {
-    buf = ngx_sprintf(buf, "%Vstatus:{", &ngx_http_opamp_store_conf->prefix);
-    ngx_http_opamp_uid_format(buf, uid);
-    buf += NGX_HTTP_OPAMP_UID_STR_LEN;
-    *buf++ = '}';
-
-    return buf;
+    return ngx_http_opamp_store_uid_key(buf, "status:", uid);
 }
 
 
 u_char *
 ngx_http_opamp_store_config_key(u_char *buf, u_char *uid)
 {
-    buf = ngx_sprintf(buf, "%Vconfig:agent:{",
-                      &ngx_http_opamp_store_conf->prefix);
-    ngx_http_opamp_uid_format(buf, uid);
-    buf += NGX_HTTP_OPAMP_UID_STR_LEN;
-    *buf++ = '}';
-
-    return buf;
+    return ngx_http_opamp_store_uid_key(buf, "config:agent:", uid);
 }
 
 

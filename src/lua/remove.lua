@@ -17,7 +17,8 @@
 --          kept there are not examined again and again
 --
 -- Returns, "agent": 1 when there was anything of the agent (hash, index
--- entry, or something queued for it), else 0; "sweep": { removed, examined, kept (live, still in the range) }
+-- entry, or something queued for it), else 0; "sweep": { removed,
+-- examined, kept (live, still in the range) }
 
 local prefix, now = ARGV[1], tonumber(ARGV[3])
 

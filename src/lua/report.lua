@@ -479,7 +479,8 @@ if not disconnect then
     elseif restarted then
         reported = ''
     end
-    owed_hash, owed_files = owed_config(set, ARGV[5], has_desc and ARGV[17] or '', reported,
+    local desc = has_desc and ARGV[17] or ''
+    owed_hash, owed_files = owed_config(set, ARGV[5], desc, reported,
                                         ARGV[29] == '1' or restarted, now)
 
     if names == nil then
