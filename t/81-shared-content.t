@@ -232,5 +232,25 @@ is(scalar @ek, 2, 'when it goes back, the config only it used is deleted');
        'GET agents/<uid>: its health tree');
 }
 
+# an agent whose description is not stored (a control plane deleted its
+# status string, or Redis lost it) is asked for its full state by its
+# next heartbeat; with the string there, the same heartbeat is not
+{
+    my $uid = random_uid();
+    my ($s) = report($uid, seq => 0, host => 'h-desc');
+    is($s, 200, 'a collector reports its full status');
+    my $beat = sub {
+        my ($seq) = @_;
+        my ($st, $h, $b) = $t->http_post($t->a2s('instance_uid: "'
+            . uid_escape($uid) . "\" sequence_num: $seq capabilities: "
+            . $OpAMPCollector::CAPABILITIES));
+        return (($t->s2a($b)->{flags} // 0) & 1);
+    };
+    ok(!$beat->(1), 'its heartbeat in sequence: no ReportFullState');
+    $t->redis('DEL', $t->status_key($uid));
+    ok($beat->(2), 'its status string gone: the next heartbeat is asked for '
+       . 'the full state');
+}
+
 $t->done;
 done_testing;

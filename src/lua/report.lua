@@ -361,7 +361,7 @@ else
         full = true
     end
 
-    if not has_desc and not stored_status().description then
+    if not has_desc and not has_stored_description() then
         full = true
     end
 end

@@ -18,6 +18,16 @@ local function stored_status()
     return status_t
 end
 
+-- whether a description is stored, without reading the string: fields
+-- are in ascending order and the description (3) is the lowest, so its
+-- tag (26) is the string's first byte when it is there
+local function has_stored_description()
+    if status_t then
+        return status_t.description ~= nil
+    end
+    return redis.call('GETRANGE', skey, 0, 0) == '\26'
+end
+
 -- AgentCapabilities.AcceptsRemoteConfig
 local function accepts_config(caps)
     return caps and bit(caps, 2)
