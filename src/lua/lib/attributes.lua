@@ -72,13 +72,14 @@ local function any_value_text(pb, i, n)
         if field == 1 and wire == 2 then
             text = string.sub(pb, a, b)
         elseif field == 2 and wire == 0 then
+            -- any bit set in the varint's groups
             local any = false
-            for _, g in ipairs(a) do
-                any = any or g ~= 0
+            for j = a, b do
+                any = any or string.byte(pb, j) % 128 ~= 0
             end
             text = any and 'true' or 'false'
         elseif field == 3 and wire == 0 then
-            text = int64_text(a)
+            text = int64_text(varint_groups(pb, a, b))
         elseif field >= 4 and field <= 7 then
             text = nil
         end

@@ -216,8 +216,12 @@ local function owed_config(set, caps, desc, reported, force, now, pre)
     if moved then
         if desc == '' then
             -- an agent not yet moved to this layout has it in its hash
-            desc = stored_status().description
-                   or redis.call('HGET', key, 'description') or ''
+            if status_t then
+                desc = status_t.description
+            else
+                desc = status_description(redis.call('GET', skey))
+            end
+            desc = desc or redis.call('HGET', key, 'description') or ''
         end
         desired, dhash = resolve(attributes_of(desc))
         set[#set + 1] = 'desired_config'

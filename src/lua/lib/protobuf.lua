@@ -4,38 +4,38 @@
 -- readers return nil at anything malformed, never read past the end, and
 -- take tags and lengths of at most 5 bytes (as protobuf-c).
 
--- a varint at i: its bytes as numbers (least significant group first),
--- and the index past it; nil past the end
-local function varint_groups(pb, i, n)
-    local g = {}
-    while i <= n and #g < 10 do
-        local b = string.byte(pb, i)
-        i = i + 1
-        if b < 128 then
-            g[#g + 1] = b
-            return g, i
-        end
-        g[#g + 1] = b - 128
-    end
-    return nil, i
-end
-
--- a varint of at most 5 bytes (tags and lengths) as a number
+-- a varint of at most 5 bytes at i (tags and lengths) as a number, and
+-- the index past it; nil for a longer one or one past the end.  No table
+-- is made: the scripts read many of these per message.
 local function small_varint(pb, i, n)
-    local g, j = varint_groups(pb, i, n)
-    if not g or #g > 5 then
-        return nil, j
-    end
     local v, mul = 0, 1
-    for _, b in ipairs(g) do
-        v, mul = v + b * mul, mul * 128
+    for j = i, i + 4 do
+        if j > n then
+            return nil, j
+        end
+        local b = string.byte(pb, j)
+        if b < 128 then
+            return v + b * mul, j + 1
+        end
+        v, mul = v + (b - 128) * mul, mul * 128
     end
-    return v, j
+    return nil, i + 5
 end
 
--- the next field at i: its number, wire type, and for a length-delimited
--- one the bounds of its bytes, for a varint its groups; the index past
--- it; nil for anything malformed or of a wire type protobuf no longer uses
+-- the groups of the varint in pb[a..b] (7 bits each, least significant
+-- first), for the values that need all 64 bits
+local function varint_groups(pb, a, b)
+    local g = {}
+    for j = a, b do
+        g[#g + 1] = string.byte(pb, j) % 128
+    end
+    return g
+end
+
+-- the next field at i: its number, wire type, the bounds of its bytes (a
+-- length-delimited one's content, a varint's own bytes; nil for fixed
+-- ones) and the index past it; nil for anything malformed or of a wire
+-- type protobuf no longer uses
 local function next_field(pb, i, n)
     local tag
     tag, i = small_varint(pb, i, n)
@@ -44,12 +44,13 @@ local function next_field(pb, i, n)
     end
     local field, wire = math.floor(tag / 8), tag % 8
     if wire == 0 then
-        local g
-        g, i = varint_groups(pb, i, n)
-        if not g then
-            return nil
+        -- at most 10 bytes, the last without its high bit
+        for j = i, math.min(i + 9, n) do
+            if string.byte(pb, j) < 128 then
+                return field, wire, i, j, j + 1
+            end
         end
-        return field, wire, g, nil, i
+        return nil
     elseif wire == 2 then
         local len
         len, i = small_varint(pb, i, n)

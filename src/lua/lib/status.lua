@@ -37,6 +37,20 @@ local function status_read(s)
     return t
 end
 
+-- the description of a stored string alone, without reading the rest:
+-- it is the first field when it is there (fields are in ascending order
+-- and its number, 3, is the lowest); nil when there is none
+local function status_description(s)
+    if not s or string.byte(s, 1) ~= 26 then
+        return nil
+    end
+    local field, wire, a, b = next_field(s, 1, #s)
+    if field ~= 3 or wire ~= 2 then
+        return nil
+    end
+    return string.sub(s, a, b)
+end
+
 -- the string of fields t (name -> bytes)
 local function status_string(t)
     local out = {}
