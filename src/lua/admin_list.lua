@@ -74,11 +74,12 @@ for _, uid in ipairs(uids) do
         ok = (a[13] or 'UNSET') == ARGV[8]
     end
     -- the attributes of its description, as selectors see them (a hash
-    -- of schema 2 has its description and none of them in the status hash)
+    -- of schema 2 has its description in the agent hash; the status string
+    -- holds it first, so only that field is read)
     local attrs = nil
     if ok then
-        local desc = status_read(redis.call('GET', prefix .. 'status:{'
-                                            .. uid .. '}')).description
+        local desc = status_description(redis.call('GET', prefix
+                                               .. 'status:{' .. uid .. '}'))
                      or redis.call('HGET', key, 'description')
         if desc then
             attrs = attributes_of(desc)

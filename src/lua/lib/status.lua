@@ -9,6 +9,10 @@ local status_numbers = { description = 3, health = 5, effective_config = 6,
                          remote_config_status = 7, package_statuses = 8,
                          custom_capabilities = 12, available_components = 14,
                          connection_settings_status = 15 }
+local status_names = {}
+for name, number in pairs(status_numbers) do
+    status_names[number] = name
+end
 local status_order = { 'description', 'health', 'effective_config',
                        'remote_config_status', 'package_statuses',
                        'custom_capabilities', 'available_components',
@@ -27,10 +31,8 @@ local function status_read(s)
         if not field then
             break
         end
-        for name, number in pairs(status_numbers) do
-            if number == field and wire == 2 then
-                t[name] = string.sub(s, a, b)
-            end
+        if wire == 2 and status_names[field] then
+            t[status_names[field]] = string.sub(s, a, b)
         end
         i = past
     end
