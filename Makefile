@@ -10,6 +10,7 @@
 #               report which ones the tests catch (t/mutate/, not in CI)
 #   make fuzz   run every libFuzzer target of t/fuzz/ for FUZZ_TIME seconds
 #   make test-asan  the integration tests against an ASan + UBSan build
+#   make test-debug the integration tests with error_log ... debug (CI)
 
 SHELL      := /bin/bash
 TOP        := $(CURDIR)
@@ -30,7 +31,8 @@ SOURCES := config ngx_http_opamp_module.c $(wildcard src/*.c src/*.h) \
 
 .PHONY: all deps build build-static proto run stop test test-valgrind unit \
         bench mutate clean fuzz fuzz-build fuzz-regress fuzz-short fuzz-deps \
-        test-asan interop-tools interop-go interop-python test-interop
+        test-asan test-debug interop-tools interop-go interop-python \
+        test-interop
 
 all: build
 
@@ -222,6 +224,11 @@ test: build unit fuzz-short t/node/node_modules interop-tools
 
 test-interop: build t/node/node_modules interop-tools
 	NGINX_MODULE=$(MODULE) prove -I t/lib $(INTEROP_TESTS)
+
+# the same tests with error_log ... debug: every debug line the module and
+# nginx write about the module's events and connections is exercised
+test-debug: build t/node/node_modules interop-tools
+	TEST_NGINX_DEBUG=1 NGINX_MODULE=$(MODULE) prove -I t/lib t/*.t
 
 # the same tests with every nginx process under valgrind's memcheck
 test-valgrind: build unit t/node/node_modules interop-tools

@@ -712,10 +712,15 @@ ngx_http_opamp_custom_capabilities(ngx_conf_t *cf, ngx_command_t *cmd,
 }
 
 
+ngx_connection_t  ngx_http_opamp_event_connection;
+
+
 static ngx_int_t
 ngx_http_opamp_init_process(ngx_cycle_t *cycle)
 {
     ngx_http_opamp_main_conf_t  *omcf;
+
+    ngx_http_opamp_event_connection.fd = (ngx_socket_t) -1;
 
     if (ngx_process != NGX_PROCESS_WORKER
         && ngx_process != NGX_PROCESS_SINGLE)

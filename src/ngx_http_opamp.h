@@ -118,6 +118,19 @@ typedef struct {
 
 extern ngx_module_t  ngx_http_opamp_module;
 
+/*
+ * What ev->data of the module's own timers and posted events points at:
+ * nginx's debug lines for timers read ev->data as a connection (its fd),
+ * so an event that belongs to no connection names this one, whose fd is
+ * -1, as nginx's cache manager does with its own events.
+ */
+extern ngx_connection_t  ngx_http_opamp_event_connection;
+
+#define ngx_http_opamp_event_init(ev, h, lg)                                 \
+    (ev)->data = &ngx_http_opamp_event_connection;                           \
+    (ev)->handler = (h);                                                     \
+    (ev)->log = (lg)
+
 
 #if (NGX_HTTP_OPAMP_FAULTS)
 /* test builds only: whether the failure point is named in the environment

@@ -148,14 +148,14 @@ ngx_http_opamp_redis_init_process(ngx_cycle_t *cycle,
         link->log.data = link;
         link->log.action = NULL;
 
-        link->timer.handler = ngx_http_opamp_redis_timer_handler;
-        link->timer.data = link;
-        link->timer.log = cycle->log;
+        ngx_http_opamp_event_init(&link->timer,
+                                  ngx_http_opamp_redis_timer_handler,
+                                  cycle->log);
 
         /* a reconnect attempt must not hold a graceful shutdown back */
-        link->reconnect.handler = ngx_http_opamp_redis_reconnect_handler;
-        link->reconnect.data = link;
-        link->reconnect.log = cycle->log;
+        ngx_http_opamp_event_init(&link->reconnect,
+                                  ngx_http_opamp_redis_reconnect_handler,
+                                  cycle->log);
         link->reconnect.cancelable = 1;
     }
 
@@ -876,7 +876,8 @@ ngx_http_opamp_redis_schedule(ngx_http_opamp_redis_link_t *link)
 static void
 ngx_http_opamp_redis_reconnect_handler(ngx_event_t *ev)
 {
-    ngx_http_opamp_redis_link_t *link = ev->data;
+    ngx_http_opamp_redis_link_t *link = ngx_http_opamp_redis_link_of(ev,
+                                                                 reconnect);
 
     ngx_http_opamp_redis_connect(link);
 }
@@ -885,7 +886,8 @@ ngx_http_opamp_redis_reconnect_handler(ngx_event_t *ev)
 static void
 ngx_http_opamp_redis_timer_handler(ngx_event_t *ev)
 {
-    ngx_http_opamp_redis_link_t *link = ev->data;
+    ngx_http_opamp_redis_link_t *link = ngx_http_opamp_redis_link_of(ev,
+                                                                     timer);
 
     ngx_msec_t                   timeout;
     ngx_queue_t                 *q;

@@ -97,6 +97,13 @@ typedef struct {
 } ngx_http_opamp_redis_link_t;
 
 
+/* the link an event of its own belongs to (its data names no link: see
+ * ngx_http_opamp_event_connection) */
+#define ngx_http_opamp_redis_link_of(ev, field)                              \
+    ((ngx_http_opamp_redis_link_t *)                                         \
+        ((u_char *) (ev) - offsetof(ngx_http_opamp_redis_link_t, field)))
+
+
 struct ngx_http_opamp_redis_cmd_s {
     ngx_queue_t                       queue;
     ngx_msec_t                        deadline;

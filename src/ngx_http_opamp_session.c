@@ -189,6 +189,20 @@ ngx_http_opamp_session_message(ngx_http_opamp_session_t *s, u_char *data,
         goto done;
     }
 
+#if (NGX_DEBUG)
+    {
+    u_char  text[NGX_HTTP_OPAMP_UID_STR_LEN];
+
+    ngx_http_opamp_uid_format(text, msg->instance_uid.data);
+
+    ngx_log_debug5(NGX_LOG_DEBUG_HTTP, s->connection->log, 0,
+                   "opamp agent %*s sequence %uL capabilities 0x%xL, "
+                   "%uz bytes", (size_t) NGX_HTTP_OPAMP_UID_STR_LEN, text,
+                   (uint64_t) msg->sequence_num, (uint64_t) msg->capabilities,
+                   len);
+    }
+#endif
+
     rc = ngx_http_opamp_session_report(s, msg, &scan);
 
 done:
@@ -552,6 +566,14 @@ ngx_http_opamp_session_reply(ngx_http_opamp_session_t *s,
     if (rc != NGX_OK) {
         return NGX_ERROR;
     }
+
+    ngx_log_debug6(NGX_LOG_DEBUG_HTTP, s->connection->log, 0,
+                   "opamp reply flags 0x%xL, remote config %d, connection "
+                   "settings %d, packages %d, command %d, %uz bytes",
+                   (uint64_t) s2a.flags, s2a.remote_config != NULL,
+                   s2a.connection_settings != NULL,
+                   s2a.packages_available != NULL, s2a.command != NULL,
+                   out.len);
 
     rc = s->send(s, out.data, out.len);
 

@@ -608,8 +608,8 @@ ngx_http_opamp_store_beats_post(void)
     ev = &ngx_http_opamp_beats_event;
 
     if (!ev->posted) {
-        ev->handler = ngx_http_opamp_store_beats_flush;
-        ev->log = ngx_cycle->log;
+        ngx_http_opamp_event_init(ev, ngx_http_opamp_store_beats_flush,
+                                  ngx_cycle->log);
         ngx_post_event(ev, &ngx_posted_events);
     }
 }

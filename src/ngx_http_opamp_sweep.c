@@ -110,8 +110,7 @@ ngx_http_opamp_sweep_init_process(ngx_cycle_t *cycle,
     ev = &ngx_http_opamp_sweep_event;
     ngx_memzero(ev, sizeof(ngx_event_t));
 
-    ev->handler = ngx_http_opamp_sweep_step;
-    ev->log = cycle->log;
+    ngx_http_opamp_event_init(ev, ngx_http_opamp_sweep_step, cycle->log);
 
     /* a graceful shutdown does not wait for the next sweep */
     ev->cancelable = 1;

@@ -90,7 +90,8 @@ sub connect_ws {
     my ($class, %o) = @_;
     my $s = IO::Socket::INET->new(PeerAddr => $o{host} // '127.0.0.1',
                                   PeerPort => $o{port}, Proto => 'tcp',
-                                  Timeout => 5)
+                                  Timeout => 5,
+                                  $o{local} ? (LocalAddr => $o{local}) : ())
         or die "connect to port $o{port}: $!\n";
     $s->autoflush(1);
     setsockopt($s, IPPROTO_TCP, TCP_NODELAY, 1);

@@ -56,13 +56,16 @@ package OpAMPTest;
 #   decode($type, $bytes) s2a_text($bytes)   protoc --decode (text)
 #   parse($type, $bytes) s2a($bytes)         decoded into Perl data
 #   http_post($body, %headers)  ($status, {lc headers}, $body); -path,
-#                               -method, -port, -timeout
+#                               -method, -port, -timeout, -local (the
+#                               source address)
 #
 # Environment: NGINX (default /usr/sbin/nginx), NGINX_MODULE (default
 # build/ngx_http_opamp_module.so of this repository), TEST_KEEP=1 keeps the
 # temporary directory, TEST_NGINX_VALGRIND=1 runs nginx under memcheck,
 # TEST_NGINX_ASAN=1 runs nginx with the AddressSanitizer runtime preloaded
-# (for a module built with -fsanitize=address,undefined: make test-asan).
+# (for a module built with -fsanitize=address,undefined: make test-asan),
+# TEST_NGINX_DEBUG=1 logs at the debug level (error_log ... debug: make
+# test-debug).
 #
 # Every wait is bounded; a child process is only ever signalled by the pid
 # this harness got when it started it.
@@ -450,7 +453,9 @@ sub subscribe {
 # the whole nginx.conf; $server goes inside server {}, after the OpAMP
 # location.  %o: workers (1), prefix ('opamp:'), http (text inside http {}),
 # location (text inside location = /v1/opamp {}), main (text at the top
-# level), redis (the opamp_redis value, default 127.0.0.1:<redis_port>)
+# level), redis (the opamp_redis value, default 127.0.0.1:<redis_port>),
+# events (text inside events {}), error_log_level (info, or debug with
+# TEST_NGINX_DEBUG=1)
 sub conf_text {
     my ($self, $server, %o) = @_;
     my $d = $self->{dir};
@@ -460,6 +465,9 @@ sub conf_text {
     my $http = $o{http} // '';
     my $loc = $o{location} // '';
     my $main = $o{main} // '';
+    my $level = $o{error_log_level}
+                // ($ENV{TEST_NGINX_DEBUG} ? 'debug' : 'info');
+    my $events = $o{events} // '';
     $server //= '';
     return <<"EOF";
 load_module $self->{module};
@@ -467,12 +475,13 @@ $main
 worker_processes $workers;
 daemon on;
 master_process on;
-error_log $d/logs/error.log info;
+error_log $d/logs/error.log $level;
 pid $d/logs/nginx.pid;
 worker_shutdown_timeout 10s;
 
 events {
     worker_connections 1024;
+$events
 }
 
 http {
@@ -986,12 +995,14 @@ sub http_post {
     my $method = delete $h{-method} // 'POST';
     my $timeout = delete $h{-timeout} // 10;
     my $port = delete $h{-port} // $self->{port};
+    my $local = delete $h{-local};
     $body //= '';
     $h{'Content-Type'} = 'application/x-protobuf'
         unless exists $h{'Content-Type'};
     my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
                                   PeerPort => $port, Proto => 'tcp',
-                                  Timeout => 5)
+                                  Timeout => 5,
+                                  $local ? (LocalAddr => $local) : ())
         or die "connect to port $port: $!\n";
     binmode $s;
     my $hdr = '';
