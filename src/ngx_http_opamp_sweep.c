@@ -21,6 +21,15 @@
 #define NGX_HTTP_OPAMP_SWEEP_MIN     1000
 #define NGX_HTTP_OPAMP_SWEEP_MAX     60000
 
+/*
+ * One worker of the fleet sweeps at a time: the one that holds the lease,
+ * <prefix>sweep:lease, which each of its steps renews for this many
+ * periods.  Every other worker asks once a period (a few Redis
+ * microseconds) and takes the lease over when its holder has stopped
+ * renewing it: an exited worker, a host gone, a worker cut off from Redis.
+ */
+#define NGX_HTTP_OPAMP_SWEEP_LEASE   3
+
 
 static void ngx_http_opamp_sweep_arm(ngx_msec_t delay);
 static ngx_msec_t ngx_http_opamp_sweep_jitter(void);
@@ -33,6 +42,7 @@ static ngx_http_opamp_redis_cmd_t  *ngx_http_opamp_sweep_cmd;
 static ngx_http_opamp_main_conf_t  *ngx_http_opamp_sweep_conf;
 static ngx_msec_t                   ngx_http_opamp_sweep_period;
 static ngx_str_t                    ngx_http_opamp_sweep_index;
+static ngx_str_t                    ngx_http_opamp_sweep_lease;
 
 /* live agents the last steps kept at the start of the departed range:
  * the next step starts past them, so that they never starve the others */
@@ -107,6 +117,17 @@ ngx_http_opamp_sweep_init_process(ngx_cycle_t *cycle,
 
     ngx_sprintf(ngx_http_opamp_sweep_index.data, "%Vagents", &omcf->prefix);
 
+    ngx_http_opamp_sweep_lease.len = omcf->prefix.len
+                                     + sizeof("sweep:lease") - 1;
+    ngx_http_opamp_sweep_lease.data =
+                   ngx_pnalloc(cycle->pool, ngx_http_opamp_sweep_lease.len);
+    if (ngx_http_opamp_sweep_lease.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_sprintf(ngx_http_opamp_sweep_lease.data, "%Vsweep:lease",
+                &omcf->prefix);
+
     ev = &ngx_http_opamp_sweep_event;
     ngx_memzero(ev, sizeof(ngx_event_t));
 
@@ -167,10 +188,12 @@ ngx_http_opamp_sweep_step(ngx_event_t *ev)
 {
     u_char       now[NGX_INT64_LEN], cutoff[NGX_INT64_LEN];
     u_char       batch[NGX_INT_T_LEN], skip[NGX_INT_T_LEN];
-    size_t       argvlen[7];
+    u_char       lease[NGX_INT_T_LEN];
+    size_t       argvlen[10];
     uint64_t     ms, retention;
+    ngx_str_t   *owner;
     ngx_time_t  *tp;
-    const char  *argv[7];
+    const char  *argv[10];
 
     if (ngx_exiting || ngx_quit || ngx_terminate) {
         return;
@@ -180,28 +203,38 @@ ngx_http_opamp_sweep_step(ngx_event_t *ev)
     ms = (uint64_t) tp->sec * 1000 + tp->msec;
     retention = ngx_http_opamp_sweep_conf->agent_retention;
 
+    owner = ngx_http_opamp_redis_worker_channel();
+
     argv[0] = (const char *) ngx_http_opamp_sweep_index.data;
     argvlen[0] = ngx_http_opamp_sweep_index.len;
-    argv[1] = (const char *) ngx_http_opamp_sweep_conf->prefix.data;
-    argvlen[1] = ngx_http_opamp_sweep_conf->prefix.len;
-    argv[2] = "sweep";
-    argvlen[2] = 5;
-    argv[3] = (const char *) now;
-    argvlen[3] = ngx_sprintf(now, "%uL", ms) - now;
-    argv[4] = (const char *) cutoff;
-    argvlen[4] = ngx_sprintf(cutoff, "%uL",
+    argv[1] = (const char *) ngx_http_opamp_sweep_lease.data;
+    argvlen[1] = ngx_http_opamp_sweep_lease.len;
+    argv[2] = (const char *) ngx_http_opamp_sweep_conf->prefix.data;
+    argvlen[2] = ngx_http_opamp_sweep_conf->prefix.len;
+    argv[3] = "sweep";
+    argvlen[3] = 5;
+    argv[4] = (const char *) now;
+    argvlen[4] = ngx_sprintf(now, "%uL", ms) - now;
+    argv[5] = (const char *) cutoff;
+    argvlen[5] = ngx_sprintf(cutoff, "%uL",
                              ms > retention ? ms - retention : 0)
                  - cutoff;
-    argv[5] = (const char *) batch;
-    argvlen[5] = ngx_sprintf(batch, "%d", NGX_HTTP_OPAMP_SWEEP_BATCH)
+    argv[6] = (const char *) batch;
+    argvlen[6] = ngx_sprintf(batch, "%d", NGX_HTTP_OPAMP_SWEEP_BATCH)
                  - batch;
-    argv[6] = (const char *) skip;
-    argvlen[6] = ngx_sprintf(skip, "%ui", ngx_http_opamp_sweep_skip) - skip;
+    argv[7] = (const char *) skip;
+    argvlen[7] = ngx_sprintf(skip, "%ui", ngx_http_opamp_sweep_skip) - skip;
+    argv[8] = (const char *) owner->data;
+    argvlen[8] = owner->len;
+    argv[9] = (const char *) lease;
+    argvlen[9] = ngx_sprintf(lease, "%M", ngx_http_opamp_sweep_period
+                                          * NGX_HTTP_OPAMP_SWEEP_LEASE)
+                 - lease;
 
     /* a rare call: EVAL with the source saves the NOSCRIPT dance */
 
     ngx_http_opamp_sweep_cmd = ngx_http_opamp_store_eval(
-                                   NGX_HTTP_OPAMP_SCRIPT_REMOVE, 1, 7, argv,
+                                   NGX_HTTP_OPAMP_SCRIPT_REMOVE, 2, 10, argv,
                                    argvlen, ngx_http_opamp_sweep_done, NULL);
 
     if (ngx_http_opamp_sweep_cmd == NULL) {
@@ -220,12 +253,20 @@ ngx_http_opamp_sweep_done(redisReply *reply, void *data)
     ngx_http_opamp_sweep_cmd = NULL;
     delay = ngx_http_opamp_sweep_jitter();
 
-    if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 3
+    if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 4
         && reply->element[0]->type == REDIS_REPLY_INTEGER
         && reply->element[1]->type == REDIS_REPLY_INTEGER
-        && reply->element[2]->type == REDIS_REPLY_INTEGER)
+        && reply->element[2]->type == REDIS_REPLY_INTEGER
+        && reply->element[3]->type == REDIS_REPLY_INTEGER)
     {
         e = reply->element;
+
+        if (e[3]->integer == 0) {
+            /* another worker holds the lease: ask again next period */
+            ngx_http_opamp_sweep_skip = 0;
+            ngx_http_opamp_sweep_arm(delay);
+            return;
+        }
 
         if (e[0]->integer > 0) {
             ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,

@@ -75,6 +75,7 @@ sub snapshot {
     my $keys = $t->redis('KEYS', '*');
     my %s;
     for my $k (sort @$keys) {
+        next if $k =~ /sweep:lease$/;    # the sweep's, on its own timer
         my $type = $t->redis('TYPE', $k);
         $s{$k} = $type eq 'hash' ? $t->hgetall($k)
                : $type eq 'string' ? $t->redis('GET', $k)

@@ -5,6 +5,7 @@
 -- connection_settings:{<uid>}, packages:{<uid>}) stays.
 --
 -- KEYS[1]  <prefix>agents
+-- KEYS[2]  "sweep" only: <prefix>sweep:lease, the worker that sweeps
 -- ARGV[1]  key prefix
 -- ARGV[2]  "sweep" or "agent"
 -- ARGV[3]  now, Unix ms
@@ -15,10 +16,15 @@
 -- ARGV[5]  how many index entries to examine at most
 -- ARGV[6]  offset into the departed range: live agents a previous call
 --          kept there are not examined again and again
+-- ARGV[7]  the calling worker (its channel name)
+-- ARGV[8]  the lease, ms: a worker that holds it (or finds it free) sweeps
+--          and holds it this long again; any other worker gets nothing to
+--          do, so that one worker of the fleet sweeps at a time
 --
 -- Returns, "agent": 1 when there was anything of the agent (hash, index
 -- entry, or something queued for it), else 0; "sweep": { removed,
--- examined, kept (live, still in the range) }
+-- examined, kept (live, still in the range), 1 } for the lease holder,
+-- { 0, 0, 0, 0 } for any other worker
 
 local prefix, now = ARGV[1], tonumber(ARGV[3])
 
@@ -47,6 +53,12 @@ if ARGV[2] == 'agent' then
     return remove(ARGV[4]) > 0 and 1 or 0
 end
 
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[7] then
+    return { 0, 0, 0, 0 }
+end
+redis.call('SET', KEYS[2], ARGV[7], 'PX', tonumber(ARGV[8]))
+
 local cutoff = tonumber(ARGV[4])
 local uids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[4],
                         'LIMIT', tonumber(ARGV[6]), tonumber(ARGV[5]))
@@ -69,4 +81,4 @@ for _, uid in ipairs(uids) do
     end
 end
 
-return { removed, #uids, kept }
+return { removed, #uids, kept, 1 }
