@@ -195,6 +195,35 @@ my $want = OpAMPFleet::config_hash(
 is($d->{config_hash}, $want, 'config_hash is the documented SHA-256');
 is($t->redis('GET', 'opamp:config_version'), $before + 1,
    'config_version incremented');
+
+# the files' order in the request does not matter: JSON text written by
+# hand, the same three files listed one way and the other
+{
+    my %f = ('B.conf' => [ 'b', 'text/plain' ], 'a.yaml' => [ "a: 1\n" ],
+             'c.txt' => [ 'c' ]);
+    my $file = sub {
+        my ($n) = @_;
+        my ($b, $ty) = @{ $f{$n} };
+        return $json->encode($n) . ': {"body": ' . $json->encode($b)
+               . (defined $ty ? ', "content_type": ' . $json->encode($ty) : '')
+               . '}';
+    };
+    my @h;
+    for my $order ([ 'c.txt', 'a.yaml', 'B.conf' ],
+                   [ 'B.conf', 'a.yaml', 'c.txt' ],
+                   [ 'a.yaml', 'c.txt', 'B.conf' ])
+    {
+        my ($st, $dd) = api('PUT', 'configs/groups/order-test',
+                            '{"files": {' . join(', ', map { $file->($_) }
+                                                      @$order) . '}}');
+        is($st, 200, "PUT with the files in the order @$order");
+        push @h, $dd->{config_hash} // '';
+    }
+    is_deeply(\@h, [ (OpAMPFleet::config_hash(%f)) x 3 ],
+              'config_hash is the same for every order, the documented one '
+              . '(names in byte order: B.conf, a.yaml, c.txt)');
+    api('DELETE', 'configs/groups/order-test');
+}
 my $g = $t->hgetall('opamp:config:group:web-prod');
 is_deeply($g->{'file:collector.yaml'}, "exporters: {}\n", 'files in Redis');
 is($g->{'type:collector.yaml'}, 'text/yaml', 'with content types');

@@ -337,6 +337,19 @@ for my $case (['array_value', nested_anyvalue(10000, 'array')],
     is($s, 200, 'its next message: 200');
     ok(($m->{flags} // 0) & 1, 'and the agent is asked for its full state');
 
+    # the other way round: the effective config is stored as shared
+    # content (shared:config:<digest>, referred to by the agent's hash),
+    # and still counts as the agent's own
+    my $u3 = random_uid();
+    ($s) = post(a2s($u3, 0, $eff), -path => '/small');
+    is($s, 200, 'a 3 KB effective config is stored');
+    ok(defined $t->hgetall($t->agent_key($u3))->{effective_config_ref},
+       'as shared content');
+    ($s, $m) = post(a2s($u3, 1, $desc), -path => '/small');
+    is($s, 400, 'then a 3 KB description (6 KB in all, half of it shared '
+       . 'content): 400');
+    ok(!exists $t->agent($u3)->{description}, 'nothing of it is stored');
+
     # one message alone over the cap is refused in the worker
     my $u2 = random_uid();
     ($s, $m) = post(a2s($u2, 0, fld(3, fld(1, fld(1, 'k')
