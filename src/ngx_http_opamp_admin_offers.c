@@ -15,6 +15,11 @@
 #include "opamp/v1/opamp.pb-c.h"
 
 
+static ngx_int_t ngx_http_opamp_admin_settings_put(
+    ngx_http_opamp_admin_ctx_t *ctx,
+    Opamp__Proto__V1__ConnectionSettingsOffers *cso);
+
+
 /*
  * PUT connection-settings, packages: a ConnectionSettingsOffers or a
  * PackagesAvailable (with its all_packages_hash), as JSON in the shape GET
@@ -90,8 +95,8 @@ ngx_http_opamp_admin_offer_put(ngx_http_opamp_admin_ctx_t *ctx)
     }
 
     if (ctx->op == NGX_HTTP_OPAMP_ADMIN_SETTINGS) {
-        protobuf_c_message_free_unpacked(m, NULL);
-        return ngx_http_opamp_admin_push(ctx, "set", &ctx->body, NULL);
+        return ngx_http_opamp_admin_settings_put(ctx,
+                   (Opamp__Proto__V1__ConnectionSettingsOffers *) m);
     }
 
     pa = (Opamp__Proto__V1__PackagesAvailable *) m;
@@ -116,6 +121,87 @@ ngx_http_opamp_admin_offer_put(ngx_http_opamp_admin_ctx_t *ctx)
     protobuf_c_message_free_unpacked(m, NULL);
 
     return ngx_http_opamp_admin_push(ctx, "offer", &ctx->body, &hash);
+}
+
+
+/*
+ * PUT connection-settings: an opamp part needs a destination_endpoint, a
+ * WebSocket or HTTP URL (the spec: it MUST be one and non-empty; the
+ * supervisor refuses anything else, and would reconnect for nothing).
+ * The offer's hash field is set anew at every PUT (the time and the
+ * worker), so that a PUT of the same settings is offered again: the
+ * scripts offer settings once per content, which includes that field.
+ */
+
+static ngx_int_t
+ngx_http_opamp_admin_settings_put(ngx_http_opamp_admin_ctx_t *ctx,
+    Opamp__Proto__V1__ConnectionSettingsOffers *cso)
+{
+    u_char              *p, id[NGX_INT64_LEN * 2 + NGX_INT_T_LEN + 3];
+    size_t               len;
+    ngx_uint_t           i;
+    ngx_time_t          *tp;
+    ProtobufCBinaryData  hash;
+    const char          *url;
+    ngx_http_request_t  *r;
+
+    static ngx_uint_t    puts;
+
+    static const char   *schemes[] = {
+        "ws://", "wss://", "http://", "https://"
+    };
+
+    r = ctx->request;
+
+    if (cso->opamp) {
+        url = cso->opamp->destination_endpoint;
+
+        for (i = 0; i < sizeof(schemes) / sizeof(schemes[0]); i++) {
+            len = ngx_strlen(schemes[i]);
+
+            if (url && ngx_strlen(url) > len
+                && ngx_strncasecmp((u_char *) url, (u_char *) schemes[i],
+                                   len) == 0)
+            {
+                break;
+            }
+        }
+
+        if (i == sizeof(schemes) / sizeof(schemes[0])) {
+            protobuf_c_message_free_unpacked(&cso->base, NULL);
+            return ngx_http_opamp_admin_error(r, NGX_HTTP_BAD_REQUEST,
+                       "opamp needs destination_endpoint, a ws://, wss://, "
+                       "http:// or https:// URL");
+        }
+    }
+
+    /* whatever hash the body had is replaced; the decoder's bytes are
+     * put back before the message is freed */
+
+    hash = cso->hash;
+
+    tp = ngx_timeofday();
+    p = ngx_sprintf(id, "%T%03M:%P:%ui", tp->sec, tp->msec, ngx_pid,
+                    puts++);
+
+    cso->hash.data = id;
+    cso->hash.len = p - id;
+
+    len = protobuf_c_message_get_packed_size(&cso->base);
+    p = ngx_pnalloc(r->pool, len + 1);
+    if (p == NULL) {
+        cso->hash = hash;
+        protobuf_c_message_free_unpacked(&cso->base, NULL);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->body.data = p;
+    ctx->body.len = protobuf_c_message_pack(&cso->base, p);
+
+    cso->hash = hash;
+    protobuf_c_message_free_unpacked(&cso->base, NULL);
+
+    return ngx_http_opamp_admin_push(ctx, "set", &ctx->body, NULL);
 }
 
 

@@ -35,6 +35,7 @@ typedef struct {
     u_char                          cs_hash_hex[40];
     u_char                          config_hash_hex[64];
     u_char                          packages_hash_hex[1 + 64];
+    u_char                          cs_status[sizeof("APPLYING ") + 64];
     u_char                         *text;   /* config error, names */
     unsigned                        new_uid:1;
 } ngx_http_opamp_message_t;
@@ -899,6 +900,7 @@ ngx_http_opamp_session_config_status(ngx_http_opamp_message_t *m,
     Opamp__Proto__V1__CustomMessage      *cm;
     Opamp__Proto__V1__CustomCapabilities *cc;
     Opamp__Proto__V1__RemoteConfigStatus *rcs;
+    Opamp__Proto__V1__ConnectionSettingsStatus  *css;
 
     static const char  *statuses[] = {
         "UNSET", "APPLIED", "APPLYING", "FAILED"
@@ -991,6 +993,23 @@ status:
             msg->package_statuses->server_provided_all_packages_hash.data,
             len)
             - m->packages_hash_hex;
+    }
+
+    css = msg->connection_settings_status;
+
+    if (css) {
+
+        /* "<status> <last_connection_settings_hash in hex>": the script
+         * tells from it whether the agent applied the last offer */
+
+        len = ngx_min(css->last_connection_settings_hash.len, 32);
+        p = ngx_sprintf(m->cs_status, "%s ",
+                        ((size_t) css->status < 4) ? statuses[css->status]
+                                                   : "UNSET");
+        p = ngx_hex_dump(p, css->last_connection_settings_hash.data, len);
+
+        rep->conn_settings_status.data = m->cs_status;
+        rep->conn_settings_status.len = p - m->cs_status;
     }
 
     if (rcs == NULL) {

@@ -45,9 +45,9 @@ ngx_http_opamp_session_conn_settings(ngx_http_opamp_session_t *s,
 
 /*
  * The hash of the module's own part of the connection settings offer
- * (the heartbeat interval), 40 hex digits: the script adds what
- * operators stored and hashes both, to tell whether the agent has been
- * offered them.
+ * (the heartbeat interval, inside an opamp part), 40 hex digits: the
+ * script adds the parts operators stored that the agent gets and hashes
+ * both, to tell whether the agent has been offered them.
  */
 
 ngx_int_t
@@ -228,10 +228,11 @@ ngx_http_opamp_session_free_remote_config(
 
 /*
  * The connection settings and packages the script says the agent is owed.
- * Settings stored by operators are filtered by the agent's capabilities
- * (the spec: offer only what the agent declares it accepts); the module
- * adds its heartbeat interval.  Both are unpacked from the reply with
- * protobuf-c; a value that does not decode is logged and left out.
+ * The script (lib/owed.lua) passes the parts of the stored settings that
+ * the agent's capabilities accept (the spec: offer only what the agent
+ * declares it accepts); the module adds its heartbeat interval.  Both are
+ * unpacked from the reply with protobuf-c; a value that does not decode
+ * is logged and left out.
  */
 
 static void
@@ -288,46 +289,34 @@ ngx_http_opamp_session_offers(ngx_http_opamp_session_t *s,
 
     st = o->stored;
 
-    if (caps & NGX_HTTP_OPAMP_ACAP_ACCEPTS_OPAMP_SETTINGS) {
-        if (st && st->opamp) {
-            o->cso.opamp = st->opamp;
+    /*
+     * The script passed the parts the agent's capabilities accept, the
+     * opamp part only with a destination_endpoint: an agent that accepts
+     * OpAMP settings gets the heartbeat interval in the operator's opamp
+     * part, or not at all (an opamp part without an endpoint is refused
+     * by the spec and by the supervisor).  An agent that reports
+     * heartbeats and accepts no OpAMP settings is told the interval in
+     * an opamp part of its own: the spec's way to tell it, and opamp-go
+     * reads nothing else of it for such an agent.
+     */
 
-        } else {
-            o->cso.opamp = &o->ocs;
-        }
-
+    if (st && st->opamp) {
+        o->cso.opamp = st->opamp;
         ngx_http_opamp_session_conn_settings(s, o->cso.opamp);
 
-    } else if (caps & NGX_HTTP_OPAMP_ACAP_REPORTS_HEARTBEAT) {
-
-        /*
-         * The spec tells the heartbeat interval to agents that report
-         * heartbeats in OpAMPConnectionSettings.heartbeat_interval_seconds
-         * (opamp-go applies it for ReportsHeartbeat alone); such an agent
-         * gets the interval and nothing else of the OpAMP settings.
-         */
-
+    } else if ((caps & NGX_HTTP_OPAMP_ACAP_REPORTS_HEARTBEAT)
+               && !(caps & NGX_HTTP_OPAMP_ACAP_ACCEPTS_OPAMP_SETTINGS))
+    {
         o->cso.opamp = &o->ocs;
         ngx_http_opamp_session_conn_settings(s, o->cso.opamp);
     }
 
     if (st) {
-        if (caps & NGX_HTTP_OPAMP_ACAP_REPORTS_OWN_TRACES) {
-            o->cso.own_traces = st->own_traces;
-        }
-
-        if (caps & NGX_HTTP_OPAMP_ACAP_REPORTS_OWN_METRICS) {
-            o->cso.own_metrics = st->own_metrics;
-        }
-
-        if (caps & NGX_HTTP_OPAMP_ACAP_REPORTS_OWN_LOGS) {
-            o->cso.own_logs = st->own_logs;
-        }
-
-        if (caps & NGX_HTTP_OPAMP_ACAP_ACCEPTS_OTHER_SETTINGS) {
-            o->cso.n_other_connections = st->n_other_connections;
-            o->cso.other_connections = st->other_connections;
-        }
+        o->cso.own_traces = st->own_traces;
+        o->cso.own_metrics = st->own_metrics;
+        o->cso.own_logs = st->own_logs;
+        o->cso.n_other_connections = st->n_other_connections;
+        o->cso.other_connections = st->other_connections;
     }
 
     o->cso.hash.data = o->hash;

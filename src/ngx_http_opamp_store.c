@@ -19,11 +19,11 @@ typedef struct {
 
 /*
  * The arguments of a call of each script: EVALSHA, sha1, numkeys, then
- * the keys and ARGV its header lists.  report.lua: 5 keys and 35 ARGV;
+ * the keys and ARGV its header lists.  report.lua: 5 keys and 36 ARGV;
  * check.lua and beats.lua: their keys and ARGV before the agents, then
  * as many per agent as the _AGENT_ARGC says.
  */
-#define NGX_HTTP_OPAMP_REPORT_ARGC       (3 + 5 + 35)
+#define NGX_HTTP_OPAMP_REPORT_ARGC       (3 + 5 + 36)
 #define NGX_HTTP_OPAMP_CHECK_ARGC        (3 + 2 + 5)
 #define NGX_HTTP_OPAMP_BEATS_ARGC        (3 + 1 + 2)
 
@@ -510,6 +510,9 @@ ngx_http_opamp_store_send_report(ngx_http_opamp_store_req_t *req,
 
     p = ngx_sprintf(state, "%uz", rep->max_state);
     NGX_HTTP_OPAMP_ARG_END(state, p);
+
+    NGX_HTTP_OPAMP_ARG(ngx_http_opamp_store_str(&rep->conn_settings_status),
+                       rep->conn_settings_status.len);
 
     if (ngx_http_opamp_redis_command(argc, argv, argvlen,
                                      ngx_http_opamp_store_report_done, req)

@@ -75,6 +75,10 @@ typedef struct {
                                                 server_provided_all_packages_
                                                 hash in hex; empty: no
                                                 package_statuses */
+    ngx_str_t           conn_settings_status; /* connection_settings_status
+                                                 reported: its status name,
+                                                 a space and the hash in
+                                                 hex; empty: not reported */
 
     /* out, valid in the handler when rc == NGX_OK */
     unsigned            full_state:1;

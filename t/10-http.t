@@ -275,18 +275,20 @@ is($t->agent($u1)->{connected}, 1, 'polling again: connected 1');
 
 # --- connection settings offer --------------------------------------------
 
+# (ReportsHeartbeat: an agent that accepts OpAMP settings is told the
+# interval only with an operator's endpoint, t/65-offers.t)
 my $u4 = random_uid();
-($s, $h, $body, $m) = post(msg($u4, "sequence_num: 0 capabilities: 0x101 "
+($s, $h, $body, $m) = post(msg($u4, "sequence_num: 0 capabilities: 0x2001 "
                                     . $DESC));
 is($m->{connection_settings}{opamp}{heartbeat_interval_seconds}, 17,
-   'AcceptsOpAMPConnectionSettings: heartbeat_interval_seconds 17 offered');
+   'ReportsHeartbeat: heartbeat_interval_seconds 17 offered');
 ok(length($m->{connection_settings}{hash} // '') > 0, 'with a hash');
 is($t->agent($u4)->{cs_hash}, unpack('H*', $m->{connection_settings}{hash}
                                             // ''),
    'cs_hash in Redis is the offered hash');
-($s, $h, $body, $m) = post(msg($u4, 'sequence_num: 1 capabilities: 0x101'));
+($s, $h, $body, $m) = post(msg($u4, 'sequence_num: 1 capabilities: 0x2001'));
 ok(!$m->{connection_settings}, 'not offered again on the next message');
-($s, $h, $body, $m) = post(msg($u4, 'sequence_num: 2 capabilities: 0x101'));
+($s, $h, $body, $m) = post(msg($u4, 'sequence_num: 2 capabilities: 0x2001'));
 ok(!$m->{connection_settings}, 'nor on the one after');
 
 my $u4b = random_uid();
@@ -743,29 +745,29 @@ is($t->agent($uf)->{description} // '',
 is_deeply([ $t->worker_pids ], \@workers,
           'the same worker all along (none crashed)');
 
-# --- the connection settings offer again: on full state, on a change -------
+# --- the connection settings offer: once per content, again on a change ---
 
-($s, $h, $body, $m) = post(msg($u4, 'sequence_num: 10 capabilities: 0x101'));
+($s, $h, $body, $m) = post(msg($u4, 'sequence_num: 10 capabilities: 0x2001'));
 is(($m->{flags} // 0) & 1, 1, 'a sequence gap of a settings agent: '
    . 'ReportFullState');
-is($m->{connection_settings}{opamp}{heartbeat_interval_seconds}, 17,
-   'and the connection settings are offered again with it');
-($s, $h, $body, $m) = post(msg($u4, "sequence_num: 11 capabilities: 0x101 "
+ok(!$m->{connection_settings},
+   'without the connection settings (offered once per content)');
+($s, $h, $body, $m) = post(msg($u4, "sequence_num: 11 capabilities: 0x2001 "
                                     . $DESC));
-ok(!$m->{connection_settings}, 'but not on the full state report itself');
+ok(!$m->{connection_settings}, 'nor on the full state report');
 
 $t->write_conf($LOCS,
     workers => 1, location => "
             opamp_heartbeat_interval 23s;
             opamp_max_message_size $MAX;");
 ok($t->reload, 'nginx reloaded with opamp_heartbeat_interval 23s');
-($s, $h, $body, $m) = post(msg($u4, 'sequence_num: 12 capabilities: 0x101'));
+($s, $h, $body, $m) = post(msg($u4, 'sequence_num: 12 capabilities: 0x2001'));
 is($m->{connection_settings}{opamp}{heartbeat_interval_seconds}, 23,
    'the changed heartbeat interval is offered to the agent');
 is($t->agent($u4)->{cs_hash}, unpack('H*', $m->{connection_settings}{hash}
                                             // ''),
    'with a new hash, recorded');
-($s, $h, $body, $m) = post(msg($u4, 'sequence_num: 13 capabilities: 0x101'));
+($s, $h, $body, $m) = post(msg($u4, 'sequence_num: 13 capabilities: 0x2001'));
 ok(!$m->{connection_settings}, 'and only once');
 ($s, $h, $body, $m) = post(msg($u4b, 'sequence_num: 2 capabilities: 0x1'));
 ok(!$m->{connection_settings},

@@ -37,7 +37,8 @@ my $P = 'opamp:';
 # capabilities: ReportsStatus 0x1, AcceptsRemoteConfig 0x2,
 # AcceptsPackages 0x8, ReportsOwnMetrics 0x40, AcceptsOpAMPConnection-
 # Settings 0x100, AcceptsOtherConnectionSettings 0x200,
-# AcceptsRestartCommand 0x400, ReportsAvailableComponents 0x4000
+# AcceptsRestartCommand 0x400, ReportsHeartbeat 0x2000,
+# ReportsAvailableComponents 0x4000
 my $CAPS = 0x1 | 0x2;
 
 sub desc {
@@ -301,7 +302,7 @@ $t->redis('SET', "${P}connection_settings", $cso);
 my $u8 = random_uid();
 ($s, $hd, $body) = $t->http_post($t->a2s(
     'instance_uid: "' . uid_escape($u8) . '" sequence_num: 0 '
-    . 'capabilities: ' . (0x1 | 0x40 | 0x100) . ' '
+    . 'capabilities: ' . (0x1 | 0x40 | 0x2000) . ' '
     . desc('service.name' => 'x')));
 $r = $t->s2a_text($body);
 like($r, qr/heartbeat_interval_seconds: 17/, 'heartbeat from the directive');
@@ -312,7 +313,7 @@ unlike($r, qr/other_connections/, 'other_connections not offered without '
        . 'AcceptsOtherConnectionSettings');
 ($s, $hd, $body) = $t->http_post($t->a2s(
     'instance_uid: "' . uid_escape($u8) . '" sequence_num: 1 '
-    . 'capabilities: ' . (0x1 | 0x40 | 0x100)));
+    . 'capabilities: ' . (0x1 | 0x40 | 0x2000)));
 unlike($t->s2a_text($body), qr/connection_settings/,
        'the same offer is not repeated');
 

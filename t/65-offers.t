@@ -4,6 +4,13 @@
 # server sends, each checked in what an agent receives and in Redis:
 #
 #   own_traces / own_logs / own_metrics offered only with the capability
+#   OpAMP connection settings: the admin API refuses them without a
+#     destination_endpoint (400); an opamp part only with one (never a
+#     heartbeat-only one to an agent that accepts OpAMP settings); offered
+#     once per agent and content: not again to the agent's new client
+#     (sequence 0, description), nor on full state; again when an operator
+#     PUTs them again, and after the agent reports FAILED (or another
+#     hash), not before opamp_agent_timeout (HTTP and WebSocket)
 #   a Restart never together with a config, a full-state request or
 #     connection settings; it waits for a quiet reply (HTTP and WebSocket)
 #   an unacknowledged package offer sent again after opamp_agent_timeout
@@ -31,6 +38,9 @@ use OpAMPFleet;
 my $t = OpAMPTest->new;
 $t->start_redis;
 $t->start_nginx('
+        location /admin/ {
+            opamp_admin;
+        }
         location = /pk {
             opamp;
             opamp_heartbeat_interval 1s;
@@ -97,18 +107,190 @@ for my $part (sort keys %own) {
               [ "own_$part" ], "and no other part ($part)");
 }
 {
-    my $u = random_uid();
-    my $m = poll($u, 'sequence_num: 0 capabilities: ' . (0x1 | 0x100)
-                     . " $DESC");
-    my $cs = $m->{connection_settings} // {};
-    ok($cs->{opamp}, 'AcceptsOpAMPConnectionSettings alone: the opamp part');
-    ok(!$cs->{own_traces} && !$cs->{own_logs} && !$cs->{own_metrics},
-       'and none of the own_* parts');
-    $m = poll(random_uid(), "sequence_num: 0 capabilities: 1 $DESC");
+    my $m = poll(random_uid(), "sequence_num: 0 capabilities: 1 $DESC");
     ok($m && !$m->{connection_settings},
        'an agent with none of the capabilities is offered nothing');
 }
 $t->redis('DEL', "${P}connection_settings");
+
+# --- OpAMP connection settings: only with an endpoint, once per content -----
+
+sub api {
+    my ($method, $path, $body, $type) = @_;
+    my ($s, undef, $b) = $t->http_post($body // '', -method => $method,
+                                       -path => "/admin/$path",
+                                       'Content-Type' => $type
+                                                         // 'application/json');
+    return ($s, $b);
+}
+
+# ReportsStatus, AcceptsOpAMPConnectionSettings, ReportsHeartbeat,
+# ReportsConnectionSettingsStatus: the supervisor's OpAMP client
+my $SCAPS = 0x1 | 0x100 | 0x2000 | 0x8000;
+my $EP = 'ws://127.0.0.1:1/v1/opamp';
+my $OPAMP = '{"opamp": {"destination_endpoint": "' . $EP . '", "headers": '
+            . '{"headers": [{"key": "x-fleet", "value": "blue"}]}}}';
+
+{
+    # the admin API refuses an OpAMP offer without a usable endpoint
+    for my $c ([ 'no destination_endpoint', '{"opamp": {"headers": {"headers":'
+                 . ' [{"key": "a", "value": "b"}]}}}' ],
+               [ 'an empty one', '{"opamp": {"destination_endpoint": ""}}' ],
+               [ 'an ftp:// one',
+                 '{"opamp": {"destination_endpoint": "ftp://x/"}}' ]) {
+        my ($s, $b) = api('PUT', 'connection-settings', $c->[1]);
+        is($s, 400, "PUT an opamp offer with $c->[0]: 400");
+        like($b, qr/destination_endpoint/, 'saying why');
+    }
+    my ($s) = api('PUT', 'connection-settings',
+                  $t->encode('ConnectionSettingsOffers',
+                             'opamp { heartbeat_interval_seconds: 5 }'),
+                  'application/x-protobuf');
+    is($s, 400, 'as protobuf too: 400');
+    is($t->redis('EXISTS', "${P}connection_settings"), 0, 'nothing stored');
+    ($s) = api('PUT', 'connection-settings', $OPAMP);
+    is($s, 200, 'with its endpoint: stored');
+    api('DELETE', 'connection-settings');
+
+    # what a control plane stores itself without an endpoint is not offered
+    $t->redis('SET', "${P}connection_settings",
+              $t->encode('ConnectionSettingsOffers',
+                         'opamp { headers { headers { key: "a" value: "b" '
+                         . '} } } own_metrics { destination_endpoint: '
+                         . '"http://m" }'));
+    my $m = poll(random_uid(), 'sequence_num: 0 capabilities: '
+                               . (0x1 | 0x100 | 0x2000 | 0x40) . " $DESC");
+    is($m->{connection_settings}{own_metrics}{destination_endpoint},
+       'http://m', 'stored opamp settings without an endpoint: own_metrics '
+       . 'is offered');
+    ok(!$m->{connection_settings}{opamp},
+       'but no opamp part, nor a heartbeat-only one');
+    $m = poll(random_uid(), 'sequence_num: 0 capabilities: '
+                            . (0x1 | 0x100 | 0x2000) . " $DESC");
+    ok($m && !$m->{connection_settings}, 'an agent that accepts only OpAMP '
+       . 'settings: no connection settings at all');
+    $m = poll(random_uid(), 'sequence_num: 0 capabilities: '
+                            . (0x1 | 0x2000) . " $DESC");
+    is($m->{connection_settings}{opamp}{heartbeat_interval_seconds}, 30,
+       'one that reports heartbeats and accepts no OpAMP settings: the '
+       . 'interval');
+    ok(!defined $m->{connection_settings}{opamp}{headers},
+       'and nothing else of the opamp part');
+    $t->redis('DEL', "${P}connection_settings");
+}
+
+{
+    # one agent's offer, through the admin API, over plain HTTP
+    my $u = random_uid();
+    my $m = poll($u, "sequence_num: 0 capabilities: $SCAPS $DESC",
+                 -path => '/pk');
+    ok($m && !$m->{connection_settings}, 'no offer before an operator sets '
+       . 'one');
+    my ($s) = api('PUT', 'connection-settings/agents/' . uid_text($u),
+                  $OPAMP);
+    is($s, 200, 'PUT an OpAMP offer with an endpoint for the agent');
+    $m = poll($u, "sequence_num: 1 capabilities: $SCAPS", -path => '/pk');
+    my $cs = $m->{connection_settings} // {};
+    is($cs->{opamp}{destination_endpoint}, $EP, 'offered: its endpoint');
+    is($cs->{opamp}{headers}{headers}[0]{value}, 'blue', 'its header');
+    is($cs->{opamp}{heartbeat_interval_seconds}, 1,
+       'and the heartbeat interval');
+    my $hash = $cs->{hash} // '';
+    ok(length $hash, 'with a hash');
+
+    # the supervisor applies it with a new OpAMP client: sequence 0 and
+    # its description, as if it had restarted
+    for my $seq (0, 1) {
+        $m = poll($u, "sequence_num: $seq capabilities: $SCAPS"
+                      . ($seq ? '' : " $DESC"), -path => '/pk');
+        ok($m && !$m->{connection_settings}, 'the new client, sequence '
+           . "$seq: not offered again");
+    }
+    $m = poll($u, "sequence_num: 5 capabilities: $SCAPS", -path => '/pk');
+    ok($m && ($m->{flags} // 0) & 1 && !$m->{connection_settings},
+       'asked for its full state (a gap): not offered again');
+    $m = poll($u, "sequence_num: 0 capabilities: $SCAPS $DESC "
+                  . 'connection_settings_status { last_connection_settings_'
+                  . 'hash: "' . uid_escape($hash) . '" status: '
+                  . 'ConnectionSettingsStatuses_APPLIED }', -path => '/pk');
+    ok($m && !$m->{connection_settings},
+       'APPLIED for its hash: not offered again');
+    my $offered = $t->agent($u)->{cs_offered_ms};
+    $t->wait_for(sub { redis_ms() >= $offered + 2000 }, 10);
+    $m = poll($u, "sequence_num: 1 capabilities: $SCAPS", -path => '/pk');
+    ok($m && !$m->{connection_settings},
+       'nor after opamp_agent_timeout');
+
+    # an operator sends the same settings again
+    ($s) = api('PUT', 'connection-settings/agents/' . uid_text($u), $OPAMP);
+    is($s, 200, 'PUT the same offer again');
+    $m = poll($u, "sequence_num: 2 capabilities: $SCAPS", -path => '/pk');
+    $cs = $m->{connection_settings} // {};
+    is($cs->{opamp}{destination_endpoint}, $EP, 'offered again');
+    ok(length($cs->{hash} // '') && $cs->{hash} ne $hash,
+       'under a new hash');
+    $hash = $cs->{hash} // '';
+    $offered = $t->agent($u)->{cs_offered_ms};
+
+    # the agent reports that it failed to apply it
+    my $failed = 'connection_settings_status { last_connection_settings_'
+                 . 'hash: "' . uid_escape($hash) . '" status: '
+                 . 'ConnectionSettingsStatuses_FAILED error_message: "no" }';
+    $m = poll($u, "sequence_num: 0 capabilities: $SCAPS $DESC $failed",
+              -path => '/pk');
+    if (redis_ms() < $offered + 2000) {
+        ok($m && !$m->{connection_settings}, 'FAILED within '
+           . 'opamp_agent_timeout of the offer: not offered at once');
+    } else {
+        pass('(the machine took longer than opamp_agent_timeout)');
+    }
+    $t->wait_for(sub { redis_ms() >= $offered + 2000 }, 10);
+    $m = poll($u, "sequence_num: 1 capabilities: $SCAPS", -path => '/pk');
+    $cs = $m->{connection_settings} // {};
+    is($cs->{opamp}{destination_endpoint}, $EP,
+       'FAILED: offered again after opamp_agent_timeout');
+    is($cs->{hash}, $hash, 'the same offer');
+    $m = poll($u, "sequence_num: 2 capabilities: $SCAPS", -path => '/pk');
+    ok($m && !$m->{connection_settings}, 'once');
+
+    # it reports the hash of other settings (it lost them)
+    $offered = $t->agent($u)->{cs_offered_ms};
+    $t->wait_for(sub { redis_ms() >= $offered + 2000 }, 10);
+    $m = poll($u, "sequence_num: 0 capabilities: $SCAPS $DESC "
+                  . 'connection_settings_status { last_connection_settings_'
+                  . 'hash: "\001\002" status: '
+                  . 'ConnectionSettingsStatuses_APPLIED }', -path => '/pk');
+    is(($m->{connection_settings} // {})->{hash}, $hash,
+       'another hash reported: offered again');
+    api('DELETE', 'connection-settings/agents/' . uid_text($u));
+}
+
+{
+    # the same over WebSocket: the offer pushed at the PUT, then a new
+    # connection of the new client
+    my $u = random_uid();
+    my $a = OpAMPFleet->connect_ws(port => $t->port);
+    $a->send_msg(msg($u, "sequence_num: 0 capabilities: $SCAPS $DESC"));
+    my $m = $t->s2a($a->recv_msg(5) // '');
+    ok($m && !$m->{connection_settings}, 'WebSocket: registered, no offer');
+    my ($s) = api('PUT', 'connection-settings/agents/' . uid_text($u),
+                  $OPAMP);
+    $m = $t->s2a($a->recv_msg(5) // '');
+    is(($m->{connection_settings} // {})->{opamp}{destination_endpoint}, $EP,
+       'WebSocket: the offer is pushed');
+    $a->close;
+    my $b = OpAMPFleet->connect_ws(port => $t->port);
+    $b->send_msg(msg($u, "sequence_num: 0 capabilities: $SCAPS $DESC"));
+    $m = $t->s2a($b->recv_msg(5) // '');
+    ok($m && !$m->{connection_settings},
+       'WebSocket: the new client (sequence 0) is answered without it');
+    $b->send_msg(msg($u, "sequence_num: 1 capabilities: $SCAPS"));
+    $m = $t->s2a($b->recv_msg(5) // '');
+    ok($m && !$m->{connection_settings}, 'nor in its next reply');
+    ok(!defined $b->recv_msg(1), 'and nothing is pushed');
+    $b->close;
+    api('DELETE', 'connection-settings/agents/' . uid_text($u));
+}
 
 # --- Restart: alone, never with a config or a full-state request -----------
 
@@ -149,11 +331,11 @@ my $RCAPS = 0x1 | 0x2 | 0x400;
     # connection settings owed on the first message: the command waits
     my $u2 = random_uid();
     $t->redis('SET', "${P}command:{" . uid_text($u2) . '}', 'restart');
-    $m = poll($u2, 'sequence_num: 0 capabilities: ' . ($RCAPS | 0x100)
+    $m = poll($u2, 'sequence_num: 0 capabilities: ' . ($RCAPS | 0x2000)
                    . " $DESC");
     ok($m->{connection_settings}, 'connection settings owed: offered');
     ok(!$m->{command}, 'without the command');
-    $m = poll($u2, 'sequence_num: 1 capabilities: ' . ($RCAPS | 0x100));
+    $m = poll($u2, 'sequence_num: 1 capabilities: ' . ($RCAPS | 0x2000));
     ok($m->{command} && !$m->{connection_settings},
        'the command in the next reply, alone');
 

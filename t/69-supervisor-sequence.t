@@ -9,14 +9,15 @@
 #    capabilities, health, effective config, remote config status UNSET,
 #    available components as their hash only (opamp-go sends the list
 #    only when asked).  Reply: no ReportFullState, ReportAvailableComponents
-#    (the module holds no list for that hash), the group's config, the
-#    heartbeat interval in ConnectionSettingsOffers.opamp;
+#    (the module holds no list for that hash), the group's config, and no
+#    connection settings: it accepts OpAMP settings, and no operator
+#    stored an endpoint (an opamp part without one is refused);
 # 2. the component list; the config APPLYING, then APPLIED with the new
 #    effective config; heartbeats: answered with nothing owed;
 # 3. the supervisor restarted with its persisted state (same uid,
 #    sequence 0, APPLIED with the config's hash, components' hash only):
 #    no full-state request, no config, no component request (the stored
-#    list has that hash), the heartbeat interval again (a new process);
+#    list has that hash), no connection settings;
 # 4. the agent restarted without a remote config status, or with another
 #    hash: the config in the first reply; its heartbeats after that are
 #    not sent it again (offers stay bounded);
@@ -186,10 +187,8 @@ for my $tr ('ws', 'http') {
     is(flag($m, 2), 1, "$tr: ReportAvailableComponents (only the hash came)");
     is(unpack('H*', $m->{remote_config}{config_hash} // ''), $hash,
        "$tr: the group's config");
-    is($m->{connection_settings}{opamp}{heartbeat_interval_seconds}, 7,
-       "$tr: the heartbeat interval (opamp_heartbeat_interval 7s)");
-    ok(length($m->{connection_settings}{hash} // ''),
-       "$tr: the offer has its hash");
+    ok(!$m->{connection_settings}, "$tr: no connection settings (no "
+       . 'operator endpoint for an agent that accepts OpAMP settings)');
     ok($m->{capabilities}, "$tr: the server's capabilities");
 
     # --- 2. components, config applied, heartbeats -------------------------
@@ -229,8 +228,7 @@ for my $tr ('ws', 'http') {
     is(flag($m, 2), 0, "$tr: no ReportAvailableComponents (list of that "
        . 'hash held)');
     ok(!$m->{remote_config}, "$tr: no config (it runs it)");
-    is($m->{connection_settings}{opamp}{heartbeat_interval_seconds}, 7,
-       "$tr: the heartbeat interval again, for the new process");
+    ok(!$m->{connection_settings}, "$tr: no connection settings");
     $ac = eval { $t->parse('AvailableComponents',
                            $t->agent($uid)->{available_components}) };
     ok($ac->{components}{receivers},

@@ -40,7 +40,8 @@ local force = ARGV[5] == '1'
 local out, owed_keys, same = {}, {}, {}
 local check_fields = { unpack(config_fields) }
 for _, f in ipairs({ 'capabilities', 'conn', 'connected',
-                     'custom_capability_names', 'cs_hash' }) do
+                     'custom_capability_names', 'cs_hash', 'cs_again',
+                     'cs_offered_ms' }) do
     check_fields[#check_fields + 1] = f
 end
 -- after a change that makes agents be matched again, their own
@@ -67,7 +68,7 @@ for i = 6, #ARGV - 1, 2 do
         local h, _, ckey = owed_config(set, caps, '', nil, force, now,
                                        cur)
         local offer, extra, cs = owed_settings(set, caps, cur[11],
-                                               false)
+                                               cur[12], cur[13])
         local packages = owed_packages(set, caps, force, now)
         if #set > 0 then
             redis.call('HSET', key, unpack(set))

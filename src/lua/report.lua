@@ -42,6 +42,9 @@
 -- ARGV[35] opamp_max_agent_state, bytes: the status fields the agent
 --          keeps (those it sends now, and those it does not as stored)
 --          may not exceed it ("": no limit)
+-- ARGV[36] connection_settings_status reported: "" when not reported,
+--          else its status name, a space and last_connection_settings_hash
+--          in hex
 --
 -- Heartbeats that a worker batches go to beats.lua, which takes the same
 -- short way (lib/short_way.lua); after a config change, check.lua looks
@@ -85,7 +88,8 @@ local mask_all = mask
 -- it reads, then whether it can take it.
 local short_fields = { 'sequence_num', 'settled', 'connected',
                        'expires_ms', 'conn', 'transport', 'channel',
-                       'cs_hash', 'first_seen_ms', 'schema' }
+                       'cs_hash', 'first_seen_ms', 'schema', 'cs_again',
+                       'cs_offered_ms' }
 
 -- no connection settings or packages to look for (bits 8, 32 to 512);
 -- bit.band is Redis's bit library, which lib/caps.lua (included below)
@@ -502,14 +506,27 @@ if ARGV[34] ~= '' then
     set[#set + 1] = string.sub(ARGV[34], 2)
 end
 
+-- the agent says whether it applied the connection settings offered
+-- last: FAILED, or the hash of others, and they are owed again
+local cs_again = cur[11]
+if ARGV[36] ~= '' then
+    local st, reported = string.match(ARGV[36], '^(%u*) (%x*)$')
+    cs_again = (st == 'FAILED' or reported ~= cs_hash) and '1' or ''
+end
+
 local offer, extra, cs, packages = 0, '', '', ''
 
 if not disconnect then
-    offer, extra, cs = owed_settings(set, ARGV[5], cs_hash,
-                                     full or restarted)
+    offer, extra, cs = owed_settings(set, ARGV[5], cs_hash, cs_again,
+                                     cur[12])
     packages = owed_packages(set, ARGV[5], ARGV[29] == '1' or restarted,
                              now, ARGV[34] ~= '' and string.sub(ARGV[34], 2)
                                   or nil)
+end
+
+if offer == 0 and cs_again ~= cur[11] then
+    set[#set + 1] = 'cs_again'
+    set[#set + 1] = cs_again
 end
 
 -- a command travels alone: the spec lets the agent ignore everything else
