@@ -17,6 +17,12 @@
 #   health start time);
 # * own-metrics connection settings make the collector send its own
 #   metrics to an OTLP/HTTP endpoint this test serves on loopback;
+# * the supervisor accepts OpAMP connection settings: it is offered none
+#   while no operator set an endpoint, and its log holds no rejection;
+#   an offer of an endpoint and a header is made once and followed by
+#   one reconnect to that endpoint with that header, and nothing more
+#   over a window of WINDOW seconds (connections, polls and offers
+#   counted);
 # * the supervisor restarted with its persisted state comes back under
 #   the same uid without being asked for its full state;
 # * nginx reloaded mid-run: the supervisor comes back.
@@ -46,7 +52,20 @@ $t->start_redis;
 $t->start_nginx('
         location /admin/ {
             opamp_admin;
+        }
+        # the endpoint of the OpAMP connection settings offer: only with
+        # the header the offer carries
+        location = /v1/opamp-offered {
+            if ($http_x_fleet != "blue") {
+                return 403;
+            }
+            opamp;
+            opamp_heartbeat_interval 1s;
         }', workers => 2, location => '            opamp_heartbeat_interval 1s;');
+
+# the window after an OpAMP settings offer in which the supervisor's
+# connections and polls are counted (a loop made hundreds a second)
+my $WINDOW = 8;
 
 my $json = JSON::PP->new->canonical;
 
@@ -69,6 +88,24 @@ sub field {
     return $v unless $type;
     return eval { $t->parse($type, $v // '') } // {};
 }
+
+# the lines of a file from byte offset $from on
+sub lines_from {
+    my ($file, $from) = @_;
+    open my $f, '<', $file or return ();
+    seek $f, $from // 0, 0;
+    return <$f>;
+}
+
+sub write_file {
+    my ($file, $text) = @_;
+    open my $f, '>', $file or die "$file: $!\n";
+    print $f $text;
+    close $f;
+}
+
+# what the supervisor logs when it refuses or fails OpAMP settings
+my $REJECTED = qr/must be specified|resulted in invalid configuration|Failed to process OpAMPConnectionSettings|Cannot connect to the OpAMP server using the new settings|Cannot stop the OpAMP client/;
 
 sub full_state_asks {
     return scalar grep { /asking the agent for its full state/ }
@@ -204,6 +241,7 @@ capabilities:
   accepts_remote_config: true
   reports_remote_config: true
   accepts_restart_command: true
+  accepts_opamp_connection_settings: true
   reports_effective_config: true
   reports_own_metrics: true
   reports_health: true
@@ -212,6 +250,8 @@ capabilities:
 agent:
   executable: $otelcol
   validate_config: true
+  # the collector's own telemetry: see telemetry.yaml below
+  args: [--config, $dir/telemetry.yaml]
   # generous: on a loaded 2-core machine the collector's first start (a
   # 29 MB Go binary) took longer than 15 s, and the supervisor gave up;
   # a config is applied after the one before has had its time, so the
@@ -233,15 +273,15 @@ telemetry:
 EOF
     close $c;
 
-    # the collector's own telemetry binds 127.0.0.1:8888 whatever it is
-    # told (the supervisor writes its bootstrap config), so one collector
-    # at a time on this machine: wait (bounded) for another run's to end
-    ok($t->wait_for(sub {
-        my $l = IO::Socket::INET->new(LocalAddr => '127.0.0.1:8888',
-                                      Listen => 1, ReuseAddr => 1);
-        close $l if $l;
-        return !!$l;
-    }, 300), "$tr: 127.0.0.1:8888 is free for the collector's telemetry");
+    # The collector's own metrics would be served on 127.0.0.1:8888 (the
+    # default reader), by the supervisor's bootstrap run too, which no
+    # config file of the supervisor reaches: one collector per machine.
+    # agent::args adds this file after the supervisor's config to every
+    # run of the collector; it turns the metrics off, so that nothing
+    # listens, but while the own-metrics settings are tested (their
+    # reader is then the only one; a file given later wins)
+    my $quiet = "service:\n  telemetry:\n    metrics:\n      level: none\n";
+    write_file("$dir/telemetry.yaml", $quiet);
 
     my $start = sub {
         return OpAMPInterop->spawn([ $supervisor, '--config',
@@ -352,6 +392,8 @@ EOF
     # --- own metrics to an endpoint of the test -----------------------------
 
     my $before = () = sink_lines();
+    write_file("$dir/telemetry.yaml",
+               "service:\n  telemetry:\n    metrics:\n      level: normal\n");
     ($s) = api('PUT', "connection-settings/agents/$uid", $json->encode({
         own_metrics => { destination_endpoint =>
                          "http://127.0.0.1:$sink_port/v1/metrics" } }));
@@ -362,6 +404,67 @@ EOF
     my @got = sink_lines();
     like($got[-1] // '', qr{^/v1/metrics application/x-protobuf [1-9]},
          "$tr: OTLP/HTTP protobuf: " . ($got[-1] // 'none'));
+    api('DELETE', "connection-settings/agents/$uid");
+    write_file("$dir/telemetry.yaml", $quiet);
+
+    # --- OpAMP connection settings: one offer, one reconnect --------------
+
+    my @rejected = grep { /$REJECTED/ } lines_from("$dir/supervisor.log");
+    is(scalar @rejected, 0, "$tr: accepting OpAMP settings, without an "
+       . 'operator endpoint: none offered, none rejected')
+        or diag(@rejected[0 .. 2]);
+    my $log_at = -s "$dir/supervisor.log";
+    my $access = $t->dir . '/logs/access.log';
+    my $acc_at = -s $access;
+    my $offered = ($tr eq 'ws' ? 'ws' : 'http') . '://127.0.0.1:'
+                  . $t->port . '/v1/opamp-offered';
+    my $put_ms = time * 1000;
+    ($s) = api('PUT', "connection-settings/agents/$uid", $json->encode({
+        opamp => { destination_endpoint => $offered,
+                   headers => { headers => [ { key => 'x-fleet',
+                                               value => 'blue' } ] } } }));
+    is($s, 200, "$tr: PUT an OpAMP offer: the endpoint $offered and a "
+       . 'header');
+    my $clients = sub {
+        grep { /Connecting to OpAMP server/ }
+            lines_from("$dir/supervisor.log", $log_at);
+    };
+    ok($t->wait_for(sub {
+        my @l = lines_from("$dir/supervisor.log", $log_at);
+        my ($i) = grep { $l[$_] =~ /Connecting to OpAMP server/
+                         && $l[$_] =~ m{\Q$offered\E} } 0 .. $#l;
+        defined $i && grep { /Connected to the server/ } @l[$i .. $#l];
+    }, 60), "$tr: the supervisor connects to the offered endpoint (the "
+            . 'location refuses it without the header)')
+        or diag(lines_from("$dir/supervisor.log", $log_at));
+    my $cs_ms = field($uid, 'cs_offered_ms');
+    ok(($cs_ms // 0) >= $put_ms - 1000, "$tr: offered once ("
+       . ($cs_ms // 'never') . ')');
+    my $win_at = -s $access;
+    my $conn_at = () = grep { /Connected to the server/ }
+                       lines_from("$dir/supervisor.log", $log_at);
+    sleep $WINDOW;
+    my @polls = grep { m{"POST /v1/opamp} } lines_from($access, $win_at);
+    my $conns = (() = grep { /Connected to the server/ }
+                      lines_from("$dir/supervisor.log", $log_at)) - $conn_at;
+    my $made = () = $clients->();
+    note("$tr: in the ${WINDOW}s after the switch: " . scalar(@polls)
+         . " polls, $conns new connections; $made OpAMP clients since the "
+         . 'offer');
+    is($made, 1, "$tr: one new OpAMP client since the offer");
+    is(field($uid, 'cs_offered_ms'), $cs_ms, "$tr: no other offer in the "
+       . "${WINDOW}s after");
+    if ($tr eq 'ws') {
+        is($conns, 0, "$tr: no other WebSocket connection in them");
+    } else {
+        ok(@polls >= 1 && @polls <= 2 * $WINDOW + 4, "$tr: "
+           . scalar(@polls) . " polls in them (the heartbeat interval is "
+           . '1s)');
+        is(scalar(grep { m{"POST /v1/opamp-offered HTTP/[\d.]+" 200 } }
+                  @polls), scalar @polls,
+           "$tr: each to the offered endpoint, answered");
+    }
+    is((field($uid, 'connected') // ''), '1', "$tr: connected");
     api('DELETE', "connection-settings/agents/$uid");
 
     # --- the supervisor restarted with its persisted state ----------------
@@ -400,6 +503,18 @@ EOF
     $sup->stop('INT', 20);
     ok(!$sup->alive, "$tr: the supervisor stopped at the end");
     stop_collectors($dir);
+
+    @rejected = grep { /$REJECTED/ } lines_from("$dir/supervisor.log");
+    is(scalar @rejected, 0, "$tr: no OpAMP settings rejected in the "
+       . "supervisor's log, through its restart")
+        or diag(@rejected[0 .. 2]);
+    if ($tr eq 'ws') {
+        is(scalar(grep { m{"GET /v1/opamp-offered HTTP/[\d.]+" 101 } }
+                  lines_from($access, $acc_at)), 1,
+           "$tr: one WebSocket connection to the offered endpoint in all");
+    }
+    is(scalar(grep { m{ /v1/opamp-offered HTTP/[\d.]+" 403 } }
+              lines_from($access)), 0, "$tr: none without the header");
 }
 
 kill 'TERM', $sink_pid;
