@@ -449,7 +449,8 @@ EOF
                       lines_from("$dir/supervisor.log", $log_at)) - $conn_at;
     my $made = () = $clients->();
     note("$tr: in the ${WINDOW}s after the switch: " . scalar(@polls)
-         . " polls, $conns new connections; $made OpAMP clients since the "
+         . " polls, $conns OnConnect callbacks (one per WebSocket "
+         . "connection, one per HTTP poll); $made OpAMP clients since the "
          . 'offer');
     is($made, 1, "$tr: one new OpAMP client since the offer");
     is(field($uid, 'cs_offered_ms'), $cs_ms, "$tr: no other offer in the "
