@@ -28,12 +28,46 @@
 #define NGX_HTTP_OPAMP_A2S_EFFECTIVE_CONFIG      6
 #define NGX_HTTP_OPAMP_A2S_AVAILABLE_COMPONENTS  14
 
+#define NGX_HTTP_OPAMP_A2S  &opamp__proto__v1__agent_to_server__descriptor
+
 
 typedef struct {
     ngx_uint_t    elements;
     const char   *error;
     unsigned      limit:1;      /* valid, but over a limit */
+    unsigned      repeats:1;    /* a singular message field came twice */
 } ngx_http_opamp_proto_walk_t;
+
+
+/*
+ * The merge of a message whose singular message fields came more than
+ * once (below, ngx_http_opamp_proto_merge()): one node per message, the
+ * pieces (occurrences) it is made of, its merged singular message fields
+ * by field index, and its repeated message elements in wire order.
+ */
+
+typedef struct ngx_http_opamp_proto_piece_s  ngx_http_opamp_proto_piece_t;
+typedef struct ngx_http_opamp_proto_node_s   ngx_http_opamp_proto_node_t;
+
+struct ngx_http_opamp_proto_piece_s {
+    u_char                             *start;    /* the field's tag */
+    u_char                             *value;
+    size_t                              len;
+    ngx_http_opamp_proto_piece_t       *next;
+};
+
+struct ngx_http_opamp_proto_node_s {
+    const ProtobufCMessageDescriptor   *d;
+    ngx_http_opamp_proto_piece_t       *first;
+    ngx_http_opamp_proto_piece_t       *last;
+    ngx_http_opamp_proto_node_t       **slots;
+    ngx_http_opamp_proto_node_t        *elts;
+    ngx_http_opamp_proto_node_t        *last_elt;
+    ngx_http_opamp_proto_node_t        *next;     /* the next element */
+    size_t                              size;     /* merged */
+    uint32_t                            number;   /* its field's */
+    unsigned                            changed:1;
+};
 
 
 static ngx_int_t ngx_http_opamp_proto_walk(ngx_http_opamp_proto_walk_t *w,
@@ -44,8 +78,20 @@ static ngx_int_t ngx_http_opamp_proto_field(ngx_http_opamp_proto_walk_t *w,
     u_char **value, size_t *len);
 static ngx_int_t ngx_http_opamp_proto_varint(u_char **pp, u_char *last,
     uint64_t *v);
-static ngx_int_t ngx_http_opamp_proto_join(ngx_str_t *field, u_char *data,
-    size_t len, u_char *value, size_t vlen, ngx_log_t *log);
+static ngx_int_t ngx_http_opamp_proto_merge(
+    const ProtobufCMessageDescriptor *d, u_char *data, size_t len,
+    u_char *out, size_t *out_len, ngx_log_t *log);
+static ngx_int_t ngx_http_opamp_proto_merge_node(ngx_pool_t *pool,
+    ngx_http_opamp_proto_node_t *node);
+static ngx_int_t ngx_http_opamp_proto_merge_field(ngx_pool_t *pool,
+    ngx_http_opamp_proto_node_t *node, const ProtobufCFieldDescriptor *f,
+    u_char *start, u_char *value, size_t len);
+static u_char *ngx_http_opamp_proto_merge_write(
+    ngx_http_opamp_proto_node_t *node, u_char *out);
+static size_t ngx_http_opamp_proto_merge_size(
+    ngx_http_opamp_proto_node_t *node, ngx_http_opamp_proto_node_t *child);
+static size_t ngx_http_opamp_proto_varint_len(uint64_t v);
+static u_char *ngx_http_opamp_proto_write_varint(u_char *p, uint64_t v);
 static ngx_int_t ngx_http_opamp_proto_typed(ngx_http_opamp_proto_walk_t *w,
     const ProtobufCFieldDescriptor *f, ngx_uint_t wire, u_char *value,
     size_t len, ngx_uint_t depth);
@@ -62,9 +108,7 @@ ngx_http_opamp_proto_check(const ProtobufCMessageDescriptor *d,
 {
     ngx_http_opamp_proto_walk_t  w;
 
-    w.elements = 0;
-    w.error = NULL;
-    w.limit = 0;
+    ngx_memzero(&w, sizeof(ngx_http_opamp_proto_walk_t));
 
     if (ngx_http_opamp_proto_walk(&w, d, data, data + len, 1) != NGX_OK) {
         *error = w.error;
@@ -75,95 +119,119 @@ ngx_http_opamp_proto_check(const ProtobufCMessageDescriptor *d,
 }
 
 
+/*
+ * The scan checks every level first; a message whose singular message
+ * fields came more than once (protobuf merges the occurrences) is merged
+ * into one occurrence each, in one pass, so that the fields are stored
+ * contiguous and protobuf-c never merges (its merge copies what came
+ * before at each occurrence, and fails on two AnyValues without a value).
+ */
+
 ngx_int_t
 ngx_http_opamp_proto_scan_a2s(ngx_http_opamp_a2s_scan_t *scan,
     u_char *data, size_t len, ngx_log_t *log)
 {
-    u_char                          *p, *last, *start, *value, *v;
+    u_char                          *p, *last, *start, *value, *v, *msg;
     size_t                           vlen;
     uint32_t                         number;
-    ngx_uint_t                       wire, i;
+    ngx_uint_t                       wire, i, pass;
     ngx_http_opamp_proto_walk_t      w;
     const ProtobufCFieldDescriptor  *f;
 
     ngx_memzero(scan, sizeof(ngx_http_opamp_a2s_scan_t));
+    ngx_memzero(&w, sizeof(ngx_http_opamp_proto_walk_t));
 
-    w.elements = 0;
-    w.error = NULL;
-    w.limit = 0;
+    if (ngx_http_opamp_proto_walk(&w, NGX_HTTP_OPAMP_A2S, data, data + len,
+                                  1)
+        != NGX_OK)
+    {
+        scan->error = w.error;
+        scan->limit = w.limit;
+        return NGX_ERROR;
+    }
 
-    /* the view is at most the message itself */
+    scan->elements = w.elements;
+
+    /* the view is at most the message itself, and so is the merge */
 
     scan->view.data = ngx_alloc(len ? len : 1, log);
     if (scan->view.data == NULL) {
         return NGX_ERROR;
     }
 
-    v = scan->view.data;
-    p = data;
-    last = data + len;
+    msg = data;
 
-    while (p < last) {
-        start = p;
+    if (w.repeats) {
+        scan->merged.data = ngx_alloc(len ? len : 1, log);
+        if (scan->merged.data == NULL) {
+            goto failed;
+        }
 
-        if (ngx_http_opamp_proto_field(&w, &p, last, &number, &wire, &value,
-                                       &vlen)
+        if (ngx_http_opamp_proto_merge(NGX_HTTP_OPAMP_A2S, data, len,
+                                       scan->merged.data, &scan->merged.len,
+                                       log)
             != NGX_OK)
         {
-            goto refused;
+            goto failed;
         }
 
-        f = protobuf_c_message_descriptor_get_field(
-                &opamp__proto__v1__agent_to_server__descriptor, number);
+        msg = scan->merged.data;
+    }
 
-        if (f != NULL
-            && ngx_http_opamp_proto_typed(&w, f, wire, value, vlen, 1)
-               != NGX_OK)
-        {
-            goto refused;
-        }
+    /* pass 0 counts the fields as they came, pass 1 locates them in the
+     * message as merged and makes the view */
 
-        if (f != NULL && f->type == PROTOBUF_C_TYPE_MESSAGE
-            && number < NGX_HTTP_OPAMP_A2S_FIELDS)
-        {
-            if (scan->count[number] == 0) {
-                scan->field[number].data = value;
-                scan->field[number].len = vlen;
+    v = scan->view.data;
 
-            } else if (ngx_http_opamp_proto_join(&scan->field[number], data,
-                                                 len, value, vlen, log)
-                       != NGX_OK)
+    for (pass = 0; pass < 2; pass++) {
+        p = pass ? msg : data;
+        last = (pass && w.repeats) ? msg + scan->merged.len : data + len;
+
+        while (p < last) {
+            start = p;
+
+            if (ngx_http_opamp_proto_field(&w, &p, last, &number, &wire,
+                                           &value, &vlen)
+                != NGX_OK)
             {
-                /* the field still points into the message: not ours to
-                 * free */
                 goto failed;
             }
 
-            scan->count[number]++;
-        }
+            f = protobuf_c_message_descriptor_get_field(NGX_HTTP_OPAMP_A2S,
+                                                        number);
 
-        if (number == NGX_HTTP_OPAMP_A2S_EFFECTIVE_CONFIG
-            || number == NGX_HTTP_OPAMP_A2S_AVAILABLE_COMPONENTS)
-        {
-            continue;
-        }
+            if (f != NULL && f->type == PROTOBUF_C_TYPE_MESSAGE
+                && number < NGX_HTTP_OPAMP_A2S_FIELDS)
+            {
+                if (pass == 0) {
+                    scan->count[number]++;
 
-        v = ngx_cpymem(v, start, p - start);
+                } else {
+                    scan->field[number].data = value;
+                    scan->field[number].len = vlen;
+                }
+            }
+
+            if (pass == 0
+                || number == NGX_HTTP_OPAMP_A2S_EFFECTIVE_CONFIG
+                || number == NGX_HTTP_OPAMP_A2S_AVAILABLE_COMPONENTS)
+            {
+                continue;
+            }
+
+            v = ngx_cpymem(v, start, p - start);
+        }
     }
 
     scan->view.len = v - scan->view.data;
-    scan->elements = w.elements;
 
     return NGX_OK;
 
-refused:
-
-    scan->error = w.error;
-    scan->limit = w.limit;
-
 failed:
 
-    ngx_http_opamp_proto_scan_free(scan, data, len);
+    /* the walk accepted the message: only memory is missing */
+
+    ngx_http_opamp_proto_scan_free(scan);
 
     for (i = 0; i < NGX_HTTP_OPAMP_A2S_FIELDS; i++) {
         ngx_str_null(&scan->field[i]);
@@ -174,16 +242,11 @@ failed:
 
 
 void
-ngx_http_opamp_proto_scan_free(ngx_http_opamp_a2s_scan_t *scan,
-    u_char *data, size_t len)
+ngx_http_opamp_proto_scan_free(ngx_http_opamp_a2s_scan_t *scan)
 {
-    ngx_uint_t  i;
-
-    for (i = 0; i < NGX_HTTP_OPAMP_A2S_FIELDS; i++) {
-        if (scan->count[i] > 1 && scan->field[i].data) {
-            ngx_free(scan->field[i].data);
-            scan->field[i].data = NULL;
-        }
+    if (scan->merged.data) {
+        ngx_free(scan->merged.data);
+        scan->merged.data = NULL;
     }
 
     if (scan->view.data) {
@@ -194,33 +257,361 @@ ngx_http_opamp_proto_scan_free(ngx_http_opamp_a2s_scan_t *scan,
 
 
 /*
- * A message field that came again: protobuf merges the occurrences, which
- * on the wire is their concatenation, so the stored bytes are joined.
+ * Merges the occurrences of every singular message field of a message
+ * that the walk accepted, at every level, as protobuf does (the
+ * occurrences of a message field are one message; within a oneof the
+ * last member wins).  A merged field is written once, where its first
+ * occurrence (after the last other member of its oneof) was; everything
+ * else keeps its bytes and order, and a part without repeats is copied
+ * as it came.  Each field is read twice (once to size, once to write)
+ * and each byte copied once, so the cost is linear in the message; the
+ * result is never longer than the message (every occurrence merged away
+ * took a tag and a length of at least two bytes, more than the longer
+ * length of the merge needs).
  */
 
 static ngx_int_t
-ngx_http_opamp_proto_join(ngx_str_t *field, u_char *data, size_t len,
-    u_char *value, size_t vlen, ngx_log_t *log)
+ngx_http_opamp_proto_merge(const ProtobufCMessageDescriptor *d, u_char *data,
+    size_t len, u_char *out, size_t *out_len, ngx_log_t *log)
 {
-    u_char  *p;
+    u_char                        *p;
+    ngx_int_t                      rc;
+    ngx_pool_t                    *pool;
+    ngx_http_opamp_proto_node_t   *root;
+    ngx_http_opamp_proto_piece_t  *piece;
 
-    p = ngx_alloc(field->len + vlen + 1, log);
-    if (p == NULL) {
+    pool = ngx_create_pool(NGX_DEFAULT_POOL_SIZE, log);
+    if (pool == NULL) {
         return NGX_ERROR;
     }
 
-    ngx_memcpy(p, field->data, field->len);
-    ngx_memcpy(p + field->len, value, vlen);
+    rc = NGX_ERROR;
 
-    /* a piece joined before is the scan's own memory */
-    if (field->data < data || field->data >= data + len) {
-        ngx_free(field->data);
+    root = ngx_pcalloc(pool, sizeof(ngx_http_opamp_proto_node_t));
+    piece = ngx_pcalloc(pool, sizeof(ngx_http_opamp_proto_piece_t));
+
+    if (root == NULL || piece == NULL) {
+        goto done;
     }
 
-    field->data = p;
-    field->len += vlen;
+    piece->start = data;
+    piece->value = data;
+    piece->len = len;
+
+    root->d = d;
+    root->first = piece;
+    root->last = piece;
+
+    if (ngx_http_opamp_proto_merge_node(pool, root) != NGX_OK) {
+        goto done;
+    }
+
+    if (root->size > len) {
+        ngx_log_error(NGX_LOG_ALERT, log, 0,
+                      "opamp: a merged message of %uz bytes is longer "
+                      "than the %uz it came in", root->size, len);
+        goto done;
+    }
+
+    p = ngx_http_opamp_proto_merge_write(root, out);
+
+    *out_len = p - out;
+    rc = NGX_OK;
+
+done:
+
+    ngx_destroy_pool(pool);
+
+    return rc;
+}
+
+
+/* what a node's occurrences hold, its children merged, and its size */
+
+static ngx_int_t
+ngx_http_opamp_proto_merge_node(ngx_pool_t *pool,
+    ngx_http_opamp_proto_node_t *node)
+{
+    u_char                          *p, *last, *start, *value;
+    size_t                           len, size;
+    uint32_t                         number;
+    ngx_uint_t                       wire, i;
+    ngx_http_opamp_proto_node_t     *child;
+    ngx_http_opamp_proto_walk_t      w;
+    ngx_http_opamp_proto_piece_t    *piece;
+    const ProtobufCFieldDescriptor  *f, *g;
+
+    ngx_memzero(&w, sizeof(ngx_http_opamp_proto_walk_t));
+
+    size = 0;
+
+    for (piece = node->first; piece; piece = piece->next) {
+        p = piece->value;
+        last = p + piece->len;
+
+        while (p < last) {
+            start = p;
+
+            if (ngx_http_opamp_proto_field(&w, &p, last, &number, &wire,
+                                           &value, &len)
+                != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+
+            f = protobuf_c_message_descriptor_get_field(node->d, number);
+
+            /* another member of a oneof replaces what came before */
+
+            if (f != NULL && (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF)
+                && node->slots != NULL)
+            {
+                for (i = 0; i < node->d->n_fields; i++) {
+                    g = &node->d->fields[i];
+
+                    if (g != f && node->slots[i] != NULL
+                        && (g->flags & PROTOBUF_C_FIELD_FLAG_ONEOF)
+                        && g->quantifier_offset == f->quantifier_offset)
+                    {
+                        node->slots[i] = NULL;
+                        node->changed = 1;
+                    }
+                }
+            }
+
+            if (f == NULL || f->type != PROTOBUF_C_TYPE_MESSAGE) {
+                size += p - start;
+                continue;
+            }
+
+            if (ngx_http_opamp_proto_merge_field(pool, node, f, start, value,
+                                                 len)
+                != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+        }
+    }
+
+    for (child = node->elts; child; child = child->next) {
+        if (ngx_http_opamp_proto_merge_node(pool, child) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    for (i = 0; node->slots && i < node->d->n_fields; i++) {
+        if (node->slots[i]
+            && ngx_http_opamp_proto_merge_node(pool, node->slots[i])
+               != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    /* the children's sizes as they will be written */
+
+    for (child = node->elts; child; child = child->next) {
+        size += ngx_http_opamp_proto_merge_size(node, child);
+    }
+
+    for (i = 0; node->slots && i < node->d->n_fields; i++) {
+        if (node->slots[i]) {
+            size += ngx_http_opamp_proto_merge_size(node, node->slots[i]);
+        }
+    }
+
+    node->size = size;
 
     return NGX_OK;
+}
+
+
+static size_t
+ngx_http_opamp_proto_merge_size(ngx_http_opamp_proto_node_t *node,
+    ngx_http_opamp_proto_node_t *child)
+{
+    ngx_http_opamp_proto_piece_t  *piece;
+
+    piece = child->first;
+
+    if (!child->changed) {
+        return piece->value + piece->len - piece->start;
+    }
+
+    node->changed = 1;
+
+    return ngx_http_opamp_proto_varint_len(
+               ((uint64_t) child->number << 3) | NGX_HTTP_OPAMP_WIRE_LEN)
+           + ngx_http_opamp_proto_varint_len(child->size)
+           + child->size;
+}
+
+
+/* one more occurrence of a message field */
+
+static ngx_int_t
+ngx_http_opamp_proto_merge_field(ngx_pool_t *pool,
+    ngx_http_opamp_proto_node_t *node, const ProtobufCFieldDescriptor *f,
+    u_char *start, u_char *value, size_t len)
+{
+    ngx_http_opamp_proto_node_t   *child, **slot;
+    ngx_http_opamp_proto_piece_t  *piece;
+
+    piece = ngx_palloc(pool, sizeof(ngx_http_opamp_proto_piece_t));
+    if (piece == NULL) {
+        return NGX_ERROR;
+    }
+
+    piece->start = start;
+    piece->value = value;
+    piece->len = len;
+    piece->next = NULL;
+
+    slot = NULL;
+
+    if (f->label != PROTOBUF_C_LABEL_REPEATED) {
+
+        if (node->slots == NULL) {
+            node->slots = ngx_pcalloc(pool, node->d->n_fields
+                                      * sizeof(ngx_http_opamp_proto_node_t *));
+            if (node->slots == NULL) {
+                return NGX_ERROR;
+            }
+        }
+
+        slot = &node->slots[f - node->d->fields];
+
+        if (*slot != NULL) {
+            child = *slot;
+            child->last->next = piece;
+            child->last = piece;
+            child->changed = 1;
+            return NGX_OK;
+        }
+    }
+
+    child = ngx_pcalloc(pool, sizeof(ngx_http_opamp_proto_node_t));
+    if (child == NULL) {
+        return NGX_ERROR;
+    }
+
+    child->d = f->descriptor;
+    child->number = f->id;
+    child->first = piece;
+    child->last = piece;
+
+    if (slot) {
+        *slot = child;
+        return NGX_OK;
+    }
+
+    /* an element of a repeated field */
+
+    if (node->last_elt) {
+        node->last_elt->next = child;
+
+    } else {
+        node->elts = child;
+    }
+
+    node->last_elt = child;
+
+    return NGX_OK;
+}
+
+
+static u_char *
+ngx_http_opamp_proto_merge_write(ngx_http_opamp_proto_node_t *node,
+    u_char *out)
+{
+    u_char                          *p, *last, *start, *value;
+    size_t                           len;
+    uint32_t                         number;
+    ngx_uint_t                       wire;
+    ngx_http_opamp_proto_node_t     *elt, *child;
+    ngx_http_opamp_proto_walk_t      w;
+    ngx_http_opamp_proto_piece_t    *piece;
+    const ProtobufCFieldDescriptor  *f;
+
+    if (!node->changed) {
+        return ngx_cpymem(out, node->first->value, node->first->len);
+    }
+
+    ngx_memzero(&w, sizeof(ngx_http_opamp_proto_walk_t));
+
+    elt = node->elts;
+
+    for (piece = node->first; piece; piece = piece->next) {
+        p = piece->value;
+        last = p + piece->len;
+
+        while (p < last) {
+            start = p;
+
+            /* read before by ngx_http_opamp_proto_merge_node() */
+            (void) ngx_http_opamp_proto_field(&w, &p, last, &number, &wire,
+                                              &value, &len);
+
+            f = protobuf_c_message_descriptor_get_field(node->d, number);
+
+            if (f == NULL || f->type != PROTOBUF_C_TYPE_MESSAGE) {
+                out = ngx_cpymem(out, start, p - start);
+                continue;
+            }
+
+            if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+                child = elt;
+                elt = elt->next;
+
+            } else {
+                child = node->slots[f - node->d->fields];
+
+                /* merged into the occurrence that is written */
+                if (child == NULL || child->first->start != start) {
+                    continue;
+                }
+            }
+
+            if (!child->changed) {
+                out = ngx_cpymem(out, start, p - start);
+                continue;
+            }
+
+            out = ngx_http_opamp_proto_write_varint(out,
+                      ((uint64_t) number << 3) | NGX_HTTP_OPAMP_WIRE_LEN);
+            out = ngx_http_opamp_proto_write_varint(out, child->size);
+            out = ngx_http_opamp_proto_merge_write(child, out);
+        }
+    }
+
+    return out;
+}
+
+
+static size_t
+ngx_http_opamp_proto_varint_len(uint64_t v)
+{
+    size_t  n;
+
+    for (n = 1; v >= 0x80; n++) {
+        v >>= 7;
+    }
+
+    return n;
+}
+
+
+static u_char *
+ngx_http_opamp_proto_write_varint(u_char *p, uint64_t v)
+{
+    while (v >= 0x80) {
+        *p++ = (u_char) (v | 0x80);
+        v >>= 7;
+    }
+
+    *p++ = (u_char) v;
+
+    return p;
 }
 
 
@@ -228,12 +619,41 @@ ProtobufCMessage *
 ngx_http_opamp_proto_unpack(const ProtobufCMessageDescriptor *d,
     u_char *data, size_t len, const char **error)
 {
-    size_t              used;
-    ProtobufCMessage   *m;
-    ProtobufCAllocator  a;
+    u_char                       *merged;
+    size_t                        used;
+    ProtobufCMessage             *m;
+    ProtobufCAllocator            a;
+    ngx_http_opamp_proto_walk_t   w;
 
-    if (ngx_http_opamp_proto_check(d, data, len, error) != NGX_OK) {
+    ngx_memzero(&w, sizeof(ngx_http_opamp_proto_walk_t));
+
+    if (ngx_http_opamp_proto_walk(&w, d, data, data + len, 1) != NGX_OK) {
+        *error = w.error;
         return NULL;
+    }
+
+    /* stored by an older version or written by another client: merged
+     * here as the scan of an AgentToServer does */
+
+    merged = NULL;
+
+    if (w.repeats) {
+        merged = ngx_alloc(len, ngx_cycle->log);
+        if (merged == NULL) {
+            *error = "needs more memory to decode than its size allows";
+            return NULL;
+        }
+
+        if (ngx_http_opamp_proto_merge(d, data, len, merged, &len,
+                                       ngx_cycle->log)
+            != NGX_OK)
+        {
+            ngx_free(merged);
+            *error = "needs more memory to decode than its size allows";
+            return NULL;
+        }
+
+        data = merged;
     }
 
     /* malloc and free as protobuf-c's own allocator, within a budget, so
@@ -249,6 +669,10 @@ ngx_http_opamp_proto_unpack(const ProtobufCMessageDescriptor *d,
     if (m == NULL) {
         *error = used ? "not a valid protobuf message"
                       : "needs more memory to decode than its size allows";
+    }
+
+    if (merged) {
+        ngx_free(merged);
     }
 
     return m;
@@ -356,6 +780,7 @@ ngx_http_opamp_proto_walk(ngx_http_opamp_proto_walk_t *w,
     u_char                          *value;
     size_t                           len;
     uint32_t                         number;
+    uint64_t                         seen, bit;
     ngx_uint_t                       wire;
     const ProtobufCFieldDescriptor  *f;
 
@@ -364,6 +789,8 @@ ngx_http_opamp_proto_walk(ngx_http_opamp_proto_walk_t *w,
         w->limit = 1;
         return NGX_ERROR;
     }
+
+    seen = 0;
 
     while (p < last) {
         if (ngx_http_opamp_proto_field(w, &p, last, &number, &wire, &value,
@@ -377,11 +804,28 @@ ngx_http_opamp_proto_walk(ngx_http_opamp_proto_walk_t *w,
 
         f = protobuf_c_message_descriptor_get_field(d, number);
 
-        if (f != NULL
-            && ngx_http_opamp_proto_typed(w, f, wire, value, len, depth)
-               != NGX_OK)
+        if (f == NULL) {
+            continue;
+        }
+
+        if (ngx_http_opamp_proto_typed(w, f, wire, value, len, depth)
+            != NGX_OK)
         {
             return NGX_ERROR;
+        }
+
+        /* a singular message field that comes again is merged */
+
+        if (f->type == PROTOBUF_C_TYPE_MESSAGE
+            && f->label != PROTOBUF_C_LABEL_REPEATED)
+        {
+            bit = (uint64_t) 1 << ((f - d->fields) & 63);
+
+            if (seen & bit) {
+                w->repeats = 1;
+            }
+
+            seen |= bit;
         }
     }
 

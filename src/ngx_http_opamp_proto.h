@@ -39,10 +39,12 @@ typedef Opamp__Proto__V1__ServerToAgent  ngx_http_opamp_s2a_t;
 
 typedef struct {
     /* the field's bytes (its payload, without tag and length) as received;
-     * a field that came more than once has its pieces joined in
-     * joined[] (protobuf merges repeated occurrences of a message field) */
+     * if a singular message field came more than once, at any level
+     * (protobuf merges the occurrences), they point into merged, the
+     * message with each such field merged into one occurrence */
     ngx_str_t            field[NGX_HTTP_OPAMP_A2S_FIELDS];
-    ngx_uint_t           count[NGX_HTTP_OPAMP_A2S_FIELDS];
+    ngx_uint_t           count[NGX_HTTP_OPAMP_A2S_FIELDS];    /* as sent */
+    ngx_str_t            merged;
 
     /* the message without the fields the module stores without reading
      * (effective_config, available_components): what protobuf-c decodes */
@@ -65,20 +67,19 @@ ngx_int_t ngx_http_opamp_proto_check(const ProtobufCMessageDescriptor *d,
     u_char *data, size_t len, const char **error);
 
 /*
- * The wire scan of an AgentToServer: the checks above, the top-level
- * fields located and the view made (from ngx_alloc(); the caller frees
- * scan->view.data and every joined field with
- * ngx_http_opamp_proto_scan_free()).
+ * The wire scan of an AgentToServer: the checks above, repeated
+ * occurrences merged, the top-level fields located and the view made
+ * (from ngx_alloc(); the caller frees the view and the merge with
+ * ngx_http_opamp_proto_scan_free()).  Linear in the message's size.
  */
 ngx_int_t ngx_http_opamp_proto_scan_a2s(ngx_http_opamp_a2s_scan_t *scan,
     u_char *data, size_t len, ngx_log_t *log);
-void ngx_http_opamp_proto_scan_free(ngx_http_opamp_a2s_scan_t *scan,
-    u_char *data, size_t len);
+void ngx_http_opamp_proto_scan_free(ngx_http_opamp_a2s_scan_t *scan);
 
 /*
  * Decodes a message of type d that came from outside the worker (Redis, an
- * admin upload) after ngx_http_opamp_proto_check() and with a memory
- * budget; the result is freed with protobuf_c_message_free_unpacked(m,
+ * admin upload) after ngx_http_opamp_proto_check(), repeated occurrences
+ * merged as the scan does, and with a memory budget; the result is freed with protobuf_c_message_free_unpacked(m,
  * NULL).  NULL and *error set when it is refused.
  */
 ProtobufCMessage *ngx_http_opamp_proto_unpack(

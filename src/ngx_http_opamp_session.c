@@ -160,7 +160,7 @@ ngx_http_opamp_session_message(ngx_http_opamp_session_t *s, u_char *data,
     msg = ngx_http_opamp_proto_decode_a2s(&alloc, scan.view.data,
                                           scan.view.len, s->connection->log);
     if (msg == NULL) {
-        ngx_http_opamp_proto_scan_free(&scan, data, len);
+        ngx_http_opamp_proto_scan_free(&scan);
 
         if (alloc.exhausted) {
             return ngx_http_opamp_session_bad_request(s,
@@ -209,7 +209,7 @@ ngx_http_opamp_session_message(ngx_http_opamp_session_t *s, u_char *data,
 done:
 
     ngx_http_opamp_proto_free_a2s(&alloc, msg);
-    ngx_http_opamp_proto_scan_free(&scan, data, len);
+    ngx_http_opamp_proto_scan_free(&scan);
 
     return rc;
 }

@@ -316,6 +316,33 @@ for my $case (['array_value', nested_anyvalue(10000, 'array')],
               'and the module read both (the attributes selectors see)');
 }
 
+# the same one level down, as protoc merges it: an attribute whose value
+# comes twice, the second without a value set (protobuf-c alone refuses
+# to merge that: 400 "not a valid protobuf message"), and a oneof member
+# that comes twice (merged: both arrays' values)
+{
+    my $uid = random_uid();
+    my $kv1 = fld(1, 'a') . fld(2, fld(1, 'one')) . fld(2, '');
+    my $kv2 = fld(1, 'b') . fld(2, fld(5, fld(1, fld(1, 'x'))))
+              . fld(2, fld(5, fld(1, fld(1, 'y'))));
+    my $sent = fld(1, $kv1) . fld(1, $kv2);
+    my ($s, $m) = post(a2s($uid, 0, fld(3, $sent)));
+    is($s, 200, 'an attribute whose value comes twice, the second empty: 200')
+        or diag(explain($m));
+    my $stored = $t->agent($uid)->{description} // '';
+    is($t->decode('AgentDescription', $stored),
+       $t->decode('AgentDescription', $sent),
+       'what is stored decodes (protoc) as what was sent');
+    cmp_ok(length $stored, '<', length $sent,
+           'stored merged: each value once');
+    my ($as, $ah, $ab) = $t->http_post('', -method => 'GET',
+                                       -path => '/admin/agents/'
+                                                . uid_text($uid));
+    my $view = eval { JSON::PP->new->utf8->decode($ab) } // {};
+    is($view->{attributes}{a}, 'one',
+       'the value set is the one the module reads');
+}
+
 # --- what one agent can make Redis hold ------------------------------------
 
 {

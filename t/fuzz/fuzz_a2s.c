@@ -13,7 +13,8 @@
  *   - every message field the scan stored re-checks with
  *     ngx_http_opamp_proto_check() for its own descriptor, and the view
  *     scans again to itself, without effective_config and
- *     available_components;
+ *     available_components, and with nothing left to merge (no
+ *     singular message field twice at any level);
  *   - protobuf-c decodes every view the scan accepts, unless the memory
  *     budget ran out, and within the budget; a field is decoded exactly
  *     when the scan found it; the budget is back to 0 after the free;
@@ -144,11 +145,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                "the view does not scan");
     FUZZ_CHECK(again.count[6] == 0 && again.count[14] == 0,
                "the view holds effective_config or available_components");
+    FUZZ_CHECK(again.merged.data == NULL,
+               "the view still has a singular message field twice");
     FUZZ_CHECK(again.view.len == scan.view.len
                && ngx_memcmp(again.view.data, scan.view.data,
                              scan.view.len) == 0,
                "the view of the view differs");
-    ngx_http_opamp_proto_scan_free(&again, scan.view.data, scan.view.len);
+    ngx_http_opamp_proto_scan_free(&again);
 
     msg = ngx_http_opamp_proto_decode_a2s(&alloc, scan.view.data,
                                           scan.view.len, ngx_fuzz_log);
@@ -191,7 +194,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
     }
 
-    ngx_http_opamp_proto_scan_free(&scan, buf, size);
+    ngx_http_opamp_proto_scan_free(&scan);
     free(buf);
 
     return 0;

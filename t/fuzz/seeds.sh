@@ -147,7 +147,7 @@ sequence_num: 9
 remote_config_status { last_remote_config_hash: "\x01\x02\x03" status: RemoteConfigStatuses_APPLIED }
 EOF
 
-# a field that comes twice: protobuf merges the two (the scan joins them)
+# a field that comes twice: protobuf merges the two (so does the scan)
 { enc AgentToServer <<EOF
 $UID_
 agent_description { identifying_attributes { key: "a" value { string_value: "1" } } }

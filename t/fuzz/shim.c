@@ -25,6 +25,9 @@ ngx_uint_t  ngx_cacheline_size = 64;
 static ngx_log_t  ngx_fuzz_log_s;
 ngx_log_t        *ngx_fuzz_log = &ngx_fuzz_log_s;
 
+static ngx_cycle_t     ngx_fuzz_cycle = { .log = &ngx_fuzz_log_s };
+volatile ngx_cycle_t  *ngx_cycle = &ngx_fuzz_cycle;
+
 
 void *
 ngx_alloc(size_t size, ngx_log_t *log)
