@@ -157,6 +157,28 @@ agent_description { non_identifying_attributes { key: "b" value { string_value: 
 EOF
 } > $C/a2s/seed-field-twice
 
+# fields repeated tens of thousands of times, near the element limit (the
+# scan merges them in one pass; joined piece by piece they took seconds,
+# past run.sh's -timeout): available_components (0.9 MB), agent_description
+# (0.5 MB) and, one level down, a component's value with an attribute each
+repeated() {    # repeated WHAT  -> an AgentToServer on stdout
+    perl -e '
+        sub v { my ($n, $o) = (shift, "");
+                while ($n >= 0x80) { $o .= chr(($n & 0x7f) | 0x80); $n >>= 7 }
+                return $o . chr($n) }
+        sub f { my ($n, $b) = @_; return v($n << 3 | 2) . v(length $b) . $b }
+        my %m = (
+            components  => sub { f(14, f(2, "h" x 10)) x 65000 },
+            description => sub { f(3, f(2, f(1, "k" x 10))) x 32000 },
+            health      => sub { f(5, f(6, f(1, "c") . (f(2, f(7, f(1, "k")
+                                   . f(2, f(1, "v")))) x 21000))) });
+        print f(1, "\x01" x 16), $m{$ARGV[0]}->();
+    ' "$1"
+}
+for w in components description health; do
+    repeated $w > $C/a2s/seed-repeated-$w
+done
+
 # an unknown field (number 99) is kept as it is
 { enc AgentToServer <<EOF
 $UID_
