@@ -317,17 +317,23 @@ for my $case (['array_value', nested_anyvalue(10000, 'array')],
 }
 
 # the same one level down, as protoc merges it: an attribute whose value
-# comes twice, the second without a value set (protobuf-c alone refuses
-# to merge that: 400 "not a valid protobuf message"), and a oneof member
-# that comes twice (merged: both arrays' values)
+# comes twice, the second without a value set; one whose value comes twice
+# with none set (protobuf-c alone refuses to merge that: 400 "not a valid
+# protobuf message"); a oneof member that comes twice (merged: both
+# arrays' values), and a oneof's members one after the other
 {
     my $uid = random_uid();
     my $kv1 = fld(1, 'a') . fld(2, fld(1, 'one')) . fld(2, '');
     my $kv2 = fld(1, 'b') . fld(2, fld(5, fld(1, fld(1, 'x'))))
               . fld(2, fld(5, fld(1, fld(1, 'y'))));
-    my $sent = fld(1, $kv1) . fld(1, $kv2);
+    # within one value: an array, a string, an array: the last one wins
+    my $kv3 = fld(1, 'c') . fld(2, fld(5, fld(1, fld(1, 'x'))) . fld(1, 's')
+                                  . fld(5, fld(1, fld(1, 'z'))));
+    # two values, neither with a value set
+    my $kv4 = fld(1, 'd') . fld(2, '') . fld(2, fvar(99, 1));
+    my $sent = fld(1, $kv1) . fld(1, $kv2) . fld(1, $kv3) . fld(1, $kv4);
     my ($s, $m) = post(a2s($uid, 0, fld(3, $sent)));
-    is($s, 200, 'an attribute whose value comes twice, the second empty: 200')
+    is($s, 200, 'attributes whose value comes twice, one or both empty: 200')
         or diag(explain($m));
     my $stored = $t->agent($uid)->{description} // '';
     is($t->decode('AgentDescription', $stored),
@@ -341,6 +347,25 @@ for my $case (['array_value', nested_anyvalue(10000, 'array')],
     my $view = eval { JSON::PP->new->utf8->decode($ab) } // {};
     is($view->{attributes}{a}, 'one',
        'the value set is the one the module reads');
+
+    # the same unmerged in Redis (an older version stored it, or another
+    # client wrote it): the admin API merges it as it reads
+    $t->redis('SET', $t->status_key($uid), fld(3, $sent));
+    ($as, $ah, $ab) = $t->http_post('', -method => 'GET',
+                                    -path => '/admin/agents/' . uid_text($uid));
+    $view = eval { JSON::PP->new->utf8->decode($ab) } // {};
+    my %attr = map { $_->{key} => $_->{value} }
+               @{ $view->{description}{identifying_attributes} // [] };
+    is_deeply(\%attr, { a => { string_value => 'one' },
+                        b => { array_value => { values => [
+                                   { string_value => 'x' },
+                                   { string_value => 'y' } ] } },
+                        c => { array_value => { values => [
+                                   { string_value => 'z' } ] } },
+                        d => {} },
+              'the admin API shows an unmerged description from Redis '
+              . 'as protoc reads it')
+        or diag($ab);
 }
 
 # --- what one agent can make Redis hold ------------------------------------
