@@ -10,6 +10,7 @@
 #include "ngx_http_opamp.h"
 #include "ngx_http_opamp_gzip.h"
 #include "ngx_http_opamp_http.h"
+#include "ngx_http_opamp_metrics.h"
 #include "ngx_http_opamp_redis.h"
 #include "ngx_http_opamp_admin.h"
 #include "ngx_http_opamp_session.h"
@@ -55,6 +56,7 @@ static char *ngx_http_opamp_check_time(ngx_conf_t *cf, void *post,
     void *data);
 static char *ngx_http_opamp_custom_capabilities(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
+static ngx_int_t ngx_http_opamp_postconfiguration(ngx_conf_t *cf);
 static ngx_int_t ngx_http_opamp_init_process(ngx_cycle_t *cycle);
 static void ngx_http_opamp_exit_process(ngx_cycle_t *cycle);
 
@@ -77,6 +79,13 @@ static ngx_command_t  ngx_http_opamp_commands[] = {
     { ngx_string("opamp_admin"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_opamp_admin,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("opamp_metrics"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_opamp_metrics_directive,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
       NULL },
@@ -266,7 +275,7 @@ static ngx_command_t  ngx_http_opamp_commands[] = {
 
 static ngx_http_module_t  ngx_http_opamp_module_ctx = {
     NULL,                                  /* preconfiguration */
-    NULL,                                  /* postconfiguration */
+    ngx_http_opamp_postconfiguration,      /* postconfiguration */
 
     ngx_http_opamp_create_main_conf,       /* create main configuration */
     ngx_http_opamp_init_main_conf,         /* init main configuration */
@@ -383,7 +392,39 @@ ngx_http_opamp_init_main_conf(ngx_conf_t *cf, void *conf)
         omcf->server_id = cf->cycle->hostname;
     }
 
+    if (omcf->used && ngx_http_opamp_metrics_init_conf(cf) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
     return NGX_CONF_OK;
+}
+
+
+/* the responses of the OpAMP locations are counted when they are logged */
+
+static ngx_int_t
+ngx_http_opamp_postconfiguration(ngx_conf_t *cf)
+{
+    ngx_http_handler_pt         *h;
+    ngx_http_core_main_conf_t   *cmcf;
+    ngx_http_opamp_main_conf_t  *omcf;
+
+    omcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_opamp_module);
+
+    if (!omcf->used) {
+        return NGX_OK;
+    }
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_LOG_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_opamp_metrics_log_handler;
+
+    return NGX_OK;
 }
 
 

@@ -44,6 +44,7 @@
 
 #include "ngx_http_opamp.h"
 #include "ngx_http_opamp_redis.h"
+#include "ngx_http_opamp_metrics.h"
 #include "ngx_http_opamp_redis_link.h"
 #include "ngx_http_opamp_redis_connect.h"
 #include "ngx_http_opamp_redis_sentinel.h"
@@ -299,6 +300,9 @@ ngx_http_opamp_redis_send(ngx_http_opamp_redis_link_t *link, int argc,
     cmd->deadline = ngx_current_msec + ngx_http_opamp_redis_conf->redis_timeout;
 
     ngx_queue_insert_tail(&link->pending, &cmd->queue);
+
+    ngx_http_opamp_metrics_inc(NGX_HTTP_OPAMP_M_REDIS_COMMANDS);
+    ngx_http_opamp_metrics_inc(NGX_HTTP_OPAMP_M_REDIS_WAITING);
 
     if (link->state == NGX_HTTP_OPAMP_REDIS_READY && !link->timer.timer_set) {
         ngx_add_timer(&link->timer, ngx_http_opamp_redis_conf->redis_timeout);
@@ -688,6 +692,7 @@ ngx_http_opamp_redis_up(ngx_http_opamp_redis_link_t *link)
     }
 
     if (link->outage_logged) {
+        ngx_http_opamp_metrics_inc(NGX_HTTP_OPAMP_M_REDIS_RECONNECTS);
         link->outage_logged = 0;
         ngx_log_error(NGX_LOG_NOTICE, ngx_http_opamp_redis_log, 0,
                       "opamp: redis %s connection to \"%V\" (%V) restored",
@@ -780,6 +785,8 @@ ngx_http_opamp_redis_close(ngx_http_opamp_redis_link_t *link)
         q = ngx_queue_head(&link->pending);
         ngx_queue_remove(q);
         cmd = ngx_queue_data(q, ngx_http_opamp_redis_cmd_t, queue);
+
+        ngx_http_opamp_metrics_add(NGX_HTTP_OPAMP_M_REDIS_WAITING, -1);
 
         if (cmd->handler) {
             cmd->handler(NULL, cmd->data);
@@ -923,6 +930,7 @@ ngx_http_opamp_redis_timer_handler(ngx_event_t *ev)
     }
 
     /* every pending handler sees NULL, then a retry */
+    ngx_http_opamp_metrics_inc(NGX_HTTP_OPAMP_M_REDIS_TIMEOUTS);
     ngx_http_opamp_redis_drop(link, "timed out");
 }
 
@@ -1052,6 +1060,15 @@ ngx_http_opamp_redis_dispatch(ngx_http_opamp_redis_link_t *link,
     ngx_queue_remove(q);
     cmd = ngx_queue_data(q, ngx_http_opamp_redis_cmd_t, queue);
 
+    ngx_http_opamp_metrics_add(NGX_HTTP_OPAMP_M_REDIS_WAITING, -1);
+    ngx_http_opamp_metrics_redis_latency(ngx_current_msec
+                           - (cmd->deadline
+                              - ngx_http_opamp_redis_conf->redis_timeout));
+
+    if (reply->type == REDIS_REPLY_ERROR) {
+        ngx_http_opamp_metrics_inc(NGX_HTTP_OPAMP_M_REDIS_ERRORS);
+    }
+
     if (ngx_queue_empty(&link->pending)
         && link->state == NGX_HTTP_OPAMP_REDIS_READY
         && link->timer.timer_set)
@@ -1070,6 +1087,11 @@ ngx_http_opamp_redis_dispatch(ngx_http_opamp_redis_link_t *link,
     ngx_free(cmd);
 
     if (readonly && link->state == NGX_HTTP_OPAMP_REDIS_READY) {
+        if (ngx_http_opamp_redis_conf->redis.sentinels == NULL) {
+            /* with Sentinel, counted when the new primary is named */
+            ngx_http_opamp_metrics_inc(NGX_HTTP_OPAMP_M_REDIS_FAILOVERS);
+        }
+
         ngx_http_opamp_redis_primary.known = 0;
         ngx_http_opamp_redis_drop(link, "the server is a replica now "
                                         "(READONLY)");

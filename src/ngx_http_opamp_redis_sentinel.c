@@ -11,6 +11,7 @@
 
 
 #include "ngx_http_opamp.h"
+#include "ngx_http_opamp_metrics.h"
 #include "ngx_http_opamp_redis.h"
 #include "ngx_http_opamp_redis_link.h"
 #include "ngx_http_opamp_redis_connect.h"
@@ -186,6 +187,11 @@ ngx_http_opamp_redis_set_primary(u_char *host, size_t len, ngx_int_t port,
 
     if (changed) {
         level = pr->host.len ? NGX_LOG_NOTICE : NGX_LOG_INFO;
+
+        if (pr->host.len) {
+            /* a primary known before: the fleet's Redis failed over */
+            ngx_http_opamp_metrics_inc(NGX_HTTP_OPAMP_M_REDIS_FAILOVERS);
+        }
 
         ngx_log_error(level, ngx_http_opamp_redis_log, 0,
                       "opamp: redis primary of \"%V\" is %*s:%i (%s)",

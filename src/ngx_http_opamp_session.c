@@ -14,6 +14,7 @@
 #include "ngx_http_opamp_session.h"
 #include "ngx_http_opamp_session_internal.h"
 #include "ngx_http_opamp_gzip.h"
+#include "ngx_http_opamp_metrics.h"
 #include "ngx_http_opamp_proto.h"
 #include "ngx_http_opamp_redis.h"
 #include "ngx_http_opamp_store.h"
@@ -189,6 +190,8 @@ ngx_http_opamp_session_message(ngx_http_opamp_session_t *s, u_char *data,
                    "OpAMP-Instance-UID header does not match instance_uid");
         goto done;
     }
+
+    ngx_http_opamp_metrics_message(s->transport, len);
 
 #if (NGX_DEBUG)
     {
@@ -568,6 +571,8 @@ ngx_http_opamp_session_reply(ngx_http_opamp_session_t *s,
         return NGX_ERROR;
     }
 
+    ngx_http_opamp_metrics_reply(s->transport, &s2a);
+
     ngx_log_debug6(NGX_LOG_DEBUG_HTTP, s->connection->log, 0,
                    "opamp reply flags 0x%xL, remote config %d, connection "
                    "settings %d, packages %d, command %d, %uz bytes",
@@ -623,6 +628,9 @@ ngx_http_opamp_session_error(ngx_http_opamp_session_t *s, u_char *uid,
                   type == OPAMP__PROTO__V1__SERVER_ERROR_RESPONSE_TYPE__ServerErrorResponseType_BadRequest
                   ? "BAD_REQUEST" : "UNAVAILABLE", reason);
 
+    ngx_http_opamp_metrics_error(type != OPAMP__PROTO__V1__SERVER_ERROR_RESPONSE_TYPE__ServerErrorResponseType_BadRequest,
+                                 reason);
+
     /* an error reply carries nothing but the error and the uid */
 
     if (uid) {
@@ -643,6 +651,8 @@ ngx_http_opamp_session_error(ngx_http_opamp_session_t *s, u_char *uid,
     }
 
     s2a.error_response = &err;
+
+    ngx_http_opamp_metrics_reply(s->transport, &s2a);
 
     if (ngx_http_opamp_proto_pack((ProtobufCMessage *) &s2a, &out,
                                   s->connection->log)

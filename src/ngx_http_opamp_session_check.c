@@ -11,6 +11,7 @@
 
 #include "ngx_http_opamp_session.h"
 #include "ngx_http_opamp_session_internal.h"
+#include "ngx_http_opamp_metrics.h"
 #include "ngx_http_opamp_proto.h"
 #include "ngx_http_opamp_redis.h"
 #include "ngx_http_opamp_store.h"
@@ -31,6 +32,14 @@ static void ngx_http_opamp_session_check_batch(
 static void ngx_http_opamp_session_checked(ngx_uint_t i,
     ngx_http_opamp_report_t *rep, ngx_int_t rc, void *data);
 static void ngx_http_opamp_session_config_changed(u_char *uid);
+static void ngx_http_opamp_session_fanout_done(
+    ngx_http_opamp_check_batch_t *b);
+
+
+/* a fleet change in progress on this worker: when it came, and the
+ * batches of its checks not answered yet (opamp_config_fanout_seconds) */
+static ngx_msec_t  ngx_http_opamp_fanout_start;
+static ngx_uint_t  ngx_http_opamp_fanout_batches;
 
 
 /*
@@ -94,6 +103,7 @@ ngx_http_opamp_session_batch(ngx_uint_t size)
     b->request = NULL;
     b->n = 0;
     b->size = size;
+    b->fanout = 0;
     b->agents = (ngx_http_opamp_check_agent_t *) &b[1];
     b->sessions = (ngx_http_opamp_session_t **) &b->agents[size];
 
@@ -130,6 +140,7 @@ ngx_http_opamp_session_check_batch(ngx_http_opamp_check_batch_t *b,
     if (b->request == NULL) {
         /* Redis is down: the agents are asked for their full state later
          * and get what they are owed then */
+        ngx_http_opamp_session_fanout_done(b);
         ngx_free(b);
         return;
     }
@@ -171,6 +182,7 @@ ngx_http_opamp_session_checked(ngx_uint_t i, ngx_http_opamp_report_t *rep,
             }
         }
 
+        ngx_http_opamp_session_fanout_done(b);
         ngx_free(b);
         return;
     }
@@ -193,6 +205,7 @@ ngx_http_opamp_session_checked(ngx_uint_t i, ngx_http_opamp_report_t *rep,
                                          s->connection->log)
                == NGX_OK)
         {
+            ngx_http_opamp_metrics_reply(s->transport, &s2a);
             (void) s->send(s, out.data, out.len);
             ngx_free(out.data);
         }
@@ -260,8 +273,17 @@ ngx_http_opamp_session_config_changed(u_char *uid)
     root = ngx_http_opamp_sessions.root;
     sentinel = ngx_http_opamp_sessions.sentinel;
 
+    ngx_http_opamp_metrics_inc(NGX_HTTP_OPAMP_M_FANOUTS);
+
     if (root == sentinel) {
         return;
+    }
+
+    /* a change that comes while another is fanned out extends it: the
+     * time is to the last agent reached since the first */
+
+    if (ngx_http_opamp_fanout_batches == 0) {
+        ngx_http_opamp_fanout_start = ngx_current_msec;
     }
 
     b = NULL;
@@ -287,6 +309,9 @@ ngx_http_opamp_session_config_changed(u_char *uid)
             if (b == NULL) {
                 return;
             }
+
+            b->fanout = 1;
+            ngx_http_opamp_fanout_batches++;
         }
 
         b->sessions[b->n++] = s;
@@ -294,6 +319,20 @@ ngx_http_opamp_session_config_changed(u_char *uid)
 
     if (b) {
         ngx_http_opamp_session_check_batch(b, 0);
+    }
+}
+
+
+static void
+ngx_http_opamp_session_fanout_done(ngx_http_opamp_check_batch_t *b)
+{
+    if (!b->fanout || ngx_http_opamp_fanout_batches == 0) {
+        return;
+    }
+
+    if (--ngx_http_opamp_fanout_batches == 0) {
+        ngx_http_opamp_metrics_fanout_time(ngx_current_msec
+                                           - ngx_http_opamp_fanout_start);
     }
 }
 

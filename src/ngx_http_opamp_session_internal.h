@@ -53,6 +53,7 @@ typedef struct {
     ngx_uint_t                      size;
     ngx_http_opamp_session_t      **sessions;   /* NULL: gone meanwhile */
     ngx_http_opamp_check_agent_t   *agents;
+    unsigned                        fanout:1;   /* a fleet change's */
 } ngx_http_opamp_check_batch_t;
 
 

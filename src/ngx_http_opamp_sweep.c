@@ -4,6 +4,7 @@
 
 
 #include "ngx_http_opamp_sweep.h"
+#include "ngx_http_opamp_metrics.h"
 #include "ngx_http_opamp_redis.h"
 #include "ngx_http_opamp_store.h"
 
@@ -269,6 +270,8 @@ ngx_http_opamp_sweep_done(redisReply *reply, void *data)
         }
 
         if (e[0]->integer > 0) {
+            ngx_http_opamp_metrics_add(NGX_HTTP_OPAMP_M_SWEPT,
+                                       (ngx_atomic_int_t) e[0]->integer);
             ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
                           "opamp: removed %L departed agents",
                           (int64_t) e[0]->integer);

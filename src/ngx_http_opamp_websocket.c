@@ -28,6 +28,7 @@
 
 #include "ngx_http_opamp.h"
 #include "ngx_http_opamp_http.h"
+#include "ngx_http_opamp_metrics.h"
 #include "ngx_http_opamp_session.h"
 #include "ngx_http_opamp_websocket.h"
 #include "ngx_http_opamp_websocket_conn.h"
@@ -676,6 +677,10 @@ ngx_http_opamp_ws_release(ngx_http_opamp_ws_ctx_t *ctx)
     ctx->waiting = 1;
 #endif
 
+    ngx_http_opamp_metrics_inc(NGX_HTTP_OPAMP_M_WS_OPENED);
+    ngx_http_opamp_metrics_inc(NGX_HTTP_OPAMP_M_WS_OPEN);
+    ctx->metered = 1;
+
     return NGX_OK;
 }
 
@@ -764,6 +769,11 @@ ngx_http_opamp_ws_cleanup(void *data)
         ctx->waiting = 0;
     }
 #endif
+
+    if (ctx->metered) {
+        ngx_http_opamp_metrics_ws_closed(ctx->close_code);
+        ctx->metered = 0;
+    }
 
     ngx_http_opamp_session_finalize(ctx->session);
 

@@ -78,6 +78,10 @@ typedef struct {
     unsigned                    error:1;       /* close the connection */
     unsigned                    cleaned:1;
     unsigned                    waiting:1;     /* counted in stub_status */
+    unsigned                    metered:1;     /* counted as open */
+
+    /* the first close frame's code, sent or answered: the metrics' */
+    ngx_uint_t                  close_code;
 } ngx_http_opamp_ws_ctx_t;
 
 

@@ -11,6 +11,7 @@
 
 
 #include "ngx_http_opamp.h"
+#include "ngx_http_opamp_metrics.h"
 #include "ngx_http_opamp_session.h"
 #include "ngx_http_opamp_websocket_conn.h"
 #include "ngx_http_opamp_websocket_read.h"
@@ -700,6 +701,11 @@ ngx_http_opamp_ws_fail(ngx_http_opamp_ws_ctx_t *ctx, ngx_uint_t code,
         ngx_log_error(NGX_LOG_INFO, ctx->connection->log, 0,
                       "opamp: %s, closing the WebSocket with %ui",
                       reason, code);
+
+        ngx_http_opamp_metrics_refused(
+                               (code == NGX_HTTP_OPAMP_WS_CLOSE_TOO_BIG)
+                               ? NGX_HTTP_OPAMP_M_REFUSED_LIMIT
+                               : NGX_HTTP_OPAMP_M_REFUSED_PROTOCOL);
 
         ngx_http_opamp_ws_close_frame(ctx, code, reason);
     }

@@ -163,6 +163,7 @@ ngx_http_opamp_ws_close_frame(ngx_http_opamp_ws_ctx_t *ctx, ngx_uint_t code,
                    "opamp ws close: %ui \"%s\"", code, reason);
 
     ctx->closing = 1;
+    ctx->close_code = code;
 
     if (ctx->msg) {
         ngx_free(ctx->msg);
