@@ -16,6 +16,7 @@
 #include "ngx_http_opamp_session.h"
 #include "ngx_http_opamp_store.h"
 #include "ngx_http_opamp_sweep.h"
+#include "ngx_http_opamp_variables.h"
 #include "ngx_http_opamp_websocket.h"
 
 
@@ -56,6 +57,7 @@ static char *ngx_http_opamp_check_time(ngx_conf_t *cf, void *post,
     void *data);
 static char *ngx_http_opamp_custom_capabilities(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
+static ngx_int_t ngx_http_opamp_preconfiguration(ngx_conf_t *cf);
 static ngx_int_t ngx_http_opamp_postconfiguration(ngx_conf_t *cf);
 static ngx_int_t ngx_http_opamp_init_process(ngx_cycle_t *cycle);
 static void ngx_http_opamp_exit_process(ngx_cycle_t *cycle);
@@ -274,7 +276,7 @@ static ngx_command_t  ngx_http_opamp_commands[] = {
 
 
 static ngx_http_module_t  ngx_http_opamp_module_ctx = {
-    NULL,                                  /* preconfiguration */
+    ngx_http_opamp_preconfiguration,       /* preconfiguration */
     ngx_http_opamp_postconfiguration,      /* postconfiguration */
 
     ngx_http_opamp_create_main_conf,       /* create main configuration */
@@ -397,6 +399,13 @@ ngx_http_opamp_init_main_conf(ngx_conf_t *cf, void *conf)
     }
 
     return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_opamp_preconfiguration(ngx_conf_t *cf)
+{
+    return ngx_http_opamp_variables_add(cf);
 }
 
 

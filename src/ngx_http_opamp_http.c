@@ -17,6 +17,7 @@
 
 typedef struct {
     ngx_http_opamp_session_t   *session;
+    ngx_http_opamp_log_t        log;
     ngx_int_t                   rc;       /* of sending the response */
     unsigned                    gzip:1;   /* the body is gzipped */
     unsigned                    done:1;   /* the response went out */
@@ -129,6 +130,7 @@ ngx_http_opamp_http_handler(ngx_http_request_t *r)
     s->resume = ngx_http_opamp_http_resume;
     s->close = ngx_http_opamp_http_close;
     s->transport_data = ctx;
+    s->log = &ctx->log;
     ctx->session = s;
     ctx->rc = NGX_ERROR;
 
@@ -706,3 +708,19 @@ ngx_http_opamp_http_error(ngx_http_request_t *r, ngx_uint_t status,
     return ngx_http_output_filter(r, &out);
 }
 
+
+/* the access log's facts of a plain HTTP message, NULL if none */
+
+ngx_http_opamp_log_t *
+ngx_http_opamp_http_log(ngx_http_request_t *r)
+{
+    ngx_http_opamp_http_ctx_t  *ctx;
+
+    if (r->method != NGX_HTTP_POST) {
+        return NULL;
+    }
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_opamp_module);
+
+    return ctx ? &ctx->log : NULL;
+}

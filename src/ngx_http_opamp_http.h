@@ -10,6 +10,7 @@
 
 
 #include "ngx_http_opamp.h"
+#include "ngx_http_opamp_session.h"
 
 
 ngx_int_t ngx_http_opamp_http_handler(ngx_http_request_t *r);
@@ -17,6 +18,10 @@ ngx_int_t ngx_http_opamp_http_handler(ngx_http_request_t *r);
 /* finishes r with status and a one-line text/plain reason */
 ngx_int_t ngx_http_opamp_http_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *reason);
+
+/* what the access log says of the request's message: NULL if not a plain
+ * HTTP message of an OpAMP location */
+ngx_http_opamp_log_t *ngx_http_opamp_http_log(ngx_http_request_t *r);
 
 
 #endif /* _NGX_HTTP_OPAMP_HTTP_H_INCLUDED_ */

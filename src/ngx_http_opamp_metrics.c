@@ -110,7 +110,7 @@ static const char  *ngx_http_opamp_metrics_refusals[] = {
     "decode", "limit", "protocol", "unavailable"
 };
 
-static const char  *ngx_http_opamp_metrics_parts[] = {
+static const char  *ngx_http_opamp_metrics_parts_names[] = {
     "remote_config", "connection_settings", "packages", "command", "flags",
     "error", "identification", "custom_message"
 };
@@ -192,11 +192,49 @@ ngx_http_opamp_metrics_message(ngx_uint_t transport, size_t bytes)
 }
 
 
+/* what a ServerToAgent carries: a bit per ngx_http_opamp_metrics_carries_e */
+
+ngx_uint_t
+ngx_http_opamp_metrics_parts(ngx_http_opamp_s2a_t *s2a)
+{
+    ngx_uint_t  parts;
+
+    parts = 0;
+
+#define ngx_http_opamp_metrics_part(cond, part)                              \
+    if (cond) {                                                              \
+        parts |= (ngx_uint_t) 1 << NGX_HTTP_OPAMP_M_CARRIES_##part;          \
+    }
+
+    ngx_http_opamp_metrics_part(s2a->remote_config, REMOTE_CONFIG)
+    ngx_http_opamp_metrics_part(s2a->connection_settings,
+                                CONNECTION_SETTINGS)
+    ngx_http_opamp_metrics_part(s2a->packages_available, PACKAGES)
+    ngx_http_opamp_metrics_part(s2a->command, COMMAND)
+    ngx_http_opamp_metrics_part(s2a->flags, FLAGS)
+    ngx_http_opamp_metrics_part(s2a->error_response, ERROR)
+    ngx_http_opamp_metrics_part(s2a->agent_identification, IDENTIFICATION)
+    ngx_http_opamp_metrics_part(s2a->custom_message, CUSTOM_MESSAGE)
+
+#undef ngx_http_opamp_metrics_part
+
+    return parts;
+}
+
+
+/* the names of the parts, for the metrics' labels and $opamp_reply */
+
+const char *
+ngx_http_opamp_metrics_part_name(ngx_uint_t part)
+{
+    return ngx_http_opamp_metrics_parts_names[part];
+}
+
+
 void
-ngx_http_opamp_metrics_reply(ngx_uint_t transport, ngx_http_opamp_s2a_t *s2a)
+ngx_http_opamp_metrics_reply(ngx_uint_t transport, ngx_uint_t parts)
 {
     ngx_uint_t                 i;
-    ngx_uint_t                 carries[NGX_HTTP_OPAMP_M_NCARRIES];
     ngx_http_opamp_metrics_t  *m = ngx_http_opamp_metrics;
 
     if (m == NULL) {
@@ -205,22 +243,8 @@ ngx_http_opamp_metrics_reply(ngx_uint_t transport, ngx_http_opamp_s2a_t *s2a)
 
     (void) ngx_atomic_fetch_add(&m->replies[transport], 1);
 
-    carries[NGX_HTTP_OPAMP_M_CARRIES_REMOTE_CONFIG] =
-                                                 (s2a->remote_config != NULL);
-    carries[NGX_HTTP_OPAMP_M_CARRIES_CONNECTION_SETTINGS] =
-                                           (s2a->connection_settings != NULL);
-    carries[NGX_HTTP_OPAMP_M_CARRIES_PACKAGES] =
-                                            (s2a->packages_available != NULL);
-    carries[NGX_HTTP_OPAMP_M_CARRIES_COMMAND] = (s2a->command != NULL);
-    carries[NGX_HTTP_OPAMP_M_CARRIES_FLAGS] = (s2a->flags != 0);
-    carries[NGX_HTTP_OPAMP_M_CARRIES_ERROR] = (s2a->error_response != NULL);
-    carries[NGX_HTTP_OPAMP_M_CARRIES_IDENTIFICATION] =
-                                          (s2a->agent_identification != NULL);
-    carries[NGX_HTTP_OPAMP_M_CARRIES_CUSTOM_MESSAGE] =
-                                                (s2a->custom_message != NULL);
-
     for (i = 0; i < NGX_HTTP_OPAMP_M_NCARRIES; i++) {
-        if (carries[i]) {
+        if (parts & ((ngx_uint_t) 1 << i)) {
             (void) ngx_atomic_fetch_add(&m->carries[i], 1);
         }
     }
@@ -611,7 +635,7 @@ ngx_http_opamp_metrics_write(ngx_http_opamp_metrics_out_t *o,
     for (i = 0; i < NGX_HTTP_OPAMP_M_NCARRIES; i++) {
         ngx_http_opamp_metrics_printf(o,
             "opamp_server_message_parts_total{part=\"%s\"} %A\n",
-            ngx_http_opamp_metrics_parts[i], m->carries[i]);
+            ngx_http_opamp_metrics_parts_names[i], m->carries[i]);
     }
 
     ngx_http_opamp_metrics_family(o, "refused_total", "counter",

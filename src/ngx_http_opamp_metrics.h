@@ -65,8 +65,9 @@ ngx_int_t ngx_http_opamp_metrics_log_handler(ngx_http_request_t *r);
 
 void ngx_http_opamp_metrics_add(ngx_uint_t scalar, ngx_atomic_int_t n);
 void ngx_http_opamp_metrics_message(ngx_uint_t transport, size_t bytes);
-void ngx_http_opamp_metrics_reply(ngx_uint_t transport,
-    ngx_http_opamp_s2a_t *s2a);
+ngx_uint_t ngx_http_opamp_metrics_parts(ngx_http_opamp_s2a_t *s2a);
+const char *ngx_http_opamp_metrics_part_name(ngx_uint_t part);
+void ngx_http_opamp_metrics_reply(ngx_uint_t transport, ngx_uint_t parts);
 void ngx_http_opamp_metrics_refused(ngx_uint_t reason);
 void ngx_http_opamp_metrics_error(ngx_uint_t unavailable,
     const char *reason);

@@ -193,6 +193,13 @@ ngx_http_opamp_session_message(ngx_http_opamp_session_t *s, u_char *data,
 
     ngx_http_opamp_metrics_message(s->transport, len);
 
+    if (s->log) {
+        ngx_memcpy(s->log->uid, msg->instance_uid.data,
+                   NGX_HTTP_OPAMP_UID_LEN);
+        s->log->sequence_num = msg->sequence_num;
+        s->log->has_uid = 1;
+    }
+
 #if (NGX_DEBUG)
     {
     u_char  text[NGX_HTTP_OPAMP_UID_STR_LEN];
@@ -571,7 +578,7 @@ ngx_http_opamp_session_reply(ngx_http_opamp_session_t *s,
         return NGX_ERROR;
     }
 
-    ngx_http_opamp_metrics_reply(s->transport, &s2a);
+    ngx_http_opamp_session_sent(s, &s2a);
 
     ngx_log_debug6(NGX_LOG_DEBUG_HTTP, s->connection->log, 0,
                    "opamp reply flags 0x%xL, remote config %d, connection "
@@ -586,6 +593,25 @@ ngx_http_opamp_session_reply(ngx_http_opamp_session_t *s,
     ngx_free(out.data);
 
     return (rc == NGX_ERROR) ? NGX_ERROR : NGX_OK;
+}
+
+
+/* a ServerToAgent goes to the agent: the metrics and $opamp_reply */
+
+void
+ngx_http_opamp_session_sent(ngx_http_opamp_session_t *s,
+    ngx_http_opamp_s2a_t *s2a)
+{
+    ngx_uint_t  parts;
+
+    parts = ngx_http_opamp_metrics_parts(s2a);
+
+    ngx_http_opamp_metrics_reply(s->transport, parts);
+
+    if (s->log) {
+        s->log->reply |= parts;
+        s->log->replied = 1;
+    }
 }
 
 
@@ -652,7 +678,7 @@ ngx_http_opamp_session_error(ngx_http_opamp_session_t *s, u_char *uid,
 
     s2a.error_response = &err;
 
-    ngx_http_opamp_metrics_reply(s->transport, &s2a);
+    ngx_http_opamp_session_sent(s, &s2a);
 
     if (ngx_http_opamp_proto_pack((ProtobufCMessage *) &s2a, &out,
                                   s->connection->log)

@@ -33,11 +33,27 @@ typedef void (*ngx_http_opamp_close_pt)(ngx_http_opamp_session_t *s,
     ngx_uint_t code, const char *reason);
 
 
+/*
+ * What the access log says of a plain HTTP message ($opamp_instance_uid,
+ * $opamp_sequence_num, $opamp_reply): kept in the request's pool, since
+ * the session goes before the request is logged.
+ */
+typedef struct {
+    u_char                          uid[NGX_HTTP_OPAMP_UID_LEN];
+    uint64_t                        sequence_num;
+    ngx_uint_t                      reply;      /* parts sent, a bit each:
+                                                   ngx_http_opamp_metrics.h */
+    unsigned                        has_uid:1;
+    unsigned                        replied:1;
+} ngx_http_opamp_log_t;
+
+
 struct ngx_http_opamp_session_s {
     ngx_http_request_t             *request;    /* plain HTTP only */
     ngx_connection_t               *connection;
     ngx_http_opamp_loc_conf_t      *conf;
     void                           *transport_data;
+    ngx_http_opamp_log_t           *log;        /* NULL: WebSocket */
 
     ngx_http_opamp_send_pt          send;
     ngx_http_opamp_resume_pt        resume;

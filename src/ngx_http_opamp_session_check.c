@@ -205,7 +205,7 @@ ngx_http_opamp_session_checked(ngx_uint_t i, ngx_http_opamp_report_t *rep,
                                          s->connection->log)
                == NGX_OK)
         {
-            ngx_http_opamp_metrics_reply(s->transport, &s2a);
+            ngx_http_opamp_session_sent(s, &s2a);
             (void) s->send(s, out.data, out.len);
             ngx_free(out.data);
         }

@@ -74,6 +74,11 @@ ngx_int_t ngx_http_opamp_session_owed(ngx_http_opamp_session_t *s,
     ngx_http_opamp_owed_t *o);
 void ngx_http_opamp_session_free_owed(ngx_http_opamp_owed_t *o);
 
+/* ngx_http_opamp_session.c */
+
+void ngx_http_opamp_session_sent(ngx_http_opamp_session_t *s,
+    Opamp__Proto__V1__ServerToAgent *s2a);
+
 /* ngx_http_opamp_session_check.c */
 
 void ngx_http_opamp_session_check(ngx_http_opamp_session_t *s,
