@@ -79,8 +79,9 @@ void ngx_http_opamp_proto_scan_free(ngx_http_opamp_a2s_scan_t *scan);
 /*
  * Decodes a message of type d that came from outside the worker (Redis, an
  * admin upload) after ngx_http_opamp_proto_check(), repeated occurrences
- * merged as the scan does, and with a memory budget; the result is freed with protobuf_c_message_free_unpacked(m,
- * NULL).  NULL and *error set when it is refused.
+ * merged as the scan does, and with a memory budget; the result is freed
+ * with protobuf_c_message_free_unpacked(m, NULL).  NULL and *error set
+ * when it is refused.
  */
 ProtobufCMessage *ngx_http_opamp_proto_unpack(
     const ProtobufCMessageDescriptor *d, u_char *data, size_t len,
