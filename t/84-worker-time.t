@@ -43,7 +43,8 @@ $t->start_nginx('
         location = /state {
             opamp;
             opamp_max_agent_state 4m;
-        }', workers => 1);
+        }
+        location /admin/ { opamp_admin; }', workers => 1);
 
 my ($worker) = $t->worker_pids;
 my $TICK = POSIX::sysconf(POSIX::_SC_CLK_TCK()) || 100;
@@ -250,7 +251,34 @@ for my $c (@cases) {
         $h .= fld(6, fld(1, sprintf('c%07d', $i++))
                      . fld(2, fvar(1, 1) . fld(4, 'StatusOK ' x 14)));
     }
-    my $body = a2s(random_uid(), fld(5, fvar(1, 1) . $h));
+    my $uid = random_uid();
+    my $body = a2s($uid, fld(5, fvar(1, 1) . $h));
+    my @r = measure_http($body, -path => '/state');
+    check($name, length $body, @r, qr/^200$/);
+
+    # the admin API shows it: inflated, decoded, written as JSON
+    $name = 'the admin API showing that agent (4 MB of health as JSON)';
+    my $cpu0 = worker_cpu_ms();
+    my $t0 = time;
+    my ($as, $ah, $ab) = $t->http_post('', -method => 'GET', -timeout => 60,
+                                       -path => '/admin/agents/'
+                                                . uid_text($uid));
+    my $wall = (time - $t0) * 1000;
+    my $g0 = good_heartbeat();
+    my ($glat, $gmsg) = good_answer($g0, 30);
+    my $cpu = worker_cpu_ms() - $cpu0;
+    like($ab, qr/"c0000000"/, "$name: the health is shown");
+    check($name . ' (' . int(length($ab) / 1024) . ' KB)', length $body,
+          $cpu, $as, $wall, $glat, $gmsg, qr/^200$/);
+}
+
+# incompressible status fields: the deflate that saves nothing
+{
+    my $name = 'health of 4 MB of random bytes stored at '
+               . 'opamp_max_agent_state 4m';
+    my $random = pack('N*', map { int rand 2**32 } 1 .. ($ROOM - 64) / 4);
+    my $body = a2s(random_uid(), fld(5, fvar(1, 1)
+                                        . fld(7, kv('k', fld(7, $random)))));
     my @r = measure_http($body, -path => '/state');
     check($name, length $body, @r, qr/^200$/);
 }
