@@ -37,6 +37,11 @@ my $BUDGET_MS_PER_MB = 100;
 my $MB = 1024 * 1024;
 my $MAX = 4 * $MB;           # opamp_max_message_size's default
 
+# under valgrind, AddressSanitizer or debug logging the worker is slower
+# by more than any budget: the messages still go through, untimed
+my $SLOW = $ENV{TEST_NGINX_VALGRIND} || $ENV{TEST_NGINX_ASAN}
+           || $ENV{TEST_NGINX_DEBUG};
+
 my $t = OpAMPTest->new;
 $t->start_redis;
 $t->start_nginx('
@@ -213,16 +218,19 @@ sub check {
                  $name, $mb, $cpu, $cpu / ($mb || 1), $wall, $status // '-')
         if $ENV{TEST_VERBOSE} || $ENV{WORKER_TIME_REPORT};
     like($status // '', $ok, "$name: answered ($status)");
-    cmp_ok($cpu, '<=', $budget,
-           sprintf("%s (%.2f MB): %d ms of the worker, within %d ms/MB",
-                   $name, $mb, $cpu, $BUDGET_MS_PER_MB));
     ok(defined $glat, "$name: the ordinary agent on the same worker is "
        . 'answered' . (defined $glat ? sprintf(' (%.2f s)', $glat) : ''));
     ok(defined $gmsg && !$gmsg->{error_response},
        "$name: normally, not UNAVAILABLE (Redis did not time out)")
         or diag(explain($gmsg));
-    cmp_ok($glat // 99, '<=', 2 + 2 * $budget / 1000,
-           "$name: within twice the budget and 2 s");
+    SKIP: {
+        skip 'worker time under valgrind, ASan or debug logging', 2 if $SLOW;
+        cmp_ok($cpu, '<=', $budget,
+               sprintf("%s (%.2f MB): %d ms of the worker, within %d ms/MB",
+                       $name, $mb, $cpu, $BUDGET_MS_PER_MB));
+        cmp_ok($glat // 99, '<=', 2 + 2 * $budget / 1000,
+               "$name: within twice the budget and 2 s");
+    }
 }
 
 my $STORED_OR_OVER = qr/^(200$|400 agent state exceeds opamp_max_agent_state)/;
@@ -295,9 +303,12 @@ for my $c (@cases) {
 
 # a WebSocket message of 1 MB in one-byte fragments (7 MB of frames)
 {
-    my $name = 'WebSocket message of 1 MB in one-byte fragments';
+    # (64 KB where every frame's debug lines would be logged)
+    my $size = $SLOW ? 64 * 1024 : $MB;
+    my $name = 'WebSocket message of ' . $size / 1024
+               . ' KB in one-byte fragments';
     my $msg = "\x00" . a2s(random_uid(),
-                           fld(3, fld(1, kv('k', fld(1, 'f' x ($MB - 64))))));
+                           fld(3, fld(1, kv('k', fld(1, 'f' x ($size - 64))))));
     my $ws = OpAMPFleet->connect_ws(port => $t->port);
     # mask 0: the payload goes as it is
     my $frames = "\x02\x81\0\0\0\0" . substr($msg, 0, 1);
