@@ -33,6 +33,9 @@
 /* a real Collector's full status is 30-40 KB, its effective config a few
  * hundred KB at most */
 #define NGX_HTTP_OPAMP_DEFAULT_MAX_STATE    (1024 * 1024)
+
+/* what the fleet's custom messages stream may hold, bytes */
+#define NGX_HTTP_OPAMP_DEFAULT_CUSTOM_SIZE  (16 * 1024 * 1024)
 #define NGX_HTTP_OPAMP_DEFAULT_RETENTION    (7 * 24 * 3600 * 1000)
 
 
@@ -227,6 +230,13 @@ static ngx_command_t  ngx_http_opamp_commands[] = {
       ngx_conf_set_size_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_opamp_loc_conf_t, max_agent_state),
+      &ngx_http_opamp_size_post },
+
+    { ngx_string("opamp_custom_messages_size"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_opamp_loc_conf_t, custom_messages_size),
       &ngx_http_opamp_size_post },
 
     { ngx_string("opamp_heartbeat_interval"),
@@ -450,6 +460,7 @@ ngx_http_opamp_create_loc_conf(ngx_conf_t *cf)
     olcf->enable = NGX_CONF_UNSET;
     olcf->max_message_size = NGX_CONF_UNSET_SIZE;
     olcf->max_agent_state = NGX_CONF_UNSET_SIZE;
+    olcf->custom_messages_size = NGX_CONF_UNSET_SIZE;
     olcf->heartbeat_interval = NGX_CONF_UNSET;
     olcf->agent_timeout = NGX_CONF_UNSET_MSEC;
     olcf->send_timeout = NGX_CONF_UNSET_MSEC;
@@ -476,6 +487,9 @@ ngx_http_opamp_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                               NGX_HTTP_OPAMP_DEFAULT_MAX_MESSAGE);
     ngx_conf_merge_size_value(conf->max_agent_state, prev->max_agent_state,
                               NGX_HTTP_OPAMP_DEFAULT_MAX_STATE);
+    ngx_conf_merge_size_value(conf->custom_messages_size,
+                              prev->custom_messages_size,
+                              NGX_HTTP_OPAMP_DEFAULT_CUSTOM_SIZE);
     ngx_conf_merge_sec_value(conf->heartbeat_interval,
                              prev->heartbeat_interval, 30);
     ngx_conf_merge_msec_value(conf->agent_timeout, prev->agent_timeout,

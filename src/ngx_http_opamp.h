@@ -106,6 +106,7 @@ typedef struct {
     ngx_flag_t                  enable;
     size_t                      max_message_size;
     size_t                      max_agent_state;
+    size_t                      custom_messages_size;
     time_t                      heartbeat_interval;
     ngx_msec_t                  agent_timeout;
     ngx_msec_t                  send_timeout;

@@ -42,6 +42,10 @@ typedef struct {
 } ngx_http_opamp_message_t;
 
 
+static ngx_int_t ngx_http_opamp_session_description(
+    ngx_http_opamp_session_t *s, Opamp__Proto__V1__AgentDescription *d,
+    ngx_str_t *out, const char **reason);
+static size_t ngx_http_opamp_session_components(ngx_str_t *in, u_char *out);
 static ngx_int_t ngx_http_opamp_session_report(ngx_http_opamp_session_t *s,
     ngx_http_opamp_a2s_t *msg, ngx_http_opamp_a2s_scan_t *scan);
 static void ngx_http_opamp_session_reported(ngx_http_opamp_report_t *rep,
@@ -225,6 +229,23 @@ done:
 }
 
 
+/*
+ * The most an agent description may hold, as stored (docs/operations.md,
+ * "Limits"): the scripts read it at every report, config change and
+ * admin listing, inside Redis's one thread.  Real agents describe
+ * themselves in a few dozen attributes and a KB or two.
+ */
+#define NGX_HTTP_OPAMP_MAX_ATTRIBUTES        256
+#define NGX_HTTP_OPAMP_MAX_ATTRIBUTES_TEXT   "256"
+#define NGX_HTTP_OPAMP_MAX_DESCRIPTION       65536
+#define NGX_HTTP_OPAMP_MAX_DESCRIPTION_TEXT  "65536"
+
+
+/* AgentToServer numbers of the status fields the scripts read */
+#define NGX_HTTP_OPAMP_SESSION_DESCRIPTION  3
+#define NGX_HTTP_OPAMP_SESSION_COMPONENTS   14
+
+
 /* the status fields of the agent hash and their AgentToServer numbers */
 static ngx_uint_t  ngx_http_opamp_session_status_fields[] = {
     3,      /* NGX_HTTP_OPAMP_FIELD_DESCRIPTION */
@@ -255,13 +276,16 @@ static ngx_int_t
 ngx_http_opamp_session_report(ngx_http_opamp_session_t *s,
     ngx_http_opamp_a2s_t *msg, ngx_http_opamp_a2s_scan_t *scan)
 {
-    u_char                      *p;
-    size_t                       size, len;
-    ngx_int_t                    rc;
-    ngx_uint_t                   i, n;
-    ngx_http_opamp_message_t    *m;
-    ngx_http_opamp_report_t     *rep;
-    ngx_http_opamp_store_req_t  *req;
+    u_char                               *p;
+    size_t                                size, len;
+    ngx_str_t                             desc;
+    ngx_int_t                             rc;
+    ngx_uint_t                            i, n;
+    const char                           *reason;
+    ngx_http_opamp_message_t             *m;
+    ngx_http_opamp_report_t              *rep;
+    ngx_http_opamp_store_req_t           *req;
+    Opamp__Proto__V1__CustomMessage      *cm;
 
     /* one message cannot hold more than the agent may keep in Redis */
 
@@ -279,8 +303,48 @@ ngx_http_opamp_session_report(ngx_http_opamp_session_t *s,
                    "agent state exceeds opamp_max_agent_state");
     }
 
+    cm = msg->custom_message;
+
+    if (cm && cm->capability && cm->capability[0]
+        && NGX_HTTP_OPAMP_UID_STR_LEN + ngx_strlen(cm->capability)
+           + ngx_strlen(cm->type) + cm->data.len
+           > s->conf->custom_messages_size)
+    {
+        ngx_log_error(NGX_LOG_INFO, s->connection->log, 0,
+                      "opamp: custom message of %uz bytes exceeds "
+                      "opamp_custom_messages_size", cm->data.len);
+        return ngx_http_opamp_session_bad_request(s,
+                   "custom message exceeds opamp_custom_messages_size");
+    }
+
+    /* the description as the scripts read it: bounded, and canonical */
+
+    ngx_str_null(&desc);
+
+    if (scan->count[NGX_HTTP_OPAMP_SESSION_DESCRIPTION] && msg->agent_description)
+    {
+        rc = ngx_http_opamp_session_description(s, msg->agent_description,
+                                                &desc, &reason);
+        if (rc == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        if (rc == NGX_DECLINED) {
+            ngx_log_error(NGX_LOG_INFO, s->connection->log, 0,
+                          "opamp: %s", reason);
+            return ngx_http_opamp_session_bad_request(s, reason);
+        }
+
+        size = size - scan->field[NGX_HTTP_OPAMP_SESSION_DESCRIPTION].len
+               + desc.len;
+    }
+
     m = ngx_calloc(sizeof(ngx_http_opamp_message_t), s->connection->log);
     if (m == NULL) {
+        if (desc.data) {
+            ngx_free(desc.data);
+        }
+
         return NGX_ERROR;
     }
 
@@ -304,6 +368,7 @@ ngx_http_opamp_session_report(ngx_http_opamp_session_t *s,
     rep->transport = s->transport;
     rep->agent_timeout = s->conf->agent_timeout;
     rep->max_state = s->conf->max_agent_state;
+    rep->custom_size = s->conf->custom_messages_size;
     rep->first_message = (s->messages == 0
                           || s->transport == NGX_HTTP_OPAMP_TRANSPORT_HTTP);
     rep->disconnect = (msg->agent_disconnect != NULL);
@@ -327,6 +392,10 @@ ngx_http_opamp_session_report(ngx_http_opamp_session_t *s,
 
     m->stored = ngx_alloc(size ? size : 1, s->connection->log);
     if (m->stored == NULL) {
+        if (desc.data) {
+            ngx_free(desc.data);
+        }
+
         ngx_http_opamp_session_free_message(m);
         return NGX_ERROR;
     }
@@ -341,6 +410,21 @@ ngx_http_opamp_session_report(ngx_http_opamp_session_t *s,
         }
 
         rep->fields[i].data = p;
+
+        if (n == NGX_HTTP_OPAMP_SESSION_DESCRIPTION && desc.data) {
+            rep->fields[i].len = desc.len;
+            p = ngx_cpymem(p, desc.data, desc.len);
+            ngx_free(desc.data);
+            desc.data = NULL;
+            continue;
+        }
+
+        if (n == NGX_HTTP_OPAMP_SESSION_COMPONENTS) {
+            rep->fields[i].len = ngx_http_opamp_session_components(
+                                     &scan->field[n], p);
+            p += rep->fields[i].len;
+            continue;
+        }
 
         /* what the scripts never read is stored compressed where that
          * saves bytes: an agent's health tree is most of what is its
@@ -408,6 +492,212 @@ ngx_http_opamp_session_report(ngx_http_opamp_session_t *s,
     s->messages++;
 
     return NGX_OK;
+}
+
+
+/*
+ * The description as the scripts read it (lib/attributes.lua, at every
+ * report, check and admin listing): protobuf-c's encoding of what it
+ * decoded, without the fields it does not know, so that a value an agent
+ * sent a thousand times is there once (the last, as protobuf reads it)
+ * and the scripts' cost is a few fields per attribute, never per byte
+ * sent.  Bounded in attributes and in bytes (docs/operations.md,
+ * "Limits"): NGX_DECLINED and *reason past either.
+ */
+
+static ngx_int_t
+ngx_http_opamp_session_description(ngx_http_opamp_session_t *s,
+    Opamp__Proto__V1__AgentDescription *d, ngx_str_t *out,
+    const char **reason)
+{
+    u_char                               *mem;
+    size_t                                n, i;
+    Opamp__Proto__V1__KeyValue          **kv, *src, *k;
+    Opamp__Proto__V1__AnyValue           *av;
+    Opamp__Proto__V1__AgentDescription    copy;
+
+    n = d->n_identifying_attributes + d->n_non_identifying_attributes;
+
+    if (n > NGX_HTTP_OPAMP_MAX_ATTRIBUTES) {
+        *reason = "agent description has more than "
+                  NGX_HTTP_OPAMP_MAX_ATTRIBUTES_TEXT " attributes";
+        return NGX_DECLINED;
+    }
+
+    /* shallow copies, each without its unknown fields */
+
+    mem = ngx_alloc(n * (sizeof(Opamp__Proto__V1__KeyValue *)
+                         + sizeof(Opamp__Proto__V1__KeyValue)
+                         + sizeof(Opamp__Proto__V1__AnyValue)) + 1,
+                    s->connection->log);
+    if (mem == NULL) {
+        return NGX_ERROR;
+    }
+
+    kv = (Opamp__Proto__V1__KeyValue **) mem;
+    k = (Opamp__Proto__V1__KeyValue *) (kv + n);
+    av = (Opamp__Proto__V1__AnyValue *) (k + n);
+
+    for (i = 0; i < n; i++) {
+        src = (i < d->n_identifying_attributes)
+              ? d->identifying_attributes[i]
+              : d->non_identifying_attributes[i
+                                          - d->n_identifying_attributes];
+        k[i] = *src;
+        k[i].base.n_unknown_fields = 0;
+        k[i].base.unknown_fields = NULL;
+
+        if (src->value) {
+            av[i] = *src->value;
+            av[i].base.n_unknown_fields = 0;
+            av[i].base.unknown_fields = NULL;
+            k[i].value = &av[i];
+        }
+
+        kv[i] = &k[i];
+    }
+
+    copy = *d;
+    copy.base.n_unknown_fields = 0;
+    copy.base.unknown_fields = NULL;
+    copy.identifying_attributes = kv;
+    copy.non_identifying_attributes = kv + d->n_identifying_attributes;
+
+    if (protobuf_c_message_get_packed_size(&copy.base)
+        > NGX_HTTP_OPAMP_MAX_DESCRIPTION)
+    {
+        ngx_free(mem);
+        *reason = "agent description exceeds "
+                  NGX_HTTP_OPAMP_MAX_DESCRIPTION_TEXT " bytes";
+        return NGX_DECLINED;
+    }
+
+    if (ngx_http_opamp_proto_pack(&copy.base, out, s->connection->log)
+        != NGX_OK)
+    {
+        ngx_free(mem);
+        return NGX_ERROR;
+    }
+
+    ngx_free(mem);
+
+    return NGX_OK;
+}
+
+
+/* a varint of the wire scan's checked bytes; NULL past the end */
+
+static u_char *
+ngx_http_opamp_session_varint(u_char *p, u_char *last, uint64_t *v)
+{
+    ngx_uint_t  shift;
+
+    *v = 0;
+
+    for (shift = 0; p < last && shift < 64; shift += 7) {
+        *v |= (uint64_t) (*p & 0x7f) << shift;
+
+        if (*p++ < 0x80) {
+            return p;
+        }
+    }
+
+    return NULL;
+}
+
+
+/*
+ * AvailableComponents with its hash first: the script (components_of()
+ * in report.lua) reads two fields to know the hash and whether a list
+ * came, however long the list, instead of walking every entry to the
+ * hash that protobuf writers put last.  The hash once (the last, as
+ * protobuf reads it), then every other field in its order; protobuf
+ * readers take fields in any order.  Never longer than the input.
+ */
+
+static size_t
+ngx_http_opamp_session_components(ngx_str_t *in, u_char *out)
+{
+    u_char    *p, *last, *start, *hash, *o;
+    uint64_t   tag, len;
+    size_t     hash_len;
+    ngx_uint_t pass;
+
+    o = out;
+    hash = NULL;
+    hash_len = 0;
+
+    for (pass = 0; pass < 2; pass++) {
+        p = in->data;
+        last = in->data + in->len;
+
+        if (pass == 1 && hash) {
+            *o++ = 0x12;
+            len = hash_len;
+
+            while (len >= 0x80) {
+                *o++ = (u_char) (len | 0x80);
+                len >>= 7;
+            }
+
+            *o++ = (u_char) len;
+            o = ngx_cpymem(o, hash, hash_len);
+        }
+
+        while (p < last) {
+            start = p;
+
+            p = ngx_http_opamp_session_varint(p, last, &tag);
+            if (p == NULL) {
+                return o - out;
+            }
+
+            switch (tag & 7) {
+
+            case 0:
+                p = ngx_http_opamp_session_varint(p, last, &len);
+                break;
+
+            case 1:
+                p = (last - p >= 8) ? p + 8 : NULL;
+                break;
+
+            case 2:
+                p = ngx_http_opamp_session_varint(p, last, &len);
+                if (p && (uint64_t) (last - p) >= len) {
+                    if (tag == 0x12) {
+                        hash = p;
+                        hash_len = len;
+                    }
+
+                    p += len;
+
+                } else {
+                    p = NULL;
+                }
+
+                break;
+
+            case 5:
+                p = (last - p >= 4) ? p + 4 : NULL;
+                break;
+
+            default:
+                p = NULL;
+            }
+
+            if (p == NULL) {
+                /* the wire scan let nothing malformed through */
+                return o - out;
+            }
+
+            if (pass == 1 && tag != 0x12) {
+                o = ngx_cpymem(o, start, p - start);
+            }
+        }
+    }
+
+    return o - out;
 }
 
 

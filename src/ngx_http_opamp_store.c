@@ -19,11 +19,11 @@ typedef struct {
 
 /*
  * The arguments of a call of each script: EVALSHA, sha1, numkeys, then
- * the keys and ARGV its header lists.  report.lua: 5 keys and 36 ARGV;
+ * the keys and ARGV its header lists.  report.lua: 5 keys and 37 ARGV;
  * check.lua and beats.lua: their keys and ARGV before the agents, then
  * as many per agent as the _AGENT_ARGC says.
  */
-#define NGX_HTTP_OPAMP_REPORT_ARGC       (3 + 5 + 36)
+#define NGX_HTTP_OPAMP_REPORT_ARGC       (3 + 5 + 37)
 #define NGX_HTTP_OPAMP_CHECK_ARGC        (3 + 2 + 5)
 #define NGX_HTTP_OPAMP_BEATS_ARGC        (3 + 1 + 2)
 
@@ -375,6 +375,7 @@ ngx_http_opamp_store_send_report(ngx_http_opamp_store_req_t *req,
     u_char                    pid[NGX_INT64_LEN], timeout[NGX_INT64_LEN];
     u_char                    mask[NGX_INT_T_LEN];
     u_char                    state[NGX_SIZE_T_LEN];
+    u_char                    custom[NGX_SIZE_T_LEN];
     size_t                    argvlen[NGX_HTTP_OPAMP_REPORT_ARGC];
     ngx_str_t                *channel;
     ngx_uint_t                i, bits;
@@ -513,6 +514,9 @@ ngx_http_opamp_store_send_report(ngx_http_opamp_store_req_t *req,
 
     NGX_HTTP_OPAMP_ARG(ngx_http_opamp_store_str(&rep->conn_settings_status),
                        rep->conn_settings_status.len);
+
+    p = ngx_sprintf(custom, "%uz", rep->custom_size);
+    NGX_HTTP_OPAMP_ARG_END(custom, p);
 
     if (ngx_http_opamp_redis_command(argc, argv, argvlen,
                                      ngx_http_opamp_store_report_done, req)

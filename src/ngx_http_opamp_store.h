@@ -57,6 +57,7 @@ typedef struct {
     ngx_uint_t          transport;
     ngx_msec_t          agent_timeout;
     size_t              max_state;           /* opamp_max_agent_state */
+    size_t              custom_size;     /* opamp_custom_messages_size */
     ngx_str_t           conn_settings_hash;  /* hex; empty: no offer */
     unsigned            first_message:1;     /* first on this connection */
     unsigned            disconnect:1;

@@ -45,6 +45,8 @@
 -- ARGV[36] connection_settings_status reported: "" when not reported,
 --          else its status name, a space and last_connection_settings_hash
 --          in hex
+-- ARGV[37] opamp_custom_messages_size, bytes: what the custom_messages
+--          stream may hold
 --
 -- Heartbeats that a worker batches go to beats.lua, which takes the same
 -- short way (lib/short_way.lua); after a config change, check.lua looks
@@ -159,34 +161,78 @@ end
 
 -- an AvailableComponents message (protobuf): its hash, and whether it
 -- lists components (field 1) or carries the hash only (field 2, as
--- opamp-go sends it until the server sets ReportAvailableComponents);
--- nil, false for what this short reader does not follow
+-- opamp-go sends it until the server sets ReportAvailableComponents).
+-- The worker puts the hash first (docs/redis-schema.md), so two fields
+-- tell both; at most four are read, whoever wrote the bytes, so that a
+-- hash behind a long list (bytes written by another writer) is not
+-- found: nil, and the agent is asked for its list again.
 local function components_of(pb)
     local i, n, hash, list = 1, #pb, nil, false
-    while i <= n do
-        local tag = string.byte(pb, i)
-        if tag >= 128 or (tag % 8 ~= 0 and tag % 8 ~= 2) then
+    for _ = 1, 4 do
+        if i > n then
+            break
+        end
+        local field, wire, a, b, past = next_field(pb, i, n)
+        if not field then
             return nil, false
         end
-        local len, mul, b = 0, 1, 128
-        i = i + 1
-        while b >= 128 do
-            b = string.byte(pb, i)
-            if not b then
-                return nil, false
-            end
-            len, mul, i = len + (b % 128) * mul, mul * 128, i + 1
+        if field == 1 and wire == 2 then
+            list = true
+        elseif field == 2 and wire == 2 then
+            hash = string.sub(pb, a, b)
         end
-        if tag % 8 == 2 then
-            if tag == 10 then
-                list = true
-            elseif tag == 18 then
-                hash = string.sub(pb, i, i + len - 1)
-            end
-            i = i + len
-        end
+        i = past
     end
     return hash, list
+end
+
+-- The custom_messages stream: at most CUSTOM_ENTRIES entries and at most
+-- size bytes of field values (docs/redis-schema.md).  The bytes it holds
+-- are counted in <prefix>custom_messages_bytes as entries come and go;
+-- the oldest entries go first, read in batches, each once, so a message
+-- costs a constant on average and at most the entries that make room for
+-- it.  A count that is missing while the stream is not (a stream of an
+-- older version, whose sizes were never counted) starts the stream anew;
+-- one that entries deleted by someone else left too high makes the
+-- module keep fewer bytes until the stream is down to the new entry,
+-- when it is set right.
+local CUSTOM_ENTRIES = 10000
+
+local function custom_message(who, cap, typ, data, size)
+    local sk = prefix .. 'custom_messages'
+    local ck = sk .. '_bytes'
+    local bytes = #who + #cap + #typ + #data
+    if bytes > size then
+        return
+    end
+    local total = redis.call('GET', ck)
+    if not total then
+        redis.call('DEL', sk)
+    end
+    redis.call('XADD', sk, '*', 'instance_uid', who, 'capability', cap,
+               'type', typ, 'data', data)
+    total = (tonumber(total) or 0) + bytes
+    local n = redis.call('XLEN', sk)
+    while (n > CUSTOM_ENTRIES or total > size) and n > 1 do
+        local old = redis.call('XRANGE', sk, '-', '+', 'COUNT',
+                               math.min(100, n - 1))
+        local ids = {}
+        for _, e in ipairs(old) do
+            if n <= CUSTOM_ENTRIES and total <= size then
+                break
+            end
+            ids[#ids + 1] = e[1]
+            for j = 2, #e[2], 2 do
+                total = total - #e[2][j]
+            end
+            n = n - 1
+        end
+        redis.call('XDEL', sk, unpack(ids))
+    end
+    if n <= 1 then
+        total = bytes
+    end
+    redis.call('SET', ck, tostring(total))
 end
 
 -- Content that many agents report alike is stored once (a build's
@@ -467,9 +513,7 @@ end
 
 -- messages of agents for a control plane to read, fleet-wide, bounded
 if ARGV[31] ~= '' then
-    redis.call('XADD', prefix .. 'custom_messages', 'MAXLEN', '~', '10000',
-               '*', 'instance_uid', uid, 'capability', ARGV[31],
-               'type', ARGV[32], 'data', ARGV[33])
+    custom_message(uid, ARGV[31], ARGV[32], ARGV[33], tonumber(ARGV[37]))
 end
 
 local owed_hash, owed_files = '', {}

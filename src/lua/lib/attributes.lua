@@ -1,13 +1,11 @@
 -- lib/attributes.lua, included after lib/protobuf.lua by the scripts
 -- that match selectors: the attributes of an AgentDescription (protobuf,
--- as the agent sent it) as a table of key -> string, the way selectors
--- see them: identifying and
--- non-identifying attributes alike (an identifying one wins over a
--- non-identifying one of the same key), strings as they are, booleans as
--- "true"/"false", integers in decimal; other kinds of values are not
--- selectable.  The worker checked the message's wire format before it
--- was stored, but anyone may write Redis: this reader stops at anything
--- it does not expect, keeping what it read so far.
+-- as the worker stored it) as a table of key -> string, the way
+-- selectors see them: identifying and non-identifying attributes alike
+-- (an identifying one wins over a non-identifying one of the same key),
+-- strings as they are, booleans as "true"/"false", integers in decimal;
+-- other kinds of values are not selectable.  This reader stops at
+-- anything it does not expect, keeping what it read so far.
 
 -- decimal text of limbs (base 1e7, least significant first)
 local function limbs_text(l)
@@ -60,51 +58,71 @@ local function int64_text(g)
     return '-' .. limbs_text(out)
 end
 
+-- A description the worker stored is canonical (docs/redis-schema.md):
+-- protobuf-c's encoding of what it decoded, one value per KeyValue, at
+-- most 256 attributes, no unknown fields, so that reading it costs a few
+-- fields per attribute.  Anyone may write Redis, though: the reader
+-- reads at most ATTR_FIELDS fields of one description at all levels
+-- together, skips nested values (arrays, kvlists, bytes) by their length
+-- without walking them, and copies or converts a value once, at the end
+-- of its KeyValue, however often the value came: its cost is bounded
+-- whatever the bytes.
+local ATTR_FIELDS = 2048
+local attr_left = 0
+
 -- the selectable text of an AnyValue, or nil (the last value set wins,
 -- as protobuf reads a oneof)
 local function any_value_text(pb, i, n)
-    local text = nil
-    while i <= n do
+    local kind, va, vb = nil, nil, nil
+    while i <= n and attr_left > 0 do
+        attr_left = attr_left - 1
         local field, wire, a, b, past = next_field(pb, i, n)
         if not field then
-            return text
+            break
         end
-        if field == 1 and wire == 2 then
-            text = string.sub(pb, a, b)
-        elseif field == 2 and wire == 0 then
-            -- any bit set in the varint's groups
-            local any = false
-            for j = a, b do
-                any = any or string.byte(pb, j) % 128 ~= 0
-            end
-            text = any and 'true' or 'false'
-        elseif field == 3 and wire == 0 then
-            text = int64_text(varint_groups(pb, a, b))
+        if (field == 1 and wire == 2) or (field == 2 or field == 3)
+                                         and wire == 0 then
+            kind, va, vb = field, a, b
         elseif field >= 4 and field <= 7 then
-            text = nil
+            kind = nil
         end
         i = past
     end
-    return text
+    if kind == 1 then
+        return string.sub(pb, va, vb)
+    elseif kind == 2 then
+        -- any bit set in the varint's groups
+        for j = va, vb do
+            if string.byte(pb, j) % 128 ~= 0 then
+                return 'true'
+            end
+        end
+        return 'false'
+    elseif kind == 3 then
+        return int64_text(varint_groups(pb, va, vb))
+    end
+    return nil
 end
 
 -- one KeyValue into t
 local function key_value(pb, i, n, t)
-    local key, value = '', nil
-    while i <= n do
+    local ka, kb, va, vb = nil, nil, nil, nil
+    while i <= n and attr_left > 0 do
+        attr_left = attr_left - 1
         local field, wire, a, b, past = next_field(pb, i, n)
         if not field then
             return
         end
         if field == 1 and wire == 2 then
-            key = string.sub(pb, a, b)
+            ka, kb = a, b
         elseif field == 2 and wire == 2 then
-            value = any_value_text(pb, a, b)
+            va, vb = a, b
         end
         i = past
     end
+    local value = va and any_value_text(pb, va, vb)
     if value then
-        t[key] = value
+        t[ka and string.sub(pb, ka, kb) or ''] = value
     end
 end
 
@@ -113,20 +131,22 @@ local function attributes_of(pb)
     if not pb or pb == '' then
         return t
     end
-    local n = #pb
-    -- non-identifying (2) first, so that identifying ones (1) win
-    for _, want in ipairs({ 2, 1 }) do
-        local i = 1
-        while i <= n do
-            local field, wire, a, b, past = next_field(pb, i, n)
-            if not field then
-                break
-            end
-            if field == want and wire == 2 then
-                key_value(pb, a, b, t)
-            end
-            i = past
+    local n, i, ident = #pb, 1, {}
+    attr_left = ATTR_FIELDS
+    -- identifying ones (1) win over non-identifying ones (2)
+    while i <= n and attr_left > 0 do
+        attr_left = attr_left - 1
+        local field, wire, a, b, past = next_field(pb, i, n)
+        if not field then
+            break
         end
+        if wire == 2 and (field == 1 or field == 2) then
+            key_value(pb, a, b, field == 1 and ident or t)
+        end
+        i = past
+    end
+    for k, v in pairs(ident) do
+        t[k] = v
     end
     return t
 end

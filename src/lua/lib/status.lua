@@ -19,14 +19,20 @@ local status_order = { 'description', 'health', 'effective_config',
                        'connection_settings_status' }
 
 -- the fields of a stored string as name -> bytes (unknown numbers, and
--- whatever follows something malformed, are left out)
+-- whatever follows something malformed, are left out).  The worker writes
+-- at most eight fields; at most STATUS_FIELDS are read of what anyone
+-- else may have written, so that a string of many tiny fields costs no
+-- more than a real one.
+local STATUS_FIELDS = 32
+
 local function status_read(s)
     local t = {}
     if not s then
         return t
     end
-    local i, n = 1, #s
-    while i <= n do
+    local i, n, left = 1, #s, STATUS_FIELDS
+    while i <= n and left > 0 do
+        left = left - 1
         local field, wire, a, b, past = next_field(s, i, n)
         if not field then
             break
