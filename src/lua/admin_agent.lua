@@ -58,7 +58,7 @@ end
 
 if desc then
     out[#out + 1] = 'attributes'
-    out[#out + 1] = cjson.encode(attributes_of(desc))
+    out[#out + 1] = cjson.encode((attributes_of(desc)))
 end
 
 return out

@@ -1,6 +1,9 @@
 -- admin_list.lua: one page of the fleet for the admin API, newest
 -- last_seen first, filtered inside Redis.  Bounded work per call: at most
--- ARGV[4] index entries are examined; the cursor says where to go on.
+-- ARGV[4] index entries are examined, and the page ends after the one
+-- whose description brings the protobuf fields read to LIST_FIELDS (16
+-- agents at the largest description a worker stores, some 400 real
+-- ones); the cursor says where to go on.
 --
 -- KEYS[1]  <prefix>agents
 -- ARGV[1]  key prefix
@@ -44,6 +47,9 @@ for i = 10, #ARGV do
     want[#want + 1] = { k, v }
 end
 
+local LIST_FIELDS = 16384
+local read = 0
+
 local out = { '' }
 local live_from = ARGV[6] == '1' and ARGV[9] or nil
 local uids
@@ -82,8 +88,10 @@ for _, uid in ipairs(uids) do
                                                .. 'status:{' .. uid .. '}'))
                      or redis.call('HGET', key, 'description')
         if desc then
-            attrs = attributes_of(desc)
+            local n
+            attrs, n = attributes_of(desc)
             a[12] = cjson.encode(attrs)
+            read = read + n
         end
     end
     if ok and #want > 0 then
@@ -106,6 +114,9 @@ for _, uid in ipairs(uids) do
         if #out - 1 >= limit then
             break
         end
+    end
+    if read >= LIST_FIELDS then
+        break
     end
 end
 

@@ -67,6 +67,7 @@
 --@include lib/protobuf.lua
 --@include lib/attributes.lua
 --@include lib/status.lua
+--@include lib/components.lua
 --@include lib/state.lua
 
 -- the layout version of the agent hash (docs/redis-schema.md); the
@@ -159,80 +160,55 @@ local function settle_mark()
     return version .. ' ' .. beat_mark(ARGV[5], ARGV[15], conn, transport)
 end
 
--- an AvailableComponents message (protobuf): its hash, and whether it
--- lists components (field 1) or carries the hash only (field 2, as
--- opamp-go sends it until the server sets ReportAvailableComponents).
--- The worker puts the hash first (docs/redis-schema.md), so two fields
--- tell both; at most four are read, whoever wrote the bytes, so that a
--- hash behind a long list (bytes written by another writer) is not
--- found: nil, and the agent is asked for its list again.
-local function components_of(pb)
-    local i, n, hash, list = 1, #pb, nil, false
-    for _ = 1, 4 do
-        if i > n then
-            break
-        end
-        local field, wire, a, b, past = next_field(pb, i, n)
-        if not field then
-            return nil, false
-        end
-        if field == 1 and wire == 2 then
-            list = true
-        elseif field == 2 and wire == 2 then
-            hash = string.sub(pb, a, b)
-        end
-        i = past
-    end
-    return hash, list
-end
-
 -- The custom_messages stream: at most CUSTOM_ENTRIES entries and at most
--- size bytes of field values (docs/redis-schema.md).  The bytes it holds
--- are counted in <prefix>custom_messages_bytes as entries come and go;
--- the oldest entries go first, read in batches, each once, so a message
--- costs a constant on average and at most the entries that make room for
--- it.  A count that is missing while the stream is not (a stream of an
--- older version, whose sizes were never counted) starts the stream anew;
--- one that entries deleted by someone else left too high makes the
--- module keep fewer bytes until the stream is down to the new entry,
--- when it is set right.
+-- size bytes of field values (docs/redis-schema.md).  Each entry's place
+-- in the bytes ever appended is kept in <prefix>custom_messages_offsets
+-- (a sorted set of "<id> <bytes>" scored by where the entry starts), so
+-- that what has to go is found by Redis in log time and trimmed in one
+-- XTRIM, never read entry by entry in Lua.  A stream of an older version
+-- (no offsets yet) is started anew: its entries' sizes were never known.
 local CUSTOM_ENTRIES = 10000
 
 local function custom_message(who, cap, typ, data, size)
     local sk = prefix .. 'custom_messages'
-    local ck = sk .. '_bytes'
+    local zk = sk .. '_offsets'
     local bytes = #who + #cap + #typ + #data
     if bytes > size then
         return
     end
-    local total = redis.call('GET', ck)
-    if not total then
-        redis.call('DEL', sk)
+    local newest = redis.call('ZRANGE', zk, -1, -1, 'WITHSCORES')
+    local start = 0
+    if newest[1] then
+        start = tonumber(newest[2])
+                + tonumber(string.match(newest[1], ' (%d+)$') or '0')
     end
-    redis.call('XADD', sk, '*', 'instance_uid', who, 'capability', cap,
-               'type', typ, 'data', data)
-    total = (tonumber(total) or 0) + bytes
-    local n = redis.call('XLEN', sk)
-    while (n > CUSTOM_ENTRIES or total > size) and n > 1 do
-        local old = redis.call('XRANGE', sk, '-', '+', 'COUNT',
-                               math.min(100, n - 1))
-        local ids = {}
-        for _, e in ipairs(old) do
-            if n <= CUSTOM_ENTRIES and total <= size then
-                break
-            end
-            ids[#ids + 1] = e[1]
-            for j = 2, #e[2], 2 do
-                total = total - #e[2][j]
-            end
-            n = n - 1
+    local id = redis.call('XADD', sk, '*', 'instance_uid', who,
+                          'capability', cap, 'type', typ, 'data', data)
+    redis.call('ZADD', zk, string.format('%.0f', start), id .. ' ' .. bytes)
+    -- how many of the oldest go: by count, and by bytes (those that start
+    -- before the last size bytes)
+    local k = math.max(redis.call('ZCARD', zk) - CUSTOM_ENTRIES,
+                       redis.call('ZCOUNT', zk, '-inf', '('
+                                  .. string.format('%.0f',
+                                                   start + bytes - size)))
+    local cut
+    if k > 0 then
+        cut = string.match(redis.call('ZRANGE', zk, k - 1, k - 1)[1],
+                           '^(%S+)')
+        redis.call('ZREMRANGEBYRANK', zk, 0, k - 1)
+    elseif not newest[1] then
+        cut = id
+    end
+    if cut then
+        -- everything up to cut goes: MINID keeps the ids from its next one
+        local ms, sq = string.match(cut, '^(%d+)%-(%d+)$')
+        if cut == id then
+            redis.call('XTRIM', sk, 'MINID', id)
+        else
+            redis.call('XTRIM', sk, 'MINID', ms .. '-'
+                       .. string.format('%.0f', tonumber(sq) + 1))
         end
-        redis.call('XDEL', sk, unpack(ids))
     end
-    if n <= 1 then
-        total = bytes
-    end
-    redis.call('SET', ck, tostring(total))
 end
 
 -- Content that many agents report alike is stored once (a build's

@@ -126,10 +126,11 @@ local function key_value(pb, i, n, t)
     end
 end
 
+-- the attributes of pb, and how many fields were read for them
 local function attributes_of(pb)
     local t = {}
     if not pb or pb == '' then
-        return t
+        return t, 0
     end
     local n, i, ident = #pb, 1, {}
     attr_left = ATTR_FIELDS
@@ -148,5 +149,5 @@ local function attributes_of(pb)
     for k, v in pairs(ident) do
         t[k] = v
     end
-    return t
+    return t, ATTR_FIELDS - attr_left
 end

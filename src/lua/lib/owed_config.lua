@@ -223,7 +223,7 @@ local function owed_config(set, caps, desc, reported, force, now, pre)
             end
             desc = desc or redis.call('HGET', key, 'description') or ''
         end
-        desired, dhash = resolve(attributes_of(desc))
+        desired, dhash = resolve((attributes_of(desc)))
         set[#set + 1] = 'desired_config'
         set[#set + 1] = desired
         set[#set + 1] = 'desired_hash'

@@ -1,0 +1,342 @@
+#!/usr/bin/perl
+
+# Redis time per message, at the default limits: the worst messages this
+# test can make for each field that the scripts read (the description,
+# the available components, a custom message), descriptions and status
+# strings written straight into Redis by someone else, a page of the
+# admin listing of agents at the largest description allowed, and the
+# custom messages stream filled by count and by bytes.  Redis's own
+# SLOWLOG times each script call; every one must stay under the budget
+# of docs/operations.md ("Limits", "Redis time").  The budget leaves
+# room for a loaded machine: these calls take well under a tenth of it
+# here, and the code before the bounds took 0.4 to 1.2 s for the first
+# case alone.
+
+use strict;
+use warnings;
+
+use Test::More;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use JSON::PP;
+use Time::HiRes qw(time);
+
+use OpAMPTest;
+
+# docs/operations.md, "Redis time": no agent message costs Redis more
+# than this, nor does a page of the admin listing
+my $BUDGET_MS = 50;
+
+my $t = OpAMPTest->new;
+$t->start_redis;
+$t->start_nginx('
+        location = /small {
+            opamp;
+            opamp_custom_messages_size 64k;
+        }
+        location /admin/ { opamp_admin; }', workers => 1);
+
+my $P = 'opamp:';
+
+# --- a protobuf encoder of our own (protoc refuses most of these) ---------
+
+sub vint {
+    my ($n) = @_;
+    my $o = '';
+    while ($n >= 0x80) {
+        $o .= chr(($n & 0x7f) | 0x80);
+        $n >>= 7;
+    }
+    return $o . chr($n);
+}
+
+sub fld  { my ($n, $b) = @_; return vint($n << 3 | 2) . vint(length $b) . $b }
+sub fvar { my ($n, $v) = @_; return vint($n << 3) . vint($v) }
+
+# a negative int64 on the wire: ten bytes, the slowest integer to read
+my $NEG = "\x18" . ("\xff" x 9) . "\x01";
+
+sub kv { my ($k, $any) = @_; return fld(1, $k) . fld(2, $any) }
+
+sub a2s {
+    my ($uid, $seq, @rest) = @_;
+    return fld(1, $uid) . fvar(2, $seq) . fvar(4, 1 | 2 | 0x4000)
+           . join('', @rest);
+}
+
+# --- SLOWLOG: every script call timed by Redis ---------------------------
+
+$t->redis('CONFIG', 'SET', 'slowlog-log-slower-than', 0);
+$t->redis('CONFIG', 'SET', 'slowlog-max-len', 10000);
+
+sub slow_reset { $t->redis('SLOWLOG', 'RESET') }
+
+# the longest script call since slow_reset, in ms
+sub slowest {
+    my $max = 0;
+    for my $e (@{ $t->redis('SLOWLOG', 'GET', 10000) }) {
+        next unless $e->[3][0] =~ /^EVAL/i;
+        $max = $e->[2] if $e->[2] > $max;
+    }
+    return $max / 1000;
+}
+
+my %figures;
+
+sub within {
+    my ($name) = @_;
+    my $ms = slowest();
+    $figures{$name} = $ms;
+    cmp_ok($ms, '<', $BUDGET_MS, "$name: the slowest script call took "
+           . sprintf('%.2f', $ms) . " ms, under the budget of $BUDGET_MS ms");
+}
+
+sub post {
+    my ($bytes, %h) = @_;
+    my ($s, $h, $b) = $t->http_post($bytes, %h);
+    my $m = eval { $t->s2a($b) };
+    return ($s, $m);
+}
+
+# --- the description -------------------------------------------------------
+
+# the issue's message: one attribute whose value repeats int_value
+# 450,000 times (legal protobuf, the last one wins), 900 KB; whatever the
+# worker answers, Redis is not held up
+my $u1 = random_uid();
+my $rep = fld(3, fld(2, kv('k', "\x18\x05" x 450000)));
+slow_reset();
+my ($s, $m) = post(a2s($u1, 0, $rep));
+like($s, qr/^(200|400)$/, "a description repeating int_value 450,000 times "
+     . "(900 KB): $s");
+within('a 900 KB description of one repeated int_value');
+
+# what the worker takes of it is stored canonical: one value
+my $u1b = random_uid();
+slow_reset();
+($s, $m) = post(a2s($u1b, 0, fld(3, fld(2, kv('k', "\x18\x05" x 20000)))));
+is($s, 200, 'a description repeating int_value 20,000 times (40 KB) is '
+   . 'taken');
+within('a 40 KB description of one repeated int_value');
+is($t->agent($u1b)->{description} // '', fld(2, kv('k', "\x18\x05")),
+   'it is stored canonical: the last value once, as protobuf reads it');
+
+# the most attributes allowed, each a negative int64 (the slowest value to
+# read), identifying and non-identifying
+my @attrs = map { fld($_ % 2 + 1, kv("key.$_", $NEG)) } 1 .. 256;
+my $u2 = random_uid();
+slow_reset();
+($s, $m) = post(a2s($u2, 0, fld(3, join '', @attrs)));
+is($s, 200, '256 attributes of negative integers are taken');
+within('256 integer attributes');
+
+# long keys and values: 256 attributes of 250 bytes, about 64 KB
+my $long = join '', map {
+    fld(2, kv(sprintf('%-100s', "k$_"), fld(1, 'v' x 140)))
+} 1 .. 256;
+my $u3 = random_uid();
+slow_reset();
+($s, $m) = post(a2s($u3, 0, fld(3, $long)));
+is($s, 200, '256 attributes of 250 bytes each (' . length($long)
+   . ' bytes) are taken');
+within('256 attributes of 250 bytes');
+
+# nested values: an array of arrays 45 deep (90 levels) beside 255 string attributes
+my $nest = fld(1, 'leaf');
+$nest = fld(5, fld(1, $nest)) for 1 .. 45;
+my $u4 = random_uid();
+slow_reset();
+($s, $m) = post(a2s($u4, 0, fld(3, fld(2, kv('deep', $nest)) . join '',
+                                  map { fld(2, kv("s$_", fld(1, 'x'))) }
+                                  1 .. 255)));
+is($s, 200, 'a nested value 90 levels deep among 255 attributes is taken');
+within('a nested value 90 levels deep among 255 attributes');
+
+# past the bounds: refused, with the reason, nothing stored
+my $u5 = random_uid();
+($s, $m) = post(a2s($u5, 0, fld(3, join '', @attrs, fld(2, kv('one', $NEG)))));
+is($s, 400, '257 attributes: 400');
+like($m->{error_response}{error_message} // '',
+     qr/agent description has more than 256 attributes/, 'with the reason');
+is($t->agent($u5)->{sequence_num}, undef, 'nothing stored');
+($s, $m) = post(a2s($u5, 0, fld(3, fld(2, kv('big', fld(1, 'v' x 65536))))));
+is($s, 400, 'a description of more than 65,536 bytes: 400');
+like($m->{error_response}{error_message} // '',
+     qr/agent description exceeds 65536 bytes/, 'with the reason');
+
+# --- the available components ---------------------------------------------
+
+# 30,000 components and the hash behind them, as protobuf writers put it
+my $comp = join('', map { fld(1, fld(1, "c$_") . fld(2, '')) } 1 .. 30000)
+           . fld(2, 'h' x 32);
+my $u6 = random_uid();
+slow_reset();
+($s, $m) = post(a2s($u6, 0, fld(3, fld(1, kv('service.name', fld(1, 'x')))),
+                    fld(14, $comp)));
+is($s, 200, 'available components: 30,000 entries (' . length($comp)
+   . ' bytes) with the hash last');
+within('30,000 available components');
+like($t->hgetall($t->agent_key($u6))->{available_components_ref} // '',
+     qr/^(68){32}$/, 'the list is known by its hash, which the worker put '
+     . 'first');
+($s, $m) = post(a2s($u6, 1, fld(14, fld(2, 'h' x 32))));
+ok(!($m->{flags} // 0 & 4), 'the hash alone next time: the list is not '
+   . 'asked for again');
+
+# --- hostile bytes written straight into Redis ------------------------------
+
+# the issue's description, 900 KB, as another writer may store it, and a
+# status string of 450,000 empty fields: the reports of those agents, a
+# config change that makes each be matched again, their admin views
+my @hostile;
+for my $i (1 .. 4) {
+    my $u = random_uid();
+    push @hostile, $u;
+    post(a2s($u, 0, fld(3, fld(1, kv('service.name', fld(1, "h$i"))))));
+    my $bytes = $i % 2 ? $rep : "\x2a\x00" x 450000;
+    $t->redis('SET', $t->status_key($u), $bytes);
+}
+# a config change: every agent is matched again at its next message
+$t->http_post('{"selector":"k=5","priority":1,"files":{"a.yaml":'
+              . '{"body":"a: 1\\n","content_type":"text/yaml"}}}',
+              -method => 'PUT', -path => '/admin/configs/groups/g',
+              'Content-Type' => 'application/json');
+slow_reset();
+for my $i (0 .. 3) {
+    ($s, $m) = post(a2s($hostile[$i], 1));
+    is($s, 200, "a report of agent $i over hostile stored bytes: 200");
+}
+within('reports over 900 KB of hostile stored bytes');
+
+slow_reset();
+for my $u (@hostile) {
+    my ($st) = $t->http_post('', -method => 'GET',
+                             -path => '/admin/agents/'
+                                      . OpAMPTest::uid_text($u));
+    is($st, 200, 'the admin view of an agent with hostile bytes');
+}
+my ($st, $hd, $body) = $t->http_post('', -method => 'GET',
+                                     -path => '/admin/agents?limit=100');
+is($st, 200, 'the admin listing over them');
+within('the admin views and listing over hostile stored bytes');
+
+# --- a page of the admin listing at the largest descriptions -------------
+
+my %big;
+for my $i (1 .. 100) {
+    my $u = random_uid();
+    $big{ OpAMPTest::uid_text($u) } = 1;
+    post(a2s($u, 0, fld(3, $long)));
+}
+my ($pages, %seen, $cursor) = (0);
+my $slow_page = 0;
+do {
+    slow_reset();
+    ($st, $hd, $body) = $t->http_post('', -method => 'GET',
+        -path => '/admin/agents?limit=100'
+                 . (defined $cursor ? "&cursor=$cursor" : ''));
+    my $ms = slowest();
+    $slow_page = $ms if $ms > $slow_page;
+    my $page = eval { JSON::PP->new->decode($body) } // {};
+    $seen{ $_->{instance_uid} }++ for @{ $page->{agents} // [] };
+    $cursor = $page->{next_cursor};
+    $pages++;
+} while (defined $cursor && $pages < 50);
+$figures{'a page of the listing over agents of 256 attributes and 64 KB'}
+    = $slow_page;
+cmp_ok($slow_page, '<', $BUDGET_MS, 'the agents listing over 100 agents of '
+       . '256 attributes and 64 KB: each page under the budget ('
+       . sprintf('%.2f', $slow_page) . " ms, $pages pages)");
+cmp_ok($pages, '>', 2, 'pages end early when their descriptions are large');
+is(scalar(grep { $seen{$_} } keys %big), 100, 'and the cursor leads to '
+   . 'every agent');
+
+# --- custom messages: bounded by count and by bytes -------------------------
+
+sub custom {
+    my ($uid, $seq, $data) = @_;
+    return a2s($uid, $seq, fld(13, fld(1, 'io.example.x') . fld(2, 't')
+                                   . fld(3, $data)));
+}
+
+my $cs = "${P}custom_messages";
+my $cu = random_uid();
+my $seq = 0;
+slow_reset();
+for my $i (1 .. 40) {
+    ($s, $m) = post(custom($cu, $seq++, sprintf('%04d', $i) . ('d' x 4000)),
+                    -path => '/small');
+}
+is($s, 200, '40 custom messages of 4 KB');
+sub stream_bytes {
+    my $n = 0;
+    for my $e (@{ $t->redis('XRANGE', $cs, '-', '+') }) {
+        my %f = @{ $e->[1] };
+        $n += length($_) for values %f;
+    }
+    return $n;
+}
+my $bytes = stream_bytes();
+cmp_ok($bytes, '<=', 64 * 1024, "the stream holds $bytes bytes, within "
+       . 'opamp_custom_messages_size 64k');
+cmp_ok($bytes, '>', 56 * 1024, 'and keeps what fits');
+my $offsets = $t->redis('ZRANGE', "${cs}_offsets", 0, -1);
+is(scalar @$offsets, $t->redis('XLEN', $cs), 'one offset per entry');
+my $sum = 0;
+$sum += (split / /)[1] for @$offsets;
+is($sum, $bytes, 'the offsets count its bytes exactly');
+my $last = $t->redis('XREVRANGE', $cs, '+', '-', 'COUNT', 1)->[0][1];
+like({ @$last }->{data}, qr/^0040/, 'the newest is kept, the oldest went');
+($s, $m) = post(custom($cu, $seq++, 'd' x 65536), -path => '/small');
+is($s, 400, 'a custom message larger than opamp_custom_messages_size: 400');
+like($m->{error_response}{error_message} // '',
+     qr/custom message exceeds opamp_custom_messages_size/, 'with the reason');
+
+# entries as the module writes them (docs/redis-schema.md), as a busy
+# fleet leaves them: n small ones
+sub fill {
+    my ($n) = @_;
+    $t->redis('DEL', $cs, "${cs}_offsets");
+    $t->redis('EVAL', <<'LUA', 2, $cs, "${cs}_offsets", $n);
+local start = 0
+for i = 1, tonumber(ARGV[1]) do
+    local id = redis.call('XADD', KEYS[1], '*', 'instance_uid',
+                          '0190a0b0-0000-7000-8000-000000000000',
+                          'capability', 'c', 'type', 't', 'data', 'd')
+    redis.call('ZADD', KEYS[2], start, id .. ' 39')
+    start = start + 39
+end
+LUA
+}
+
+# by bytes: 1,600 small entries (62 KB), then a message that makes every
+# one of them go
+fill(1600);
+slow_reset();
+($s, $m) = post(custom($cu, $seq++, 'e' x 65480), -path => '/small');
+is($s, 200, 'a 64 KB custom message after 1,600 small ones');
+within('a custom message that makes 1,600 entries go');
+is($t->redis('XLEN', $cs), 1, 'it alone is kept: 64k hold no more');
+is($t->redis('ZCARD', "${cs}_offsets"), 1, 'and its offset alone');
+
+# by count, at the default size: 10,000 entries, then one more
+fill(10000);
+slow_reset();
+($s, $m) = post(custom($cu, $seq++, 'f' x 4000));
+is($s, 200, 'a custom message after 10,000 entries');
+within('a custom message past 10,000 entries');
+is($t->redis('XLEN', $cs), 10000, 'at most 10,000 entries: the oldest goes');
+is($t->redis('ZCARD', "${cs}_offsets"), 10000, 'and its offset');
+like({ @{ $t->redis('XREVRANGE', $cs, '+', '-', 'COUNT', 1)->[0][1] } }
+     ->{data}, qr/^f/, 'the newest is the new one');
+
+# a stream of an older version, whose sizes were never counted, is
+# started anew by the next message
+$t->redis('DEL', "${cs}_offsets");
+($s, $m) = post(custom($cu, $seq++, 'g'));
+is($t->redis('XLEN', $cs), 1, 'an uncounted stream is started anew');
+
+diag(sprintf('%s: %.2f ms', $_, $figures{$_})) for sort keys %figures;
+
+$t->done;
+done_testing;
