@@ -38,6 +38,7 @@ like($out, qr/syntax is ok/, 'nginx says the syntax is ok');
             opamp_max_message_size 1k;
             opamp_send_timeout 10s;
             opamp_send_queue_limit 1m;
+            opamp_custom_messages_size 64m;
             opamp_gzip_min_length 0;
             opamp_custom_capabilities io.example.a io.example.b;',
     http => '
@@ -45,6 +46,7 @@ like($out, qr/syntax is ok/, 'nginx says the syntax is ok');
     opamp_redis_timeout 500ms;
     opamp_agent_retention 30d;
     opamp_max_message_size 2m;
+    opamp_custom_messages_size 1k;
     opamp_heartbeat_interval 10s;',
     server => '
         opamp_agent_timeout 2m;
@@ -70,6 +72,16 @@ my @bad = (
     [ 'opamp_max_message_size below 1k',
       location => 'opamp_max_message_size 1023;',
       qr/"opamp_max_message_size" directive must be at least 1k/ ],
+    [ 'opamp_custom_messages_size 1000',
+      location => 'opamp_custom_messages_size 1000;',
+      qr/"opamp_custom_messages_size" directive must be at least 1k/ ],
+    [ 'opamp_custom_messages_size not a size',
+      location => 'opamp_custom_messages_size lots;',
+      qr/"opamp_custom_messages_size" directive invalid value/ ],
+    [ 'duplicate opamp_custom_messages_size',
+      location => 'opamp_custom_messages_size 1m; '
+                  . 'opamp_custom_messages_size 2m;',
+      qr/"opamp_custom_messages_size" directive is duplicate/ ],
     [ 'opamp_max_message_size 0',
       location => 'opamp_max_message_size 0;',
       qr/"opamp_max_message_size" directive must be at least 1k/ ],

@@ -1,8 +1,8 @@
 -- admin_list.lua: one page of the fleet for the admin API, newest
 -- last_seen first, filtered inside Redis.  Bounded work per call: at most
 -- ARGV[4] index entries are examined, and the page ends after the one
--- whose description brings the protobuf fields read to LIST_FIELDS (16
--- agents at the largest description a worker stores, some 400 real
+-- whose description brings the protobuf fields read to LIST_FIELDS (8
+-- agents at the largest description a worker stores, some 200 real
 -- ones); the cursor says where to go on.
 --
 -- KEYS[1]  <prefix>agents
@@ -47,7 +47,7 @@ for i = 10, #ARGV do
     want[#want + 1] = { k, v }
 end
 
-local LIST_FIELDS = 16384
+local LIST_FIELDS = 8192
 local read = 0
 
 local out = { '' }
