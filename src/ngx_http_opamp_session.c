@@ -321,7 +321,8 @@ ngx_http_opamp_session_report(ngx_http_opamp_session_t *s,
 
     ngx_str_null(&desc);
 
-    if (scan->count[NGX_HTTP_OPAMP_SESSION_DESCRIPTION] && msg->agent_description)
+    if (msg->agent_description
+        && scan->count[NGX_HTTP_OPAMP_SESSION_DESCRIPTION])
     {
         rc = ngx_http_opamp_session_description(s, msg->agent_description,
                                                 &desc, &reason);
@@ -511,7 +512,7 @@ ngx_http_opamp_session_description(ngx_http_opamp_session_t *s,
     const char **reason)
 {
     u_char                               *mem;
-    size_t                                n, i;
+    size_t                                n, i, id;
     Opamp__Proto__V1__KeyValue          **kv, *src, *k;
     Opamp__Proto__V1__AnyValue           *av;
     Opamp__Proto__V1__AgentDescription    copy;
@@ -539,10 +540,9 @@ ngx_http_opamp_session_description(ngx_http_opamp_session_t *s,
     av = (Opamp__Proto__V1__AnyValue *) (k + n);
 
     for (i = 0; i < n; i++) {
-        src = (i < d->n_identifying_attributes)
-              ? d->identifying_attributes[i]
-              : d->non_identifying_attributes[i
-                                          - d->n_identifying_attributes];
+        id = d->n_identifying_attributes;
+        src = (i < id) ? d->identifying_attributes[i]
+                       : d->non_identifying_attributes[i - id];
         k[i] = *src;
         k[i].base.n_unknown_fields = 0;
         k[i].base.unknown_fields = NULL;
