@@ -499,11 +499,12 @@ ngx_http_opamp_session_report(ngx_http_opamp_session_t *s,
 /*
  * The description as the scripts read it (lib/attributes.lua, at every
  * report, check and admin listing): protobuf-c's encoding of what it
- * decoded, without the fields it does not know, so that a value an agent
- * sent a thousand times is there once (the last, as protobuf reads it)
- * and the scripts' cost is a few fields per attribute, never per byte
- * sent.  Bounded in attributes and in bytes (docs/operations.md,
- * "Limits"): NGX_DECLINED and *reason past either.
+ * decoded, so that a value an agent sent a thousand times is there once
+ * (the last, as protobuf reads it) and the scripts' cost is a few fields
+ * per attribute, never per byte sent; fields protobuf-c does not know are
+ * kept, as it keeps them (a newer agent's).  Bounded in attributes and in
+ * bytes (docs/operations.md, "Limits"): NGX_DECLINED and *reason past
+ * either.
  */
 
 static ngx_int_t
@@ -511,77 +512,25 @@ ngx_http_opamp_session_description(ngx_http_opamp_session_t *s,
     Opamp__Proto__V1__AgentDescription *d, ngx_str_t *out,
     const char **reason)
 {
-    u_char                               *mem;
-    size_t                                n, i, id;
-    Opamp__Proto__V1__KeyValue          **kv, *src, *k;
-    Opamp__Proto__V1__AnyValue           *av;
-    Opamp__Proto__V1__AgentDescription    copy;
+    *reason = NULL;
 
-    n = d->n_identifying_attributes + d->n_non_identifying_attributes;
-
-    if (n > NGX_HTTP_OPAMP_MAX_ATTRIBUTES) {
+    if (d->n_identifying_attributes + d->n_non_identifying_attributes
+        > NGX_HTTP_OPAMP_MAX_ATTRIBUTES)
+    {
         *reason = "agent description has more than "
                   NGX_HTTP_OPAMP_MAX_ATTRIBUTES_TEXT " attributes";
         return NGX_DECLINED;
     }
 
-    /* shallow copies, each without its unknown fields */
-
-    mem = ngx_alloc(n * (sizeof(Opamp__Proto__V1__KeyValue *)
-                         + sizeof(Opamp__Proto__V1__KeyValue)
-                         + sizeof(Opamp__Proto__V1__AnyValue)) + 1,
-                    s->connection->log);
-    if (mem == NULL) {
-        return NGX_ERROR;
-    }
-
-    kv = (Opamp__Proto__V1__KeyValue **) mem;
-    k = (Opamp__Proto__V1__KeyValue *) (kv + n);
-    av = (Opamp__Proto__V1__AnyValue *) (k + n);
-
-    for (i = 0; i < n; i++) {
-        id = d->n_identifying_attributes;
-        src = (i < id) ? d->identifying_attributes[i]
-                       : d->non_identifying_attributes[i - id];
-        k[i] = *src;
-        k[i].base.n_unknown_fields = 0;
-        k[i].base.unknown_fields = NULL;
-
-        if (src->value) {
-            av[i] = *src->value;
-            av[i].base.n_unknown_fields = 0;
-            av[i].base.unknown_fields = NULL;
-            k[i].value = &av[i];
-        }
-
-        kv[i] = &k[i];
-    }
-
-    copy = *d;
-    copy.base.n_unknown_fields = 0;
-    copy.base.unknown_fields = NULL;
-    copy.identifying_attributes = kv;
-    copy.non_identifying_attributes = kv + d->n_identifying_attributes;
-
-    if (protobuf_c_message_get_packed_size(&copy.base)
+    if (protobuf_c_message_get_packed_size(&d->base)
         > NGX_HTTP_OPAMP_MAX_DESCRIPTION)
     {
-        ngx_free(mem);
         *reason = "agent description exceeds "
                   NGX_HTTP_OPAMP_MAX_DESCRIPTION_TEXT " bytes";
         return NGX_DECLINED;
     }
 
-    if (ngx_http_opamp_proto_pack(&copy.base, out, s->connection->log)
-        != NGX_OK)
-    {
-        ngx_free(mem);
-        return NGX_ERROR;
-    }
-
-    ngx_free(mem);
-
-    return NGX_OK;
+    return ngx_http_opamp_proto_pack(&d->base, out, s->connection->log);
 }
 
 

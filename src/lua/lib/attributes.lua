@@ -60,7 +60,7 @@ end
 
 -- A description the worker stored is canonical (docs/redis-schema.md):
 -- protobuf-c's encoding of what it decoded, one value per KeyValue, at
--- most 256 attributes, no unknown fields, so that reading it costs a few
+-- most 256 attributes and 65,536 bytes, so that reading it costs a few
 -- fields per attribute.  Anyone may write Redis, though: the reader
 -- reads at most ATTR_FIELDS fields of one description at all levels
 -- together, skips nested values (arrays, kvlists, bytes) by their length
