@@ -24,7 +24,8 @@ REDIS_PORT ?= 6379
 DEBS := nginx nginx-dev redis-server redis-tools libhiredis-dev \
         libprotobuf-c-dev protobuf-c-compiler protobuf-compiler zlib1g-dev \
         libjansson-dev libssl-dev openssl \
-        libprotocol-websocket-perl libnginx-mod-nchan gcc make python3-venv
+        libprotocol-websocket-perl libnginx-mod-nchan gcc make python3-venv \
+        prometheus
 
 SOURCES := config ngx_http_opamp_module.c $(wildcard src/*.c src/*.h) \
            $(wildcard proto/opamp/v1/*.c proto/opamp/v1/*.h)
@@ -117,6 +118,7 @@ run: build
 	@echo "OpAMP server: ws://127.0.0.1:4320/v1/opamp (WebSocket)"
 	@echo "              http://127.0.0.1:4320/v1/opamp (plain HTTP POST)"
 	@echo "Admin API:    curl -s http://127.0.0.1:4320/opamp-admin/agents"
+	@echo "Metrics:      curl -s http://127.0.0.1:4320/metrics"
 	@echo "Agent state:  redis-cli -p $(REDIS_PORT) --scan --pattern 'opamp:agent:*'"
 	@echo "Logs:         $(RUN)/logs/error.log"
 	@echo "Stop:         make stop"
