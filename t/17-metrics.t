@@ -315,6 +315,12 @@ for my $i (1 .. 40) {
     last if @ws >= 8 && keys %holds == 2;
 }
 my $N = @ws;
+{
+    my $schema = $t->redis('HGET', $t->agent_key($wsuid[0]), 'schema');
+    my ($label) = grep { /^opamp_build_info\{/ } keys %$m0;
+    like($label, qr/schema="\Q$schema\E"/,
+         "opamp_build_info's schema is the one agents are stored with ($schema)");
+}
 $after = scrape_after($before, R('upgrade', 101) => $N);
 
 is(delta($before, $after, $OPENED), $N, "websocket_connections_opened_total: +$N");
@@ -560,12 +566,18 @@ SKIP: {
     my $promtool = -x '/usr/bin/promtool' ? '/usr/bin/promtool'
                  : (`command -v promtool` =~ /(\S+)/)[0];
     skip 'prometheus and promtool not installed (Debian package prometheus)',
-         6 + keys %DOC unless $prom && $promtool;
+         8 + keys %DOC unless $prom && $promtool;
 
     my $rules = "$ROOT/examples/prometheus/opamp-alerts.yml";
     my $out = `$promtool check rules $rules 2>&1`;
     ok($? == 0 && $out =~ /SUCCESS: (\d+) rules found/ && $1 >= 8,
        'promtool check rules examples/prometheus/opamp-alerts.yml')
+        or diag($out);
+
+    # the alerts fire on what they are for, not on a reload's dip
+    $out = `cd $ROOT/examples/prometheus && $promtool test rules opamp-alerts.test.yml 2>&1`;
+    ok($? == 0 && $out =~ /SUCCESS/,
+       'promtool test rules examples/prometheus/opamp-alerts.test.yml')
         or diag($out);
 
     # the example scrape config, pointed at this nginx, every second
