@@ -116,6 +116,13 @@ static ngx_command_t  ngx_http_opamp_commands[] = {
       offsetof(ngx_http_opamp_main_conf_t, redis_timeout),
       &ngx_http_opamp_time_post },
 
+    { ngx_string("opamp_redis_max_reply"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_opamp_main_conf_t, redis_max_reply),
+      &ngx_http_opamp_redis_max_reply_post },
+
     { ngx_string("opamp_redis_sentinel_auth"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
       ngx_http_opamp_redis_sentinel_auth,
@@ -357,6 +364,8 @@ ngx_http_opamp_create_main_conf(ngx_conf_t *cf)
      *     omcf->server_id = { 0, NULL };
      *     omcf->used = 0;
      *     omcf->max_agent_timeout = 0;
+     *     omcf->max_message_largest = 0;
+     *     omcf->max_state_largest = 0;
      */
 
     omcf->configured = NGX_CONF_UNSET;
@@ -518,6 +527,14 @@ ngx_http_opamp_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         if (conf->agent_timeout > omcf->max_agent_timeout) {
             omcf->max_agent_timeout = conf->agent_timeout;
         }
+
+        /* what the command link must be able to read back: the default
+         * of opamp_redis_max_reply grows with them */
+
+        omcf->max_message_largest = ngx_max(omcf->max_message_largest,
+                                            conf->max_message_size);
+        omcf->max_state_largest = ngx_max(omcf->max_state_largest,
+                                          conf->max_agent_state);
 
         clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
 

@@ -77,6 +77,8 @@ typedef struct {
     ngx_msec_t                  agent_retention;    /* 0: off */
     ngx_msec_t                  max_agent_timeout;  /* of the opamp
                                                        locations */
+    size_t                      max_message_largest;  /* of the opamp */
+    size_t                      max_state_largest;    /* locations */
 
     /* Sentinel, resolver, TLS and WAIT: ngx_http_opamp_redis*.c */
     ngx_str_t                   sentinel_username;
@@ -85,6 +87,7 @@ typedef struct {
     ngx_msec_t                  resolver_timeout;
     ngx_int_t                   wait_replicas;  /* 0: no WAIT */
     ngx_msec_t                  wait_timeout;
+    size_t                      redis_max_reply;  /* unset: derived */
 
     ngx_flag_t                  ssl;
     ngx_flag_t                  ssl_verify;

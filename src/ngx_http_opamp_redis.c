@@ -57,6 +57,13 @@
 /* reads per read event before others get a turn */
 #define NGX_HTTP_OPAMP_REDIS_READS         32
 
+/* the default of opamp_redis_max_reply, at the least */
+#define NGX_HTTP_OPAMP_REDIS_MAX_REPLY     ((size_t) 64 * 1024 * 1024)
+
+/* what one reply object costs the worker: hiredis's redisReply and what
+ * malloc adds to a block */
+#define NGX_HTTP_OPAMP_REDIS_OBJECT        (sizeof(redisReply) + 32)
+
 
 static void ngx_http_opamp_redis_auth_reply(redisReply *reply, void *data);
 static void ngx_http_opamp_redis_select_reply(redisReply *reply, void *data);
@@ -66,6 +73,17 @@ static void ngx_http_opamp_redis_push(ngx_http_opamp_redis_link_t *link,
 static void ngx_http_opamp_redis_schedule(ngx_http_opamp_redis_link_t *link);
 static void ngx_http_opamp_redis_reconnect_handler(ngx_event_t *ev);
 static void ngx_http_opamp_redis_timer_handler(ngx_event_t *ev);
+static void ngx_http_opamp_redis_keepalive(ngx_http_opamp_redis_link_t *link);
+static void ngx_http_opamp_redis_too_big(ngx_http_opamp_redis_link_t *link);
+static ngx_int_t ngx_http_opamp_redis_reply_charge(const redisReadTask *task,
+    size_t size);
+static void *ngx_http_opamp_redis_reply_string(const redisReadTask *task,
+    char *str, size_t len);
+static void *ngx_http_opamp_redis_reply_array(const redisReadTask *task,
+    int elements);
+static void *ngx_http_opamp_redis_reply_integer(const redisReadTask *task,
+    long long value);
+static void *ngx_http_opamp_redis_reply_nil(const redisReadTask *task);
 static void ngx_http_opamp_redis_dispatch(ngx_http_opamp_redis_link_t *link,
     redisReply *reply);
 
@@ -89,11 +107,22 @@ static ngx_str_t                         ngx_http_opamp_redis_fleet;
 static ngx_http_opamp_redis_message_pt   ngx_http_opamp_redis_on_message;
 static ngx_http_opamp_redis_ready_pt     ngx_http_opamp_redis_on_ready;
 
+/* hiredis's own reply objects, and ours that count what they cost */
+static redisReplyObjectFunctions         ngx_http_opamp_redis_hiredis_fn;
+static redisReplyObjectFunctions         ngx_http_opamp_redis_reply_fn = {
+    ngx_http_opamp_redis_reply_string,
+    ngx_http_opamp_redis_reply_array,
+    ngx_http_opamp_redis_reply_integer,
+    ngx_http_opamp_redis_reply_nil,
+    NULL
+};
+
 
 ngx_int_t
 ngx_http_opamp_redis_init_process(ngx_cycle_t *cycle,
     ngx_http_opamp_main_conf_t *omcf)
 {
+    size_t                        max_reply;
     ngx_uint_t                    i, n;
     ngx_http_opamp_redis_link_t  *link;
 
@@ -132,6 +161,22 @@ ngx_http_opamp_redis_init_process(ngx_cycle_t *cycle,
     /* the workers of a host start with different Sentinels */
     ngx_http_opamp_redis_next_sentinel = (ngx_uint_t) ngx_pid;
 
+    /*
+     * The largest reply the command link reads back: a config up to
+     * opamp_max_message_size with the offers around it, an agent's state
+     * up to opamp_max_agent_state with the fields derived from it, a
+     * page of the admin listing.  The other links only ever get small
+     * replies.
+     */
+
+    max_reply = omcf->redis_max_reply;
+
+    if (max_reply == NGX_CONF_UNSET_SIZE) {
+        max_reply = ngx_max(NGX_HTTP_OPAMP_REDIS_MAX_REPLY,
+                            2 * omcf->max_message_largest);
+        max_reply = ngx_max(max_reply, 4 * omcf->max_state_largest);
+    }
+
     for (i = 0; i < NGX_HTTP_OPAMP_REDIS_NLINKS; i++) {
         link = &ngx_http_opamp_redis_links[i];
 
@@ -142,6 +187,8 @@ ngx_http_opamp_redis_init_process(ngx_cycle_t *cycle,
         link->subscriber = (i == NGX_HTTP_OPAMP_REDIS_PUBSUB
                             || i == NGX_HTTP_OPAMP_REDIS_SENTINEL);
         link->backoff = NGX_HTTP_OPAMP_REDIS_BACKOFF_MIN;
+        link->max_reply = (i == NGX_HTTP_OPAMP_REDIS_COMMAND)
+                          ? max_reply : NGX_HTTP_OPAMP_REDIS_SMALL_REPLY;
         ngx_queue_init(&link->pending);
 
         link->log = *cycle->log;
@@ -152,6 +199,10 @@ ngx_http_opamp_redis_init_process(ngx_cycle_t *cycle,
         ngx_http_opamp_event_init(&link->timer,
                                   ngx_http_opamp_redis_timer_handler,
                                   cycle->log);
+
+        /* a subscribed link's timer only checks that it is alive: it
+         * must not hold a graceful shutdown back */
+        link->timer.cancelable = link->subscriber;
 
         /* a reconnect attempt must not hold a graceful shutdown back */
         ngx_http_opamp_event_init(&link->reconnect,
@@ -434,6 +485,19 @@ ngx_http_opamp_redis_hello(ngx_http_opamp_redis_link_t *link)
         return;
     }
 
+    /* hiredis's objects, counted: a reply is bounded by what it holds in
+     * the worker, not only by its bytes (an array of a million small
+     * integers holds far more than it sent) */
+
+    if (ngx_http_opamp_redis_reply_fn.freeObject == NULL) {
+        ngx_http_opamp_redis_hiredis_fn = *link->reader->fn;
+        ngx_http_opamp_redis_reply_fn.freeObject =
+                                ngx_http_opamp_redis_hiredis_fn.freeObject;
+    }
+
+    link->reader->fn = &ngx_http_opamp_redis_reply_fn;
+    link->reader->privdata = link;
+
     if (link->kind == NGX_HTTP_OPAMP_REDIS_SENTINEL) {
         user = &ngx_http_opamp_redis_conf->sentinel_username;
         pass = &ngx_http_opamp_redis_conf->sentinel_password;
@@ -687,7 +751,8 @@ ngx_http_opamp_redis_up(ngx_http_opamp_redis_link_t *link)
         ngx_del_timer(&link->timer);
     }
 
-    if (!ngx_queue_empty(&link->pending)) {
+    if (!ngx_queue_empty(&link->pending) || link->subscriber) {
+        /* a subscribed link's timer checks that it is alive */
         ngx_add_timer(&link->timer, ngx_http_opamp_redis_conf->redis_timeout);
     }
 
@@ -769,6 +834,11 @@ ngx_http_opamp_redis_close(ngx_http_opamp_redis_link_t *link)
         redisReaderFree(link->reader);
         link->reader = NULL;
     }
+
+    link->reply_mem = 0;
+    link->too_big = 0;
+    link->partial = 0;
+    link->pinging = 0;
 
     link->out_pos = 0;
     link->out_len = 0;
@@ -906,6 +976,11 @@ ngx_http_opamp_redis_timer_handler(ngx_event_t *ev)
 
     if (link->state == NGX_HTTP_OPAMP_REDIS_READY) {
 
+        if (link->subscriber) {
+            ngx_http_opamp_redis_keepalive(link);
+            return;
+        }
+
         if (ngx_queue_empty(&link->pending)) {
             return;
         }
@@ -935,6 +1010,76 @@ ngx_http_opamp_redis_timer_handler(ngx_event_t *ev)
 }
 
 
+/*
+ * A subscribed link sends nothing unless a message comes, so a peer gone
+ * without a word (a host down, a route dropped) would be noticed only by
+ * the kernel's keepalive, two hours by default.  A link silent for
+ * opamp_redis_timeout is sent a PING (a subscribed RESP2 connection
+ * answers ["pong", ""]) and dropped when the answer does not come within
+ * opamp_redis_timeout more; a reply that started to arrive must be whole
+ * within opamp_redis_timeout too.
+ */
+
+static void
+ngx_http_opamp_redis_keepalive(ngx_http_opamp_redis_link_t *link)
+{
+    ngx_msec_t   timeout, next;
+    const char  *argv[1];
+    size_t       argvlen[1];
+
+    timeout = ngx_http_opamp_redis_conf->redis_timeout;
+
+    if (link->partial
+        && ngx_current_msec - link->partial_since >= timeout)
+    {
+        ngx_snprintf(link->why, sizeof(link->why) - 1,
+                     "a reply still incomplete after %M ms "
+                     "(opamp_redis_timeout)%Z", timeout);
+        ngx_http_opamp_redis_drop(link, (char *) link->why);
+        return;
+    }
+
+    if (link->pinging) {
+
+        if (ngx_current_msec - link->ping_sent >= timeout) {
+            ngx_snprintf(link->why, sizeof(link->why) - 1,
+                         "no answer to PING within %M ms "
+                         "(opamp_redis_timeout)%Z", timeout);
+            ngx_http_opamp_redis_drop(link, (char *) link->why);
+            return;
+        }
+
+        next = link->ping_sent + timeout;
+
+    } else if (ngx_current_msec - link->answered >= timeout) {
+        argv[0] = "PING";
+        argvlen[0] = 4;
+
+        if (ngx_http_opamp_redis_append(link, 1, argv, argvlen) != NGX_OK) {
+            ngx_http_opamp_redis_drop(link, "no memory");
+            return;
+        }
+
+        ngx_http_opamp_redis_post_write(link);
+
+        link->pinging = 1;
+        link->ping_sent = ngx_current_msec;
+        next = ngx_current_msec + timeout;
+
+    } else {
+        next = link->answered + timeout;
+    }
+
+    if (link->partial
+        && (ngx_msec_int_t) (link->partial_since + timeout - next) < 0)
+    {
+        next = link->partial_since + timeout;
+    }
+
+    ngx_add_timer(&link->timer, next - ngx_current_msec);
+}
+
+
 /* I/O */
 
 
@@ -946,6 +1091,7 @@ ngx_http_opamp_redis_read_handler(ngx_event_t *ev)
 
     u_char       buf[16384];
     void        *r;
+    size_t       held;
     ssize_t      n;
     ngx_uint_t   i, gen;
 
@@ -1002,6 +1148,12 @@ ngx_http_opamp_redis_read_handler(ngx_event_t *ev)
             r = NULL;
 
             if (redisReaderGetReply(link->reader, &r) != REDIS_OK) {
+
+                if (link->too_big) {
+                    ngx_http_opamp_redis_too_big(link);
+                    return;
+                }
+
                 ngx_snprintf(link->why, sizeof(link->why) - 1,
                              "protocol error: %s%Z", link->reader->errstr);
                 ngx_http_opamp_redis_drop(link, (char *) link->why);
@@ -1012,6 +1164,9 @@ ngx_http_opamp_redis_read_handler(ngx_event_t *ev)
                 break;
             }
 
+            link->reply_mem = 0;
+            link->partial = 0;
+
             ngx_http_opamp_redis_dispatch(link, r);
 
             freeReplyObject(r);
@@ -1020,6 +1175,20 @@ ngx_http_opamp_redis_read_handler(ngx_event_t *ev)
                 /* the link went while a handler ran */
                 return;
             }
+        }
+
+        /* what a reply not yet whole holds: its bytes and its objects */
+
+        held = link->reply_mem + (link->reader->len - link->reader->pos);
+
+        if (held > link->max_reply) {
+            ngx_http_opamp_redis_too_big(link);
+            return;
+        }
+
+        if (held && !link->partial) {
+            link->partial = 1;
+            link->partial_since = ngx_current_msec;
         }
     }
 
@@ -1036,6 +1205,17 @@ ngx_http_opamp_redis_dispatch(ngx_http_opamp_redis_link_t *link,
     ngx_http_opamp_redis_cmd_t  *cmd;
 
     link->answered = ngx_current_msec;
+
+    if (link->subscriber
+        && reply->type == REDIS_REPLY_ARRAY && reply->elements == 2
+        && reply->element[0]->type == REDIS_REPLY_STRING
+        && reply->element[0]->len == 4
+        && ngx_strncmp(reply->element[0]->str, "pong", 4) == 0)
+    {
+        /* the answer to the keepalive's PING */
+        link->pinging = 0;
+        return;
+    }
 
     if (link->subscriber
         && reply->type == REDIS_REPLY_ARRAY && reply->elements == 3
@@ -1102,6 +1282,103 @@ ngx_http_opamp_redis_dispatch(ngx_http_opamp_redis_link_t *link,
             ngx_http_opamp_redis_connect(&ngx_http_opamp_redis_sub_link);
         }
     }
+}
+
+
+/*
+ * A reply that would hold more than the link's bound: a server that
+ * sends a huge reply (or garbage that reads as one) is dropped before it
+ * grows the worker, the bytes of the reply so far are freed with the
+ * parser, and the link connects again with backoff.
+ */
+
+static void
+ngx_http_opamp_redis_too_big(ngx_http_opamp_redis_link_t *link)
+{
+    ngx_snprintf(link->why, sizeof(link->why) - 1,
+                 "a reply of more than %uz bytes%s%Z", link->max_reply,
+                 link->kind == NGX_HTTP_OPAMP_REDIS_COMMAND
+                 ? " (opamp_redis_max_reply)" : "");
+
+    ngx_http_opamp_redis_drop(link, (char *) link->why);
+}
+
+
+/* the reply objects: hiredis's own, each counted against the bound */
+
+static ngx_int_t
+ngx_http_opamp_redis_reply_charge(const redisReadTask *task, size_t size)
+{
+    ngx_http_opamp_redis_link_t *link = task->privdata;
+
+    if (size > link->max_reply - link->reply_mem) {
+        /* hiredis sees no memory; the link knows why */
+        link->too_big = 1;
+        return NGX_ERROR;
+    }
+
+    link->reply_mem += size;
+
+    return NGX_OK;
+}
+
+
+static void *
+ngx_http_opamp_redis_reply_string(const redisReadTask *task, char *str,
+    size_t len)
+{
+    if (ngx_http_opamp_redis_reply_charge(task, NGX_HTTP_OPAMP_REDIS_OBJECT
+                                                + len + 1)
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
+    return ngx_http_opamp_redis_hiredis_fn.createString(task, str, len);
+}
+
+
+static void *
+ngx_http_opamp_redis_reply_array(const redisReadTask *task, int elements)
+{
+    /* hiredis allocates the element pointers as soon as it reads "*N" */
+
+    if (ngx_http_opamp_redis_reply_charge(task, NGX_HTTP_OPAMP_REDIS_OBJECT
+                                     + (size_t) ngx_max(elements, 0)
+                                       * sizeof(redisReply *))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
+    return ngx_http_opamp_redis_hiredis_fn.createArray(task, elements);
+}
+
+
+static void *
+ngx_http_opamp_redis_reply_integer(const redisReadTask *task,
+    long long value)
+{
+    if (ngx_http_opamp_redis_reply_charge(task, NGX_HTTP_OPAMP_REDIS_OBJECT)
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
+    return ngx_http_opamp_redis_hiredis_fn.createInteger(task, value);
+}
+
+
+static void *
+ngx_http_opamp_redis_reply_nil(const redisReadTask *task)
+{
+    if (ngx_http_opamp_redis_reply_charge(task, NGX_HTTP_OPAMP_REDIS_OBJECT)
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
+    return ngx_http_opamp_redis_hiredis_fn.createNil(task);
 }
 
 

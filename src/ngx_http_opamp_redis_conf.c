@@ -26,8 +26,14 @@ static char *ngx_http_opamp_redis_resolve_conf(ngx_conf_t *cf,
     ngx_http_opamp_redis_url_t *url);
 static char *ngx_http_opamp_redis_parse_db(ngx_conf_t *cf, ngx_str_t *value,
     u_char *start, u_char *end, ngx_http_opamp_redis_url_t *url);
+static char *ngx_http_opamp_redis_check_max_reply(ngx_conf_t *cf,
+    void *post, void *data);
 static ngx_int_t ngx_http_opamp_redis_unescape(ngx_conf_t *cf, u_char *start,
     u_char *end, ngx_str_t *dst);
+
+
+ngx_conf_post_handler_pt  ngx_http_opamp_redis_max_reply_post =
+    ngx_http_opamp_redis_check_max_reply;
 
 
 char *
@@ -468,10 +474,27 @@ ngx_http_opamp_redis_create_conf(ngx_http_opamp_main_conf_t *omcf)
 {
     omcf->wait_replicas = NGX_CONF_UNSET;
     omcf->wait_timeout = NGX_CONF_UNSET_MSEC;
+    omcf->redis_max_reply = NGX_CONF_UNSET_SIZE;
     omcf->ssl = NGX_CONF_UNSET;
     omcf->ssl_verify = NGX_CONF_UNSET;
     omcf->ssl_verify_depth = NGX_CONF_UNSET_UINT;
     omcf->ssl_server_name = NGX_CONF_UNSET;
+}
+
+
+/* the handshake's and the module's smallest replies fit in far less;
+ * below this, ordinary admin listings would not */
+
+static char *
+ngx_http_opamp_redis_check_max_reply(ngx_conf_t *cf, void *post, void *data)
+{
+    size_t  *sp = data;
+
+    if (*sp < 65536) {
+        return "must be at least 64k";
+    }
+
+    return NGX_CONF_OK;
 }
 
 

@@ -29,6 +29,9 @@ char *ngx_http_opamp_redis_init_conf(ngx_conf_t *cf,
 char *ngx_http_opamp_redis_sentinel_auth(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 
+/* opamp_redis_max_reply: at least 64k */
+extern ngx_conf_post_handler_pt  ngx_http_opamp_redis_max_reply_post;
+
 /* opamp_redis_wait replicas timeout | off */
 char *ngx_http_opamp_redis_wait(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);

@@ -25,6 +25,10 @@
 
 #define NGX_HTTP_OPAMP_REDIS_HOST_LEN      255
 
+/* the most a reply may hold on a link that only ever gets small ones:
+ * pub/sub messages, the Sentinel's answers, WAIT's count */
+#define NGX_HTTP_OPAMP_REDIS_SMALL_REPLY   65536
+
 #define NGX_HTTP_OPAMP_REDIS_COMMAND       0
 #define NGX_HTTP_OPAMP_REDIS_PUBSUB        1
 #define NGX_HTTP_OPAMP_REDIS_WAIT          2
@@ -74,6 +78,16 @@ typedef struct {
     /* when Redis last answered a command of the link */
     ngx_msec_t                        answered;
 
+    /* the most a reply being read may hold in the worker (the bytes
+     * not parsed yet and the objects parsed), and what it holds */
+    size_t                            max_reply;
+    size_t                            reply_mem;
+
+    /* a subscribed link: since when a reply is half-received, and when
+     * a PING went out that is not answered yet */
+    ngx_msec_t                        partial_since;
+    ngx_msec_t                        ping_sent;
+
     ngx_resolver_ctx_t               *resolving;
     ngx_uint_t                        next_addr;    /* round robin */
 
@@ -94,6 +108,9 @@ typedef struct {
     unsigned                          outage_logged:1;
     unsigned                          blocked:1;    /* socket full */
     unsigned                          waiting:1;    /* for the primary */
+    unsigned                          too_big:1;    /* a reply, refused */
+    unsigned                          partial:1;
+    unsigned                          pinging:1;
 } ngx_http_opamp_redis_link_t;
 
 
