@@ -36,9 +36,10 @@
  * the resolver, the socket) is in ngx_http_opamp_redis_connect.c, what
  * asks the Sentinels in ngx_http_opamp_redis_sentinel.c, TLS in
  * ngx_http_opamp_redis_ssl.c, the WAIT after admin writes in
- * ngx_http_opamp_redis_wait.c, the configuration in
- * ngx_http_opamp_redis_conf.c, and what they share in
- * ngx_http_opamp_redis_link.h.
+ * ngx_http_opamp_redis_wait.c, the reply parser (hiredis's, its objects
+ * counted against the link's bound) in ngx_http_opamp_redis_reply.c,
+ * the configuration in ngx_http_opamp_redis_conf.c, and what they share
+ * in ngx_http_opamp_redis_link.h.
  */
 
 
@@ -60,10 +61,6 @@
 /* the default of opamp_redis_max_reply, at the least */
 #define NGX_HTTP_OPAMP_REDIS_MAX_REPLY     ((size_t) 64 * 1024 * 1024)
 
-/* what one reply object costs the worker: hiredis's redisReply and what
- * malloc adds to a block */
-#define NGX_HTTP_OPAMP_REDIS_OBJECT        (sizeof(redisReply) + 32)
-
 
 static void ngx_http_opamp_redis_auth_reply(redisReply *reply, void *data);
 static void ngx_http_opamp_redis_select_reply(redisReply *reply, void *data);
@@ -75,15 +72,6 @@ static void ngx_http_opamp_redis_reconnect_handler(ngx_event_t *ev);
 static void ngx_http_opamp_redis_timer_handler(ngx_event_t *ev);
 static void ngx_http_opamp_redis_keepalive(ngx_http_opamp_redis_link_t *link);
 static void ngx_http_opamp_redis_too_big(ngx_http_opamp_redis_link_t *link);
-static ngx_int_t ngx_http_opamp_redis_reply_charge(const redisReadTask *task,
-    size_t size);
-static void *ngx_http_opamp_redis_reply_string(const redisReadTask *task,
-    char *str, size_t len);
-static void *ngx_http_opamp_redis_reply_array(const redisReadTask *task,
-    int elements);
-static void *ngx_http_opamp_redis_reply_integer(const redisReadTask *task,
-    long long value);
-static void *ngx_http_opamp_redis_reply_nil(const redisReadTask *task);
 static void ngx_http_opamp_redis_dispatch(ngx_http_opamp_redis_link_t *link,
     redisReply *reply);
 
@@ -106,16 +94,6 @@ static ngx_str_t                         ngx_http_opamp_redis_channel;
 static ngx_str_t                         ngx_http_opamp_redis_fleet;
 static ngx_http_opamp_redis_message_pt   ngx_http_opamp_redis_on_message;
 static ngx_http_opamp_redis_ready_pt     ngx_http_opamp_redis_on_ready;
-
-/* hiredis's own reply objects, and ours that count what they cost */
-static redisReplyObjectFunctions         ngx_http_opamp_redis_hiredis_fn;
-static redisReplyObjectFunctions         ngx_http_opamp_redis_reply_fn = {
-    ngx_http_opamp_redis_reply_string,
-    ngx_http_opamp_redis_reply_array,
-    ngx_http_opamp_redis_reply_integer,
-    ngx_http_opamp_redis_reply_nil,
-    NULL
-};
 
 
 ngx_int_t
@@ -479,24 +457,11 @@ ngx_http_opamp_redis_hello(ngx_http_opamp_redis_link_t *link)
     link->state = NGX_HTTP_OPAMP_REDIS_HANDSHAKE;
     link->handshake = 0;
 
-    link->reader = redisReaderCreate();
+    link->reader = ngx_http_opamp_redis_reader(link);
     if (link->reader == NULL) {
         ngx_http_opamp_redis_drop(link, "no memory");
         return;
     }
-
-    /* hiredis's objects, counted: a reply is bounded by what it holds in
-     * the worker, not only by its bytes (an array of a million small
-     * integers holds far more than it sent) */
-
-    if (ngx_http_opamp_redis_reply_fn.freeObject == NULL) {
-        ngx_http_opamp_redis_hiredis_fn = *link->reader->fn;
-        ngx_http_opamp_redis_reply_fn.freeObject =
-                                ngx_http_opamp_redis_hiredis_fn.freeObject;
-    }
-
-    link->reader->fn = &ngx_http_opamp_redis_reply_fn;
-    link->reader->privdata = link;
 
     if (link->kind == NGX_HTTP_OPAMP_REDIS_SENTINEL) {
         user = &ngx_http_opamp_redis_conf->sentinel_username;
@@ -1301,84 +1266,6 @@ ngx_http_opamp_redis_too_big(ngx_http_opamp_redis_link_t *link)
                  ? " (opamp_redis_max_reply)" : "");
 
     ngx_http_opamp_redis_drop(link, (char *) link->why);
-}
-
-
-/* the reply objects: hiredis's own, each counted against the bound */
-
-static ngx_int_t
-ngx_http_opamp_redis_reply_charge(const redisReadTask *task, size_t size)
-{
-    ngx_http_opamp_redis_link_t *link = task->privdata;
-
-    if (size > link->max_reply - link->reply_mem) {
-        /* hiredis sees no memory; the link knows why */
-        link->too_big = 1;
-        return NGX_ERROR;
-    }
-
-    link->reply_mem += size;
-
-    return NGX_OK;
-}
-
-
-static void *
-ngx_http_opamp_redis_reply_string(const redisReadTask *task, char *str,
-    size_t len)
-{
-    if (ngx_http_opamp_redis_reply_charge(task, NGX_HTTP_OPAMP_REDIS_OBJECT
-                                                + len + 1)
-        != NGX_OK)
-    {
-        return NULL;
-    }
-
-    return ngx_http_opamp_redis_hiredis_fn.createString(task, str, len);
-}
-
-
-static void *
-ngx_http_opamp_redis_reply_array(const redisReadTask *task, int elements)
-{
-    /* hiredis allocates the element pointers as soon as it reads "*N" */
-
-    if (ngx_http_opamp_redis_reply_charge(task, NGX_HTTP_OPAMP_REDIS_OBJECT
-                                     + (size_t) ngx_max(elements, 0)
-                                       * sizeof(redisReply *))
-        != NGX_OK)
-    {
-        return NULL;
-    }
-
-    return ngx_http_opamp_redis_hiredis_fn.createArray(task, elements);
-}
-
-
-static void *
-ngx_http_opamp_redis_reply_integer(const redisReadTask *task,
-    long long value)
-{
-    if (ngx_http_opamp_redis_reply_charge(task, NGX_HTTP_OPAMP_REDIS_OBJECT)
-        != NGX_OK)
-    {
-        return NULL;
-    }
-
-    return ngx_http_opamp_redis_hiredis_fn.createInteger(task, value);
-}
-
-
-static void *
-ngx_http_opamp_redis_reply_nil(const redisReadTask *task)
-{
-    if (ngx_http_opamp_redis_reply_charge(task, NGX_HTTP_OPAMP_REDIS_OBJECT)
-        != NGX_OK)
-    {
-        return NULL;
-    }
-
-    return ngx_http_opamp_redis_hiredis_fn.createNil(task);
 }
 
 

@@ -7,8 +7,9 @@
  * (handshake, commands, I/O, timers, reconnect) that the connecting part
  * (ngx_http_opamp_redis_connect.c), the Sentinel part
  * (ngx_http_opamp_redis_sentinel.c), the TLS part
- * (ngx_http_opamp_redis_ssl.c) and the WAIT part
- * (ngx_http_opamp_redis_wait.c) call.
+ * (ngx_http_opamp_redis_ssl.c), the WAIT part
+ * (ngx_http_opamp_redis_wait.c) and the reply parser
+ * (ngx_http_opamp_redis_reply.c) call.
  */
 
 #ifndef _NGX_HTTP_OPAMP_REDIS_LINK_H_INCLUDED_
@@ -196,6 +197,11 @@ ngx_http_opamp_redis_cmd_t *ngx_http_opamp_redis_send(
 ngx_int_t ngx_http_opamp_redis_append(ngx_http_opamp_redis_link_t *link,
     int argc, const char **argv, const size_t *argvlen);
 void ngx_http_opamp_redis_post_write(ngx_http_opamp_redis_link_t *link);
+
+/* a reply parser whose objects count against link->max_reply
+ * (ngx_http_opamp_redis_reply.c); link->too_big tells a refusal from a
+ * lack of memory */
+redisReader *ngx_http_opamp_redis_reader(ngx_http_opamp_redis_link_t *link);
 
 /* reads from the link's socket, plain or TLS */
 ssize_t ngx_http_opamp_redis_recv(ngx_http_opamp_redis_link_t *link,

@@ -44,6 +44,7 @@ like($out, qr/syntax is ok/, 'nginx says the syntax is ok');
     http => '
     opamp_server_id edge-1.example;
     opamp_redis_timeout 500ms;
+    opamp_redis_max_reply 256m;
     opamp_agent_retention 30d;
     opamp_max_message_size 2m;
     opamp_custom_messages_size 1k;
@@ -122,6 +123,18 @@ my @bad = (
     [ 'opamp_agent_retention in a server',
       server => 'opamp_agent_retention 1d;',
       qr/"opamp_agent_retention" directive is not allowed here/ ],
+    [ 'opamp_redis_max_reply below 64k',
+      http => 'opamp_redis_max_reply 65535;',
+      qr/"opamp_redis_max_reply" directive must be at least 64k/ ],
+    [ 'opamp_redis_max_reply not a size',
+      http => 'opamp_redis_max_reply lots;',
+      qr/"opamp_redis_max_reply" directive invalid value/ ],
+    [ 'opamp_redis_max_reply in a server',
+      server => 'opamp_redis_max_reply 1m;',
+      qr/"opamp_redis_max_reply" directive is not allowed here/ ],
+    [ 'duplicate opamp_redis_max_reply',
+      http => 'opamp_redis_max_reply 1m; opamp_redis_max_reply 2m;',
+      qr/"opamp_redis_max_reply" directive is duplicate/ ],
     [ 'duplicate opamp_agent_retention',
       http => 'opamp_agent_retention 1d; opamp_agent_retention off;',
       qr/"opamp_agent_retention" directive is duplicate/ ],

@@ -140,6 +140,11 @@ sub fake_main {
         if ($what eq 'huge') {
             $out->($s, $huge{$st->{kind}});
             $st->{stream} = $STREAM;
+        } elsif ($what eq 'array') {
+            # many small elements: few bytes, many objects
+            $out->($s, "*100000000\r\n");
+            $st->{stream} = $STREAM / 4;
+            $st->{chunk} = ':1' . "\r\n";
         } else {
             $out->($s, "!garbage\r\n");
         }
@@ -157,7 +162,7 @@ sub fake_main {
                 $misbehave->($s, $mode);
                 return;
             }
-            my $p = $t->redis_port;
+            my $p = $PROXY;
             $out->($s, "*2\r\n\$9\r\n127.0.0.1\r\n\$" . length($p)
                        . "\r\n$p\r\n");
             $note->('ask', $st->{id}, $st->{port});
@@ -187,7 +192,7 @@ sub fake_main {
             my $st = $c{$s};
             next unless $st->{client} && !$st->{dead}
                         && $st->{kind} eq $kind;
-            if ($what eq 'huge' || $what eq 'garbage') {
+            if ($what eq 'huge' || $what eq 'garbage' || $what eq 'array') {
                 $misbehave->($st->{sock}, $what);
             } elsif ($what eq 'mute') {
                 $st->{mute} = 1;
@@ -206,7 +211,7 @@ sub fake_main {
             my $st = $c{$s} or next;
             if (!length $st->{out} && $st->{stream}) {
                 my $n = $st->{stream} < 65536 ? $st->{stream} : 65536;
-                $st->{out} = 'x' x $n;
+                $st->{out} = substr(($st->{chunk} // 'x') x 65536, 0, $n);
                 $st->{stream} -= $n;
             }
             my $n = syswrite($s, $st->{out});
@@ -339,7 +344,17 @@ sub wait_event {
     return $e;
 }
 
-# the worker's resident and peak memory, in kB
+# the worker's resident and peak memory, in kB; mem0 also starts a new
+# peak (Linux: 5 to clear_refs)
+sub mem0 {
+    my ($pid) = @_;
+    if (open my $f, '>', "/proc/$pid/clear_refs") {
+        print $f "5\n";
+        close $f;
+    }
+    return mem($pid);
+}
+
 sub mem {
     my ($pid) = @_;
     open my $f, '<', "/proc/$pid/status" or return (0, 0);
@@ -441,7 +456,7 @@ $t->http_post('', -method => 'DELETE',
 
 # a huge reply on the command link: a bulk string that promises 1 GB and
 # streams; the worker reads no more than the bound and drops the link
-my ($rss0) = mem($w);
+my ($rss0) = mem0($w);
 mark($t);
 $t0 = time;
 ctl('huge cmd');
@@ -476,8 +491,26 @@ is(scalar @e, 1, 'one [error] line');
 like($e[0] // '', qr/lost: protocol error/, 'a protocol error');
 ok(served($t), 'reconnected: agents are served again');
 
+# an array that announces 100,000,000 elements and streams small ones:
+# what hiredis makes of them counts, not only the bytes
+($rss0) = mem0($w);
+mark($t);
+$t0 = time;
+ctl('array cmd');
+$huge = wait_event('array', $t0, 5);
+$closed = $huge && wait_event('close', $t0, 10,
+                              sub { $_[0][2] eq $huge->[2] });
+ok($closed, 'an array of 100,000,000 elements on the command link: dropped');
+($sent) = (($closed // [])->[4] // '') =~ /sent=(\d+)/;
+(undef, $hwm1) = mem($w);
+cmp_ok($hwm1 - $rss0, '<', 8 * 1024, sprintf('peak memory grew by %.1f MB '
+       . '(%.1f MB sent)', ($hwm1 - $rss0) / 1024, ($sent // 0) / 1e6));
+like((errors($t, 'command'))[0] // '', qr/lost: a reply of more than 1048576 bytes/,
+     'a reply over the bound');
+ok(served($t), 'reconnected: agents are served again');
+
 # a huge message on the pub/sub link: 64 KB at most
-($rss0) = mem($w);
+($rss0) = mem0($w);
 mark($t);
 $t0 = time;
 ctl('huge sub');
@@ -546,21 +579,28 @@ like((errors($t, 'pub/sub'))[0] // '',
 ok($t->wait_for(sub { $t->workers_ready(1) }, 10), 'subscribed again');
 ok(served($t), 'agents are served');
 
+# the PINGs' timer does not hold a graceful shutdown back
+$t0 = time;
 $t->stop_nginx;
+cmp_ok(time - $t0, '<', 5, sprintf('nginx -s quit: the worker exits at once '
+       . '(%.1f s)', time - $t0));
 
 # --- fake Sentinels ------------------------------------------------------------
 
+# (the Sentinels name the proxy as the primary; no opamp_redis_max_reply,
+# a location whose opamp_max_message_size raises its default)
 my $ts = OpAMPTest->new(redis_port => $t->redis_port);
 $ts->start_nginx('', workers => 1,
                  redis => "sentinel://127.0.0.1:$SP[0],127.0.0.1:$SP[1]/m",
-                 http => "opamp_redis_timeout ${T}s;");
+                 http => "opamp_redis_timeout ${T}s;",
+                 location => 'opamp_max_message_size 40m;');
 ($w) = $ts->worker_pids;
 ok(served($ts), 'behind the fake Sentinels, an agent is served');
 ok(wait_event('subscribed', 0, 5), 'the Sentinel link is subscribed');
 
 # a Sentinel sends a huge message, and the next ones a huge answer: each
 # is dropped at 64 KB and the next Sentinel asked
-($rss0) = mem($w);
+($rss0) = mem0($w);
 mark($ts);
 $t0 = time;
 ctl("mode $_ huge") for @SP;
@@ -628,6 +668,23 @@ like((errors($ts, 'sentinel'))[0] // '',
 $t0 = time;
 ok(wait_event('subscribed', $t0, 10), 'subscribed again');
 ok(served($ts), 'agents are served');
+
+# opamp_redis_max_reply's default: 64m, or twice the largest
+# opamp_max_message_size (40m here)
+mark($ts);
+$t0 = time;
+ctl('huge cmd');
+$huge = wait_event('huge', $t0, 5);
+$closed = $huge && wait_event('close', $t0, 20,
+                              sub { $_[0][2] eq $huge->[2] });
+ok($closed, 'the default bound: a huge reply drops the command link');
+($sent) = (($closed // [])->[4] // '') =~ /sent=(\d+)/;
+cmp_ok($sent // 0, '>=', 80 << 20, sprintf('after %.1f MB were sent: twice '
+       . 'opamp_max_message_size 40m', ($sent // 0) / (1 << 20)));
+like((errors($ts, 'command'))[0] // '',
+     qr/lost: a reply of more than 83886080 bytes \(opamp_redis_max_reply\)/,
+     'the bound logged');
+ok(served($ts), 'agents are served again');
 
 $ts->done;
 $t->done;
