@@ -1041,6 +1041,10 @@ ngx_http_opamp_redis_keepalive(ngx_http_opamp_redis_link_t *link)
         next = link->partial_since + timeout;
     }
 
+    if ((ngx_msec_int_t) (next - ngx_current_msec) <= 0) {
+        next = ngx_current_msec + 1;
+    }
+
     ngx_add_timer(&link->timer, next - ngx_current_msec);
 }
 

@@ -6,7 +6,8 @@
 # served, a 3 MB config goes over TLS in pieces); a CA that did not sign
 # the server, a missing client certificate, a name the certificate does
 # not have and protocols the server does not take each fail with one
-# clear [error] line, and agents get 503.
+# clear [error] line, and agents get 503; a server whose certificate does
+# not verify never gets AUTH.
 # Behind a Sentinel over TLS, the workers reach it and the primary it
 # names over TLS.  SNI: with opamp_redis_ssl_server_name on, a server
 # (openssl s_server) that refuses unknown names refuses ours; with it
@@ -148,6 +149,42 @@ for my $c (@cases) {
     $t->stop_nginx;
     $t->redis('CONFIG', 'SET', 'tls-protocols', 'TLSv1.2 TLSv1.3')
         if $o->{server};
+}
+
+# --- the password goes only where the certificate verified -----------
+#
+# operations.md, what a Sentinel is trusted with: a server the workers are
+# sent to (by a Sentinel; here by the URL, the same path) gets the
+# primary's AUTH only once its certificate has verified.  Redis's ACL LOG
+# records each AUTH of an unknown user: with the right CA it shows ours,
+# so that its absence with the wrong one means something.
+
+sub flat { map { ref $_ eq 'ARRAY' ? flat(@$_) : ($_ // '') } @_ }
+
+for my $c ([ 'ca', 1, 'a server whose certificate verifies' ],
+           [ 'ca2', 0, 'a server whose certificate does not verify' ])
+{
+    my ($ca, $sent, $what) = @$c;
+    $t->redis('ACL', 'LOG', 'RESET');
+    my $before = length $t->error_log;
+    $t->start_nginx($ADMIN, workers => 1, no_wait_redis => 1,
+                    redis => "rediss://trust-check:secret\@127.0.0.1:"
+                             . $tls_port,
+                    http => tls_conf(ca => $ca, name => 'redis.test'));
+    my $log = '';
+    $t->wait_for(sub { $log = substr($t->error_log, $before);
+                       $log =~ /\[error\].*redis command connection/ }, 10);
+    like($log, $sent
+               ? qr/AUTH on the command connection .* failed: WRONGPASS/
+               : qr/command connection .* failed: TLS certificate of the/,
+         "$what: an [error] line that says why");
+    my $auth = grep { $_ eq 'trust-check' } flat($t->redis('ACL', 'LOG'));
+    if ($sent) {
+        ok($auth, "$what: gets AUTH (Redis's ACL LOG has it)");
+    } else {
+        ok(!$auth, "$what: never gets AUTH");
+    }
+    $t->stop_nginx;
 }
 
 # --- Sentinel over TLS: the Sentinel, and the primary it names ---------
