@@ -1000,6 +1000,7 @@ ngx_http_opamp_redis_keepalive(ngx_http_opamp_redis_link_t *link)
         ngx_snprintf(link->why, sizeof(link->why) - 1,
                      "a reply still incomplete after %M ms "
                      "(opamp_redis_timeout)%Z", timeout);
+        ngx_http_opamp_metrics_inc(NGX_HTTP_OPAMP_M_REDIS_TIMEOUTS);
         ngx_http_opamp_redis_drop(link, (char *) link->why);
         return;
     }
@@ -1010,6 +1011,7 @@ ngx_http_opamp_redis_keepalive(ngx_http_opamp_redis_link_t *link)
             ngx_snprintf(link->why, sizeof(link->why) - 1,
                          "no answer to PING within %M ms "
                          "(opamp_redis_timeout)%Z", timeout);
+            ngx_http_opamp_metrics_inc(NGX_HTTP_OPAMP_M_REDIS_TIMEOUTS);
             ngx_http_opamp_redis_drop(link, (char *) link->why);
             return;
         }
