@@ -214,6 +214,32 @@ sub stop_collectors {
     }
 }
 
+# the TCP ports the collectors of a supervisor's storage directory listen
+# on: their sockets' inodes, looked up in /proc/net/tcp{,6}
+sub collector_listens {
+    my ($dir) = @_;
+    my %inode;
+    for my $p (glob '/proc/[0-9]*') {
+        open my $f, '<', "$p/cmdline" or next;
+        my $cl = <$f> // '';
+        next unless $cl =~ /\Q$otelcol\E/ && $cl =~ /\Q$dir\E/;
+        for my $fd (glob "$p/fd/*") {
+            my $l = readlink($fd) // '';
+            $inode{$1} = 1 if $l =~ /^socket:\[(\d+)\]$/;
+        }
+    }
+    my @ports;
+    for my $tab ('/proc/net/tcp', '/proc/net/tcp6') {
+        open my $f, '<', $tab or next;
+        while (<$f>) {
+            my @c = split;
+            next unless @c > 9 && $c[3] eq '0A' && $inode{$c[9]};
+            push @ports, hex((split /:/, $c[1])[-1]);
+        }
+    }
+    return sort { $a <=> $b } @ports;
+}
+
 my $bad = <<'EOF';
 receivers:
   bogus_receiver_type:
@@ -300,6 +326,10 @@ EOF
     }, 120), "$tr: the supervisor and its collector registered")
         or do { diag(`tail -30 $dir/supervisor.log`); $sup->stop('INT', 20);
                 stop_collectors($dir); last };
+    my @ports = collector_listens($dir);
+    ok(!grep({ $_ == 8888 } @ports), "$tr: the collector does not listen "
+       . 'on 8888, where another run\'s would (it listens on: '
+       . (join(' ', @ports) || 'nothing') . ')');
     my $st = $t->hgetall("opamp:agent:{$uid}");
     is($st->{transport}, $tr eq 'ws' ? 'websocket' : 'http', "$tr: transport");
     my $caps = $st->{capabilities};
