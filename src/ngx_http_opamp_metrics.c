@@ -11,6 +11,8 @@
 
 
 #include "ngx_http_opamp_metrics.h"
+#include "ngx_http_opamp_redis.h"
+#include "ngx_http_opamp_store.h"
 
 
 #define NGX_HTTP_OPAMP_METRICS_ZONE_SIZE    (64 * 1024)
@@ -79,9 +81,22 @@ typedef struct {
 } ngx_http_opamp_metrics_out_t;
 
 
+/* a scrape waiting for the fleet gauges from Redis */
+typedef struct {
+    ngx_http_request_t          *request;
+    ngx_http_opamp_redis_cmd_t  *cmd;
+} ngx_http_opamp_metrics_ctx_t;
+
+
 static ngx_int_t ngx_http_opamp_metrics_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
 static ngx_int_t ngx_http_opamp_metrics_handler(ngx_http_request_t *r);
+static void ngx_http_opamp_metrics_fleet_done(redisReply *reply, void *data);
+static void ngx_http_opamp_metrics_cleanup(void *data);
+static ngx_int_t ngx_http_opamp_metrics_send(ngx_http_request_t *r,
+    redisReply *fleet);
+static void ngx_http_opamp_metrics_write_fleet_gauges(
+    ngx_http_opamp_metrics_out_t *o, redisReply *fleet);
 static void ngx_http_opamp_metrics_observe(
     ngx_http_opamp_metrics_histogram_t *h, ngx_msec_t *le, ngx_msec_t ms);
 static void ngx_http_opamp_metrics_family(ngx_http_opamp_metrics_out_t *o,
@@ -430,13 +445,16 @@ ngx_http_opamp_metrics_directive(ngx_conf_t *cf, ngx_command_t *cmd,
 static ngx_int_t
 ngx_http_opamp_metrics_handler(ngx_http_request_t *r)
 {
+    u_char                        since[NGX_INT64_LEN];
+    size_t                        argvlen[3];
+    uint64_t                      ms, timeout;
     ngx_int_t                     rc;
-    ngx_buf_t                    *b;
-    ngx_chain_t                   out;
-    ngx_http_opamp_metrics_out_t  o;
-
-    static ngx_str_t  type = ngx_string("text/plain; version=0.0.4; "
-                                        "charset=utf-8");
+    ngx_str_t                     index, gauges;
+    ngx_time_t                   *tp;
+    const char                   *argv[3];
+    ngx_http_cleanup_t           *cln;
+    ngx_http_opamp_main_conf_t   *omcf;
+    ngx_http_opamp_metrics_ctx_t *ctx;
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
@@ -463,7 +481,145 @@ ngx_http_opamp_metrics_handler(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    b = ngx_create_temp_buf(r->pool, NGX_HTTP_OPAMP_METRICS_OUT_SIZE);
+    omcf = ngx_http_get_module_main_conf(r, ngx_http_opamp_module);
+
+    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_opamp_metrics_ctx_t));
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->request = r;
+
+    cln = ngx_http_cleanup_add(r, 0);
+    if (cln == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    cln->handler = ngx_http_opamp_metrics_cleanup;
+    cln->data = ctx;
+
+    /* the fleet gauges: a few Redis steps whatever the fleet's size */
+
+    index.len = omcf->prefix.len + sizeof("agents") - 1;
+    gauges.len = omcf->prefix.len + sizeof("fleet:gauges") - 1;
+
+    index.data = ngx_pnalloc(r->pool, index.len + gauges.len);
+    if (index.data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    gauges.data = ngx_sprintf(index.data, "%Vagents", &omcf->prefix);
+    ngx_sprintf(gauges.data, "%Vfleet:gauges", &omcf->prefix);
+
+    tp = ngx_timeofday();
+    ms = (uint64_t) tp->sec * 1000 + tp->msec;
+    timeout = omcf->max_agent_timeout ? omcf->max_agent_timeout : 90000;
+
+    argv[0] = (const char *) index.data;
+    argvlen[0] = index.len;
+    argv[1] = (const char *) gauges.data;
+    argvlen[1] = gauges.len;
+    argv[2] = (const char *) since;
+    argvlen[2] = ngx_sprintf(since, "%uL", ms > timeout ? ms - timeout : 0)
+                 - since;
+
+    ctx->cmd = ngx_http_opamp_store_eval(NGX_HTTP_OPAMP_SCRIPT_FLEET, 2, 3,
+                                         argv, argvlen,
+                                         ngx_http_opamp_metrics_fleet_done,
+                                         ctx);
+    if (ctx->cmd == NULL) {
+        /* Redis is away: the server's own figures, opamp_fleet_up 0 */
+        return ngx_http_opamp_metrics_send(r, NULL);
+    }
+
+    r->main->count++;
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_opamp_metrics_fleet_done(redisReply *reply, void *data)
+{
+    ngx_http_opamp_metrics_ctx_t *ctx = data;
+
+    ngx_int_t            rc;
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
+
+    ctx->cmd = NULL;
+    r = ctx->request;
+    c = r->connection;
+
+    if (reply && reply->type == REDIS_REPLY_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, c->log, 0,
+                      "opamp: metrics: fleet gauges failed: %*s",
+                      (size_t) reply->len, reply->str);
+    }
+
+    rc = ngx_http_opamp_metrics_send(r, reply);
+
+    ngx_http_finalize_request(r, rc);
+
+    /* a Redis callback, not an event of this connection */
+
+    ngx_http_run_posted_requests(c);
+}
+
+
+static void
+ngx_http_opamp_metrics_cleanup(void *data)
+{
+    ngx_http_opamp_metrics_ctx_t *ctx = data;
+
+    if (ctx->cmd) {
+        ngx_http_opamp_redis_cancel(ctx->cmd);
+        ctx->cmd = NULL;
+    }
+}
+
+
+/* fleet: the answer of fleet.lua, or NULL (or an error) when Redis was
+ * not there */
+
+static ngx_int_t
+ngx_http_opamp_metrics_send(ngx_http_request_t *r, redisReply *fleet)
+{
+    size_t                        size;
+    ngx_int_t                     rc;
+    ngx_buf_t                    *b;
+    ngx_uint_t                    i;
+    ngx_chain_t                   out;
+    redisReply                   *h;
+    ngx_http_opamp_metrics_out_t  o;
+
+    static ngx_str_t  type = ngx_string("text/plain; version=0.0.4; "
+                                        "charset=utf-8");
+
+    if (fleet && (fleet->type != REDIS_REPLY_ARRAY || fleet->elements != 3
+                  || fleet->element[0]->type != REDIS_REPLY_INTEGER
+                  || fleet->element[1]->type != REDIS_REPLY_INTEGER
+                  || fleet->element[2]->type != REDIS_REPLY_ARRAY))
+    {
+        fleet = NULL;
+    }
+
+    /* each gauge field is written at most once, its name (a group's,
+     * escaped) twice at most as long */
+
+    size = NGX_HTTP_OPAMP_METRICS_OUT_SIZE;
+
+    if (fleet) {
+        h = fleet->element[2];
+
+        for (i = 0; i < h->elements; i++) {
+            if (h->element[i]->type == REDIS_REPLY_STRING) {
+                size += 2 * h->element[i]->len + 128;
+            }
+        }
+    }
+
+    b = ngx_create_temp_buf(r->pool, size);
     if (b == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -472,11 +628,12 @@ ngx_http_opamp_metrics_handler(ngx_http_request_t *r)
     o.last = b->end;
 
     ngx_http_opamp_metrics_write(&o, ngx_http_opamp_metrics);
+    ngx_http_opamp_metrics_write_fleet_gauges(&o, fleet);
 
     if (o.pos == o.last) {
         ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
                       "opamp: metrics: the exposition does not fit in %uz "
-                      "bytes", (size_t) NGX_HTTP_OPAMP_METRICS_OUT_SIZE);
+                      "bytes", size);
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
@@ -712,4 +869,180 @@ ngx_http_opamp_metrics_write_fleet(ngx_http_opamp_metrics_out_t *o,
         "Departed agents removed by the retention sweep.");
     ngx_http_opamp_metrics_printf(o, "opamp_departed_agents_swept_total %A\n",
                                   s[NGX_HTTP_OPAMP_M_SWEPT]);
+}
+
+
+/* the fleet gauges: fleet.lua's answer (lib/gauges.lua names the fields) */
+
+static int64_t
+ngx_http_opamp_metrics_gauge(redisReply *h, const char *name)
+{
+    size_t       len;
+    ngx_uint_t   i;
+    redisReply  *k, *v;
+
+    len = ngx_strlen(name);
+
+    for (i = 0; i + 1 < h->elements; i += 2) {
+        k = h->element[i];
+        v = h->element[i + 1];
+
+        if (k->type == REDIS_REPLY_STRING && (size_t) k->len == len
+            && ngx_strncmp(k->str, name, len) == 0
+            && v->type == REDIS_REPLY_STRING)
+        {
+            return ngx_atoof((u_char *) v->str, v->len);
+        }
+    }
+
+    return 0;
+}
+
+
+/* a label value as the exposition format wants it: \, " and newline
+ * escaped */
+
+static void
+ngx_http_opamp_metrics_label(ngx_http_opamp_metrics_out_t *o, u_char *v,
+    size_t len)
+{
+    u_char  *end;
+
+    for (end = v + len; v < end && o->pos + 2 < o->last; v++) {
+        if (*v == '\\' || *v == '"') {
+            *o->pos++ = '\\';
+            *o->pos++ = *v;
+
+        } else if (*v == '\n') {
+            *o->pos++ = '\\';
+            *o->pos++ = 'n';
+
+        } else {
+            *o->pos++ = *v;
+        }
+    }
+}
+
+
+static void
+ngx_http_opamp_metrics_groups(ngx_http_opamp_metrics_out_t *o,
+    redisReply *h, const char *family, const char *field)
+{
+    size_t       len;
+    int64_t      n;
+    ngx_uint_t   i;
+    redisReply  *k, *v;
+
+    len = ngx_strlen(field);
+
+    for (i = 0; i + 1 < h->elements; i += 2) {
+        k = h->element[i];
+        v = h->element[i + 1];
+
+        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING
+            || (size_t) k->len <= len
+            || ngx_strncmp(k->str, field, len) != 0)
+        {
+            continue;
+        }
+
+        n = ngx_atoof((u_char *) v->str, v->len);
+
+        ngx_http_opamp_metrics_printf(o, "opamp_%s{group=\"", family);
+        ngx_http_opamp_metrics_label(o, (u_char *) k->str + len,
+                                     k->len - len);
+        ngx_http_opamp_metrics_printf(o, "\"} %L\n", n < 0 ? 0 : n);
+    }
+}
+
+
+static void
+ngx_http_opamp_metrics_write_fleet_gauges(ngx_http_opamp_metrics_out_t *o,
+    redisReply *fleet)
+{
+    ngx_uint_t   i, k;
+    redisReply  *h;
+
+    static const char  *dims[][6] = {
+        { "agents_by_transport", "transport",
+          "transport:", "websocket", "http", NULL },
+        { "agents_by_health", "health",
+          "health:", "healthy", "unhealthy", "unknown" },
+        { "agents_by_owed_config", "state",
+          "owed:", "running", "not_running", "none" },
+    };
+
+    static const char  *helps[] = {
+        "Agents known, by the transport of their last message.",
+        "Agents known, by the health they reported last (unknown: none "
+        "reported).",
+        "Agents known that are owed a remote config, by whether they run "
+        "it (reported APPLIED for its hash); none: owed no config.",
+    };
+
+    static const char  *statuses[] = {
+        "APPLIED", "APPLYING", "FAILED", "UNSET"
+    };
+
+    u_char  name[64];
+
+    ngx_http_opamp_metrics_family(o, "fleet_up", "gauge",
+        "1 when the fleet gauges below were read from Redis for this "
+        "scrape, 0 when Redis did not answer.");
+    ngx_http_opamp_metrics_printf(o, "opamp_fleet_up %d\n", fleet ? 1 : 0);
+
+    if (fleet == NULL) {
+        return;
+    }
+
+    h = fleet->element[2];
+
+    ngx_http_opamp_metrics_family(o, "fleet_agents", "gauge",
+        "Agents known to the fleet (the index in Redis).");
+    ngx_http_opamp_metrics_printf(o, "opamp_fleet_agents %L\n",
+                                  (int64_t) fleet->element[0]->integer);
+
+    ngx_http_opamp_metrics_family(o, "fleet_agents_live", "gauge",
+        "Agents seen within the longest opamp_agent_timeout.");
+    ngx_http_opamp_metrics_printf(o, "opamp_fleet_agents_live %L\n",
+                                  (int64_t) fleet->element[1]->integer);
+
+    for (k = 0; k < 3; k++) {
+        ngx_http_opamp_metrics_printf(o,
+            "# HELP opamp_fleet_%s %s\n# TYPE opamp_fleet_%s gauge\n",
+            dims[k][0], helps[k], dims[k][0]);
+
+        for (i = 3; i < 6 && dims[k][i]; i++) {
+            ngx_snprintf(name, sizeof(name), "%s%s%Z", dims[k][2],
+                         dims[k][i]);
+            ngx_http_opamp_metrics_printf(o,
+                "opamp_fleet_%s{%s=\"%s\"} %L\n", dims[k][0], dims[k][1],
+                dims[k][i], ngx_http_opamp_metrics_gauge(h, (char *) name));
+        }
+    }
+
+    ngx_http_opamp_metrics_family(o, "fleet_agents_by_config_status",
+        "gauge", "Agents known, by the status of the remote config they "
+        "reported last (UNSET: none reported).");
+
+    for (i = 0; i < 4; i++) {
+        ngx_snprintf(name, sizeof(name), "status:%s%Z", statuses[i]);
+        ngx_http_opamp_metrics_printf(o,
+            "opamp_fleet_agents_by_config_status{status=\"%s\"} %L\n",
+            statuses[i], ngx_http_opamp_metrics_gauge(h, (char *) name));
+    }
+
+    ngx_http_opamp_metrics_family(o, "fleet_group_agents", "gauge",
+        "Agents whose config comes from a group, by group.");
+    ngx_http_opamp_metrics_groups(o, h, "fleet_group_agents", "group:");
+
+    ngx_http_opamp_metrics_family(o, "fleet_group_agents_failed", "gauge",
+        "Agents of a group that reported FAILED, by group.");
+    ngx_http_opamp_metrics_groups(o, h, "fleet_group_agents_failed",
+                                  "group_failed:");
+
+    ngx_http_opamp_metrics_family(o, "fleet_group_agents_not_running",
+        "gauge", "Agents of a group that do not run its config, by group.");
+    ngx_http_opamp_metrics_groups(o, h, "fleet_group_agents_not_running",
+                                  "group_not_running:");
 }

@@ -133,7 +133,8 @@ static ngx_http_opamp_script_t  ngx_http_opamp_scripts[] = {
       sizeof(ngx_http_opamp_lua_admin_push) - 1, "" },
     { ngx_http_opamp_lua_admin_agent,
       sizeof(ngx_http_opamp_lua_admin_agent) - 1, "" },
-    { ngx_http_opamp_lua_remove, sizeof(ngx_http_opamp_lua_remove) - 1, "" }
+    { ngx_http_opamp_lua_remove, sizeof(ngx_http_opamp_lua_remove) - 1, "" },
+    { ngx_http_opamp_lua_fleet, sizeof(ngx_http_opamp_lua_fleet) - 1, "" }
 };
 
 

@@ -264,9 +264,12 @@ $t->start_nginx('
 
 sub zcard { return $t->redis('ZCARD', "${P}agents") }
 
-# the keys in Redis but the sweep's lease (t/72-sweep-lease.t)
+# the keys in Redis but the sweep's lease (t/72-sweep-lease.t) and the
+# cursor of its recount of the fleet gauges (t/19-fleet-gauges.t); the
+# gauges themselves go with the last agent
 sub dbsize {
-    return $t->redis('DBSIZE') - $t->redis('EXISTS', "${P}sweep:lease");
+    return $t->redis('DBSIZE')
+           - $t->redis('EXISTS', "${P}sweep:lease", "${P}fleet:recount");
 }
 
 # Redis as MONITOR shows it: the sweep's calls and the agents each removed
@@ -317,9 +320,9 @@ ok($t->wait_for(sub { zcard() == 150 }, 30),
 my $took = time - $t0;
 is(scalar(grep { $t->redis('EXISTS', key_of('agent', $_->[1])) } @live), 150,
    'every live agent is still there, scored older than the departed');
-is(dbsize(), 301, 'and nothing else is left but their hashes, '
-   . 'their status fields and the index (shared content gone with the last '
-   . 'reference)')
+is(dbsize(), 302, 'and nothing else is left but their hashes, '
+   . 'their status fields, the index and the fleet gauges (shared content '
+   . 'gone with the last reference)')
     or diag(explain [ grep { !/^\Q${P}\E(agent|status):/ }
                       @{ $t->redis('KEYS', '*') } ]);
 

@@ -31,6 +31,7 @@
 --@include lib/caps.lua
 --@include lib/owed_config.lua
 --@include lib/owed.lua
+--@include lib/gauges.lua
 
 version_key, groups_key = KEYS[1], KEYS[2]
 now_text, now = ARGV[1], tonumber(ARGV[1])
@@ -72,6 +73,13 @@ for i = 6, #ARGV - 1, 2 do
         local packages = owed_packages(set, caps, force, now)
         if #set > 0 then
             redis.call('HSET', key, unpack(set))
+            -- a group config or selector changed what it is owed
+            for j = 1, #set, 2 do
+                if set[j] == 'desired_hash' or set[j] == 'desired_config' then
+                    gauge_update(key)
+                    break
+                end
+            end
         end
         local command = ''
         if h == '' and offer == 0 and packages == '' then
@@ -108,6 +116,7 @@ for i = 6, #ARGV - 1, 2 do
         end
     end
 end
+gauge_flush(prefix .. 'fleet:gauges')
 local files = {}
 for ckey in pairs(owed_keys) do
     files[#files + 1] = ckey

@@ -20,19 +20,27 @@
 -- ARGV[8]  the lease, ms: a worker that holds it (or finds it free) sweeps
 --          and holds it this long again; any other worker gets nothing to
 --          do, so that one worker of the fleet sweeps at a time
+-- A sweep step also recomputes the fleet gauges' part of 100 agents of
+-- the index, from a cursor kept in <prefix>fleet:recount.
 --
 -- Returns, "agent": 1 when there was anything of the agent (hash, index
 -- entry, or something queued for it), else 0; "sweep": { removed,
 -- examined, kept (live, still in the range), 1 } for the lease holder,
 -- { 0, 0, 0, 0 } for any other worker
 
+--@include lib/gauges.lua
+
 local prefix, now = ARGV[1], tonumber(ARGV[3])
+
+-- agents whose part of the fleet gauges a sweep step recomputes
+local RECOUNT = 100
 
 -- the hash, its status fields, the index entry, the queued command and
 -- messages, and the references to shared content (report.lua, refer()):
 -- the last agent out deletes the content
 local function remove(uid)
     local key = prefix .. 'agent:{' .. uid .. '}'
+    gauge_remove(key)
     local refs = redis.call('HMGET', key, 'effective_config_ref',
                             'available_components_ref')
     for i, kind in ipairs({ 'config', 'components' }) do
@@ -50,7 +58,9 @@ local function remove(uid)
 end
 
 if ARGV[2] == 'agent' then
-    return remove(ARGV[4]) > 0 and 1 or 0
+    local r = remove(ARGV[4]) > 0 and 1 or 0
+    gauge_flush(prefix .. 'fleet:gauges')
+    return r
 end
 
 local holder = redis.call('GET', KEYS[2])
@@ -80,5 +90,21 @@ for _, uid in ipairs(uids) do
         removed = removed + 1
     end
 end
+
+-- the gauges' repair (lib/gauges.lua): a window of the index a step, in
+-- rank order, each agent's part recomputed from its fields, so that a
+-- direct write to agent hashes that bypassed the scripts is counted right
+-- within (fleet size / window) steps; not while a backlog of departed
+-- agents is cleared, whose steps stay as short as they were
+if #uids < tonumber(ARGV[5]) then
+    local rkey = prefix .. 'fleet:recount'
+    local from = tonumber(redis.call('GET', rkey) or '0') or 0
+    local win = redis.call('ZRANGE', KEYS[1], from, from + RECOUNT - 1)
+    for _, u in ipairs(win) do
+        gauge_update(prefix .. 'agent:{' .. u .. '}')
+    end
+    redis.call('SET', rkey, #win < RECOUNT and 0 or from + #win)
+end
+gauge_flush(prefix .. 'fleet:gauges')
 
 return { removed, #uids, kept, 1 }

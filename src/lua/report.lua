@@ -69,6 +69,7 @@
 --@include lib/status.lua
 --@include lib/components.lua
 --@include lib/state.lua
+--@include lib/gauges.lua
 
 -- the layout version of the agent hash (docs/redis-schema.md); the
 -- worker's digest of a beat_mark() says the same
@@ -583,6 +584,8 @@ redis.call('HSET', key, unpack(put))
 if #gone > 0 then
     redis.call('HDEL', key, unpack(gone))
 end
+gauge_update(key)
+gauge_flush(prefix .. 'fleet:gauges')
 
 if status_changed then
     local text = status_string(stored_status())
