@@ -12,7 +12,8 @@
 #   BENCH_SECONDS=10              length of the throughput runs
 #   BENCH_OUT=file                default bench/results/<date>.md
 #   BENCH_ONLY="hold fanout"      scenarios to run (default: all of hold
-#                                 collector status http fanout storm)
+#                                 collector status http fanout storm
+#                                 metrics)
 #   BENCH_COLLECTORS=5000         agents in the collector scenario, each
 #                                 sending a Collector's 39.8 KB full status
 #                                 (bench/collector.pl: 3 builds x 2 configs)
@@ -37,7 +38,7 @@ OUT=${BENCH_OUT:-$BENCH/results/$(date -u +%Y-%m-%d).md}
 # a relative BENCH_OUT is relative to where make bench was run
 [[ "$OUT" == /* ]] || OUT=$CALLER/$OUT
 COLLECTORS=${BENCH_COLLECTORS:-5000}
-ONLY=" ${BENCH_ONLY:-hold collector status http fanout storm} "
+ONLY=" ${BENCH_ONLY:-hold collector status http fanout storm metrics} "
 
 want() { [[ "$ONLY" == *" $1 "* ]]; }
 
@@ -110,6 +111,8 @@ http {
         location = /v1/opamp { opamp; opamp_heartbeat_interval 30s; }
         location /admin/ { opamp_admin; }
         location = /204 { return 204; }
+        location = /metrics { opamp_metrics; }
+        location = /stub { stub_status; }
         $nchan_locs
     }
 }
@@ -405,6 +408,43 @@ if want storm; then
     done
     row "reconnect storm: $n agents dropped at once, all back" \
         "$(printf '%s\n' "${rs[@]}" | median) s ($back back, $(printf '%s\n' "${fs[@]}" | median) asked for full state)" "—" "—"
+fi
+
+# --- a scrape of opamp_metrics at 1,000 and 100,000 agents ----------------
+#
+# The agents are written straight into Redis (an index entry and a hash
+# with its gauge part each, and the gauges hash as the scripts keep it):
+# a scrape reads two counts of the index and the gauges hash, so its cost
+# must not move with the fleet.  Beside it, stub_status on the same nginx.
+
+if want metrics; then
+
+    start_nginx 2 0
+    for n in 1000 100000; do
+        R flushall >/dev/null
+        R eval "for i = 1, tonumber(ARGV[1]) do
+                    local uid = string.format('00000000-0000-4000-8000-%012d', i)
+                    redis.call('HSET', 'opamp:agent:{' .. uid .. '}',
+                               'transport', 'http', 'healthy', '1',
+                               'last_seen_ms', ARGV[2], 'gauge', 'h1U-g' .. (i % 20))
+                    redis.call('ZADD', 'opamp:agents', ARGV[2], uid)
+                    redis.call('HINCRBY', 'opamp:fleet:gauges', 'group:g' .. (i % 20), 1)
+                end
+                redis.call('HSET', 'opamp:fleet:gauges', 'agents', ARGV[1],
+                           'transport:http', ARGV[1], 'health:healthy', ARGV[1],
+                           'status:UNSET', ARGV[1], 'owed:none', ARGV[1])" \
+            0 "$n" "$(date +%s%3N)" >/dev/null
+        # Redis's own time per call of the scrape's script (the only
+        # EVAL: no agent is connected, the sweep waits a minute)
+        R config resetstat >/dev/null
+        m=$(perl "$BENCH/metrics.pl" "$PORT" /metrics 2000)
+        us=$(R info commandstats | tr -d '\r' \
+             | sed -n 's/^cmdstat_eval:.*usec_per_call=\([0-9.]*\).*/\1/p')
+        st=$(perl "$BENCH/metrics.pl" "$PORT" /stub 2000)
+        row "scrape of opamp_metrics, $n agents in Redis (20 groups)" \
+            "p50 $(echo "$m" | field p50_us) us, p99 $(echo "$m" | field p99_us) us, $(echo "$m" | field bytes) B; Redis $us us a scrape" \
+            "stub_status p50 $(echo "$st" | field p50_us) us" "—"
+    done
 fi
 
 if grep -E '\[(alert|crit|emerg)\]' "$WORK/logs/error.log"; then
