@@ -31,6 +31,9 @@ my $server = '
 
 my $ta = OpAMPTest->new;
 $ta->start_redis;
+# a replica, where a failover would go
+my $tr = OpAMPTest->new;
+$tr->start_redis('--replicaof', '127.0.0.1', $ta->redis_port);
 my $tb = OpAMPTest->new(redis_port => $ta->redis_port);
 $ta->start_nginx($server, workers => 2, http => "$http opamp_server_id a;");
 $tb->start_nginx($server, workers => 2, http => "$http opamp_server_id b;");
@@ -164,10 +167,12 @@ ok($ta->wait_for(sub {
 
 # the recount of the test: every agent hash, as docs/redis-schema.md says
 sub recount {
+    my ($r) = @_;
+    $r //= $ta;
     my %c;
-    my $keys = $ta->redis('KEYS', "${P}agent:*");
+    my $keys = $r->redis('KEYS', "${P}agent:*");
     for my $k (@$keys) {
-        my $h = $ta->hgetall($k);
+        my $h = $r->hgetall($k);
         $c{agents}++;
         $c{"transport:$h->{transport}"}++;
         my $health = !defined $h->{healthy} ? 'unknown'
@@ -216,6 +221,19 @@ for my $t ($ta, $tb) {
         or diag(explain { got => gauges($t), want => $want });
 }
 
+# the replica, where a Sentinel failover would take the fleet: the gauges
+# travel with the agent hashes in the same script calls, so they agree
+# there too
+$ta->redis('WAIT', 1, 5000);
+{
+    my $g = $tr->hgetall("${P}fleet:gauges");
+    my %g = map { $_ => $g->{$_} } grep { $g->{$_} } keys %$g;
+    my $want_r = recount($tr);
+    is_deeply(\%g, $want_r, 'on the replica, the gauges hash equals a '
+              . 'recount of its agent hashes')
+        or diag(explain { got => \%g, want => $want_r });
+}
+
 # a group deleted: its connected WebSocket agents leave it at once (the
 # fan-out's check), a plain HTTP agent at its next poll
 is(gauges($ta)->{'group:web'}, 620, 'the web group: 600 HTTP and 20 '
@@ -232,4 +250,5 @@ $_->close for @ws[20 .. 39];
 
 $tb->done;
 $ta->done;
+$tr->stop_redis;
 done_testing;
