@@ -231,12 +231,13 @@ done:
 
 /*
  * The most an agent description may hold, as stored (docs/operations.md,
- * "Limits"): the scripts read it at every report, config change and
- * admin listing, inside Redis's one thread.  Real agents describe
- * themselves in a few dozen attributes and a KB or two.
+ * "Limits"): the scripts read it at every report, config change (up to
+ * 128 agents in one call) and admin listing, inside Redis's one thread.
+ * Real agents describe themselves in a few dozen attributes and a KB or
+ * two; 128 is OpenTelemetry's default limit of attributes.
  */
-#define NGX_HTTP_OPAMP_MAX_ATTRIBUTES        256
-#define NGX_HTTP_OPAMP_MAX_ATTRIBUTES_TEXT   "256"
+#define NGX_HTTP_OPAMP_MAX_ATTRIBUTES        128
+#define NGX_HTTP_OPAMP_MAX_ATTRIBUTES_TEXT   "128"
 #define NGX_HTTP_OPAMP_MAX_DESCRIPTION       65536
 #define NGX_HTTP_OPAMP_MAX_DESCRIPTION_TEXT  "65536"
 

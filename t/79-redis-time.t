@@ -22,6 +22,7 @@ use JSON::PP;
 use Time::HiRes qw(time);
 
 use OpAMPTest;
+use OpAMPFleet;
 
 # docs/operations.md, "Redis time": no agent message costs Redis more
 # than this, nor does a page of the admin listing
@@ -136,41 +137,41 @@ is($t->agent($u)->{description} // '', fld(2, kv('k', "\x18\x05")),
 
 # the most attributes allowed, each a negative int64 (the slowest value to
 # read), identifying and non-identifying
-my @attrs = map { fld($_ % 2 + 1, kv("key.$_", $NEG)) } 1 .. 256;
-within('256 integer attributes', sub {
+my @attrs = map { fld($_ % 2 + 1, kv("key.$_", $NEG)) } 1 .. 128;
+within('128 integer attributes', sub {
     ($s, $m) = post(a2s(random_uid(), 0, fld(3, join '', @attrs)));
-    is($s, 200, '256 attributes of negative integers are taken');
+    is($s, 200, '128 attributes of negative integers are taken');
 });
 
-# long keys and values: 256 attributes of 250 bytes, about 64 KB
+# long keys and values: 128 attributes of 500 bytes, about 64 KB
 my $long = join '', map {
-    fld(2, kv(sprintf('%-100s', "k$_"), fld(1, 'v' x 140)))
-} 1 .. 256;
-within('256 attributes of 250 bytes', sub {
+    fld(2, kv(sprintf('%-100s', "k$_"), fld(1, 'v' x 390)))
+} 1 .. 128;
+within('128 attributes of 500 bytes', sub {
     ($s, $m) = post(a2s(random_uid(), 0, fld(3, $long)));
-    is($s, 200, '256 attributes of 250 bytes each (' . length($long)
+    is($s, 200, '128 attributes of 500 bytes each (' . length($long)
        . ' bytes) are taken');
 });
 
-# nested values: an array of arrays 45 deep (90 levels) beside 255 string
+# nested values: an array of arrays 45 deep (90 levels) beside 127 string
 # attributes
 my $nest = fld(1, 'leaf');
 $nest = fld(5, fld(1, $nest)) for 1 .. 45;
-within('a nested value 90 levels deep among 255 attributes', sub {
+within('a nested value 90 levels deep among 127 attributes', sub {
     ($s, $m) = post(a2s(random_uid(), 0,
                         fld(3, fld(2, kv('deep', $nest)) . join '',
                                map { fld(2, kv("s$_", fld(1, 'x'))) }
-                               1 .. 255)));
-    is($s, 200, 'a nested value 90 levels deep among 255 attributes is '
+                               1 .. 127)));
+    is($s, 200, 'a nested value 90 levels deep among 127 attributes is '
        . 'taken');
 });
 
 # past the bounds: refused, with the reason, nothing stored
 $u = random_uid();
 ($s, $m) = post(a2s($u, 0, fld(3, join '', @attrs, fld(2, kv('one', $NEG)))));
-is($s, 400, '257 attributes: 400');
+is($s, 400, '129 attributes: 400');
 like($m->{error_response}{error_message} // '',
-     qr/agent description has more than 256 attributes/, 'with the reason');
+     qr/agent description has more than 128 attributes/, 'with the reason');
 is($t->agent($u)->{sequence_num}, undef, 'nothing stored');
 ($s, $m) = post(a2s($u, 0, fld(3, fld(2, kv('big', fld(1, 'v' x 65536))))));
 is($s, 400, 'a description of more than 65,536 bytes: 400');
@@ -252,7 +253,7 @@ for my $i (1 .. 100) {
     post(a2s($u, 0, fld(3, $long)));
 }
 my ($pages, %seen);
-within('a page of the listing over agents of 256 attributes and 64 KB',
+within('a page of the listing over agents of 128 attributes and 64 KB',
        sub {
     my $cursor;
     ($pages, %seen) = (0);
@@ -270,6 +271,49 @@ cmp_ok($pages, '>', 2, "pages end early when their descriptions are large "
        . "($pages pages)");
 is(scalar(grep { $seen{$_} } keys %big), 100, 'and the cursor leads to '
    . 'every agent');
+
+# --- a config change: 128 connected agents matched again in one call ------
+
+# check.lua looks at up to 128 WebSocket agents of a worker in one call
+# and reads the description of each that a change makes be matched again:
+# 128 agents at the largest description, long strings and negative
+# integers, a group whose selector names some of their keys
+my @fleet;
+for my $i (1 .. 128) {
+    my $ag = OpAMPFleet->connect_ws(port => $t->port);
+    my $d = $i % 2 ? $long : join '', @attrs;
+    $ag->send_msg(a2s(random_uid(), 0, fld(3, $d)));
+    push @fleet, $ag;
+}
+my $fleet_answered = grep { defined $_->recv_msg(10) } @fleet;
+is($fleet_answered, 128, '128 WebSocket agents of the largest descriptions');
+my $change = 0;
+within('a config change over 128 agents of the largest descriptions', sub {
+    $change++;
+    my ($st) = $t->http_post('{"selector":"key.1=-1,key.2=' . $change
+        . '","priority":1,"files":{"a.yaml":{"body":"a: ' . $change
+        . '\n","content_type":"text/yaml"}}}', -method => 'PUT',
+        -path => '/admin/configs/groups/fan',
+        'Content-Type' => 'application/json');
+    is($st, 200, 'a group config set over them');
+    # the change reaches the worker on its pub/sub link; its check calls
+    # follow within a few hundred ms (bounded: 5 s)
+    my $deadline = time + 5;
+    my $calls = 0;
+    while (time < $deadline) {
+        select(undef, undef, undef, 0.2);
+        # SLOWLOG keeps 32 arguments and says how many more there were
+        my $n = grep { $_->[3][0] =~ /^EVALSHA/i
+                       && ($_->[3][-1] // '') =~ /^\.\.\. \((\d+) more/
+                       && $1 > 100 }
+                @{ $t->redis('SLOWLOG', 'GET', 10000) };
+        last if $n >= 1 && $n == $calls;
+        $calls = $n;
+    }
+    cmp_ok($calls, '>=', 1, "the worker checked them ($calls calls of "
+           . 'over 100 arguments)');
+});
+$_->close for @fleet;
 
 # --- custom messages: bounded by count and by bytes -------------------------
 

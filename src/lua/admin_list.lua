@@ -1,7 +1,7 @@
 -- admin_list.lua: one page of the fleet for the admin API, newest
 -- last_seen first, filtered inside Redis.  Bounded work per call: at most
 -- ARGV[4] index entries are examined, and the page ends after the one
--- whose description brings the protobuf fields read to LIST_FIELDS (8
+-- whose description brings the protobuf fields read to LIST_FIELDS (16
 -- agents at the largest description a worker stores, some 200 real
 -- ones); the cursor says where to go on.
 --

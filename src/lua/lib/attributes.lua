@@ -17,11 +17,30 @@ local function limbs_text(l)
 end
 
 -- int64 of a varint's groups, in decimal: exact for all 64 bits (Lua's
--- numbers are doubles), two's complement for negatives
+-- numbers are doubles), two's complement for negatives.  Values within
+-- 2^53 either way, which doubles hold exactly, take a short way.
 local function int64_text(g)
+    local top = #g
+    if top <= 7 then
+        local v, mul = 0, 1
+        for k = 1, top do
+            v, mul = v + g[k] * mul, mul * 128
+        end
+        return string.format('%.0f', v)
+    end
+    -- negative, magnitude at most 2^53: bits 53 to 63 all set
+    if top == 10 and g[10] % 2 == 1 and g[9] == 127
+       and math.floor(g[8] / 16) == 7
+    then
+        local v, mul = 0, 1
+        for k = 1, 7 do
+            v, mul = v + g[k] * mul, mul * 128
+        end
+        v = v + (g[8] % 16) * mul
+        return '-' .. string.format('%.0f', 2 ^ 53 - v)
+    end
     local l = { 0 }
     -- bit 63 is the low bit of the tenth group; higher bits are dropped
-    local top = #g
     local neg = false
     if top == 10 then
         neg = g[10] % 2 == 1
@@ -60,7 +79,7 @@ end
 
 -- A description the worker stored is canonical (docs/redis-schema.md):
 -- protobuf-c's encoding of what it decoded, one value per KeyValue, at
--- most 256 attributes and 65,536 bytes, so that reading it costs a few
+-- most 128 attributes and 65,536 bytes, so that reading it costs a few
 -- fields per attribute.  Anyone may write Redis, though: the reader
 -- reads at most ATTR_FIELDS fields of one description at all levels
 -- together, skips nested values (arrays, kvlists, bytes) by their length
@@ -104,8 +123,8 @@ local function any_value_text(pb, i, n)
     return nil
 end
 
--- one KeyValue into t
-local function key_value(pb, i, n, t)
+-- one KeyValue into t, if its key is wanted (want nil: every key)
+local function key_value(pb, i, n, t, want)
     local ka, kb, va, vb = nil, nil, nil, nil
     while i <= n and attr_left > 0 do
         attr_left = attr_left - 1
@@ -120,14 +139,24 @@ local function key_value(pb, i, n, t)
         end
         i = past
     end
+    -- a key of a length no selector names is not even copied
+    if want and not (ka and want[kb - ka + 1]) then
+        return
+    end
+    local key = ka and string.sub(pb, ka, kb) or ''
+    if want and not want[key] then
+        return
+    end
     local value = va and any_value_text(pb, va, vb)
     if value then
-        t[ka and string.sub(pb, ka, kb) or ''] = value
+        t[key] = value
     end
 end
 
--- the attributes of pb, and how many fields were read for them
-local function attributes_of(pb)
+-- the attributes of pb, and how many fields were read for them; with
+-- want (a set of keys, and of their lengths as numbers), only those: a
+-- value is converted only when a selector can ask for it
+local function attributes_of(pb, want)
     local t = {}
     if not pb or pb == '' then
         return t, 0
@@ -142,7 +171,7 @@ local function attributes_of(pb)
             break
         end
         if wire == 2 and (field == 1 or field == 2) then
-            key_value(pb, a, b, field == 1 and ident or t)
+            key_value(pb, a, b, field == 1 and ident or t, want)
         end
         i = past
     end

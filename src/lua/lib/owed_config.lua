@@ -73,6 +73,11 @@ end
 -- however many agents a check batch resolves
 local groups = nil
 
+-- the attribute keys the groups' selectors name, and their lengths (as
+-- numbers): only those are read of an agent's description (a check batch
+-- reads up to 128 descriptions)
+local selector_keys = {}
+
 local function load_groups()
     local g = redis.call('ZREVRANGE', groups_key, 0, -1, 'WITHSCORES')
     local list = {}
@@ -89,6 +94,10 @@ local function load_groups()
         local r = redis.call('HMGET', prefix .. 'config:group:' .. e[1],
                              'selector', 'hash')
         e[3], e[4] = parse_selector(r[1]), r[2]
+        for i = 1, #(e[3] or {}), 2 do
+            selector_keys[e[3][i]] = true
+            selector_keys[#e[3][i]] = true
+        end
     end
     return list
 end
@@ -97,12 +106,17 @@ end
 -- config (one EXISTS for all instead of one HGET each)
 local own_configs = true
 
-local function resolve(attrs)
+-- (desc: the agent's description, protobuf)
+local function resolve(desc)
     local h = own_configs and redis.call('HGET', agent_config_key(), 'hash')
     if h then
         return 'agent', h
     end
     groups = groups or load_groups()
+    if #groups == 0 then
+        return '', ''
+    end
+    local attrs = attributes_of(desc, selector_keys)
     for _, e in ipairs(groups) do
         if e[4] and matches(e[3], attrs) then
             return 'group:' .. e[1], e[4]
@@ -223,7 +237,7 @@ local function owed_config(set, caps, desc, reported, force, now, pre)
             end
             desc = desc or redis.call('HGET', key, 'description') or ''
         end
-        desired, dhash = resolve((attributes_of(desc)))
+        desired, dhash = resolve(desc)
         set[#set + 1] = 'desired_config'
         set[#set + 1] = desired
         set[#set + 1] = 'desired_hash'
