@@ -232,7 +232,7 @@ done:
 /*
  * The most an agent description may hold, as stored (docs/operations.md,
  * "Limits"): the scripts read it at every report, config change (up to
- * 128 agents in one call) and admin listing, inside Redis's one thread.
+ * 64 agents in one call) and admin listing, inside Redis's one thread.
  * Real agents describe themselves in a few dozen attributes and a KB or
  * two; 128 is OpenTelemetry's default limit of attributes.
  */

@@ -19,8 +19,10 @@
 
 
 /* agents per script call: long enough to save round trips, short enough
- * that Redis answers the first agents while it works on the next */
-#define NGX_HTTP_OPAMP_CHECK_BATCH  128
+ * that Redis answers the first agents while it works on the next, and
+ * that one call stays within docs/operations.md's Redis time when every
+ * agent of it has the largest description allowed */
+#define NGX_HTTP_OPAMP_CHECK_BATCH  64
 
 
 static ngx_uint_t ngx_http_opamp_session_checkable(

@@ -57,6 +57,10 @@ my $desc = $t->encode('AgentDescription', join ' ',
     kv('non_identifying_attributes', 'big', 'int_value: 9007199254740993'),
     kv('non_identifying_attributes', 'max', 'int_value: 9223372036854775807'),
     kv('non_identifying_attributes', 'min', 'int_value: -9223372036854775808'),
+    kv('non_identifying_attributes', 'm53', 'int_value: -9007199254740992'),
+    kv('non_identifying_attributes', 'm53b', 'int_value: -9007199254740993'),
+    kv('non_identifying_attributes', 'p49', 'int_value: 562949953421311'),
+    kv('non_identifying_attributes', 'p49b', 'int_value: 562949953421312'),
     kv('non_identifying_attributes', 'ratio', 'double_value: 0.5'),
     kv('non_identifying_attributes', 'raw', 'bytes_value: "\\001"'),
     kv('non_identifying_attributes', 'list',
@@ -68,10 +72,21 @@ is_deeply(attributes($desc), {
     off => 'false', replicas => '42', offset => '-5',
     big => '9007199254740993', max => '9223372036854775807',
     min => '-9223372036854775808', utf8 => "gr\xc3\xbc\xc3\x9fe",
-}, 'attributes: strings as they are, booleans, integers exact to 64 bits, '
+    m53 => '-9007199254740992', m53b => '-9007199254740993',
+    p49 => '562949953421311', p49b => '562949953421312',
+}, 'attributes: strings as they are, booleans, integers exact to 64 bits '
+   . '(either side of the short ways: 2^49, -2^53), '
    . 'an identifying one winning; doubles, bytes and arrays left out');
 
 is_deeply(attributes(''), {}, 'an empty description: no attributes');
+
+my $r0 = run_lua('local want = { env = true, [3] = true, offset = true, '
+                 . '[6] = true } local t = attributes_of(ARGV[1], want) '
+                 . 'local o = {} for k, v in pairs(t) do o[#o + 1] = k '
+                 . 'o[#o + 1] = v end return o', $desc);
+is_deeply({ @$r0 }, { env => 'prod', offset => '-5' },
+          'attributes_of with the keys selectors name: only those, an '
+          . 'identifying one still winning');
 
 # --- the status string ----------------------------------------------------
 

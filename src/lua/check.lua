@@ -1,5 +1,5 @@
 -- check.lua: a config or group changed: what do these connected agents
--- need now?  All of a worker's WebSocket agents, in batches of up to 128,
+-- need now?  All of a worker's WebSocket agents, in batches of up to 64,
 -- each looked at with the owed_*() functions of report.lua
 -- (lib/owed_config.lua, lib/owed.lua), storing what they note of an
 -- offer but nothing of a message.  The layout is docs/redis-schema.md.

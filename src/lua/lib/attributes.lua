@@ -17,28 +17,9 @@ local function limbs_text(l)
 end
 
 -- int64 of a varint's groups, in decimal: exact for all 64 bits (Lua's
--- numbers are doubles), two's complement for negatives.  Values within
--- 2^53 either way, which doubles hold exactly, take a short way.
+-- numbers are doubles), two's complement for negatives
 local function int64_text(g)
     local top = #g
-    if top <= 7 then
-        local v, mul = 0, 1
-        for k = 1, top do
-            v, mul = v + g[k] * mul, mul * 128
-        end
-        return string.format('%.0f', v)
-    end
-    -- negative, magnitude at most 2^53: bits 53 to 63 all set
-    if top == 10 and g[10] % 2 == 1 and g[9] == 127
-       and math.floor(g[8] / 16) == 7
-    then
-        local v, mul = 0, 1
-        for k = 1, 7 do
-            v, mul = v + g[k] * mul, mul * 128
-        end
-        v = v + (g[8] % 16) * mul
-        return '-' .. string.format('%.0f', 2 ^ 53 - v)
-    end
     local l = { 0 }
     -- bit 63 is the low bit of the tenth group; higher bits are dropped
     local neg = false
@@ -75,6 +56,33 @@ local function int64_text(g)
         out[#out] = nil
     end
     return '-' .. limbs_text(out)
+end
+
+-- the decimal text of the int64 varint pb[a..b].  Values within 2^53
+-- either way, which doubles hold exactly, take a short way without a
+-- table: most of them, and every negative one of the usual sizes.
+local function int_text(pb, a, b)
+    local n = b - a + 1
+    if n <= 7 then
+        local v, mul = 0, 1
+        for j = a, b do
+            v, mul = v + string.byte(pb, j) % 128 * mul, mul * 128
+        end
+        return string.format('%.0f', v)
+    end
+    -- negative, magnitude at most 2^53: bits 53 to 63 all set
+    if n == 10 and string.byte(pb, b) % 2 == 1
+       and string.byte(pb, a + 8) % 128 == 127
+       and math.floor(string.byte(pb, a + 7) % 128 / 16) == 7
+    then
+        local v, mul = 0, 1
+        for j = a, a + 6 do
+            v, mul = v + string.byte(pb, j) % 128 * mul, mul * 128
+        end
+        v = v + string.byte(pb, a + 7) % 16 * mul
+        return '-' .. string.format('%.0f', 2 ^ 53 - v)
+    end
+    return int64_text(varint_groups(pb, a, b))
 end
 
 -- A description the worker stored is canonical (docs/redis-schema.md):
@@ -118,7 +126,7 @@ local function any_value_text(pb, i, n)
         end
         return 'false'
     elseif kind == 3 then
-        return int64_text(varint_groups(pb, va, vb))
+        return int_text(pb, va, vb)
     end
     return nil
 end
@@ -134,19 +142,23 @@ local function key_value(pb, i, n, t, want)
         end
         if field == 1 and wire == 2 then
             ka, kb = a, b
+            -- the key comes first (protobuf writes fields in order): one
+            -- that no selector names ends the reading here, and a key of
+            -- a length that none names is not even copied
+            if want and not (want[kb - ka + 1]
+                             and want[string.sub(pb, ka, kb)])
+            then
+                return
+            end
         elseif field == 2 and wire == 2 then
             va, vb = a, b
         end
         i = past
     end
-    -- a key of a length no selector names is not even copied
-    if want and not (ka and want[kb - ka + 1]) then
+    if want and not ka then
         return
     end
     local key = ka and string.sub(pb, ka, kb) or ''
-    if want and not want[key] then
-        return
-    end
     local value = va and any_value_text(pb, va, vb)
     if value then
         t[key] = value

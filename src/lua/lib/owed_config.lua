@@ -75,7 +75,7 @@ local groups = nil
 
 -- the attribute keys the groups' selectors name, and their lengths (as
 -- numbers): only those are read of an agent's description (a check batch
--- reads up to 128 descriptions)
+-- reads up to 64 descriptions)
 local selector_keys = {}
 
 local function load_groups()
