@@ -468,9 +468,11 @@ ngx_http_opamp_admin_key(ngx_http_opamp_admin_ctx_t *ctx, ngx_str_t *key,
 static void
 ngx_http_opamp_admin_body(ngx_http_request_t *r)
 {
+    u_char                      *p;
     ssize_t                      n;
     ngx_int_t                    rc;
     ngx_buf_t                   *b;
+    ngx_chain_t                 *cl;
     ngx_http_opamp_admin_ctx_t  *ctx;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_opamp_module);
@@ -496,9 +498,31 @@ ngx_http_opamp_admin_body(ngx_http_request_t *r)
                 return;
             }
 
-        } else {
+        } else if (r->request_body->bufs->next == NULL) {
             ctx->body.data = b->pos;
             ctx->body.len = b->last - b->pos;
+
+        } else {
+            /* what came with the headers and the rest, in two buffers
+             * (request_body_in_single_buf does not join them): one */
+
+            ctx->body.len = 0;
+
+            for (cl = r->request_body->bufs; cl; cl = cl->next) {
+                ctx->body.len += cl->buf->last - cl->buf->pos;
+            }
+
+            ctx->body.data = ngx_pnalloc(r->pool, ctx->body.len + 1);
+            if (ctx->body.data == NULL) {
+                ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+                return;
+            }
+
+            p = ctx->body.data;
+
+            for (cl = r->request_body->bufs; cl; cl = cl->next) {
+                p = ngx_cpymem(p, cl->buf->pos, cl->buf->last - cl->buf->pos);
+            }
         }
     }
 

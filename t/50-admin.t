@@ -402,6 +402,23 @@ is($s, 200, 'and the next command is answered');
 ($s) = api('DELETE', 'configs/groups/huge');
 is($s, 204, 'the big config is deleted');
 
+# a body that comes with its headers in one write, larger than nginx's
+# header buffer (1k): nginx keeps what it read with the headers and the
+# rest in two buffers, and the module takes both (it took the first only,
+# and refused the JSON as cut short)
+for my $n (900, 3000, 12000) {
+    my $body = '{"selector":"size=' . $n . '","priority":1,"files":'
+               . '{"big.yaml":{"body":"' . ('x' x $n) . '",'
+               . '"content_type":"text/yaml"}}}';
+    my ($st, $dd, $hd, $raw) = api('PUT', "configs/groups/size-$n", $body);
+    is($st, 200, 'a config of ' . length($body) . ' bytes sent with its '
+       . 'headers is taken') or diag($raw);
+    my ($st2, $got) = api('GET', "configs/groups/size-$n");
+    is(length($got->{files}{'big.yaml'}{body} // ''), $n,
+       'whole: its file as sent');
+    api('DELETE', "configs/groups/size-$n");
+}
+
 # --- Redis down -------------------------------------------------------------------
 
 $t->stop_redis;
