@@ -581,13 +581,31 @@ SKIP: {
     my $promtool = -x '/usr/bin/promtool' ? '/usr/bin/promtool'
                  : (`command -v promtool` =~ /(\S+)/)[0];
     skip 'prometheus and promtool not installed (Debian package prometheus)',
-         9 + keys %DOC unless $prom && $promtool;
+         10 + keys %DOC unless $prom && $promtool;
 
     my $rules = "$ROOT/examples/prometheus/opamp-alerts.yml";
     my $out = `$promtool check rules $rules 2>&1`;
     ok($? == 0 && $out =~ /SUCCESS: (\d+) rules found/ && $1 >= 8,
        'promtool check rules examples/prometheus/opamp-alerts.yml')
         or diag($out);
+
+    # the fleet rules, commented out in the file, are rules once
+    # uncommented
+    {
+        open my $f, '<', $rules or die;
+        my $text = do { local $/; <$f> };
+        my ($head, $fleet) = split /^(?=  # - name: opamp-fleet$)/m, $text, 2;
+        $fleet //= '';
+        $fleet =~ s/^  # /  /mg;
+        open my $o, '>', "$d/fleet-rules.yml" or die;
+        print $o $head, $fleet;
+        close $o;
+        my $out = `$promtool check rules $d/fleet-rules.yml 2>&1`;
+        my ($n) = $out =~ /SUCCESS: (\d+) rules found/;
+        ok($? == 0 && $fleet =~ /opamp_fleet_/ && ($n // 0) > 12,
+           'the commented fleet rules pass promtool check rules uncommented')
+            or diag($out);
+    }
 
     # the alerts fire on what they are for, not on a reload's dip
     $out = `cd $ROOT/examples/prometheus && $promtool test rules opamp-alerts.test.yml 2>&1`;
