@@ -30,6 +30,13 @@ $ta->start_nginx('
     workers => 2, http => 'opamp_server_id host-a;');
 $tb->start_nginx('', workers => 2, http => 'opamp_server_id host-b;');
 
+# OpAMP settings for the fleet: an agent that accepts them is offered
+# them only with an endpoint (docs/redis-schema.md)
+my ($cs_status) = $ta->http_post(
+    '{"opamp": {"destination_endpoint": "ws://127.0.0.1:1/v1/opamp"}}',
+    -method => 'PUT', -path => '/admin/connection-settings',
+    'Content-Type' => 'application/json');
+
 my $member = OpAMPFleet::template(
     'sequence_num: 0 capabilities: 3 agent_description { '
     . 'identifying_attributes { key: "service.name" '
@@ -74,9 +81,10 @@ while ($answered < $N && time < $deadline) {
         }
     }
 }
+is($cs_status, 200, 'OpAMP settings stored for the fleet');
 is($answered, $N, "all $N agents answered");
 like(OpAMPFleet::decode('ServerToAgent', $first_offer // ''),
-     qr/^connection_settings \{.*?opamp \{\s*heartbeat_interval_seconds: 30/ms,
+     qr{^connection_settings \{.*?opamp \{\s*destination_endpoint: "ws://127.0.0.1:1/v1/opamp"\s*heartbeat_interval_seconds: 30}ms,
      'members accepting connection settings are offered them at connect');
 
 my %workers;
