@@ -99,9 +99,12 @@ static struct {
     char        *full;       /* --full: template files, comma-separated */
     long         full_every; /* --full-every N: status mode, every Nth
                                 message is the full status (1: all) */
+    unsigned long caps;      /* --caps: AgentCapabilities of every message
+                                (default: status, remote config, health,
+                                heartbeat); the supervisor's: 0x7d47 */
 } opt = {
     M_HOLD, 4320, "127.0.0.1", "/v1/opamp", NULL, "127.0.0.1", 100, 10,
-    30, 2, 0, 1, 0, NULL, 0
+    30, 2, 0, 1, 0, NULL, 0, 0x1 | 0x2 | 0x800 | 0x2000
 };
 
 
@@ -167,7 +170,7 @@ pack_a2s(int full, size_t *len)
     a2s.instance_uid.data = uid;          /* patched per agent */
     a2s.instance_uid.len = 16;
     a2s.sequence_num = 1;                 /* patched per message */
-    a2s.capabilities = 0x1 | 0x2 | 0x800 | 0x2000;
+    a2s.capabilities = opt.caps;
 
     if (full) {
         opamp__proto__v1__key_value__init(&kv[0]);
@@ -896,7 +899,7 @@ main(int argc, char **argv)
         { "trigger", 1, NULL, 't' }, { "raw", 0, NULL, 'r' },
         { "linger", 1, NULL, 'l' },
         { "seed", 1, NULL, 'S' }, { "full", 1, NULL, 'F' },
-        { "full-every", 1, NULL, 'E' },
+        { "full-every", 1, NULL, 'E' }, { "caps", 1, NULL, 'C' },
         { NULL, 0, NULL, 0 }
     };
 
@@ -926,6 +929,7 @@ main(int argc, char **argv)
         case 'S': opt.seed = (unsigned) atoi(optarg); break;
         case 'F': opt.full = optarg; break;
         case 'E': opt.full_every = atol(optarg); break;
+        case 'C': opt.caps = strtoul(optarg, NULL, 0); break;
         default:
             return 2;
         }

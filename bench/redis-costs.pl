@@ -9,6 +9,9 @@
 # only, bounded in agents and time.
 #
 #   perl bench/redis-costs.pl            # AGENTS=1000 SECONDS=10
+#   CAPS=0x7d47 perl bench/redis-costs.pl   # the agents' capabilities: the
+#                                        # OpAMP supervisor's set (default:
+#                                        # loadgen's minimal agent, 0x2803)
 
 use strict;
 use warnings;
@@ -22,6 +25,7 @@ use Test::More;
 use OpAMPTest;
 
 my $N = $ENV{AGENTS} // 1000;    # the harness: 1024 connections a worker
+my @CAPS = $ENV{CAPS} ? ('--caps', $ENV{CAPS}) : ();
 my $W = $ENV{SECONDS} // 10;
 my $bench = $FindBin::Bin;
 
@@ -48,7 +52,7 @@ sub hold {
         open STDOUT, '>', $t->dir . "/hold-$seed.out";
         exec "$bench/loadgen", '--mode', 'hold', '--port', $t->port,
             '--agents', $N, '--duration', $duration,
-            '--heartbeat', $heartbeat, '--seed', $seed;
+            '--heartbeat', $heartbeat, '--seed', $seed, @CAPS;
     }
     $t->wait_for(sub { ($t->redis('ZCARD', 'opamp:agents') // 0) >= $N }, 30)
         or die "the agents did not all report: "
@@ -87,18 +91,19 @@ my $fan_cpu = (($c3 - $c2) - $idle * ($t3 - $t2)) / $N;
 waitpid($pid, 0);
 
 # HTTP polling, back to back
-my $out = `$bench/loadgen --mode http --port ${\ $t->port} --agents 50 --duration $W`;
+my $caps = join ' ', @CAPS;
+my $out = `$bench/loadgen --mode http --port ${\ $t->port} --agents 50 --duration $W $caps`;
 my ($c4) = cpu();
-$out = `$bench/loadgen --mode http --port ${\ $t->port} --agents 50 --duration $W`;
+$out = `$bench/loadgen --mode http --port ${\ $t->port} --agents 50 --duration $W $caps`;
 my ($c5) = cpu();
 my ($answered) = $out =~ /answered=(\d+)/;
 my $poll_cpu = ($c5 - $c4) / ($answered || 1);
 my ($rate) = $out =~ /rate=(\d+)/;
 
-printf "agents=%d redis_memory_per_agent=%.0fB redis_cpu_per_heartbeat=%.1fus "
+printf "caps=%s agents=%d redis_memory_per_agent=%.0fB redis_cpu_per_heartbeat=%.1fus "
        . "redis_cpu_per_fanout_agent=%.1fus redis_cpu_per_http_poll=%.1fus "
        . "(polls=%d, %d/s)\n",
-       $N, ($m1 - $m0) / $N, $beat_cpu * 1e6, $fan_cpu * 1e6,
+       $ENV{CAPS} // '0x2803', $N, ($m1 - $m0) / $N, $beat_cpu * 1e6, $fan_cpu * 1e6,
        $poll_cpu * 1e6, $answered // 0, $rate // 0;
 
 $t->done;

@@ -532,9 +532,9 @@ ngx_http_opamp_store_send_report(ngx_http_opamp_store_req_t *req,
 
 /*
  * A message that the short way (report.lua, beats.lua) may take: a
- * heartbeat with nothing in it but its sequence, from an agent that
- * accepts neither connection settings nor packages (the script checks the
- * agent's side).
+ * heartbeat with nothing in it but its sequence, whatever the agent's
+ * capabilities (the script checks the agent's side: settled, nothing
+ * waiting).
  */
 
 static ngx_uint_t
@@ -542,10 +542,7 @@ ngx_http_opamp_store_is_beat(ngx_http_opamp_report_t *rep)
 {
     ngx_uint_t  i;
 
-    /* AcceptsPackages, ReportsOwn*, Accepts*ConnectionSettings */
-
-    if ((rep->capabilities & 0x3e8) != 0
-        || rep->disconnect || rep->healthy != 2 || rep->force_config
+    if (rep->disconnect || rep->healthy != 2 || rep->force_config
         || rep->config_status.len
         || rep->custom_capabilities.len || rep->message_capability.len
         || rep->packages_hash.len)

@@ -155,25 +155,39 @@ like($t->redis('HGET', $key, 'settled'), qr/^1 /,
 $r = poll(caps => $CAPS | 0x4000);
 like($r, qr/flags: 2\b/, 'a capability added in a heartbeat is seen');
 
-# --- an agent that accepts connection settings is never settled ------------
+# --- an agent that accepts connection settings settles too -----------------
 
 my $uid2 = random_uid();
+my $k2 = "${P}agent:{" . uid_text($uid2) . '}';
 ($st, $h, $body) = $t->http_post($t->a2s(
     'instance_uid: "' . uid_escape($uid2) . '" sequence_num: 0 '
     . 'capabilities: ' . (0x1 | 0x100) . " $desc"));
 $t->http_post($t->a2s('instance_uid: "' . uid_escape($uid2) . '" '
                       . 'sequence_num: 1 capabilities: ' . (0x1 | 0x100)));
-is($t->redis('HGET', "${P}agent:{" . uid_text($uid2) . '}', 'settled'),
-   undef, 'an agent that accepts connection settings is not settled');
+like($t->redis('HGET', $k2, 'settled') // '', qr/^\d+ [0-9a-f]{16}$/,
+     'an agent that accepts connection settings settles once owed nothing');
+$t->redis('HSET', $k2, 'server_id', 'marker');
+$t->http_post($t->a2s('instance_uid: "' . uid_escape($uid2) . '" '
+                      . 'sequence_num: 2 capabilities: ' . (0x1 | 0x100)));
+is($t->redis('HGET', $k2, 'server_id'), 'marker',
+   'its heartbeat takes the short way');
+
+# fleet connection settings written directly, as docs/redis-schema.md
+# says: with INCR config_version
 $t->redis('SET', "${P}connection_settings", $t->encode(
     'ConnectionSettingsOffers', 'opamp { destination_endpoint: '
     . '"ws://127.0.0.1:1/v1/opamp" }'));
+$t->redis('INCR', "${P}config_version");
 ($st, $h, $body) = $t->http_post($t->a2s(
-    'instance_uid: "' . uid_escape($uid2) . '" sequence_num: 2 '
+    'instance_uid: "' . uid_escape($uid2) . '" sequence_num: 3 '
     . 'capabilities: ' . (0x1 | 0x100)));
 like($t->s2a_text($body), qr/destination_endpoint: "ws:\/\/127.0.0.1:1/,
      'fleet connection settings written directly reach it at its next '
      . 'poll');
+is($t->redis('HGET', $k2, 'settled'), undef,
+   'not settled while the offer is out');
+$t->redis('DEL', "${P}connection_settings");
+$t->redis('INCR', "${P}config_version");
 
 # --- WebSocket: heartbeats on one connection, a new connection -----------
 
@@ -193,7 +207,7 @@ $ws->recv_msg(5);
 my $k3 = "${P}agent:{" . uid_text($uid3) . '}';
 my $conn3 = $t->redis('HGET', $k3, 'conn');
 my $mark3 = $t->redis('HGET', $k3, 'settled');
-like($mark3, qr/^1 [0-9a-f]{16}$/, 'settled over WebSocket');
+like($mark3, qr/^\d+ [0-9a-f]{16}$/, 'settled over WebSocket');
 $ws->send_msg($t->a2s('instance_uid: "' . uid_escape($uid3) . '" '
                       . "sequence_num: 2 capabilities: $CAPS"));
 $r = $t->s2a_text($ws->recv_msg(5) // '');
@@ -215,7 +229,7 @@ is($t->redis('HGET', $k3, 'connected'), '1', 'connected again');
 my $conn3b = $t->redis('HGET', $k3, 'conn');
 isnt($conn3b, $conn3, 'on the new connection');
 my $mark3b = $t->redis('HGET', $k3, 'settled');
-like($mark3b, qr/^1 [0-9a-f]{16}$/, 'settled again');
+like($mark3b, qr/^\d+ [0-9a-f]{16}$/, 'settled again');
 isnt($mark3b, $mark3, 'with a mark of the new connection');
 $ws->close;
 

@@ -95,13 +95,6 @@ local short_fields = { 'sequence_num', 'settled', 'connected',
                        'cs_hash', 'first_seen_ms', 'schema', 'cs_again',
                        'cs_offered_ms' }
 
--- no connection settings or packages to look for (bits 8, 32 to 512);
--- bit.band is Redis's bit library, which lib/caps.lua (included below)
--- hides behind its own bit()
-local function can_settle(caps)
-    return bit.band((tonumber(caps) or 0) % 65536, 1000) == 0
-end
-
 -- what a heartbeat must match in the agent's "settled" to take the short
 -- way, but for the config_version in front: its capabilities, the
 -- module's settings hash, and the connection, transport and worker
@@ -125,7 +118,7 @@ local cur = redis.call('HMGET', key, unpack(short_fields))
 if mask == 0 and not disconnect
    and ARGV[14] == '' and ARGV[26] == ''
    and ARGV[29] ~= '1' and ARGV[30] == '' and ARGV[31] == ''
-   and ARGV[34] == '' and can_settle(ARGV[5])
+   and ARGV[34] == ''
    and short_way(key, uid, seq, prev_seq, cur,
                  beat_mark(ARGV[5], ARGV[15], conn, transport),
                  math.floor((tonumber(ARGV[5]) or 0) / 1024) % 2 == 1,
@@ -560,7 +553,7 @@ end
 
 -- owed nothing and no offer out: its next heartbeats take the short way
 set[#set + 1] = 'settled'
-if can_settle(ARGV[5]) and not disconnect and not full and verdict == 0
+if not disconnect and not full and verdict == 0
    and not pending
    and owed_hash == '' and offer == 0 and components == 0
    and packages == '' and command == '' and #message == 0

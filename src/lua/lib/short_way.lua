@@ -4,14 +4,12 @@
 --
 -- The common message of a fleet: a heartbeat in sequence on the same
 -- connection from an agent that is owed nothing and has no offer out,
--- with nothing changed since that was found.  Only its sequence and
--- liveness are stored.  What a control plane writes without the admin
--- API is still seen: configs with INCR config_version (in the mark, see
--- settle_mark() in report.lua), commands and messages for the agent by
--- their keys; agents that accept connection settings or packages
--- (AcceptsPackages, ReportsOwn*, Accepts*ConnectionSettings, bits 8 and
--- 32 to 512) always take the long way, which reads the offers for the
--- agent and the fleet.
+-- with nothing changed since that was found, whatever its capabilities.
+-- Only its sequence and liveness are stored.  What a control plane writes
+-- without the admin API is still seen: configs, connection settings and
+-- packages with INCR config_version (in the mark, see settle_mark() in
+-- report.lua) or the agent's settled emptied, commands and messages for
+-- the agent by their keys.
 
 -- the config_version in front of the mark, read once per call
 local vmark = nil
@@ -31,8 +29,8 @@ local function short_way(k, u, sq, prev, stored, mark, restart, expires,
     if stored[2] ~= vmark .. mark then
         return false
     end
-    -- a command or message for the agent; connection settings and
-    -- packages are not for agents that can settle
+    -- a command or message for the agent (connection settings and
+    -- packages change config_version or empty settled)
     local waiting
     if restart then
         waiting = redis.call('EXISTS', prefix .. 'command:{' .. u .. '}',
