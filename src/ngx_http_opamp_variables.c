@@ -17,6 +17,10 @@ static ngx_int_t ngx_http_opamp_variable_transport(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_opamp_variable_reply(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_http_opamp_log_t *ngx_http_opamp_variable_log(
+    ngx_http_request_t *r, ngx_http_variable_value_t *v);
+static void ngx_http_opamp_variable_set(ngx_http_variable_value_t *v,
+    u_char *data, size_t len);
 
 
 static ngx_http_variable_t  ngx_http_opamp_variables[] = {
@@ -56,6 +60,37 @@ ngx_http_opamp_variables_add(ngx_conf_t *cf)
 }
 
 
+/* the facts of the request's message, or NULL with v not found */
+
+static ngx_http_opamp_log_t *
+ngx_http_opamp_variable_log(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v)
+{
+    ngx_http_opamp_log_t  *log;
+
+    log = ngx_http_opamp_http_log(r);
+
+    if (log == NULL || !log->has_uid) {
+        v->not_found = 1;
+        return NULL;
+    }
+
+    return log;
+}
+
+
+static void
+ngx_http_opamp_variable_set(ngx_http_variable_value_t *v, u_char *data,
+    size_t len)
+{
+    v->len = len;
+    v->valid = 1;
+    v->no_cacheable = 0;
+    v->not_found = 0;
+    v->data = data;
+}
+
+
 static ngx_int_t
 ngx_http_opamp_variable_uid(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data)
@@ -63,10 +98,8 @@ ngx_http_opamp_variable_uid(ngx_http_request_t *r,
     u_char                *p;
     ngx_http_opamp_log_t  *log;
 
-    log = ngx_http_opamp_http_log(r);
-
-    if (log == NULL || !log->has_uid) {
-        v->not_found = 1;
+    log = ngx_http_opamp_variable_log(r, v);
+    if (log == NULL) {
         return NGX_OK;
     }
 
@@ -77,11 +110,7 @@ ngx_http_opamp_variable_uid(ngx_http_request_t *r,
 
     ngx_http_opamp_uid_format(p, log->uid);
 
-    v->len = NGX_HTTP_OPAMP_UID_STR_LEN;
-    v->valid = 1;
-    v->no_cacheable = 0;
-    v->not_found = 0;
-    v->data = p;
+    ngx_http_opamp_variable_set(v, p, NGX_HTTP_OPAMP_UID_STR_LEN);
 
     return NGX_OK;
 }
@@ -94,10 +123,8 @@ ngx_http_opamp_variable_sequence_num(ngx_http_request_t *r,
     u_char                *p;
     ngx_http_opamp_log_t  *log;
 
-    log = ngx_http_opamp_http_log(r);
-
-    if (log == NULL || !log->has_uid) {
-        v->not_found = 1;
+    log = ngx_http_opamp_variable_log(r, v);
+    if (log == NULL) {
         return NGX_OK;
     }
 
@@ -106,11 +133,8 @@ ngx_http_opamp_variable_sequence_num(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    v->len = ngx_sprintf(p, "%uL", log->sequence_num) - p;
-    v->valid = 1;
-    v->no_cacheable = 0;
-    v->not_found = 0;
-    v->data = p;
+    ngx_http_opamp_variable_set(v, p,
+                                ngx_sprintf(p, "%uL", log->sequence_num) - p);
 
     return NGX_OK;
 }
@@ -134,17 +158,13 @@ ngx_http_opamp_variable_transport(ngx_http_request_t *r,
     }
 
     if (r->method == NGX_HTTP_GET) {
-        v->len = sizeof("websocket") - 1;
-        v->data = (u_char *) "websocket";
+        ngx_http_opamp_variable_set(v, (u_char *) "websocket",
+                                    sizeof("websocket") - 1);
 
     } else {
-        v->len = sizeof("http") - 1;
-        v->data = (u_char *) "http";
+        ngx_http_opamp_variable_set(v, (u_char *) "http",
+                                    sizeof("http") - 1);
     }
-
-    v->valid = 1;
-    v->no_cacheable = 0;
-    v->not_found = 0;
 
     return NGX_OK;
 }
@@ -202,10 +222,7 @@ ngx_http_opamp_variable_reply(ngx_http_request_t *r,
         p = ngx_cpymem(p, "none", sizeof("none") - 1);
     }
 
-    v->len = p - v->data;
-    v->valid = 1;
-    v->no_cacheable = 0;
-    v->not_found = 0;
+    ngx_http_opamp_variable_set(v, v->data, p - v->data);
 
     return NGX_OK;
 }
