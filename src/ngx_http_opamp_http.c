@@ -5,6 +5,7 @@
 
 #include "ngx_http_opamp_http.h"
 #include "ngx_http_opamp_gzip.h"
+#include "ngx_http_opamp_metrics.h"
 #include "ngx_http_opamp_session.h"
 #include "ngx_http_opamp_uid.h"
 
@@ -216,8 +217,9 @@ ngx_http_opamp_http_body(ngx_http_request_t *r)
     {
         /* no reply, or one that could not be built: the session will not
          * resume the request, so it ends here */
-        ngx_http_finalize_request(r, ctx->done ? ctx->rc
-                                               : NGX_HTTP_INTERNAL_SERVER_ERROR);
+        ngx_http_finalize_request(r, ctx->done
+                                     ? ctx->rc
+                                     : NGX_HTTP_INTERNAL_SERVER_ERROR);
     }
 }
 
@@ -663,6 +665,16 @@ ngx_http_opamp_http_error(ngx_http_request_t *r, ngx_uint_t status,
 
     ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                   "opamp: %ui response: %s", status, reason);
+
+    /* refused before a message was read: a limit (413), a method, media
+     * type, header or handshake the protocol does not allow, gzip that
+     * does not inflate */
+    if (status < NGX_HTTP_INTERNAL_SERVER_ERROR
+        || status == NGX_HTTP_SERVICE_UNAVAILABLE)
+    {
+        ngx_http_opamp_metrics_error(status == NGX_HTTP_SERVICE_UNAVAILABLE,
+                                     reason);
+    }
 
     rc = ngx_http_discard_request_body(r);
     if (rc != NGX_OK) {

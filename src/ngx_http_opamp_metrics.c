@@ -280,7 +280,9 @@ ngx_http_opamp_metrics_error(ngx_uint_t unavailable, const char *reason)
     if (unavailable) {
         why = NGX_HTTP_OPAMP_M_REFUSED_UNAVAILABLE;
 
-    } else if (ngx_strstr(reason, "not a valid") != NULL) {
+    } else if (ngx_strstr(reason, "not a valid") != NULL
+               || ngx_strstr(reason, "not valid") != NULL)
+    {
         why = NGX_HTTP_OPAMP_M_REFUSED_DECODE;
 
     } else if (ngx_strstr(reason, "exceed") != NULL
@@ -713,7 +715,8 @@ ngx_http_opamp_metrics_write(ngx_http_opamp_metrics_out_t *o,
     ngx_http_opamp_metrics_family(o, "build_info", "gauge",
         "The module's build: nginx version and Redis schema version.");
     ngx_http_opamp_metrics_printf(o, "opamp_build_info{nginx_version=\"%s\","
-                                  "schema=\"3\"} 1\n", NGINX_VERSION);
+                                  "schema=\"" NGX_HTTP_OPAMP_SCHEMA "\"} 1\n",
+                                  NGINX_VERSION);
 
     ngx_http_opamp_metrics_family(o, "websocket_connections", "gauge",
         "WebSocket agent connections open now.");

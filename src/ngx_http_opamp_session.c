@@ -21,6 +21,13 @@
 #include "ngx_http_opamp_uid.h"
 
 
+/* ServerErrorResponseType, as protobuf-c names them */
+#define NGX_HTTP_OPAMP_ERR_BAD_REQUEST                                       \
+    OPAMP__PROTO__V1__SERVER_ERROR_RESPONSE_TYPE__ServerErrorResponseType_BadRequest
+#define NGX_HTTP_OPAMP_ERR_UNAVAILABLE                                       \
+    OPAMP__PROTO__V1__SERVER_ERROR_RESPONSE_TYPE__ServerErrorResponseType_Unavailable
+
+
 /* how long an agent should wait when Redis is unreachable: the spec's
  * minimum recommended retry interval */
 #define NGX_HTTP_OPAMP_RETRY_AFTER_SEC  30
@@ -478,7 +485,7 @@ ngx_http_opamp_session_report(ngx_http_opamp_session_t *s,
         s->unavailable = 1;
 
         if (ngx_http_opamp_session_error(s, msg->instance_uid.data,
-                OPAMP__PROTO__V1__SERVER_ERROR_RESPONSE_TYPE__ServerErrorResponseType_Unavailable,
+                NGX_HTTP_OPAMP_ERR_UNAVAILABLE,
                 "the agent state store is unavailable, retry later")
             != NGX_OK)
         {
@@ -667,7 +674,7 @@ ngx_http_opamp_session_reported(ngx_http_opamp_report_t *rep, ngx_int_t rc,
         s->unavailable = 1;
 
         (void) ngx_http_opamp_session_error(s, m->reply_uid,
-                OPAMP__PROTO__V1__SERVER_ERROR_RESPONSE_TYPE__ServerErrorResponseType_Unavailable,
+                NGX_HTTP_OPAMP_ERR_UNAVAILABLE,
                 "the agent state store did not answer, retry later");
 
         /* the message was not persisted: ask for all of it next time */
@@ -862,8 +869,7 @@ ngx_http_opamp_session_bad_request(ngx_http_opamp_session_t *s,
     s->bad_request = 1;
 
     if (ngx_http_opamp_session_error(s, s->has_uid ? s->uid : NULL,
-            OPAMP__PROTO__V1__SERVER_ERROR_RESPONSE_TYPE__ServerErrorResponseType_BadRequest,
-            reason)
+                                     NGX_HTTP_OPAMP_ERR_BAD_REQUEST, reason)
         != NGX_OK)
     {
         return NGX_ERROR;
@@ -891,10 +897,10 @@ ngx_http_opamp_session_error(ngx_http_opamp_session_t *s, u_char *uid,
 
     ngx_log_error(NGX_LOG_INFO, s->connection->log, 0,
                   "opamp: answering %s: %s",
-                  type == OPAMP__PROTO__V1__SERVER_ERROR_RESPONSE_TYPE__ServerErrorResponseType_BadRequest
+                  type == NGX_HTTP_OPAMP_ERR_BAD_REQUEST
                   ? "BAD_REQUEST" : "UNAVAILABLE", reason);
 
-    ngx_http_opamp_metrics_error(type != OPAMP__PROTO__V1__SERVER_ERROR_RESPONSE_TYPE__ServerErrorResponseType_BadRequest,
+    ngx_http_opamp_metrics_error(type != NGX_HTTP_OPAMP_ERR_BAD_REQUEST,
                                  reason);
 
     /* an error reply carries nothing but the error and the uid */
@@ -907,8 +913,7 @@ ngx_http_opamp_session_error(ngx_http_opamp_session_t *s, u_char *uid,
     err.type = type;
     err.error_message = (char *) reason;
 
-    if (type == OPAMP__PROTO__V1__SERVER_ERROR_RESPONSE_TYPE__ServerErrorResponseType_Unavailable)
-    {
+    if (type == NGX_HTTP_OPAMP_ERR_UNAVAILABLE) {
         retry.retry_after_nanoseconds =
             (uint64_t) NGX_HTTP_OPAMP_RETRY_AFTER_SEC * 1000000000;
         err.details_case =

@@ -278,14 +278,24 @@ is($s, 400, 'a body that is not an AgentToServer: 400');
 is($s, 405, 'PUT to the OpAMP location: 405');
 ($s) = $t->http_post('x' x 5000, -port => $AP);
 is($s, 413, 'a body over opamp_max_message_size: 413');
-$after = scrape_after($before, R('message', 400) => 1, R('message', 405) => 1,
-                      R('message', 413) => 1);
+($s) = $t->http_post('x', -port => $AP, 'Content-Type' => 'text/plain');
+is($s, 415, 'a body that is not application/x-protobuf: 415');
+($s) = $t->http_post('not gzip', -port => $AP, 'Content-Encoding' => 'gzip');
+is($s, 400, 'a body that does not gunzip: 400');
+$after = scrape_after($before, R('message', 400) => 2, R('message', 405) => 1,
+                      R('message', 413) => 1, R('message', 415) => 1);
 
-is(delta($before, $after, R('message', 400)), 1, '{kind="message",code="400"}: +1');
+is(delta($before, $after, REF('limit')), 1,
+   'refused_total{reason="limit"}: +1 (the 413)');
+is(delta($before, $after, REF('protocol')), 2,
+   'refused_total{reason="protocol"}: +2 (the 405, the 415)');
+
+is(delta($before, $after, R('message', 400)), 2, '{kind="message",code="400"}: +2');
 is(delta($before, $after, R('message', 405)), 1, '{kind="message",code="405"}: +1');
 is(delta($before, $after, R('message', 413)), 1, '{kind="message",code="413"}: +1');
 is(delta($before, $after, R('message', 200)), 0, '{kind="message",code="200"}: +0');
-is(delta($before, $after, REF('decode')), 1, 'refused_total{reason="decode"}: +1');
+is(delta($before, $after, REF('decode')), 2,
+   'refused_total{reason="decode"}: +2 (not a message, not gzip)');
 is(delta($before, $after, MSG('http')), 0,
    'a message that does not decode is not an agent message');
 is(delta($before, $after, SRV('http')), 1,
