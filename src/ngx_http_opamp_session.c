@@ -127,7 +127,7 @@ void
 ngx_http_opamp_session_init(ngx_http_opamp_session_t *s,
     ngx_http_request_t *r, ngx_uint_t transport)
 {
-    /* a WebSocket lets its request go once the 101 is out */
+    /* a WebSocket lets its request go once its first reply is queued */
     s->request = (transport == NGX_HTTP_OPAMP_TRANSPORT_HTTP) ? r : NULL;
     s->connection = r->connection;
     s->conf = ngx_http_get_module_loc_conf(r, ngx_http_opamp_module);

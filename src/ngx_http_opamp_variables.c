@@ -7,6 +7,7 @@
 #include "ngx_http_opamp_http.h"
 #include "ngx_http_opamp_metrics.h"
 #include "ngx_http_opamp_uid.h"
+#include "ngx_http_opamp_websocket.h"
 
 
 static ngx_int_t ngx_http_opamp_variable_uid(ngx_http_request_t *r,
@@ -68,7 +69,8 @@ ngx_http_opamp_variable_log(ngx_http_request_t *r,
 {
     ngx_http_opamp_log_t  *log;
 
-    log = ngx_http_opamp_http_log(r);
+    log = (r->method == NGX_HTTP_GET) ? ngx_http_opamp_ws_log(r)
+                                      : ngx_http_opamp_http_log(r);
 
     if (log == NULL || !log->has_uid) {
         v->not_found = 1;
@@ -183,7 +185,8 @@ ngx_http_opamp_variable_reply(ngx_http_request_t *r,
     const char            *name;
     ngx_http_opamp_log_t  *log;
 
-    log = ngx_http_opamp_http_log(r);
+    log = (r->method == NGX_HTTP_GET) ? ngx_http_opamp_ws_log(r)
+                                      : ngx_http_opamp_http_log(r);
 
     if (log == NULL || !log->replied) {
         v->not_found = 1;

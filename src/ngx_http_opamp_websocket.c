@@ -168,6 +168,7 @@ ngx_http_opamp_websocket_handler(ngx_http_request_t *r)
     s->resume = ngx_http_opamp_ws_resume;
     s->close = ngx_http_opamp_ws_close;
     s->transport_data = ctx;
+    s->log = &ctx->log;
 
     ngx_str_set(&value, "websocket");
 
@@ -604,13 +605,45 @@ ngx_http_opamp_ws_upgrade_handler(ngx_event_t *ev)
 
 
 /*
- * Lets the request go as an idle keep-alive connection does: the access
- * log line (status 101), the request pool, the client header buffers.
- * Input the agent sent right behind its handshake was copied at takeover.
+ * The WebSocket handlers take the connection over once the 101 is out.
+ * The request stays until the agent's first message is answered, so that
+ * its access log line names the agent ($opamp_instance_uid and the rest):
+ * see ngx_http_opamp_ws_log_request().
  */
 
 static ngx_int_t
 ngx_http_opamp_ws_release(ngx_http_opamp_ws_ctx_t *ctx)
+{
+    ngx_connection_t  *c;
+
+    c = ctx->connection;
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, c->log, 0, "opamp ws takeover");
+
+    c->data = ctx;
+    c->log->action = "serving OpAMP over WebSocket";
+
+    c->read->handler = ngx_http_opamp_ws_read_handler;
+    c->write->handler = ngx_http_opamp_ws_write_handler;
+
+    ngx_http_opamp_metrics_inc(NGX_HTTP_OPAMP_M_WS_OPENED);
+    ngx_http_opamp_metrics_inc(NGX_HTTP_OPAMP_M_WS_OPEN);
+    ctx->metered = 1;
+
+    return NGX_OK;
+}
+
+
+/*
+ * Lets the request go as an idle keep-alive connection does: the access
+ * log line (status 101, and the agent of the first message), the request
+ * pool, the client header buffers.  Called once the first reply is
+ * queued; input the agent sent right behind its handshake was copied at
+ * takeover.
+ */
+
+void
+ngx_http_opamp_ws_log_request(ngx_http_opamp_ws_ctx_t *ctx)
 {
     ngx_buf_t                 *b;
     ngx_chain_t               *cl;
@@ -620,6 +653,11 @@ ngx_http_opamp_ws_release(ngx_http_opamp_ws_ctx_t *ctx)
     ngx_http_connection_t     *hc;
 
     r = ctx->request;
+
+    if (r == NULL || ctx->http_pending) {
+        return;
+    }
+
     c = ctx->connection;
     hc = r->http_connection;
 
@@ -640,7 +678,6 @@ ngx_http_opamp_ws_release(ngx_http_opamp_ws_ctx_t *ctx)
     /* ngx_http_free_request() marks the connection for its own closing */
 
     c->destroyed = 0;
-    c->data = ctx;
     c->log->action = "serving OpAMP over WebSocket";
 
     for (cl = hc->free; cl; cl = cl->next) {
@@ -661,9 +698,6 @@ ngx_http_opamp_ws_release(ngx_http_opamp_ws_ctx_t *ctx)
         c->buffer = NULL;
     }
 
-    c->read->handler = ngx_http_opamp_ws_read_handler;
-    c->write->handler = ngx_http_opamp_ws_write_handler;
-
     /*
      * Without its request the connection is in neither stub_status's
      * Reading nor Writing: it waits for its agent as an idle keep-alive
@@ -676,12 +710,23 @@ ngx_http_opamp_ws_release(ngx_http_opamp_ws_ctx_t *ctx)
     (void) ngx_atomic_fetch_add(ngx_stat_waiting, 1);
     ctx->waiting = 1;
 #endif
+}
 
-    ngx_http_opamp_metrics_inc(NGX_HTTP_OPAMP_M_WS_OPENED);
-    ngx_http_opamp_metrics_inc(NGX_HTTP_OPAMP_M_WS_OPEN);
-    ctx->metered = 1;
 
-    return NGX_OK;
+/* the access log's facts of a WebSocket handshake, NULL if none */
+
+ngx_http_opamp_log_t *
+ngx_http_opamp_ws_log(ngx_http_request_t *r)
+{
+    ngx_http_opamp_ws_ctx_t  *ctx;
+
+    if (r->method != NGX_HTTP_GET) {
+        return NULL;
+    }
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_opamp_module);
+
+    return ctx ? &ctx->log : NULL;
 }
 
 

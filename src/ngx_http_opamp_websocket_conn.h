@@ -82,6 +82,9 @@ typedef struct {
 
     /* the first close frame's code, sent or answered: the metrics' */
     ngx_uint_t                  close_code;
+
+    /* what the handshake's access log line says of the agent */
+    ngx_http_opamp_log_t        log;
 } ngx_http_opamp_ws_ctx_t;
 
 
@@ -94,6 +97,9 @@ void ngx_http_opamp_ws_defer(ngx_http_opamp_ws_ctx_t *ctx);
 
 /* closes the connection now, and the request if it is still held */
 void ngx_http_opamp_ws_finalize(ngx_http_opamp_ws_ctx_t *ctx);
+
+/* lets the handshake's request go, once the first reply is queued */
+void ngx_http_opamp_ws_log_request(ngx_http_opamp_ws_ctx_t *ctx);
 
 
 #endif /* _NGX_HTTP_OPAMP_WEBSOCKET_CONN_H_INCLUDED_ */

@@ -118,6 +118,9 @@ ngx_http_opamp_ws_send(ngx_http_opamp_session_t *s, u_char *data,
 
     (void) ngx_http_opamp_ws_flush(ctx);
 
+    /* the handshake's access log line names the agent now */
+    ngx_http_opamp_ws_log_request(ctx);
+
     ngx_http_opamp_ws_defer(ctx);
 
     return NGX_OK;

@@ -3,8 +3,8 @@
 # Log variables (docs/directives.md "Variables"): the access log of an
 # OpAMP location names the agent of a plain HTTP message, its sequence
 # number, the transport, and what the reply carried; a WebSocket
-# handshake's line names its transport; a request that carried no message
-# logs "-".
+# handshake's line, written once its first message is answered, names the
+# agent the same way; a request that carried no message logs "-".
 
 use strict;
 use warnings;
@@ -72,14 +72,28 @@ like((lines())[-1], qr/^400 http - - error$/,
 $t->wait_for(sub { lines() >= 5 }, 5);
 is((lines())[-1], '415 http - - -', 'no message at all: "-"');
 
+my $wu = random_uid;
 my $ws = OpAMPFleet->connect_ws(port => $t->port);
-$ws->send_msg($t->a2s('instance_uid: "' . uid_escape(random_uid) . '" '
-                      . 'sequence_num: 0 capabilities: 1'));
+ok(!$t->wait_for(sub { lines() >= 6 }, 0.5),
+   'a WebSocket handshake: no line before the first message');
+$ws->send_msg($t->a2s('instance_uid: "' . uid_escape($wu) . '" '
+                      . 'sequence_num: 3 capabilities: 1'));
 ok(defined $ws->recv_msg(5), 'a WebSocket agent');
 $t->wait_for(sub { lines() >= 6 }, 5);
-is((lines())[-1], '101 websocket - - -',
-   'its handshake: the transport (the line is written at the upgrade)');
+is((lines())[-1], '101 websocket ' . uid_text($wu) . ' 3 flags',
+   'its handshake\'s line, written once its first message is answered, '
+   . 'names it');
+$ws->send_msg($t->a2s('instance_uid: "' . uid_escape($wu) . '" '
+                      . 'sequence_num: 4 capabilities: 1'));
+ok(defined $ws->recv_msg(5), 'its next message');
 $ws->close;
+
+# a WebSocket agent that says nothing: its line when it goes
+my $quiet = OpAMPFleet->connect_ws(port => $t->port);
+$quiet->close;
+ok($t->wait_for(sub { lines() >= 7 }, 5), 'a silent WebSocket agent leaves');
+is((lines())[-1], '101 websocket - - -', 'its line names no agent');
+is(scalar(lines()), 7, 'one line per handshake');
 
 $t->done;
 done_testing;
