@@ -41,6 +41,11 @@ local function short_way(k, u, sq, prev, stored, mark, restart, expires,
     if waiting ~= 0 then
         return false
     end
+    -- what it reported is gone (a control plane deleted its status
+    -- string, or Redis lost it): the long way asks for its full state
+    if redis.call('EXISTS', prefix .. 'status:{' .. u .. '}') == 0 then
+        return false
+    end
     redis.call('HSET', k, 'sequence_num', sq, 'last_seen_ms', now_text,
                'expires_ms', expires)
     if members then
