@@ -165,6 +165,13 @@ pack_a2s(int full, size_t *len)
     Opamp__Proto__V1__AnyValue             v[2];
     Opamp__Proto__V1__ComponentHealth      health =
                                    OPAMP__PROTO__V1__COMPONENT_HEALTH__INIT;
+    Opamp__Proto__V1__AvailableComponents  comps =
+                               OPAMP__PROTO__V1__AVAILABLE_COMPONENTS__INIT;
+    Opamp__Proto__V1__AvailableComponents__ComponentsEntry  ce =
+              OPAMP__PROTO__V1__AVAILABLE_COMPONENTS__COMPONENTS_ENTRY__INIT;
+    Opamp__Proto__V1__AvailableComponents__ComponentsEntry *ces[1];
+    Opamp__Proto__V1__ComponentDetails     cd =
+                                  OPAMP__PROTO__V1__COMPONENT_DETAILS__INIT;
     static uint8_t                         uid[16];
 
     a2s.instance_uid.data = uid;          /* patched per agent */
@@ -196,6 +203,19 @@ pack_a2s(int full, size_t *len)
         health.healthy = 1;
         health.status = "ok";
         a2s.health = &health;
+
+        /* ReportsAvailableComponents: a list, as a collector sends one
+         * (the same for every agent: stored once, shared) */
+        if (opt.caps & 0x4000) {
+            ce.key = "receivers";
+            ce.value = &cd;
+            ces[0] = &ce;
+            comps.n_components = 1;
+            comps.components = ces;
+            comps.hash.data = (uint8_t *) "loadgen-components-1";
+            comps.hash.len = 20;
+            a2s.available_components = &comps;
+        }
     }
 
     *len = opamp__proto__v1__agent_to_server__get_packed_size(&a2s);
