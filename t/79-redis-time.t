@@ -22,6 +22,7 @@ use JSON::PP;
 use Time::HiRes qw(time);
 
 use OpAMPTest;
+use OpAMPWire;
 use OpAMPFleet;
 
 # docs/operations.md, "Redis time": no agent message costs Redis more
@@ -41,23 +42,11 @@ my $P = 'opamp:';
 
 # --- a protobuf encoder of our own (protoc refuses most of these) ---------
 
-sub vint {
-    my ($n) = @_;
-    my $o = '';
-    while ($n >= 0x80) {
-        $o .= chr(($n & 0x7f) | 0x80);
-        $n >>= 7;
-    }
-    return $o . chr($n);
-}
-
-sub fld  { my ($n, $b) = @_; return vint($n << 3 | 2) . vint(length $b) . $b }
-sub fvar { my ($n, $v) = @_; return vint($n << 3) . vint($v) }
+# vint, fld, fvar, kv: t/lib/OpAMPWire.pm
 
 # a negative int64 on the wire: ten bytes, the slowest integer to read
 my $NEG = "\x18" . ("\xff" x 9) . "\x01";
 
-sub kv { my ($k, $any) = @_; return fld(1, $k) . fld(2, $any) }
 
 sub a2s {
     my ($uid, $seq, @rest) = @_;

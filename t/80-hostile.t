@@ -27,6 +27,7 @@ use JSON::PP;
 use Time::HiRes qw(time sleep);
 
 use OpAMPTest;
+use OpAMPWire;
 use OpAMPFleet;
 
 my $t = OpAMPTest->new;
@@ -49,18 +50,7 @@ my ($worker) = $t->worker_pids;
 
 # --- a protobuf encoder of our own ---------------------------------------
 
-sub vint {
-    my ($n) = @_;
-    my $o = '';
-    while ($n >= 0x80) {
-        $o .= chr(($n & 0x7f) | 0x80);
-        $n >>= 7;
-    }
-    return $o . chr($n);
-}
-
-sub fld  { my ($n, $b) = @_; return vint($n << 3 | 2) . vint(length $b) . $b }
-sub fvar { my ($n, $v) = @_; return vint($n << 3) . vint($v) }
+# vint, fld, fvar, kv: t/lib/OpAMPWire.pm
 
 # AgentToServer: instance_uid, sequence_num, capabilities (ReportsStatus),
 # then whatever else is given, already encoded

@@ -30,6 +30,7 @@ use POSIX ();
 use Time::HiRes qw(time sleep);
 
 use OpAMPTest;
+use OpAMPWire;
 use OpAMPFleet;
 
 # the budget of docs/operations.md: worker CPU time per MB of message
@@ -64,19 +65,7 @@ sub worker_cpu_ms {
 
 # --- a protobuf encoder of our own -------------------------------------------
 
-sub vint {
-    my ($n) = @_;
-    my $o = '';
-    while ($n >= 0x80) {
-        $o .= chr(($n & 0x7f) | 0x80);
-        $n >>= 7;
-    }
-    return $o . chr($n);
-}
-
-sub fld  { my ($n, $b) = @_; return vint($n << 3 | 2) . vint(length $b) . $b }
-sub fvar { my ($n, $v) = @_; return vint($n << 3) . vint($v) }
-sub kv   { my ($k, $v) = @_; return fld(1, $k) . fld(2, $v) }
+# vint, fld, fvar, kv: t/lib/OpAMPWire.pm
 
 sub a2s {
     my ($uid, @rest) = @_;
