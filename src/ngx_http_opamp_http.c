@@ -726,9 +726,14 @@ ngx_http_opamp_http_error(ngx_http_request_t *r, ngx_uint_t status,
 ngx_http_opamp_log_t *
 ngx_http_opamp_http_log(ngx_http_request_t *r)
 {
+    ngx_http_opamp_loc_conf_t  *olcf;
     ngx_http_opamp_http_ctx_t  *ctx;
 
-    if (r->method != NGX_HTTP_POST) {
+    /* the module's context is another one in an admin location */
+
+    olcf = ngx_http_get_module_loc_conf(r, ngx_http_opamp_module);
+
+    if (r->method != NGX_HTTP_POST || !olcf->enable) {
         return NULL;
     }
 

@@ -718,9 +718,14 @@ ngx_http_opamp_ws_log_request(ngx_http_opamp_ws_ctx_t *ctx)
 ngx_http_opamp_log_t *
 ngx_http_opamp_ws_log(ngx_http_request_t *r)
 {
-    ngx_http_opamp_ws_ctx_t  *ctx;
+    ngx_http_opamp_ws_ctx_t    *ctx;
+    ngx_http_opamp_loc_conf_t  *olcf;
 
-    if (r->method != NGX_HTTP_GET) {
+    /* the module's context is another one in an admin location */
+
+    olcf = ngx_http_get_module_loc_conf(r, ngx_http_opamp_module);
+
+    if (r->method != NGX_HTTP_GET || !olcf->enable) {
         return NULL;
     }
 

@@ -20,8 +20,10 @@ use OpAMPFleet;
 my $t = OpAMPTest->new;
 $t->start_redis;
 my $log = $t->dir . '/logs/opamp.log';
-$t->start_nginx('
-        location /admin/ { opamp_admin; }',
+my $all = $t->dir . '/logs/all.log';
+$t->start_nginx("
+        access_log $all opamp;
+        location /admin/ { opamp_admin; }",
     http => 'log_format opamp "$status $opamp_transport $opamp_instance_uid '
             . '$opamp_sequence_num $opamp_reply";',
     location => "access_log $log opamp;");
@@ -94,6 +96,27 @@ $quiet->close;
 ok($t->wait_for(sub { lines() >= 7 }, 5), 'a silent WebSocket agent leaves');
 is((lines())[-1], '101 websocket - - -', 'its line names no agent');
 is(scalar(lines()), 7, 'one line per handshake');
+
+# the variables in a location that is not an OpAMP endpoint (a log_format
+# of the server or http level): no value, whatever the module keeps there
+{
+    my ($st) = $t->http_post('', -method => 'GET', -path => '/admin/agents');
+    is($st, 200, 'the admin API, logged with the same format');
+    ($st) = $t->http_post('{}', -method => 'POST',
+                          -path => "/admin/commands/agents/$ut",
+                          'Content-Type' => 'application/json');
+    ok($t->wait_for(sub {
+        open my $f, '<', $all or return 0;
+        my @l = <$f>;
+        return @l >= 3;
+    }, 5), 'its lines are written');
+    open my $f, '<', $all or die;
+    my @l = <$f>;
+    chomp @l;
+    is_deeply([ grep { !/^\d+ - - - -$/ } @l ], [],
+              'the admin API\'s lines have no OpAMP values (GET and POST)')
+        or diag(explain \@l);
+}
 
 $t->done;
 done_testing;
