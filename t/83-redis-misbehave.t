@@ -91,6 +91,9 @@ END {
 }
 
 sub fake_main {
+    # nginx drops a misbehaving link with bytes still unread, so the next
+    # write here meets a reset: an error to note, not a signal to die of
+    $SIG{PIPE} = 'IGNORE';
     open my $log, '>', $events or POSIX::_exit(1);
     $log->autoflush(1);
     my ($plisten, @slisten) = @listen;
@@ -501,7 +504,8 @@ ctl('array cmd');
 $huge = wait_event('array', $t0, 5);
 $closed = $huge && wait_event('close', $t0, 10,
                               sub { $_[0][2] eq $huge->[2] });
-ok($closed, 'an array of 100,000,000 elements on the command link: dropped');
+ok($closed, 'an array of 100,000,000 elements on the command link: dropped')
+    or diag(join "\n", map { "@$_" } @{ events() });
 ($sent) = (($closed // [])->[4] // '') =~ /sent=(\d+)/;
 (undef, $hwm1) = mem($w);
 cmp_ok($hwm1 - $rss0, '<', 8 * 1024, sprintf('peak memory grew by %.1f MB '
@@ -519,7 +523,8 @@ ctl('huge sub');
 $huge = wait_event('huge', $t0, 5);
 $closed = $huge && wait_event('close', $t0, 10,
                               sub { $_[0][2] eq $huge->[2] });
-ok($closed, 'a huge message on the pub/sub link: dropped');
+ok($closed, 'a huge message on the pub/sub link: dropped')
+    or diag(join "\n", map { "@$_" } @{ events() });
 ($sent) = (($closed // [])->[4] // '') =~ /sent=(\d+)/;
 cmp_ok($sent // 0, '<', 16 << 20, sprintf('after %.2f MB', ($sent // 0)
        / 1e6));
