@@ -45,6 +45,8 @@ proxy_mode('open');
 
 my $proxy = fork // die "fork: $!";
 if ($proxy == 0) {
+    # a peer that closes first is a closed link here, not a death
+    $SIG{PIPE} = 'IGNORE';
     my $sel = IO::Select->new($listen);
     my (%peer, %pending, %handle);
     my $next = time;
