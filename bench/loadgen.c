@@ -17,10 +17,26 @@
  *   http       plain HTTP agents on keep-alive connections, each posting a
  *              heartbeat as soon as the last reply arrived; counts replies
  *              per second (also fine against a `return 204` location)
- *   fanout     WebSocket agents connect and report, then --trigger runs and
- *              the time until each agent receives a message is measured
- *              (--raw: plain WebSocket subscribers, e.g. Nchan, that send
- *              nothing; --linger S: stay connected S seconds after)
+ *   fanout     WebSocket agents connect and report, then a config change
+ *              is made and the time until each agent has it is measured:
+ *              --expect-hash HEX: the clock stops when the agent has
+ *              decoded a ServerToAgent whose remote_config carries that
+ *              config_hash (without it: at the first message after the
+ *              change); --raw: plain WebSocket subscribers (e.g. Nchan)
+ *              that send nothing, the clock stops at the first message.
+ *              The change: --trigger CMD runs it; or, for several
+ *              processes, --ready-file F is written once every agent has
+ *              reported, and the change is taken to be made at the
+ *              CLOCK_REALTIME time written into --go-file G (by whoever
+ *              makes it); --done-file D is written when every agent has
+ *              it, then the agents stay --linger S seconds more.
+ *              --heartbeat S given: the agents keep heartbeating every S
+ *              seconds (spread over the interval) and the round trips are
+ *              reported before the change and during it (from the change
+ *              until this process's agents all have it)
+ *              --ack-delay S: an agent reports APPLIED for each remote
+ *              config it had not had, S seconds after it came (as a
+ *              supervisor does once its Collector runs it)
  *   reconnect  WebSocket agents connect and report, then all drop at once
  *              and reconnect with the next sequence number; measures the
  *              time until all are answered and counts full-state requests
@@ -79,6 +95,12 @@ typedef struct {
     unsigned   reported:1;   /* first reply arrived */
     unsigned   got_push:1;
     unsigned   full:1;       /* the server asked for the full state */
+    double     got_at;       /* fanout: when it decoded the change */
+    double     ack_at;       /* --ack-delay: when to report APPLIED */
+    unsigned   ack_due:1;
+    unsigned   acking:1;     /* the message out is that report */
+    uint8_t    cfg_len;
+    uint8_t    cfg[32];      /* the config_hash it runs (or will) */
 } lg_agent_t;
 
 
@@ -102,9 +124,21 @@ static struct {
     unsigned long caps;      /* --caps: AgentCapabilities of every message
                                 (default: status, remote config, health,
                                 heartbeat); the supervisor's: 0x7d47 */
+    const char  *ready_file;
+    const char  *go_file;
+    const char  *done_file;
+    const char  *lat_file;
+    int          beats;      /* fanout: --heartbeat given */
+    double       ack_delay;  /* --ack-delay S: report APPLIED for a new
+                                remote config S seconds after it came, as
+                                a supervisor does once its Collector
+                                runs it (< 0: never) */
+    int          nexpect;    /* --expect-hash: its bytes, in expect */
+    uint8_t      expect[64];
 } opt = {
     M_HOLD, 4320, "127.0.0.1", "/v1/opamp", NULL, "127.0.0.1", 100, 10,
-    30, 2, 0, 1, 0, NULL, 0, 0x1 | 0x2 | 0x800 | 0x2000
+    30, 2, 0, 1, 0, NULL, 0, 0x1 | 0x2 | 0x800 | 0x2000,
+    NULL, NULL, NULL, NULL, 0, -1, 0, { 0 }
 };
 
 
@@ -116,6 +150,14 @@ static long         connecting, next_connect;
 static double       t_start, t_all_connected, t_all_reported, t_trigger;
 static double      *latencies;
 static long         nlat;
+
+/* fanout: the change is made (t_trigger known); heartbeat round trips
+ * before it (from all reported) and during it (until all have it) */
+static int          armed, beats_phase;     /* 0 not yet, 1 before, 2 during */
+static long         other_configs, beat_ended_by_push, acks;
+static double      *beat_lat[3];
+static long         nbeat[3];
+#define LG_MAX_BEATS  (1 << 20)
 static uint8_t     *full_msg, *beat_msg;
 static size_t       full_len, beat_len;
 
@@ -314,20 +356,17 @@ agent_write(lg_agent_t *a, const uint8_t *data, size_t len)
 }
 
 
+/* a WebSocket message of the OpAMP header and msg[1..mlen-1] */
+
 static void
-send_ws(lg_agent_t *a, int full)
+send_frame(lg_agent_t *a, uint8_t *msg, size_t mlen)
 {
-    uint8_t  *frame, *msg;
-    size_t    mlen, n;
+    uint8_t  *frame;
+    size_t    n;
     int       i;
 
     frame = lg_out;
-    msg = lg_msg;
-
-    mlen = make_msg(a, full ? LG_FULL(a) : beat_msg,
-                    full ? LG_FULL_LEN(a) : beat_len, msg + 1);
     msg[0] = 0;                          /* the OpAMP header */
-    mlen++;
 
     n = 0;
     frame[n++] = 0x82;
@@ -354,6 +393,47 @@ send_ws(lg_agent_t *a, int full)
     a->sent_at = now();
     a->waiting = 1;
     agent_write(a, frame, n + mlen);
+}
+
+
+static void
+send_ws(lg_agent_t *a, int full)
+{
+    size_t  mlen;
+
+    mlen = make_msg(a, full ? LG_FULL(a) : beat_msg,
+                    full ? LG_FULL_LEN(a) : beat_len, lg_msg + 1);
+    a->acking = 0;
+    send_frame(a, lg_msg, mlen + 1);
+}
+
+
+/* the supervisor's report once its Collector runs the new config */
+
+static void
+send_applied(lg_agent_t *a)
+{
+    size_t                               mlen;
+    Opamp__Proto__V1__AgentToServer      a2s =
+                                   OPAMP__PROTO__V1__AGENT_TO_SERVER__INIT;
+    Opamp__Proto__V1__RemoteConfigStatus rcs =
+                              OPAMP__PROTO__V1__REMOTE_CONFIG_STATUS__INIT;
+
+    a2s.instance_uid.data = a->uid;
+    a2s.instance_uid.len = 16;
+    a2s.sequence_num = a->seq;
+    a2s.capabilities = opt.caps;
+    rcs.last_remote_config_hash.data = a->cfg;
+    rcs.last_remote_config_hash.len = a->cfg_len;
+    rcs.status =
+        OPAMP__PROTO__V1__REMOTE_CONFIG_STATUSES__RemoteConfigStatuses_APPLIED;
+    a2s.remote_config_status = &rcs;
+
+    mlen = opamp__proto__v1__agent_to_server__pack(&a2s, lg_msg + 1);
+    a->ack_due = 0;
+    a->acking = 1;
+    acks++;
+    send_frame(a, lg_msg, mlen + 1);
 }
 
 
@@ -531,61 +611,125 @@ buf_consume(lg_agent_t *a, size_t n)
 }
 
 
+/* fanout: is this the change the agent waits for?  A remote_config with
+ * the expected config_hash and at least one file, decoded */
+
+static int
+is_change(Opamp__Proto__V1__ServerToAgent *s2a)
+{
+    ProtobufCBinaryData  *h;
+
+    if (s2a == NULL || s2a->remote_config == NULL) {
+        return 0;
+    }
+
+    h = &s2a->remote_config->config_hash;
+
+    if ((int) h->len == opt.nexpect
+        && memcmp(h->data, opt.expect, h->len) == 0
+        && s2a->remote_config->config != NULL
+        && s2a->remote_config->config->n_config_map > 0)
+    {
+        return 1;
+    }
+
+    if (armed) {
+        other_configs++;
+    }
+
+    return 0;
+}
+
+
 static void
 got_message(lg_agent_t *a, const uint8_t *p, size_t n)
 {
+    int                               push;
     double                            t;
     Opamp__Proto__V1__ServerToAgent  *s2a;
 
     t = now();
+    s2a = NULL;
 
-    if (opt.mode == M_FANOUT && t_trigger > 0 && !a->got_push) {
-        a->got_push = 1;
-        pushes++;
-        latencies[nlat++] = t - t_trigger;
-        return;
-    }
-
-    if (opt.raw) {
-        return;
-    }
-
-    if (n > 0 && p[0] == 0) {
+    if (!opt.raw && n > 0 && p[0] == 0) {
         s2a = opamp__proto__v1__server_to_agent__unpack(NULL, n - 1, p + 1);
 
-        if (s2a) {
-            if (s2a->flags & 1) {
-                full_state_asked++;
-            }
-
-            opamp__proto__v1__server_to_agent__free_unpacked(s2a, NULL);
+        if (s2a && (s2a->flags & 1)) {
+            full_state_asked++;
         }
     }
 
-    if (!a->waiting) {
+    if (opt.mode == M_FANOUT && a->reported && !a->got_push) {
+        push = (!opt.raw && opt.nexpect) ? is_change(s2a) : armed;
+
+        if (push) {
+            a->got_push = 1;
+            a->got_at = t;
+            pushes++;
+
+            /* a heartbeat out: its round trip ends here, as an agent
+             * that cannot tell a push from a reply would see it */
+            if (a->waiting) {
+                beat_ended_by_push++;
+            }
+        }
+    }
+
+    /* a config it does not run yet: APPLIED for it later */
+    if (s2a && opt.ack_delay >= 0 && s2a->remote_config
+        && s2a->remote_config->config_hash.len <= sizeof(a->cfg)
+        && (s2a->remote_config->config_hash.len != a->cfg_len
+            || memcmp(s2a->remote_config->config_hash.data, a->cfg,
+                      a->cfg_len) != 0))
+    {
+        a->cfg_len = (uint8_t) s2a->remote_config->config_hash.len;
+        memcpy(a->cfg, s2a->remote_config->config_hash.data, a->cfg_len);
+        a->ack_due = 1;
+        a->ack_at = t + opt.ack_delay;
+    }
+
+    if (s2a) {
+        opamp__proto__v1__server_to_agent__free_unpacked(s2a, NULL);
+    }
+
+    if (opt.raw || !a->waiting) {
         return;
     }
 
     a->waiting = 0;
     answered++;
 
-    if (nlat < opt.agents * 4) {
-        latencies[nlat++] = t - a->sent_at;
-    }
+    if (opt.mode == M_FANOUT && a->reported) {
+        if (beats_phase && !a->acking && nbeat[beats_phase] < LG_MAX_BEATS) {
+            beat_lat[beats_phase][nbeat[beats_phase]++] = t - a->sent_at;
+        }
 
-    if (!a->reported) {
-        a->reported = 1;
-        reported++;
+    } else if (nlat < opt.agents * 4) {
+        latencies[nlat++] = t - a->sent_at;
     }
 
     a->seq++;
 
+    if (!a->reported) {
+        a->reported = 1;
+        reported++;
+
+        /* heartbeats spread over the interval, as a fleet's are */
+        if (opt.mode == M_FANOUT) {
+            a->next_beat = t + opt.heartbeat * (random() / (RAND_MAX + 1.0));
+            return;
+        }
+    }
+
     if (opt.mode == M_STATUS && t - t_start < opt.duration + 1e9) {
         send_ws(a, opt.full_every && a->seq % opt.full_every == 0);
 
-    } else if (opt.mode == M_HOLD) {
+    } else if (!a->acking) {
+        /* the APPLIED report leaves the heartbeats' schedule alone */
         a->next_beat = t + opt.heartbeat;
     }
+
+    a->acking = 0;
 }
 
 
@@ -798,17 +942,66 @@ cmp_double(const void *x, const void *y)
 
 
 static double
-pct(double p)
+pct_of(double *v, long n, double p)
 {
-    long  i;
-
-    if (nlat == 0) {
+    if (n == 0) {
         return 0;
     }
 
-    i = (long) (p * (nlat - 1));
+    return v[(long) (p * (n - 1))] * 1000;
+}
 
-    return latencies[i] * 1000;
+
+static double
+pct(double p)
+{
+    return pct_of(latencies, nlat, p);
+}
+
+
+/* the change's time, written by whoever made it: CLOCK_REALTIME seconds */
+
+static void
+check_go(void)
+{
+    FILE             *f;
+    double            tr;
+    struct timespec   ts;
+
+    f = fopen(opt.go_file, "r");
+    if (f == NULL) {
+        return;
+    }
+
+    if (fscanf(f, "%lf", &tr) == 1) {
+        clock_gettime(CLOCK_REALTIME, &ts);
+        t_trigger = now() - (ts.tv_sec + ts.tv_nsec / 1e9 - tr);
+        armed = 1;
+    }
+
+    fclose(f);
+}
+
+
+static void
+write_file(const char *name, long v)
+{
+    FILE  *f;
+    char   tmp[4096];
+
+    /* written whole, then renamed: a reader never sees half of it */
+    snprintf(tmp, sizeof(tmp), "%s.tmp", name);
+    f = fopen(tmp, "w");
+    if (f == NULL) {
+        die(tmp);
+    }
+
+    fprintf(f, "%ld\n", v);
+    fclose(f);
+
+    if (rename(tmp, name) < 0) {
+        die(name);
+    }
 }
 
 
@@ -819,6 +1012,7 @@ run_trigger(void)
     char  *argv[] = { "/bin/sh", "-c", (char *) opt.trigger, NULL };
 
     t_trigger = now();
+    armed = 1;
 
     if (posix_spawn(&pid, "/bin/sh", NULL, NULL, argv, environ) != 0) {
         die("posix_spawn");
@@ -826,8 +1020,10 @@ run_trigger(void)
 }
 
 
+enum { STOP_NONE, STOP_REPORTED, STOP_PUSHED, STOP_ARMED };
+
 static void
-loop(double until, int stop_when_reported, int stop_when_pushed)
+loop(double until, int stop)
 {
     int                  i, n;
     double               t, last_sweep;
@@ -845,11 +1041,19 @@ loop(double until, int stop_when_reported, int stop_when_pushed)
             return;
         }
 
-        if (stop_when_reported && reported + failed >= opt.agents) {
+        if (opt.go_file && !armed) {
+            check_go();
+        }
+
+        if (stop == STOP_REPORTED && reported + failed >= opt.agents) {
             return;
         }
 
-        if (stop_when_pushed && pushes >= reported) {
+        if (stop == STOP_PUSHED && pushes >= reported) {
+            return;
+        }
+
+        if (stop == STOP_ARMED && armed) {
             return;
         }
 
@@ -887,14 +1091,24 @@ loop(double until, int stop_when_reported, int stop_when_pushed)
          * seconds; one per event loop turn made the connect phase of tens
          * of thousands of agents quadratic.  Raw subscribers send nothing:
          * Nchan closes a subscriber that sends it an OpAMP frame. */
-        if (opt.mode == M_HOLD && !opt.raw && t - last_sweep >= 0.1) {
+        if ((opt.mode == M_HOLD || opt.mode == M_FANOUT) && !opt.raw
+            && (opt.mode == M_HOLD || opt.beats || opt.ack_delay >= 0)
+            && t - last_sweep >= 0.1)
+        {
             last_sweep = t;
 
             for (long k = 0; k < next_connect; k++) {
                 a = &agents[k];
 
-                if (a->state == S_OPEN && a->reported && !a->waiting
-                    && a->next_beat <= t)
+                if (a->state != S_OPEN || !a->reported || a->waiting) {
+                    continue;
+                }
+
+                if (a->ack_due && a->ack_at <= t) {
+                    send_applied(a);
+
+                } else if ((opt.mode == M_HOLD || opt.beats)
+                           && a->next_beat <= t)
                 {
                     send_ws(a, 0);
                 }
@@ -920,6 +1134,9 @@ main(int argc, char **argv)
         { "linger", 1, NULL, 'l' },
         { "seed", 1, NULL, 'S' }, { "full", 1, NULL, 'F' },
         { "full-every", 1, NULL, 'E' }, { "caps", 1, NULL, 'C' },
+        { "expect-hash", 1, NULL, 'X' }, { "ready-file", 1, NULL, 'R' },
+        { "go-file", 1, NULL, 'G' }, { "done-file", 1, NULL, 'D' },
+        { "lat-file", 1, NULL, 'L' }, { "ack-delay", 1, NULL, 'A' },
         { NULL, 0, NULL, 0 }
     };
 
@@ -941,7 +1158,7 @@ main(int argc, char **argv)
         case 'P': opt.path = optarg; break;
         case 'n': opt.agents = atol(optarg); break;
         case 'd': opt.duration = atof(optarg); break;
-        case 'b': opt.heartbeat = atof(optarg); break;
+        case 'b': opt.heartbeat = atof(optarg); opt.beats = 1; break;
         case 's': opt.src_base = atoi(optarg); break;
         case 't': opt.trigger = optarg; break;
         case 'l': opt.linger = atof(optarg); break;
@@ -950,6 +1167,19 @@ main(int argc, char **argv)
         case 'F': opt.full = optarg; break;
         case 'E': opt.full_every = atol(optarg); break;
         case 'C': opt.caps = strtoul(optarg, NULL, 0); break;
+        case 'R': opt.ready_file = optarg; break;
+        case 'G': opt.go_file = optarg; break;
+        case 'D': opt.done_file = optarg; break;
+        case 'L': opt.lat_file = optarg; break;
+        case 'A': opt.ack_delay = atof(optarg); break;
+        case 'X':
+            for (opt.nexpect = 0;
+                 opt.nexpect < 64 && optarg[2 * opt.nexpect]
+                 && sscanf(optarg + 2 * opt.nexpect, "%2hhx",
+                           &opt.expect[opt.nexpect]) == 1;
+                 opt.nexpect++)
+            { /* void */ }
+            break;
         default:
             return 2;
         }
@@ -984,9 +1214,18 @@ main(int argc, char **argv)
         die("epoll_create1");
     }
 
+    if (opt.mode == M_FANOUT && opt.trigger == NULL && opt.go_file == NULL) {
+        fprintf(stderr, "fanout needs --trigger or --go-file\n");
+        return 2;
+    }
+
     agents = calloc(opt.agents, sizeof(lg_agent_t));
     latencies = calloc(opt.agents * 64 + 16, sizeof(double));
-    if (agents == NULL || latencies == NULL) {
+    beat_lat[1] = calloc(LG_MAX_BEATS, sizeof(double));
+    beat_lat[2] = calloc(LG_MAX_BEATS, sizeof(double));
+    if (agents == NULL || latencies == NULL || beat_lat[1] == NULL
+        || beat_lat[2] == NULL)
+    {
         die("calloc");
     }
 
@@ -1013,7 +1252,7 @@ main(int argc, char **argv)
     t_start = now();
 
     if (opt.mode == M_HTTP || opt.mode == M_STATUS) {
-        loop(t_start + opt.duration, 0, 0);
+        loop(t_start + opt.duration, STOP_NONE);
 
         qsort(latencies, nlat, sizeof(double), cmp_double);
         printf("mode=%s agents=%ld connected=%ld answered=%ld failed=%ld "
@@ -1027,7 +1266,7 @@ main(int argc, char **argv)
     }
 
     /* connect everybody and wait for each first reply */
-    loop(t_start + opt.duration, 1, 0);
+    loop(t_start + opt.duration, STOP_REPORTED);
     t_all_reported = now();
 
     qsort(latencies, nlat, sizeof(double), cmp_double);
@@ -1041,34 +1280,97 @@ main(int argc, char **argv)
 
         /* hold them, heartbeating, for the rest of the duration */
         nlat = 0;
-        loop(t_start + opt.duration, 0, 0);
+        loop(t_start + opt.duration, STOP_NONE);
         printf("held=%ld closed_by_peer=%ld heartbeats=%ld\n",
                connected - closed_by_peer, closed_by_peer, answered);
         return 0;
     }
 
     if (opt.mode == M_FANOUT) {
-        if (opt.trigger == NULL) {
-            fprintf(stderr, "fanout needs --trigger\n");
-            return 2;
+        printf("ready=%ld ", reported);
+        fflush(stdout);
+        nlat = 0;
+        beats_phase = 1;
+
+        if (opt.ready_file) {
+            write_file(opt.ready_file, reported);
         }
 
-        printf("ready=%ld ", reported);
-        nlat = 0;
-        run_trigger();
-        loop(t_trigger + opt.duration, 0, 1);
+        if (opt.trigger) {
+            run_trigger();
+
+        } else {
+            loop(t_start + opt.duration, STOP_ARMED);
+        }
+
+        if (armed) {
+            beats_phase = 2;
+            loop(t_trigger + opt.duration, STOP_PUSHED);
+        }
+
+        beats_phase = 0;
+
+        if (opt.done_file) {
+            write_file(opt.done_file, pushes);
+        }
+
+        for (i = 0; i < opt.agents; i++) {
+            if (agents[i].got_push) {
+                latencies[nlat++] = agents[i].got_at - t_trigger;
+            }
+        }
 
         qsort(latencies, nlat, sizeof(double), cmp_double);
+        qsort(beat_lat[1], nbeat[1], sizeof(double), cmp_double);
+        qsort(beat_lat[2], nbeat[2], sizeof(double), cmp_double);
+
         printf("mode=fanout agents=%ld received=%ld p50_ms=%.1f "
-               "p99_ms=%.1f max_ms=%.1f failed=%ld\n", opt.agents, pushes,
+               "p99_ms=%.1f max_ms=%.1f failed=%ld closed=%ld "
+               "other_configs=%ld armed=%d acks=%ld", opt.agents, pushes,
                pct(0.5), pct(0.99), nlat ? latencies[nlat - 1] * 1000 : 0,
-               failed);
+               failed, closed_by_peer, other_configs, armed, acks);
+
+        if (opt.beats) {
+            printf(" hb_before_n=%ld hb_before_p50_ms=%.2f "
+                   "hb_before_p99_ms=%.2f hb_during_n=%ld "
+                   "hb_during_p50_ms=%.2f hb_during_p99_ms=%.2f "
+                   "beat_ended_by_push=%ld",
+                   nbeat[1], pct_of(beat_lat[1], nbeat[1], 0.5),
+                   pct_of(beat_lat[1], nbeat[1], 0.99), nbeat[2],
+                   pct_of(beat_lat[2], nbeat[2], 0.5),
+                   pct_of(beat_lat[2], nbeat[2], 0.99), beat_ended_by_push);
+        }
+
+        printf("\n");
         fflush(stdout);
+
+        /* every latency, for percentiles over several processes: "p"
+         * the change, "b" heartbeats before it, "d" during it (ms) */
+        if (opt.lat_file) {
+            FILE  *f = fopen(opt.lat_file, "w");
+
+            if (f == NULL) {
+                die(opt.lat_file);
+            }
+
+            for (i = 0; i < nlat; i++) {
+                fprintf(f, "p %.3f\n", latencies[i] * 1000);
+            }
+
+            for (c = 1; c <= 2; c++) {
+                for (i = 0; i < nbeat[c]; i++) {
+                    fprintf(f, "%c %.3f\n", c == 1 ? 'b' : 'd',
+                            beat_lat[c][i] * 1000);
+                }
+            }
+
+            fclose(f);
+        }
 
         /* still connected, so that the server's cost of the fan-out can
          * be read apart from that of the agents leaving */
         if (opt.linger > 0) {
-            loop(now() + opt.linger, 0, 0);
+            loop(now() + opt.linger, STOP_NONE);
         }
 
         return 0;
@@ -1101,7 +1403,7 @@ main(int argc, char **argv)
     double  t0 = now();
 
     t_start = t0;
-    loop(t0 + opt.duration, 1, 0);
+    loop(t0 + opt.duration, STOP_REPORTED);
 
     printf("mode=reconnect agents=%ld back=%ld seconds=%.3f "
            "full_state_asked=%ld failed=%ld\n", opt.agents, reported,

@@ -17,6 +17,24 @@
 #   BENCH_COLLECTORS=5000         agents in the collector scenario, each
 #                                 sending a Collector's 39.8 KB full status
 #                                 (bench/collector.pl: 3 builds x 2 configs)
+#   BENCH_ONLY=fleet              not in the default set: a fleet-wide
+#                                 change to BENCH_FLEET agents (default
+#                                 100000) that keep heartbeating every 30 s
+#   BENCH_FLEET_PAYLOAD=supervisor  or "collector": the fleet's agents
+#                                 report loadgen's small description or a
+#                                 Collector's 39.8 KB full status; both
+#                                 with the supervisor's capabilities
+#   BENCH_FLEET_RUNS=1            repetitions of the fleet scenario
+#
+# "supervisor" agents declare the OpAMP supervisor's capabilities
+# (--caps 0x7d47: ReportsStatus, AcceptsRemoteConfig, ReportsEffectiveConfig,
+# ReportsOwnMetrics, AcceptsOpAMPConnectionSettings, AcceptsRestartCommand,
+# ReportsHealth, ReportsRemoteConfig, ReportsHeartbeat,
+# ReportsAvailableComponents, and send a component list); "minimal" agents
+# loadgen's default (0x2803). In the fan-out, the clock stops when an agent
+# has decoded a ServerToAgent carrying the new remote_config with the
+# expected config_hash (computed here from the files, as
+# docs/redis-schema.md says, and checked against the admin API's answer).
 #
 # Everything is bounded in count and time, and targets 127.0.0.0/8 only.
 
@@ -178,13 +196,129 @@ sum_field() { awk -v k="$1" '{for (i=1;i<=NF;i++) {split($i,a,"="); if (a[1]==k)
 max_field() { awk -v k="$1" '{for (i=1;i<=NF;i++) {split($i,a,"="); if (a[1]==k && a[2]>m) m=a[2]}} END {print m+0}'; }
 
 ROWS=()
-row() { ROWS+=("$(printf '| %s | %s | %s | %s |' "$1" "$2" "$3" "$4")"); echo "${ROWS[-1]}"; }
+# row SCENARIO MODULE ANCHOR RATIO [TARGET [MET]]
+row() {
+    ROWS+=("$(printf '| %s | %s | %s | %s | %s | %s |' "$1" "$2" "$3" "$4" \
+              "${5:-none}" "${6:-—}")")
+    echo "${ROWS[-1]}"
+}
+
+SUP=0x7d47
+
+# met VALUE OP LIMIT: "met" or "not met" (OP: le or ge)
+met() {
+    awk -v v="$1" -v op="$2" -v l="$3" 'BEGIN {
+        ok = (op == "le") ? (v <= l) : (v >= l); print (ok ? "met" : "**not met**") }'
+}
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", (b>0 ? a/b : 0)}'; }
+
+# config_hash of one file with no content type (docs/redis-schema.md)
+cfg_hash() {
+    python3 -c 'import hashlib, struct, sys
+n, b = sys.argv[1].encode(), sys.argv[2].encode()
+print(hashlib.sha256(struct.pack(">I", len(n)) + n + struct.pack(">I", 0)
+                     + struct.pack(">Q", len(b)) + b).hexdigest())' "$1" "$2"
+}
+
+redis_cpu() {
+    R info cpu | tr -d '\r' \
+        | awk -F: '/^used_cpu_(sys|user):/ {s += $2} END {printf "%.6f", s}'
+}
+
+# fanout_many N TRIGGER [loadgen args]: N agents over as many loadgen
+# processes as needed, each writing a ready file once its agents have
+# reported; then FO_BASELINE seconds (Redis CPU read around them: the
+# cost of whatever the agents do meanwhile, heartbeats), the change's
+# time into the go file and TRIGGER run (its output in $WORK/fo.trig);
+# Redis CPU read when every process has written its done file and again
+# FO_SETTLE seconds after (bookkeeping after the frames, and the agents'
+# APPLIED reports, --ack-delay after each got it, count to the change).
+# Sets FO_OUT (the processes' lines), FO_CPU_BASE (CPU seconds a second
+# before), FO_CPU_CHANGE (CPU seconds of the change until FO_SETTLE after,
+# the baseline's rate taken off), FO_CPU_FANOUT (the same until all had
+# it), FO_READY, FO_SECONDS (go to all done); percentiles:
+# lat_pct KIND P over $WORK/fo.lat.* (p: the change, b/d: heartbeats
+# before / during it)
+fanout_many() {
+    local n=$1 trig=$2; shift 2
+    local procs=$(( (n + PER_PROC - 1) / PER_PROC )) i per pids=() src next
+    local dur=${FO_DURATION:-60} c0 c1 c2 c3 t0 t1 t2 t3 t4
+    rm -f "$WORK"/fo.*
+    for i in $(seq 0 $((procs - 1))); do
+        per=$(( n / procs + (i < n % procs ? 1 : 0) ))
+        src=$(cat "$WORK/src")
+        next=$(( src + (per + 999) / 1000 ))
+        echo $(( next > 230 ? 2 : next )) > "$WORK/src"
+        "$BENCH/loadgen" --port "$PORT" --agents "$per" --src-base "$src" \
+            --seed $((i + 1)) --mode fanout --duration "$dur" \
+            --ready-file "$WORK/fo.ready.$i" --go-file "$WORK/fo.go" \
+            --done-file "$WORK/fo.done.$i" --lat-file "$WORK/fo.lat.$i" \
+            --linger $(( ${FO_SETTLE:-4} + 1 )) "$@" > "$WORK/fo.out.$i" &
+        pids+=($!)
+    done
+    # bounded by the processes' own --duration
+    t0=$(date +%s)
+    while [ "$(ls "$WORK"/fo.ready.* 2>/dev/null | wc -l)" -lt "$procs" ] \
+          && [ $(( $(date +%s) - t0 )) -lt "$dur" ]; do
+        sleep 0.2
+    done
+    FO_READY=$(cat "$WORK"/fo.ready.* 2>/dev/null | awk '{s += $1} END {print s + 0}')
+    FO_RMEM=$(redis_mem); FO_RSS=$(worker_rss_kb)
+    # the connect burst's last writes, and the agents' APPLIED for the
+    # config they got when they connected, out of the baseline
+    sleep 3
+    c0=$(redis_cpu); t1=$(date +%s.%N)
+    sleep "${FO_BASELINE:-1}"
+    c1=$(redis_cpu); t2=$(date +%s.%N)
+    echo "$t2" > "$WORK/fo.go.tmp" && mv "$WORK/fo.go.tmp" "$WORK/fo.go"
+    sh -c "$trig" > "$WORK/fo.trig" 2>&1 || true
+    t0=$(date +%s)
+    while [ "$(ls "$WORK"/fo.done.* 2>/dev/null | wc -l)" -lt "$procs" ] \
+          && [ $(( $(date +%s) - t0 )) -lt $(( dur + 5 )) ]; do
+        sleep 0.05
+    done
+    c3=$(redis_cpu); t3=$(date +%s.%N)
+    sleep "${FO_SETTLE:-4}"
+    c2=$(redis_cpu); t4=$(date +%s.%N)
+    for p in "${pids[@]}"; do wait "$p" || true; done
+    FO_OUT=$(cat "$WORK"/fo.out.*)
+    echo "$FO_OUT" | sed 's/^/# loadgen: /' >&2
+    FO_CPU_BASE=$(awk -v a="$c0" -v b="$c1" -v s="$t1" -v e="$t2" \
+                  'BEGIN {printf "%.6f", (b - a) / (e - s)}')
+    FO_CPU_CHANGE=$(awk -v a="$c1" -v b="$c2" -v s="$t2" -v e="$t4" -v r="$FO_CPU_BASE" \
+                  'BEGIN {printf "%.6f", (b - a) - r * (e - s)}')
+    # the fan-out alone (the change's time until every agent had it) and
+    # what came after (the agents' APPLIED reports, bookkeeping)
+    FO_CPU_FANOUT=$(awk -v a="$c1" -v b="$c3" -v s="$t2" -v e="$t3" -v r="$FO_CPU_BASE" \
+                  'BEGIN {printf "%.6f", (b - a) - r * (e - s)}')
+    FO_SECONDS=$(awk -v s="$t2" -v e="$t3" 'BEGIN {printf "%.2f", e - s}')
+}
+
+lat_pct() {
+    cat "$WORK"/fo.lat.* 2>/dev/null | awk -v k="$1" '$1 == k {print $2}' | sort -g \
+        | awk -v p="$2" '{a[NR] = $1} END {
+              if (!NR) {print 0; exit}
+              i = (p >= 1) ? NR : int(p * (NR - 1)) + 1; printf "%.1f", a[i] }'
+}
+lat_n() { cat "$WORK"/fo.lat.* 2>/dev/null | awk -v k="$1" '$1 == k {n++} END {print n + 0}'; }
+
+# the admin API's answer names the hash the agents must get
+check_hash() {
+    if ! grep -q "\"config_hash\":\"$1\"" "$WORK/fo.trig"; then
+        echo "warning: the change's hash is not $1: $(cat "$WORK/fo.trig")" >&2
+        HASH_MISMATCH=1
+    fi
+}
+HASH_MISMATCH=0
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)"
 echo "nginx $("$NGINX" -v 2>&1 | sed 's/.*\///'), redis $(redis-server --version | awk '{print $3}' | sed 's/v=//'), runs: $RUNS (median)"
 echo
-row "scenario" "ngx_http_opamp_module" "anchor" "ratio"
-row "---" "---" "---" "---"
+echo "commit: $(git -C "$TOP" rev-parse --short HEAD 2>/dev/null || echo unknown); the machine is shared with other builds and tests: compare ratios from the same run"
+echo
+row "scenario" "ngx_http_opamp_module" "anchor" "ratio" "target" "met"
+row "---" "---" "---" "---" "---" "---"
 
 # --- hold N WebSocket agents ------------------------------------------------
 
@@ -317,19 +451,26 @@ fi
 if want http; then
 
     # 50 agents leave the module waiting on Redis round trips (each agent
-    # has one request out); 500 keep every process busy, as a fleet does
+    # has one request out); 500 keep every process busy, as a fleet does.
+    # Alternating: supervisor agents, return 204, minimal agents.
     start_nginx 2
     for agents in 50 500; do
-        hp=(); h204=()
+        hs=(); hm=(); h204=()
         for run in $(seq "$RUNS"); do
             R flushall >/dev/null
-            hp+=("$("$BENCH/loadgen" --port "$PORT" --mode http --agents "$agents" --duration "$SECONDS_RUN" | field rate)")
+            hs+=("$("$BENCH/loadgen" --port "$PORT" --mode http --caps $SUP --agents "$agents" --duration "$SECONDS_RUN" | field rate)")
             h204+=("$("$BENCH/loadgen" --port "$PORT" --mode http --path /204 --agents "$agents" --duration "$SECONDS_RUN" | field rate)")
+            R flushall >/dev/null
+            hm+=("$("$BENCH/loadgen" --port "$PORT" --mode http --agents "$agents" --duration "$SECONDS_RUN" | field rate)")
         done
-        a=$(printf '%s\n' "${hp[@]}" | median); b=$(printf '%s\n' "${h204[@]}" | median)
-        row "HTTP polling: heartbeats per second ($agents keep-alive agents)" "$a /s" \
-            "nginx return 204: $b /s" \
-            "$(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.2fx", (b>0 ? a/b : 0)}')"
+        a=$(printf '%s\n' "${hs[@]}" | median); b=$(printf '%s\n' "${h204[@]}" | median)
+        m=$(printf '%s\n' "${hm[@]}" | median)
+        r=$(ratio "$a" "$b")
+        row "HTTP polling: polls per second, $agents keep-alive supervisor agents (caps $SUP, component list)" "$a /s" \
+            "nginx return 204: $b /s" "${r}x" ">= 0.7x" "$(met "$r" ge 0.7)"
+        r=$(ratio "$m" "$b")
+        row "HTTP polling: polls per second, $agents keep-alive minimal agents (caps 0x2803)" "$m /s" \
+            "the same return 204" "${r}x" ">= 0.7x" "$(met "$r" ge 0.7)"
     done
 fi
 
@@ -337,10 +478,28 @@ fi
 
 # two kinds of change: new files for the group the agents already have a
 # config from (a rollout: each agent keeps its group, only the hash moves),
-# and a new group (every agent is matched against every group again)
-fanout_run() {
-    local n=$1 trigger=$2
-    loadgen_many "$n" --mode fanout --duration 60 --trigger "$trigger"
+# and a new group (every agent is matched against every group again).
+# Rounds alternate: supervisor agents (new files, new group), Nchan's
+# broadcast to as many raw subscribers, minimal agents (both changes).
+
+# fanout_change N KIND CAPS RUN: one round; prints "received p50 p99 max
+# redis_cpu_us_per_agent"
+fanout_change() {
+    local n=$1 kind=$2 caps=$3 run=$4 body before h
+    R flushall >/dev/null
+    body="run $run $kind $caps $RANDOM"
+    if [ "$kind" = files ]; then
+        curl -s -o /dev/null -X PUT "http://127.0.0.1:$PORT/admin/configs/groups/bench" \
+            -d "{\"selector\":\"service.name=bench\",\"files\":{\"c.yaml\":{\"body\":\"before $run\"}}}"
+    fi
+    h=$(cfg_hash c.yaml "$body")
+    fanout_many "$n" "curl -s -X PUT http://127.0.0.1:$PORT/admin/configs/groups/bench -d '{\"selector\":\"service.name=bench\",\"files\":{\"c.yaml\":{\"body\":\"$body\"}}}'" \
+        --caps "$caps" --expect-hash "$h" --ack-delay 2
+    check_hash "$h"
+    got=$(echo "$FO_OUT" | sum_field received)
+    echo "$got $(lat_pct p 0.5) $(lat_pct p 0.99) $(lat_pct p 1) \
+          $(awk -v c="$FO_CPU_FANOUT" -v n="$got" 'BEGIN {printf "%.1f", (n > 0 ? c * 1e6 / n : 0)}') \
+          $(awk -v c="$FO_CPU_CHANGE" -v n="$got" 'BEGIN {printf "%.1f", (n > 0 ? c * 1e6 / n : 0)}')"
 }
 
 if want fanout; then
@@ -348,46 +507,103 @@ if want fanout; then
     for n in $FANOUT; do
         workers=$(( (n + PER_PROC - 1) / PER_PROC )); [ "$workers" -lt 2 ] && workers=2
         start_nginx "$workers"
-        p50=(); p99=(); mx=(); got=(); gp50=(); gp99=(); gmx=(); ggot=()
-        np99=(); nmx=(); np50=()
+        declare -A res=()
         for run in $(seq "$RUNS"); do
-            # new files for the agents' group
-            R flushall >/dev/null
-            curl -s -o /dev/null -X PUT "http://127.0.0.1:$PORT/admin/configs/groups/bench" \
-                -d "{\"selector\":\"service.name=bench\",\"files\":{\"c.yaml\":{\"body\":\"before $run\"}}}"
-            body="{\"selector\":\"service.name=bench\",\"files\":{\"c.yaml\":{\"body\":\"run $run $RANDOM\"}}}"
-            out=$(fanout_run "$n" "curl -s -o /dev/null -X PUT http://127.0.0.1:$PORT/admin/configs/groups/bench -d '$body'")
-            got+=("$(echo "$out" | sum_field received)")
-            p50+=("$(echo "$out" | max_field p50_ms)")
-            p99+=("$(echo "$out" | max_field p99_ms)")
-            mx+=("$(echo "$out" | max_field max_ms)")
-
-            # a new group
-            R flushall >/dev/null
-            out=$(fanout_run "$n" "curl -s -o /dev/null -X PUT http://127.0.0.1:$PORT/admin/configs/groups/bench -d '$body'")
-            ggot+=("$(echo "$out" | sum_field received)")
-            gp50+=("$(echo "$out" | max_field p50_ms)")
-            gp99+=("$(echo "$out" | max_field p99_ms)")
-            gmx+=("$(echo "$out" | max_field max_ms)")
-
-            out=$(loadgen_many "$n" --mode fanout --raw --path /sub --duration 60 \
-                  --trigger "curl -s -o /dev/null -X POST http://127.0.0.1:$PORT/pub -d 'run $run'")
-            np50+=("$(echo "$out" | max_field p50_ms)")
-            np99+=("$(echo "$out" | max_field p99_ms)")
-            nmx+=("$(echo "$out" | max_field max_ms)")
+            res[sf]+="$(fanout_change "$n" files $SUP "$run")
+"
+            res[sg]+="$(fanout_change "$n" group $SUP "$run")
+"
+            fanout_many "$n" "curl -s -X POST http://127.0.0.1:$PORT/pub -d 'run $run'" --raw --path /sub
+            res[nc]+="$(echo "$FO_OUT" | sum_field received) $(lat_pct p 0.5) $(lat_pct p 0.99) $(lat_pct p 1) 0 0
+"
+            res[mf]+="$(fanout_change "$n" files 0x2803 "$run")
+"
+            res[mg]+="$(fanout_change "$n" group 0x2803 "$run")
+"
         done
-        b=$(printf '%s\n' "${np99[@]}" | median)
-        nchan="Nchan broadcast p50 / p99 / max: $(printf '%s\n' "${np50[@]}" | median) / $b / $(printf '%s\n' "${nmx[@]}" | median) ms"
-        a=$(printf '%s\n' "${p99[@]}" | median)
-        row "config change to $n agents (new files for their group): received / p50 / p99 / max" \
-            "$(printf '%s\n' "${got[@]}" | median) / $(printf '%s\n' "${p50[@]}" | median) / $a / $(printf '%s\n' "${mx[@]}" | median) ms" \
-            "$nchan" \
-            "$(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.2fx", (b>0 ? a/b : 0)}')"
-        a=$(printf '%s\n' "${gp99[@]}" | median)
-        row "new group matching $n agents: received / p50 / p99 / max" \
-            "$(printf '%s\n' "${ggot[@]}" | median) / $(printf '%s\n' "${gp50[@]}" | median) / $a / $(printf '%s\n' "${gmx[@]}" | median) ms" \
-            "the same broadcast" \
-            "$(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.2fx", (b>0 ? a/b : 0)}')"
+        # col KEY I: the median of column I over the runs
+        col() { echo -n "${res[$1]}" | awk -v i="$2" 'NF {print $i}' | median; }
+        b=$(col nc 3)
+        nchan="Nchan broadcast to $n raw subscribers, received / p50 / p99 / max: $(col nc 1) / $(col nc 2) / $b / $(col nc 4) ms"
+        for k in sf sg mf mg; do
+            case $k in
+                sf) label="config change to $n supervisor agents (caps $SUP, decoding), new files for their group" ;;
+                sg) label="config change to $n supervisor agents (caps $SUP, decoding), a new group" ;;
+                mf) label="config change to $n minimal agents (caps 0x2803, decoding), new files for their group" ;;
+                mg) label="config change to $n minimal agents (caps 0x2803, decoding), a new group" ;;
+            esac
+            a=$(col $k 3); r=$(ratio "$a" "$b")
+            row "$label: received / p50 / p99 / max; Redis CPU per agent reached, until all had it / with their APPLIED reports (2 s after)" \
+                "$(col $k 1) / $(col $k 2) / $a / $(col $k 4) ms; $(col $k 5) / $(col $k 6) µs" \
+                "$nchan" "${r}x (p99)" "<= 0.8x" "$(met "$r" le 0.8)"
+            nchan="the same broadcast"
+        done
+        unset res
+    done
+fi
+
+# --- a fleet-wide change while the fleet heartbeats -------------------------
+#
+# BENCH_FLEET agents (default 100,000) with the supervisor's capabilities,
+# heartbeating every 30 s (spread over the interval); once all have
+# reported, 15 s of heartbeats alone (Redis CPU: the baseline; heartbeat
+# round trips "before"), then one change for all of them (new files for
+# their group; in a second session of fresh agents, a new group); the
+# clock stops for each when it has decoded the new config; heartbeat round
+# trips "during" are those from the change until the process's agents all
+# have it.  Not in the default set: about 2 x (connect + 25 s) per run.
+
+if want fleet; then
+
+    n=${BENCH_FLEET:-100000}
+    payload=${BENCH_FLEET_PAYLOAD:-supervisor}
+    full=(); sel=service.name=bench; what="loadgen's small description"
+    if [ "$payload" = collector ]; then
+        files=$(perl "$BENCH/collector.pl" "$WORK/collector" 3 2)
+        full=(--full "$files"); sel=service.name=otelcol-contrib
+        what="a Collector's 39.8 KB full status"
+    fi
+    workers=$(( (n + PER_PROC - 1) / PER_PROC )); [ "$workers" -lt 2 ] && workers=2
+    for run in $(seq "${BENCH_FLEET_RUNS:-1}"); do
+        for kind in files group; do
+            # no Nchan: its shared memory would count in the workers' RSS
+            start_nginx "$workers" 0
+            R flushall >/dev/null
+            body="fleet $run $kind $RANDOM"
+            if [ "$kind" = files ]; then
+                curl -s -o /dev/null -X PUT "http://127.0.0.1:$PORT/admin/configs/groups/fleet" \
+                    -d "{\"selector\":\"$sel\",\"files\":{\"c.yaml\":{\"body\":\"before $run\"}}}"
+            fi
+            h=$(cfg_hash c.yaml "$body")
+            m0=$(redis_mem); rss0=$(settled_rss_kb)
+            # Redis's own idle cost (its cron, the workers' links), to
+            # take off the heartbeats' baseline
+            i0=$(redis_cpu); sleep 5; idle=$(awk -v a="$i0" -v b="$(redis_cpu)" 'BEGIN {printf "%.6f", (b - a) / 5}')
+            FO_BASELINE=15 FO_DURATION=$(( n / 200 + 120 )) FO_SETTLE=6 \
+            fanout_many "$n" "curl -s -X PUT http://127.0.0.1:$PORT/admin/configs/groups/fleet -d '{\"selector\":\"$sel\",\"files\":{\"c.yaml\":{\"body\":\"$body\"}}}'" \
+                --caps $SUP --heartbeat 30 --ack-delay 2 --expect-hash "$h" "${full[@]}"
+            check_hash "$h"
+            got=$(echo "$FO_OUT" | sum_field received)
+            label="fleet-wide change to $n supervisor agents (caps $SUP, $what, decoding, heartbeating every 30 s)"
+            [ "$kind" = files ] && label="$label, new files for their group" || label="$label, a new group"
+            row "$label: ready / received / p50 / p99 / max; all had it after" \
+                "$FO_READY / $got / $(lat_pct p 0.5) / $(lat_pct p 0.99) / $(lat_pct p 1) ms; ${FO_SECONDS} s" \
+                "—" "—" "measured (issue 20)" "$( [ "$got" -ge "$n" ] && echo "all received" || echo "**$((n - got)) missed**")"
+            cpc=$(awk -v c="$FO_CPU_FANOUT" -v n="$got" 'BEGIN {printf "%.2f", (n > 0 ? c * 1e6 / n : 0)}')
+            row "$label: Redis CPU for the change (INFO cpu, the heartbeats' rate taken off): until all had it; with the 6 s after (their APPLIED reports, 2 s after each got it)" \
+                "$(awk -v c="$FO_CPU_FANOUT" 'BEGIN {printf "%.0f", c * 1000}') ms, $cpc µs per agent reached; $(awk -v c="$FO_CPU_CHANGE" -v n="$got" 'BEGIN {printf "%.0f ms, %.2f", c * 1000, (n > 0 ? c * 1e6 / n : 0)}') µs per agent" \
+                "heartbeats alone: $(awk -v c="$FO_CPU_BASE" 'BEGIN {printf "%.1f", c * 1000}') ms a second" \
+                "—" "<= 2 µs per agent reached (issue 20 item 2)" "$(met "$cpc" le 2)"
+            hb=$(awk -v c="$FO_CPU_BASE" -v i="$idle" -v n="$n" 'BEGIN {printf "%.2f", (c - i) * 1e6 / (n / 30)}')
+            row "$label: Redis CPU per heartbeat before the change ($n agents / 30 s; Redis idle, $(awk -v i="$idle" 'BEGIN {printf "%.1f", i * 1000}') ms a second, taken off)" "$hb µs" "—" "—" \
+                "<= 10 µs (issue 20 item 1)" "$(met "$hb" le 10)"
+            row "$label: heartbeat round trip p50 / p99, before the change (15 s) and during it" \
+                "before $(lat_pct b 0.5) / $(lat_pct b 0.99) ms ($(lat_n b) beats); during $(lat_pct d 0.5) / $(lat_pct d 0.99) ms ($(lat_n d) beats, $(echo "$FO_OUT" | sum_field beat_ended_by_push) ended by the push)" \
+                "—" "—" "measured" "—"
+            row "$label: memory per agent once all reported" \
+                "Redis $(awk -v a="$FO_RMEM" -v b="$m0" -v n="$n" 'BEGIN {printf "%.0f", (a - b) / n}') B, nginx $(awk -v a="$FO_RSS" -v b="$rss0" -v n="$n" 'BEGIN {printf "%.0f", (a - b) * 1024 / n}') B" \
+                "—" "—" "none" "—"
+        done
     done
 fi
 
@@ -455,6 +671,8 @@ fi
     echo "# Benchmark $(date -u +%Y-%m-%d)"
     echo
     echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); runs: $RUNS (median)"
+    echo
+    echo "commit: $(git -C "$TOP" rev-parse --short HEAD 2>/dev/null); the machine is shared with other builds and tests: compare ratios from the same run"
     echo
     printf '%s\n' "${ROWS[@]}"
 } > "$OUT"
