@@ -641,6 +641,9 @@ is_change(Opamp__Proto__V1__ServerToAgent *s2a)
 }
 
 
+static void check_go(void);
+
+
 static void
 got_message(lg_agent_t *a, const uint8_t *p, size_t n)
 {
@@ -660,6 +663,12 @@ got_message(lg_agent_t *a, const uint8_t *p, size_t n)
     }
 
     if (opt.mode == M_FANOUT && a->reported && !a->got_push) {
+        /* the go file is written before the change is made: a message
+         * that came before the loop looked at it is still the change's */
+        if (opt.go_file && !armed) {
+            check_go();
+        }
+
         push = (!opt.raw && opt.nexpect) ? is_change(s2a) : armed;
 
         if (push) {

@@ -94,9 +94,12 @@ start_nginx() {
     if [ "$nchan" = 1 ]; then
         nchan_load="load_module $NCHAN;"
         nchan_conf="upstream nchan_redis { nchan_redis_server \"redis://127.0.0.1:$RPORT\"; }"
-        nchan_locs="location = /sub { nchan_subscriber websocket; nchan_channel_id bench;
+        # a channel per round (?id=): the FLUSHALL between rounds wipes
+        # Nchan's channel keys under a channel its workers still hold, and
+        # up to a quarter of the next round's subscribers got nothing
+        nchan_locs="location = /sub { nchan_subscriber websocket; nchan_channel_id \$arg_id;
                           nchan_redis_pass nchan_redis; }
-        location = /pub { nchan_publisher; nchan_channel_id bench;
+        location = /pub { nchan_publisher; nchan_channel_id \$arg_id;
                           nchan_redis_pass nchan_redis; }"
     else
         nchan_locs=""
@@ -343,7 +346,7 @@ if want hold; then
             # anchor: as many idle Nchan WebSocket subscribers
             start_nginx "$workers"
             base=$(settled_rss_kb)
-            out=$(loadgen_many "$n" --mode hold --raw --path /sub --duration $((n / 500 + 20)) &
+            out=$(loadgen_many "$n" --mode hold --raw --path "/sub?id=hold$run" --duration $((n / 500 + 20)) &
                   sleep $((n / 500 + 12)); echo "rss=$(worker_rss_kb)"; wait)
             rss=$(echo "$out" | field rss)
             # subscribers still held when the hold ended
@@ -513,7 +516,8 @@ if want fanout; then
 "
             res[sg]+="$(fanout_change "$n" group $SUP "$run")
 "
-            fanout_many "$n" "curl -s -X POST http://127.0.0.1:$PORT/pub -d 'run $run'" --raw --path /sub
+            fanout_many "$n" "curl -s -X POST 'http://127.0.0.1:$PORT/pub?id=r$run-$n' -d 'run $run'" \
+                --raw --path "/sub?id=r$run-$n"
             res[nc]+="$(echo "$FO_OUT" | sum_field received) $(lat_pct p 0.5) $(lat_pct p 0.99) $(lat_pct p 1) 0 0
 "
             res[mf]+="$(fanout_change "$n" files 0x2803 "$run")
