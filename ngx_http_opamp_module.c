@@ -72,6 +72,13 @@ static ngx_conf_post_handler_pt  ngx_http_opamp_time_post =
     ngx_http_opamp_check_time;
 
 
+/* opamp_config_versions: what one script call trims at most when the
+ * bound is lowered */
+static ngx_conf_num_bounds_t  ngx_http_opamp_versions_bounds = {
+    ngx_conf_check_num_bounds, 1, 1000
+};
+
+
 static ngx_command_t  ngx_http_opamp_commands[] = {
 
     { ngx_string("opamp"),
@@ -87,6 +94,20 @@ static ngx_command_t  ngx_http_opamp_commands[] = {
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
       NULL },
+
+    { ngx_string("opamp_admin_author"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_set_complex_value_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_opamp_loc_conf_t, admin_author),
+      NULL },
+
+    { ngx_string("opamp_config_versions"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_opamp_main_conf_t, config_versions),
+      &ngx_http_opamp_versions_bounds },
 
     { ngx_string("opamp_metrics"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
@@ -371,6 +392,7 @@ ngx_http_opamp_create_main_conf(ngx_conf_t *cf)
     omcf->configured = NGX_CONF_UNSET;
     omcf->redis_timeout = NGX_CONF_UNSET_MSEC;
     omcf->agent_retention = NGX_CONF_UNSET_MSEC;
+    omcf->config_versions = NGX_CONF_UNSET_UINT;
 
     ngx_http_opamp_redis_create_conf(omcf);
 
@@ -404,6 +426,8 @@ ngx_http_opamp_init_main_conf(ngx_conf_t *cf, void *conf)
     /* a week: see opamp_agent_retention in docs/directives.md */
     ngx_conf_init_msec_value(omcf->agent_retention,
                              NGX_HTTP_OPAMP_DEFAULT_RETENTION);
+
+    ngx_conf_init_uint_value(omcf->config_versions, 50);
 
     if (ngx_http_opamp_redis_init_conf(cf, omcf) != NGX_CONF_OK) {
         return NGX_CONF_ERROR;
@@ -476,6 +500,7 @@ ngx_http_opamp_create_loc_conf(ngx_conf_t *cf)
     olcf->send_queue_limit = NGX_CONF_UNSET_SIZE;
     olcf->gzip_min_length = NGX_CONF_UNSET_SIZE;
     olcf->custom_capabilities = NGX_CONF_UNSET_PTR;
+    olcf->admin_author = NGX_CONF_UNSET_PTR;
 
     return olcf;
 }
@@ -511,6 +536,7 @@ ngx_http_opamp_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                               prev->gzip_min_length, 256);
     ngx_conf_merge_ptr_value(conf->custom_capabilities,
                              prev->custom_capabilities, NULL);
+    ngx_conf_merge_ptr_value(conf->admin_author, prev->admin_author, NULL);
 
     /*
      * In an OpAMP location opamp_max_message_size is the body limit (it

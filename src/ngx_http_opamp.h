@@ -89,6 +89,9 @@ typedef struct {
     ngx_msec_t                  wait_timeout;
     size_t                      redis_max_reply;  /* unset: derived */
 
+    /* the admin API's config history: src/admin/ */
+    ngx_uint_t                  config_versions;
+
     ngx_flag_t                  ssl;
     ngx_flag_t                  ssl_verify;
     ngx_uint_t                  ssl_verify_depth;
@@ -117,6 +120,7 @@ typedef struct {
     size_t                      gzip_min_length;
     ngx_array_t                *custom_capabilities;  /* of char *;
                                                          NULL: none */
+    ngx_http_complex_value_t   *admin_author;  /* NULL: none */
 } ngx_http_opamp_loc_conf_t;
 
 

@@ -5,12 +5,14 @@
  * methods, the request body, the Redis keys, scripts and commands the
  * resources run, the reply (after WAIT where configured) and the JSON
  * answers and errors.  The resources are in ngx_http_opamp_admin_agents.c,
- * ngx_http_opamp_admin_configs.c and ngx_http_opamp_admin_offers.c.
+ * ngx_http_opamp_admin_configs.c, ngx_http_opamp_admin_offers.c and
+ * ngx_http_opamp_admin_versions.c.
  */
 
 
 #include "ngx_http_opamp_admin_internal.h"
 #include "ngx_http_opamp_store.h"
+#include "ngx_http_opamp_utf8.h"
 
 
 static void ngx_http_opamp_admin_body(ngx_http_request_t *r);
@@ -21,6 +23,8 @@ static ngx_int_t ngx_http_opamp_admin_route_agents(ngx_http_request_t *r,
 static ngx_int_t ngx_http_opamp_admin_route_configs(ngx_http_request_t *r,
     ngx_http_opamp_admin_ctx_t *ctx, ngx_str_t *seg, ngx_uint_t nseg);
 static ngx_int_t ngx_http_opamp_admin_route_offers(ngx_http_request_t *r,
+    ngx_http_opamp_admin_ctx_t *ctx, ngx_str_t *seg, ngx_uint_t nseg);
+static ngx_int_t ngx_http_opamp_admin_route_versions(
     ngx_http_opamp_admin_ctx_t *ctx, ngx_str_t *seg, ngx_uint_t nseg);
 static ngx_int_t ngx_http_opamp_admin_not_found(
     ngx_http_opamp_admin_ctx_t *ctx);
@@ -51,6 +55,8 @@ ngx_http_opamp_admin_handler(ngx_http_request_t *r)
 
     ctx->request = r;
 
+    ngx_http_set_ctx(r, ctx, ngx_http_opamp_module);
+
     /* the path below the location: "agents", "configs/groups/web", ... */
 
     clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
@@ -74,6 +80,15 @@ ngx_http_opamp_admin_handler(ngx_http_request_t *r)
     }
 
     rc = ngx_http_opamp_admin_route(r, ctx, &path);
+
+    if (rc == NGX_OK && (r->method & (NGX_HTTP_PUT|NGX_HTTP_POST
+                                      |NGX_HTTP_DELETE))
+        && ngx_http_opamp_admin_note(r, &path) != NGX_OK)
+    {
+        ctx->reason = "the OpAMP-Note header must be UTF-8 of at most "
+                      "256 bytes";
+        rc = NGX_HTTP_BAD_REQUEST;
+    }
 
     if (rc == NGX_OK && !ngx_http_opamp_redis_ready()) {
         ctx->reason = "the agent state store is unavailable, retry later";
@@ -99,8 +114,6 @@ ngx_http_opamp_admin_handler(ngx_http_request_t *r)
 
     cln->handler = ngx_http_opamp_admin_cleanup;
     cln->data = ctx;
-
-    ngx_http_set_ctx(r, ctx, ngx_http_opamp_module);
 
     /* a body in one buffer; bodies past client_body_buffer_size are read
      * from the temporary file */
@@ -205,6 +218,10 @@ ngx_http_opamp_admin_uid(ngx_http_request_t *r,
  *   configs/groups                  GET
  *   configs/groups/<name>           GET PUT DELETE
  *   configs/agents/<uid>            GET PUT DELETE
+ *   configs/.../versions            GET DELETE
+ *   configs/.../versions/<n>        GET
+ *   configs/.../diff                GET
+ *   configs/.../rollback            POST
  *   connection-settings[/agents/<uid>]   GET PUT DELETE
  *   packages[/agents/<uid>]              GET PUT DELETE
  */
@@ -214,7 +231,7 @@ ngx_http_opamp_admin_route(ngx_http_request_t *r,
     ngx_http_opamp_admin_ctx_t *ctx, ngx_str_t *path)
 {
     u_char     *p, *last, *slash;
-    ngx_str_t   seg[4];
+    ngx_str_t   seg[5];
     ngx_uint_t  nseg;
 
     p = path->data;
@@ -222,7 +239,7 @@ ngx_http_opamp_admin_route(ngx_http_request_t *r,
     nseg = 0;
 
     while (p < last) {
-        if (nseg == 4) {
+        if (nseg == 5) {
             return ngx_http_opamp_admin_not_found(ctx);
         }
 
@@ -316,10 +333,6 @@ ngx_http_opamp_admin_route_configs(ngx_http_request_t *r,
                        NGX_HTTP_GET|NGX_HTTP_HEAD, "GET, HEAD");
         }
 
-        if (nseg != 3) {
-            return ngx_http_opamp_admin_not_found(ctx);
-        }
-
         /* group names go into keys: a safe alphabet, bounded */
 
         if (seg[2].len == 0 || seg[2].len > 128) {
@@ -347,11 +360,21 @@ ngx_http_opamp_admin_route_configs(ngx_http_request_t *r,
             return rc;
         }
 
+        rc = ngx_http_opamp_admin_key(ctx, &ctx->vkey, "versions:group:",
+                                      NGX_HTTP_OPAMP_ADMIN_KEY_NAME);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        if (nseg > 3) {
+            return ngx_http_opamp_admin_route_versions(ctx, seg, nseg);
+        }
+
         return ngx_http_opamp_admin_method(ctx, ngx_http_opamp_any,
                                            "GET, HEAD, PUT, DELETE");
     }
 
-    if (ngx_http_opamp_seg(1, "agents") && nseg == 3) {
+    if (ngx_http_opamp_seg(1, "agents") && nseg >= 3) {
         rc = ngx_http_opamp_admin_uid(r, ctx, seg[2].data, seg[2].len);
         if (rc != NGX_OK) {
             return rc;
@@ -365,6 +388,16 @@ ngx_http_opamp_admin_route_configs(ngx_http_request_t *r,
             return rc;
         }
 
+        rc = ngx_http_opamp_admin_key(ctx, &ctx->vkey, "versions:agent:",
+                                      NGX_HTTP_OPAMP_ADMIN_KEY_AGENT);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        if (nseg > 3) {
+            return ngx_http_opamp_admin_route_versions(ctx, seg, nseg);
+        }
+
         return ngx_http_opamp_admin_method(ctx, ngx_http_opamp_any,
                                            "GET, HEAD, PUT, DELETE");
     }
@@ -375,6 +408,65 @@ bad_name:
 
     ctx->reason = "invalid group name: 1 to 128 of A-Z a-z 0-9 . _ -";
     return NGX_HTTP_BAD_REQUEST;
+}
+
+
+/* configs/.../versions[/<n>], configs/.../diff, configs/.../rollback */
+
+static ngx_int_t
+ngx_http_opamp_admin_route_versions(ngx_http_opamp_admin_ctx_t *ctx,
+    ngx_str_t *seg, ngx_uint_t nseg)
+{
+    if (ngx_http_opamp_seg(3, "versions") && nseg == 4) {
+        ctx->op = NGX_HTTP_OPAMP_ADMIN_VERSIONS;
+        return ngx_http_opamp_admin_method(ctx, NGX_HTTP_GET|NGX_HTTP_HEAD
+                                                |NGX_HTTP_DELETE,
+                                           "GET, HEAD, DELETE");
+    }
+
+    if (ngx_http_opamp_seg(3, "versions") && nseg == 5) {
+        ctx->op = NGX_HTTP_OPAMP_ADMIN_VERSION;
+        ctx->version = ngx_http_opamp_admin_version_number(seg[4].data,
+                                                           seg[4].len);
+        if (ctx->version == NGX_ERROR) {
+            ctx->reason = "a version is a number from 1";
+            return NGX_HTTP_BAD_REQUEST;
+        }
+
+        return ngx_http_opamp_admin_method(ctx, NGX_HTTP_GET|NGX_HTTP_HEAD,
+                                           "GET, HEAD");
+    }
+
+    if (ngx_http_opamp_seg(3, "diff") && nseg == 4) {
+        ctx->op = NGX_HTTP_OPAMP_ADMIN_DIFF;
+        return ngx_http_opamp_admin_method(ctx, NGX_HTTP_GET|NGX_HTTP_HEAD,
+                                           "GET, HEAD");
+    }
+
+    if (ngx_http_opamp_seg(3, "rollback") && nseg == 4) {
+        ctx->op = NGX_HTTP_OPAMP_ADMIN_ROLLBACK;
+        return ngx_http_opamp_admin_method(ctx, NGX_HTTP_POST, "POST");
+    }
+
+    return ngx_http_opamp_admin_not_found(ctx);
+}
+
+
+/* a version number as the API takes it: 1 to 2^53, decimal, no sign or
+ * leading zero (the scripts name fields by its text); NGX_ERROR if not */
+
+ngx_int_t
+ngx_http_opamp_admin_version_number(u_char *p, size_t len)
+{
+    ngx_int_t  n;
+
+    if (len == 0 || len > 15 || p[0] == '0') {
+        return NGX_ERROR;
+    }
+
+    n = ngx_atoi(p, len);
+
+    return n < 1 ? NGX_ERROR : n;
 }
 
 
@@ -569,6 +661,12 @@ ngx_http_opamp_admin_run(ngx_http_opamp_admin_ctx_t *ctx)
     case NGX_HTTP_OPAMP_ADMIN_MESSAGE:
         return ngx_http_opamp_admin_message(ctx);
 
+    case NGX_HTTP_OPAMP_ADMIN_VERSIONS:
+    case NGX_HTTP_OPAMP_ADMIN_VERSION:
+    case NGX_HTTP_OPAMP_ADMIN_DIFF:
+    case NGX_HTTP_OPAMP_ADMIN_ROLLBACK:
+        return ngx_http_opamp_admin_versions(ctx);
+
     default:
         break;
     }
@@ -644,6 +742,129 @@ ngx_http_opamp_admin_delete(ngx_http_opamp_admin_ctx_t *ctx)
 
     return ngx_http_opamp_admin_eval(ctx, NGX_HTTP_OPAMP_SCRIPT_ADMIN_DELETE,
                                      4, 7, argv, argvlen);
+}
+
+
+/* a script of the admin API's own (src/lua/admin_version*.lua, ...):
+ * EVAL, as ngx_http_opamp_store_eval() runs the others */
+
+ngx_int_t
+ngx_http_opamp_admin_eval_source(ngx_http_opamp_admin_ctx_t *ctx,
+    const char *source, size_t len, ngx_uint_t nkeys, int argc,
+    const char **argv, size_t *argvlen)
+{
+    int           i;
+    u_char        n[NGX_INT_T_LEN];
+    size_t       *lens;
+    const char  **args;
+
+    args = ngx_palloc(ctx->request->pool,
+                      (argc + 3) * (sizeof(char *) + sizeof(size_t)));
+    if (args == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    lens = (size_t *) (args + argc + 3);
+
+    args[0] = "EVAL";
+    lens[0] = 4;
+    args[1] = source;
+    lens[1] = len;
+    args[2] = (const char *) n;
+    lens[2] = ngx_sprintf(n, "%ui", nkeys) - n;
+
+    for (i = 0; i < argc; i++) {
+        args[i + 3] = argv[i];
+        lens[i + 3] = argvlen[i];
+    }
+
+    ctx->cmd = ngx_http_opamp_redis_command(argc + 3, args, lens,
+                                            ngx_http_opamp_admin_reply, ctx);
+    if (ctx->cmd == NULL) {
+        return ngx_http_opamp_admin_error(ctx->request,
+                                          NGX_HTTP_SERVICE_UNAVAILABLE,
+                                          "the agent state store is "
+                                          "unavailable, retry later");
+    }
+
+    return NGX_DONE;
+}
+
+
+/* who makes a change: opamp_admin_author's value, cut to 128 bytes */
+
+ngx_int_t
+ngx_http_opamp_admin_author(ngx_http_request_t *r, ngx_str_t *author)
+{
+    ngx_http_opamp_loc_conf_t  *olcf;
+
+    ngx_str_null(author);
+
+    olcf = ngx_http_get_module_loc_conf(r, ngx_http_opamp_module);
+
+    if (olcf->admin_author == NULL) {
+        return NGX_OK;
+    }
+
+    if (ngx_http_complex_value(r, olcf->admin_author, author) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (author->len > NGX_HTTP_OPAMP_ADMIN_MAX_AUTHOR) {
+        author->len = NGX_HTTP_OPAMP_ADMIN_MAX_AUTHOR;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * The request's OpAMP-Note header: NGX_OK (empty when there is none), or
+ * NGX_DECLINED when it is longer than 256 bytes or not UTF-8 (*note is
+ * then its first 256 bytes).
+ */
+
+ngx_int_t
+ngx_http_opamp_admin_note(ngx_http_request_t *r, ngx_str_t *note)
+{
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    ngx_str_null(note);
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == sizeof("OpAMP-Note") - 1
+            && ngx_strncasecmp(h[i].key.data, (u_char *) "OpAMP-Note",
+                               sizeof("OpAMP-Note") - 1) == 0)
+        {
+            *note = h[i].value;
+
+            if (note->len > NGX_HTTP_OPAMP_ADMIN_MAX_NOTE) {
+                note->len = NGX_HTTP_OPAMP_ADMIN_MAX_NOTE;
+                return NGX_DECLINED;
+            }
+
+            return ngx_http_opamp_utf8_valid(note->data, note->len)
+                   ? NGX_OK : NGX_DECLINED;
+        }
+    }
+
+    return NGX_OK;
 }
 
 
@@ -850,6 +1071,12 @@ ngx_http_opamp_admin_answer(ngx_http_opamp_admin_ctx_t *ctx,
     case NGX_HTTP_OPAMP_ADMIN_RESTART:
     case NGX_HTTP_OPAMP_ADMIN_MESSAGE:
         return ngx_http_opamp_admin_queued_answer(ctx, reply);
+
+    case NGX_HTTP_OPAMP_ADMIN_VERSIONS:
+    case NGX_HTTP_OPAMP_ADMIN_VERSION:
+    case NGX_HTTP_OPAMP_ADMIN_DIFF:
+    case NGX_HTTP_OPAMP_ADMIN_ROLLBACK:
+        return ngx_http_opamp_admin_versions_answer(ctx, reply);
 
     default:
         break;

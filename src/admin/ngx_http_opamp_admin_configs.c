@@ -67,18 +67,27 @@ ngx_http_opamp_admin_config_put(ngx_http_opamp_admin_ctx_t *ctx)
     int                             argc;
     u_char                         *p;
     u_char                          now[NGX_INT64_LEN];
+    u_char                          max[NGX_INT_T_LEN];
     size_t                         *argvlen, len;
     json_t                         *root;
     ngx_int_t                       rc;
-    ngx_str_t                       groups, version, fleet;
+    ngx_str_t                       groups, version, fleet, author, note;
     ngx_uint_t                      i, n;
     const char                    **argv, *reason;
     ngx_time_t                     *tp;
     json_error_t                    error;
     ngx_http_request_t             *r;
+    ngx_http_opamp_main_conf_t     *omcf;
     ngx_http_opamp_admin_config_t   config;
 
     r = ctx->request;
+    omcf = ngx_http_get_module_main_conf(r, ngx_http_opamp_module);
+
+    if (ngx_http_opamp_admin_author(r, &author) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    (void) ngx_http_opamp_admin_note(r, &note);
 
     root = json_loadb((const char *) ctx->body.data, ctx->body.len,
                       JSON_REJECT_DUPLICATES, &error);
@@ -123,14 +132,14 @@ ngx_http_opamp_admin_config_put(ngx_http_opamp_admin_ctx_t *ctx)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    argv = ngx_palloc(r->pool, (11 + 3 * n) * (sizeof(char *)
+    argv = ngx_palloc(r->pool, (16 + 3 * n) * (sizeof(char *)
                                                + sizeof(size_t)));
     if (argv == NULL) {
         json_decref(root);
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    argvlen = (size_t *) (argv + 11 + 3 * n);
+    argvlen = (size_t *) (argv + 16 + 3 * n);
 
     tp = ngx_timeofday();
 
@@ -142,13 +151,15 @@ ngx_http_opamp_admin_config_put(ngx_http_opamp_admin_ctx_t *ctx)
     ngx_http_opamp_arg(groups.data, groups.len);
     ngx_http_opamp_arg(version.data, version.len);
 
+    ngx_http_opamp_arg(ctx->has_uid ? ctx->agent_key.data : ctx->key.data,
+                       ctx->has_uid ? ctx->agent_key.len : ctx->key.len);
+    ngx_http_opamp_arg(ctx->vkey.data, ctx->vkey.len);
+
     if (ctx->has_uid) {
-        ngx_http_opamp_arg(ctx->agent_key.data, ctx->agent_key.len);
         ngx_http_opamp_arg("agent", 5);
         ngx_http_opamp_arg(ctx->uid_text, NGX_HTTP_OPAMP_UID_STR_LEN);
 
     } else {
-        ngx_http_opamp_arg(ctx->key.data, ctx->key.len);
         ngx_http_opamp_arg("group", 5);
         ngx_http_opamp_arg(ctx->name.data, ctx->name.len);
     }
@@ -161,6 +172,11 @@ ngx_http_opamp_admin_config_put(ngx_http_opamp_admin_ctx_t *ctx)
                                          : (u_char *) "",
                        config.selector.len);
     ngx_http_opamp_arg(config.sorted.data, config.sorted.len);
+    ngx_http_opamp_arg(omcf->prefix.data, omcf->prefix.len);
+    ngx_http_opamp_arg(max, ngx_sprintf(max, "%ui", omcf->config_versions)
+                            - max);
+    ngx_http_opamp_arg(author.len ? author.data : (u_char *) "", author.len);
+    ngx_http_opamp_arg(note.len ? note.data : (u_char *) "", note.len);
 
     for (i = 0; i < n; i++) {
         ngx_http_opamp_arg(config.names[i].data, config.names[i].len);
@@ -175,7 +191,7 @@ ngx_http_opamp_admin_config_put(ngx_http_opamp_admin_ctx_t *ctx)
     /* hiredis copies the arguments before this returns */
 
     rc = ngx_http_opamp_admin_eval(ctx,
-                                   NGX_HTTP_OPAMP_SCRIPT_ADMIN_CONFIG_SET, 4,
+                                   NGX_HTTP_OPAMP_SCRIPT_ADMIN_CONFIG_SET, 5,
                                    argc, argv, argvlen);
 
     json_decref(root);
@@ -471,7 +487,8 @@ ngx_http_opamp_admin_groups_answer(ngx_http_opamp_admin_ctx_t *ctx,
 }
 
 
-/* a config PUT (admin_config_set.lua's config_version) or GET (HGETALL);
+/* a config PUT (admin_config_set.lua's config_version and the config's
+ * version) or GET (HGETALL);
  * DELETE and an unknown agent are answered by ngx_http_opamp_admin.c */
 
 ngx_int_t
@@ -486,11 +503,23 @@ ngx_http_opamp_admin_config_answer(ngx_http_opamp_admin_ctx_t *ctx,
     ngx_http_opamp_json_init(&j, r->pool);
 
     if (r->method & NGX_HTTP_PUT) {
+        if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2
+            || reply->element[0]->type != REDIS_REPLY_INTEGER
+            || reply->element[1]->type != REDIS_REPLY_INTEGER)
+        {
+            return ngx_http_opamp_admin_error(r,
+                                              NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                              "the agent state store "
+                                              "answered something else");
+        }
+
         ngx_http_opamp_json_object(&j);
         ngx_http_opamp_json_kv(&j, "config_hash");
         ngx_http_opamp_json_string(&j, ctx->hash, 64);
         ngx_http_opamp_json_kv(&j, "config_version");
-        ngx_http_opamp_json_int(&j, reply->integer);
+        ngx_http_opamp_json_int(&j, reply->element[0]->integer);
+        ngx_http_opamp_json_kv(&j, "version");
+        ngx_http_opamp_json_int(&j, reply->element[1]->integer);
         ngx_http_opamp_json_close(&j, '}');
         return ngx_http_opamp_admin_send(r, NGX_HTTP_OK, &j);
     }
@@ -534,6 +563,7 @@ ngx_http_opamp_admin_config_json(ngx_http_opamp_json_t *j, redisReply *reply)
         }
 
         if ((el[i]->len == 8 && ngx_strncmp(el[i]->str, "priority", 8) == 0)
+            || (el[i]->len == 7 && ngx_strncmp(el[i]->str, "version", 7) == 0)
             || (el[i]->len == 10
                 && ngx_strncmp(el[i]->str, "updated_ms", 10) == 0))
         {

@@ -6,7 +6,9 @@
  * Redis keys, the scripts and commands, the answers) that the resources
  * call: the agents (ngx_http_opamp_admin_agents.c), the configs and groups
  * (ngx_http_opamp_admin_configs.c), the connection settings and packages
- * offered to agents (ngx_http_opamp_admin_offers.c).
+ * offered to agents (ngx_http_opamp_admin_offers.c), the configs' versions
+ * (ngx_http_opamp_admin_versions.c, their diffs in
+ * ngx_http_opamp_admin_diff.c).
  */
 
 #ifndef _NGX_HTTP_OPAMP_ADMIN_INTERNAL_H_INCLUDED_
@@ -28,7 +30,11 @@ typedef enum {
     NGX_HTTP_OPAMP_ADMIN_GROUPS,
     NGX_HTTP_OPAMP_ADMIN_CONFIG,          /* of an agent or a group */
     NGX_HTTP_OPAMP_ADMIN_SETTINGS,        /* of the fleet or an agent */
-    NGX_HTTP_OPAMP_ADMIN_PACKAGES         /* of the fleet or an agent */
+    NGX_HTTP_OPAMP_ADMIN_PACKAGES,        /* of the fleet or an agent */
+    NGX_HTTP_OPAMP_ADMIN_VERSIONS,        /* a config's history */
+    NGX_HTTP_OPAMP_ADMIN_VERSION,         /* one version of it */
+    NGX_HTTP_OPAMP_ADMIN_DIFF,            /* two versions compared */
+    NGX_HTTP_OPAMP_ADMIN_ROLLBACK         /* an earlier version put back */
 } ngx_http_opamp_admin_op_e;
 
 
@@ -50,7 +56,15 @@ typedef struct {
     u_char                          hash[64];   /* config_hash, hex */
     const char                     *reason;     /* of a refusal */
     redisReply                     *written;    /* kept during WAIT */
+
+    ngx_str_t                       vkey;     /* the config's history */
+    ngx_int_t                       version;  /* of the path, or 0 */
 } ngx_http_opamp_admin_ctx_t;
+
+
+/* what a version's author and note are cut to */
+#define NGX_HTTP_OPAMP_ADMIN_MAX_AUTHOR    128
+#define NGX_HTTP_OPAMP_ADMIN_MAX_NOTE      256
 
 
 /* ngx_http_opamp_admin_key()'s suffix */
@@ -66,6 +80,13 @@ ngx_int_t ngx_http_opamp_admin_key(ngx_http_opamp_admin_ctx_t *ctx,
 ngx_int_t ngx_http_opamp_admin_eval(ngx_http_opamp_admin_ctx_t *ctx,
     ngx_uint_t script, ngx_uint_t nkeys, int argc, const char **argv,
     size_t *argvlen);
+ngx_int_t ngx_http_opamp_admin_eval_source(ngx_http_opamp_admin_ctx_t *ctx,
+    const char *source, size_t len, ngx_uint_t nkeys, int argc,
+    const char **argv, size_t *argvlen);
+ngx_int_t ngx_http_opamp_admin_author(ngx_http_request_t *r,
+    ngx_str_t *author);
+ngx_int_t ngx_http_opamp_admin_note(ngx_http_request_t *r, ngx_str_t *note);
+ngx_int_t ngx_http_opamp_admin_version_number(u_char *p, size_t len);
 ngx_int_t ngx_http_opamp_admin_keyed(ngx_http_opamp_admin_ctx_t *ctx,
     ngx_uint_t script);
 ngx_int_t ngx_http_opamp_admin_push(ngx_http_opamp_admin_ctx_t *ctx,
@@ -97,6 +118,21 @@ ngx_int_t ngx_http_opamp_admin_groups_answer(
     ngx_http_opamp_admin_ctx_t *ctx, redisReply *reply);
 ngx_int_t ngx_http_opamp_admin_config_answer(
     ngx_http_opamp_admin_ctx_t *ctx, redisReply *reply);
+
+/* ngx_http_opamp_admin_versions.c */
+
+ngx_int_t ngx_http_opamp_admin_versions(ngx_http_opamp_admin_ctx_t *ctx);
+ngx_int_t ngx_http_opamp_admin_versions_answer(
+    ngx_http_opamp_admin_ctx_t *ctx, redisReply *reply);
+
+/* ngx_http_opamp_admin_diff.c: a unified diff of two texts into j as a
+ * JSON string, or NGX_DECLINED with the reason it is not shown; *budget
+ * is the work the request may still spend, lowered by what this took */
+ngx_int_t ngx_http_opamp_admin_diff_text(ngx_http_opamp_json_t *j,
+    ngx_str_t *name, ngx_str_t *a, ngx_str_t *b, ngx_uint_t *budget,
+    const char **reason);
+
+#define NGX_HTTP_OPAMP_ADMIN_DIFF_BUDGET   4000000
 
 /* ngx_http_opamp_admin_offers.c */
 

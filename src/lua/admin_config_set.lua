@@ -1,5 +1,6 @@
--- admin_config_set.lua: replace a config atomically and tell the workers
--- (docs/redis-schema.md, "Remote configuration").
+-- admin_config_set.lua: replace a config atomically, record it as a
+-- version, and tell the workers (docs/redis-schema.md, "Remote
+-- configuration" and "Config versions").
 --
 -- KEYS[1]  the config hash: <prefix>config:agent:{<uid>} or
 --          <prefix>config:group:<name>
@@ -7,6 +8,8 @@
 -- KEYS[3]  <prefix>config_version (and <prefix>config_version_scope)
 -- KEYS[4]  the agent hash <prefix>agent:{<uid>} (agent configs), or the
 --          same as KEYS[1] for groups
+-- KEYS[5]  its history: <prefix>versions:agent:{<uid>} or
+--          <prefix>versions:group:<name>
 -- ARGV[1]  "agent" or "group"
 -- ARGV[2]  uid (canonical text) or group name
 -- ARGV[3]  <prefix>fleet, the channel of every worker
@@ -14,56 +17,37 @@
 -- ARGV[5]  config_hash, hex
 -- ARGV[6]  selector (groups)
 -- ARGV[7]  priority (groups)
--- ARGV[8..] file name, body, content type, file name, body, ...
+-- ARGV[8]  key prefix
+-- ARGV[9]  versions kept per config (opamp_config_versions)
+-- ARGV[10] author (opamp_admin_author), may be empty
+-- ARGV[11] note (the OpAMP-Note header), may be empty
+-- ARGV[12..] file name, body, content type, file name, body, ...
 --
--- Returns the new value of <prefix>config_version.
+-- Returns { new value of <prefix>config_version, the config's version }.
 
-local set = { 'hash', ARGV[5], 'updated_ms', ARGV[4] }
+--@include lib/versions.lua
+--@include lib/config_write.lua
 
-if ARGV[1] == 'group' then
-    set[#set + 1] = 'selector'
-    set[#set + 1] = ARGV[6]
-    set[#set + 1] = 'priority'
-    set[#set + 1] = ARGV[7]
-end
+local fields = {}
 
-for i = 8, #ARGV, 3 do
-    set[#set + 1] = 'file:' .. ARGV[i]
-    set[#set + 1] = ARGV[i + 1]
+for i = 12, #ARGV, 3 do
+    fields[#fields + 1] = 'file:' .. ARGV[i]
+    fields[#fields + 1] = ARGV[i + 1]
     if ARGV[i + 2] ~= '' then
-        set[#set + 1] = 'type:' .. ARGV[i]
-        set[#set + 1] = ARGV[i + 2]
+        fields[#fields + 1] = 'type:' .. ARGV[i]
+        fields[#fields + 1] = ARGV[i + 2]
     end
 end
 
--- what the change concerns (report.lua, keeps_desired()): a group that
--- keeps its selector and priority moves no agent between configs
-local scope = 'agent:' .. ARGV[2]
+local rec = { hash = ARGV[5], ms = ARGV[4], author = ARGV[10],
+              note = ARGV[11] }
 if ARGV[1] == 'group' then
-    local old = redis.call('HMGET', KEYS[1], 'selector', 'priority')
-    scope = 'all'
-    if old[1] == ARGV[6] and old[2] == ARGV[7] then
-        scope = 'group:' .. ARGV[2]
-    end
+    rec.selector = ARGV[6]
+    rec.priority = ARGV[7]
 end
 
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(set))
+local n = config_version_of(KEYS, KEYS[5], ARGV[8], tonumber(ARGV[9]),
+                            ARGV[1], rec, fields)
 
-if ARGV[1] == 'group' then
-    redis.call('ZADD', KEYS[2], ARGV[7], ARGV[2])
-end
-
-local version = redis.call('INCR', KEYS[3])
-redis.call('SET', KEYS[3] .. '_scope', version .. ' ' .. scope)
-
-if ARGV[1] == 'group' then
-    redis.call('PUBLISH', ARGV[3], 'config')
-else
-    local a = redis.call('HMGET', KEYS[4], 'channel', 'connected')
-    if a[1] and a[2] == '1' then
-        redis.call('PUBLISH', a[1], 'config ' .. ARGV[2])
-    end
-end
-
-return version
+return { config_write(KEYS, ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5],
+                      ARGV[6], ARGV[7], fields, n), n }
