@@ -19,6 +19,7 @@
 --@include lib/short_way.lua
 
 version_key, now_text, prefix = KEYS[1], ARGV[1], ARGV[2]
+now = tonumber(now_text)
 
 local out, members = {}, {}
 for i = 3, #ARGV - 5, 6 do
@@ -26,7 +27,7 @@ for i = 3, #ARGV - 5, 6 do
     local k = prefix .. 'agent:{' .. u .. '}'
     out[#out + 1] = short_way(k, u, ARGV[i + 1], ARGV[i + 2],
                               redis.call('HMGET', k, 'sequence_num',
-                                         'settled'),
+                                         'settled', 'settled_until'),
                               ARGV[i + 3], ARGV[i + 4] == '1',
                               ARGV[i + 5], members)
                     and 1 or 0

@@ -93,7 +93,7 @@ local mask_all = mask
 local short_fields = { 'sequence_num', 'settled', 'connected',
                        'expires_ms', 'conn', 'transport', 'channel',
                        'cs_hash', 'first_seen_ms', 'schema', 'cs_again',
-                       'cs_offered_ms' }
+                       'cs_offered_ms', 'settled_until' }
 
 -- what a heartbeat must match in the agent's "settled" to take the short
 -- way, but for the config_version in front: its capabilities, the
@@ -119,7 +119,7 @@ if mask == 0 and not disconnect
    and ARGV[14] == '' and ARGV[26] == ''
    and ARGV[29] ~= '1' and ARGV[30] == '' and ARGV[31] == ''
    and ARGV[34] == ''
-   and short_way(key, uid, seq, prev_seq, cur,
+   and short_way(key, uid, seq, prev_seq, { cur[1], cur[2], cur[13] },
                  beat_mark(ARGV[5], ARGV[15], conn, transport),
                  math.floor((tonumber(ARGV[5]) or 0) / 1024) % 2 == 1,
                  tostring(now + tonumber(ARGV[11])), nil)
@@ -551,17 +551,24 @@ then
     command = owed_command(ARGV[5])
 end
 
--- owed nothing and no offer out: its next heartbeats take the short way
-set[#set + 1] = 'settled'
+-- owed nothing: its next heartbeats take the short way.  An offer out
+-- unacknowledged is made again once opamp_agent_timeout has passed since
+-- it was made: until the first such time (pending, kept as
+-- settled_until) it is owed nothing more either.
+local settle, settle_until = '', ''
 if not disconnect and not full and verdict == 0
-   and not pending
    and owed_hash == '' and offer == 0 and components == 0
    and packages == '' and command == '' and #message == 0
 then
-    set[#set + 1] = settle_mark()
-else
-    set[#set + 1] = ''
+    settle = settle_mark()
+    if pending then
+        settle_until = string.format('%.0f', pending)
+    end
 end
+set[#set + 1] = 'settled'
+set[#set + 1] = settle
+set[#set + 1] = 'settled_until'
+set[#set + 1] = settle_until
 
 -- an empty value is no field: Redis keeps each field, name and all
 local put, gone = {}, {}

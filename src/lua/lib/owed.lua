@@ -143,7 +143,8 @@ local function owed_settings(set, caps, stored_hash, again, offered_ms)
             return 0, '', ''
         end
         if now - tonumber(offered_ms or '0') < timeout then
-            pending = true
+            pending = math.min(pending or math.huge,
+                               tonumber(offered_ms or '0') + timeout)
             return 0, '', ''
         end
     end
@@ -183,7 +184,8 @@ local function owed_packages(set, caps, force, now, sent)
     if not force and pk[1] == c[2]
        and now - tonumber(c[3] or '0') < timeout
     then
-        pending = true
+        pending = math.min(pending or math.huge,
+                           tonumber(c[3] or '0') + timeout)
         return ''
     end
     set[#set + 1] = 'offered_packages_hash'

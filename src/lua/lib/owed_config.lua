@@ -258,7 +258,8 @@ local function owed_config(set, caps, desc, reported, force, now, pre)
     if not force and dhash == c[4]
        and now - tonumber(c[5] or '0') < timeout
     then
-        pending = true
+        pending = math.min(pending or math.huge,
+                           tonumber(c[5] or '0') + timeout)
         return '', {}, ''
     end
 

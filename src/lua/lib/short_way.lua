@@ -1,11 +1,14 @@
 -- lib/short_way.lua, included after lib/state.lua by report.lua (one
 -- agent's heartbeat) and beats.lua (a worker's batch of them).  Reads
--- prefix, now_text and version_key of lib/state.lua.
+-- prefix, now_text, now and version_key of lib/state.lua.
 --
 -- The common message of a fleet: a heartbeat in sequence on the same
--- connection from an agent that is owed nothing and has no offer out,
--- with nothing changed since that was found, whatever its capabilities.
--- Only its sequence and liveness are stored.  What a control plane writes
+-- connection from an agent that is owed nothing, with nothing changed
+-- since that was found, whatever its capabilities.  An agent with an
+-- offer out unacknowledged is owed nothing until the offer may be made
+-- again (its settled_until): an agent that accepts a config and never
+-- reports its status (no ReportsRemoteConfig) polls so for ever.  Only
+-- its sequence and liveness are stored.  What a control plane writes
 -- without the admin API is still seen: configs, connection settings and
 -- packages with INCR config_version (in the mark, see settle_mark() in
 -- report.lua) or the agent's settled emptied, commands and messages for
@@ -16,13 +19,17 @@ local vmark = nil
 
 -- takes the short way if the heartbeat can (true): k the agent's key, u
 -- its uid, sq and prev its sequence_num and the one before, stored its
--- stored sequence_num and settled, mark its beat_mark() (report.lua; the
--- worker digests it for beats.lua), restart whether it accepts a restart
--- command, expires its new expires_ms; members: the fleet index entries
--- to add, or nil to add this one at once
+-- stored sequence_num, settled and settled_until (nil: none), mark its
+-- beat_mark() (report.lua; the worker digests it for beats.lua), restart
+-- whether it accepts a restart command, expires its new expires_ms;
+-- members: the fleet index entries to add, or nil to add this one at once
 local function short_way(k, u, sq, prev, stored, mark, restart, expires,
                          members)
     if not (stored[1] == prev and stored[2]) then
+        return false
+    end
+    -- an offer out since then is due again
+    if stored[3] and now >= (tonumber(stored[3]) or 0) then
         return false
     end
     vmark = vmark or ((redis.call('GET', version_key) or '0') .. ' ')

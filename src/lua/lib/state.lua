@@ -22,6 +22,7 @@ local prefix, now_text, now, version_key, groups_key, timeout, cs_offer
 -- another agent sets all four and status_t (lib/owed_config.lua) to nil.
 local key, acfg, skey, uid
 
--- an offer is out and not yet acknowledged: it may be owed again later
--- (set by owed_config() and owed_packages())
+-- an offer is out and not yet acknowledged: the earliest time (Unix ms,
+-- a number) one is owed again, else false (set by owed_config(),
+-- owed_settings() and owed_packages())
 local pending = false
