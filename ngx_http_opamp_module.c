@@ -72,10 +72,14 @@ static ngx_conf_post_handler_pt  ngx_http_opamp_time_post =
     ngx_http_opamp_check_time;
 
 
-/* opamp_config_versions: what one script call trims at most when the
- * bound is lowered */
+/* opamp_config_versions, opamp_admin_audit_entries: what one script call
+ * trims at most when the bound is lowered */
 static ngx_conf_num_bounds_t  ngx_http_opamp_versions_bounds = {
     ngx_conf_check_num_bounds, 1, 1000
+};
+
+static ngx_conf_num_bounds_t  ngx_http_opamp_audit_bounds = {
+    ngx_conf_check_num_bounds, 1, 1000000
 };
 
 
@@ -108,6 +112,13 @@ static ngx_command_t  ngx_http_opamp_commands[] = {
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_opamp_main_conf_t, config_versions),
       &ngx_http_opamp_versions_bounds },
+
+    { ngx_string("opamp_admin_audit_entries"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_opamp_main_conf_t, audit_entries),
+      &ngx_http_opamp_audit_bounds },
 
     { ngx_string("opamp_metrics"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
@@ -393,6 +404,7 @@ ngx_http_opamp_create_main_conf(ngx_conf_t *cf)
     omcf->redis_timeout = NGX_CONF_UNSET_MSEC;
     omcf->agent_retention = NGX_CONF_UNSET_MSEC;
     omcf->config_versions = NGX_CONF_UNSET_UINT;
+    omcf->audit_entries = NGX_CONF_UNSET_UINT;
 
     ngx_http_opamp_redis_create_conf(omcf);
 
@@ -428,6 +440,7 @@ ngx_http_opamp_init_main_conf(ngx_conf_t *cf, void *conf)
                              NGX_HTTP_OPAMP_DEFAULT_RETENTION);
 
     ngx_conf_init_uint_value(omcf->config_versions, 50);
+    ngx_conf_init_uint_value(omcf->audit_entries, 10000);
 
     if (ngx_http_opamp_redis_init_conf(cf, omcf) != NGX_CONF_OK) {
         return NGX_CONF_ERROR;

@@ -89,8 +89,9 @@ typedef struct {
     ngx_msec_t                  wait_timeout;
     size_t                      redis_max_reply;  /* unset: derived */
 
-    /* the admin API's config history: src/admin/ */
+    /* the admin API's history and audit log: src/admin/ */
     ngx_uint_t                  config_versions;
+    ngx_uint_t                  audit_entries;
 
     ngx_flag_t                  ssl;
     ngx_flag_t                  ssl_verify;

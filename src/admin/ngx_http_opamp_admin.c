@@ -4,9 +4,10 @@
  * The admin API's handler: the request's path to a resource and its
  * methods, the request body, the Redis keys, scripts and commands the
  * resources run, the reply (after WAIT where configured) and the JSON
- * answers and errors.  The resources are in ngx_http_opamp_admin_agents.c,
- * ngx_http_opamp_admin_configs.c, ngx_http_opamp_admin_offers.c and
- * ngx_http_opamp_admin_versions.c.
+ * answers and errors; every write's answer goes to the audit log.  The
+ * resources are in ngx_http_opamp_admin_agents.c,
+ * ngx_http_opamp_admin_configs.c, ngx_http_opamp_admin_offers.c,
+ * ngx_http_opamp_admin_versions.c and ngx_http_opamp_admin_audit.c.
  */
 
 
@@ -55,6 +56,7 @@ ngx_http_opamp_admin_handler(ngx_http_request_t *r)
 
     ctx->request = r;
 
+    /* before routing: a refused write is audited too */
     ngx_http_set_ctx(r, ctx, ngx_http_opamp_module);
 
     /* the path below the location: "agents", "configs/groups/web", ... */
@@ -122,6 +124,7 @@ ngx_http_opamp_admin_handler(ngx_http_request_t *r)
 
     rc = ngx_http_read_client_request_body(r, ngx_http_opamp_admin_body);
     if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+        ngx_http_opamp_admin_audit(r, rc, "the request body was refused");
         return rc;
     }
 
@@ -222,6 +225,7 @@ ngx_http_opamp_admin_uid(ngx_http_request_t *r,
  *   configs/.../versions/<n>        GET
  *   configs/.../diff                GET
  *   configs/.../rollback            POST
+ *   audit                           GET
  *   connection-settings[/agents/<uid>]   GET PUT DELETE
  *   packages[/agents/<uid>]              GET PUT DELETE
  */
@@ -271,6 +275,17 @@ ngx_http_opamp_admin_route(ngx_http_request_t *r,
         || ngx_http_opamp_seg(0, "packages"))
     {
         return ngx_http_opamp_admin_route_offers(r, ctx, seg, nseg);
+    }
+
+    if (ngx_http_opamp_seg(0, "audit") && nseg == 1) {
+        ctx->op = NGX_HTTP_OPAMP_ADMIN_AUDIT;
+
+        if (ngx_http_opamp_admin_key(ctx, &ctx->key, "audit", 0) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        return ngx_http_opamp_admin_method(ctx, NGX_HTTP_GET|NGX_HTTP_HEAD,
+                                           "GET, HEAD");
     }
 
     return ngx_http_opamp_admin_not_found(ctx);
@@ -621,6 +636,10 @@ ngx_http_opamp_admin_body(ngx_http_request_t *r)
     rc = ngx_http_opamp_admin_run(ctx);
 
     if (rc != NGX_DONE) {
+        if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+            ngx_http_opamp_admin_audit(r, rc, NULL);
+        }
+
         ngx_http_finalize_request(r, rc);
     }
 }
@@ -666,6 +685,9 @@ ngx_http_opamp_admin_run(ngx_http_opamp_admin_ctx_t *ctx)
     case NGX_HTTP_OPAMP_ADMIN_DIFF:
     case NGX_HTTP_OPAMP_ADMIN_ROLLBACK:
         return ngx_http_opamp_admin_versions(ctx);
+
+    case NGX_HTTP_OPAMP_ADMIN_AUDIT:
+        return ngx_http_opamp_admin_audit_list(ctx);
 
     default:
         break;
@@ -821,7 +843,7 @@ ngx_http_opamp_admin_author(ngx_http_request_t *r, ngx_str_t *author)
 /*
  * The request's OpAMP-Note header: NGX_OK (empty when there is none), or
  * NGX_DECLINED when it is longer than 256 bytes or not UTF-8 (*note is
- * then its first 256 bytes).
+ * then what the audit log keeps of it: its first 256 bytes).
  */
 
 ngx_int_t
@@ -1078,6 +1100,9 @@ ngx_http_opamp_admin_answer(ngx_http_opamp_admin_ctx_t *ctx,
     case NGX_HTTP_OPAMP_ADMIN_ROLLBACK:
         return ngx_http_opamp_admin_versions_answer(ctx, reply);
 
+    case NGX_HTTP_OPAMP_ADMIN_AUDIT:
+        return ngx_http_opamp_admin_audit_answer(ctx, reply);
+
     default:
         break;
     }
@@ -1113,6 +1138,8 @@ ngx_http_opamp_admin_answer(ngx_http_opamp_admin_ctx_t *ctx,
 ngx_int_t
 ngx_http_opamp_admin_no_content(ngx_http_request_t *r)
 {
+    ngx_http_opamp_admin_audit(r, NGX_HTTP_NO_CONTENT, NULL);
+
     r->headers_out.status = NGX_HTTP_NO_CONTENT;
     r->header_only = 1;
     r->headers_out.content_length_n = 0;
@@ -1129,8 +1156,11 @@ ngx_http_opamp_admin_send(ngx_http_request_t *r, ngx_uint_t status,
     ngx_chain_t   out;
 
     if (j->failed) {
+        ngx_http_opamp_admin_audit(r, NGX_HTTP_INTERNAL_SERVER_ERROR, NULL);
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
+
+    ngx_http_opamp_admin_audit(r, status, NULL);
 
     /* a newline, for curl users */
     j->comma = 0;
@@ -1182,6 +1212,8 @@ ngx_http_opamp_admin_error(ngx_http_request_t *r, ngx_uint_t status,
 
     ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                   "opamp: admin request answered %ui: %s", status, reason);
+
+    ngx_http_opamp_admin_audit(r, status, reason);
 
     if (status == NGX_HTTP_SERVICE_UNAVAILABLE) {
         h = ngx_list_push(&r->headers_out.headers);

@@ -8,7 +8,8 @@
  * (ngx_http_opamp_admin_configs.c), the connection settings and packages
  * offered to agents (ngx_http_opamp_admin_offers.c), the configs' versions
  * (ngx_http_opamp_admin_versions.c, their diffs in
- * ngx_http_opamp_admin_diff.c).
+ * ngx_http_opamp_admin_diff.c) and the audit log
+ * (ngx_http_opamp_admin_audit.c).
  */
 
 #ifndef _NGX_HTTP_OPAMP_ADMIN_INTERNAL_H_INCLUDED_
@@ -34,7 +35,8 @@ typedef enum {
     NGX_HTTP_OPAMP_ADMIN_VERSIONS,        /* a config's history */
     NGX_HTTP_OPAMP_ADMIN_VERSION,         /* one version of it */
     NGX_HTTP_OPAMP_ADMIN_DIFF,            /* two versions compared */
-    NGX_HTTP_OPAMP_ADMIN_ROLLBACK         /* an earlier version put back */
+    NGX_HTTP_OPAMP_ADMIN_ROLLBACK,        /* an earlier version put back */
+    NGX_HTTP_OPAMP_ADMIN_AUDIT            /* the audit log */
 } ngx_http_opamp_admin_op_e;
 
 
@@ -59,6 +61,7 @@ typedef struct {
 
     ngx_str_t                       vkey;     /* the config's history */
     ngx_int_t                       version;  /* of the path, or 0 */
+    unsigned                        audited:1;
 } ngx_http_opamp_admin_ctx_t;
 
 
@@ -133,6 +136,14 @@ ngx_int_t ngx_http_opamp_admin_diff_text(ngx_http_opamp_json_t *j,
     const char **reason);
 
 #define NGX_HTTP_OPAMP_ADMIN_DIFF_BUDGET   4000000
+
+/* ngx_http_opamp_admin_audit.c */
+
+void ngx_http_opamp_admin_audit(ngx_http_request_t *r, ngx_uint_t status,
+    const char *reason);
+ngx_int_t ngx_http_opamp_admin_audit_list(ngx_http_opamp_admin_ctx_t *ctx);
+ngx_int_t ngx_http_opamp_admin_audit_answer(ngx_http_opamp_admin_ctx_t *ctx,
+    redisReply *reply);
 
 /* ngx_http_opamp_admin_offers.c */
 

@@ -138,7 +138,8 @@ ngx_http_opamp_admin_versions(ngx_http_opamp_admin_ctx_t *ctx)
 
     argvlen[3] = ngx_strlen(argv[3]);
 
-    return ngx_http_opamp_admin_eval_source(ctx, ngx_http_opamp_lua_admin_versions,
+    return ngx_http_opamp_admin_eval_source(ctx,
+               ngx_http_opamp_lua_admin_versions,
                sizeof(ngx_http_opamp_lua_admin_versions) - 1, 2, argc, argv,
                argvlen);
 }
