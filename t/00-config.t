@@ -48,10 +48,14 @@ like($out, qr/syntax is ok/, 'nginx says the syntax is ok');
     opamp_agent_retention 30d;
     opamp_max_message_size 2m;
     opamp_custom_messages_size 1k;
-    opamp_heartbeat_interval 10s;',
+    opamp_heartbeat_interval 10s;
+    opamp_config_versions 1000;
+    opamp_admin_audit_entries 1;
+    opamp_admin_author $remote_user;',
     server => '
         opamp_agent_timeout 2m;
-        location /admin/ { opamp_admin; }
+        opamp_admin_author "-";
+        location /admin/ { opamp_admin; opamp_admin_author "$remote_addr"; }
         location = /v2/opamp { opamp; }'));
 is($rc, 0, 'a configuration with every directive, at every level, passes')
     or diag $out;
@@ -192,6 +196,21 @@ my @bad = (
     [ 'opamp_redis_prefix in a location',
       location => 'opamp_redis_prefix x:;',
       qr/"opamp_redis_prefix" directive is not allowed here/ ],
+    [ 'opamp_config_versions 0', http => 'opamp_config_versions 0;',
+      qr/value must be between 1 and 1000\b/ ],
+    [ 'opamp_config_versions 1001', http => 'opamp_config_versions 1001;',
+      qr/value must be between 1 and 1000\b/ ],
+    [ 'opamp_config_versions in a server',
+      server => 'opamp_config_versions 5;',
+      qr/"opamp_config_versions" directive is not allowed here/ ],
+    [ 'opamp_admin_audit_entries 0', http => 'opamp_admin_audit_entries 0;',
+      qr/value must be between 1 and 1000000/ ],
+    [ 'opamp_admin_audit_entries not a number',
+      http => 'opamp_admin_audit_entries many;',
+      qr/"opamp_admin_audit_entries" directive invalid number/ ],
+    [ 'duplicate opamp_admin_author',
+      location => 'opamp_admin_author a; opamp_admin_author b;',
+      qr/"opamp_admin_author" directive is duplicate/ ],
     [ 'opamp with an argument', location => 'opamp on;',
       qr/invalid number of arguments in "opamp" directive/ ],
     [ 'a custom capability with a control character',
