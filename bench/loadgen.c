@@ -128,6 +128,7 @@ static struct {
     const char  *go_file;
     const char  *done_file;
     const char  *lat_file;
+    const char  *base_file;  /* heartbeats "before" count once it exists */
     int          beats;      /* fanout: --heartbeat given */
     double       ack_delay;  /* --ack-delay S: report APPLIED for a new
                                 remote config S seconds after it came, as
@@ -138,7 +139,7 @@ static struct {
 } opt = {
     M_HOLD, 4320, "127.0.0.1", "/v1/opamp", NULL, "127.0.0.1", 100, 10,
     30, 2, 0, 1, 0, NULL, 0, 0x1 | 0x2 | 0x800 | 0x2000,
-    NULL, NULL, NULL, NULL, 0, -1, 0, { 0 }
+    NULL, NULL, NULL, NULL, NULL, 0, -1, 0, { 0 }
 };
 
 
@@ -709,7 +710,9 @@ got_message(lg_agent_t *a, const uint8_t *p, size_t n)
     answered++;
 
     if (opt.mode == M_FANOUT && a->reported) {
-        if (beats_phase && !a->acking && nbeat[beats_phase] < LG_MAX_BEATS) {
+        if (beats_phase > 0 && !a->acking
+            && nbeat[beats_phase] < LG_MAX_BEATS)
+        {
             beat_lat[beats_phase][nbeat[beats_phase]++] = t - a->sent_at;
         }
 
@@ -1054,6 +1057,11 @@ loop(double until, int stop)
             check_go();
         }
 
+        /* the round trips "before" from when the baseline starts */
+        if (beats_phase == -1 && access(opt.base_file, F_OK) == 0) {
+            beats_phase = 1;
+        }
+
         if (stop == STOP_REPORTED && reported + failed >= opt.agents) {
             return;
         }
@@ -1146,6 +1154,7 @@ main(int argc, char **argv)
         { "expect-hash", 1, NULL, 'X' }, { "ready-file", 1, NULL, 'R' },
         { "go-file", 1, NULL, 'G' }, { "done-file", 1, NULL, 'D' },
         { "lat-file", 1, NULL, 'L' }, { "ack-delay", 1, NULL, 'A' },
+        { "base-file", 1, NULL, 'B' },
         { NULL, 0, NULL, 0 }
     };
 
@@ -1181,6 +1190,7 @@ main(int argc, char **argv)
         case 'D': opt.done_file = optarg; break;
         case 'L': opt.lat_file = optarg; break;
         case 'A': opt.ack_delay = atof(optarg); break;
+        case 'B': opt.base_file = optarg; break;
         case 'X':
             for (opt.nexpect = 0;
                  opt.nexpect < 64 && optarg[2 * opt.nexpect]
@@ -1299,7 +1309,7 @@ main(int argc, char **argv)
         printf("ready=%ld ", reported);
         fflush(stdout);
         nlat = 0;
-        beats_phase = 1;
+        beats_phase = opt.base_file ? -1 : 1;
 
         if (opt.ready_file) {
             write_file(opt.ready_file, reported);
