@@ -374,6 +374,78 @@ is_deeply([ map { [ $_->{name}, $_->{diff}, $_->{diff_omitted} ] }
           . 'without newline marked as diff -u does')
     or diag $raw;
 
+# --- diffs against patch(1) and diff --minimal: random edits ------------------
+
+# each diff applied with patch(1) to the older text gives the newer, and it
+# changes as many lines as GNU diff's minimal one (the edit distance is
+# unique, the script may not be)
+{
+    srand(21);
+    my @words = qw(a b c receivers exporters otlp debug);
+    my $text = sub {
+        my $n = int rand 30;
+        my $t = join '', map { $words[rand @words] . "\n" } 1 .. $n;
+        chop $t if $n && rand() < 0.2;       # no newline at the end
+        return $t;
+    };
+    my $edit = sub {
+        my @l = split /(?<=\n)/, shift;
+        for (1 .. 1 + int rand 6) {
+            my $i = int rand(@l + 1);
+            my $r = rand;
+            if ($r < 0.4 && @l) { splice @l, $i % @l, 1 }
+            elsif ($r < 0.8) { splice @l, $i, 0, $words[rand @words] . "\n" }
+            elsif (@l) { $l[$i % @l] = $words[rand @words] . "\n" }
+        }
+        my $t = join '', @l;
+        $t =~ s/\n\z// if rand() < 0.2;
+        return $t;
+    };
+    my $dir = $ta->{dir};
+    my ($prev, $n, $ok, $tried) = ($text->(), 0, 0, 0);
+    put_group($ta, 'prop', { selector => 'no=match' }, 'f' => [ $prev ]);
+    $n++;
+    for my $i (1 .. 40) {
+        my $next = $i % 5 ? $edit->($prev) : $text->();
+        next if $next eq $prev;
+        ($s, $d) = put_group($ta, 'prop', { selector => 'no=match' },
+                             'f' => [ $next ]);
+        $n = $d->{version};
+        ($s, $d) = api($ta, 'GET', 'configs/groups/prop/diff?from='
+                                   . ($n - 1));
+        my $u = $d->{files}[0]{diff} // '';
+        for ([ "$dir/a", $prev ], [ "$dir/b", $next ], [ "$dir/p", $u ]) {
+            open my $f, '>', $_->[0] or die;
+            print $f $_->[1];
+            close $f;
+        }
+        system("patch -s -o $dir/out $dir/a < $dir/p >/dev/null 2>&1");
+        my $out = do { local (@ARGV, $/) = "$dir/out"; <> } // '';
+        my $gnu = `diff --minimal -u $dir/a $dir/b`;
+        my $count = sub { scalar grep { /^[-+](?![-+]{2} )/ } split /\n/, shift };
+        $tried++;
+        if ($out eq $next && $count->($u) == $count->($gnu)) {
+            $ok++;
+        } else {
+            diag "diff of\n$prev\n---- and\n$next\n---- gave\n$u\n"
+                 . "---- GNU\n$gnu";
+        }
+        $prev = $next;
+    }
+    ok($tried >= 30, "$tried random edits diffed");
+    is($ok, $tried, 'each diff patches the older text into the newer, '
+       . 'changing as many lines as diff --minimal');
+}
+
+# a content type alone changed: no text to show
+put_group($ta, 'ct', { selector => 'no=match' }, 'f' => [ "x\n", 'a/b' ]);
+put_group($ta, 'ct', { selector => 'no=match' }, 'f' => [ "x\n", 'c/d' ]);
+($s, $d) = api($ta, 'GET', 'configs/groups/ct/diff?from=1');
+is_deeply($d->{files}, [ { name => 'f', change => 'changed',
+                           content_type => { from => 'a/b', to => 'c/d' },
+                           diff => '' } ],
+          'a content type changed alone: its change, an empty diff');
+
 # --- a rollback puts a group's selector and priority back ----------------------
 
 put_group($ta, 'sel', { selector => 'k=one', priority => 1 },

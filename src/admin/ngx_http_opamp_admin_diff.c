@@ -129,6 +129,14 @@ ngx_http_opamp_admin_diff_text(ngx_http_opamp_json_t *j, ngx_str_t *name,
         df.ops[df.nops++] = NGX_HTTP_OPAMP_DIFF_EQ;
     }
 
+    /* the same text (a file whose content type alone changed): no hunk,
+     * and as diff -u, no header either */
+
+    if (df.nops == pre + suf) {
+        ngx_http_opamp_json_string(j, (u_char *) "", 0);
+        return NGX_OK;
+    }
+
     out = ngx_http_opamp_diff_hunks(&df, name, &len);
     if (out == NULL) {
         return NGX_ERROR;
