@@ -154,6 +154,12 @@ static ngx_http_opamp_store_beats_t *ngx_http_opamp_beats;
 static ngx_event_t                   ngx_http_opamp_beats_event;
 /* beats.lua calls sent and not yet answered */
 static ngx_uint_t                    ngx_http_opamp_beats_sent;
+/* the last beat mark digested, its text and digest: plain HTTP agents of
+ * the same capabilities have the same text on a worker, so their polls
+ * digest it once (a WebSocket agent's names its connection) */
+static u_char                        ngx_http_opamp_mark_text[256];
+static size_t                        ngx_http_opamp_mark_len;
+static u_char                        ngx_http_opamp_mark_hex[16];
 
 
 ngx_int_t
@@ -693,7 +699,7 @@ ngx_http_opamp_store_send_beats(ngx_http_opamp_store_beats_t *b,
     int                       argc;
     u_char                   *p, *buf;
     u_char                    now[NGX_INT64_LEN];
-    size_t                   *argvlen, conn_len, per;
+    size_t                   *argvlen, conn_len, per, len;
     u_char                    digest[20];
     uint64_t                  now_ms;
     ngx_int_t                 rc;
@@ -781,11 +787,27 @@ ngx_http_opamp_store_send_beats(ngx_http_opamp_store_beats_t *b,
                         ngx_http_opamp_transport_names[rep->transport],
                         channel);
 
-        ngx_sha1_init(&sha1);
-        ngx_sha1_update(&sha1, buf, p - buf);
-        ngx_sha1_final(digest, &sha1);
+        len = p - buf;
 
-        p = ngx_hex_dump(buf, digest, 8);
+        if (len != ngx_http_opamp_mark_len
+            || ngx_memcmp(buf, ngx_http_opamp_mark_text, len) != 0)
+        {
+            ngx_sha1_init(&sha1);
+            ngx_sha1_update(&sha1, buf, len);
+            ngx_sha1_final(digest, &sha1);
+            ngx_hex_dump(ngx_http_opamp_mark_hex, digest, 8);
+
+            if (len <= sizeof(ngx_http_opamp_mark_text)) {
+                ngx_memcpy(ngx_http_opamp_mark_text, buf, len);
+                ngx_http_opamp_mark_len = len;
+
+            } else {
+                ngx_http_opamp_mark_len = 0;
+            }
+        }
+
+        p = ngx_cpymem(buf, ngx_http_opamp_mark_hex,
+                       sizeof(ngx_http_opamp_mark_hex));
         NGX_HTTP_OPAMP_ARG_END(buf, p);
         buf = p;
 
