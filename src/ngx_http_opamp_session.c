@@ -13,6 +13,7 @@
 
 #include "ngx_http_opamp_session.h"
 #include "ngx_http_opamp_session_internal.h"
+#include "ngx_http_opamp_fanout.h"
 #include "ngx_http_opamp_gzip.h"
 #include "ngx_http_opamp_metrics.h"
 #include "ngx_http_opamp_proto.h"
@@ -45,6 +46,7 @@ typedef struct {
     u_char                          packages_hash_hex[1 + 64];
     u_char                          cs_status[sizeof("APPLYING ") + 64];
     u_char                         *text;   /* config error, names */
+    ngx_http_opamp_attrs_t         *attrs;  /* of the description sent */
     unsigned                        new_uid:1;
 } ngx_http_opamp_message_t;
 
@@ -389,6 +391,17 @@ ngx_http_opamp_session_report(ngx_http_opamp_session_t *s,
                          && s->transport == NGX_HTTP_OPAMP_TRANSPORT_WS);
 
     s->capabilities = msg->capabilities;
+
+    /* what a fleet change matches: kept by the worker for a WebSocket
+     * agent that takes remote config, once Redis took the description */
+
+    if (msg->agent_description
+        && s->transport == NGX_HTTP_OPAMP_TRANSPORT_WS
+        && (msg->capabilities & NGX_HTTP_OPAMP_ACAP_ACCEPTS_REMOTE_CONFIG))
+    {
+        m->attrs = ngx_http_opamp_fanout_attributes(msg->agent_description,
+                                                    s->connection->log);
+    }
 
     if (ngx_http_opamp_session_config_status(m, msg) != NGX_OK) {
         ngx_http_opamp_session_free_message(m);
@@ -740,6 +753,14 @@ ngx_http_opamp_session_reported(ngx_http_opamp_report_t *rep, ngx_int_t rc,
         if (s->transport == NGX_HTTP_OPAMP_TRANSPORT_WS && !s->registered) {
             ngx_http_opamp_session_register(s);
         }
+
+        if (s->transport == NGX_HTTP_OPAMP_TRANSPORT_WS && !rep->disconnect) {
+            ngx_http_opamp_fanout_learn(s, rep->config_view
+                                           ? rep->config_view->element
+                                           : NULL,
+                                        m->attrs);
+            m->attrs = NULL;
+        }
     }
 
     if (ngx_http_opamp_session_reply(s, m) != NGX_OK) {
@@ -975,6 +996,7 @@ ngx_http_opamp_session_finalize(ngx_http_opamp_session_t *s)
     }
 
     ngx_http_opamp_session_unregister(s);
+    ngx_http_opamp_fanout_forget(s);
 
     if (s->transport == NGX_HTTP_OPAMP_TRANSPORT_WS && s->has_uid
         && !s->disconnected)
@@ -1106,6 +1128,10 @@ ngx_http_opamp_session_free_message(ngx_http_opamp_message_t *m)
 
     if (m->text) {
         ngx_free(m->text);
+    }
+
+    if (m->attrs) {
+        ngx_free(m->attrs);
     }
 
     ngx_free(m);

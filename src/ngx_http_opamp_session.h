@@ -16,6 +16,10 @@
 
 typedef struct ngx_http_opamp_session_s  ngx_http_opamp_session_t;
 
+/* what the worker keeps of a WebSocket agent's config
+ * (ngx_http_opamp_fanout.h) */
+typedef struct ngx_http_opamp_view_s  ngx_http_opamp_view_t;
+
 /* queue one packed ServerToAgent (without transport framing) for the
  * agent; the transport copies the bytes */
 typedef ngx_int_t (*ngx_http_opamp_send_pt)(ngx_http_opamp_session_t *s,
@@ -72,6 +76,8 @@ struct ngx_http_opamp_session_s {
     void                           *pending;    /* Redis command in flight */
     void                           *checking;   /* config check in flight */
     uint64_t                        capabilities;  /* of the last message */
+    ngx_http_opamp_view_t          *view;       /* WebSocket agents that
+                                                   take remote config */
 
     unsigned                        transport:1;
     unsigned                        has_uid:1;

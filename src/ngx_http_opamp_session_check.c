@@ -11,6 +11,7 @@
 
 #include "ngx_http_opamp_session.h"
 #include "ngx_http_opamp_session_internal.h"
+#include "ngx_http_opamp_fanout.h"
 #include "ngx_http_opamp_metrics.h"
 #include "ngx_http_opamp_proto.h"
 #include "ngx_http_opamp_redis.h"
@@ -25,8 +26,6 @@
 #define NGX_HTTP_OPAMP_CHECK_BATCH  64
 
 
-static ngx_uint_t ngx_http_opamp_session_checkable(
-    ngx_http_opamp_session_t *s);
 static ngx_http_opamp_check_batch_t *ngx_http_opamp_session_batch(
     ngx_uint_t size);
 static void ngx_http_opamp_session_check_batch(
@@ -36,12 +35,6 @@ static void ngx_http_opamp_session_checked(ngx_uint_t i,
 static void ngx_http_opamp_session_config_changed(u_char *uid);
 static void ngx_http_opamp_session_fanout_done(
     ngx_http_opamp_check_batch_t *b);
-
-
-/* a fleet change in progress on this worker: when it came, and the
- * batches of its checks not answered yet (opamp_config_fanout_seconds) */
-static ngx_msec_t  ngx_http_opamp_fanout_start;
-static ngx_uint_t  ngx_http_opamp_fanout_batches;
 
 
 /*
@@ -72,7 +65,7 @@ ngx_http_opamp_session_check(ngx_http_opamp_session_t *s, ngx_uint_t force)
 
 /* whether a check can start now; one that must wait is marked for later */
 
-static ngx_uint_t
+ngx_uint_t
 ngx_http_opamp_session_checkable(ngx_http_opamp_session_t *s)
 {
     if (!s->has_uid || s->closed || s->disconnected) {
@@ -195,6 +188,11 @@ ngx_http_opamp_session_checked(ngx_uint_t i, ngx_http_opamp_report_t *rep,
         return;
     }
 
+    if (rep->config_view) {
+        ngx_http_opamp_fanout_learn(s, rep->config_view->element, NULL);
+        return;
+    }
+
     if (rep->owed_config || rep->command.len || rep->owed_message
         || rep->offer_conn_settings || rep->packages.len)
     {
@@ -218,9 +216,10 @@ ngx_http_opamp_session_checked(ngx_uint_t i, ngx_http_opamp_report_t *rep,
 
 
 /*
- * uid NULL: every agent of this worker (a group changed), in batches of
- * agents that share a location configuration; else the sessions of that
- * agent (one, but for a takeover in progress), each checked alone
+ * uid NULL: every agent of this worker (a group or a fleet offer
+ * changed), decided by the worker (ngx_http_opamp_fanout.c); else the
+ * sessions of that agent (one, but for a takeover in progress), each
+ * checked alone
  */
 
 static void
@@ -229,7 +228,6 @@ ngx_http_opamp_session_config_changed(u_char *uid)
     ngx_rbtree_key_t               key;
     ngx_rbtree_node_t             *node, *root, *sentinel, *first;
     ngx_http_opamp_session_t      *s;
-    ngx_http_opamp_check_batch_t  *b;
 
     if (uid) {
         key = ngx_http_opamp_session_uid_key(uid);
@@ -272,55 +270,48 @@ ngx_http_opamp_session_config_changed(u_char *uid)
         return;
     }
 
-    root = ngx_http_opamp_sessions.root;
-    sentinel = ngx_http_opamp_sessions.sentinel;
+    ngx_http_opamp_fanout_change();
+}
 
-    ngx_http_opamp_metrics_inc(NGX_HTTP_OPAMP_M_FANOUTS);
 
-    if (root == sentinel) {
-        return;
-    }
+/* a fleet change's agents that Redis decides for (check.lua), in batches
+ * of sessions that share a location configuration */
 
-    /* a change that comes while another is fanned out extends it: the
-     * time is to the last agent reached since the first */
+void
+ngx_http_opamp_session_check_add(ngx_http_opamp_check_batch_t **bp,
+    ngx_http_opamp_session_t *s)
+{
+    ngx_http_opamp_check_batch_t  *b;
 
-    if (ngx_http_opamp_fanout_batches == 0) {
-        ngx_http_opamp_fanout_start = ngx_current_msec;
-    }
+    b = *bp;
 
-    b = NULL;
-
-    for (node = ngx_rbtree_min(root, sentinel);
-         node;
-         node = ngx_rbtree_next(&ngx_http_opamp_sessions, node))
-    {
-        s = (ngx_http_opamp_session_t *)
-                ((u_char *) node - offsetof(ngx_http_opamp_session_t, node));
-
-        if (!ngx_http_opamp_session_checkable(s)) {
-            continue;
-        }
-
-        if (b && (b->n == b->size || b->sessions[0]->conf != s->conf)) {
-            ngx_http_opamp_session_check_batch(b, 0);
-            b = NULL;
-        }
-
-        if (b == NULL) {
-            b = ngx_http_opamp_session_batch(NGX_HTTP_OPAMP_CHECK_BATCH);
-            if (b == NULL) {
-                return;
-            }
-
-            b->fanout = 1;
-            ngx_http_opamp_fanout_batches++;
-        }
-
-        b->sessions[b->n++] = s;
-    }
-
-    if (b) {
+    if (b && (b->n == b->size || b->sessions[0]->conf != s->conf)) {
         ngx_http_opamp_session_check_batch(b, 0);
+        b = NULL;
+    }
+
+    if (b == NULL) {
+        b = ngx_http_opamp_session_batch(NGX_HTTP_OPAMP_CHECK_BATCH);
+        if (b == NULL) {
+            *bp = NULL;
+            return;
+        }
+
+        b->fanout = 1;
+        ngx_http_opamp_fanout_begin();
+    }
+
+    b->sessions[b->n++] = s;
+    *bp = b;
+}
+
+
+void
+ngx_http_opamp_session_check_flush(ngx_http_opamp_check_batch_t **bp)
+{
+    if (*bp) {
+        ngx_http_opamp_session_check_batch(*bp, 0);
+        *bp = NULL;
     }
 }
 
@@ -328,13 +319,8 @@ ngx_http_opamp_session_config_changed(u_char *uid)
 static void
 ngx_http_opamp_session_fanout_done(ngx_http_opamp_check_batch_t *b)
 {
-    if (!b->fanout || ngx_http_opamp_fanout_batches == 0) {
-        return;
-    }
-
-    if (--ngx_http_opamp_fanout_batches == 0) {
-        ngx_http_opamp_metrics_fanout_time(ngx_current_msec
-                                           - ngx_http_opamp_fanout_start);
+    if (b->fanout) {
+        ngx_http_opamp_fanout_end();
     }
 }
 

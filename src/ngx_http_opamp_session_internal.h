@@ -73,6 +73,9 @@ ngx_int_t ngx_http_opamp_session_owed(ngx_http_opamp_session_t *s,
     ngx_http_opamp_report_t *rep, Opamp__Proto__V1__ServerToAgent *s2a,
     ngx_http_opamp_owed_t *o);
 void ngx_http_opamp_session_free_owed(ngx_http_opamp_owed_t *o);
+ngx_int_t ngx_http_opamp_session_config_message(redisReply *files,
+    ngx_str_t *hash, ngx_http_opamp_owed_t *o,
+    Opamp__Proto__V1__ServerToAgent *s2a, ngx_str_t *out, ngx_log_t *log);
 
 /* ngx_http_opamp_session.c */
 
@@ -83,6 +86,12 @@ void ngx_http_opamp_session_sent(ngx_http_opamp_session_t *s,
 
 void ngx_http_opamp_session_check(ngx_http_opamp_session_t *s,
     ngx_uint_t force);
+ngx_uint_t ngx_http_opamp_session_checkable(ngx_http_opamp_session_t *s);
+/* a fleet change's checks: *b filled in batches of one location's
+ * sessions, each batch sent when full; flush sends the last */
+void ngx_http_opamp_session_check_add(ngx_http_opamp_check_batch_t **b,
+    ngx_http_opamp_session_t *s);
+void ngx_http_opamp_session_check_flush(ngx_http_opamp_check_batch_t **b);
 void ngx_http_opamp_session_pubsub(ngx_str_t *channel, ngx_str_t *payload);
 
 

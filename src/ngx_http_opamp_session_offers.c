@@ -359,6 +359,43 @@ ngx_http_opamp_session_owed(ngx_http_opamp_session_t *s,
 }
 
 
+/*
+ * The ServerToAgent of a fleet change for all agents owed one config
+ * (src/ngx_http_opamp_fanout.c): its capabilities and remote_config,
+ * packed without an instance_uid, which each copy gets in front.  files
+ * and hash (hex) are of the config's hash in Redis; o is freed by the
+ * caller whatever this returns, out.data when it returns NGX_OK.
+ */
+
+ngx_int_t
+ngx_http_opamp_session_config_message(redisReply *files, ngx_str_t *hash,
+    ngx_http_opamp_owed_t *o, Opamp__Proto__V1__ServerToAgent *s2a,
+    ngx_str_t *out, ngx_log_t *log)
+{
+    ngx_http_opamp_report_t  rep;
+
+    ngx_memzero(o, sizeof(ngx_http_opamp_owed_t));
+    opamp__proto__v1__agent_remote_config__init(&o->arc);
+    opamp__proto__v1__server_to_agent__init(s2a);
+
+    ngx_memzero(&rep, sizeof(ngx_http_opamp_report_t));
+    rep.owed_config = files;
+    rep.owed_config_hash = *hash;
+
+    if (ngx_http_opamp_session_remote_config(&rep, &o->arc, o->config_hash,
+                                             log)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    s2a->capabilities = NGX_HTTP_OPAMP_SERVER_CAPABILITIES;
+    s2a->remote_config = &o->arc;
+
+    return ngx_http_opamp_proto_pack((ProtobufCMessage *) s2a, out, log);
+}
+
+
 void
 ngx_http_opamp_session_free_owed(ngx_http_opamp_owed_t *o)
 {

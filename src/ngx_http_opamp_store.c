@@ -134,7 +134,10 @@ static ngx_http_opamp_script_t  ngx_http_opamp_scripts[] = {
     { ngx_http_opamp_lua_admin_agent,
       sizeof(ngx_http_opamp_lua_admin_agent) - 1, "" },
     { ngx_http_opamp_lua_remove, sizeof(ngx_http_opamp_lua_remove) - 1, "" },
-    { ngx_http_opamp_lua_fleet, sizeof(ngx_http_opamp_lua_fleet) - 1, "" }
+    { ngx_http_opamp_lua_fleet, sizeof(ngx_http_opamp_lua_fleet) - 1, "" },
+    { ngx_http_opamp_lua_fanout, sizeof(ngx_http_opamp_lua_fanout) - 1, "" },
+    { ngx_http_opamp_lua_offered,
+      sizeof(ngx_http_opamp_lua_offered) - 1, "" }
 };
 
 
@@ -989,7 +992,7 @@ ngx_http_opamp_store_report_done(redisReply *reply, void *data)
         goto done;
     }
 
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 13) {
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 14) {
         ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
                       "opamp: unexpected reply type %d from the redis "
                       "report script", reply->type);
@@ -1034,6 +1037,10 @@ ngx_http_opamp_store_report_done(redisReply *reply, void *data)
 
     ngx_http_opamp_store_parse_owed(rep, &reply->element[4],
                                     (e->type == REDIS_REPLY_ARRAY) ? e : NULL);
+
+    e = reply->element[13];
+    rep->config_view = (e->type == REDIS_REPLY_ARRAY && e->elements == 6)
+                       ? e : NULL;
 
     rc = NGX_OK;
 
@@ -1200,7 +1207,7 @@ ngx_http_opamp_store_check_done(redisReply *reply, void *data)
     size_t                    nids;
     ngx_int_t                 rc;
     ngx_uint_t                i, k, idx;
-    redisReply               *list, *files, *e, *cfg, **ids;
+    redisReply               *list, *files, *views, *e, *cfg, **ids, view;
     ngx_http_opamp_report_t   rep;
 
     if (chk->handler == NULL) {
@@ -1226,9 +1233,10 @@ ngx_http_opamp_store_check_done(redisReply *reply, void *data)
         goto done;
     }
 
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3
         || reply->element[0]->type != REDIS_REPLY_ARRAY
-        || reply->element[1]->type != REDIS_REPLY_ARRAY)
+        || reply->element[1]->type != REDIS_REPLY_ARRAY
+        || reply->element[2]->type != REDIS_REPLY_ARRAY)
     {
         ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
                       "opamp: unexpected reply type %d from the redis "
@@ -1238,6 +1246,34 @@ ngx_http_opamp_store_check_done(redisReply *reply, void *data)
 
     list = reply->element[0];
     files = reply->element[1];
+
+    /* what the worker keeps of each agent, before what is owed: an
+     * offer's fields are in it already */
+
+    views = reply->element[2];
+
+    for (i = 0; i < views->elements && chk->handler; i++) {
+        e = views->element[i];
+
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != 7
+            || e->element[0]->type != REDIS_REPLY_INTEGER
+            || e->element[0]->integer < 1
+            || (ngx_uint_t) e->element[0]->integer > chk->n)
+        {
+            continue;
+        }
+
+        idx = (ngx_uint_t) e->element[0]->integer - 1;
+
+        ngx_memzero(&rep, sizeof(ngx_http_opamp_report_t));
+        ngx_memcpy(rep.uid, chk->agents[idx].uid, NGX_HTTP_OPAMP_UID_LEN);
+        view.type = REDIS_REPLY_ARRAY;
+        view.elements = 6;
+        view.element = &e->element[1];
+        rep.config_view = &view;
+
+        chk->handler(idx, &rep, NGX_OK, chk->data);
+    }
 
     for (i = 0; i < list->elements && chk->handler; i++) {
         e = list->element[i];

@@ -104,6 +104,11 @@ typedef struct {
                                              to merge into the offer */
     ngx_str_t           settings_hash;    /* the offer's hash, hex */
     ngx_str_t           packages;         /* PackagesAvailable, protobuf */
+
+    /* a WebSocket agent's config fields as stored now (six elements:
+     * config_version to config_hash), or NULL; valid during the handler
+     * call only.  A check calls its handler with it alone. */
+    redisReply         *config_view;
 } ngx_http_opamp_report_t;
 
 
@@ -195,6 +200,8 @@ enum {
     NGX_HTTP_OPAMP_SCRIPT_ADMIN_AGENT,
     NGX_HTTP_OPAMP_SCRIPT_REMOVE,
     NGX_HTTP_OPAMP_SCRIPT_FLEET,
+    NGX_HTTP_OPAMP_SCRIPT_FANOUT,
+    NGX_HTTP_OPAMP_SCRIPT_OFFERED,
     NGX_HTTP_OPAMP_SCRIPT_COUNT
 };
 

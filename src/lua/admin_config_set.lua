@@ -5,7 +5,7 @@
 -- KEYS[1]  the config hash: <prefix>config:agent:{<uid>} or
 --          <prefix>config:group:<name>
 -- KEYS[2]  <prefix>groups
--- KEYS[3]  <prefix>config_version (and <prefix>config_version_scope)
+-- KEYS[3]  <prefix>config_version (and its _scope and _log)
 -- KEYS[4]  the agent hash <prefix>agent:{<uid>} (agent configs), or the
 --          same as KEYS[1] for groups
 -- KEYS[5]  its history: <prefix>versions:agent:{<uid>} or
@@ -26,6 +26,7 @@
 -- Returns { new value of <prefix>config_version, the config's version }.
 
 --@include lib/versions.lua
+--@include lib/version_log.lua
 --@include lib/config_write.lua
 
 local fields = {}

@@ -3,13 +3,15 @@
 --
 -- KEYS[1]  the key to delete
 -- KEYS[2]  <prefix>groups
--- KEYS[3]  <prefix>config_version (and <prefix>config_version_scope)
+-- KEYS[3]  <prefix>config_version (and its _scope and _log)
 -- KEYS[4]  the agent hash for an agent's key, else the same as KEYS[1]
 -- ARGV[1]  "agent", "group" or "fleet" (a fleet-wide key)
 -- ARGV[2]  uid (canonical text) or group name
 -- ARGV[3]  <prefix>fleet
 --
 -- Returns 1 when the key existed, 0 when not (nothing is changed then).
+
+--@include lib/version_log.lua
 
 if redis.call('DEL', KEYS[1]) == 0 then
     return 0
@@ -26,8 +28,7 @@ if ARGV[1] == 'agent' then
 elseif ARGV[1] == 'group' then
     scope = 'all'
 end
-redis.call('SET', KEYS[3] .. '_scope',
-           redis.call('INCR', KEYS[3]) .. ' ' .. scope)
+version_change(KEYS[3], scope)
 
 if ARGV[1] == 'agent' then
     local a = redis.call('HMGET', KEYS[4], 'channel', 'connected')

@@ -5,7 +5,7 @@
 -- KEYS[1]  the key written: <prefix>command:{<uid>}, <prefix>outbox:{<uid>},
 --          <prefix>connection_settings[:{<uid>}], <prefix>packages[:{<uid>}]
 -- KEYS[2]  the agent hash <prefix>agent:{<uid>}, or "" for the fleet
--- KEYS[3]  <prefix>config_version (and <prefix>config_version_scope)
+-- KEYS[3]  <prefix>config_version (and its _scope and _log)
 -- ARGV[1]  "set" (string), "rpush" (list), or "offer" (packages hash)
 -- ARGV[2]  the value (for "offer": the PackagesAvailable bytes)
 -- ARGV[3]  for "offer": all_packages_hash, hex
@@ -13,6 +13,8 @@
 -- ARGV[5]  <prefix>fleet
 --
 -- Returns 0 when the agent is unknown (nothing is written), else 1.
+
+--@include lib/version_log.lua
 
 if KEYS[2] ~= '' and redis.call('EXISTS', KEYS[2]) == 0 then
     return 0
@@ -31,8 +33,7 @@ end
 -- (report.lua: "settled")
 if KEYS[2] == '' then
     -- no config changed (report.lua, keeps_desired())
-    redis.call('SET', KEYS[3] .. '_scope',
-               redis.call('INCR', KEYS[3]) .. ' none')
+    version_change(KEYS[3], 'none')
     redis.call('PUBLISH', ARGV[5], 'config')
 else
     redis.call('HSET', KEYS[2], 'settled', '')

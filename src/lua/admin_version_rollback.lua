@@ -17,6 +17,7 @@
 -- its config_hash }, or {} when there is no such version.
 
 --@include lib/versions.lua
+--@include lib/version_log.lua
 --@include lib/config_write.lua
 
 local old = version_record(KEYS[5], ARGV[5])

@@ -22,7 +22,10 @@
 --       ... only agents owed something; agents owed the same config and
 --       nothing else share one entry whose first element is the array of
 --       their indexes },
---     { config key, its fields (HGETALL), ... once per owed key } }
+--     { config key, its fields (HGETALL), ... once per owed key },
+--     { { index, then config_version, desired_config, desired_hash,
+--         offered_hash, offered_ms and config_hash as stored now ("":
+--         none) }, ... each agent checked that takes remote config } }
 
 --@include lib/protobuf.lua
 --@include lib/attributes.lua
@@ -38,7 +41,12 @@ now_text, now = ARGV[1], tonumber(ARGV[1])
 prefix, timeout, cs_offer = ARGV[2], tonumber(ARGV[3]), ARGV[4]
 
 local force = ARGV[5] == '1'
-local out, owed_keys, same = {}, {}, {}
+local out, owed_keys, same, views = {}, {}, {}, {}
+-- the place of each config field in a view
+local view_place = {}
+for j, f in ipairs(config_fields) do
+    view_place[f] = j + 1
+end
 local check_fields = { unpack(config_fields) }
 for _, f in ipairs({ 'capabilities', 'conn', 'connected',
                      'custom_capability_names', 'cs_hash', 'cs_again',
@@ -81,6 +89,19 @@ for i = 6, #ARGV - 1, 2 do
                 end
             end
         end
+        if accepts_config(caps) then
+            -- what the worker keeps of the agent (report.lua's view)
+            local view = { (i - 4) / 2 }
+            for j = 1, #config_fields do
+                view[j + 1] = cur[j] or ''
+            end
+            for j = 1, #set, 2 do
+                if view_place[set[j]] then
+                    view[view_place[set[j]]] = set[j + 1]
+                end
+            end
+            views[#views + 1] = view
+        end
         local command = ''
         if h == '' and offer == 0 and packages == '' then
             command = owed_command(caps)
@@ -122,4 +143,4 @@ for ckey in pairs(owed_keys) do
     files[#files + 1] = ckey
     files[#files + 1] = files_of[ckey]
 end
-return { out, files }
+return { out, files, views }

@@ -62,7 +62,11 @@
 --           custom message owed { capability, type, data } or {},
 --           stored ConnectionSettingsOffers to merge into the offer
 --           (protobuf, "" for none), the offer's hash (hex),
---           PackagesAvailable owed (protobuf, "" for none) }
+--           PackagesAvailable owed (protobuf, "" for none),
+--           for a WebSocket agent that accepts remote config, its
+--           config_version, desired_config, desired_hash, offered_hash,
+--           offered_ms and config_hash as stored now (false: none), else
+--           {} }
 
 --@include lib/protobuf.lua
 --@include lib/attributes.lua
@@ -124,7 +128,7 @@ if mask == 0 and not disconnect
                  math.floor((tonumber(ARGV[5]) or 0) / 1024) % 2 == 1,
                  tostring(now + tonumber(ARGV[11])), nil)
 then
-    return { 0, 0, cur[7], cur[5], 0, '', {}, 0, '', {}, '', '', '' }
+    return { 0, 0, cur[7], cur[5], 0, '', {}, 0, '', {}, '', '', '', {} }
 end
 
 local fields = { 'description', 'health', 'effective_config',
@@ -344,7 +348,7 @@ if mask ~= 0 and ARGV[35] ~= '' then
         m = (m - m % 2) / 2
     end
     if total > tonumber(ARGV[35]) then
-        return { 0, 3, '', '', 0, '', {}, 0, '', {}, '', '', '' }
+        return { 0, 3, '', '', 0, '', {}, 0, '', {}, '', '', '', {} }
     end
 end
 
@@ -356,7 +360,7 @@ then
         verdict = 1
     else
         return { 0, 2, holder_ch or '', holder, 0, '', {}, 0, '', {}, '',
-                 '', '' }
+                 '', '', {} }
     end
 end
 
@@ -596,6 +600,15 @@ if status_changed then
     end
 end
 
+-- what a worker keeps of a WebSocket agent that takes remote config, to
+-- decide by itself what a fleet change means for it
+-- (src/ngx_http_opamp_fanout.c): its config fields as they are now
+local view = {}
+if transport == 'websocket' and not disconnect and accepts_config(ARGV[5])
+then
+    view = redis.call('HMGET', key, unpack(config_fields))
+end
+
 return { full and 1 or 0, verdict, holder_ch or '', holder or '', offer,
          owed_hash, owed_files, components, command, message, extra, cs,
-         packages }
+         packages, view }

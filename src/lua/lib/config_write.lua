@@ -1,6 +1,6 @@
 -- lib/config_write.lua: a config replaced atomically and the workers told
 -- (docs/redis-schema.md, "Remote configuration"); admin_config_set.lua
--- and admin_version_rollback.lua.
+-- and admin_version_rollback.lua, after lib/version_log.lua.
 --
 -- keys: { config key, <prefix>groups, <prefix>config_version, agent hash
 -- (or the config key) }; kind "agent" or "group", name its uid or name;
@@ -40,8 +40,7 @@ local function config_write(keys, kind, name, fleet, now, hash, selector,
         redis.call('ZADD', keys[2], priority, name)
     end
 
-    local version = redis.call('INCR', keys[3])
-    redis.call('SET', keys[3] .. '_scope', version .. ' ' .. scope)
+    local version = version_change(keys[3], scope)
 
     if kind == 'group' then
         redis.call('PUBLISH', fleet, 'config')
