@@ -89,7 +89,7 @@ static void ngx_http_opamp_fanout_finish(ngx_http_opamp_fanout_t *f);
 static void ngx_http_opamp_fanout_set_desired(ngx_http_opamp_view_t *v,
     u_char *desired, size_t len);
 static void ngx_http_opamp_fanout_note(ngx_http_opamp_session_t *s,
-    uint64_t version, uint64_t safe_from, ngx_uint_t offered);
+    uint64_t version, uint64_t safe_from, const char *what);
 static void ngx_http_opamp_fanout_flush(void);
 static void ngx_http_opamp_fanout_written(redisReply *reply, void *data);
 static ngx_int_t ngx_http_opamp_fanout_number(redisReply *e,
@@ -963,7 +963,7 @@ ngx_http_opamp_fanout_decide(ngx_http_opamp_session_t *s, uint64_t version,
     u_char                  desired[NGX_HTTP_OPAMP_DESIRED_MAX];
     size_t                  desired_len;
     ngx_int_t               g;
-    ngx_uint_t              i, rematch, moved, has_hash;
+    ngx_uint_t              i, rematch, moved, has_hash, changed;
     ngx_http_opamp_view_t  *v;
     u_char                  hash[32];
     uint64_t                from;
@@ -976,7 +976,7 @@ ngx_http_opamp_fanout_decide(ngx_http_opamp_session_t *s, uint64_t version,
          * configs changed since it was made */
 
         if (safe_from < version) {
-            ngx_http_opamp_fanout_note(s, version, safe_from, 0);
+            ngx_http_opamp_fanout_note(s, version, safe_from, "");
             return NGX_OK;
         }
 
@@ -1080,12 +1080,19 @@ ngx_http_opamp_fanout_decide(ngx_http_opamp_session_t *s, uint64_t version,
                    groups[g].name.len);
         ngx_memcpy(hash, groups[g].hash, 32);
         has_hash = 1;
-        ngx_http_opamp_fanout_set_desired(v, desired, desired_len);
 
-    } else if (desired_len == 0) {
-        ngx_http_opamp_fanout_set_desired(v, NULL, 0);
+    } else if (desired_len) {
+        ngx_memcpy(desired, v->desired, desired_len);
     }
 
+    /* whether what it counts for in the fleet gauges may move */
+
+    changed = (desired_len != v->desired_len
+               || ngx_memcmp(desired, v->desired, desired_len) != 0
+               || has_hash != v->has_desired_hash
+               || ngx_memcmp(hash, v->desired_hash, 32) != 0);
+
+    ngx_http_opamp_fanout_set_desired(v, desired, desired_len);
     v->has_desired_hash = has_hash;
     ngx_memcpy(v->desired_hash, hash, 32);
     from = v->version;
@@ -1094,7 +1101,7 @@ ngx_http_opamp_fanout_decide(ngx_http_opamp_session_t *s, uint64_t version,
     if (!has_hash
         || (v->reported == 1 && ngx_memcmp(v->reported_hash, hash, 32) == 0))
     {
-        ngx_http_opamp_fanout_note(s, version, from, 0);
+        ngx_http_opamp_fanout_note(s, version, from, changed ? "c" : "");
         return NGX_OK;
     }
 
@@ -1104,7 +1111,7 @@ ngx_http_opamp_fanout_decide(ngx_http_opamp_session_t *s, uint64_t version,
         && ngx_http_opamp_fanout_now() < v->offered_ms
                                          + s->conf->agent_timeout)
     {
-        ngx_http_opamp_fanout_note(s, version, from, 0);
+        ngx_http_opamp_fanout_note(s, version, from, changed ? "c" : "");
         return NGX_OK;
     }
 
@@ -1279,7 +1286,7 @@ ngx_http_opamp_fanout_send(ngx_http_opamp_fanout_t *f, ngx_uint_t nth,
             if (v->reported == 1
                 && ngx_memcmp(v->reported_hash, hash, 32) == 0)
             {
-                ngx_http_opamp_fanout_note(s, f->version, v->version, 0);
+                ngx_http_opamp_fanout_note(s, f->version, v->version, "c");
                 continue;
             }
         }
@@ -1293,7 +1300,7 @@ ngx_http_opamp_fanout_send(ngx_http_opamp_fanout_t *f, ngx_uint_t nth,
         v->has_offered_hash = 1;
         v->offered_ms = ngx_http_opamp_fanout_now();
 
-        ngx_http_opamp_fanout_note(s, f->version, v->version, 1);
+        ngx_http_opamp_fanout_note(s, f->version, v->version, "oc");
     }
 
     ngx_free(frame);
@@ -1325,12 +1332,13 @@ ngx_http_opamp_fanout_finish(ngx_http_opamp_fanout_t *f)
 /*
  * One agent's decision for the next offered.lua call: uid, connection,
  * the oldest version its settled mark may move from ("" none), its
- * desired_config ("-": it takes no config), desired_hash, offered.
+ * desired_config ("-": it takes no config), desired_hash, and what
+ * happened ("o": offered now, "c": its desired config or hash changed).
  */
 
 static void
 ngx_http_opamp_fanout_note(ngx_http_opamp_session_t *s, uint64_t version,
-    uint64_t safe_from, ngx_uint_t offered)
+    uint64_t safe_from, const char *what)
 {
     u_char                 *p;
     size_t                  size;
@@ -1411,9 +1419,7 @@ ngx_http_opamp_fanout_note(ngx_http_opamp_session_t *s, uint64_t version,
         }
     }
 
-    NGX_HTTP_OPAMP_OFFERED_ARG(offered ? "1" : "",
-                               (const char *) (offered ? "1" : "")
-                               + (offered ? 1 : 0));
+    NGX_HTTP_OPAMP_OFFERED_ARG(what, what + ngx_strlen(what));
 
 #undef NGX_HTTP_OPAMP_OFFERED_ARG
 
