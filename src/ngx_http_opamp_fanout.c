@@ -428,6 +428,16 @@ ngx_http_opamp_fanout_learn(ngx_http_opamp_session_t *s, redisReply **e,
         v->reported = 2;
     }
 
+    /* likewise the hash it failed: anything else than a SHA-256 in hex
+     * is no config's hash, and keeps none from being offered */
+
+    if (ngx_http_opamp_fanout_hash(e[6], v->failed_hash, &has) == NGX_OK) {
+        v->has_failed_hash = has;
+
+    } else {
+        v->has_failed_hash = 0;
+    }
+
     v->known = 1;
 }
 
@@ -1101,6 +1111,14 @@ ngx_http_opamp_fanout_decide(ngx_http_opamp_session_t *s, uint64_t version,
     if (!has_hash
         || (v->reported == 1 && ngx_memcmp(v->reported_hash, hash, 32) == 0))
     {
+        ngx_http_opamp_fanout_note(s, version, from, changed ? "c" : "");
+        return NGX_OK;
+    }
+
+    /* failed by the agent: not offered again until its hash changes or
+     * an operator retries (lib/owed_config.lua decides alike) */
+
+    if (v->has_failed_hash && ngx_memcmp(v->failed_hash, hash, 32) == 0) {
         ngx_http_opamp_fanout_note(s, version, from, changed ? "c" : "");
         return NGX_OK;
     }

@@ -45,9 +45,12 @@ struct ngx_http_opamp_view_s {
     u_char                          desired_hash[32];
     u_char                          offered_hash[32];
     u_char                          reported_hash[32];
+    u_char                          failed_hash[32];  /* reported FAILED,
+                                                         not offered again */
     unsigned                        known:1;     /* the fields are usable */
     unsigned                        has_desired_hash:1;
     unsigned                        has_offered_hash:1;
+    unsigned                        has_failed_hash:1;
     unsigned                        reported:2;  /* 0 none, 1 a SHA-256,
                                                     2 something else */
 };
@@ -59,8 +62,9 @@ ngx_http_opamp_attrs_t *ngx_http_opamp_fanout_attributes(
     Opamp__Proto__V1__AgentDescription *d, ngx_log_t *log);
 
 /*
- * What a script answered of a WebSocket agent's config fields (e: six
- * elements, config_version to config_hash; NULL: nothing new), and its
+ * What a script answered of a WebSocket agent's config fields (e:
+ * NGX_HTTP_OPAMP_VIEW_FIELDS elements, config_version to failed_hash;
+ * NULL: nothing new), and its
  * attributes when the message carried a description (taken over, or
  * freed).  An agent that takes no remote config has no view.
  */

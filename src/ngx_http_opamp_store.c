@@ -1039,7 +1039,8 @@ ngx_http_opamp_store_report_done(redisReply *reply, void *data)
                                     (e->type == REDIS_REPLY_ARRAY) ? e : NULL);
 
     e = reply->element[13];
-    rep->config_view = (e->type == REDIS_REPLY_ARRAY && e->elements == 6)
+    rep->config_view = (e->type == REDIS_REPLY_ARRAY
+                        && e->elements == NGX_HTTP_OPAMP_VIEW_FIELDS)
                        ? e : NULL;
 
     rc = NGX_OK;
@@ -1255,7 +1256,8 @@ ngx_http_opamp_store_check_done(redisReply *reply, void *data)
     for (i = 0; i < views->elements && chk->handler; i++) {
         e = views->element[i];
 
-        if (e->type != REDIS_REPLY_ARRAY || e->elements != 7
+        if (e->type != REDIS_REPLY_ARRAY
+            || e->elements != NGX_HTTP_OPAMP_VIEW_FIELDS + 1
             || e->element[0]->type != REDIS_REPLY_INTEGER
             || e->element[0]->integer < 1
             || (ngx_uint_t) e->element[0]->integer > chk->n)
@@ -1268,7 +1270,7 @@ ngx_http_opamp_store_check_done(redisReply *reply, void *data)
         ngx_memzero(&rep, sizeof(ngx_http_opamp_report_t));
         ngx_memcpy(rep.uid, chk->agents[idx].uid, NGX_HTTP_OPAMP_UID_LEN);
         view.type = REDIS_REPLY_ARRAY;
-        view.elements = 6;
+        view.elements = NGX_HTTP_OPAMP_VIEW_FIELDS;
         view.element = &e->element[1];
         rep.config_view = &view;
 

@@ -105,11 +105,17 @@ typedef struct {
     ngx_str_t           settings_hash;    /* the offer's hash, hex */
     ngx_str_t           packages;         /* PackagesAvailable, protobuf */
 
-    /* a WebSocket agent's config fields as stored now (six elements:
-     * config_version to config_hash), or NULL; valid during the handler
-     * call only.  A check calls its handler with it alone. */
+    /* a WebSocket agent's config fields as stored now
+     * (NGX_HTTP_OPAMP_VIEW_FIELDS elements: config_version to
+     * failed_hash), or NULL; valid during the handler call only.  A check
+     * calls its handler with it alone. */
     redisReply         *config_view;
 } ngx_http_opamp_report_t;
+
+
+/* the config fields of an agent that report.lua and check.lua answer
+ * (config_fields of src/lua/lib/owed_config.lua) */
+#define NGX_HTTP_OPAMP_VIEW_FIELDS  7
 
 
 /* rc is NGX_OK, or NGX_ERROR when Redis did not answer or failed */

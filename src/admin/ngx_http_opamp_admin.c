@@ -218,6 +218,7 @@ ngx_http_opamp_admin_uid(ngx_http_request_t *r,
  *   agents/<uid>                    GET DELETE
  *   agents/<uid>/restart            POST
  *   agents/<uid>/messages           POST
+ *   agents/<uid>/retry-config       POST
  *   configs/groups                  GET
  *   configs/groups/<name>           GET PUT DELETE
  *   configs/agents/<uid>            GET PUT DELETE
@@ -323,6 +324,11 @@ ngx_http_opamp_admin_route_agents(ngx_http_request_t *r,
 
     if (nseg == 3 && ngx_http_opamp_seg(2, "messages")) {
         ctx->op = NGX_HTTP_OPAMP_ADMIN_MESSAGE;
+        return ngx_http_opamp_admin_method(ctx, NGX_HTTP_POST, "POST");
+    }
+
+    if (nseg == 3 && ngx_http_opamp_seg(2, "retry-config")) {
+        ctx->op = NGX_HTTP_OPAMP_ADMIN_RETRY;
         return ngx_http_opamp_admin_method(ctx, NGX_HTTP_POST, "POST");
     }
 
@@ -679,6 +685,9 @@ ngx_http_opamp_admin_run(ngx_http_opamp_admin_ctx_t *ctx)
 
     case NGX_HTTP_OPAMP_ADMIN_MESSAGE:
         return ngx_http_opamp_admin_message(ctx);
+
+    case NGX_HTTP_OPAMP_ADMIN_RETRY:
+        return ngx_http_opamp_admin_retry(ctx);
 
     case NGX_HTTP_OPAMP_ADMIN_VERSIONS:
     case NGX_HTTP_OPAMP_ADMIN_VERSION:
@@ -1092,6 +1101,7 @@ ngx_http_opamp_admin_answer(ngx_http_opamp_admin_ctx_t *ctx,
 
     case NGX_HTTP_OPAMP_ADMIN_RESTART:
     case NGX_HTTP_OPAMP_ADMIN_MESSAGE:
+    case NGX_HTTP_OPAMP_ADMIN_RETRY:
         return ngx_http_opamp_admin_queued_answer(ctx, reply);
 
     case NGX_HTTP_OPAMP_ADMIN_VERSIONS:

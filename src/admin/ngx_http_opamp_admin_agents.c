@@ -375,6 +375,23 @@ ngx_http_opamp_admin_restart(ngx_http_opamp_admin_ctx_t *ctx)
 }
 
 
+/*
+ * POST agents/<uid>/retry-config: the agent is offered the config it is
+ * owed again, even one it reported FAILED for (which is otherwise not
+ * offered to it again until the config's hash changes)
+ */
+
+ngx_int_t
+ngx_http_opamp_admin_retry(ngx_http_opamp_admin_ctx_t *ctx)
+{
+    ngx_str_t  none = ngx_null_string;
+
+    ctx->key = ctx->agent_key;
+
+    return ngx_http_opamp_admin_push(ctx, "retry", &none, NULL);
+}
+
+
 /* POST agents/<uid>/messages {"capability": "...", "type": "...",
  *                             "data": "..."} */
 
@@ -563,7 +580,7 @@ ngx_http_opamp_admin_agent_json(ngx_http_opamp_json_t *j, redisReply *reply,
     const char         *reason;
     size_t             i, n;
     int64_t            expires;
-    ngx_str_t          name, value, connected, exp;
+    ngx_str_t          name, value, connected, exp, failed, status, hash;
     ngx_uint_t         f, numeric;
     redisReply       **el;
     ProtobufCMessage  *m;
@@ -577,8 +594,12 @@ ngx_http_opamp_admin_agent_json(ngx_http_opamp_json_t *j, redisReply *reply,
 
     ngx_str_null(&connected);
     ngx_str_null(&exp);
+    ngx_str_null(&failed);
+    ngx_str_null(&status);
+    ngx_str_null(&hash);
 
-    /* first the fields that make "connected" mean live */
+    /* first the fields that make "connected" mean live, and those that
+     * say whether the agent rolled back a config it failed */
 
     for (i = 0; i < n; i++) {
         ngx_http_opamp_admin_agent_field(el, i, full, &name, &value);
@@ -590,6 +611,21 @@ ngx_http_opamp_admin_agent_json(ngx_http_opamp_json_t *j, redisReply *reply,
                    && ngx_strncmp(name.data, "expires_ms", 10) == 0)
         {
             exp = value;
+
+        } else if (name.len == 11
+                   && ngx_strncmp(name.data, "failed_hash", 11) == 0)
+        {
+            failed = value;
+
+        } else if (name.len == 13
+                   && ngx_strncmp(name.data, "config_status", 13) == 0)
+        {
+            status = value;
+
+        } else if (name.len == 11
+                   && ngx_strncmp(name.data, "config_hash", 11) == 0)
+        {
+            hash = value;
         }
     }
 
@@ -602,6 +638,18 @@ ngx_http_opamp_admin_agent_json(ngx_http_opamp_json_t *j, redisReply *reply,
          && expires > (int64_t) ngx_time() * 1000
                       + (int64_t) ngx_timeofday()->msec)
         ? "true" : "false");
+
+    /* an agent that failed a config and then applied another (the one it
+     * ran before, as the spec asks of it) rolled itself back */
+
+    if (failed.len) {
+        ngx_http_opamp_json_kv(j, "config_rolled_back");
+        ngx_http_opamp_json_literal(j,
+            (status.len == 7 && ngx_strncmp(status.data, "APPLIED", 7) == 0
+             && (hash.len != failed.len
+                 || ngx_strncmp(hash.data, failed.data, failed.len) != 0))
+            ? "true" : "false");
+    }
 
     for (i = 0; i < n; i++) {
         ngx_http_opamp_admin_agent_field(el, i, full, &name, &value);

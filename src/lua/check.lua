@@ -24,8 +24,9 @@
 --       their indexes },
 --     { config key, its fields (HGETALL), ... once per owed key },
 --     { { index, then config_version, desired_config, desired_hash,
---         offered_hash, offered_ms and config_hash as stored now ("":
---         none) }, ... each agent checked that takes remote config } }
+--         offered_hash, offered_ms, config_hash and failed_hash as
+--         stored now ("": none) }, ... each agent checked that takes
+--         remote config } }
 
 --@include lib/protobuf.lua
 --@include lib/attributes.lua
@@ -48,6 +49,7 @@ for j, f in ipairs(config_fields) do
     view_place[f] = j + 1
 end
 local check_fields = { unpack(config_fields) }
+local nc = #config_fields
 for _, f in ipairs({ 'capabilities', 'conn', 'connected',
                      'custom_capability_names', 'cs_hash', 'cs_again',
                      'cs_offered_ms' }) do
@@ -69,15 +71,15 @@ for i = 6, #ARGV - 1, 2 do
     skey = prefix .. 'status:{' .. uid .. '}'
     status_t = nil
     acfg = nil
-    -- one read: the config fields (1 to 6), then the rest
+    -- one read: the config fields (1 to nc), then the rest
     local cur = redis.call('HMGET', key, unpack(check_fields))
-    local caps = cur[7]
-    if caps and cur[8] == ARGV[i + 1] and cur[9] == '1' then
+    local caps = cur[nc + 1]
+    if caps and cur[nc + 2] == ARGV[i + 1] and cur[nc + 3] == '1' then
         local set = {}
         local h, _, ckey = owed_config(set, caps, '', nil, force, now,
                                        cur)
-        local offer, extra, cs = owed_settings(set, caps, cur[11],
-                                               cur[12], cur[13])
+        local offer, extra, cs = owed_settings(set, caps, cur[nc + 5],
+                                               cur[nc + 6], cur[nc + 7])
         local packages = owed_packages(set, caps, force, now)
         if #set > 0 then
             redis.call('HSET', key, unpack(set))
@@ -106,7 +108,7 @@ for i = 6, #ARGV - 1, 2 do
         if h == '' and offer == 0 and packages == '' then
             command = owed_command(caps)
         end
-        local message = owed_message(cur[10])
+        local message = owed_message(cur[nc + 4])
         if h ~= '' or offer == 1 or packages ~= '' or command ~= ''
            or #message > 0
         then

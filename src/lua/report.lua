@@ -65,8 +65,8 @@
 --           PackagesAvailable owed (protobuf, "" for none),
 --           for a WebSocket agent that accepts remote config, its
 --           config_version, desired_config, desired_hash, offered_hash,
---           offered_ms and config_hash as stored now (false: none), else
---           {} }
+--           offered_ms, config_hash and failed_hash as stored now
+--           (false: none), else {} }
 
 --@include lib/protobuf.lua
 --@include lib/attributes.lua
@@ -476,6 +476,19 @@ if ARGV[26] ~= '' then
     set[#set + 1] = ARGV[27]
     set[#set + 1] = 'config_hash'
     set[#set + 1] = ARGV[28]
+    -- the config the agent failed, not to be offered again
+    -- (lib/owed_config.lua); applied after all, it is failed no more
+    if ARGV[26] == 'FAILED' and ARGV[28] ~= '' then
+        failed_now = ARGV[28]
+    elseif ARGV[26] == 'APPLIED'
+           and redis.call('HGET', key, 'failed_hash') == ARGV[28]
+    then
+        failed_now = ''
+    end
+    if failed_now then
+        set[#set + 1] = 'failed_hash'
+        set[#set + 1] = failed_now
+    end
 end
 
 local names = nil

@@ -194,7 +194,15 @@ end
 -- to remember to set
 -- (pre: those fields, when the caller read them already)
 local config_fields = { 'config_version', 'desired_config', 'desired_hash',
-                        'offered_hash', 'offered_ms', 'config_hash' }
+                        'offered_hash', 'offered_ms', 'config_hash',
+                        'failed_hash' }
+
+-- the hash of the config the agent reported FAILED for, when this call
+-- learnt it or cleared it ("": none), else nil: the stored failed_hash
+-- counts.  A config the agent failed is not offered to it again, after
+-- opamp_agent_timeout or at a reconnect alike, until its hash changes
+-- (a new version) or an operator retries (admin_push.lua "retry").
+local failed_now = nil
 
 -- (desc: the description the message carries, else "")
 local function owed_config(set, caps, desc, reported, force, now, pre)
@@ -251,6 +259,15 @@ local function owed_config(set, caps, desc, reported, force, now, pre)
     end
 
     if dhash == '' or dhash == reported then
+        return '', {}, ''
+    end
+
+    -- failed by the agent already: nothing to wait for either
+    local failed = failed_now
+    if failed == nil then
+        failed = c[7] or ''
+    end
+    if dhash == failed then
         return '', {}, ''
     end
 
