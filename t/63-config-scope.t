@@ -83,27 +83,7 @@ sub hash_of {
 my $barrier = 0;
 
 sub received {
-    $barrier++;
-    for my $name (sort keys %agents) {
-        $t->redis('RPUSH', $P . 'outbox:{'
-                  . OpAMPFleet::uid_text($agents{$name}{uid}) . '}',
-                  "io.example.barrier\nb\n$barrier");
-    }
-    $t->redis('PUBLISH', "${P}fleet", 'config');
-    my %got;
-    for my $name (sort keys %agents) {
-        my @h;
-        for (1 .. 5) {
-            my $m = $agents{$name}->recv_msg(10);
-            last unless defined $m;
-            my $text = OpAMPFleet::decode('ServerToAgent', $m);
-            my ($h) = $text =~ /config_hash: "((?:[^"\\]|\\.)*)"/;
-            push @h, unpack('H*', _unescape($h)) if defined $h;
-            last if $text =~ /data: "\Q$barrier\E"/;
-        }
-        $got{$name} = join ',', @h;
-    }
-    return \%got;
+    return OpAMPFleet::barrier_received($t, $P, \%agents, ++$barrier);
 }
 
 sub _unescape { return OpAMPTest::_unescape(@_) }

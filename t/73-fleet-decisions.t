@@ -102,34 +102,12 @@ sub put {
     return $st;
 }
 
-# the config hashes an agent received until the barrier (a custom message
-# queued for each agent and a fleet-wide PUBLISH: that fleet message comes
-# without an increment of config_version, so every agent is checked by
-# Redis, and what the change sent comes before it on the same connection)
+# the config hashes each agent received for the change just made, proven
+# by a barrier (OpAMPFleet::barrier_received)
 my $barrier = 0;
 
 sub received {
-    $barrier++;
-    for my $name (sort keys %agents) {
-        $t->redis('RPUSH', $P . 'outbox:{'
-                  . OpAMPFleet::uid_text($agents{$name}{uid}) . '}',
-                  "io.example.barrier\nb\n$barrier");
-    }
-    $t->redis('PUBLISH', "${P}fleet", 'config');
-    my %got;
-    for my $name (sort keys %agents) {
-        my @h;
-        for (1 .. 5) {
-            my $m = $agents{$name}->recv_msg(10);
-            last unless defined $m;
-            my $text = OpAMPFleet::decode('ServerToAgent', $m);
-            my ($h) = $text =~ /config_hash: "((?:[^"\\]|\\.)*)"/;
-            push @h, unpack('H*', OpAMPTest::_unescape($h)) if defined $h;
-            last if $text =~ /data: "\Q$barrier\E"/;
-        }
-        $got{$name} = join ',', @h;
-    }
-    return \%got;
+    return OpAMPFleet::barrier_received($t, $P, \%agents, ++$barrier);
 }
 
 # the per-agent config checks (check.lua: EVALSHA with config_version and

@@ -33,6 +33,7 @@
 --@include lib/status.lua
 --@include lib/state.lua
 --@include lib/caps.lua
+--@include lib/groups.lua
 --@include lib/owed_config.lua
 --@include lib/owed.lua
 --@include lib/gauges.lua

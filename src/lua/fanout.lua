@@ -17,23 +17,13 @@
 --             name },
 --           { name, HGETALL of its hash, ... for each group of ARGV[2] } }
 
+--@include lib/groups.lua
+
 local version = redis.call('GET', KEYS[1]) or '0'
 local log = redis.call('LRANGE', KEYS[1] .. '_log', 0, -1)
 
-local g = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
-local list = {}
-for i = 1, #g, 2 do
-    list[#list + 1] = { g[i], tonumber(g[i + 1]) }
-end
-table.sort(list, function(a, b)
-    if a[2] ~= b[2] then
-        return a[2] > b[2]
-    end
-    return a[1] < b[1]
-end)
-
 local groups = {}
-for _, e in ipairs(list) do
+for _, e in ipairs(groups_by_precedence(KEYS[2])) do
     local r = redis.call('HMGET', ARGV[1] .. 'config:group:' .. e[1],
                          'selector', 'hash')
     groups[#groups + 1] = e[1]

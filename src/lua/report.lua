@@ -146,6 +146,7 @@ local function less(a, b)
 end
 
 --@include lib/caps.lua
+--@include lib/groups.lua
 --@include lib/owed_config.lua
 --@include lib/owed.lua
 

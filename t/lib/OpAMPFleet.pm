@@ -235,6 +235,41 @@ sub close {
     close $self->{sock};
 }
 
+# --- what a change sent each agent, proven by a barrier ----------------------
+
+# The config hashes (hex, comma-separated; '' for none) each WebSocket
+# agent of %$agents received for the change just made.  What "nothing"
+# means is proven, not waited for: a custom message of the capability
+# io.example.barrier, which each agent must declare, is queued for every
+# agent and the fleet told; that message comes without a change of
+# config_version, so every worker has Redis check each agent it holds,
+# and whatever the change sent an agent arrives before (or with) the
+# barrier on its connection.  $t: the OpAMPTest; $prefix: the key prefix;
+# $n: this barrier's number, unique in the test.
+sub barrier_received {
+    my ($t, $prefix, $agents, $n) = @_;
+    for my $name (sort keys %$agents) {
+        $t->redis('RPUSH', $prefix . 'outbox:{'
+                  . uid_text($agents->{$name}{uid}) . '}',
+                  "io.example.barrier\nb\n$n");
+    }
+    $t->redis('PUBLISH', "${prefix}fleet", 'config');
+    my %got;
+    for my $name (sort keys %$agents) {
+        my @h;
+        for (1 .. 5) {
+            my $m = $agents->{$name}->recv_msg(10);
+            last unless defined $m;
+            my $text = decode('ServerToAgent', $m);
+            my ($h) = $text =~ /config_hash: "((?:[^"\\]|\\.)*)"/;
+            push @h, unpack('H*', OpAMPTest::_unescape($h)) if defined $h;
+            last if $text =~ /data: "\Q$n\E"/;
+        }
+        $got{$name} = join ',', @h;
+    }
+    return \%got;
+}
+
 # --- SHA-256 config_hash as docs/redis-schema.md defines it ---------------
 
 sub config_hash {

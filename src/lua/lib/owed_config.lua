@@ -1,5 +1,6 @@
 -- lib/owed_config.lua, included after lib/protobuf.lua,
--- lib/attributes.lua, lib/status.lua, lib/state.lua and lib/caps.lua by
+-- lib/attributes.lua, lib/status.lua, lib/state.lua, lib/caps.lua and
+-- lib/groups.lua by
 -- report.lua and check.lua: which config an agent is owed (owed_config()),
 -- by its own config or the group whose selector matches its attributes.
 -- Reads prefix, now_text, version_key, groups_key, timeout and the agent
@@ -79,17 +80,7 @@ local groups = nil
 local selector_keys = {}
 
 local function load_groups()
-    local g = redis.call('ZREVRANGE', groups_key, 0, -1, 'WITHSCORES')
-    local list = {}
-    for i = 1, #g, 2 do
-        list[#list + 1] = { g[i], tonumber(g[i + 1]) }
-    end
-    table.sort(list, function(a, b)
-        if a[2] ~= b[2] then
-            return a[2] > b[2]
-        end
-        return a[1] < b[1]
-    end)
+    local list = groups_by_precedence(groups_key)
     for _, e in ipairs(list) do
         local r = redis.call('HMGET', prefix .. 'config:group:' .. e[1],
                              'selector', 'hash')
