@@ -508,7 +508,12 @@ fi
 # redis_cpu_us_per_agent"
 fanout_change() {
     local n=$1 kind=$2 caps=$3 run=$4 body before h
+    # a fresh Redis and fresh workers: a worker keeps its view of the
+    # fleet's config version and of its agents, which a FLUSHALL under it
+    # would turn into a version going back (and the fan-out to its
+    # fallback for agents it cannot vouch for)
     R flushall >/dev/null
+    start_nginx "$workers"
     body="run $run $kind $caps $RANDOM"
     if [ "$kind" = files ]; then
         curl -s -o /dev/null -X PUT "http://127.0.0.1:$PORT/admin/configs/groups/bench" \
@@ -590,9 +595,10 @@ if want fleet; then
     workers=$(( (n + PER_PROC - 1) / PER_PROC )); [ "$workers" -lt 2 ] && workers=2
     for run in $(seq "${BENCH_FLEET_RUNS:-1}"); do
         for kind in files group; do
-            # no Nchan: its shared memory would count in the workers' RSS
-            start_nginx "$workers" 0
+            # no Nchan: its shared memory would count in the workers' RSS;
+            # Redis flushed first (see fanout_change)
             R flushall >/dev/null
+            start_nginx "$workers" 0
             body="fleet $run $kind $RANDOM"
             if [ "$kind" = files ]; then
                 curl -s -o /dev/null -X PUT "http://127.0.0.1:$PORT/admin/configs/groups/fleet" \
