@@ -616,7 +616,11 @@ ngx_http_opamp_ws_control(ngx_http_opamp_ws_ctx_t *ctx)
 
 /*
  * A frame came though no message did for a while: the agent is alive, so
- * its lease in Redis is renewed, at most once per heartbeat interval.
+ * its lease in Redis is renewed, once half of opamp_agent_timeout passed
+ * since its last message or renewal (at least a heartbeat interval).  An
+ * agent that sends heartbeats of its own (every 30 s by default) renews
+ * its lease with them and never needs this; one that only answers pings
+ * is renewed well before its lease (the agent timeout) runs out.
  */
 
 static void
@@ -624,7 +628,8 @@ ngx_http_opamp_ws_alive(ngx_http_opamp_ws_ctx_t *ctx)
 {
     ngx_msec_t  interval;
 
-    interval = (ngx_msec_t) ctx->conf->heartbeat_interval * 1000;
+    interval = ngx_max((ngx_msec_t) ctx->conf->heartbeat_interval * 1000,
+                       ctx->conf->agent_timeout / 2);
 
     if (ngx_current_msec - ctx->last_active >= interval) {
         ctx->last_active = ngx_current_msec;

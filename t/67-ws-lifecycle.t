@@ -180,6 +180,44 @@ sub upgrade {
     close $s;
 }
 
+# --- touch: not for an agent whose own heartbeats renew its lease -----------
+#
+# Heartbeats every 1.4 s: the server pings it after 1 s of silence, and the
+# pong comes about 1 s after its last message, less than half of the agent
+# timeout (3 s): its lease is renewed by its heartbeats alone, and Redis
+# runs no touch.lua for it (Redis's SLOWLOG: touch.lua is the EVALSHA
+# whose one key is the agent's hash).
+
+{
+    my $u = random_uid();
+    my $key = $t->agent_key($u);
+    my $a = OpAMPFleet->connect_ws(port => $t->port, path => '/ping');
+    $a->send_msg(msg($u, "sequence_num: 0 capabilities: 1 $DESC"));
+    ok(defined $a->recv_msg(5), 'a heartbeating agent registered');
+    $t->redis('CONFIG', 'SET', 'slowlog-log-slower-than', 0);
+    $t->redis('CONFIG', 'SET', 'slowlog-max-len', 100000);
+    $t->redis('SLOWLOG', 'RESET');
+    my ($pings, $seq) = (0, 0);
+    for (1 .. 4) {
+        my $until = time + 1.4;
+        while (time < $until) {
+            $a->recv_msg($until - time);
+        }
+        $seq++;
+        $a->send_msg(msg($u, "sequence_num: $seq capabilities: 1"));
+    }
+    $a->recv_msg(1);
+    my $log = $t->redis('SLOWLOG', 'GET', 100000);
+    $t->redis('CONFIG', 'SET', 'slowlog-log-slower-than', 10000);
+    my @touch = grep { my $c = $_->[3];
+                       ($c->[0] // '') eq 'EVALSHA' && ($c->[2] // '') eq '1'
+                       && ($c->[3] // '') eq $key } @$log;
+    is(scalar @touch, 0, 'an agent whose heartbeats come within half the '
+       . 'agent timeout is never touched, though it answers pings');
+    is($t->agent($u)->{sequence_num}, $seq, 'its heartbeats were stored');
+    $a->close;
+}
+
 # --- admin: newest first, connected=1 honours expires_ms ---------------------
 
 my $json = JSON::PP->new;
