@@ -502,11 +502,14 @@ ngx_http_opamp_fanout_change(void)
 {
     ngx_http_opamp_metrics_inc(NGX_HTTP_OPAMP_M_FANOUTS);
 
-    ngx_http_opamp_fanout_msgs++;
+    /* with no agent here, there is nothing to decide nor to account for:
+     * the next change is taken for the first the worker sees */
 
     if (ngx_http_opamp_sessions.root == ngx_http_opamp_sessions.sentinel) {
         return;
     }
+
+    ngx_http_opamp_fanout_msgs++;
 
     /* a change that comes while one is decided is decided after it, from
      * what Redis holds then: both at once */
@@ -661,6 +664,13 @@ ngx_http_opamp_fanout_viewed(redisReply *reply, void *data)
 
     /* more messages than increments: something else changed too; the
      * first change a worker sees is taken for one increment */
+
+    if (version < ngx_http_opamp_fanout_seen) {
+        /* Redis went back (flushed, or a replica that had less): what
+         * was counted before is void, and so are the views (below) */
+        ngx_http_opamp_fanout_seen = 0;
+        ngx_http_opamp_fanout_credit = 0;
+    }
 
     if (ngx_http_opamp_fanout_seen == 0 && version > 0) {
         ngx_http_opamp_fanout_seen = version - 1;
@@ -997,9 +1007,15 @@ ngx_http_opamp_fanout_decide(ngx_http_opamp_session_t *s, uint64_t version,
         return NGX_DECLINED;
     }
 
-    if (v->version >= version) {
+    if (v->version == version) {
         /* a report of the agent saw this change already */
         return NGX_DONE;
+    }
+
+    if (v->version > version) {
+        /* Redis went back under the view: Redis decides */
+        v->known = 0;
+        return NGX_DECLINED;
     }
 
     if (v->version < safe_from) {

@@ -60,6 +60,18 @@ my %desc = (
     a5 => 'identifying_attributes ' . kv('service.name', 'string_value: "a"'),
 );
 
+# a group made while no agent is connected: the workers have nothing to
+# decide then, and the first change after the agents came is theirs to
+# decide all the same
+{
+    my ($st) = $t->http_post('{"selector":"service.name=nobody",'
+                             . '"files":{"c.yaml":{"body":"g0"}}}',
+                             -method => 'PUT',
+                             -path => '/admin/configs/groups/g0',
+                             'Content-Type' => 'application/json');
+    is($st, 200, 'a group before any agent');
+}
+
 my %agents;
 for my $name (sort keys %desc) {
     my $caps = $name eq 'a5' ? 1 : 3;
