@@ -96,8 +96,6 @@ static ngx_int_t ngx_http_opamp_fanout_number(redisReply *e,
     uint64_t *v);
 static ngx_int_t ngx_http_opamp_fanout_hash(redisReply *e, u_char *hash,
     ngx_uint_t *has);
-static int ngx_libc_cdecl ngx_http_opamp_fanout_attr_cmp(const void *a,
-    const void *b);
 static uint64_t ngx_http_opamp_fanout_now(void);
 
 
@@ -149,8 +147,8 @@ ngx_http_opamp_fanout_attributes(Opamp__Proto__V1__AgentDescription *d,
     ngx_log_t *log)
 {
     u_char                            *p;
-    size_t                             size, n, i, k, kind, count;
-    ngx_http_opamp_attr_t             *a;
+    size_t                             size, n, i, j, k, kind, count;
+    ngx_http_opamp_attr_t             *a, tmp;
     ngx_http_opamp_attrs_t            *attrs;
     Opamp__Proto__V1__KeyValue       **list, *kv;
     Opamp__Proto__V1__AnyValue        *val;
@@ -229,23 +227,33 @@ ngx_http_opamp_fanout_attributes(Opamp__Proto__V1__AgentDescription *d,
             }
 
             a->value.len = p - a->value.data;
-
-            /* the place, to keep the last of equal keys after sorting */
-            a->key.len |= (size_t) k << 32;
             k++;
         }
     }
 
-    ngx_qsort(attrs->attr, k, sizeof(ngx_http_opamp_attr_t),
-              ngx_http_opamp_fanout_attr_cmp);
+    /* sorted by key, equal keys kept in their order (an insertion sort:
+     * stable, and at most NGX_HTTP_OPAMP_MAX_ATTRIBUTES of them) */
+
+    for (i = 1; i < k; i++) {
+        tmp = attrs->attr[i];
+
+        for (j = i;
+             j > 0 && ngx_memn2cmp(attrs->attr[j - 1].key.data, tmp.key.data,
+                                   attrs->attr[j - 1].key.len, tmp.key.len)
+                      > 0;
+             j--)
+        {
+            attrs->attr[j] = attrs->attr[j - 1];
+        }
+
+        attrs->attr[j] = tmp;
+    }
 
     /* of equal keys, the last placed wins */
 
     n = 0;
 
     for (i = 0; i < k; i++) {
-        attrs->attr[i].key.len &= 0xffffffff;
-
         if (n && attrs->attr[n - 1].key.len == attrs->attr[i].key.len
             && ngx_memcmp(attrs->attr[n - 1].key.data,
                           attrs->attr[i].key.data, attrs->attr[i].key.len)
@@ -264,32 +272,6 @@ ngx_http_opamp_fanout_attributes(Opamp__Proto__V1__AgentDescription *d,
 }
 
 
-/* by key, then by place (kept in the high bits of key.len meanwhile) */
-
-static int ngx_libc_cdecl
-ngx_http_opamp_fanout_attr_cmp(const void *one, const void *two)
-{
-    int                           rc;
-    size_t                        l1, l2;
-    const ngx_http_opamp_attr_t  *a = one, *b = two;
-
-    l1 = a->key.len & 0xffffffff;
-    l2 = b->key.len & 0xffffffff;
-
-    rc = ngx_memcmp(a->key.data, b->key.data, ngx_min(l1, l2));
-
-    if (rc == 0 && l1 != l2) {
-        rc = (l1 < l2) ? -1 : 1;
-    }
-
-    if (rc == 0) {
-        rc = ((a->key.len >> 32) < (b->key.len >> 32)) ? -1 : 1;
-    }
-
-    return rc;
-}
-
-
 static ngx_str_t *
 ngx_http_opamp_fanout_attr(ngx_http_opamp_attrs_t *a, ngx_str_t *key)
 {
@@ -302,12 +284,8 @@ ngx_http_opamp_fanout_attr(ngx_http_opamp_attrs_t *a, ngx_str_t *key)
     while (lo < hi) {
         mid = lo + (hi - lo) / 2;
 
-        rc = ngx_memcmp(a->attr[mid].key.data, key->data,
-                        ngx_min(a->attr[mid].key.len, key->len));
-
-        if (rc == 0 && a->attr[mid].key.len != key->len) {
-            rc = (a->attr[mid].key.len < key->len) ? -1 : 1;
-        }
+        rc = ngx_memn2cmp(a->attr[mid].key.data, key->data,
+                          a->attr[mid].key.len, key->len);
 
         if (rc == 0) {
             return &a->attr[mid].value;
