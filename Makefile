@@ -29,6 +29,7 @@ DEBS := nginx nginx-dev redis-server redis-tools libhiredis-dev \
 
 SOURCES := config ngx_http_opamp_module.c $(wildcard src/*.c src/*.h) \
            $(wildcard src/admin/*.c src/admin/*.h) \
+           $(wildcard src/redis/*.c src/redis/*.h) \
            $(wildcard proto/opamp/v1/*.c proto/opamp/v1/*.h)
 
 .PHONY: all deps build build-static proto run stop test test-valgrind unit \
