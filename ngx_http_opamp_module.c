@@ -10,6 +10,7 @@
 #include "ngx_http_opamp.h"
 #include "ngx_http_opamp_gzip.h"
 #include "ngx_http_opamp_http.h"
+#include "ngx_http_opamp_identity.h"
 #include "ngx_http_opamp_metrics.h"
 #include "ngx_http_opamp_redis.h"
 #include "ngx_http_opamp_admin.h"
@@ -80,6 +81,13 @@ static ngx_conf_num_bounds_t  ngx_http_opamp_versions_bounds = {
 
 static ngx_conf_num_bounds_t  ngx_http_opamp_audit_bounds = {
     ngx_conf_check_num_bounds, 1, 1000000
+};
+
+
+static ngx_conf_enum_t  ngx_http_opamp_identity_conflicts[] = {
+    { ngx_string("refuse"), NGX_HTTP_OPAMP_IDENTITY_REFUSE },
+    { ngx_string("new_uid"), NGX_HTTP_OPAMP_IDENTITY_NEW_UID },
+    { ngx_null_string, 0 }
 };
 
 
@@ -313,6 +321,27 @@ static ngx_command_t  ngx_http_opamp_commands[] = {
       offsetof(ngx_http_opamp_loc_conf_t, gzip_min_length),
       NULL },
 
+    { ngx_string("opamp_agent_identity"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_set_complex_value_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_opamp_loc_conf_t, identity),
+      NULL },
+
+    { ngx_string("opamp_agent_identity_conflict"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_opamp_loc_conf_t, identity_conflict),
+      &ngx_http_opamp_identity_conflicts },
+
+    { ngx_string("opamp_agent_attribute"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE2,
+      ngx_http_opamp_identity_attribute,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("opamp_custom_capabilities"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
       ngx_http_opamp_custom_capabilities,
@@ -514,6 +543,9 @@ ngx_http_opamp_create_loc_conf(ngx_conf_t *cf)
     olcf->gzip_min_length = NGX_CONF_UNSET_SIZE;
     olcf->custom_capabilities = NGX_CONF_UNSET_PTR;
     olcf->admin_author = NGX_CONF_UNSET_PTR;
+    olcf->identity = NGX_CONF_UNSET_PTR;
+    olcf->identity_conflict = NGX_CONF_UNSET_UINT;
+    olcf->server_attributes = NGX_CONF_UNSET_PTR;
 
     return olcf;
 }
@@ -550,6 +582,13 @@ ngx_http_opamp_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_ptr_value(conf->custom_capabilities,
                              prev->custom_capabilities, NULL);
     ngx_conf_merge_ptr_value(conf->admin_author, prev->admin_author, NULL);
+    ngx_conf_merge_ptr_value(conf->identity, prev->identity, NULL);
+    ngx_conf_merge_uint_value(conf->identity_conflict,
+                              prev->identity_conflict,
+                              NGX_HTTP_OPAMP_IDENTITY_REFUSE);
+    /* as proxy_set_header: a level's list replaces the outer one */
+    ngx_conf_merge_ptr_value(conf->server_attributes,
+                             prev->server_attributes, NULL);
 
     /*
      * In an OpAMP location opamp_max_message_size is the body limit (it

@@ -122,6 +122,13 @@ typedef struct {
     ngx_array_t                *custom_capabilities;  /* of char *;
                                                          NULL: none */
     ngx_http_complex_value_t   *admin_author;  /* NULL: none */
+
+    /* who the agent is by what nginx verified: ngx_http_opamp_identity.c */
+    ngx_http_complex_value_t   *identity;      /* NULL: none */
+    ngx_uint_t                  identity_conflict;
+    ngx_array_t                *server_attributes;  /* of ngx_http_opamp_
+                                                       server_attr_t; NULL:
+                                                       none */
 } ngx_http_opamp_loc_conf_t;
 
 

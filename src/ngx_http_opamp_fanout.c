@@ -138,13 +138,15 @@ static uint64_t                     ngx_http_opamp_offered_version;
  * identifying and non-identifying alike, an identifying one winning
  * over a non-identifying one of the same key, the last of a kind
  * winning; strings as they are, booleans as "true"/"false", integers in
- * decimal; other values are not selectable.  Sorted by key, so that a
- * selector's key is found by halving.
+ * decimal; other values are not selectable.  The server-set attributes
+ * (opamp_agent_attribute) are placed last and so win over both
+ * (lib/owed_config.lua, resolve()).  Sorted by key, so that a selector's
+ * key is found by halving.
  */
 
 ngx_http_opamp_attrs_t *
 ngx_http_opamp_fanout_attributes(Opamp__Proto__V1__AgentDescription *d,
-    ngx_log_t *log)
+    ngx_http_opamp_identity_t *id, ngx_log_t *log)
 {
     u_char                            *p;
     size_t                             size, n, i, j, k, kind, count;
@@ -155,6 +157,14 @@ ngx_http_opamp_fanout_attributes(Opamp__Proto__V1__AgentDescription *d,
 
     n = d->n_identifying_attributes + d->n_non_identifying_attributes;
     size = 0;
+
+    if (id) {
+        n += id->nattrs;
+
+        for (i = 0; i < id->nattrs; i++) {
+            size += id->attrs[i].key.len + id->attrs[i].value.len;
+        }
+    }
 
     for (kind = 0; kind < 2; kind++) {
         list = kind ? d->identifying_attributes
@@ -229,6 +239,16 @@ ngx_http_opamp_fanout_attributes(Opamp__Proto__V1__AgentDescription *d,
             a->value.len = p - a->value.data;
             k++;
         }
+    }
+
+    for (i = 0; id && i < id->nattrs; i++) {
+        a = &attrs->attr[k++];
+        a->key.data = p;
+        a->key.len = id->attrs[i].key.len;
+        p = ngx_cpymem(p, id->attrs[i].key.data, a->key.len);
+        a->value.data = p;
+        a->value.len = id->attrs[i].value.len;
+        p = ngx_cpymem(p, id->attrs[i].value.data, a->value.len);
     }
 
     /* sorted by key, equal keys kept in their order (an insertion sort:

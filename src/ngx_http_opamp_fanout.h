@@ -56,10 +56,12 @@ struct ngx_http_opamp_view_s {
 };
 
 
-/* the attributes of a description as lib/attributes.lua reads them;
+/* the attributes of a description as lib/attributes.lua reads them,
+ * the server-set ones of id (NULL: none) winning over the agent's;
  * NULL on failure or when it has none */
 ngx_http_opamp_attrs_t *ngx_http_opamp_fanout_attributes(
-    Opamp__Proto__V1__AgentDescription *d, ngx_log_t *log);
+    Opamp__Proto__V1__AgentDescription *d, ngx_http_opamp_identity_t *id,
+    ngx_log_t *log);
 
 /*
  * What a script answered of a WebSocket agent's config fields (e:

@@ -51,6 +51,7 @@ ngx_http_opamp_http_handler(ngx_http_request_t *r)
 {
     ngx_int_t                   rc;
     ngx_str_t                  *type;
+    const char                 *reason;
     ngx_table_elt_t            *h;
     ngx_http_cleanup_t         *cln;
     ngx_http_opamp_session_t   *s;
@@ -111,6 +112,18 @@ ngx_http_opamp_http_handler(ngx_http_request_t *r)
                                       NGX_HTTP_OPAMP_TRANSPORT_HTTP);
     if (s == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    /* who the agent is, by what nginx verified (docs/security.md) */
+
+    rc = ngx_http_opamp_identity_eval(r, &s->identity, &reason);
+
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (rc == NGX_DECLINED) {
+        return ngx_http_opamp_http_error(r, NGX_HTTP_FORBIDDEN, reason);
     }
 
     h = ngx_http_opamp_http_header_in(r, "OpAMP-Instance-UID",
@@ -353,6 +366,9 @@ ngx_http_opamp_http_output(ngx_http_opamp_session_t *s,
         {
             return NGX_ERROR;
         }
+
+    } else if (s->forbidden) {
+        r->headers_out.status = NGX_HTTP_FORBIDDEN;
 
     } else if (s->bad_request) {
         r->headers_out.status = NGX_HTTP_BAD_REQUEST;

@@ -872,6 +872,12 @@ ngx_http_opamp_metrics_write_fleet(ngx_http_opamp_metrics_out_t *o,
         "Departed agents removed by the retention sweep.");
     ngx_http_opamp_metrics_printf(o, "opamp_departed_agents_swept_total %A\n",
                                   s[NGX_HTTP_OPAMP_M_SWEPT]);
+
+    ngx_http_opamp_metrics_family(o, "identity_conflicts_total", "counter",
+        "Messages refused or given a new instance_uid because their uid "
+        "is bound to another agent identity.");
+    ngx_http_opamp_metrics_printf(o, "opamp_identity_conflicts_total %A\n",
+                                  s[NGX_HTTP_OPAMP_M_IDENTITY_CONFLICTS]);
 }
 
 

@@ -54,6 +54,8 @@ typedef enum {
     NGX_HTTP_OPAMP_M_SWEPT,                /* departed agents removed */
     NGX_HTTP_OPAMP_M_WS_OPEN,              /* gauge */
     NGX_HTTP_OPAMP_M_WS_OPENED,
+    NGX_HTTP_OPAMP_M_IDENTITY_CONFLICTS,   /* a uid claimed by another
+                                              identity */
     NGX_HTTP_OPAMP_M_NSCALARS
 } ngx_http_opamp_metrics_scalar_e;
 

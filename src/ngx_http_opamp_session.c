@@ -385,6 +385,15 @@ ngx_http_opamp_session_report(ngx_http_opamp_session_t *s,
     rep->disconnect = (msg->agent_disconnect != NULL);
     rep->healthy = msg->health ? (msg->health->healthy ? 1 : 0) : 2;
 
+    /* who nginx says the agent is: the scripts bind the uid to it and
+     * match selectors on its server-set attributes first */
+
+    if (s->identity) {
+        rep->identity = s->identity->identity;
+        rep->server_attributes = s->identity->attributes;
+        rep->identity_mark = s->identity->mark;
+    }
+
     /* a WebSocket agent that connects again gets its config again, even if
      * it was offered on an earlier connection and never acknowledged */
     rep->force_config = (s->messages == 0
@@ -400,6 +409,7 @@ ngx_http_opamp_session_report(ngx_http_opamp_session_t *s,
         && (msg->capabilities & NGX_HTTP_OPAMP_ACAP_ACCEPTS_REMOTE_CONFIG))
     {
         m->attrs = ngx_http_opamp_fanout_attributes(msg->agent_description,
+                                                    s->identity,
                                                     s->connection->log);
     }
 
@@ -677,6 +687,7 @@ ngx_http_opamp_session_reported(ngx_http_opamp_report_t *rep, ngx_int_t rc,
 {
     ngx_http_opamp_message_t *m = data;
 
+    u_char                     uid[NGX_HTTP_OPAMP_UID_LEN];
     ngx_http_opamp_session_t  *s;
 
     s = m->session;
@@ -717,6 +728,53 @@ ngx_http_opamp_session_reported(ngx_http_opamp_report_t *rep, ngx_int_t rc,
             s->resume(s);
         }
 
+        return;
+
+    case NGX_HTTP_OPAMP_VERDICT_IDENTITY:
+        ngx_http_opamp_metrics_inc(NGX_HTTP_OPAMP_M_IDENTITY_CONFLICTS);
+
+        if (s->conf->identity_conflict == NGX_HTTP_OPAMP_IDENTITY_NEW_UID) {
+            ngx_log_error(NGX_LOG_WARN, s->connection->log, 0,
+                          "opamp: instance_uid is bound to another identity "
+                          "than \"%V\", assigning a new instance_uid",
+                          &rep->identity);
+
+            ngx_http_opamp_session_new_uid(rep->uid);
+            m->new_uid = 1;
+
+            /* nothing was stored: the agent reports again under the new
+             * uid, where it is unknown and so is asked for its full state */
+
+            rep->full_state = 0;
+            s->messages = 0;
+            break;
+        }
+
+        ngx_log_error(NGX_LOG_WARN, s->connection->log, 0,
+                      "opamp: instance_uid is bound to another identity "
+                      "than \"%V\", refused", &rep->identity);
+
+        ngx_memcpy(uid, m->reply_uid, NGX_HTTP_OPAMP_UID_LEN);
+        ngx_http_opamp_session_free_message(m);
+
+        /* a plain HTTP agent gets 403, a WebSocket agent the error and
+         * then a close (1008, policy violation): it may not go on under
+         * this uid, and another uid is its own choice to make */
+
+        s->forbidden = 1;
+
+        if (ngx_http_opamp_session_error(s, uid,
+                NGX_HTTP_OPAMP_ERR_BAD_REQUEST,
+                "instance_uid is bound to another agent identity")
+            == NGX_OK
+            && s->transport == NGX_HTTP_OPAMP_TRANSPORT_WS)
+        {
+            s->close(s, 1008, "instance_uid is bound to another agent "
+                              "identity");
+        }
+
+        s->forbidden = 0;
+        s->resume(s);
         return;
 
     case NGX_HTTP_OPAMP_VERDICT_DUPLICATE:

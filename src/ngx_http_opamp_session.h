@@ -12,6 +12,7 @@
 
 
 #include "ngx_http_opamp.h"
+#include "ngx_http_opamp_identity.h"
 
 
 typedef struct ngx_http_opamp_session_s  ngx_http_opamp_session_t;
@@ -78,6 +79,7 @@ struct ngx_http_opamp_session_s {
     uint64_t                        capabilities;  /* of the last message */
     ngx_http_opamp_view_t          *view;       /* WebSocket agents that
                                                    take remote config */
+    ngx_http_opamp_identity_t      *identity;   /* NULL: none configured */
 
     unsigned                        transport:1;
     unsigned                        has_uid:1;
@@ -87,6 +89,7 @@ struct ngx_http_opamp_session_s {
     unsigned                        closed:1;
     unsigned                        unavailable:1;   /* reply says so */
     unsigned                        bad_request:1;   /* reply says so */
+    unsigned                        forbidden:1;     /* reply says so */
     unsigned                        has_header_uid:1;
     unsigned                        recheck:1;  /* config changed while
                                                    busy */

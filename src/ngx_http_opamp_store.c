@@ -19,11 +19,11 @@ typedef struct {
 
 /*
  * The arguments of a call of each script: EVALSHA, sha1, numkeys, then
- * the keys and ARGV its header lists.  report.lua: 5 keys and 37 ARGV;
+ * the keys and ARGV its header lists.  report.lua: 5 keys and 40 ARGV;
  * check.lua and beats.lua: their keys and ARGV before the agents, then
  * as many per agent as the _AGENT_ARGC says.
  */
-#define NGX_HTTP_OPAMP_REPORT_ARGC       (3 + 5 + 37)
+#define NGX_HTTP_OPAMP_REPORT_ARGC       (3 + 5 + 40)
 #define NGX_HTTP_OPAMP_CHECK_ARGC        (3 + 2 + 5)
 #define NGX_HTTP_OPAMP_BEATS_ARGC        (3 + 1 + 2)
 
@@ -528,6 +528,13 @@ ngx_http_opamp_store_send_report(ngx_http_opamp_store_req_t *req,
     p = ngx_sprintf(custom, "%uz", rep->custom_size);
     NGX_HTTP_OPAMP_ARG_END(custom, p);
 
+    NGX_HTTP_OPAMP_ARG(ngx_http_opamp_store_str(&rep->identity),
+                       rep->identity.len);
+    NGX_HTTP_OPAMP_ARG(ngx_http_opamp_store_str(&rep->server_attributes),
+                       rep->server_attributes.len);
+    NGX_HTTP_OPAMP_ARG(ngx_http_opamp_store_str(&rep->identity_mark),
+                       rep->identity_mark.len);
+
     if (ngx_http_opamp_redis_command(argc, argv, argvlen,
                                      ngx_http_opamp_store_report_done, req)
         == NULL)
@@ -727,7 +734,7 @@ ngx_http_opamp_store_send_beats(ngx_http_opamp_store_beats_t *b,
      * separated by spaces */
     per = NGX_HTTP_OPAMP_UID_STR_LEN + 4 * NGX_INT64_LEN + 40 + conn_len
           + sizeof("websocket") + channel->len
-          + sizeof(NGX_HTTP_OPAMP_SCHEMA) + 5;
+          + sizeof(NGX_HTTP_OPAMP_SCHEMA) + 5 + 1 + 40;
 
     argv = ngx_alloc(total * (sizeof(char *) + sizeof(size_t))
                      + b->n * per, ngx_cycle->log);
@@ -789,6 +796,15 @@ ngx_http_opamp_store_send_beats(ngx_http_opamp_store_beats_t *b,
         p = ngx_sprintf(p, " %s %V " NGX_HTTP_OPAMP_SCHEMA,
                         ngx_http_opamp_transport_names[rep->transport],
                         channel);
+
+        /* the identity and server-set attributes, when configured: a
+         * heartbeat under others takes the long way, which checks them */
+
+        if (rep->identity_mark.len) {
+            *p++ = ' ';
+            p = ngx_cpymem(p, rep->identity_mark.data,
+                           rep->identity_mark.len);
+        }
 
         len = p - buf;
 

@@ -44,6 +44,8 @@ typedef enum {
 #define NGX_HTTP_OPAMP_VERDICT_DUPLICATE  2   /* uid held by a live peer */
 #define NGX_HTTP_OPAMP_VERDICT_TOO_LARGE  3   /* over opamp_max_agent_state:
                                                  nothing stored */
+#define NGX_HTTP_OPAMP_VERDICT_IDENTITY   4   /* the uid is bound to another
+                                                 identity: nothing stored */
 
 
 typedef struct {
@@ -80,6 +82,13 @@ typedef struct {
                                                  reported: its status name,
                                                  a space and the hash in
                                                  hex; empty: not reported */
+    ngx_str_t           identity;        /* opamp_agent_identity; empty:
+                                            none */
+    ngx_str_t           server_attributes;  /* opamp_agent_attribute, an
+                                               AgentDescription (protobuf);
+                                               empty: none */
+    ngx_str_t           identity_mark;   /* both digested, hex, for the
+                                            beat mark; empty: neither */
 
     /* out, valid in the handler when rc == NGX_OK */
     unsigned            full_state:1;

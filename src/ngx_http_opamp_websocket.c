@@ -74,6 +74,7 @@ ngx_http_opamp_websocket_handler(ngx_http_request_t *r)
     ngx_http_cleanup_t        *cln;
     ngx_http_opamp_ws_ctx_t   *ctx;
     ngx_http_opamp_session_t  *s;
+    ngx_http_opamp_identity_t *identity;
 
     if (r != r->main) {
         return ngx_http_opamp_http_error(r, NGX_HTTP_BAD_REQUEST,
@@ -118,6 +119,18 @@ ngx_http_opamp_websocket_handler(ngx_http_request_t *r)
                    "a WebSocket handshake must not have a body");
     }
 
+    /* who the agent is, by what nginx verified (docs/security.md) */
+
+    rc = ngx_http_opamp_identity_eval(r, &identity, &reason);
+
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (rc == NGX_DECLINED) {
+        return ngx_http_opamp_http_error(r, NGX_HTTP_FORBIDDEN, reason);
+    }
+
     if (ngx_http_opamp_ws_accept(r, &key, &accept) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -135,7 +148,8 @@ ngx_http_opamp_websocket_handler(ngx_http_request_t *r)
     }
 
     ctx = ngx_calloc(sizeof(ngx_http_opamp_ws_ctx_t)
-                     + sizeof(ngx_http_opamp_session_t), r->connection->log);
+                     + sizeof(ngx_http_opamp_session_t)
+                     + (identity ? identity->size : 0), r->connection->log);
     if (ctx == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -145,6 +159,10 @@ ngx_http_opamp_websocket_handler(ngx_http_request_t *r)
 
     s = (ngx_http_opamp_session_t *) &ctx[1];
     ngx_http_opamp_session_init(s, r, NGX_HTTP_OPAMP_TRANSPORT_WS);
+
+    if (identity) {
+        s->identity = ngx_http_opamp_identity_copy(identity, &s[1]);
+    }
 
     ctx->connection = r->connection;
     ctx->request = r;

@@ -219,6 +219,7 @@ ngx_http_opamp_admin_uid(ngx_http_request_t *r,
  *   agents/<uid>/restart            POST
  *   agents/<uid>/messages           POST
  *   agents/<uid>/retry-config       POST
+ *   agents/<uid>/identity           DELETE
  *   configs/groups                  GET
  *   configs/groups/<name>           GET PUT DELETE
  *   configs/agents/<uid>            GET PUT DELETE
@@ -330,6 +331,11 @@ ngx_http_opamp_admin_route_agents(ngx_http_request_t *r,
     if (nseg == 3 && ngx_http_opamp_seg(2, "retry-config")) {
         ctx->op = NGX_HTTP_OPAMP_ADMIN_RETRY;
         return ngx_http_opamp_admin_method(ctx, NGX_HTTP_POST, "POST");
+    }
+
+    if (nseg == 3 && ngx_http_opamp_seg(2, "identity")) {
+        ctx->op = NGX_HTTP_OPAMP_ADMIN_IDENTITY;
+        return ngx_http_opamp_admin_method(ctx, NGX_HTTP_DELETE, "DELETE");
     }
 
     return ngx_http_opamp_admin_not_found(ctx);
@@ -688,6 +694,9 @@ ngx_http_opamp_admin_run(ngx_http_opamp_admin_ctx_t *ctx)
 
     case NGX_HTTP_OPAMP_ADMIN_RETRY:
         return ngx_http_opamp_admin_retry(ctx);
+
+    case NGX_HTTP_OPAMP_ADMIN_IDENTITY:
+        return ngx_http_opamp_admin_release(ctx);
 
     case NGX_HTTP_OPAMP_ADMIN_VERSIONS:
     case NGX_HTTP_OPAMP_ADMIN_VERSION:

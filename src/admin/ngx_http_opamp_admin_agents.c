@@ -9,6 +9,7 @@
 
 #include "ngx_http_opamp_admin_internal.h"
 #include "ngx_http_opamp_gzip.h"
+#include "ngx_http_opamp_lua.h"
 #include "ngx_http_opamp_proto.h"
 #include "ngx_http_opamp_store.h"
 
@@ -60,7 +61,7 @@ static ngx_str_t  ngx_http_opamp_admin_numbers[] = {
     ngx_string("worker_pid"), ngx_string("connected_at_ms"),
     ngx_string("disconnected_at_ms"), ngx_string("config_version"),
     ngx_string("offered_ms"), ngx_string("offered_packages_ms"),
-    ngx_string("healthy"), ngx_null_string
+    ngx_string("healthy"), ngx_string("identity_bound_ms"), ngx_null_string
 };
 
 
@@ -392,6 +393,25 @@ ngx_http_opamp_admin_retry(ngx_http_opamp_admin_ctx_t *ctx)
 }
 
 
+/* DELETE agents/<uid>/identity: the uid's identity binding released
+ * (admin_identity.lua); 404 when it had none */
+
+ngx_int_t
+ngx_http_opamp_admin_release(ngx_http_opamp_admin_ctx_t *ctx)
+{
+    size_t       argvlen[1];
+    const char  *argv[1];
+
+    argv[0] = (const char *) ctx->agent_key.data;
+    argvlen[0] = ctx->agent_key.len;
+
+    return ngx_http_opamp_admin_eval_source(ctx,
+               ngx_http_opamp_lua_admin_identity,
+               sizeof(ngx_http_opamp_lua_admin_identity) - 1, 1, 1, argv,
+               argvlen);
+}
+
+
 /* POST agents/<uid>/messages {"capability": "...", "type": "...",
  *                             "data": "..."} */
 
@@ -704,7 +724,10 @@ ngx_http_opamp_admin_agent_json(ngx_http_opamp_json_t *j, redisReply *reply,
 
         /* attributes are JSON already, written by this module */
 
-        if (name.len == 10 && ngx_strncmp(name.data, "attributes", 10) == 0
+        if (((name.len == 10
+              && ngx_strncmp(name.data, "attributes", 10) == 0)
+             || (name.len == 17
+                 && ngx_strncmp(name.data, "server_attributes", 17) == 0))
             && value.len && value.data[0] == '{')
         {
             ngx_http_opamp_json_raw(j, value.data, value.len);

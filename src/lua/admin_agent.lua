@@ -11,8 +11,10 @@
 -- where each <field>_ref pair (effective_config_ref,
 -- available_components_ref) is replaced by <field> and the bytes of
 -- <prefix>shared:<kind>:<digest> ("" when that is gone), and, when it has
--- a description, "attributes": those of it that selectors match, as a
--- JSON object.  Empty when there is no agent hash.
+-- a description or server-set attributes, "attributes": those that
+-- selectors match, as a JSON object (the server-set ones winning);
+-- "server_attributes" (opamp_agent_attribute) is a JSON object too.
+-- Empty when there is no agent hash.
 
 --@include lib/protobuf.lua
 --@include lib/attributes.lua
@@ -27,7 +29,7 @@ if #h == 0 then
 end
 
 local uid = string.match(KEYS[1], '{([^{}]*)}$')
-local out, desc = { 'instance_uid', uid }, nil
+local out, desc, server = { 'instance_uid', uid }, nil, nil
 
 local status = {}
 for name, value in pairs(status_read(redis.call('GET', ARGV[1] .. 'status:{'
@@ -48,6 +50,11 @@ for _, list in ipairs({ h, status }) do
         if name == 'description' then
             desc = value
         end
+        -- what nginx set (opamp_agent_attribute), as a JSON object
+        if name == 'server_attributes' then
+            server = value
+            value = cjson.encode((attributes_of(value)))
+        end
         -- a hash of schema 2 still has "attributes" and "instance_uid"
         if name ~= 'attributes' and name ~= 'instance_uid' then
             out[#out + 1] = name
@@ -56,9 +63,14 @@ for _, list in ipairs({ h, status }) do
     end
 end
 
-if desc then
+if desc or server then
+    local attrs = attributes_of(desc)
+    -- the server-set ones win, as for selectors (lib/owed_config.lua)
+    for k, v in pairs((attributes_of(server))) do
+        attrs[k] = v
+    end
     out[#out + 1] = 'attributes'
-    out[#out + 1] = cjson.encode((attributes_of(desc)))
+    out[#out + 1] = cjson.encode(attrs)
 end
 
 return out

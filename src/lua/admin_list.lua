@@ -24,8 +24,8 @@
 -- Returns { next cursor ("" at the end), agent, agent, ... } where each
 -- agent is the flat list of the fields named in `fields` below
 -- (instance_uid from the index, attributes from the description in
--- <prefix>status:{<uid>} as a JSON object, the others from the agent
--- hash).
+-- <prefix>status:{<uid>} and the agent hash's server_attributes, which
+-- win, as a JSON object, the others from the agent hash).
 
 --@include lib/protobuf.lua
 --@include lib/attributes.lua
@@ -87,11 +87,22 @@ for _, uid in ipairs(uids) do
         local desc = status_description(redis.call('GET', prefix
                                                .. 'status:{' .. uid .. '}'))
                      or redis.call('HGET', key, 'description')
-        if desc then
+        local sa = redis.call('HGET', key, 'server_attributes')
+        if desc or sa then
             local n
             attrs, n = attributes_of(desc)
-            a[12] = cjson.encode(attrs)
             read = read + n
+            -- the server-set ones win, as for selectors
+            -- (lib/owed_config.lua)
+            if sa then
+                local t
+                t, n = attributes_of(sa)
+                for k, v in pairs(t) do
+                    attrs[k] = v
+                end
+                read = read + n
+            end
+            a[12] = cjson.encode(attrs)
         end
     end
     if ok and #want > 0 then

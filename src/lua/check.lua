@@ -71,6 +71,7 @@ for i = 6, #ARGV - 1, 2 do
     key = prefix .. 'agent:{' .. uid .. '}'
     skey = prefix .. 'status:{' .. uid .. '}'
     status_t = nil
+    server_attrs = nil
     acfg = nil
     -- one read: the config fields (1 to nc), then the rest
     local cur = redis.call('HMGET', key, unpack(check_fields))

@@ -47,13 +47,22 @@
 --          in hex
 -- ARGV[37] opamp_custom_messages_size, bytes: what the custom_messages
 --          stream may hold
+-- ARGV[38] the agent's identity (opamp_agent_identity), "" when the
+--          location names none: the first identity that reports a uid
+--          owns it (docs/security.md)
+-- ARGV[39] the server-set attributes (opamp_agent_attribute): an
+--          AgentDescription of identifying_attributes (protobuf), ""
+--          when none; they win over the agent's own for selectors
+-- ARGV[40] the worker's digest of ARGV[38] and ARGV[39] (hex), part of
+--          the beat mark; "" when both are empty
 --
 -- Heartbeats that a worker batches go to beats.lua, which takes the same
 -- short way (lib/short_way.lua); after a config change, check.lua looks
 -- at connected agents with the same owed_*() functions (lib/owed*.lua).
 --
 -- Returns { full_state (0/1), verdict (0 ok, 1 takeover, 2 duplicate,
---           3 over opamp_max_agent_state),
+--           3 over opamp_max_agent_state, 4 the uid is bound to another
+--           identity: nothing stored),
 --           holder channel, holder conn, offer connection settings (0/1),
 --           owed config hash (hex, "" for none),
 --           the owed config's hash fields (HGETALL) or an empty array,
@@ -97,7 +106,8 @@ local mask_all = mask
 local short_fields = { 'sequence_num', 'settled', 'connected',
                        'expires_ms', 'conn', 'transport', 'channel',
                        'cs_hash', 'first_seen_ms', 'schema', 'cs_again',
-                       'cs_offered_ms', 'settled_until' }
+                       'cs_offered_ms', 'settled_until', 'identity',
+                       'server_attributes' }
 
 -- what a heartbeat must match in the agent's "settled" to take the short
 -- way, but for the config_version in front: its capabilities, the
@@ -110,9 +120,14 @@ local short_fields = { 'sequence_num', 'settled', 'connected',
 -- (hash-max-listpack-value).  The worker digests the same text for a
 -- batch of beats.lua.
 local function beat_mark(caps, cs, cn, tr)
-    return string.sub(redis.sha1hex(caps .. ' ' .. cs .. ' ' .. cn .. ' '
-                                    .. tr .. ' ' .. ARGV[10] .. ' '
-                                    .. SCHEMA), 1, 16)
+    local text = caps .. ' ' .. cs .. ' ' .. cn .. ' ' .. tr .. ' '
+                 .. ARGV[10] .. ' ' .. SCHEMA
+    -- the identity and server-set attributes, when the location has them:
+    -- a heartbeat under others takes the long way, which checks them
+    if ARGV[40] ~= '' then
+        text = text .. ' ' .. ARGV[40]
+    end
+    return string.sub(redis.sha1hex(text), 1, 16)
 end
 
 --@include lib/short_way.lua
@@ -129,6 +144,15 @@ if mask == 0 and not disconnect
                  tostring(now + tonumber(ARGV[11])), nil)
 then
     return { 0, 0, cur[7], cur[5], 0, '', {}, 0, '', {}, '', '', '', {} }
+end
+
+-- The first identity that reports a uid owns it: another one is refused
+-- before anything of its message is stored or any connection is taken
+-- over (docs/security.md).  The binding goes with the agent (DELETE
+-- agents/<uid>, the retention sweep) or by DELETE agents/<uid>/identity.
+local identity = ARGV[38]
+if identity ~= '' and cur[14] and cur[14] ~= identity then
+    return { 0, 4, '', '', 0, '', {}, 0, '', {}, '', '', '', {} }
 end
 
 local fields = { 'description', 'health', 'effective_config',
@@ -391,6 +415,11 @@ else
     end
 end
 
+-- the server-set attributes as this location sets them now ("" none):
+-- when they change, the agent's config is resolved again
+server_attrs = ARGV[39]
+attrs_moved = server_attrs ~= (cur[15] or '')
+
 local set = { 'schema', SCHEMA, 'sequence_num', seq, 'capabilities', ARGV[5],
               'last_seen_ms', ARGV[1],
               'expires_ms', tostring(now + tonumber(ARGV[11])),
@@ -403,6 +432,18 @@ redis.call('ZADD', prefix .. 'agents', ARGV[1], uid)
 if not first_seen then
     set[#set + 1] = 'first_seen_ms'
     set[#set + 1] = ARGV[1]
+end
+
+if identity ~= '' and not cur[14] then
+    set[#set + 1] = 'identity'
+    set[#set + 1] = identity
+    set[#set + 1] = 'identity_bound_ms'
+    set[#set + 1] = ARGV[1]
+end
+
+if attrs_moved then
+    set[#set + 1] = 'server_attributes'
+    set[#set + 1] = server_attrs
 end
 
 if connected ~= '1' or holder ~= conn then

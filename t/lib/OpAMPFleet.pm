@@ -86,6 +86,8 @@ sub with_uid {
 
 # --- one WebSocket agent ---------------------------------------------------
 
+# %o: port, host, local (address), path, headers ({ name => value }),
+# refused (return the head of a refused handshake instead of dying)
 sub connect_ws {
     my ($class, %o) = @_;
     my $s = IO::Socket::INET->new(PeerAddr => $o{host} // '127.0.0.1',
@@ -102,10 +104,14 @@ sub connect_ws {
     syswrite($s, "GET $path HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                  . "Upgrade: websocket\r\nConnection: Upgrade\r\n"
                  . "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: $key\r\n"
+                 . join('', map { "$_: $o{headers}{$_}\r\n" }
+                                sort keys %{ $o{headers} // {} })
                  . "\r\n");
 
     my $self = bless { sock => $s, buf => '', key => $key }, $class;
     my $head = $self->_read_head(5) // die "no handshake answer\n";
+    # refused: the status line, for a test of the refusal (refused => 1)
+    return $head if $o{refused} && $head !~ m{^HTTP/1\.1 101};
     die "handshake failed: $head\n" unless $head =~ m{^HTTP/1\.1 101};
     my $accept = sha1_base64($key . '258EAFA5-E914-47DA-95CA-C5AB0DC85B11')
                  . '=';

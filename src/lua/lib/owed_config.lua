@@ -97,6 +97,20 @@ end
 -- config (one EXISTS for all instead of one HGET each)
 local own_configs = true
 
+-- The agent's server-set attributes (opamp_agent_attribute, the agent
+-- hash's server_attributes, an AgentDescription of identifying ones):
+-- report.lua sets them from its message, check.lua empties them (nil)
+-- for each agent and they are read when needed; attrs_moved: they
+-- changed, and the agent's config is resolved again
+local server_attrs, attrs_moved = nil, false
+
+local function server_attributes()
+    if server_attrs == nil then
+        server_attrs = redis.call('HGET', key, 'server_attributes') or ''
+    end
+    return server_attrs
+end
+
 -- (desc: the agent's description, protobuf)
 local function resolve(desc)
     local h = own_configs and redis.call('HGET', agent_config_key(), 'hash')
@@ -108,6 +122,13 @@ local function resolve(desc)
         return '', ''
     end
     local attrs = attributes_of(desc, selector_keys)
+    -- what nginx set wins over what the agent says of itself
+    local sa = server_attributes()
+    if sa ~= '' then
+        for k, v in pairs((attributes_of(sa, selector_keys))) do
+            attrs[k] = v
+        end
+    end
     for _, e in ipairs(groups) do
         if e[4] and matches(e[3], attrs) then
             return 'group:' .. e[1], e[4]
@@ -205,9 +226,10 @@ local function owed_config(set, caps, desc, reported, force, now, pre)
     local c = pre or redis.call('HMGET', key, unpack(config_fields))
     local desired, dhash = c[2] or '', c[3] or ''
 
-    local moved = c[1] ~= version or desc ~= ''
+    local moved = c[1] ~= version or desc ~= '' or attrs_moved
 
-    if moved and desc == '' and keeps_desired(c[1]) then
+    if moved and desc == '' and not attrs_moved and keeps_desired(c[1])
+    then
         moved = false
         if desired == scope[2] then
             -- the agent's group changed its files: only the hash moves
