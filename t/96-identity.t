@@ -293,6 +293,33 @@ my $got = OpAMPFleet::barrier_received($t, 'opamp:', \%ws, 1);
 is($got->{legit}, $BLUE2, 'the agent nginx says is blue gets it');
 is($got->{forger}, '', 'the agent that only claims blue gets nothing');
 
+# --- offers that keep agents safe --------------------------------------------
+
+# an OpAMP settings offer to a TLS endpoint carries the CA that verifies
+# it: the supervisor turns verification off for an offer without one
+for my $c (['{"opamp": {"destination_endpoint": "wss://opamp.example/v1/opamp",'
+            . ' "headers": {"headers": [{"key": "authorization", "value": '
+            . '"Bearer x"}]}}}', 400, 'wss:// without a certificate'],
+           ['{"opamp": {"destination_endpoint": "https://opamp.example/v1/opamp",'
+            . ' "certificate": {"cert": "x"}}}', 400,
+            'https:// with a certificate but no ca_cert'],
+           ['{"opamp": {"destination_endpoint": "wss://opamp.example/v1/opamp",'
+            . ' "certificate": {"ca_cert": "-----BEGIN CERTIFICATE-----\\n"}}}',
+            200, 'wss:// with certificate.ca_cert'],
+           ['{"own_metrics": {"destination_endpoint": '
+            . '"https://otlp.example:4318/v1/metrics"}}', 200,
+            'another part to an https:// endpoint']) {
+    my ($body, $want, $name) = @$c;
+    for my $path ('/admin/connection-settings',
+                  '/admin/connection-settings/agents/' . uid_text($L)) {
+        my ($cst, undef, $cb) = $t->http_post($body, -method => 'PUT',
+            -path => $path, 'Content-Type' => 'application/json');
+        is($cst, $want, "PUT $path: $name: $want");
+        like($cb, qr/needs certificate\.ca_cert/, '  saying why')
+            if $want == 400;
+    }
+}
+
 # --- the directives' limits -------------------------------------------------
 
 sub conf_with {

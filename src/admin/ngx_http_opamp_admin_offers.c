@@ -127,7 +127,8 @@ ngx_http_opamp_admin_offer_put(ngx_http_opamp_admin_ctx_t *ctx)
 /*
  * PUT connection-settings: an opamp part needs a destination_endpoint, a
  * WebSocket or HTTP URL (the spec: it MUST be one and non-empty; the
- * supervisor refuses anything else, and would reconnect for nothing).
+ * supervisor refuses anything else, and would reconnect for nothing),
+ * and for a TLS one the CA certificate that verifies it.
  * The offer's hash field is set anew at every PUT (the time and the
  * worker), so that a PUT of the same settings is offered again: the
  * scripts offer settings once per content, which includes that field.
@@ -172,6 +173,25 @@ ngx_http_opamp_admin_settings_put(ngx_http_opamp_admin_ctx_t *ctx,
             return ngx_http_opamp_admin_error(r, NGX_HTTP_BAD_REQUEST,
                        "opamp needs destination_endpoint, a ws://, wss://, "
                        "http:// or https:// URL");
+        }
+
+        /*
+         * The supervisor builds its whole server connection from the
+         * offer: without a certificate it turns TLS verification off
+         * (docs/security.md).  A TLS endpoint's offer carries the CA
+         * that verifies it.
+         */
+
+        if ((i == 1 || i == 3)
+            && (cso->opamp->certificate == NULL
+                || cso->opamp->certificate->ca_cert.len == 0))
+        {
+            protobuf_c_message_free_unpacked(&cso->base, NULL);
+            return ngx_http_opamp_admin_error(r, NGX_HTTP_BAD_REQUEST,
+                       "an opamp offer to a wss:// or https:// endpoint "
+                       "needs certificate.ca_cert: an agent that accepts "
+                       "an offer without a certificate stops verifying the "
+                       "server's TLS certificate");
         }
     }
 
