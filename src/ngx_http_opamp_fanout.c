@@ -7,10 +7,11 @@
  * src/lua/fanout.lua); the worker matches each agent it keeps a view of
  * against them, sends the agents that are owed a config their frames
  * from one encoding of it per config, and then writes what it decided
- * in bulk (src/lua/offered.lua), a few commands an agent and no script
- * call of its own.  An agent the worker cannot vouch for (no view yet,
- * a change it does not know the scope of, its own config, a fleet-wide
- * offer) is checked by Redis as before (src/lua/check.lua).
+ * in bulk (src/lua/offered.lua, src/ngx_http_opamp_fanout_offered.c), a
+ * few commands an agent and no script call of its own.  An agent the
+ * worker cannot vouch for (no view yet, a change it does not know the
+ * scope of, its own config, a fleet-wide offer) is checked by Redis as
+ * before (src/lua/check.lua).
  */
 
 
@@ -20,11 +21,6 @@
 #include "ngx_http_opamp_store.h"
 #include "ngx_http_opamp_uid.h"
 
-
-/* agents per offered.lua call: a few hundred microseconds of Redis */
-#define NGX_HTTP_OPAMP_OFFERED_BATCH  256
-
-#define NGX_HTTP_OPAMP_OFFERED_ARGC   6
 
 /* "group:" and the longest group name (docs/redis-schema.md) */
 #define NGX_HTTP_OPAMP_DESIRED_MAX    (6 + 128)
@@ -88,10 +84,6 @@ static ngx_int_t ngx_http_opamp_fanout_owe(ngx_http_opamp_fanout_t *f,
 static void ngx_http_opamp_fanout_finish(ngx_http_opamp_fanout_t *f);
 static void ngx_http_opamp_fanout_set_desired(ngx_http_opamp_view_t *v,
     u_char *desired, size_t len);
-static void ngx_http_opamp_fanout_note(ngx_http_opamp_session_t *s,
-    uint64_t version, uint64_t safe_from, const char *what);
-static void ngx_http_opamp_fanout_flush(void);
-static void ngx_http_opamp_fanout_written(redisReply *reply, void *data);
 static ngx_int_t ngx_http_opamp_fanout_number(redisReply *e,
     uint64_t *v);
 static ngx_int_t ngx_http_opamp_fanout_hash(redisReply *e, u_char *hash,
@@ -122,15 +114,6 @@ static uint64_t                     ngx_http_opamp_fanout_credit;
 /* the parts of a change still under way, and when the first began */
 static ngx_uint_t                   ngx_http_opamp_fanout_parts;
 static ngx_msec_t                   ngx_http_opamp_fanout_started;
-
-/* the decisions waiting for the next offered.lua call: six arguments an
- * agent, their bytes in one buffer */
-static ngx_uint_t                   ngx_http_opamp_offered_n;
-static u_char                      *ngx_http_opamp_offered_buf;
-static u_char                      *ngx_http_opamp_offered_pos;
-static const char                 **ngx_http_opamp_offered_argv;
-static size_t                      *ngx_http_opamp_offered_lens;
-static uint64_t                     ngx_http_opamp_offered_version;
 
 
 /*
@@ -1357,170 +1340,6 @@ ngx_http_opamp_fanout_finish(ngx_http_opamp_fanout_t *f)
     if (ngx_http_opamp_fanout_again) {
         ngx_http_opamp_fanout_again = 0;
         ngx_http_opamp_fanout_change();
-    }
-}
-
-
-/*
- * One agent's decision for the next offered.lua call: uid, connection,
- * the oldest version its settled mark may move from ("" none), its
- * desired_config ("-": it takes no config), desired_hash, and what
- * happened ("o": offered now, "c": its desired config or hash changed).
- */
-
-static void
-ngx_http_opamp_fanout_note(ngx_http_opamp_session_t *s, uint64_t version,
-    uint64_t safe_from, const char *what)
-{
-    u_char                 *p;
-    size_t                  size;
-    ngx_uint_t              argc;
-    ngx_http_opamp_view_t  *v;
-
-    if (ngx_http_opamp_offered_n
-        && (ngx_http_opamp_offered_version != version
-            || ngx_http_opamp_offered_n == NGX_HTTP_OPAMP_OFFERED_BATCH))
-    {
-        ngx_http_opamp_fanout_flush();
-    }
-
-    if (ngx_http_opamp_offered_buf == NULL) {
-        argc = 4 + NGX_HTTP_OPAMP_OFFERED_ARGC
-                   * NGX_HTTP_OPAMP_OFFERED_BATCH;
-
-        size = argc * (sizeof(char *) + sizeof(size_t))
-               + NGX_HTTP_OPAMP_OFFERED_BATCH
-                 * (NGX_HTTP_OPAMP_UID_STR_LEN + NGX_HTTP_OPAMP_CONN_ID_LEN
-                    + NGX_INT64_LEN + NGX_HTTP_OPAMP_DESIRED_MAX + 64)
-               + 2 * NGX_INT64_LEN;
-
-        ngx_http_opamp_offered_argv = ngx_alloc(size, ngx_cycle->log);
-        if (ngx_http_opamp_offered_argv == NULL) {
-            return;
-        }
-
-        ngx_http_opamp_offered_lens =
-            (size_t *) &ngx_http_opamp_offered_argv[argc];
-        ngx_http_opamp_offered_buf =
-            (u_char *) &ngx_http_opamp_offered_lens[argc];
-        ngx_http_opamp_offered_pos = ngx_http_opamp_offered_buf;
-        ngx_http_opamp_offered_version = version;
-    }
-
-    argc = 4 + NGX_HTTP_OPAMP_OFFERED_ARGC * ngx_http_opamp_offered_n;
-    p = ngx_http_opamp_offered_pos;
-    v = s->view;
-
-#define NGX_HTTP_OPAMP_OFFERED_ARG(start, end)                               \
-    ngx_http_opamp_offered_argv[argc] = (const char *) (start);             \
-    ngx_http_opamp_offered_lens[argc++] = (end) - (start)
-
-    ngx_http_opamp_uid_format(p, s->uid);
-    NGX_HTTP_OPAMP_OFFERED_ARG(p, p + NGX_HTTP_OPAMP_UID_STR_LEN);
-    p += NGX_HTTP_OPAMP_UID_STR_LEN;
-
-    NGX_HTTP_OPAMP_OFFERED_ARG(p, ngx_http_opamp_store_conn_id(p,
-                                                     s->conn_number));
-    p = (u_char *) ngx_http_opamp_offered_argv[argc - 1]
-        + ngx_http_opamp_offered_lens[argc - 1];
-
-    if (safe_from < version) {
-        NGX_HTTP_OPAMP_OFFERED_ARG(p, ngx_sprintf(p, "%uL", safe_from));
-        p += ngx_http_opamp_offered_lens[argc - 1];
-
-    } else {
-        NGX_HTTP_OPAMP_OFFERED_ARG(p, p);
-    }
-
-    if (v == NULL) {
-        NGX_HTTP_OPAMP_OFFERED_ARG("-", (const char *) "-" + 1);
-        NGX_HTTP_OPAMP_OFFERED_ARG("", (const char *) "");
-
-    } else {
-        NGX_HTTP_OPAMP_OFFERED_ARG(p, ngx_cpymem(p, v->desired,
-                                                 v->desired_len));
-        p += v->desired_len;
-
-        if (v->has_desired_hash) {
-            NGX_HTTP_OPAMP_OFFERED_ARG(p, ngx_hex_dump(p, v->desired_hash,
-                                                       32));
-            p += 64;
-
-        } else {
-            NGX_HTTP_OPAMP_OFFERED_ARG(p, p);
-        }
-    }
-
-    NGX_HTTP_OPAMP_OFFERED_ARG(what, what + ngx_strlen(what));
-
-#undef NGX_HTTP_OPAMP_OFFERED_ARG
-
-    ngx_http_opamp_offered_pos = p;
-    ngx_http_opamp_offered_n++;
-}
-
-
-static void
-ngx_http_opamp_fanout_flush(void)
-{
-    u_char                      *p;
-    ngx_uint_t                   argc;
-    ngx_time_t                  *tp;
-    ngx_http_opamp_main_conf_t  *omcf;
-
-    if (ngx_http_opamp_offered_n == 0) {
-        return;
-    }
-
-    omcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
-                                               ngx_http_opamp_module);
-
-    /* KEYS[1] and ARGV[1..3] go in front of the agents' arguments */
-
-    p = ngx_http_opamp_offered_pos;
-
-    ngx_http_opamp_offered_argv[0] = (const char *) p;
-    p = ngx_sprintf(p, "%Vfleet:gauges", &omcf->prefix);
-    ngx_http_opamp_offered_lens[0] = p - (u_char *) ngx_http_opamp_offered_argv[0];
-
-    tp = ngx_timeofday();
-    ngx_http_opamp_offered_argv[1] = (const char *) p;
-    p = ngx_sprintf(p, "%T%03M", tp->sec, tp->msec);
-    ngx_http_opamp_offered_lens[1] = p - (u_char *) ngx_http_opamp_offered_argv[1];
-
-    ngx_http_opamp_offered_argv[2] = (const char *) omcf->prefix.data;
-    ngx_http_opamp_offered_lens[2] = omcf->prefix.len;
-
-    ngx_http_opamp_offered_argv[3] = (const char *) p;
-    p = ngx_sprintf(p, "%uL", ngx_http_opamp_offered_version);
-    ngx_http_opamp_offered_lens[3] = p - (u_char *) ngx_http_opamp_offered_argv[3];
-
-    argc = 4 + NGX_HTTP_OPAMP_OFFERED_ARGC * ngx_http_opamp_offered_n;
-
-    /* fire and forget: what was decided is in the worker's memory too,
-     * and a lost write costs the agent a long way at its next message */
-
-    (void) ngx_http_opamp_store_eval(NGX_HTTP_OPAMP_SCRIPT_OFFERED, 1, argc,
-                                     ngx_http_opamp_offered_argv,
-                                     ngx_http_opamp_offered_lens,
-                                     ngx_http_opamp_fanout_written, NULL);
-
-    ngx_free(ngx_http_opamp_offered_argv);
-    ngx_http_opamp_offered_argv = NULL;
-    ngx_http_opamp_offered_lens = NULL;
-    ngx_http_opamp_offered_buf = NULL;
-    ngx_http_opamp_offered_pos = NULL;
-    ngx_http_opamp_offered_n = 0;
-}
-
-
-static void
-ngx_http_opamp_fanout_written(redisReply *reply, void *data)
-{
-    if (reply && reply->type == REDIS_REPLY_ERROR) {
-        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
-                      "opamp: writing a fleet change's decisions failed: %s",
-                      reply->str);
     }
 }
 

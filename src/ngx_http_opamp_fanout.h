@@ -79,6 +79,12 @@ void ngx_http_opamp_fanout_forget(ngx_http_opamp_session_t *s);
 /* "config" on the fleet channel: a config, group or fleet offer changed */
 void ngx_http_opamp_fanout_change(void);
 
+/* one agent's decision, written with others by the next offered.lua
+ * call (src/ngx_http_opamp_fanout_offered.c); flush: that call now */
+void ngx_http_opamp_fanout_note(ngx_http_opamp_session_t *s,
+    uint64_t version, uint64_t safe_from, const char *what);
+void ngx_http_opamp_fanout_flush(void);
+
 /* the time a fleet change takes to reach this worker's agents
  * (opamp_config_fanout_seconds): a part of it starts and ends */
 void ngx_http_opamp_fanout_begin(void);

@@ -5,68 +5,98 @@
 -- its settled mark moved to the new version when the change leaves it
 -- owed nothing, and the fleet gauges.  An agent that another connection
 -- holds now, or that a newer decision has reached, is left alone.  Two
--- commands an agent, and the gauges' few at the end: the worker says
--- what changed, so that nothing else is read or worked out here.
--- The layout is docs/redis-schema.md.
+-- commands an agent, of the fields that the decision reads or changes,
+-- and the gauges' few at the end: the worker says what changed, so that
+-- nothing else is read or worked out here.  The agents of a call share
+-- a few kinds of decision, each given once: every argument costs Redis
+-- a Lua string.  The layout is docs/redis-schema.md.
 --
 -- KEYS[1]  <prefix>fleet:gauges
 -- ARGV[1]  now, Unix ms
 -- ARGV[2]  key prefix
 -- ARGV[3]  config_version of the decisions
--- ARGV[4..] six per agent: instance uid (canonical text), connection id,
---          the oldest config_version its "settled" may be moved to
+-- ARGV[4]  "<server_id>:<pid>:", the worker's connections' prefix
+-- ARGV[5]  the number of kinds of decision, K, then four a kind: the
+--          oldest config_version an agent's "settled" may be moved to
 --          ARGV[3] from ("": never), its desired_config ("-": the agent
 --          takes no remote config; nothing of it changes), its
 --          desired_hash, and what happened: "o" when it was sent that
 --          config now, "c" when its desired config or hash changed, both,
 --          or ""
+-- ARGV[6 + 4K..] three per agent: instance uid (canonical text), the
+--          number of its connection, and its kind (1 to K)
 --
 -- Returns the number of agents written.
 
 --@include lib/gauges.lua
 
 local call = redis.call
-local now, prefix, version = ARGV[1], ARGV[2], ARGV[3]
+local now, version, conns = ARGV[1], ARGV[3], ARGV[4]
+local kprefix = ARGV[2] .. 'agent:{'
 local v = tonumber(version)
+
+local kinds = {}
+for j = 1, tonumber(ARGV[5]) do
+    local b = 2 + 4 * j
+    kinds[j] = { from = tonumber(ARGV[b]), desired = ARGV[b + 1],
+                 hash = ARGV[b + 2],
+                 offered = string.find(ARGV[b + 3], 'o', 1, true) ~= nil,
+                 changed = string.find(ARGV[b + 3], 'c', 1, true) ~= nil }
+end
 
 -- gauge moves by (old state, new state), applied once each at the end:
 -- a fan-out moves its agents between a few states
 local moves = {}
 
 local written = 0
-for i = 4, #ARGV - 5, 6 do
-    local k = prefix .. 'agent:{' .. ARGV[i] .. '}'
-    local desired, dhash, what = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
-    local f = call('HMGET', k, 'conn', 'config_version', 'settled', 'gauge',
-                   'config_hash')
-    if f[1] == ARGV[i + 1]
+for i = 6 + 4 * #kinds, #ARGV - 2, 3 do
+    local k = kprefix .. ARGV[i] .. '}'
+    local kind = kinds[tonumber(ARGV[i + 2])]
+    local desired, dhash = kind.desired, kind.hash
+    local f
+    if kind.changed then
+        f = call('HMGET', k, 'conn', 'config_version', 'settled', 'gauge',
+                 'config_hash')
+    else
+        f = call('HMGET', k, 'conn', 'config_version', 'settled')
+    end
+    if f[1] == conns .. ARGV[i + 1]
        and (desired == '-' or tonumber(f[2] or '0') <= v)
     then
-        local put
-        if desired == '-' then
-            put = {}
-        else
-            put = { 'config_version', version, 'desired_config', desired,
-                    'desired_hash', dhash }
+        local put = {}
+        if desired ~= '-' then
+            put[1] = 'config_version'
+            put[2] = version
+            if kind.changed then
+                put[3] = 'desired_config'
+                put[4] = desired
+                put[5] = 'desired_hash'
+                put[6] = dhash
+            end
         end
-        if string.find(what, 'o', 1, true) then
+        local sv, mark
+        if f[3] then
+            sv, mark = string.match(f[3], '^(%d+) (.*)$')
+            sv = tonumber(sv)
+        end
+        if kind.offered then
             put[#put + 1] = 'offered_hash'
             put[#put + 1] = dhash
             put[#put + 1] = 'offered_ms'
             put[#put + 1] = now
-            -- an offer is out: its next heartbeat takes the long way
-            put[#put + 1] = 'settled'
-            put[#put + 1] = ''
-        elseif f[3] and ARGV[i + 2] ~= '' then
-            local sv, mark = string.match(f[3], '^(%d+) (.*)$')
-            sv = tonumber(sv)
-            if sv and sv >= tonumber(ARGV[i + 2]) and sv < v then
+            -- an offer is out: its next heartbeat takes the long way, as
+            -- a mark older than config_version makes it (the one made at
+            -- this version or later is emptied)
+            if sv and sv >= v then
                 put[#put + 1] = 'settled'
-                put[#put + 1] = version .. ' ' .. mark
+                put[#put + 1] = ''
             end
+        elseif sv and kind.from and sv >= kind.from and sv < v then
+            put[#put + 1] = 'settled'
+            put[#put + 1] = version .. ' ' .. mark
         end
         local old = f[4]
-        if string.find(what, 'c', 1, true) and old and #old >= 4 then
+        if kind.changed and old and #old >= 4 then
             -- what it counts for (gauge_state() of lib/gauges.lua): the
             -- transport, health and status it counted for, and what it
             -- is owed now
