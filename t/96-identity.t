@@ -32,6 +32,7 @@ $t->start_nginx('
             opamp_agent_identity $http_x_agent_id;
             opamp_agent_identity_conflict new_uid;
         }
+        location = /v1/opamp-open { opamp; }
         location /admin/ { opamp_admin; }
         location = /metrics { opamp_metrics; }',
     location => '
@@ -137,6 +138,25 @@ ok($t->wait_for(sub { $t->error_log =~ /opamp: 403 response: the agent identity 
    'and the reason is in the error log');
 my $head = OpAMPFleet->connect_ws(port => $t->port, refused => 1);
 like($head, qr{^HTTP/1\.1 403}, 'a WebSocket handshake without one too');
+($st, undef, $body) = post('x' x 1025, msg(random_uid(),
+                                           'sequence_num: 0 capabilities: 1'));
+is($st, 403, 'an identity over 1024 bytes gets 403');
+like($body, qr/longer than 1024 bytes/, 'saying why');
+($st) = post('x' x 1024, msg(random_uid(), 'sequence_num: 0 capabilities: 1'));
+is($st, 200, 'one of 1024 bytes is taken');
+($st, undef, $body) = post('carol', msg(random_uid(),
+                                        'sequence_num: 0 capabilities: 1'),
+                           'X-Tenant' => "\xff\xfe");
+is($st, 403, 'a server-set attribute that is no UTF-8 text gets 403');
+like($body, qr/opamp_agent_attribute/, 'saying why');
+
+# a location without opamp_agent_identity neither checks nor binds
+# (docs/security.md: every OpAMP location of a fleet should have it)
+($st) = post('mallory', msg($U, 'sequence_num: 4 capabilities: 1'),
+             -path => '/v1/opamp-open');
+is($st, 200, 'a location without opamp_agent_identity does not check');
+is($t->redis('HGET', agent_key($U), 'identity'), 'alice',
+   'nor change the binding');
 
 # --- WebSocket ----------------------------------------------------------------
 
@@ -172,7 +192,7 @@ ok(defined $new && OpAMPTest::_unescape($new) ne $U,
    'with a new instance_uid');
 is($t->redis('HGET', agent_key($U), 'identity'), 'alice',
    'the uid stays bound to its owner');
-is($t->redis('HGET', agent_key($U), 'sequence_num'), '3',
+is($t->redis('HGET', agent_key($U), 'sequence_num'), '4',
    'and nothing of the message is stored under it');
 my $N = OpAMPTest::_unescape($new // '');
 ($st) = post('mallory', msg($N, "sequence_num: 0 capabilities: 1 $DESC"),
@@ -203,8 +223,13 @@ is($ast, 404, 'a second DELETE finds nothing to release');
                        -path => '/admin/agents/' . uid_text(random_uid())
                                 . '/identity');
 is($ast, 404, 'nor does one of an unknown agent');
+($ast, undef, $ab) = $t->http_post('', -method => 'GET',
+                                   -path => '/admin/audit?target=agent:'
+                                            . uid_text($U));
+like($ab, qr{"method":"DELETE","path":"/admin/agents/\Q${\ uid_text($U)}\E/identity","target":"agent:\Q${\ uid_text($U)}\E","status":204},
+     'the release is in the audit log');
 
-($st) = post('mallory', msg($U, 'sequence_num: 4 capabilities: 1'));
+($st) = post('mallory', msg($U, 'sequence_num: 5 capabilities: 1'));
 is($st, 200, 'once released, the next identity that reports the uid is '
    . 'answered');
 is($t->redis('HGET', agent_key($U), 'identity'), 'mallory',
