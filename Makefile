@@ -25,7 +25,7 @@ DEBS := nginx nginx-dev redis-server redis-tools libhiredis-dev \
         libprotobuf-c-dev protobuf-c-compiler protobuf-compiler zlib1g-dev \
         libjansson-dev libssl-dev openssl \
         libprotocol-websocket-perl libnginx-mod-nchan gcc make python3-venv \
-        prometheus
+        prometheus chromium
 
 SOURCES := config ngx_http_opamp_module.c $(wildcard src/*.c src/*.h) \
            $(wildcard src/admin/*.c src/admin/*.h) \
@@ -61,6 +61,11 @@ proto:
 src/ngx_http_opamp_lua.h: $(wildcard src/lua/*.lua src/lua/lib/*.lua) src/lua/embed.sh src/lua/expand.sh
 	sh src/lua/embed.sh src/lua/*.lua > $@.tmp && mv $@.tmp $@
 
+src/ngx_http_opamp_dashboard.h: src/dashboard/index.html \
+        src/dashboard/dashboard.css src/dashboard/dashboard.js \
+        src/dashboard/embed.sh
+	sh src/dashboard/embed.sh > $@.tmp && mv $@.tmp $@
+
 $(NGX_SRC)/objs/Makefile: $(BUILD)/.deps config
 	rm -rf $(NGX_SRC) && mkdir -p $(BUILD)
 	cp -r /usr/share/nginx/src $(NGX_SRC)
@@ -69,7 +74,8 @@ $(NGX_SRC)/objs/Makefile: $(BUILD)/.deps config
 	    --add-dynamic-module=$(TOP) >$(BUILD)/configure.log 2>&1 \
 	    || { tail -30 $(BUILD)/configure.log; exit 1; }
 
-$(MODULE): $(NGX_SRC)/objs/Makefile src/ngx_http_opamp_lua.h $(SOURCES)
+$(MODULE): $(NGX_SRC)/objs/Makefile src/ngx_http_opamp_lua.h \
+        src/ngx_http_opamp_dashboard.h $(SOURCES)
 	$(MAKE) -C $(NGX_SRC) -f objs/Makefile modules
 	@# a new file, then rename: a running nginx still maps the old one
 	cp $(NGX_SRC)/objs/ngx_http_opamp_module.so $@.tmp && mv -f $@.tmp $@
@@ -120,6 +126,7 @@ run: build
 	@echo "OpAMP server: ws://127.0.0.1:4320/v1/opamp (WebSocket)"
 	@echo "              http://127.0.0.1:4320/v1/opamp (plain HTTP POST)"
 	@echo "Admin API:    curl -s http://127.0.0.1:4320/opamp-admin/agents"
+	@echo "Dashboard:    http://127.0.0.1:4320/opamp-dashboard/"
 	@echo "Metrics:      curl -s http://127.0.0.1:4320/metrics"
 	@echo "Agent state:  redis-cli -p $(REDIS_PORT) --scan --pattern 'opamp:agent:*'"
 	@echo "Logs:         $(RUN)/logs/error.log"
@@ -262,7 +269,8 @@ $(ASAN_SRC)/objs/Makefile: $(BUILD)/.deps config
 	    --add-dynamic-module=$(TOP) >$(ASAN_DIR)/configure.log 2>&1 \
 	    || { tail -30 $(ASAN_DIR)/configure.log; exit 1; }
 
-$(ASAN_MODULE): $(ASAN_SRC)/objs/Makefile src/ngx_http_opamp_lua.h $(SOURCES)
+$(ASAN_MODULE): $(ASAN_SRC)/objs/Makefile src/ngx_http_opamp_lua.h \
+        src/ngx_http_opamp_dashboard.h $(SOURCES)
 	$(MAKE) -C $(ASAN_SRC) -f objs/Makefile modules
 	cp $(ASAN_SRC)/objs/ngx_http_opamp_module.so $@.tmp && mv -f $@.tmp $@
 

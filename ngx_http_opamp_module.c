@@ -14,6 +14,7 @@
 #include "ngx_http_opamp_metrics.h"
 #include "ngx_http_opamp_redis.h"
 #include "ngx_http_opamp_admin.h"
+#include "ngx_http_opamp_admin_dashboard.h"
 #include "ngx_http_opamp_session.h"
 #include "ngx_http_opamp_store.h"
 #include "ngx_http_opamp_sweep.h"
@@ -127,6 +128,13 @@ static ngx_command_t  ngx_http_opamp_commands[] = {
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_opamp_main_conf_t, audit_entries),
       &ngx_http_opamp_audit_bounds },
+
+    { ngx_string("opamp_dashboard"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS|NGX_CONF_TAKE1,
+      ngx_http_opamp_dashboard_directive,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
 
     { ngx_string("opamp_metrics"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
@@ -546,6 +554,9 @@ ngx_http_opamp_create_loc_conf(ngx_conf_t *cf)
     olcf->identity = NGX_CONF_UNSET_PTR;
     olcf->identity_conflict = NGX_CONF_UNSET_UINT;
     olcf->server_attributes = NGX_CONF_UNSET_PTR;
+
+    /* dashboard_api, dashboard_etag: zeroed, set by opamp_dashboard for
+     * its own location only, as the handler it sets is not inherited */
 
     return olcf;
 }

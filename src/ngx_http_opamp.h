@@ -129,6 +129,9 @@ typedef struct {
     ngx_array_t                *server_attributes;  /* of ngx_http_opamp_
                                                        server_attr_t; NULL:
                                                        none */
+
+    ngx_str_t                   dashboard_api;   /* opamp_dashboard: the */
+    ngx_str_t                   dashboard_etag;  /* page's API path, ETag */
 } ngx_http_opamp_loc_conf_t;
 
 

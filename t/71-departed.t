@@ -320,9 +320,9 @@ ok($t->wait_for(sub { zcard() == 150 }, 30),
 my $took = time - $t0;
 is(scalar(grep { $t->redis('EXISTS', key_of('agent', $_->[1])) } @live), 150,
    'every live agent is still there, scored older than the departed');
-is(dbsize(), 302, 'and nothing else is left but their hashes, '
-   . 'their status fields, the index and the fleet gauges (shared content '
-   . 'gone with the last reference)')
+is(dbsize(), 303, 'and nothing else is left but their hashes, '
+   . 'their status fields, the index, the fleet gauges and the inventory '
+   . '(shared content and component lists gone with the last reference)')
     or diag(explain [ grep { !/^\Q${P}\E(agent|status):/ }
                       @{ $t->redis('KEYS', '*') } ]);
 

@@ -228,6 +228,7 @@ ngx_http_opamp_admin_uid(ngx_http_request_t *r,
  *   configs/.../diff                GET
  *   configs/.../rollback            POST
  *   audit                           GET
+ *   fleet                           GET
  *   connection-settings[/agents/<uid>]   GET PUT DELETE
  *   packages[/agents/<uid>]              GET PUT DELETE
  */
@@ -286,6 +287,12 @@ ngx_http_opamp_admin_route(ngx_http_request_t *r,
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
+        return ngx_http_opamp_admin_method(ctx, NGX_HTTP_GET|NGX_HTTP_HEAD,
+                                           "GET, HEAD");
+    }
+
+    if (ngx_http_opamp_seg(0, "fleet") && nseg == 1) {
+        ctx->op = NGX_HTTP_OPAMP_ADMIN_FLEET;
         return ngx_http_opamp_admin_method(ctx, NGX_HTTP_GET|NGX_HTTP_HEAD,
                                            "GET, HEAD");
     }
@@ -707,6 +714,9 @@ ngx_http_opamp_admin_run(ngx_http_opamp_admin_ctx_t *ctx)
     case NGX_HTTP_OPAMP_ADMIN_AUDIT:
         return ngx_http_opamp_admin_audit_list(ctx);
 
+    case NGX_HTTP_OPAMP_ADMIN_FLEET:
+        return ngx_http_opamp_admin_fleet(ctx);
+
     default:
         break;
     }
@@ -1121,6 +1131,9 @@ ngx_http_opamp_admin_answer(ngx_http_opamp_admin_ctx_t *ctx,
 
     case NGX_HTTP_OPAMP_ADMIN_AUDIT:
         return ngx_http_opamp_admin_audit_answer(ctx, reply);
+
+    case NGX_HTTP_OPAMP_ADMIN_FLEET:
+        return ngx_http_opamp_admin_fleet_answer(ctx, reply);
 
     default:
         break;

@@ -20,7 +20,7 @@
 #define NGX_HTTP_OPAMP_ADMIN_MAX_ATTRS     16
 /* admin_list.lua's fixed arguments (KEYS[1], ARGV[1..9]) before the
  * attribute filters */
-#define NGX_HTTP_OPAMP_ADMIN_LIST_FIXED    10
+#define NGX_HTTP_OPAMP_ADMIN_LIST_FIXED    12
 
 
 /* the protobuf fields of the agent hash and their messages */
@@ -82,6 +82,8 @@ typedef struct {
     ngx_str_t                    connected;
     ngx_str_t                    healthy;
     ngx_str_t                    status;
+    ngx_str_t                    config_hash;
+    ngx_str_t                    component;
     ngx_int_t                    limit;
     const char                  *reason;     /* of a refusal */
     int                          argc;
@@ -102,7 +104,7 @@ static void ngx_http_opamp_admin_agent_field(redisReply **el, size_t i,
 
 /*
  * GET agents?limit=N&cursor=C&connected=1&healthy=0&config_status=FAILED
- *     &attr=key=value...
+ *     &config_hash=H&component=receivers/otlp&attr=key=value...
  */
 
 ngx_int_t
@@ -186,6 +188,12 @@ ngx_http_opamp_admin_list(ngx_http_opamp_admin_ctx_t *ctx)
 
     argv[9] = (const char *) from;
     argvlen[9] = ngx_sprintf(from, "%uL", ms) - from;
+    argv[10] = (const char *) (q.config_hash.len ? q.config_hash.data
+                                                 : (u_char *) "");
+    argvlen[10] = q.config_hash.len;
+    argv[11] = (const char *) (q.component.len ? q.component.data
+                                               : (u_char *) "");
+    argvlen[11] = q.component.len;
 
     return ngx_http_opamp_admin_eval(ctx, NGX_HTTP_OPAMP_SCRIPT_ADMIN_LIST, 1,
                                      q.argc, argv, argvlen);
@@ -205,6 +213,8 @@ ngx_http_opamp_admin_list_query(ngx_http_request_t *r,
     ngx_str_null(&q->connected);
     ngx_str_null(&q->healthy);
     ngx_str_null(&q->status);
+    ngx_str_null(&q->config_hash);
+    ngx_str_null(&q->component);
     q->limit = 100;
     q->argc = NGX_HTTP_OPAMP_ADMIN_LIST_FIXED;
 
@@ -291,6 +301,50 @@ ngx_http_opamp_admin_list_query(ngx_http_request_t *r,
 
             q->status = value;
 
+        } else if (name.len == 11
+                   && ngx_strncmp(name.data, "config_hash", 11) == 0)
+        {
+            /* as the agent hash holds it: lowercase hex */
+
+            for (dst = value.data; dst < value.data + value.len; dst++) {
+                if (!((*dst >= '0' && *dst <= '9')
+                      || (*dst >= 'a' && *dst <= 'f')))
+                {
+                    break;
+                }
+            }
+
+            if (value.len == 0 || value.len > 128
+                || dst != value.data + value.len)
+            {
+                q->reason = "config_hash takes 1 to 128 lowercase hex digits";
+                return NGX_DECLINED;
+            }
+
+            q->config_hash = value;
+
+        } else if (name.len == 9
+                   && ngx_strncmp(name.data, "component", 9) == 0)
+        {
+            /* "<kind>/<name>" as GET fleet's inventory names them: one
+             * line of at most 128 bytes */
+
+            for (dst = value.data; dst < value.data + value.len; dst++) {
+                if (*dst < 0x20 || *dst == 0x7f) {
+                    break;
+                }
+            }
+
+            if (value.len == 0 || value.len > 128
+                || dst != value.data + value.len)
+            {
+                q->reason = "component takes 1 to 128 bytes without "
+                            "control characters";
+                return NGX_DECLINED;
+            }
+
+            q->component = value;
+
         } else if (name.len == 4 && ngx_strncmp(name.data, "attr", 4) == 0) {
             eq = ngx_strlchr(value.data, value.data + value.len, '=');
 
@@ -311,7 +365,8 @@ ngx_http_opamp_admin_list_query(ngx_http_request_t *r,
 
         } else {
             q->reason = "unknown parameter: use limit, cursor, connected, "
-                        "healthy, config_status, attr";
+                        "healthy, config_status, config_hash, component, "
+                        "attr";
             return NGX_DECLINED;
         }
     }

@@ -8,8 +8,9 @@
  * (ngx_http_opamp_admin_configs.c), the connection settings and packages
  * offered to agents (ngx_http_opamp_admin_offers.c), the configs' versions
  * (ngx_http_opamp_admin_versions.c, their diffs in
- * ngx_http_opamp_admin_diff.c) and the audit log
- * (ngx_http_opamp_admin_audit.c).
+ * ngx_http_opamp_admin_diff.c), the audit log
+ * (ngx_http_opamp_admin_audit.c) and the fleet's gauges and inventory
+ * (ngx_http_opamp_admin_fleet.c).
  */
 
 #ifndef _NGX_HTTP_OPAMP_ADMIN_INTERNAL_H_INCLUDED_
@@ -38,7 +39,8 @@ typedef enum {
     NGX_HTTP_OPAMP_ADMIN_VERSION,         /* one version of it */
     NGX_HTTP_OPAMP_ADMIN_DIFF,            /* two versions compared */
     NGX_HTTP_OPAMP_ADMIN_ROLLBACK,        /* an earlier version put back */
-    NGX_HTTP_OPAMP_ADMIN_AUDIT            /* the audit log */
+    NGX_HTTP_OPAMP_ADMIN_AUDIT,           /* the audit log */
+    NGX_HTTP_OPAMP_ADMIN_FLEET            /* gauges and inventory */
 } ngx_http_opamp_admin_op_e;
 
 
@@ -147,6 +149,12 @@ void ngx_http_opamp_admin_audit(ngx_http_request_t *r, ngx_uint_t status,
     const char *reason);
 ngx_int_t ngx_http_opamp_admin_audit_list(ngx_http_opamp_admin_ctx_t *ctx);
 ngx_int_t ngx_http_opamp_admin_audit_answer(ngx_http_opamp_admin_ctx_t *ctx,
+    redisReply *reply);
+
+/* ngx_http_opamp_admin_fleet.c */
+
+ngx_int_t ngx_http_opamp_admin_fleet(ngx_http_opamp_admin_ctx_t *ctx);
+ngx_int_t ngx_http_opamp_admin_fleet_answer(ngx_http_opamp_admin_ctx_t *ctx,
     redisReply *reply);
 
 /* ngx_http_opamp_admin_offers.c */

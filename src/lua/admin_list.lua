@@ -19,7 +19,11 @@
 --          longest opamp_agent_timeout): with connected "1" the cursor is
 --          an offset into the index entries scored from there on, so the
 --          departed are never walked
--- ARGV[10..] attribute filters "key=value"
+-- ARGV[10] config_hash filter (hex), or ""
+-- ARGV[11] component filter "<kind>/<name>", as lib/inventory.lua names
+--          them: agents whose component list (inv_components) has it, or
+--          ""; each list is read once per call
+-- ARGV[12..] attribute filters "key=value"
 --
 -- Returns { next cursor ("" at the end), agent, agent, ... } where each
 -- agent is the flat list of the fields named in `fields` below
@@ -39,13 +43,16 @@ local fields = { 'instance_uid', 'connected', 'expires_ms', 'transport',
                  'server_id', 'worker_pid', 'sequence_num', 'capabilities',
                  'healthy', 'first_seen_ms', 'last_seen_ms', 'attributes',
                  'config_status', 'config_hash', 'desired_config',
-                 'desired_hash' }
+                 'desired_hash', 'inv_components' }
 
 local want = {}
-for i = 10, #ARGV do
+for i = 12, #ARGV do
     local k, v = string.match(ARGV[i], '^([^=]+)=(.*)$')
     want[#want + 1] = { k, v }
 end
+
+-- component lists read for the component filter: digest -> has it
+local lists = {}
 
 local LIST_FIELDS = 8192
 local read = 0
@@ -79,6 +86,23 @@ for _, uid in ipairs(uids) do
     if ok and ARGV[8] ~= '' then
         ok = (a[13] or 'UNSET') == ARGV[8]
     end
+    if ok and ARGV[10] ~= '' then
+        ok = a[14] == ARGV[10]
+    end
+    if ok and ARGV[11] ~= '' then
+        local d = a[17]
+        local hit = d and lists[d]
+        if d and hit == nil then
+            local names = redis.call('HGET', prefix .. 'fleet:inventory:lists',
+                                     d) or ''
+            hit = string.find('\n' .. names .. '\n',
+                              '\n' .. ARGV[11] .. '\n', 1, true) ~= nil
+            lists[d] = hit
+        end
+        ok = hit or false
+    end
+    -- the component list is a filter's, not the page's
+    a[17] = nil
     -- the attributes of its description, as selectors see them (a hash
     -- of schema 2 has its description in the agent hash; the status string
     -- holds it first, so only that field is read)

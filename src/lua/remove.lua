@@ -29,6 +29,7 @@
 -- { 0, 0, 0, 0 } for any other worker
 
 --@include lib/gauges.lua
+--@include lib/inventory.lua
 
 local prefix, now = ARGV[1], tonumber(ARGV[3])
 
@@ -41,6 +42,7 @@ local RECOUNT = 100
 local function remove(uid)
     local key = prefix .. 'agent:{' .. uid .. '}'
     gauge_remove(key)
+    inventory_remove(prefix, key)
     local refs = redis.call('HMGET', key, 'effective_config_ref',
                             'available_components_ref')
     for i, kind in ipairs({ 'config', 'components' }) do
@@ -60,6 +62,7 @@ end
 if ARGV[2] == 'agent' then
     local r = remove(ARGV[4]) > 0 and 1 or 0
     gauge_flush(prefix .. 'fleet:gauges')
+    inventory_flush(prefix)
     return r
 end
 
@@ -106,5 +109,6 @@ if #uids < tonumber(ARGV[5]) then
     redis.call('SET', rkey, #win < RECOUNT and 0 or from + #win)
 end
 gauge_flush(prefix .. 'fleet:gauges')
+inventory_flush(prefix)
 
 return { removed, #uids, kept, 1 }

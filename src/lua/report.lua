@@ -83,6 +83,7 @@
 --@include lib/components.lua
 --@include lib/state.lua
 --@include lib/gauges.lua
+--@include lib/inventory.lua
 
 -- the layout version of the agent hash (docs/redis-schema.md); the
 -- worker's digest of a beat_mark() says the same
@@ -645,6 +646,11 @@ if #gone > 0 then
 end
 gauge_update(key)
 gauge_flush(prefix .. 'fleet:gauges')
+-- what runs where (lib/inventory.lua): what this report changed
+inventory_update(prefix, key, has_desc and ARGV[17] or nil,
+                 math.floor(mask_all / 64) % 2 == 1, stored_status(),
+                 ARGV[26] ~= '' and ARGV[28] or nil)
+inventory_flush(prefix)
 
 if status_changed then
     local text = status_string(stored_status())

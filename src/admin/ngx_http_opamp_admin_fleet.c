@@ -1,0 +1,137 @@
+/*
+ * Copyright (C) ngx_http_opamp_module authors
+ *
+ * GET fleet (docs/admin-api.md): the fleet gauges and the inventory as
+ * JSON, read in a number of Redis steps that does not grow with the fleet
+ * (src/lua/fleet.lua, the script a scrape of opamp_metrics runs), for the
+ * dashboard's summary and inventory and any control plane.
+ */
+
+
+#include "ngx_http_opamp_admin_internal.h"
+#include "ngx_http_opamp_store.h"
+
+
+static void ngx_http_opamp_admin_fleet_hash(ngx_http_opamp_json_t *j,
+    redisReply *hash);
+
+
+ngx_int_t
+ngx_http_opamp_admin_fleet(ngx_http_opamp_admin_ctx_t *ctx)
+{
+    u_char                       since[NGX_INT64_LEN];
+    size_t                       argvlen[4];
+    uint64_t                     ms;
+    ngx_str_t                    index, gauges, inventory;
+    ngx_msec_t                   timeout;
+    ngx_time_t                  *tp;
+    const char                  *argv[4];
+    ngx_http_opamp_loc_conf_t   *olcf;
+    ngx_http_opamp_main_conf_t  *omcf;
+
+    omcf = ngx_http_get_module_main_conf(ctx->request, ngx_http_opamp_module);
+    olcf = ngx_http_get_module_loc_conf(ctx->request, ngx_http_opamp_module);
+
+    if (ngx_http_opamp_admin_key(ctx, &index, "agents", 0) != NGX_OK
+        || ngx_http_opamp_admin_key(ctx, &gauges, "fleet:gauges", 0)
+           != NGX_OK
+        || ngx_http_opamp_admin_key(ctx, &inventory, "fleet:inventory", 0)
+           != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    /* live: seen within the longest opamp_agent_timeout, as GET agents'
+     * connected=1 and opamp_fleet_agents_live count */
+
+    timeout = omcf->max_agent_timeout ? omcf->max_agent_timeout
+                                      : olcf->agent_timeout;
+    tp = ngx_timeofday();
+    ms = (uint64_t) tp->sec * 1000 + tp->msec;
+    ms = (ms > timeout) ? ms - timeout : 0;
+
+    argv[0] = (const char *) index.data;
+    argvlen[0] = index.len;
+    argv[1] = (const char *) gauges.data;
+    argvlen[1] = gauges.len;
+    argv[2] = (const char *) inventory.data;
+    argvlen[2] = inventory.len;
+    argv[3] = (const char *) since;
+    argvlen[3] = ngx_sprintf(since, "%uL", ms) - since;
+
+    return ngx_http_opamp_admin_eval(ctx, NGX_HTTP_OPAMP_SCRIPT_FLEET, 3, 4,
+                                     argv, argvlen);
+}
+
+
+ngx_int_t
+ngx_http_opamp_admin_fleet_answer(ngx_http_opamp_admin_ctx_t *ctx,
+    redisReply *reply)
+{
+    redisReply             **e;
+    ngx_http_request_t      *r;
+    ngx_http_opamp_json_t    j;
+
+    r = ctx->request;
+
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 4
+        || reply->element[0]->type != REDIS_REPLY_INTEGER
+        || reply->element[1]->type != REDIS_REPLY_INTEGER
+        || reply->element[2]->type != REDIS_REPLY_ARRAY
+        || reply->element[3]->type != REDIS_REPLY_ARRAY)
+    {
+        return ngx_http_opamp_admin_error(r, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                          "the agent state store answered "
+                                          "something else");
+    }
+
+    e = reply->element;
+
+    ngx_http_opamp_json_init(&j, r->pool);
+
+    ngx_http_opamp_json_object(&j);
+    ngx_http_opamp_json_kv(&j, "agents");
+    ngx_http_opamp_json_int(&j, e[0]->integer);
+    ngx_http_opamp_json_kv(&j, "agents_live");
+    ngx_http_opamp_json_int(&j, e[1]->integer);
+    ngx_http_opamp_json_kv(&j, "gauges");
+    ngx_http_opamp_admin_fleet_hash(&j, e[2]);
+    ngx_http_opamp_json_kv(&j, "inventory");
+    ngx_http_opamp_admin_fleet_hash(&j, e[3]);
+    ngx_http_opamp_json_close(&j, '}');
+
+    return ngx_http_opamp_admin_send(r, NGX_HTTP_OK, &j);
+}
+
+
+/* an HGETALL of counts as an object of numbers; a value that is not one
+ * (a direct write) is shown as the text it is */
+
+static void
+ngx_http_opamp_admin_fleet_hash(ngx_http_opamp_json_t *j, redisReply *hash)
+{
+    size_t       i;
+    redisReply  *k, *v;
+
+    ngx_http_opamp_json_object(j);
+
+    for (i = 0; i + 1 < hash->elements; i += 2) {
+        k = hash->element[i];
+        v = hash->element[i + 1];
+
+        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING) {
+            continue;
+        }
+
+        ngx_http_opamp_json_key(j, k->str, k->len);
+
+        if (ngx_atoof((u_char *) v->str, v->len) != NGX_ERROR) {
+            ngx_http_opamp_json_number(j, (u_char *) v->str, v->len);
+
+        } else {
+            ngx_http_opamp_json_string(j, (u_char *) v->str, v->len);
+        }
+    }
+
+    ngx_http_opamp_json_close(j, '}');
+}
