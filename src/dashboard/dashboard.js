@@ -486,7 +486,8 @@ function invTable(d, rows) {
                  '(others: past the inventory\'s bound)')
             : row.v === '' ? el('span', { cls: 'muted' }, '(none reported)')
             : el('span', { cls: d.key === 'config' ? 'mono' : '' }, row.v);
-        var count = row.v === null ? String(row.n)
+        /* no attribute is no filter of GET agents: not a link */
+        var count = row.v === null || row.v === '' ? String(row.n)
             : el('a', { href: '#/agents' + query(d.link(row.v)),
                         title: 'open the matching agents' },
                  String(row.n));
@@ -1011,6 +1012,11 @@ views.group = function (r, gen) {
                                type: 'number', value: '0' });
     var noteIn = el('input', { name: 'note', id: 'group-note', size: 40,
                                maxlength: 256 });
+    /* a staged rollout of the new files (the rollouts API), optional */
+    var stagesIn = el('input', { name: 'stages', id: 'group-stages',
+                                 size: 24, placeholder: '1, 10%, 50%, 100%' });
+    var soakIn = el('input', { name: 'soak', id: 'group-soak', size: 6,
+                               type: 'number', min: 0, placeholder: '0' });
 
     function fileEditor(fname, body, ctype) {
         var box = el('fieldset', { cls: 'file' });
@@ -1065,6 +1071,10 @@ views.group = function (r, gen) {
            el('label', null, 'priority', prioIn)),
         el('h3', null, 'Files'), filesBox,
         el('div', { cls: 'row' }, addFile),
+        isNew ? null : el('div', { cls: 'row' },
+            el('label', null, 'roll out in stages (empty: to every agent '
+               + 'at once)', stagesIn),
+            el('label', null, 'soak s', soakIn)),
         el('div', { cls: 'row' }, el('label', null, 'note for the history',
                                      noteIn), save,
            isNew ? null : del),
@@ -1093,6 +1103,16 @@ views.group = function (r, gen) {
         var prio = parseInt(prioIn.value || '0', 10);
         var body = { selector: selIn.value.trim(),
                      priority: isNaN(prio) ? 0 : prio, files: files };
+        var stages = stagesIn.value.split(',').map(function (x) {
+            x = x.trim();
+            return /^\d+$/.test(x) ? parseInt(x, 10) : x;
+        }).filter(function (x) { return x !== ''; });
+        if (stages.length) {
+            body.rollout = { stages: stages };
+            if (soakIn.value !== '') {
+                body.rollout.soak_s = parseInt(soakIn.value, 10);
+            }
+        }
         var headers = noteIn.value ? { 'OpAMP-Note': noteIn.value } : {};
         save.disabled = true;
         api('PUT', 'configs/groups/' + seg(gname), body, headers)
@@ -1124,6 +1144,9 @@ views.group = function (r, gen) {
     view.appendChild(el('h3', null, 'Agents of this group'));
     var agentsLine = el('p');
     view.appendChild(agentsLine);
+    view.appendChild(el('h3', null, 'Rollout'));
+    var rolloutBox = el('div', { id: 'group-rollout' });
+    view.appendChild(rolloutBox);
     view.appendChild(el('h3', null, 'Versions'));
     view.appendChild(versions);
     view.appendChild(diffBox);
@@ -1164,6 +1187,24 @@ views.group = function (r, gen) {
                    'FAILED agents'));
         });
     });
+
+    /* its latest rollout, live; a 404 is none (or no rollouts API) */
+    function loadRollout() {
+        return api('GET', 'rollouts/' + seg(name)).then(function (ro) {
+            if (!unchanged(rolloutBox, ro)) {
+                replace(rolloutBox, rolloutCard(ro, msg, loadRollout));
+            }
+        }, function (e) {
+            if (e.status !== 404) {
+                throw e;
+            }
+            if (!unchanged(rolloutBox, null)) {
+                replace(rolloutBox, el('p', { cls: 'muted' },
+                                       'No rollout of this group.'));
+            }
+        });
+    }
+    poll(gen, loadRollout);
 
     function loadVersions() {
         return api('GET', base + '/versions?limit=50').then(function (res) {
@@ -1265,18 +1306,92 @@ views.group = function (r, gen) {
 
 /* --- rollouts ---------------------------------------------------------- */
 
+var ROLLOUT_ACTIONS = {
+    running: ['pause', 'advance', 'abort', 'rollback'],
+    paused: ['resume', 'advance', 'abort', 'rollback']
+};
+
+/* a gate as the API writes it: a count or a share of the agents */
+function gateText(g) {
+    if (!g || typeof g !== 'object') {
+        return String(g);
+    }
+    var t = g.max_agents !== undefined ? 'at most ' + g.max_agents
+            : g.max_share !== undefined
+              ? 'at most ' + Math.round(g.max_share * 1000) / 10 + '%'
+            : JSON.stringify(g);
+    return g.within_s !== undefined ? t + ' within ' + g.within_s + ' s' : t;
+}
+
+function rolloutCard(ro, msg, reload) {
+    var c = ro.counts || {};
+    var stages = ro.stages || [];
+    var actions = ROLLOUT_ACTIONS[ro.state] || [];
+    return el('section', { cls: 'rollout', 'data-group': ro.group },
+        el('h3', null, el('a', { href: '#/group/' + seg(ro.group) },
+                          ro.group), ' ',
+           pill(ro.state || '', ro.state === 'done' ? 'ok'
+                : ro.state === 'running' ? 'warn'
+                : ro.state === 'paused' ? '' : 'bad'),
+           ' v' + ro.from_version + ' \u2192 v' + ro.to_version),
+        ro.reason ? el('p', { cls: 'msg bad' }, ro.reason) : null,
+        el('ol', { cls: 'stages' }, stages.map(function (s, i) {
+            var n = i + 1;
+            return el('li', { cls: n < ro.stage ? 'done' : n === ro.stage
+                                   ? 'now' : '' },
+                      String(s) + (ro.soak_s && ro.soak_s[i]
+                                   ? ', soak ' + ro.soak_s[i] + ' s' : ''));
+        })),
+        el('p', null, 'reached ' + (c.reached || 0) + ', running the new '
+           + 'version ' + (c.running || 0) + ', failed ' + (c.failed || 0)
+           + ', unhealthy ' + (c.unhealthy || 0) + ', disconnected '
+           + (c.disconnected || 0)),
+        el('p', { cls: 'muted' }, 'gates: ' + Object.keys(ro.gates || {})
+           .map(function (k) { return k + ' ' + gateText(ro.gates[k]); })
+           .join('; ') + (ro.on_gate ? '; on a gate: ' + ro.on_gate : '')),
+        actions.length ? el('div', { cls: 'row' }, actions.map(function (a) {
+            var b = el('button', { type: 'button', cls: a === 'abort'
+                                   || a === 'rollback' ? 'danger' : '',
+                                   'data-action': a }, a);
+            b.addEventListener('click', function () {
+                b.disabled = true;
+                api('POST', 'rollouts/' + seg(ro.group) + '/' + a)
+                    .then(function (res) {
+                        note(msg, ro.group + ': ' + a + ' done, the rollout '
+                             + 'is ' + res.state + '.', true);
+                        reload();
+                    }, function (e) {
+                        note(msg, e.message, false);
+                    }).then(function () { b.disabled = false; });
+            });
+            return b;
+        })) : null);
+}
+
 views.rollouts = function (r, gen) {
-    var box = el('div', { cls: 'scroll' });
+    var box = el('div', { id: 'rollouts' });
+    var msg = el('p', { cls: 'msg', role: 'status' });
     view.appendChild(el('h2', null, 'Rollouts'));
+    view.appendChild(msg);
     view.appendChild(box);
-    poll(gen, function () {
+    function load() {
         return api('GET', 'rollouts').then(function (res) {
-            var list = (res && (res.rollouts || res.items)) || [];
-            if (!list.length) {
-                replace(box, el('p', { cls: 'muted' }, 'No rollouts.'));
+            if (gen !== generation) {
                 return;
             }
-            replace(box, el('pre', null, JSON.stringify(list, null, 2)));
+            var list = (res && res.rollouts) || [];
+            if (unchanged(box, list)) {
+                return;
+            }
+            if (!list.length) {
+                replace(box, el('p', { cls: 'muted' },
+                    'No rollout is running or paused. A group\'s page '
+                    + 'shows its latest one.'));
+                return;
+            }
+            replace.apply(null, [box].concat(list.map(function (ro) {
+                return rolloutCard(ro, msg, load);
+            })));
         }, function (e) {
             if (e.status === 404) {
                 replace(box, el('p', { cls: 'muted', id: 'no-rollouts' },
@@ -1286,7 +1401,8 @@ views.rollouts = function (r, gen) {
             }
             throw e;
         });
-    });
+    }
+    poll(gen, load);
 };
 
 /* --- audit log --------------------------------------------------------- */
