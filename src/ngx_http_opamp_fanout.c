@@ -21,6 +21,8 @@
 #include "ngx_http_opamp_store.h"
 #include "ngx_http_opamp_uid.h"
 
+#include <ngx_sha1.h>
+
 
 /* "group:" and the longest group name (docs/redis-schema.md) */
 #define NGX_HTTP_OPAMP_DESIRED_MAX    (6 + 128)
@@ -41,6 +43,10 @@ typedef struct {
     u_char                          hash[32];
     unsigned                        matchable:1;  /* a hash, a selector
                                                      that parses */
+    unsigned                        rolling:1;  /* a staged rollout's */
+    uint64_t                        cutoff;     /* of the rollout's stage */
+    ngx_str_t                       hex;        /* a rollout's new
+                                                   version: its hash */
     ngx_uint_t                      nth;        /* among the owed */
     unsigned                        owed:1;     /* some agent is owed it */
 } ngx_http_opamp_fanout_group_t;
@@ -66,6 +72,9 @@ typedef struct {
 
 static void ngx_http_opamp_fanout_request(void);
 static void ngx_http_opamp_fanout_viewed(redisReply *reply, void *data);
+static ngx_int_t ngx_http_opamp_fanout_rollout(redisReply *e,
+    ngx_http_opamp_fanout_group_t *g, ngx_http_opamp_fanout_group_t *v);
+static uint64_t ngx_http_opamp_fanout_rank(u_char *uid);
 static ngx_int_t ngx_http_opamp_fanout_groups(redisReply *list,
     ngx_http_opamp_fanout_group_t **groups, ngx_uint_t *n);
 static ngx_int_t ngx_http_opamp_fanout_decide(ngx_http_opamp_session_t *s,
@@ -747,9 +756,9 @@ ngx_http_opamp_fanout_viewed(redisReply *reply, void *data)
     len = 0;
     nth = 0;
 
-    for (g = 0; g < ngroups; g++) {
+    for (g = 0; g < 2 * ngroups; g++) {
         if (groups[g].owed) {
-            len += groups[g].name.len + 1;
+            len += groups[g].name.len + 1 + (groups[g].hex.len ? 65 : 0);
             groups[g].nth = nth++;
         }
     }
@@ -769,9 +778,15 @@ ngx_http_opamp_fanout_viewed(redisReply *reply, void *data)
 
     p = names;
 
-    for (g = 0; g < ngroups; g++) {
+    for (g = 0; g < 2 * ngroups; g++) {
         if (groups[g].owed) {
             p = ngx_cpymem(p, groups[g].name.data, groups[g].name.len);
+
+            if (groups[g].hex.len) {
+                *p++ = '@';
+                p = ngx_cpymem(p, groups[g].hex.data, groups[g].hex.len);
+            }
+
             *p++ = '\n';
         }
     }
@@ -856,6 +871,59 @@ ngx_http_opamp_fanout_owe(ngx_http_opamp_fanout_t *f,
 }
 
 
+/* a group's staged rollout, "<to_hash> <cutoff>" or "": its new version
+ * as the group v, whose files are asked for as "<name>@<to_hash>" */
+
+static ngx_int_t
+ngx_http_opamp_fanout_rollout(redisReply *e, ngx_http_opamp_fanout_group_t *g,
+    ngx_http_opamp_fanout_group_t *v)
+{
+    u_char      *p, *last;
+    uint64_t     cutoff;
+    ngx_uint_t   has;
+    redisReply   hash;
+
+    if (e->len == 0) {
+        return NGX_OK;
+    }
+
+    if (e->len < 64 + 2 || e->str[64] != ' ') {
+        return NGX_ERROR;
+    }
+
+    hash = *e;
+    hash.len = 64;
+
+    if (ngx_http_opamp_fanout_hash(&hash, v->hash, &has) != NGX_OK || !has) {
+        return NGX_ERROR;
+    }
+
+    cutoff = 0;
+    p = (u_char *) e->str + 65;
+    last = (u_char *) e->str + e->len;
+
+    if (p == last || last - p > 12) {
+        return NGX_ERROR;
+    }
+
+    for ( /* void */ ; p < last; p++) {
+        if (*p < '0' || *p > '9') {
+            return NGX_ERROR;
+        }
+
+        cutoff = cutoff * 10 + (*p - '0');
+    }
+
+    v->name = g->name;
+    v->hex.data = (u_char *) e->str;
+    v->hex.len = 64;
+    g->rolling = 1;
+    g->cutoff = cutoff;
+
+    return NGX_OK;
+}
+
+
 /* the groups of fanout.lua's answer, their selectors parsed */
 
 static ngx_int_t
@@ -869,16 +937,16 @@ ngx_http_opamp_fanout_groups(redisReply *list,
     redisReply                    **el;
     ngx_http_opamp_fanout_group_t  *g;
 
-    *n = list->elements / 3;
+    *n = list->elements / 4;
     npairs = 0;
     el = list->element;
 
-    for (i = 0; i < *n * 3; i++) {
+    for (i = 0; i < *n * 4; i++) {
         if (el[i]->type != REDIS_REPLY_STRING) {
             return NGX_ERROR;
         }
 
-        if (i % 3 == 1) {
+        if (i % 4 == 1) {
             /* a pair per '=', at most */
             for (k = 0; k < el[i]->len; k++) {
                 npairs += (el[i]->str[k] == '=');
@@ -886,23 +954,31 @@ ngx_http_opamp_fanout_groups(redisReply *list,
         }
     }
 
-    *groups = ngx_calloc(*n * sizeof(ngx_http_opamp_fanout_group_t)
+    /* a group at i, and at n + i the new version of its staged rollout */
+
+    *groups = ngx_calloc(2 * *n * sizeof(ngx_http_opamp_fanout_group_t)
                          + 2 * npairs * sizeof(ngx_str_t) + 1,
                          ngx_cycle->log);
     if (*groups == NULL) {
         return NGX_ERROR;
     }
 
-    pairs = (ngx_str_t *) &(*groups)[*n];
+    pairs = (ngx_str_t *) &(*groups)[2 * *n];
 
     for (i = 0; i < *n; i++) {
         g = &(*groups)[i];
 
-        g->name.data = (u_char *) el[3 * i]->str;
-        g->name.len = el[3 * i]->len;
+        g->name.data = (u_char *) el[4 * i]->str;
+        g->name.len = el[4 * i]->len;
         g->pairs = pairs;
 
-        if (ngx_http_opamp_fanout_hash(el[3 * i + 2], g->hash, &has)
+        if (ngx_http_opamp_fanout_rollout(el[4 * i + 3], g, &(*groups)[*n + i])
+            != NGX_OK)
+        {
+            continue;
+        }
+
+        if (ngx_http_opamp_fanout_hash(el[4 * i + 2], g->hash, &has)
             != NGX_OK || !has)
         {
             continue;
@@ -911,8 +987,8 @@ ngx_http_opamp_fanout_groups(redisReply *list,
         /* "k=v,k2=v2" as lib/owed_config.lua's parse_selector() reads
          * it: empty pieces skipped, a piece without a key spoils it */
 
-        p = (u_char *) el[3 * i + 1]->str;
-        last = p + el[3 * i + 1]->len;
+        p = (u_char *) el[4 * i + 1]->str;
+        last = p + el[4 * i + 1]->len;
         g->matchable = 1;
 
         while (p < last) {
@@ -1085,6 +1161,16 @@ ngx_http_opamp_fanout_decide(ngx_http_opamp_session_t *s, uint64_t version,
         desired_len = 6 + groups[g].name.len;
         ngx_memcpy(ngx_cpymem(desired, "group:", 6), groups[g].name.data,
                    groups[g].name.len);
+
+        /* in the stage of the group's staged rollout, by its rank as
+         * lib/rollout.lua computes it: the new version */
+
+        if (groups[g].rolling
+            && ngx_http_opamp_fanout_rank(uid) < groups[g].cutoff)
+        {
+            g += ngroups;
+        }
+
         ngx_memcpy(hash, groups[g].hash, 32);
         has_hash = 1;
 
@@ -1368,6 +1454,24 @@ ngx_http_opamp_fanout_end(void)
 
 
 /* a decimal string of the scripts */
+
+/* the rank of a uid in staged rollouts (lib/rollout.lua): the first 32
+ * bits of the SHA-1 of its canonical text */
+
+static uint64_t
+ngx_http_opamp_fanout_rank(u_char *uid)
+{
+    u_char      digest[20];
+    ngx_sha1_t  sha1;
+
+    ngx_sha1_init(&sha1);
+    ngx_sha1_update(&sha1, uid, NGX_HTTP_OPAMP_UID_STR_LEN);
+    ngx_sha1_final(digest, &sha1);
+
+    return ((uint64_t) digest[0] << 24) | ((uint64_t) digest[1] << 16)
+           | ((uint64_t) digest[2] << 8) | digest[3];
+}
+
 
 static ngx_int_t
 ngx_http_opamp_fanout_number(redisReply *e, uint64_t *v)

@@ -137,7 +137,9 @@ static ngx_http_opamp_script_t  ngx_http_opamp_scripts[] = {
     { ngx_http_opamp_lua_fleet, sizeof(ngx_http_opamp_lua_fleet) - 1, "" },
     { ngx_http_opamp_lua_fanout, sizeof(ngx_http_opamp_lua_fanout) - 1, "" },
     { ngx_http_opamp_lua_offered,
-      sizeof(ngx_http_opamp_lua_offered) - 1, "" }
+      sizeof(ngx_http_opamp_lua_offered) - 1, "" },
+    { ngx_http_opamp_lua_rollout_tick,
+      sizeof(ngx_http_opamp_lua_rollout_tick) - 1, "" }
 };
 
 

@@ -27,6 +27,10 @@ static ngx_int_t ngx_http_opamp_admin_route_offers(ngx_http_request_t *r,
     ngx_http_opamp_admin_ctx_t *ctx, ngx_str_t *seg, ngx_uint_t nseg);
 static ngx_int_t ngx_http_opamp_admin_route_versions(
     ngx_http_opamp_admin_ctx_t *ctx, ngx_str_t *seg, ngx_uint_t nseg);
+static ngx_int_t ngx_http_opamp_admin_route_rollouts(
+    ngx_http_opamp_admin_ctx_t *ctx, ngx_str_t *seg, ngx_uint_t nseg);
+static ngx_int_t ngx_http_opamp_admin_group_name(
+    ngx_http_opamp_admin_ctx_t *ctx, ngx_str_t *name);
 static ngx_int_t ngx_http_opamp_admin_not_found(
     ngx_http_opamp_admin_ctx_t *ctx);
 static ngx_int_t ngx_http_opamp_admin_run(ngx_http_opamp_admin_ctx_t *ctx);
@@ -280,6 +284,10 @@ ngx_http_opamp_admin_route(ngx_http_request_t *r,
         return ngx_http_opamp_admin_route_offers(r, ctx, seg, nseg);
     }
 
+    if (ngx_http_opamp_seg(0, "rollouts")) {
+        return ngx_http_opamp_admin_route_rollouts(ctx, seg, nseg);
+    }
+
     if (ngx_http_opamp_seg(0, "audit") && nseg == 1) {
         ctx->op = NGX_HTTP_OPAMP_ADMIN_AUDIT;
 
@@ -355,9 +363,7 @@ static ngx_int_t
 ngx_http_opamp_admin_route_configs(ngx_http_request_t *r,
     ngx_http_opamp_admin_ctx_t *ctx, ngx_str_t *seg, ngx_uint_t nseg)
 {
-    size_t      n;
-    ngx_int_t   rc;
-    ngx_uint_t  i;
+    ngx_int_t  rc;
 
     if (ngx_http_opamp_seg(1, "groups")) {
 
@@ -367,21 +373,8 @@ ngx_http_opamp_admin_route_configs(ngx_http_request_t *r,
                        NGX_HTTP_GET|NGX_HTTP_HEAD, "GET, HEAD");
         }
 
-        /* group names go into keys: a safe alphabet, bounded */
-
-        if (seg[2].len == 0 || seg[2].len > 128) {
-            goto bad_name;
-        }
-
-        for (i = 0; i < seg[2].len; i++) {
-            n = seg[2].data[i];
-
-            if (!((n >= 'a' && n <= 'z') || (n >= 'A' && n <= 'Z')
-                  || (n >= '0' && n <= '9')
-                  || n == '.' || n == '_' || n == '-'))
-            {
-                goto bad_name;
-            }
+        if (ngx_http_opamp_admin_group_name(ctx, &seg[2]) != NGX_OK) {
+            return NGX_HTTP_BAD_REQUEST;
         }
 
         ctx->op = NGX_HTTP_OPAMP_ADMIN_CONFIG;
@@ -437,11 +430,77 @@ ngx_http_opamp_admin_route_configs(ngx_http_request_t *r,
     }
 
     return ngx_http_opamp_admin_not_found(ctx);
+}
+
+
+/* group names go into keys: a safe alphabet, bounded */
+
+static ngx_int_t
+ngx_http_opamp_admin_group_name(ngx_http_opamp_admin_ctx_t *ctx,
+    ngx_str_t *name)
+{
+    u_char      c;
+    ngx_uint_t  i;
+
+    if (name->len == 0 || name->len > 128) {
+        goto bad_name;
+    }
+
+    for (i = 0; i < name->len; i++) {
+        c = name->data[i];
+
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+              || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-'))
+        {
+            goto bad_name;
+        }
+    }
+
+    return NGX_OK;
 
 bad_name:
 
     ctx->reason = "invalid group name: 1 to 128 of A-Z a-z 0-9 . _ -";
-    return NGX_HTTP_BAD_REQUEST;
+    return NGX_ERROR;
+}
+
+
+/* rollouts, rollouts/<group>, rollouts/<group>/<action> */
+
+static ngx_int_t
+ngx_http_opamp_admin_route_rollouts(ngx_http_opamp_admin_ctx_t *ctx,
+    ngx_str_t *seg, ngx_uint_t nseg)
+{
+    if (nseg == 1) {
+        ctx->op = NGX_HTTP_OPAMP_ADMIN_ROLLOUTS;
+        return ngx_http_opamp_admin_method(ctx, NGX_HTTP_GET|NGX_HTTP_HEAD,
+                                           "GET, HEAD");
+    }
+
+    if (nseg > 3) {
+        return ngx_http_opamp_admin_not_found(ctx);
+    }
+
+    if (ngx_http_opamp_admin_group_name(ctx, &seg[1]) != NGX_OK) {
+        return NGX_HTTP_BAD_REQUEST;
+    }
+
+    ctx->op = NGX_HTTP_OPAMP_ADMIN_ROLLOUT;
+    ctx->group = 1;
+    ctx->name = seg[1];
+
+    if (nseg == 2) {
+        return ngx_http_opamp_admin_method(ctx, NGX_HTTP_GET|NGX_HTTP_HEAD,
+                                           "GET, HEAD");
+    }
+
+    if (ngx_http_opamp_admin_rollout_action(&seg[2]) != NGX_OK) {
+        return ngx_http_opamp_admin_not_found(ctx);
+    }
+
+    ctx->action = seg[2];
+
+    return ngx_http_opamp_admin_method(ctx, NGX_HTTP_POST, "POST");
 }
 
 
@@ -716,6 +775,10 @@ ngx_http_opamp_admin_run(ngx_http_opamp_admin_ctx_t *ctx)
 
     case NGX_HTTP_OPAMP_ADMIN_FLEET:
         return ngx_http_opamp_admin_fleet(ctx);
+
+    case NGX_HTTP_OPAMP_ADMIN_ROLLOUTS:
+    case NGX_HTTP_OPAMP_ADMIN_ROLLOUT:
+        return ngx_http_opamp_admin_rollouts(ctx);
 
     default:
         break;
@@ -1134,6 +1197,11 @@ ngx_http_opamp_admin_answer(ngx_http_opamp_admin_ctx_t *ctx,
 
     case NGX_HTTP_OPAMP_ADMIN_FLEET:
         return ngx_http_opamp_admin_fleet_answer(ctx, reply);
+
+    case NGX_HTTP_OPAMP_ADMIN_ROLLOUTS:
+    case NGX_HTTP_OPAMP_ADMIN_ROLLOUT:
+    case NGX_HTTP_OPAMP_ADMIN_ROLLOUT_START:
+        return ngx_http_opamp_admin_rollouts_answer(ctx, reply);
 
     default:
         break;

@@ -15,21 +15,7 @@
 #include <openssl/evp.h>
 
 
-#define NGX_HTTP_OPAMP_ADMIN_MAX_FILES     64
 
-
-/* a config as PUT: its files (pointing into the JSON body), a group's
- * selector and priority */
-
-typedef struct {
-    ngx_str_t                    names[NGX_HTTP_OPAMP_ADMIN_MAX_FILES];
-    ngx_str_t                    bodies[NGX_HTTP_OPAMP_ADMIN_MAX_FILES];
-    ngx_str_t                    types[NGX_HTTP_OPAMP_ADMIN_MAX_FILES];
-    ngx_uint_t                   n;
-    ngx_str_t                    selector;
-    ngx_str_t                    sorted;     /* the priority, as text */
-    u_char                       prio[NGX_INT64_LEN];
-} ngx_http_opamp_admin_config_t;
 
 
 static const char *ngx_http_opamp_admin_config_read(
@@ -69,7 +55,7 @@ ngx_http_opamp_admin_config_put(ngx_http_opamp_admin_ctx_t *ctx)
     u_char                          now[NGX_INT64_LEN];
     u_char                          max[NGX_INT_T_LEN];
     size_t                         *argvlen, len;
-    json_t                         *root;
+    json_t                         *root, *plan;
     ngx_int_t                       rc;
     ngx_str_t                       groups, version, fleet, author, note;
     ngx_uint_t                      i, n;
@@ -78,6 +64,7 @@ ngx_http_opamp_admin_config_put(ngx_http_opamp_admin_ctx_t *ctx)
     json_error_t                    error;
     ngx_http_request_t             *r;
     ngx_http_opamp_main_conf_t     *omcf;
+    ngx_http_opamp_admin_plan_t     rollout;
     ngx_http_opamp_admin_config_t   config;
 
     r = ctx->request;
@@ -121,6 +108,24 @@ ngx_http_opamp_admin_config_put(ngx_http_opamp_admin_ctx_t *ctx)
     {
         json_decref(root);
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    plan = ctx->group ? json_object_get(root, "rollout") : NULL;
+
+    if (plan) {
+        /* a staged rollout (ngx_http_opamp_admin_rollouts.c) */
+
+        reason = ngx_http_opamp_admin_plan_read(r, plan, &rollout);
+
+        if (reason == NULL) {
+            rc = ngx_http_opamp_admin_rollout_start(ctx, &config, &rollout,
+                                                    0);
+            json_decref(root);
+            return rc;
+        }
+
+        json_decref(root);
+        return ngx_http_opamp_admin_error(r, NGX_HTTP_BAD_REQUEST, reason);
     }
 
     if (ngx_http_opamp_admin_key(ctx, &groups, "groups", 0) != NGX_OK
@@ -232,10 +237,12 @@ ngx_http_opamp_admin_config_read(ngx_http_opamp_admin_ctx_t *ctx,
     json_object_foreach(root, name, file) {
         if (ngx_strcmp(name, "files") != 0
             && !(ctx->group && (ngx_strcmp(name, "selector") == 0
-                                || ngx_strcmp(name, "priority") == 0)))
+                                || ngx_strcmp(name, "priority") == 0
+                                || ngx_strcmp(name, "rollout") == 0)))
         {
             return ctx->group ? "unknown member: a group config has "
-                                "\"files\", \"selector\" and \"priority\""
+                                "\"files\", \"selector\", \"priority\" "
+                                "and \"rollout\""
                               : "unknown member: an agent config has "
                                 "\"files\" only";
         }
@@ -495,6 +502,7 @@ ngx_int_t
 ngx_http_opamp_admin_config_answer(ngx_http_opamp_admin_ctx_t *ctx,
     redisReply *reply)
 {
+    ngx_int_t               rc;
     ngx_http_request_t     *r;
     ngx_http_opamp_json_t   j;
 
@@ -503,6 +511,11 @@ ngx_http_opamp_admin_config_answer(ngx_http_opamp_admin_ctx_t *ctx,
     ngx_http_opamp_json_init(&j, r->pool);
 
     if (r->method & NGX_HTTP_PUT) {
+        rc = ngx_http_opamp_admin_script_error(ctx, reply);
+        if (rc != NGX_DECLINED) {
+            return rc;
+        }
+
         if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2
             || reply->element[0]->type != REDIS_REPLY_INTEGER
             || reply->element[1]->type != REDIS_REPLY_INTEGER)

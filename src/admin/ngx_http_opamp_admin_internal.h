@@ -40,7 +40,10 @@ typedef enum {
     NGX_HTTP_OPAMP_ADMIN_DIFF,            /* two versions compared */
     NGX_HTTP_OPAMP_ADMIN_ROLLBACK,        /* an earlier version put back */
     NGX_HTTP_OPAMP_ADMIN_AUDIT,           /* the audit log */
-    NGX_HTTP_OPAMP_ADMIN_FLEET            /* gauges and inventory */
+    NGX_HTTP_OPAMP_ADMIN_FLEET,           /* gauges and inventory */
+    NGX_HTTP_OPAMP_ADMIN_ROLLOUTS,        /* the rollouts in progress */
+    NGX_HTTP_OPAMP_ADMIN_ROLLOUT,         /* one group's: shown, steered */
+    NGX_HTTP_OPAMP_ADMIN_ROLLOUT_START    /* a group's PUT with a plan */
 } ngx_http_opamp_admin_op_e;
 
 
@@ -65,6 +68,7 @@ typedef struct {
 
     ngx_str_t                       vkey;     /* the config's history */
     ngx_int_t                       version;  /* of the path, or 0 */
+    ngx_str_t                       action;   /* of a rollout */
     unsigned                        audited:1;
 } ngx_http_opamp_admin_ctx_t;
 
@@ -155,6 +159,49 @@ ngx_int_t ngx_http_opamp_admin_audit_answer(ngx_http_opamp_admin_ctx_t *ctx,
 
 ngx_int_t ngx_http_opamp_admin_fleet(ngx_http_opamp_admin_ctx_t *ctx);
 ngx_int_t ngx_http_opamp_admin_fleet_answer(ngx_http_opamp_admin_ctx_t *ctx,
+    redisReply *reply);
+
+/* ngx_http_opamp_admin_configs.c, ngx_http_opamp_admin_rollouts.c */
+
+#define NGX_HTTP_OPAMP_ADMIN_MAX_FILES     64
+
+
+/* a config as PUT: its files (pointing into the JSON body), a group's
+ * selector and priority */
+
+typedef struct {
+    ngx_str_t                    names[NGX_HTTP_OPAMP_ADMIN_MAX_FILES];
+    ngx_str_t                    bodies[NGX_HTTP_OPAMP_ADMIN_MAX_FILES];
+    ngx_str_t                    types[NGX_HTTP_OPAMP_ADMIN_MAX_FILES];
+    ngx_uint_t                   n;
+    ngx_str_t                    selector;
+    ngx_str_t                    sorted;     /* the priority, as text */
+    u_char                       prio[NGX_INT64_LEN];
+} ngx_http_opamp_admin_config_t;
+
+
+/* a staged rollout's plan, as the words src/lua/rollout_start.lua keeps */
+
+typedef struct {
+    ngx_str_t                    stages;     /* "c1 f0.100000 f1.000000" */
+    ngx_str_t                    soak;       /* ms per stage */
+    ngx_str_t                    gates;      /* "<gate> <limit>[ <ms>]\n" */
+    ngx_str_t                    on_gate;    /* pause, rollback */
+} ngx_http_opamp_admin_plan_t;
+
+
+/* ngx_http_opamp_admin_rollouts.c */
+
+const char *ngx_http_opamp_admin_plan_read(ngx_http_request_t *r,
+    json_t *plan, ngx_http_opamp_admin_plan_t *out);
+ngx_int_t ngx_http_opamp_admin_rollout_start(ngx_http_opamp_admin_ctx_t *ctx,
+    ngx_http_opamp_admin_config_t *config, ngx_http_opamp_admin_plan_t *plan,
+    ngx_int_t version);
+ngx_int_t ngx_http_opamp_admin_rollouts(ngx_http_opamp_admin_ctx_t *ctx);
+ngx_int_t ngx_http_opamp_admin_rollout_action(ngx_str_t *action);
+ngx_int_t ngx_http_opamp_admin_rollouts_answer(
+    ngx_http_opamp_admin_ctx_t *ctx, redisReply *reply);
+ngx_int_t ngx_http_opamp_admin_script_error(ngx_http_opamp_admin_ctx_t *ctx,
     redisReply *reply);
 
 /* ngx_http_opamp_admin_offers.c */

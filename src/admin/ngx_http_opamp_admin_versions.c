@@ -45,6 +45,50 @@ static ngx_uint_t ngx_http_opamp_admin_is_text(redisReply *body);
  * POST configs/.../rollback?version=N            N put back
  */
 
+/* a staged rollback: {"rollout": plan}, ngx_http_opamp_admin_rollouts.c */
+
+static ngx_int_t
+ngx_http_opamp_admin_staged_rollback(ngx_http_opamp_admin_ctx_t *ctx,
+    ngx_int_t version)
+{
+    json_t                       *root;
+    ngx_int_t                     rc;
+    const char                   *reason;
+    json_error_t                  error;
+    ngx_http_opamp_admin_plan_t   plan;
+
+    root = json_loadb((const char *) ctx->body.data, ctx->body.len,
+                      JSON_REJECT_DUPLICATES, &error);
+
+    if (root == NULL || !json_is_object(root) || json_object_size(root) != 1
+        || json_object_get(root, "rollout") == NULL)
+    {
+        if (root) {
+            json_decref(root);
+        }
+
+        return ngx_http_opamp_admin_error(ctx->request, NGX_HTTP_BAD_REQUEST,
+                                          "the body of a rollback, if any, "
+                                          "must be {\"rollout\": {...}}");
+    }
+
+    reason = ngx_http_opamp_admin_plan_read(ctx->request,
+                                            json_object_get(root, "rollout"),
+                                            &plan);
+    if (reason) {
+        json_decref(root);
+        return ngx_http_opamp_admin_error(ctx->request, NGX_HTTP_BAD_REQUEST,
+                                          reason);
+    }
+
+    rc = ngx_http_opamp_admin_rollout_start(ctx, NULL, &plan, version);
+
+    json_decref(root);
+
+    return rc;
+}
+
+
 ngx_int_t
 ngx_http_opamp_admin_versions(ngx_http_opamp_admin_ctx_t *ctx)
 {
@@ -171,6 +215,11 @@ ngx_http_opamp_admin_rollback(ngx_http_opamp_admin_ctx_t *ctx)
         return ngx_http_opamp_admin_error(r, NGX_HTTP_BAD_REQUEST,
                                           "version must be the number of "
                                           "the version to put back");
+    }
+
+    if (ctx->group && ctx->body.len) {
+        /* {"rollout": {...}}: the version put back by a staged rollout */
+        return ngx_http_opamp_admin_staged_rollback(ctx, version);
     }
 
     if (ngx_http_opamp_admin_key(ctx, &groups, "groups", 0) != NGX_OK
@@ -307,7 +356,12 @@ ngx_http_opamp_admin_versions_answer(ngx_http_opamp_admin_ctx_t *ctx,
     switch (ctx->op) {
 
     case NGX_HTTP_OPAMP_ADMIN_ROLLBACK:
-        /* { config_version, version, hash } */
+        /* { config_version, version, hash }, or a refusal */
+
+        rc = ngx_http_opamp_admin_script_error(ctx, reply);
+        if (rc != NGX_DECLINED) {
+            return rc;
+        }
 
         if (reply->elements != 3 || el[0]->type != REDIS_REPLY_INTEGER
             || el[1]->type != REDIS_REPLY_INTEGER

@@ -23,11 +23,22 @@
 -- ARGV[11] note (the OpAMP-Note header), may be empty
 -- ARGV[12..] file name, body, content type, file name, body, ...
 --
--- Returns { new value of <prefix>config_version, the config's version }.
+-- Returns { new value of <prefix>config_version, the config's version },
+-- or { "error", "409", reason } while a staged rollout of the group runs.
 
 --@include lib/versions.lua
 --@include lib/version_log.lua
 --@include lib/config_write.lua
+
+-- a group's files change through its staged rollout while one runs
+if ARGV[1] == 'group' then
+    local state = redis.call('HGET', ARGV[8] .. 'rollout:group:' .. ARGV[2],
+                             'state')
+    if state == 'running' or state == 'paused' then
+        return { 'error', '409', 'a staged rollout of this group is in '
+                 .. 'progress: abort it, or let it end, first' }
+    end
+end
 
 local fields = {}
 

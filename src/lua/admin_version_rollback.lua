@@ -14,11 +14,22 @@
 -- ARGV[9]  note, may be empty
 --
 -- Returns { new value of <prefix>config_version, the config's version,
--- its config_hash }, or {} when there is no such version.
+-- its config_hash }, {} when there is no such version, or { "error",
+-- "409", reason } while a staged rollout of the group runs.
 
 --@include lib/versions.lua
 --@include lib/version_log.lua
 --@include lib/config_write.lua
+
+-- a group's files change through its staged rollout while one runs
+if ARGV[1] == 'group' then
+    local state = redis.call('HGET', ARGV[6] .. 'rollout:group:' .. ARGV[2],
+                             'state')
+    if state == 'running' or state == 'paused' then
+        return { 'error', '409', 'a staged rollout of this group is in '
+                 .. 'progress: abort it, or let it end, first' }
+    end
+end
 
 local old = version_record(KEYS[5], ARGV[5])
 if not old then

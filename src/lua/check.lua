@@ -34,6 +34,7 @@
 --@include lib/state.lua
 --@include lib/caps.lua
 --@include lib/groups.lua
+--@include lib/rollout.lua
 --@include lib/owed_config.lua
 --@include lib/owed.lua
 --@include lib/gauges.lua

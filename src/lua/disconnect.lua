@@ -7,6 +7,9 @@
 --
 -- Returns 1 when the agent was marked, 0 when another connection holds it.
 
+--@include lib/rollout.lua
+--@include lib/gauges.lua
+
 if redis.call('HGET', KEYS[1], 'conn') ~= ARGV[2] then
     return 0
 end
@@ -15,5 +18,10 @@ end
 -- long way
 redis.call('HSET', KEYS[1], 'connected', '0',
            'disconnected_at_ms', ARGV[1], 'settled', '')
+
+-- an agent of a group counts as disconnected for the version it is owed
+-- (lib/gauges.lua), which a staged rollout's gate reads
+gauge_update(KEYS[1])
+gauge_flush(string.match(KEYS[1], '^(.*)agent:{') .. 'fleet:gauges')
 
 return 1

@@ -9,12 +9,16 @@
 -- KEYS[2]  <prefix>groups
 -- ARGV[1]  key prefix
 -- ARGV[2]  names of groups whose fields to return in full (HGETALL),
---          one per line ("": none)
+--          one per line ("": none); "<name>@<config_hash>": the files of
+--          that version of the group (a rollout's new one), with its hash
 --
 -- Returns { config_version,
 --           { "<version> <scope>", ... newest first },
---           { name, selector, hash, ... by precedence: priority, then
---             name },
+--           { name, selector, hash, rollout, ... by precedence: priority,
+--             then name; rollout "<to_hash> <cutoff>" while a staged
+--             rollout of the group runs or is paused (lib/rollout.lua:
+--             agents whose rank is below the cutoff are owed to_hash),
+--             else "" },
 --           { name, HGETALL of its hash, ... for each group of ARGV[2] } }
 
 --@include lib/groups.lua
@@ -29,13 +33,27 @@ for _, e in ipairs(groups_by_precedence(KEYS[2])) do
     groups[#groups + 1] = e[1]
     groups[#groups + 1] = r[1] or ''
     groups[#groups + 1] = r[2] or ''
+    local ro = redis.call('HMGET', ARGV[1] .. 'rollout:group:' .. e[1],
+                          'state', 'to_hash', 'cutoff')
+    groups[#groups + 1] = (ro[1] == 'running' or ro[1] == 'paused')
+                          and (ro[2] .. ' ' .. ro[3]) or ''
 end
 
 local files = {}
 for name in string.gmatch(ARGV[2], '[^\n]+') do
     files[#files + 1] = name
-    files[#files + 1] = redis.call('HGETALL',
-                                   ARGV[1] .. 'config:group:' .. name)
+    local hash = string.match(name, '@(%x+)$')
+    if hash then
+        local f = redis.call('HGETALL', ARGV[1] .. 'shared:config:' .. hash)
+        if #f > 0 then
+            f[#f + 1] = 'hash'
+            f[#f + 1] = hash
+        end
+        files[#files + 1] = f
+    else
+        files[#files + 1] = redis.call('HGETALL',
+                                       ARGV[1] .. 'config:group:' .. name)
+    end
 end
 
 return { version, log, groups, files }

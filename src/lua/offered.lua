@@ -28,6 +28,7 @@
 --
 -- Returns the number of agents written.
 
+--@include lib/rollout.lua
 --@include lib/gauges.lua
 
 local call = redis.call
@@ -56,7 +57,7 @@ for i = 6 + 4 * #kinds, #ARGV - 2, 3 do
     local f
     if kind.changed then
         f = call('HMGET', k, 'conn', 'config_version', 'settled', 'gauge',
-                 'config_hash')
+                 'config_hash', 'connected', 'failed_hash')
     else
         f = call('HMGET', k, 'conn', 'config_version', 'settled')
     end
@@ -105,10 +106,13 @@ for i = 6 + 4 * #kinds, #ARGV - 2, 3 do
                 o = (string.sub(old, 3, 3) == 'A' and f[5] == dhash)
                     and 'r' or 'n'
             end
-            local g = string.sub(desired, 1, 6) == 'group:'
-                      and string.sub(desired, 7) or ''
-            local new = string.sub(old, 1, 3) .. o .. g
+            local new = string.sub(old, 1, 3) .. o
+            if string.sub(desired, 1, 6) == 'group:' then
+                new = new .. string.sub(desired, 7)
+                      .. gauge_version_part(dhash, f[6], f[7])
+            end
             if new ~= old then
+                gauge_members(k, old, new)
                 local by = moves[old]
                 if not by then
                     by = {}

@@ -28,6 +28,7 @@
 -- examined, kept (live, still in the range), 1 } for the lease holder,
 -- { 0, 0, 0, 0 } for any other worker
 
+--@include lib/rollout.lua
 --@include lib/gauges.lua
 --@include lib/inventory.lua
 

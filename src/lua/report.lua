@@ -82,6 +82,7 @@
 --@include lib/status.lua
 --@include lib/components.lua
 --@include lib/state.lua
+--@include lib/rollout.lua
 --@include lib/gauges.lua
 --@include lib/inventory.lua
 

@@ -9,7 +9,8 @@
 
 -- the agent hash's fields a state is made of, in gauge_state()'s order
 local gauge_fields = { 'gauge', 'transport', 'healthy', 'config_status',
-                       'config_hash', 'desired_config', 'desired_hash' }
+                       'config_hash', 'desired_config', 'desired_hash',
+                       'connected', 'failed_hash' }
 
 -- one character a dimension, then the group (of desired_config)
 local gauge_names = {
@@ -23,6 +24,21 @@ local gauge_names = {
 
 local gauge_status = { APPLIED = 'A', APPLYING = 'Y', FAILED = 'F' }
 
+-- the part of an agent of a group that counts by the version it is owed
+-- (the per-version counts a staged rollout's gates read,
+-- lib/rollout.lua): "@", the first 16 hex digits of desired_hash, then
+-- "1" or "0": connected, and "1" or "0": it failed that hash
+-- (failed_hash; so an agent that failed it and went back to the config
+-- it ran before still counts as having failed it)
+local function gauge_version_part(dhash, connected, failed)
+    if (dhash or '') == '' then
+        return ''
+    end
+    return '@' .. string.sub(dhash, 1, 16)
+           .. (connected == '0' and '0' or '1')
+           .. ((failed or '') == dhash and '1' or '0')
+end
+
 -- f: the values of gauge_fields, in order (an HMGET's answer)
 local function gauge_state(f)
     local t = (f[2] == 'websocket' and 'w') or (f[2] == 'http' and 'h')
@@ -35,8 +51,21 @@ local function gauge_state(f)
         o = (s == 'A' and f[5] == f[7]) and 'r' or 'n'
     end
     local g = f[6] or ''
-    g = string.sub(g, 1, 6) == 'group:' and string.sub(g, 7) or ''
-    return t .. h .. s .. o .. g
+    if string.sub(g, 1, 6) ~= 'group:' then
+        return t .. h .. s .. o
+    end
+    return t .. h .. s .. o .. string.sub(g, 7)
+           .. gauge_version_part(f[7], f[8], f[9])
+end
+
+-- a state's group and version part ("" when it has none)
+local function gauge_group(state)
+    local rest = string.sub(state, 5)
+    local at = string.find(rest, '@', 1, true)
+    if not at then
+        return rest, ''
+    end
+    return string.sub(rest, 1, at - 1), string.sub(rest, at)
 end
 
 -- the moves of this call, applied by gauge_flush(): a step of the sweep
@@ -57,7 +86,7 @@ local function gauge_move(state, by)
             add(n)
         end
     end
-    local g = string.sub(state, 5)
+    local g, part = gauge_group(state)
     if g ~= '' then
         add('group:' .. g)
         if string.sub(state, 3, 3) == 'F' then
@@ -66,6 +95,45 @@ local function gauge_move(state, by)
         if string.sub(state, 4, 4) == 'n' then
             add('group_not_running:' .. g)
         end
+    end
+    if #part == 19 then
+        -- "<group>@<hash16>": the agents owed that version of the group
+        local v = g .. string.sub(part, 1, 17)
+        add('version:' .. v)
+        if string.sub(state, 4, 4) == 'r' then
+            add('version_running:' .. v)
+        end
+        if string.sub(state, 2, 2) == '0' then
+            add('version_unhealthy:' .. v)
+        end
+        if string.sub(part, 18, 18) == '0' then
+            add('version_disconnected:' .. v)
+        end
+        if string.sub(part, 19, 19) == '1' then
+            add('version_failed:' .. v)
+        end
+    end
+end
+
+-- the agents of each group by rank (lib/rollout.lua): an agent that
+-- moves between groups moves between the sets, and one whose state had
+-- no version part yet (made before there were) is added again, which
+-- the recount does for a whole fleet after an upgrade
+local function gauge_members(k, old, new)
+    local og, opart = gauge_group(old or '')
+    local ng = gauge_group(new or '')
+    if og == ng and opart ~= '' then
+        return
+    end
+    local p, u = string.match(k, '^(.*)agent:{(.*)}$')
+    if not p then
+        return
+    end
+    if og ~= '' and og ~= ng then
+        redis.call('ZREM', p .. 'group_members:' .. og, u)
+    end
+    if ng ~= '' then
+        redis.call('ZADD', p .. 'group_members:' .. ng, rollout_rank(u), u)
     end
 end
 
@@ -92,6 +160,7 @@ local function gauge_update(k)
     if new == f[1] then
         return false
     end
+    gauge_members(k, f[1], new)
     gauge_move(f[1], -1)
     gauge_move(new, 1)
     redis.call('HSET', k, 'gauge', new)
@@ -100,5 +169,7 @@ end
 
 -- an agent hash goes: what it counted for goes with it
 local function gauge_remove(k)
-    gauge_move(redis.call('HGET', k, 'gauge'), -1)
+    local old = redis.call('HGET', k, 'gauge')
+    gauge_members(k, old, '')
+    gauge_move(old, -1)
 end

@@ -1,8 +1,10 @@
 -- lib/owed_config.lua, included after lib/protobuf.lua,
 -- lib/attributes.lua, lib/status.lua, lib/state.lua, lib/caps.lua and
 -- lib/groups.lua by
--- report.lua and check.lua: which config an agent is owed (owed_config()),
--- by its own config or the group whose selector matches its attributes.
+-- report.lua and check.lua, after lib/rollout.lua: which config an agent
+-- is owed (owed_config()), by its own config or the group whose selector
+-- matches its attributes, and, while the group rolls a new version out,
+-- by the agent's place in the rollout.
 -- Reads prefix, now_text, version_key, groups_key, timeout and the agent
 -- (key, acfg, skey, uid) of lib/state.lua, and sets its pending.  Groups,
 -- configs, the config_version and its scope are read once per call,
@@ -131,7 +133,7 @@ local function resolve(desc)
     end
     for _, e in ipairs(groups) do
         if e[4] and matches(e[3], attrs) then
-            return 'group:' .. e[1], e[4]
+            return 'group:' .. e[1], rollout_hash(prefix, e[1], uid, e[4])
         end
     end
     return '', ''
@@ -189,9 +191,6 @@ end
 -- the current hash of a group, read once per call
 local group_hash = {}
 
--- the key of a desired "group:<name>"
-local group_key = {}
-
 local function hash_of_group(name)
     local h = group_hash[name]
     if h == nil then
@@ -233,8 +232,10 @@ local function owed_config(set, caps, desc, reported, force, now, pre)
         moved = false
         if desired == scope[2] then
             -- the agent's group changed its files: only the hash moves
-            local h = hash_of_group(string.sub(desired, 7))
+            local name = string.sub(desired, 7)
+            local h = hash_of_group(name)
             if h then
+                h = rollout_hash(prefix, name, uid, h)
                 dhash = h
                 set[#set + 1] = 'desired_hash'
                 set[#set + 1] = dhash
@@ -293,12 +294,11 @@ local function owed_config(set, caps, desc, reported, force, now, pre)
         return '', {}, ''
     end
 
-    local ckey = group_key[desired]
+    local ckey
     if desired == 'agent' then
         ckey = agent_config_key()
-    elseif not ckey then
-        ckey = prefix .. 'config:group:' .. string.sub(desired, 7)
-        group_key[desired] = ckey
+    else
+        ckey = rollout_files_key(prefix, string.sub(desired, 7), dhash)
     end
 
     local files = config_files(ckey)
