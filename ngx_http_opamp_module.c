@@ -131,7 +131,7 @@ static ngx_command_t  ngx_http_opamp_commands[] = {
       &ngx_http_opamp_audit_bounds },
 
     { ngx_string("opamp_dashboard"),
-      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS|NGX_CONF_TAKE1,
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS|NGX_CONF_TAKE12,
       ngx_http_opamp_dashboard_directive,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
@@ -556,7 +556,7 @@ ngx_http_opamp_create_loc_conf(ngx_conf_t *cf)
     olcf->identity_conflict = NGX_CONF_UNSET_UINT;
     olcf->server_attributes = NGX_CONF_UNSET_PTR;
 
-    /* dashboard_api, dashboard_etag: zeroed, set by opamp_dashboard for
+    /* dashboard_api, _metrics, _etag: zeroed, set by opamp_dashboard for
      * its own location only, as the handler it sets is not inherited */
 
     return olcf;

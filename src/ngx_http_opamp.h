@@ -130,8 +130,9 @@ typedef struct {
                                                        server_attr_t; NULL:
                                                        none */
 
-    ngx_str_t                   dashboard_api;   /* opamp_dashboard: the */
-    ngx_str_t                   dashboard_etag;  /* page's API path, ETag */
+    ngx_str_t                   dashboard_api;      /* opamp_dashboard: */
+    ngx_str_t                   dashboard_metrics;  /* the page's paths, */
+    ngx_str_t                   dashboard_etag;     /* its ETag */
 } ngx_http_opamp_loc_conf_t;
 
 

@@ -40,8 +40,9 @@ my $t = OpAMPTest->new;
 $t->start_redis;
 $t->start_nginx('
         location /opamp-admin/ { opamp_admin; }
-        location /opamp-dashboard/ { opamp_dashboard /opamp-admin/; }
-        location /other/ { opamp_dashboard "/a&b\"<c>"; }
+        location = /metrics { opamp_metrics; }
+        location /opamp-dashboard/ { opamp_dashboard /opamp-admin/ /metrics; }
+        location /other/ { opamp_dashboard "/a&b\"<c>" "/m&\"<>"; }
         location /default/ { opamp_dashboard; }', workers => 2);
 
 sub get {
@@ -73,11 +74,11 @@ my $CSP = "default-src 'none'; script-src 'self'; style-src 'self'; "
         . "form-action 'none'; frame-ancestors 'none'";
 
 my $html = slurp("$ROOT/src/dashboard/index.html");
+my $page = $html =~ s{\@OPAMP_ADMIN_API\@}{/opamp-admin/}r
+                 =~ s{\@OPAMP_METRICS\@}{/metrics}r;
 my %want = (
-    '' => [ 'text/html; charset=utf-8',
-            $html =~ s/\@OPAMP_ADMIN_API\@/\/opamp-admin\//r ],
-    'index.html' => [ 'text/html; charset=utf-8',
-                      $html =~ s/\@OPAMP_ADMIN_API\@/\/opamp-admin\//r ],
+    '' => [ 'text/html; charset=utf-8', $page ],
+    'index.html' => [ 'text/html; charset=utf-8', $page ],
     'dashboard.css' => [ 'text/css; charset=utf-8',
                          slurp("$ROOT/src/dashboard/dashboard.css") ],
     'dashboard.js' => [ 'text/javascript; charset=utf-8',
@@ -128,12 +129,17 @@ is($st, 200, 'a file is its name, whatever the path before it');
 ($st, $h, $b) = get('/other/');
 like($b, qr{<meta name="opamp-admin-api" content="/a&amp;b&quot;&lt;c&gt;/">},
      'the API path HTML-escaped in the <meta>, a slash added');
+like($b, qr{<meta name="opamp-metrics" content="/m&amp;&quot;&lt;&gt;">},
+     'the metrics path HTML-escaped in its <meta>, as it is');
 isnt($h->{etag}, $etag, 'another API path: another ETag');
 ($st, $h, $b) = get('/default/');
 like($b, qr/<meta name="opamp-admin-api" content="\/opamp-admin\/">/,
      'no argument: /opamp-admin/');
+like($b, qr/<meta name="opamp-metrics" content="">/, '... and no metrics');
+is($h->{'content-length'}, length $b, '... the length of what is sent');
 
-for my $bad ('http://x/', '//x/', 'opamp-admin/') {
+for my $bad ('http://x/', '//x/', 'opamp-admin/', '/a/ metrics',
+             '/a/ //m') {
     my ($rc, $out) = $t->nginx_t($t->conf_text(
         "location /d/ { opamp_dashboard $bad; }"));
     isnt($rc, 0, "opamp_dashboard $bad: refused");

@@ -26,6 +26,9 @@ typedef struct {
 } ngx_http_opamp_dashboard_file_t;
 
 
+static ngx_int_t ngx_http_opamp_dashboard_path(ngx_conf_t *cf,
+    ngx_str_t *in, ngx_str_t *out, ngx_uint_t slash, const char *what,
+    const char *example);
 static ngx_int_t ngx_http_opamp_dashboard_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_opamp_dashboard_header(ngx_http_request_t *r,
     const char *key, ngx_str_t *value);
@@ -63,8 +66,8 @@ static ngx_str_t  ngx_http_opamp_dashboard_csp = ngx_string(
 
 
 /*
- * The API path, HTML-escaped for the <meta>, and the ETag, kept in the
- * location's conf (dashboard_api, dashboard_etag).
+ * The paths, HTML-escaped for the page's <meta>s, and the ETag, kept in
+ * the location's conf (dashboard_api, dashboard_metrics, dashboard_etag).
  */
 
 char *
@@ -73,10 +76,8 @@ ngx_http_opamp_dashboard_directive(ngx_conf_t *cf, ngx_command_t *cmd,
 {
     ngx_http_opamp_loc_conf_t *olcf = conf;
 
-    u_char                    *p;
-    size_t                     len, i;
     uint32_t                   crc;
-    ngx_str_t                 *value, api;
+    ngx_str_t                 *value, api, metrics;
     ngx_http_core_loc_conf_t  *clcf;
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
@@ -87,94 +88,43 @@ ngx_http_opamp_dashboard_directive(ngx_conf_t *cf, ngx_command_t *cmd,
 
     value = cf->args->elts;
 
-    if (cf->args->nelts == 2) {
+    if (cf->args->nelts > 1) {
         api = value[1];
 
     } else {
         ngx_str_set(&api, NGX_HTTP_OPAMP_DASHBOARD_API);
     }
 
-    /* an absolute path of the same origin: the page's connect-src is
-     * 'self', and a scheme or host here would be a mistake it cannot
-     * follow */
+    ngx_str_null(&metrics);
 
-    if (api.len == 0 || api.len > 1024 || api.data[0] != '/'
-        || (api.len > 1 && api.data[1] == '/'))
+    if (cf->args->nelts > 2) {
+        metrics = value[2];
+    }
+
+    /* the page adds the resources' names: the API path ends with a
+     * slash; the metrics path is one resource */
+
+    if (ngx_http_opamp_dashboard_path(cf, &api, &olcf->dashboard_api, 1,
+                                      "admin API", "/opamp-admin/")
+        != NGX_OK
+        || (metrics.len
+            && ngx_http_opamp_dashboard_path(cf, &metrics,
+                                             &olcf->dashboard_metrics, 0,
+                                             "metrics", "/metrics")
+               != NGX_OK))
     {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"opamp_dashboard\" takes the admin API's "
-                           "absolute path on this server, such as "
-                           "/opamp-admin/, not \"%V\"", &api);
         return NGX_CONF_ERROR;
     }
 
-    len = 0;
+    /* the files' digest, and the paths', since index.html carries them */
 
-    for (i = 0; i < api.len; i++) {
-        if (api.data[i] < 0x21 || api.data[i] == 0x7f) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "\"opamp_dashboard\": the admin API path "
-                               "\"%V\" has a space or control character",
-                               &api);
-            return NGX_CONF_ERROR;
-        }
-
-        switch (api.data[i]) {
-        case '&':
-            len += sizeof("&amp;") - 1;
-            break;
-        case '"':
-            len += sizeof("&quot;") - 1;
-            break;
-        case '<':
-        case '>':
-            len += sizeof("&lt;") - 1;
-            break;
-        default:
-            len++;
-        }
-    }
-
-    /* the page adds the resources' names: the path ends with a slash */
-
-    if (api.data[api.len - 1] != '/') {
-        len++;
-    }
-
-    p = ngx_pnalloc(cf->pool, len);
-    if (p == NULL) {
-        return NGX_CONF_ERROR;
-    }
-
-    olcf->dashboard_api.data = p;
-    olcf->dashboard_api.len = len;
-
-    for (i = 0; i < api.len; i++) {
-        switch (api.data[i]) {
-        case '&':
-            p = ngx_cpymem(p, "&amp;", 5);
-            break;
-        case '"':
-            p = ngx_cpymem(p, "&quot;", 6);
-            break;
-        case '<':
-            p = ngx_cpymem(p, "&lt;", 4);
-            break;
-        case '>':
-            p = ngx_cpymem(p, "&gt;", 4);
-            break;
-        default:
-            *p++ = api.data[i];
-        }
-    }
-
-    if (api.data[api.len - 1] != '/') {
-        *p++ = '/';
-    }
-
-    /* the files' digest, and the path's, since index.html carries it */
-
-    crc = ngx_crc32_short(olcf->dashboard_api.data, olcf->dashboard_api.len);
+    ngx_crc32_init(crc);
+    ngx_crc32_update(&crc, olcf->dashboard_api.data,
+                     olcf->dashboard_api.len);
+    ngx_crc32_update(&crc, (u_char *) " ", 1);
+    ngx_crc32_update(&crc, olcf->dashboard_metrics.data,
+                     olcf->dashboard_metrics.len);
+    ngx_crc32_final(crc);
 
     olcf->dashboard_etag.data = ngx_pnalloc(cf->pool,
                                     sizeof(NGX_HTTP_OPAMP_DASHBOARD_DIGEST)
@@ -195,6 +145,92 @@ ngx_http_opamp_dashboard_directive(ngx_conf_t *cf, ngx_command_t *cmd,
 }
 
 
+/*
+ * A path of the directive, checked and HTML-escaped into *out.  An
+ * absolute path of the same origin: the page's connect-src is 'self', and
+ * a scheme or host would be a mistake it cannot follow.
+ */
+
+static ngx_int_t
+ngx_http_opamp_dashboard_path(ngx_conf_t *cf, ngx_str_t *in, ngx_str_t *out,
+    ngx_uint_t slash, const char *what, const char *example)
+{
+    u_char  *p;
+    size_t   len, i;
+
+    if (in->len == 0 || in->len > 1024 || in->data[0] != '/'
+        || (in->len > 1 && in->data[1] == '/'))
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"opamp_dashboard\" takes the %s's absolute "
+                           "path on this server, such as %s, not \"%V\"",
+                           what, example, in);
+        return NGX_ERROR;
+    }
+
+    len = 0;
+
+    for (i = 0; i < in->len; i++) {
+        if (in->data[i] < 0x21 || in->data[i] == 0x7f) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"opamp_dashboard\": the %s path \"%V\" "
+                               "has a space or control character", what, in);
+            return NGX_ERROR;
+        }
+
+        switch (in->data[i]) {
+        case '&':
+            len += sizeof("&amp;") - 1;
+            break;
+        case '"':
+            len += sizeof("&quot;") - 1;
+            break;
+        case '<':
+        case '>':
+            len += sizeof("&lt;") - 1;
+            break;
+        default:
+            len++;
+        }
+    }
+
+    slash = slash && in->data[in->len - 1] != '/';
+
+    p = ngx_pnalloc(cf->pool, len + slash);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    out->data = p;
+    out->len = len + slash;
+
+    for (i = 0; i < in->len; i++) {
+        switch (in->data[i]) {
+        case '&':
+            p = ngx_cpymem(p, "&amp;", 5);
+            break;
+        case '"':
+            p = ngx_cpymem(p, "&quot;", 6);
+            break;
+        case '<':
+            p = ngx_cpymem(p, "&lt;", 4);
+            break;
+        case '>':
+            p = ngx_cpymem(p, "&gt;", 4);
+            break;
+        default:
+            *p++ = in->data[i];
+        }
+    }
+
+    if (slash) {
+        *p = '/';
+    }
+
+    return NGX_OK;
+}
+
+
 static ngx_int_t
 ngx_http_opamp_dashboard_handler(ngx_http_request_t *r)
 {
@@ -202,8 +238,9 @@ ngx_http_opamp_dashboard_handler(ngx_http_request_t *r)
     ngx_int_t                         rc;
     ngx_str_t                         name, value;
     ngx_buf_t                        *b;
-    ngx_uint_t                        i, n;
-    ngx_chain_t                       out[3];
+    ngx_uint_t                        i, k, n;
+    ngx_str_t                         part[5];
+    ngx_chain_t                       out[5];
     ngx_table_elt_t                  *h;
     ngx_http_opamp_loc_conf_t        *olcf;
     ngx_http_opamp_dashboard_file_t  *f;
@@ -297,46 +334,62 @@ ngx_http_opamp_dashboard_handler(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    /* the page: its head, the API path, its tail */
+    /* the page: its head, the API path, its middle, the metrics path,
+     * its tail */
 
-    n = (f == ngx_http_opamp_dashboard_files) ? 3 : 1;
+    if (f == ngx_http_opamp_dashboard_files) {
+        part[0].data = (u_char *) ngx_http_opamp_dashboard_index_head;
+        part[0].len = sizeof(ngx_http_opamp_dashboard_index_head) - 1;
+        part[1] = olcf->dashboard_api;
+        part[2].data = (u_char *) ngx_http_opamp_dashboard_index_mid;
+        part[2].len = sizeof(ngx_http_opamp_dashboard_index_mid) - 1;
+        part[3] = olcf->dashboard_metrics;
+        part[4].data = (u_char *) ngx_http_opamp_dashboard_index_tail;
+        part[4].len = sizeof(ngx_http_opamp_dashboard_index_tail) - 1;
+        n = 5;
+
+    } else {
+        part[0] = f->body;
+        n = 1;
+    }
 
     r->headers_out.content_length_n = 0;
+    k = 0;
 
     for (i = 0; i < n; i++) {
+
+        /* no metrics path: nothing there (nginx takes an empty buffer
+         * for a mistake) */
+
+        if (part[i].len == 0) {
+            continue;
+        }
+
         b = ngx_calloc_buf(r->pool);
         if (b == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        if (n == 1) {
-            b->pos = f->body.data;
-            b->last = f->body.data + f->body.len;
+        b->pos = part[i].data;
+        b->last = part[i].data + part[i].len;
+        b->memory = 1;
 
-        } else if (i == 0) {
-            b->pos = (u_char *) ngx_http_opamp_dashboard_index_head;
-            b->last = b->pos + sizeof(ngx_http_opamp_dashboard_index_head)
-                      - 1;
+        r->headers_out.content_length_n += part[i].len;
 
-        } else if (i == 1) {
-            b->pos = olcf->dashboard_api.data;
-            b->last = b->pos + olcf->dashboard_api.len;
+        out[k].buf = b;
+        out[k].next = NULL;
 
-        } else {
-            b->pos = (u_char *) ngx_http_opamp_dashboard_index_tail;
-            b->last = b->pos + sizeof(ngx_http_opamp_dashboard_index_tail)
-                      - 1;
+        if (k > 0) {
+            out[k - 1].next = &out[k];
         }
 
-        b->memory = 1;
-        b->last_buf = (i == n - 1 && r == r->main);
-        b->last_in_chain = (i == n - 1);
-
-        r->headers_out.content_length_n += b->last - b->pos;
-
-        out[i].buf = b;
-        out[i].next = (i == n - 1) ? NULL : &out[i + 1];
+        k++;
     }
+
+    /* the page's parts and the other files are never empty */
+
+    out[k - 1].buf->last_buf = (r == r->main);
+    out[k - 1].buf->last_in_chain = 1;
 
     rc = ngx_http_send_header(r);
 

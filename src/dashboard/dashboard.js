@@ -11,6 +11,10 @@
 
 var API = document.querySelector('meta[name="opamp-admin-api"]')
           .getAttribute('content') || '/opamp-admin/';
+/* this nginx's Prometheus endpoint (opamp_dashboard's second path), or
+ * none */
+var METRICS = document.querySelector('meta[name="opamp-metrics"]')
+              .getAttribute('content');
 var POLL_MS = 5000;
 var PAGE = 50;
 
@@ -323,6 +327,76 @@ function card(label, n, kind, href) {
     return el('div', { cls: 'card ' + (kind || '') }, body);
 }
 
+/* the samples of a Prometheus text exposition: name{labels} -> value */
+function parseMetrics(text) {
+    var out = {};
+    text.split('\n').forEach(function (line) {
+        var m = /^([a-z_:]+(\{[^}]*\})?) (\S+)$/.exec(line);
+        if (m) {
+            out[m[1]] = Number(m[3]);
+        }
+    });
+    return out;
+}
+
+/* a family's samples summed over their labels */
+function metricSum(samples, name) {
+    var n = 0;
+    Object.keys(samples).forEach(function (k) {
+        if (k === name || k.indexOf(name + '{') === 0) {
+            n += samples[k];
+        }
+    });
+    return n;
+}
+
+/* this nginx's own figures, from the metrics endpoint: rates between two
+ * polls */
+function serverFigures(box, gen) {
+    var last = null;
+    return function () {
+        return fetch(METRICS, { credentials: 'same-origin',
+                                cache: 'no-store' }).then(function (res) {
+            if (!res.ok) {
+                throw new ApiError('GET ' + METRICS + ' failed: '
+                                   + res.status + ' ' + res.statusText,
+                                   res.status);
+            }
+            return res.text();
+        }, function (e) {
+            throw new ApiError('GET ' + METRICS + ' failed: the server did '
+                               + 'not answer (' + e.message + ')', 0);
+        }).then(function (text) {
+            if (gen !== generation) {
+                return;
+            }
+            var s = parseMetrics(text), now = Date.now();
+            var cur = { t: now,
+                        in: metricSum(s, 'opamp_agent_messages_total'),
+                        out: metricSum(s, 'opamp_server_messages_total'),
+                        redis: metricSum(s, 'opamp_redis_commands_total') };
+            function rate(k) {
+                if (!last || now <= last.t) {
+                    return '\u2026';
+                }
+                return (Math.round((cur[k] - last[k]) * 10000
+                                   / (now - last.t)) / 10).toString();
+            }
+            replace(box,
+                card('WebSocket agents on this nginx',
+                     metricSum(s, 'opamp_websocket_connections')),
+                card('agent messages / s', rate('in')),
+                card('server messages / s', rate('out')),
+                card('Redis commands / s', rate('redis')),
+                card('Redis commands waiting',
+                     metricSum(s, 'opamp_redis_commands_waiting')),
+                card('messages refused',
+                     metricSum(s, 'opamp_refused_total')));
+            last = cur;
+        });
+    };
+}
+
 views.summary = function (r, gen) {
     var cards = el('div', { cls: 'cards', id: 'summary-cards' });
     var groups = el('div', { cls: 'scroll' });
@@ -330,6 +404,14 @@ views.summary = function (r, gen) {
     view.appendChild(cards);
     view.appendChild(el('h2', null, 'Groups'));
     view.appendChild(groups);
+    if (METRICS) {
+        var server = el('div', { cls: 'cards', id: 'server-cards' });
+        view.appendChild(el('h2', null, 'This nginx ',
+                            el('span', { cls: 'muted' }, '(' + location.host
+                                         + ', all its workers)')));
+        view.appendChild(server);
+        poll(gen, serverFigures(server, gen));
+    }
 
     poll(gen, function () {
         return api('GET', 'fleet').then(function (f) {

@@ -111,6 +111,12 @@ await check('the page loads and shows the fleet summary', async () => {
 await check('the summary counts the live agents', async () => {
     await waitText('#summary-cards', new RegExp(`${AGENTS}connected`));
 });
+await check('the summary shows this nginx\'s figures (its metrics)',
+            async () => {
+    // a rate needs two polls: the agents keep polling meanwhile
+    return waitText('#server-cards',
+                    /[1-9][\d.]*agent messages \/ s/);
+});
 await shot('summary');
 
 // --- inventory ----------------------------------------------------------
@@ -280,13 +286,22 @@ await check('keyboard: Tab reaches the views and Enter opens one',
     await page.goto('about:blank');
     await page.goto(BASE + '#/summary');
     await waitText('#summary-cards', /agents known/);
+    // from the top of the document
+    await page.evaluate(() => document.activeElement
+                              && document.activeElement.blur());
+    const seen = [];
     for (let i = 0; i < 40 && !found; i++) {
         await page.keyboard.press('Tab');
-        found = await page.evaluate(() => document.activeElement
-            && document.activeElement.getAttribute('data-view') === 'groups');
+        const at = await page.evaluate(() => {
+            const e = document.activeElement;
+            return e ? e.tagName + ':' + (e.getAttribute('data-view')
+                                          || e.textContent.slice(0, 20)) : '';
+        });
+        seen.push(at);
+        found = at === 'A:groups';
     }
     if (!found) {
-        throw new Error('no Groups link within 40 Tabs');
+        throw new Error('no Groups link within 40 Tabs: ' + seen.join(', '));
     }
     await page.keyboard.press('Enter');
     await page.waitForFunction(() => document.querySelector(
