@@ -3,7 +3,7 @@
 #ifndef _NGX_HTTP_OPAMP_DASHBOARD_H_INCLUDED_
 #define _NGX_HTTP_OPAMP_DASHBOARD_H_INCLUDED_
 
-#define NGX_HTTP_OPAMP_DASHBOARD_DIGEST  "ff85616506e5c5f6"
+#define NGX_HTTP_OPAMP_DASHBOARD_DIGEST  "7c7d86f57dfe9de2"
 
 static const char ngx_http_opamp_dashboard_index_head[] =
     "<!doctype html>\n"
@@ -1699,7 +1699,10 @@ static const char ngx_http_opamp_dashboard_js[] =
     "                : ro.state === 'running' ? 'warn'\n"
     "                : ro.state === 'paused' ? '' : 'bad'),\n"
     "           ' v' + ro.from_version + ' \\u2192 v' + ro.to_version),\n"
-    "        ro.reason ? el('p', { cls: 'msg bad' }, ro.reason) : null,\n"
+    "        ro.reason ? el('p', { cls: ro.state === 'aborted'\n"
+    "                                   || ro.state === 'rolled_back'\n"
+    "                                   ? 'msg bad' : 'muted' },\n"
+    "                       'why: ' + ro.reason) : null,\n"
     "        el('ol', { cls: 'stages' }, stages.map(function (s, i) {\n"
     "            var n = i + 1;\n"
     "            return el('li', { cls: n < ro.stage ? 'done' : n === ro.stage\n"
@@ -1711,9 +1714,12 @@ static const char ngx_http_opamp_dashboard_js[] =
     "           + 'version ' + (c.running || 0) + ', failed ' + (c.failed || 0)\n"
     "           + ', unhealthy ' + (c.unhealthy || 0) + ', disconnected '\n"
     "           + (c.disconnected || 0)),\n"
-    "        el('p', { cls: 'muted' }, 'gates: ' + Object.keys(ro.gates || {})\n"
-    "           .map(function (k) { return k + ' ' + gateText(ro.gates[k]); })\n"
-    "           .join('; ') + (ro.on_gate ? '; on a gate: ' + ro.on_gate : '')),\n"
+    "        el('p', { cls: 'muted' }, Object.keys(ro.gates || {}).length\n"
+    "           ? 'gates: ' + Object.keys(ro.gates).map(function (k) {\n"
+    "                 return k + ' ' + gateText(ro.gates[k]);\n"
+    "             }).join('; ') + (ro.on_gate ? '; on a gate: ' + ro.on_gate\n"
+    "                                         : '')\n"
+    "           : 'no gates'),\n"
     "        actions.length ? el('div', { cls: 'row' }, actions.map(function (a) {\n"
     "            var b = el('button', { type: 'button', cls: a === 'abort'\n"
     "                                   || a === 'rollback' ? 'danger' : '',\n"

@@ -347,7 +347,8 @@ ok($done, "the browser script reported its end ($n checks)");
 cmp_ok($n, '>=', 20, 'every browser check reported');
 
 for my $v (qw(summary inventory agents agent group groups agent-failed audit
-              rollouts summary-phone agents-phone inventory-phone)) {
+              rollouts rollout-done summary-phone agents-phone
+              inventory-phone)) {
     ok(-s "$shots/$v.png", "screenshot $v.png");
 }
 

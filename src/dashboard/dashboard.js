@@ -1416,7 +1416,10 @@ function rolloutCard(ro, msg, reload) {
                 : ro.state === 'running' ? 'warn'
                 : ro.state === 'paused' ? '' : 'bad'),
            ' v' + ro.from_version + ' \u2192 v' + ro.to_version),
-        ro.reason ? el('p', { cls: 'msg bad' }, ro.reason) : null,
+        ro.reason ? el('p', { cls: ro.state === 'aborted'
+                                   || ro.state === 'rolled_back'
+                                   ? 'msg bad' : 'muted' },
+                       'why: ' + ro.reason) : null,
         el('ol', { cls: 'stages' }, stages.map(function (s, i) {
             var n = i + 1;
             return el('li', { cls: n < ro.stage ? 'done' : n === ro.stage
@@ -1428,9 +1431,12 @@ function rolloutCard(ro, msg, reload) {
            + 'version ' + (c.running || 0) + ', failed ' + (c.failed || 0)
            + ', unhealthy ' + (c.unhealthy || 0) + ', disconnected '
            + (c.disconnected || 0)),
-        el('p', { cls: 'muted' }, 'gates: ' + Object.keys(ro.gates || {})
-           .map(function (k) { return k + ' ' + gateText(ro.gates[k]); })
-           .join('; ') + (ro.on_gate ? '; on a gate: ' + ro.on_gate : '')),
+        el('p', { cls: 'muted' }, Object.keys(ro.gates || {}).length
+           ? 'gates: ' + Object.keys(ro.gates).map(function (k) {
+                 return k + ' ' + gateText(ro.gates[k]);
+             }).join('; ') + (ro.on_gate ? '; on a gate: ' + ro.on_gate
+                                         : '')
+           : 'no gates'),
         actions.length ? el('div', { cls: 'row' }, actions.map(function (a) {
             var b = el('button', { type: 'button', cls: a === 'abort'
                                    || a === 'rollback' ? 'danger' : '',
