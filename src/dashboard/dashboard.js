@@ -1203,6 +1203,7 @@ views.group = function (r, gen) {
                      + short(res.config_hash) + '): connected agents get '
                      + 'it now, polling agents at their next request.',
                      true);
+                dirty = false;
                 if (isNew) {
                     location.hash = '#/group/' + seg(gname);
                 } else {
@@ -1235,26 +1236,35 @@ views.group = function (r, gen) {
 
     var base = 'configs/groups/' + seg(name);
 
-    api('GET', base).then(function (c) {
-        if (gen !== generation) {
-            return;
-        }
-        selIn.value = c.selector || '';
-        prioIn.value = String(c.priority || 0);
-        Object.keys(c.files || {}).sort().forEach(function (k) {
-            var f = c.files[k] || {};
-            fileEditor(k, typeof f.body === 'string' ? f.body
-                          : JSON.stringify(f.body), f.content_type || '');
+    /* the editor holds what the group runs; the operator's edits mark it
+     * dirty, and a rollout's end reloads it only when it is not */
+    var dirty = false;
+    form.addEventListener('input', function () { dirty = true; });
+
+    function loadConfig() {
+        return api('GET', base).then(function (c) {
+            if (gen !== generation) {
+                return;
+            }
+            clear(filesBox);
+            selIn.value = c.selector || '';
+            prioIn.value = String(c.priority || 0);
+            Object.keys(c.files || {}).sort().forEach(function (k) {
+                var f = c.files[k] || {};
+                fileEditor(k, typeof f.body === 'string' ? f.body
+                              : JSON.stringify(f.body), f.content_type || '');
+            });
+        }, function (e) {
+            if (e.status === 404) {
+                note(msg, 'No config for this group (deleted?): saving makes '
+                     + 'it.', false);
+                fileEditor('collector.yaml', '', 'text/yaml');
+            } else {
+                showError(e);
+            }
         });
-    }, function (e) {
-        if (e.status === 404) {
-            note(msg, 'No config for this group (deleted?): saving makes '
-                 + 'it.', false);
-            fileEditor('collector.yaml', '', 'text/yaml');
-        } else {
-            showError(e);
-        }
-    });
+    }
+    loadConfig();
 
     /* the group's figures, live: its agents and how many run its config */
     poll(gen, function () {
@@ -1271,8 +1281,18 @@ views.group = function (r, gen) {
     });
 
     /* its latest rollout, live; a 404 is none (or no rollouts API) */
+    var rolloutState = null;
     function loadRollout() {
         return api('GET', 'rollouts/' + seg(name)).then(function (ro) {
+            /* the group runs the new files once a rollout is done */
+            var was = rolloutState;
+            rolloutState = ro.state;
+            if ((was === 'running' || was === 'paused')
+                && ro.state !== was && ro.state !== 'running'
+                && ro.state !== 'paused' && !dirty) {
+                loadConfig();
+                loadVersions();
+            }
             if (!unchanged(rolloutBox, ro)) {
                 replace(rolloutBox, rolloutCard(ro, msg, loadRollout));
             }

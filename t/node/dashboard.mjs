@@ -259,8 +259,11 @@ await check('rollouts: it runs to its end, the agents apply it',
     await waitText('#group-rollout', new RegExp(
         `reached ${AGENTS}, running the new version ${AGENTS - 1}, `
         + 'failed 1'));
-    return waitText('#group-figures', new RegExp(
+    await waitText('#group-figures', new RegExp(
         `^${AGENTS} agents, 1 FAILED, 1 not running`));
+    // the editor, loaded while the rollout ran, shows the new files now
+    await page.waitForFunction(() => /otlphttp/.test(document.querySelector(
+        'fieldset.file .file-body').value), null, { timeout: WAIT });
 });
 await shot('rollout-done');
 
