@@ -20,15 +20,13 @@ use warnings;
 use Test::More;
 use FindBin;
 use lib "$FindBin::Bin/lib";
-use IO::Select;
 use JSON::PP;
 use POSIX qw(ceil);
-use Digest::SHA qw(sha1_hex);
-use File::Temp qw(tempdir);
 use Time::HiRes qw(time sleep);
 
 use OpAMPTest;
 use OpAMPFleet;
+use OpAMPAgents;
 
 my $P = 'opamp:';
 my $N = $ENV{TEST_ROLLOUT_AGENTS} // 1000;
@@ -63,159 +61,23 @@ sub group_body {
     return $json->encode(\%b);
 }
 
-sub rank { hex substr(sha1_hex(OpAMPFleet::uid_text($_[0])), 0, 8) }
 
-# --- the simulated fleet ----------------------------------------------------
-
-# one protoc call decodes a round's messages: a message of their repeated
-# field, written here byte by byte
-my $pdir = tempdir(CLEANUP => 1);
-{
-    open my $f, '>', "$pdir/batch.proto" or die;
-    print $f "syntax = \"proto3\";\nimport \"opamp/v1/opamp.proto\";\n"
-             . "message Batch { repeated opamp.proto.v1.ServerToAgent m = 1; }\n";
-    close $f;
-}
-
-sub varint {
-    my ($n) = @_;
-    my $s = '';
-    while ($n >= 0x80) { $s .= chr(($n & 0x7f) | 0x80); $n >>= 7 }
-    return $s . chr($n);
-}
-
-sub decode_batch {
-    my @msgs = @_;
-    my $bytes = join '', map { "\x0a" . varint(length $_) . $_ } @msgs;
-    my $in = "$pdir/in";
-    open my $f, '>', $in or die;
-    binmode $f;
-    print $f $bytes;
-    close $f;
-    my $root = OpAMPTest::root();
-    my $out = `protoc --decode=Batch -I $pdir -I $root/proto batch.proto < $in`;
-    die "protoc --decode Batch failed\n" if $?;
-    my @texts = split /^m \{\n/m, $out;
-    shift @texts;
-    die "decoded " . scalar(@texts) . " of " . scalar(@msgs) . "\n"
-        unless @texts == @msgs;
-    return @texts;
-}
-
-my %template;
-
-sub a2s_of {
-    my ($ag, $text) = @_;
-    my $k = "$ag->{seq} $text";
-    $template{$k} //= OpAMPFleet::template("sequence_num: $ag->{seq} $text");
-    return OpAMPFleet::with_uid($template{$k}, $ag->{uid});
-}
+# --- the simulated fleet (t/lib/OpAMPAgents.pm) ------------------------------
 
 my $HELLO = 'capabilities: 3 agent_description { identifying_attributes { '
             . 'key: "service.name" value { string_value: "web" } } }';
 
-my (@agents, %fails);
+my $fleet = OpAMPAgents->new(t => $ta, hello => $HELLO);
+my $agents = $fleet->agents;
+my $fails = $fleet->fails;
 
-# a new agent counts from 0; one that reconnects (its nginx reloaded) goes
-# on counting, as OpAMP clients do, so that the new connection takes the
-# agent over even while the old one is still held (docs/redis-schema.md,
-# "Duplicate instance UIDs")
-sub hello {
-    my ($ag) = @_;
-    $ag->{ws} = OpAMPFleet->connect_ws(port => $ag->{t}->port);
-    $ag->{seq} = defined $ag->{seq} ? $ag->{seq} + 1 : 0;
-    $ag->{ws}->send_msg(a2s_of($ag, $HELLO));
-}
-
-sub new_agent {
-    my ($t, $uid) = @_;
-    my $ag = { t => $t, uid => $uid // OpAMPFleet::random_uid(), got => [] };
-    $ag->{rank} = rank($ag->{uid});
-    hello($ag);
-    push @agents, $ag;
-    return $ag;
-}
-
-# answers an offer: APPLIED, or FAILED for a hash the agent fails
-sub answer {
-    my ($ag, $h) = @_;
-    my $st = $fails{$h} && $fails{$h}{$ag->{uid}} ? 'FAILED' : 'APPLIED';
-    $ag->{seq}++;
-    $ag->{status}{$h} = $st;
-    $ag->{ws}->send_msg(a2s_of($ag, 'capabilities: 3 remote_config_status { '
-        . 'last_remote_config_hash: "' . OpAMPFleet::uid_escape(pack 'H*', $h)
-        . "\" status: RemoteConfigStatuses_$st"
-        . ($st eq 'FAILED' ? ' error_message: "bad config"' : '') . ' }'));
-}
-
-# reads what arrived for a while, answers the offers, reconnects agents
-# whose connection ended (a reload); stops early when $done says so
-sub pump {
-    my ($secs, $done) = @_;
-    my $deadline = time + $secs;
-    while (time < $deadline) {
-        return 1 if $done && $done->();
-        my $sel = IO::Select->new(map { $_->{ws}->sock } @agents);
-        my %by = map { ($_->{ws}->sock => $_) } @agents;
-        my @ready = $sel->can_read(0.2);
-        my (@msgs, @who);
-        for my $s (@ready) {
-            my $ag = $by{$s};
-            my $n = $ag->{ws}->feed;
-            my @m = $ag->{ws}->drain;
-            push @msgs, @m;
-            push @who, ($ag) x @m;
-            if (!$n) {
-                $ag->{reconnects}++;
-                hello($ag);
-            }
-        }
-        next unless @msgs;
-        my @texts = decode_batch(@msgs);
-        for my $i (0 .. $#texts) {
-            my ($h) = $texts[$i] =~ /config_hash: "((?:[^"\\]|\\.)*)"/;
-            next unless defined $h;
-            $h = unpack 'H*', OpAMPTest::_unescape($h);
-            push @{ $who[$i]{got} }, [ $h, time ];
-            answer($who[$i], $h);
-        }
-    }
-    return $done ? $done->() : 1;
-}
-
-sub field {
-    my ($ag, $f) = @_;
-    return $ta->redis('HGET', $P . 'agent:{' . OpAMPFleet::uid_text($ag->{uid})
-                      . '}', $f) // '';
-}
-
-sub all_run {
-    my ($h) = @_;
-    return sub {
-        !grep { field($_, 'config_hash') ne $h
-                || field($_, 'config_status') ne 'APPLIED' } @agents;
-    };
-}
-
-# what Redis and the test know of agents not running $h, for a failure
-sub laggards {
-    my ($h) = @_;
-    for my $ag (grep { field($_, 'config_hash') ne $h
-                       || field($_, 'config_status') ne 'APPLIED' } @agents)
-    {
-        my $k = $P . 'agent:{' . OpAMPFleet::uid_text($ag->{uid}) . '}';
-        my $f = $ta->hgetall($k);
-        diag(explain { uid => OpAMPFleet::uid_text($ag->{uid}),
-                       rank => $ag->{rank}, reconnects => $ag->{reconnects},
-                       got => [ map { substr($_->[0], 0, 8) . " $_->[1]" }
-                                @{ $ag->{got} } ],
-                       map { ($_ => $f->{$_}) }
-                       grep { !/^(description|components|status)/ }
-                       keys %$f });
-    }
-}
-
-sub received { my ($ag, $h) = @_; scalar grep { $_->[0] eq $h } @{ $ag->{got} } }
+sub rank { OpAMPAgents::rank(@_) }
+sub new_agent { $fleet->add(@_) }
+sub pump { $fleet->pump(@_) }
+sub field { $fleet->field(@_) }
+sub all_run { $fleet->all_run(@_) }
+sub laggards { $fleet->laggards(@_) }
+sub received { OpAMPAgents::received(@_) }
 
 sub gauge { $ta->redis('HGET', "${P}fleet:gauges", $_[0]) // 0 }
 
@@ -234,7 +96,7 @@ is(gauge('version:web@' . substr($hA, 0, 16)), $N,
 is($ta->redis('ZCARD', "${P}group_members:web"), $N,
    'the group\'s agents are indexed by rank');
 
-my @by_rank = sort { $a->{rank} <=> $b->{rank} } @agents;
+my @by_rank = sort { $a->{rank} <=> $b->{rank} } @$agents;
 
 # --- plans refused, nothing written ------------------------------------------
 
@@ -326,18 +188,10 @@ is($ta->redis('ZCARD', "${P}rollouts"), 0, 'no rollout is left running');
 # any agent of a later stage, and a stage began no sooner than the soak
 # time after the one before
 my @bound = (1, ceil($N / 10), ceil($N / 2), $N);
-my (@first, @last);
-my $i = 0;
-for my $ag (@by_rank) {
-    my $k = 0;
-    $k++ while $i >= $bound[$k];
-    my ($t) = map { $_->[1] } grep { $_->[0] eq $hB } @{ $ag->{got} };
-    $i++;
-    next unless defined $t;
-    $first[$k] = $t if !defined $first[$k] || $t < $first[$k];
-    $last[$k] = $t if !defined $last[$k] || $t > $last[$k];
-}
-is(scalar(grep { received($_, $hB) >= 1 } @agents), $N,
+my ($first, $last) = $fleet->stage_times($hB, \@bound);
+my @first = @$first;
+my @last = @$last;
+is(scalar(grep { received($_, $hB) >= 1 } @$agents), $N,
    'every agent received version 2');
 for my $k (1 .. 3) {
     ok($last[$k - 1] < $first[$k],
@@ -346,14 +200,14 @@ for my $k (1 .. 3) {
            'stage ' . ($k + 1) . ' began after the soak time of stage '
            . $k);
 }
-ok((grep { $_->{reconnects} } @agents) > 0,
+ok((grep { $_->{reconnects} } @$agents) > 0,
    'agents reconnected after the reloads');
 
 # --- a version that fails: stopped and rolled back by itself -------------------
 
 my $hC = hash_of('C');
 # the canary applies it; of the second stage, every third agent fails it
-$fails{$hC} = { map { ($by_rank[$_]{uid} => 1) }
+$fails->{$hC} = { map { ($by_rank[$_]{uid} => 1) }
                 grep { $_ % 3 == 0 } 1 .. $bound[1] - 1 };
 $ta->redis('CONFIG', 'SET', 'slowlog-log-slower-than', 0);
 $ta->redis('SLOWLOG', 'RESET');
@@ -365,6 +219,10 @@ $r = rollout();
 is($r->{stage}, 2, 'at the stage whose agents failed it');
 like($r->{reason}, qr/^gate failed: \d+ of the \d+ agents reached/,
      'the reason names the gate');
+is($r->{counts}{reached}, $bound[1],
+   'its counts, kept from the end: the agents of the two stages reached');
+cmp_ok($r->{counts}{failed}, '>', 0.05 * $bound[1],
+       'more of them failed than the gate allows');
 # the workers decided each stage for the agents they hold: Redis ran no
 # per-agent check (check.lua: EVALSHA with config_version and groups as
 # its two keys) for it
@@ -381,7 +239,7 @@ ok(pump(60, all_run($hB)), 'every agent runs version 2 again')
 my @beyond = @by_rank[$bound[1] .. $#by_rank];
 is(scalar(grep { received($_, $hC) } @beyond), 0,
    'no agent beyond the second stage was offered version 3');
-my @updated = grep { received($_, $hC) && !$fails{$hC}{$_->{uid}} }
+my @updated = grep { received($_, $hC) && !$fails->{$hC}{$_->{uid}} }
               @by_rank[0 .. $bound[1] - 1];
 cmp_ok(scalar(@updated), '>=', 1, 'agents of the first stages applied it');
 is(scalar(grep { $_->{got}[-1][0] ne $hB } @updated), 0,
@@ -395,7 +253,7 @@ is($r->{versions}[0]{version}, 3, 'version 3 stays in the history');
 
 my $hD = hash_of('D');
 # the second agent of the first stage fails it
-$fails{$hD} = { $by_rank[1]{uid} => 1 };
+$fails->{$hD} = { $by_rank[1]{uid} => 1 };
 ($st, $r) = api('PUT', 'configs/groups/web', group_body('D',
                 { stages => [ 2, '100%' ], soak_s => 600,
                   gates => { failed => 0 } }));
@@ -415,12 +273,12 @@ is(rollout()->{state}, 'running',
 is($st, 200, 'advance');
 is($r->{stage}, 2, 'to the last stage, before its soak');
 ok(pump(60, sub {
-    !grep { !received($_, $hD) } @agents }),
+    !grep { !received($_, $hD) } @$agents }),
    'every agent is offered version 4');
 ($st, $r) = api('POST', 'rollouts/web/advance');
 is($r->{state}, 'done', 'advancing past the last stage ends it');
 pump(3);
-is(scalar(grep { received($_, $hD) != 1 } @agents), 0,
+is(scalar(grep { received($_, $hD) != 1 } @$agents), 0,
    'no agent was offered version 4 twice, the one that failed it included');
 is(field($by_rank[1], 'failed_hash'), $hD, 'what it failed is kept');
 

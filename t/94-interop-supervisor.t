@@ -13,6 +13,9 @@
 #   (APPLIED, the effective config then holds it);
 # * a config the collector rejects reports FAILED with the collector's
 #   error, and the supervisor keeps the last good config;
+# * a staged rollout of a config the collector rejects stops at its first
+#   stage and rolls back by itself (docs/admin-api.md, "Staged
+#   rollouts"): the collector reports the good config again;
 # * the restart command restarts the collector (a new process: a new
 #   health start time);
 # * own-metrics connection settings make the collector send its own
@@ -406,6 +409,34 @@ EOF
     }, 120), "$tr: a good config again: APPLIED");
     ok($t->wait_for(sub { effective_text($uid) =~ m{metrics/second} }, 30),
        "$tr: and the effective config holds it");
+
+    # --- a staged rollout of a config the collector rejects: its first
+    # stage (this collector) fails it, the gate rolls it back by itself,
+    # and the collector is offered the good config again -----------------
+
+    ($s, $r) = api('PUT', "configs/groups/sup-$tr", $json->encode({
+        selector => "test.transport=$tr",
+        files => { 'collector.yaml' => { body => "# staged\n$bad",
+                                         content_type => 'text/yaml' } },
+        rollout => { stages => [ 1, '100%' ], soak_s => 600,
+                     gates => { failed => 0 }, on_gate => 'rollback' } }));
+    is($s, 200, "$tr: a staged rollout of a bad config");
+    my $staged = $r->{config_hash};
+    my $ro;
+    ok($t->wait_for(sub {
+        (undef, $ro) = api('GET', "rollouts/sup-$tr");
+        ($ro->{state} // '') eq 'rolled_back';
+    }, 120), "$tr: the collector fails it and the rollout rolls back")
+        or diag(explain $ro);
+    is($ro->{stage}, 1, "$tr: at its first stage");
+    is($ro->{counts}{failed}, 1, "$tr: the collector counted as failed");
+    is(field($uid, 'failed_hash'), $staged, "$tr: which the agent hash keeps");
+    ok($t->wait_for(sub {
+        (field($uid, 'config_status') // '') eq 'APPLIED'
+            && (field($uid, 'config_hash') // '') eq $hash;
+    }, 120), "$tr: the collector reports the good config again: APPLIED");
+    (undef, $r) = api('GET', "configs/groups/sup-$tr");
+    is($r->{config_hash}, $hash, "$tr: the group keeps the good config");
 
     # --- restart command ------------------------------------------------------
 

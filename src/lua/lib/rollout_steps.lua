@@ -109,6 +109,14 @@ end
 -- leave the group's previous version to every agent
 local function ro_end(p, k, ro, state, reason, now, vkey, fleet, rkey)
     local name = ro.group
+    -- the gate counts as they were at the end: once the agents move back
+    -- to the previous version, the counts of the new one fall to nothing
+    local c = ro_counts(p .. 'fleet:gauges', name, ro.to_hash)
+    redis.call('HSET', k, 'end_reached', tostring(c.reached),
+               'end_running', tostring(c.running),
+               'end_unhealthy', tostring(c.unhealthy),
+               'end_disconnected', tostring(c.disconnected),
+               'end_failed', tostring(c.failed))
     if state == 'done' then
         local gk = p .. 'config:group:' .. name
         local _, fields = content_files(p, ro.to_hash)
@@ -154,11 +162,12 @@ local function ro_answer(gkey, ro)
         out[#out + 1] = v
     end
     if ro.to_hash then
+        -- live while it runs, as they were at the end after
         local c = ro_counts(gkey, ro.group, ro.to_hash)
         for _, f in ipairs({ 'reached', 'running', 'unhealthy',
                              'disconnected', 'failed' }) do
             out[#out + 1] = 'count_' .. f
-            out[#out + 1] = tostring(c[f])
+            out[#out + 1] = ro['end_' .. f] or tostring(c[f])
         end
     end
     return out
