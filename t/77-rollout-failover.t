@@ -1,0 +1,155 @@
+#!/usr/bin/perl
+
+# A staged rollout across a Redis Sentinel failover (docs/admin-api.md,
+# "Staged rollouts": no leader to lose): two nginx instances reach Redis
+# through three Sentinels, a fleet of simulated agents (t/lib/OpAMPAgents.pm,
+# 200 unless TEST_ROLLOUT_AGENTS says otherwise) runs version 1 of a group,
+# a rollout of version 2 starts, and in its second stage the primary is
+# killed.  The replica is promoted, the workers follow it, and the rollout
+# goes on from where it was: it ends done, its stages in rank order with
+# the soak times kept, and every agent runs version 2.
+
+use strict;
+use warnings;
+
+use Test::More;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use JSON::PP;
+use POSIX qw(ceil);
+use Time::HiRes qw(time sleep);
+
+use OpAMPTest;
+use OpAMPRedisHA;
+use OpAMPFleet;
+use OpAMPAgents;
+
+my $N = $ENV{TEST_ROLLOUT_AGENTS} // 200;
+my $SPASS = 'sentinel-secret';
+
+my ($p1, $p2) = (OpAMPTest::free_port(), OpAMPTest::free_port());
+my @sp = map { OpAMPTest::free_port() } 1 .. 3;
+
+my $t = OpAMPTest->new(redis_port => $p1);
+my $ha = OpAMPRedisHA->new($t);
+
+my $primary = $ha->server(port => $p1);
+my $replica = $ha->server(port => $p2, args => ['--replicaof', '127.0.0.1',
+                                                 $p1]);
+my @sentinels = map { $ha->sentinel(port => $_, master => 'opamp',
+                                    master_port => $p1, pass => $SPASS) }
+                @sp;
+
+ok($t->wait_for(sub {
+       my $ok = 1;
+       for my $s (@sp) {
+           my $r = eval { $ha->cmd($s, 'SENTINEL', 'sentinels', 'opamp',
+                                   auth => $SPASS) } // [];
+           my $rp = eval { $ha->cmd($s, 'SENTINEL', 'replicas', 'opamp',
+                                    auth => $SPASS) } // [];
+           $ok = 0 unless @$r == 2 && @$rp == 1;
+       }
+       $ok }, 30),
+   'three Sentinels know each other and the replica');
+
+my %conf = (
+    workers => 2,
+    redis => 'sentinel://' . join(',', map { "127.0.0.1:$_" } @sp)
+             . '/opamp',
+    http => "opamp_redis_sentinel_auth $SPASS;\n"
+            . "    opamp_redis_timeout 4s;",
+);
+my $ADMIN = '
+        location /admin/ { opamp_admin; }';
+
+$t->start_nginx($ADMIN, %conf);
+my $t2 = OpAMPTest->new(redis_port => $p1);
+$t2->start_nginx($ADMIN, %conf);
+
+my $json = JSON::PP->new->canonical;
+
+sub api {
+    my ($method, $path, $body) = @_;
+    my ($st, undef, $b) = $t->http_post($body // '', -method => $method,
+                                        -path => "/admin/$path",
+                                        'Content-Type' => 'application/json');
+    return ($st, eval { decode_json($b // '') } // {});
+}
+
+sub hash_of { OpAMPFleet::config_hash('c.yaml' => [ $_[0], '' ]) }
+
+sub group_body {
+    my ($body, $plan) = @_;
+    my %b = (selector => 'service.name=web',
+             files => { 'c.yaml' => { body => $body } });
+    $b{rollout} = $plan if $plan;
+    return $json->encode(\%b);
+}
+
+sub rollout { (api('GET', 'rollouts/web'))[1] }
+
+my $fleet = OpAMPAgents->new(t => $t, hello => 'capabilities: 3 '
+    . 'agent_description { identifying_attributes { key: "service.name" '
+    . 'value { string_value: "web" } } }');
+
+my $hA = hash_of('A');
+my ($st) = api('PUT', 'configs/groups/web', group_body('A'));
+is($st, 200, 'group web, version 1');
+$fleet->add($_ % 2 ? $t : $t2) for 1 .. $N;
+ok($fleet->pump(120, $fleet->all_run($hA)),
+   "$N agents on two nginx run version 1");
+
+# --- a rollout, and the primary killed in its second stage --------------------
+
+my $hB = hash_of('B');
+my $plan = { stages => [ 10, '50%', '100%' ], soak_s => 3,
+             gates => { failed => 0 }, on_gate => 'rollback' };
+($st) = api('PUT', 'configs/groups/web', group_body('B', $plan));
+is($st, 200, 'a staged rollout of version 2 starts');
+ok($fleet->pump(60, sub { (rollout()->{stage} // 0) >= 2 }),
+   'it reaches its second stage');
+
+# the replica has every write before the primary goes
+$t->redis('WAIT', 1, 5000);
+$ha->signal($primary, 'KILL');
+$ha->reap($primary);
+
+ok($t->wait_for(sub {
+       my $r = eval { $ha->cmd($sp[0], 'SENTINEL', 'get-master-addr-by-name',
+                               'opamp', auth => $SPASS) } // [];
+       ($r->[1] // 0) == $p2 }, 30),
+   'the Sentinels promote the replica');
+
+# the harness looks at the new primary from now on
+$_->{redis_port} = $p2, delete $_->{rconn} for $t, $t2;
+
+ok($t->wait_for(sub { $t->workers_ready(2) && $t2->workers_ready(2) }, 30),
+   'every worker of both nginx instances is connected to the new primary');
+
+ok($fleet->pump(120, sub { (rollout()->{state} // '') eq 'done' }),
+   'the rollout goes on on the new primary and ends: done');
+ok($fleet->pump(60, $fleet->all_run($hB)), 'every agent runs version 2')
+    or $fleet->laggards($hB);
+
+my $r = rollout();
+is($r->{stage}, 3, 'after its three stages');
+is($r->{counts}{reached}, $N, 'having reached every agent');
+is($r->{counts}{failed}, 0, 'none of which failed it');
+(undef, my $g) = api('GET', 'configs/groups/web');
+is($g->{config_hash}, $hB, 'the group has version 2');
+
+my @bound = (10, ceil($N / 2), $N);
+my ($first, $last) = $fleet->stage_times($hB, \@bound);
+is(scalar(grep { OpAMPAgents::received($_, $hB) } @{ $fleet->agents }), $N,
+   'every agent received version 2');
+for my $k (1 .. 2) {
+    ok($last->[$k - 1] < $first->[$k],
+       "stage ${k}'s agents received it before stage " . ($k + 1) . "'s");
+    cmp_ok($first->[$k] - $first->[$k - 1], '>=', 3 - 0.25,
+           'stage ' . ($k + 1) . ' began after the soak time of stage '
+           . $k);
+}
+
+$t2->done;
+$t->done;
+done_testing;
