@@ -7,7 +7,8 @@
 -- step already made by another worker is not made again.  Its cost is
 -- a few commands a rollout, whatever the number of agents.
 --
--- KEYS[1]  <prefix>rollouts
+-- KEYS[1]  <prefix>rollouts (and <prefix>rollouts:step, the mark of
+--          the worker that steps this second)
 -- KEYS[2]  <prefix>fleet:gauges
 -- KEYS[3]  <prefix>config_version (and its _scope and _log)
 -- ARGV[1]  now, Unix ms
@@ -23,6 +24,15 @@
 
 local now, p, fleet = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local steps = 0
+
+-- one worker of the fleet steps a second: the others of all hosts find
+-- the mark of this second and go (two commands each, with or without
+-- rollouts); one that runs slow still leaves the next second to another
+if redis.call('ZCARD', KEYS[1]) == 0
+   or not redis.call('SET', KEYS[1] .. ':step', ARGV[1], 'PX', 900, 'NX')
+then
+    return 0
+end
 
 -- at most 64 rollouts a call (the groups' number bounds them anyway)
 for _, name in ipairs(redis.call('ZRANGE', KEYS[1], 0, 63)) do
