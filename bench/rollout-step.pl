@@ -32,13 +32,14 @@ my $root = "$FindBin::Bin/..";
 
 system("make -s -C $bench loadgen") == 0 or die "loadgen does not build\n";
 
-# 1,024 connections a worker in the harness: enough workers for the agents
-my $workers = int($N / 900) + 1;
+my $workers = 2;
 
 my $t = OpAMPTest->new;
 $t->start_redis;
 $t->start_nginx('
-        location /admin/ { opamp_admin; }', workers => $workers);
+        location /admin/ { opamp_admin; }', workers => $workers,
+                connections => $N + 1000,
+                main => 'worker_rlimit_nofile ' . (2 * $N + 4000) . ';');
 
 sub cpu {
     my $i = $t->redis('INFO', 'cpu');

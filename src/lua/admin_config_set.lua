@@ -30,26 +30,12 @@
 --@include lib/version_log.lua
 --@include lib/config_write.lua
 
--- a group's files change through its staged rollout while one runs
-if ARGV[1] == 'group' then
-    local state = redis.call('HGET', ARGV[8] .. 'rollout:group:' .. ARGV[2],
-                             'state')
-    if state == 'running' or state == 'paused' then
-        return { 'error', '409', 'a staged rollout of this group is in '
-                 .. 'progress: abort it, or let it end, first' }
-    end
+local refused = rollout_in_progress(ARGV[8], ARGV[1], ARGV[2])
+if refused then
+    return refused
 end
 
-local fields = {}
-
-for i = 12, #ARGV, 3 do
-    fields[#fields + 1] = 'file:' .. ARGV[i]
-    fields[#fields + 1] = ARGV[i + 1]
-    if ARGV[i + 2] ~= '' then
-        fields[#fields + 1] = 'type:' .. ARGV[i]
-        fields[#fields + 1] = ARGV[i + 2]
-    end
-end
+local fields = argv_files(12)
 
 local rec = { hash = ARGV[5], ms = ARGV[4], author = ARGV[10],
               note = ARGV[11] }

@@ -21,14 +21,9 @@
 --@include lib/version_log.lua
 --@include lib/config_write.lua
 
--- a group's files change through its staged rollout while one runs
-if ARGV[1] == 'group' then
-    local state = redis.call('HGET', ARGV[6] .. 'rollout:group:' .. ARGV[2],
-                             'state')
-    if state == 'running' or state == 'paused' then
-        return { 'error', '409', 'a staged rollout of this group is in '
-                 .. 'progress: abort it, or let it end, first' }
-    end
+local refused = rollout_in_progress(ARGV[6], ARGV[1], ARGV[2])
+if refused then
+    return refused
 end
 
 local old = version_record(KEYS[5], ARGV[5])

@@ -67,14 +67,7 @@ else
                  'a staged rollout changes files only: the selector and '
                  .. 'priority must be the group\'s own' }
     end
-    for i = 17, #ARGV, 3 do
-        fields[#fields + 1] = 'file:' .. ARGV[i]
-        fields[#fields + 1] = ARGV[i + 1]
-        if ARGV[i + 2] ~= '' then
-            fields[#fields + 1] = 'type:' .. ARGV[i]
-            fields[#fields + 1] = ARGV[i + 2]
-        end
-    end
+    fields = argv_files(17)
 end
 
 if hash == g[1] then

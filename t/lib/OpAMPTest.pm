@@ -454,8 +454,8 @@ sub subscribe {
 # location.  %o: workers (1), prefix ('opamp:'), http (text inside http {}),
 # location (text inside location = /v1/opamp {}), main (text at the top
 # level), redis (the opamp_redis value, default 127.0.0.1:<redis_port>),
-# events (text inside events {}), error_log_level (info, or debug with
-# TEST_NGINX_DEBUG=1)
+# events (text inside events {}), connections (worker_connections, 1024),
+# error_log_level (info, or debug with TEST_NGINX_DEBUG=1)
 sub conf_text {
     my ($self, $server, %o) = @_;
     my $d = $self->{dir};
@@ -468,6 +468,7 @@ sub conf_text {
     my $level = $o{error_log_level}
                 // ($ENV{TEST_NGINX_DEBUG} ? 'debug' : 'info');
     my $events = $o{events} // '';
+    my $connections = $o{connections} // 1024;
     $server //= '';
     return <<"EOF";
 load_module $self->{module};
@@ -480,7 +481,7 @@ pid $d/logs/nginx.pid;
 worker_shutdown_timeout 10s;
 
 events {
-    worker_connections 1024;
+    worker_connections $connections;
 $events
 }
 

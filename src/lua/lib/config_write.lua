@@ -68,3 +68,18 @@ local function config_version_of(keys, vkey, prefix, max, kind, rec, fields)
     end
     return add_version(vkey, prefix, max, rec, fields)
 end
+
+-- a group's files change through its staged rollout while one runs: the
+-- refusal of any other write of them, or nil
+local function rollout_in_progress(prefix, kind, name)
+    if kind ~= 'group' then
+        return nil
+    end
+    local state = redis.call('HGET', prefix .. 'rollout:group:' .. name,
+                             'state')
+    if state == 'running' or state == 'paused' then
+        return { 'error', '409', 'a staged rollout of this group is in '
+                 .. 'progress: abort it, or let it end, first' }
+    end
+    return nil
+end

@@ -136,3 +136,18 @@ local function content_files(prefix, hash)
     end
     return out, fields
 end
+
+-- the files of a request, ARGV[first..] as triples (name, body, content
+-- type), as the config's fields: { 'file:a', body, 'type:a', type, ... }
+local function argv_files(first)
+    local fields = {}
+    for i = first, #ARGV, 3 do
+        fields[#fields + 1] = 'file:' .. ARGV[i]
+        fields[#fields + 1] = ARGV[i + 1]
+        if ARGV[i + 2] ~= '' then
+            fields[#fields + 1] = 'type:' .. ARGV[i]
+            fields[#fields + 1] = ARGV[i + 2]
+        end
+    end
+    return fields
+end
