@@ -39,7 +39,8 @@ $t->start_redis;
 $t->start_nginx('
         location /admin/ { opamp_admin; }', workers => $workers,
                 connections => $N + 1000,
-                main => 'worker_rlimit_nofile ' . (2 * $N + 4000) . ';');
+                main => 'worker_rlimit_nofile '
+                        . (2 * $N + 4000 > 20000 ? 20000 : 2 * $N + 4000) . ';');
 
 sub cpu {
     my $i = $t->redis('INFO', 'cpu');
