@@ -64,6 +64,15 @@ WORK=$(mktemp -d /tmp/opamp-bench-XXXXXX)
 chmod 755 "$WORK"
 mkdir -p "$WORK/logs" "$WORK/tmp" "$BENCH/results"
 
+# nginx loads a copy of its own.  A module file rewritten in place under
+# a running nginx (cp onto it) changes the code its workers run: they
+# crash, and the master respawns workers that crash at once, thousands a
+# second (the bursts of segfaults in dmesg on 2026-12-07, reproduced so).
+# make build installs by rename, which leaves a loaded file alone; this
+# copy also survives whatever else writes the build's file during a run.
+cp "$MODULE" "$WORK/ngx_http_opamp_module.so"
+MODULE=$WORK/ngx_http_opamp_module.so
+
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
