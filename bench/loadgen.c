@@ -146,6 +146,9 @@ static struct {
 static int          ep;
 static lg_agent_t  *agents;
 static long         connected, reported, answered, failed, closed_by_peer;
+/* fanout: agents that reported and were closed before the push reached
+ * them (the change is not waited for on their account) */
+static long         unreached;
 static long         full_state_asked, pushes;
 static long         connecting, next_connect;
 static double       t_start, t_all_connected, t_all_reported, t_trigger;
@@ -800,6 +803,7 @@ parse_ws(lg_agent_t *a)
 
         } else if (op == 8) {
             closed_by_peer++;
+            unreached += (a->reported && !a->got_push);
             a->state = S_CLOSED;
             close(a->fd);
             return;
@@ -886,6 +890,7 @@ on_readable(lg_agent_t *a)
         if (n == 0 || (n < 0 && errno != EAGAIN)) {
             if (a->state != S_CLOSED) {
                 closed_by_peer++;
+                unreached += (a->reported && !a->got_push);
                 a->state = S_CLOSED;
                 close(a->fd);
 
@@ -1066,7 +1071,7 @@ loop(double until, int stop)
             return;
         }
 
-        if (stop == STOP_PUSHED && pushes >= reported) {
+        if (stop == STOP_PUSHED && pushes + unreached >= reported) {
             return;
         }
 
