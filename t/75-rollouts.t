@@ -319,6 +319,27 @@ is($st, 404, 'an unknown action: 404');
 ($st, $r) = api('GET', 'rollouts');
 is_deeply($r, { rollouts => [] }, 'no rollout runs');
 
+# --- a staged rollback: version 1 put back through a rollout -----------------
+
+($st, $r) = api('POST', 'configs/groups/web/rollback?version=1',
+                $json->encode({ rollout => { stages => [ '50%', '100%' ],
+                                             soak_s => 1 } }));
+is($st, 200, 'a staged rollback to version 1');
+is($r->{config_hash}, $hA, 'of version 1\'s files');
+my $vr = $r->{version};
+ok(pump(60, sub { (rollout()->{state} // '') eq 'done' }),
+   'its rollout ends: done');
+ok(pump(60, all_run($hA)), 'every agent runs version 1 again')
+    or laggards($hA);
+($st, $r) = api('GET', "configs/groups/web/versions/$vr");
+is($r->{rollback_of}, 1, 'the new version records what it put back');
+($st, $r) = api('POST', 'configs/groups/web/rollback?version=1',
+                '{"rollout": {"stages": ["10%"]}}');
+is($st, 400, 'a staged rollback with a bad plan: 400');
+($st, $r) = api('POST', 'configs/groups/web/rollback?version=1',
+                '{"plan": {}}');
+is($st, 400, 'a rollback body without "rollout": 400');
+
 # --- the audit log has every step -----------------------------------------------
 
 ($st, $r) = api('GET', 'audit?limit=100');
