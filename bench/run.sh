@@ -25,6 +25,10 @@
 #                                 Collector's 39.8 KB full status; both
 #                                 with the supervisor's capabilities
 #   BENCH_FLEET_RUNS=1            repetitions of the fleet scenario
+#   BENCH_ONLY=rollout            not in the default set: the Redis cost
+#                                 of a staged rollout's steps
+#                                 (bench/rollout-step.pl) at
+#                                 BENCH_ROLLOUT agents (default 10000)
 #
 # "supervisor" agents declare the OpAMP supervisor's capabilities
 # (--caps 0x7d47: ReportsStatus, AcceptsRemoteConfig, ReportsEffectiveConfig,
@@ -709,7 +713,23 @@ if want metrics; then
     done
 fi
 
-if grep -E '\[(alert|crit|emerg)\]' "$WORK/logs/error.log"; then
+if want rollout; then
+    # its own nginx and Redis (t/lib/OpAMPTest.pm), with this run's module
+    while IFS= read -r line; do
+        case $line in
+            start*|advance*)
+                row "rollout step at ${BENCH_ROLLOUT:-10000} supervisor agents: ${line%%:*}" \
+                    "${line#*: }" "—" "—" ;;
+            done*)
+                row "rollout timer step, ${BENCH_ROLLOUT:-10000} supervisor agents" \
+                    "${line#*; }" "—" "—" ;;
+        esac
+    done < <(NGINX_MODULE="$MODULE" AGENTS="${BENCH_ROLLOUT:-10000}" \
+             perl -I "$TOP/t/lib" "$BENCH/rollout-step.pl" 2>/dev/null)
+fi
+
+if [ -f "$WORK/logs/error.log" ] \
+   && grep -E '\[(alert|crit|emerg)\]' "$WORK/logs/error.log"; then
     echo "nginx logged alerts during the benchmark" >&2
 fi
 
