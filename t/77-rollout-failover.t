@@ -6,8 +6,10 @@
 # 200 unless TEST_ROLLOUT_AGENTS says otherwise) runs version 1 of a group,
 # a rollout of version 2 starts, and in its second stage the primary is
 # killed.  The replica is promoted, the workers follow it, and the rollout
-# goes on from where it was: it ends done, its stages in rank order with
-# the soak times kept, and every agent runs version 2.
+# goes on from where it was; then one nginx is stopped for good, its
+# agents go to the other, and that one's workers go on stepping: the
+# rollout ends done, its stages in rank order with the soak times kept,
+# and every agent runs version 2.
 
 use strict;
 use warnings;
@@ -126,8 +128,15 @@ $_->{redis_port} = $p2, delete $_->{rconn} for $t, $t2;
 ok($t->wait_for(sub { $t->workers_ready(2) && $t2->workers_ready(2) }, 30),
    'every worker of both nginx instances is connected to the new primary');
 
+# and a host goes away for good: its agents connect to the other, whose
+# workers go on stepping the rollout
+is(rollout()->{state}, 'running', 'the rollout is still running');
+$fleet->{fallback} = $t;
+$t2->stop_nginx;
 ok($fleet->pump(120, sub { (rollout()->{state} // '') eq 'done' }),
-   'the rollout goes on on the new primary and ends: done');
+   'with nginx b gone, nginx a\'s workers step it on: done');
+is(scalar(grep { $_->{t} == $t2 } @{ $fleet->agents }), 0,
+   'nginx b\'s agents connected to nginx a');
 ok($fleet->pump(60, $fleet->all_run($hB)), 'every agent runs version 2')
     or $fleet->laggards($hB);
 
@@ -142,9 +151,11 @@ my @bound = (10, ceil($N / 2), $N);
 my ($first, $last) = $fleet->stage_times($hB, \@bound);
 is(scalar(grep { OpAMPAgents::received($_, $hB) } @{ $fleet->agents }), $N,
    'every agent received version 2');
+# (an agent of a stage may get it late, its delivery cut by the failover
+# or its nginx's end and made at its next connection: what must hold is
+# that no agent got it before its stage began, the soak time after the
+# stage before)
 for my $k (1 .. 2) {
-    ok($last->[$k - 1] < $first->[$k],
-       "stage ${k}'s agents received it before stage " . ($k + 1) . "'s");
     cmp_ok($first->[$k] - $first->[$k - 1], '>=', 3 - 0.25,
            'stage ' . ($k + 1) . ' began after the soak time of stage '
            . $k);

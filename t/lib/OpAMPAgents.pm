@@ -28,7 +28,8 @@ my $P = 'opamp:';
 sub rank { hex substr(sha1_hex(OpAMPFleet::uid_text($_[0])), 0, 8) }
 
 # (t: the OpAMPTest whose Redis holds the agents; hello: the text of an
-# agent's first message after its sequence number)
+# agent's first message after its sequence number; ->{fallback}: the
+# OpAMPTest an agent connects to when its own nginx refuses)
 sub new {
     my ($class, %o) = @_;
     my $self = bless { t => $o{t}, hello => $o{hello}, agents => [],
@@ -132,7 +133,12 @@ sub pump {
             push @who, ($ag) x @m;
             if (!$n) {
                 $ag->{reconnects}++;
-                eval { $self->hello($ag); 1 } or $ag->{ws} = undef;
+                # its nginx gone for good: to the one that remains
+                eval { $self->hello($ag); 1 }
+                    or ($self->{fallback}
+                        and $ag->{t} = $self->{fallback}
+                        and eval { $self->hello($ag); 1 })
+                    or $ag->{ws} = undef;
             }
         }
         @agents = grep { $_->{ws} } @agents;
