@@ -150,6 +150,11 @@ is_deeply($r, { dry_run => JSON::PP::true, agents => $N,
           'it says how many agents each stage would reach');
 is($ta->redis('HGET', "${P}versions:group:web", 'last'), 1,
    'and changes nothing');
+# a share is rounded up: a stage of 0.15% of 1,000 agents is 2 of them
+($st, $r) = api('PUT', 'configs/groups/web?dry_run=1', group_body('B',
+                { stages => [ 0.0015, '33.33%', '100%' ] }));
+is_deeply($r->{stages}, [ ceil($N * 0.0015), ceil($N * 0.3333), $N ],
+          'a dry run rounds a share of the agents up');
 
 # --- a clean rollout, both nginx reloaded in the middle ----------------------
 
