@@ -43,7 +43,8 @@ $t->start_nginx('
         location = /metrics { opamp_metrics; }
         location /opamp-dashboard/ { opamp_dashboard /opamp-admin/ /metrics; }
         location /other/ { opamp_dashboard "/a&b\"<c>" "/m&\"<>"; }
-        location /default/ { opamp_dashboard; }', workers => 2);
+        location /default/ { opamp_dashboard; }
+        location /api2/ { opamp_dashboard /api2/; }', workers => 2);
 
 sub get {
     my ($path, %h) = @_;
@@ -137,6 +138,10 @@ like($b, qr/<meta name="opamp-admin-api" content="\/opamp-admin\/">/,
      'no argument: /opamp-admin/');
 like($b, qr/<meta name="opamp-metrics" content="">/, '... and no metrics');
 is($h->{'content-length'}, length $b, '... the length of what is sent');
+isnt($h->{etag}, $etag, 'another metrics path alone: another ETag');
+my $etag_default = $h->{etag};
+($st, $h) = get('/api2/');
+isnt($h->{etag}, $etag_default, 'another API path alone: another ETag');
 
 for my $bad ('http://x/', '//x/', 'opamp-admin/', '/a/ metrics',
              '/a/ //m') {
