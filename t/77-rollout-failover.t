@@ -3,7 +3,7 @@
 # A staged rollout across a Redis Sentinel failover (docs/admin-api.md,
 # "Staged rollouts": no leader to lose): two nginx instances reach Redis
 # through three Sentinels, a fleet of simulated agents (t/lib/OpAMPAgents.pm,
-# 200 unless TEST_ROLLOUT_AGENTS says otherwise) runs version 1 of a group,
+# 1,000 unless TEST_ROLLOUT_AGENTS says otherwise) runs version 1 of a group,
 # a rollout of version 2 starts, and in its second stage the primary is
 # killed.  The replica is promoted, the workers follow it, and the rollout
 # goes on from where it was; then one nginx is stopped for good, its
@@ -26,7 +26,7 @@ use OpAMPRedisHA;
 use OpAMPFleet;
 use OpAMPAgents;
 
-my $N = $ENV{TEST_ROLLOUT_AGENTS} // 200;
+my $N = $ENV{TEST_ROLLOUT_AGENTS} // 1000;
 my $SPASS = 'sentinel-secret';
 
 my ($p1, $p2) = (OpAMPTest::free_port(), OpAMPTest::free_port());
