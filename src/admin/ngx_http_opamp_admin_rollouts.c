@@ -20,12 +20,20 @@
 #define NGX_HTTP_OPAMP_ROLLOUT_MAX_COUNT   100000000
 
 
+static const char *ngx_http_opamp_admin_plan_stages(ngx_http_request_t *r,
+    json_t *stages, ngx_http_opamp_admin_plan_t *out);
 static const char *ngx_http_opamp_admin_plan_share(json_t *v, double *share,
     ngx_int_t *count);
 static const char *ngx_http_opamp_admin_plan_gate(ngx_http_request_t *r,
     const char *name, json_t *v, u_char **p, u_char *last);
 static void ngx_http_opamp_admin_rollout_json(ngx_http_opamp_json_t *j,
     redisReply **pairs, size_t n);
+static void ngx_http_opamp_admin_rollout_stages(ngx_http_opamp_json_t *j,
+    redisReply *f);
+static void ngx_http_opamp_admin_rollout_soak(ngx_http_opamp_json_t *j,
+    redisReply *f);
+static void ngx_http_opamp_admin_rollout_gates(ngx_http_opamp_json_t *j,
+    redisReply *f);
 
 
 static const char  *ngx_http_opamp_admin_actions[] = {
@@ -46,9 +54,8 @@ ngx_http_opamp_admin_plan_read(ngx_http_request_t *r, json_t *plan,
     ngx_http_opamp_admin_plan_t *out)
 {
     u_char        *p, *last;
-    double         share, last_share;
     json_t        *stages, *soak, *gates, *on_gate, *v;
-    ngx_int_t      count, last_count, s;
+    ngx_int_t      s;
     ngx_uint_t     i, n;
     const char    *name, *reason;
 
@@ -75,57 +82,12 @@ ngx_http_opamp_admin_plan_read(ngx_http_request_t *r, json_t *plan,
         return "\"stages\" must be an array of 1 to 16 stages";
     }
 
+    reason = ngx_http_opamp_admin_plan_stages(r, stages, out);
+    if (reason) {
+        return reason;
+    }
+
     n = json_array_size(stages);
-
-    /* "c<count>" or "f<share>" each, and the soak of each in ms */
-
-    p = ngx_pnalloc(r->pool, n * 32);
-    if (p == NULL) {
-        return "out of memory";
-    }
-
-    out->stages.data = p;
-    last = p + n * 32;
-    last_share = 0;
-    last_count = 0;
-
-    for (i = 0; i < n; i++) {
-        reason = ngx_http_opamp_admin_plan_share(json_array_get(stages, i),
-                                                 &share, &count);
-        if (reason) {
-            return reason;
-        }
-
-        if (count) {
-            if (last_share > 0) {
-                return "stages out of order: counts of agents come before "
-                       "shares";
-            }
-
-            if (count <= last_count) {
-                return "stages out of order: each stage must reach more "
-                       "agents than the one before";
-            }
-
-            last_count = count;
-            p = ngx_slprintf(p, last, "%sc%i", i ? " " : "", count);
-
-        } else {
-            if (share <= last_share) {
-                return "stages out of order: each stage must reach more "
-                       "agents than the one before";
-            }
-
-            last_share = share;
-            p = ngx_slprintf(p, last, "%sf%.6f", i ? " " : "", share);
-        }
-    }
-
-    if (last_share != 1.0) {
-        return "the last stage must be \"100%\"";
-    }
-
-    out->stages.len = p - out->stages.data;
 
     soak = json_object_get(plan, "soak_s");
 
@@ -200,6 +162,72 @@ ngx_http_opamp_admin_plan_read(ngx_http_request_t *r, json_t *plan,
             return "\"on_gate\" must be \"pause\" or \"rollback\"";
         }
     }
+
+    return NULL;
+}
+
+
+/* the stages as "c<count>" or "f<share>" words, in order */
+
+static const char *
+ngx_http_opamp_admin_plan_stages(ngx_http_request_t *r, json_t *stages,
+    ngx_http_opamp_admin_plan_t *out)
+{
+    u_char       *p, *last;
+    double        share, last_share;
+    ngx_int_t     count, last_count;
+    ngx_uint_t    i, n;
+    const char   *reason;
+
+    n = json_array_size(stages);
+
+    p = ngx_pnalloc(r->pool, n * 32);
+    if (p == NULL) {
+        return "out of memory";
+    }
+
+    out->stages.data = p;
+    last = p + n * 32;
+    last_share = 0;
+    last_count = 0;
+
+    for (i = 0; i < n; i++) {
+        reason = ngx_http_opamp_admin_plan_share(json_array_get(stages, i),
+                                                 &share, &count);
+        if (reason) {
+            return reason;
+        }
+
+        if (count) {
+            if (last_share > 0) {
+                return "stages out of order: counts of agents come before "
+                       "shares";
+            }
+
+            if (count <= last_count) {
+                return "stages out of order: each stage must reach more "
+                       "agents than the one before";
+            }
+
+            last_count = count;
+            p = ngx_slprintf(p, last, "%sc%i", i ? " " : "", count);
+
+        } else {
+            if (share <= last_share) {
+                return "stages out of order: each stage must reach more "
+                       "agents than the one before";
+            }
+
+            last_share = share;
+            p = ngx_slprintf(p, last, "%sf%.6f", i ? " " : "", share);
+        }
+    }
+
+    if (last_share != 1.0) {
+        return "the last stage must be \"100%\"";
+    }
+
+    out->stages.len = p - out->stages.data;
 
     return NULL;
 }
@@ -453,7 +481,7 @@ ngx_http_opamp_admin_rollout_start(ngx_http_opamp_admin_ctx_t *ctx,
     ngx_http_opamp_arg(plan->gates.len ? plan->gates.data : (u_char *) "",
                        plan->gates.len);
     ngx_http_opamp_arg(plan->on_gate.data, plan->on_gate.len);
-    ngx_http_opamp_arg((dry.len == 1 && dry.data[0] == '1') ? "1" : "", 
+    ngx_http_opamp_arg((dry.len == 1 && dry.data[0] == '1') ? "1" : "",
                        (size_t) (dry.len == 1 && dry.data[0] == '1'));
 
     if (config) {
@@ -748,15 +776,147 @@ ngx_http_opamp_admin_rollout_int(redisReply **pairs, size_t n,
 }
 
 
+/* stages: counts as numbers, shares as "<n>%" */
+
+static void
+ngx_http_opamp_admin_rollout_stages(ngx_http_opamp_json_t *j, redisReply *f)
+{
+    u_char  *p, *last, *sp, *w;
+    u_char   pct[32];
+
+    ngx_http_opamp_json_array(j);
+
+    for (p = f ? (u_char *) f->str : NULL, last = f ? p + f->len : NULL;
+         p && p < last;
+         p = sp + 1)
+    {
+        sp = ngx_strlchr(p, last, ' ');
+        if (sp == NULL) {
+            sp = last;
+        }
+
+        if (*p == 'c') {
+            ngx_http_opamp_json_number(j, p + 1, sp - p - 1);
+
+        } else {
+            w = ngx_snprintf(pct, sizeof(pct), "%.4f%%",
+                             strtod((char *) p + 1, NULL) * 100);
+
+            /* "10.0000%" as "10%" */
+            while (w > pct + 2 && w[-2] == '0') {
+                w[-2] = '%';
+                w--;
+            }
+
+            if (w > pct + 2 && w[-2] == '.') {
+                w[-2] = '%';
+                w--;
+            }
+
+            ngx_http_opamp_json_string(j, pct, w - pct);
+        }
+
+        if (sp == last) {
+            break;
+        }
+    }
+
+    ngx_http_opamp_json_close(j, ']');
+}
+
+
+/* soak times: ms as seconds */
+
+static void
+ngx_http_opamp_admin_rollout_soak(ngx_http_opamp_json_t *j, redisReply *f)
+{
+    u_char  *p, *last, *sp;
+
+    ngx_http_opamp_json_array(j);
+
+    for (p = f ? (u_char *) f->str : NULL, last = f ? p + f->len : NULL;
+         p && p < last;
+         p = sp + 1)
+    {
+        sp = ngx_strlchr(p, last, ' ');
+        if (sp == NULL) {
+            sp = last;
+        }
+
+        ngx_http_opamp_json_int(j, ngx_atoi(p, sp - p) / 1000);
+
+        if (sp == last) {
+            break;
+        }
+    }
+
+    ngx_http_opamp_json_close(j, ']');
+}
+
+
+/* gates: "<name> c<n>|f<share>[ <ms>]" lines */
+
+static void
+ngx_http_opamp_admin_rollout_gates(ngx_http_opamp_json_t *j, redisReply *f)
+{
+    u_char  *p, *last, *sp, *nl, *lim, *ms;
+
+    ngx_http_opamp_json_object(j);
+
+    for (p = f ? (u_char *) f->str : NULL, last = f ? p + f->len : NULL;
+         p && p < last;
+         p = nl + 1)
+    {
+        nl = ngx_strlchr(p, last, '\n');
+        if (nl == NULL) {
+            nl = last;
+        }
+
+        sp = ngx_strlchr(p, nl, ' ');
+        if (sp == NULL || sp + 2 > nl) {
+            break;
+        }
+
+        ngx_http_opamp_json_key(j, (const char *) p, sp - p);
+        ngx_http_opamp_json_object(j);
+
+        lim = sp + 1;
+        ms = ngx_strlchr(lim, nl, ' ');
+
+        if (*lim == 'c') {
+            ngx_http_opamp_json_kv(j, "max_agents");
+
+        } else {
+            ngx_http_opamp_json_kv(j, "max_share");
+        }
+
+        ngx_http_opamp_json_number(j, lim + 1, (ms ? ms : nl) - lim - 1);
+
+        if (ms) {
+            ngx_http_opamp_json_kv(j, "within_s");
+            ngx_http_opamp_json_int(j, ngx_atoi(ms + 1, nl - ms - 1) / 1000);
+        }
+
+        ngx_http_opamp_json_close(j, '}');
+
+        if (nl == last) {
+            break;
+        }
+    }
+
+    ngx_http_opamp_json_close(j, '}');
+}
+
+
 /* a rollout's record as the admin API shows it */
 
 static void
 ngx_http_opamp_admin_rollout_json(ngx_http_opamp_json_t *j,
     redisReply **pairs, size_t n)
 {
-    u_char        *p, *last, *w, *sp, *nl;
-    redisReply    *f;
-    ngx_uint_t     i;
+    u_char              name[32];
+    redisReply         *f;
+    ngx_uint_t          i;
     static const char  *strings[] = { "group", "state", "reason", "from_hash",
                                       "to_hash", "on_gate", "author", "note",
                                       NULL };
@@ -796,135 +956,22 @@ ngx_http_opamp_admin_rollout_json(ngx_http_opamp_json_t *j,
     ngx_http_opamp_json_int(j,
                     ngx_http_opamp_admin_rollout_int(pairs, n, "stage_ms"));
 
-    /* stages: counts as numbers, shares as "<n>%" */
-
     ngx_http_opamp_json_kv(j, "stages");
-    ngx_http_opamp_json_array(j);
-
-    f = ngx_http_opamp_admin_rollout_field(pairs, n, "stages");
-
-    for (p = f ? (u_char *) f->str : NULL, last = f ? p + f->len : NULL;
-         p && p < last;
-         p = sp + 1)
-    {
-        sp = ngx_strlchr(p, last, ' ');
-        if (sp == NULL) {
-            sp = last;
-        }
-
-        if (*p == 'c') {
-            ngx_http_opamp_json_number(j, p + 1, sp - p - 1);
-
-        } else {
-            u_char  pct[32];
-
-            w = ngx_snprintf(pct, sizeof(pct), "%.4f%%",
-                             strtod((char *) p + 1, NULL) * 100);
-
-            /* "10.0000%" as "10%" */
-            while (w > pct + 2 && w[-2] == '0') {
-                w[-2] = '%';
-                w--;
-            }
-
-            if (w > pct + 2 && w[-2] == '.') {
-                w[-2] = '%';
-                w--;
-            }
-
-            ngx_http_opamp_json_string(j, pct, w - pct);
-        }
-
-        if (sp == last) {
-            break;
-        }
-    }
-
-    ngx_http_opamp_json_close(j, ']');
+    ngx_http_opamp_admin_rollout_stages(j,
+                 ngx_http_opamp_admin_rollout_field(pairs, n, "stages"));
 
     ngx_http_opamp_json_kv(j, "soak_s");
-    ngx_http_opamp_json_array(j);
-
-    f = ngx_http_opamp_admin_rollout_field(pairs, n, "soak");
-
-    for (p = f ? (u_char *) f->str : NULL, last = f ? p + f->len : NULL;
-         p && p < last;
-         p = sp + 1)
-    {
-        sp = ngx_strlchr(p, last, ' ');
-        if (sp == NULL) {
-            sp = last;
-        }
-
-        ngx_http_opamp_json_int(j, ngx_atoi(p, sp - p) / 1000);
-
-        if (sp == last) {
-            break;
-        }
-    }
-
-    ngx_http_opamp_json_close(j, ']');
-
-    /* gates: "<name> c<n>|f<share>[ <ms>]" lines */
+    ngx_http_opamp_admin_rollout_soak(j,
+                 ngx_http_opamp_admin_rollout_field(pairs, n, "soak"));
 
     ngx_http_opamp_json_kv(j, "gates");
-    ngx_http_opamp_json_object(j);
-
-    f = ngx_http_opamp_admin_rollout_field(pairs, n, "gates");
-
-    for (p = f ? (u_char *) f->str : NULL, last = f ? p + f->len : NULL;
-         p && p < last;
-         p = nl + 1)
-    {
-        u_char  *lim, *ms;
-
-        nl = ngx_strlchr(p, last, '\n');
-        if (nl == NULL) {
-            nl = last;
-        }
-
-        sp = ngx_strlchr(p, nl, ' ');
-        if (sp == NULL || sp + 2 > nl) {
-            break;
-        }
-
-        ngx_http_opamp_json_key(j, (const char *) p, sp - p);
-        ngx_http_opamp_json_object(j);
-
-        lim = sp + 1;
-        ms = ngx_strlchr(lim, nl, ' ');
-
-        if (*lim == 'c') {
-            ngx_http_opamp_json_kv(j, "max_agents");
-            ngx_http_opamp_json_number(j, lim + 1,
-                                       (ms ? ms : nl) - lim - 1);
-
-        } else {
-            ngx_http_opamp_json_kv(j, "max_share");
-            ngx_http_opamp_json_number(j, lim + 1,
-                                       (ms ? ms : nl) - lim - 1);
-        }
-
-        if (ms) {
-            ngx_http_opamp_json_kv(j, "within_s");
-            ngx_http_opamp_json_int(j, ngx_atoi(ms + 1, nl - ms - 1) / 1000);
-        }
-
-        ngx_http_opamp_json_close(j, '}');
-
-        if (nl == last) {
-            break;
-        }
-    }
-
-    ngx_http_opamp_json_close(j, '}');
+    ngx_http_opamp_admin_rollout_gates(j,
+                 ngx_http_opamp_admin_rollout_field(pairs, n, "gates"));
 
     ngx_http_opamp_json_kv(j, "counts");
     ngx_http_opamp_json_object(j);
 
     for (i = 0; counts[i]; i++) {
-        u_char  name[32];
-
         ngx_http_opamp_json_key(j, counts[i], ngx_strlen(counts[i]));
         *ngx_sprintf(name, "count_%s", counts[i]) = '\0';
         ngx_http_opamp_json_int(j,
