@@ -37,8 +37,10 @@ local function rollout_of(p, name)
     if r == nil then
         local f = redis.call('HMGET', p .. 'rollout:group:' .. name,
                              'state', 'to_hash', 'cutoff')
-        if f[1] == 'running' or f[1] == 'paused' then
-            r = { f[2], tonumber(f[3] or '0') }
+        -- (a record written by hand without its hash or bound is none)
+        if (f[1] == 'running' or f[1] == 'paused') and f[2] and tonumber(f[3])
+        then
+            r = { f[2], tonumber(f[3]) }
         else
             r = false
         end
