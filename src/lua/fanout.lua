@@ -36,7 +36,8 @@ for _, e in ipairs(groups_by_precedence(KEYS[2])) do
     local ro = redis.call('HMGET', ARGV[1] .. 'rollout:group:' .. e[1],
                           'state', 'to_hash', 'cutoff')
     groups[#groups + 1] = (ro[1] == 'running' or ro[1] == 'paused')
-                          and (ro[2] .. ' ' .. ro[3]) or ''
+                          and ro[2] and ro[3] and (ro[2] .. ' ' .. ro[3])
+                          or ''
 end
 
 local files = {}
