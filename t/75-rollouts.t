@@ -345,6 +345,17 @@ is($st, 400, 'a staged rollback with a bad plan: 400');
                 '{"plan": {}}');
 is($st, 400, 'a rollback body without "rollout": 400');
 
+# --- a record broken by hand stops only its own rollout ------------------------
+
+($st, $r) = api('PUT', 'configs/groups/web', group_body('F',
+                { stages => [ 1, '100%' ], soak_s => 600 }));
+is($st, 200, 'a rollout of version 7');
+$ta->redis('HDEL', "${P}rollout:group:web", 'to_hash', 'stage_ms');
+ok(pump(30, sub { (rollout()->{state} // '') eq 'aborted' }),
+   'a record without its hash and stage time is ended by the timer');
+like(rollout()->{reason}, qr/incomplete/, 'saying why');
+ok(pump(30, all_run($hA)), 'the group\'s agents keep version 1');
+
 # --- the audit log has every step -----------------------------------------------
 
 ($st, $r) = api('GET', 'audit?limit=100');

@@ -41,6 +41,17 @@ for _, name in ipairs(redis.call('ZRANGE', KEYS[1], 0, 63)) do
     if not ro or (ro.state ~= 'running' and ro.state ~= 'paused') then
         -- a record deleted or ended by hand
         redis.call('ZREM', KEYS[1], name)
+    elseif not (ro.to_hash and tonumber(ro.stage) and tonumber(ro.stage_ms)
+                and tonumber(ro.cutoff) and ro.stages and ro.group)
+    then
+        -- a record written by hand without what a step needs
+        redis.call('HSET', k, 'state', 'aborted',
+                   'reason', 'the rollout record is incomplete',
+                   'ended_ms', ARGV[1], 'updated_ms', ARGV[1])
+        redis.call('ZREM', KEYS[1], name)
+        -- the agents it reached go back to the group's version
+        ro_tell(KEYS[3], fleet, name)
+        steps = steps + 1
     elseif redis.call('EXISTS', p .. 'config:group:' .. name) == 0 then
         -- the group was deleted under it: nothing to roll out to
         redis.call('HSET', k, 'state', 'aborted',
