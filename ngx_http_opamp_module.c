@@ -351,6 +351,20 @@ static ngx_command_t  ngx_http_opamp_commands[] = {
       0,
       NULL },
 
+    { ngx_string("opamp_enrollment_token"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_set_complex_value_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_opamp_loc_conf_t, enrollment_token),
+      NULL },
+
+    { ngx_string("opamp_token_reenroll"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_opamp_loc_conf_t, token_reenroll),
+      NULL },
+
     { ngx_string("opamp_custom_capabilities"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
       ngx_http_opamp_custom_capabilities,
@@ -555,6 +569,8 @@ ngx_http_opamp_create_loc_conf(ngx_conf_t *cf)
     olcf->identity = NGX_CONF_UNSET_PTR;
     olcf->identity_conflict = NGX_CONF_UNSET_UINT;
     olcf->server_attributes = NGX_CONF_UNSET_PTR;
+    olcf->enrollment_token = NGX_CONF_UNSET_PTR;
+    olcf->token_reenroll = NGX_CONF_UNSET;
 
     /* dashboard_api, _metrics, _etag: zeroed, set by opamp_dashboard for
      * its own location only, as the handler it sets is not inherited */
@@ -601,6 +617,9 @@ ngx_http_opamp_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     /* as proxy_set_header: a level's list replaces the outer one */
     ngx_conf_merge_ptr_value(conf->server_attributes,
                              prev->server_attributes, NULL);
+    ngx_conf_merge_ptr_value(conf->enrollment_token, prev->enrollment_token,
+                             NULL);
+    ngx_conf_merge_value(conf->token_reenroll, prev->token_reenroll, 0);
 
     /*
      * In an OpAMP location opamp_max_message_size is the body limit (it

@@ -130,6 +130,10 @@ typedef struct {
                                                        server_attr_t; NULL:
                                                        none */
 
+    /* per-agent tokens: ngx_http_opamp_token.c */
+    ngx_http_complex_value_t   *enrollment_token;  /* NULL: none */
+    ngx_flag_t                  token_reenroll;
+
     ngx_str_t                   dashboard_api;      /* opamp_dashboard: */
     ngx_str_t                   dashboard_metrics;  /* the page's paths, */
     ngx_str_t                   dashboard_etag;     /* its ETag */

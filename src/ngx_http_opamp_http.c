@@ -126,6 +126,20 @@ ngx_http_opamp_http_handler(ngx_http_request_t *r)
         return ngx_http_opamp_http_error(r, NGX_HTTP_FORBIDDEN, reason);
     }
 
+    /* the credential, with opamp_enrollment_token (docs/security.md):
+     * none or a malformed one is refused before the body is read */
+
+    rc = ngx_http_opamp_token_eval(r, s->identity, &s->token, &reason);
+
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (rc == NGX_DECLINED) {
+        ngx_http_opamp_metrics_inc(NGX_HTTP_OPAMP_M_TOKEN_REFUSALS);
+        return ngx_http_opamp_http_error(r, NGX_HTTP_UNAUTHORIZED, reason);
+    }
+
     h = ngx_http_opamp_http_header_in(r, "OpAMP-Instance-UID",
                                       sizeof("OpAMP-Instance-UID") - 1);
     if (h) {

@@ -878,6 +878,13 @@ ngx_http_opamp_metrics_write_fleet(ngx_http_opamp_metrics_out_t *o,
         "is bound to another agent identity.");
     ngx_http_opamp_metrics_printf(o, "opamp_identity_conflicts_total %A\n",
                                   s[NGX_HTTP_OPAMP_M_IDENTITY_CONFLICTS]);
+
+    ngx_http_opamp_metrics_family(o, "token_refusals_total", "counter",
+        "Requests and messages refused for their credential: none or a "
+        "malformed one (401), or one that is not the agent's token nor "
+        "an enrollment credential it may use (403).");
+    ngx_http_opamp_metrics_printf(o, "opamp_token_refusals_total %A\n",
+                                  s[NGX_HTTP_OPAMP_M_TOKEN_REFUSALS]);
 }
 
 

@@ -56,6 +56,7 @@ typedef enum {
     NGX_HTTP_OPAMP_M_WS_OPENED,
     NGX_HTTP_OPAMP_M_IDENTITY_CONFLICTS,   /* a uid claimed by another
                                               identity */
+    NGX_HTTP_OPAMP_M_TOKEN_REFUSALS,       /* a credential refused */
     NGX_HTTP_OPAMP_M_NSCALARS
 } ngx_http_opamp_metrics_scalar_e;
 

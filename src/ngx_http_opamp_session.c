@@ -394,6 +394,35 @@ ngx_http_opamp_session_report(ngx_http_opamp_session_t *s,
         rep->identity_mark = s->identity->mark;
     }
 
+    /* the credential presented, which the script checks, and a new token
+     * that goes out with the OpAMP settings the agent may be offered (the
+     * script keeps its digest as the agent's next token) */
+
+    if (s->token) {
+        rep->token_presented.data = s->token->presented;
+        rep->token_presented.len = s->token->presented_len;
+        rep->identity_mark.data = s->token->mark;
+        rep->identity_mark.len = sizeof(s->token->mark);
+
+        if (msg->capabilities & NGX_HTTP_OPAMP_ACAP_ACCEPTS_OPAMP_SETTINGS) {
+            if (ngx_http_opamp_token_mint(rep->token, rep->token_digest,
+                                          s->connection->log)
+                != NGX_OK)
+            {
+                ngx_free(m);
+
+                if (desc.data) {
+                    ngx_free(desc.data);
+                }
+
+                return NGX_ERROR;
+            }
+
+            rep->token_mint.data = rep->token_digest;
+            rep->token_mint.len = sizeof(rep->token_digest);
+        }
+    }
+
     /* a WebSocket agent that connects again gets its config again, even if
      * it was offered on an earlier connection and never acknowledged */
     rep->force_config = (s->messages == 0
@@ -688,6 +717,7 @@ ngx_http_opamp_session_reported(ngx_http_opamp_report_t *rep, ngx_int_t rc,
     ngx_http_opamp_message_t *m = data;
 
     u_char                     uid[NGX_HTTP_OPAMP_UID_LEN];
+    const char                *reason;
     ngx_http_opamp_session_t  *s;
 
     s = m->session;
@@ -771,6 +801,42 @@ ngx_http_opamp_session_reported(ngx_http_opamp_report_t *rep, ngx_int_t rc,
         {
             s->close(s, 1008, "instance_uid is bound to another agent "
                               "identity");
+        }
+
+        s->forbidden = 0;
+        s->resume(s);
+        return;
+
+    case NGX_HTTP_OPAMP_VERDICT_TOKEN:
+        ngx_http_opamp_metrics_inc(NGX_HTTP_OPAMP_M_TOKEN_REFUSALS);
+
+        reason = "the token is not this instance_uid's";
+
+        if (rep->holder_channel.len == 7) {   /* "revoked" */
+            reason = "the agent's token was revoked";
+
+        } else if (rep->holder_channel.len == 10) {   /* "enrollment" */
+            reason = "the enrollment credential is not taken for an "
+                     "instance_uid that holds a token";
+        }
+
+        ngx_log_error(NGX_LOG_WARN, s->connection->log, 0,
+                      "opamp: 403 refused: %s", reason);
+
+        ngx_memcpy(uid, m->reply_uid, NGX_HTTP_OPAMP_UID_LEN);
+        ngx_http_opamp_session_free_message(m);
+
+        /* as an identity conflict: nothing was stored, a plain HTTP agent
+         * gets 403, a WebSocket agent the error and a close (1008) */
+
+        s->forbidden = 1;
+
+        if (ngx_http_opamp_session_error(s, uid,
+                NGX_HTTP_OPAMP_ERR_BAD_REQUEST, reason)
+            == NGX_OK
+            && s->transport == NGX_HTTP_OPAMP_TRANSPORT_WS)
+        {
+            s->close(s, 1008, reason);
         }
 
         s->forbidden = 0;

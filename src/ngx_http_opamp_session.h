@@ -13,6 +13,7 @@
 
 #include "ngx_http_opamp.h"
 #include "ngx_http_opamp_identity.h"
+#include "ngx_http_opamp_token.h"
 
 
 typedef struct ngx_http_opamp_session_s  ngx_http_opamp_session_t;
@@ -80,6 +81,9 @@ struct ngx_http_opamp_session_s {
     ngx_http_opamp_view_t          *view;       /* WebSocket agents that
                                                    take remote config */
     ngx_http_opamp_identity_t      *identity;   /* NULL: none configured */
+    ngx_http_opamp_token_t         *token;      /* the credential presented;
+                                                   NULL: no
+                                                   opamp_enrollment_token */
 
     unsigned                        transport:1;
     unsigned                        has_uid:1;

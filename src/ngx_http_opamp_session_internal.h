@@ -39,6 +39,12 @@ typedef struct {
     Opamp__Proto__V1__ConnectionSettingsOffers  *stored;
     Opamp__Proto__V1__PackagesAvailable         *packages;
     u_char                                       hash[20];
+    /* the operator's headers with the agent's new token (token.c) */
+    Opamp__Proto__V1__Headers                    headers;
+    Opamp__Proto__V1__Header                     auth;
+    Opamp__Proto__V1__Header                   **header_list;
+    u_char                                       bearer[sizeof("Bearer ")
+                                                        + 43];
 } ngx_http_opamp_owed_t;
 
 

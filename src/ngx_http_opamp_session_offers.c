@@ -31,6 +31,9 @@ static void ngx_http_opamp_session_free_remote_config(
 static void ngx_http_opamp_session_offers(ngx_http_opamp_session_t *s,
     ngx_http_opamp_report_t *rep, Opamp__Proto__V1__ServerToAgent *s2a,
     ngx_http_opamp_owed_t *o);
+static ngx_int_t ngx_http_opamp_session_token_headers(
+    ngx_http_opamp_session_t *s, ngx_http_opamp_report_t *rep,
+    ngx_http_opamp_owed_t *o);
 static void ngx_http_opamp_session_extras(ngx_http_opamp_report_t *rep,
     Opamp__Proto__V1__ServerToAgent *s2a, ngx_http_opamp_owed_t *o);
 
@@ -302,6 +305,20 @@ ngx_http_opamp_session_offers(ngx_http_opamp_session_t *s,
 
     if (st && st->opamp) {
         o->cso.opamp = st->opamp;
+
+        /* where agents have tokens the script made the token of this
+         * message the agent's next one, as the opamp part goes out: it
+         * travels in it, or the part does not go at all, as an agent that
+         * took it without would be shut out (docs/security.md) */
+
+        if (rep->token_mint.len) {
+            if (ngx_http_opamp_session_token_headers(s, rep, o) != NGX_OK) {
+                return;
+            }
+
+            o->cso.opamp = &o->ocs;
+        }
+
         ngx_http_opamp_session_conn_settings(s, o->cso.opamp);
 
     } else if ((caps & NGX_HTTP_OPAMP_ACAP_REPORTS_HEARTBEAT)
@@ -323,6 +340,64 @@ ngx_http_opamp_session_offers(ngx_http_opamp_session_t *s,
     o->cso.hash.len = sizeof(o->hash);
 
     s2a->connection_settings = &o->cso;
+}
+
+
+/*
+ * The operator's opamp part with the agent's new token in it: a copy of
+ * the part in o->ocs, its headers the operator's but for any
+ * Authorization, then "Authorization: Bearer <token>".  The supervisor
+ * replaces all of its headers with an offer's, so the operator's others
+ * (a tenant header) stay, and the part keeps its CA certificate.
+ */
+
+static ngx_int_t
+ngx_http_opamp_session_token_headers(ngx_http_opamp_session_t *s,
+    ngx_http_opamp_report_t *rep, ngx_http_opamp_owed_t *o)
+{
+    size_t                      i, n;
+    Opamp__Proto__V1__Header  **h;
+    Opamp__Proto__V1__Headers  *theirs;
+
+    o->ocs = *o->stored->opamp;
+
+    theirs = o->ocs.headers;
+    n = theirs ? theirs->n_headers : 0;
+
+    o->header_list = ngx_alloc((n + 1) * sizeof(Opamp__Proto__V1__Header *),
+                               s->connection->log);
+    if (o->header_list == NULL) {
+        return NGX_ERROR;
+    }
+
+    opamp__proto__v1__headers__init(&o->headers);
+    opamp__proto__v1__header__init(&o->auth);
+
+    h = o->header_list;
+
+    for (i = 0; i < n; i++) {
+        if (theirs->headers[i]->key
+            && ngx_strcasecmp((u_char *) theirs->headers[i]->key,
+                              (u_char *) "Authorization") == 0)
+        {
+            continue;
+        }
+
+        *h++ = theirs->headers[i];
+    }
+
+    *ngx_cpymem(ngx_cpymem(o->bearer, "Bearer ", sizeof("Bearer ") - 1),
+                rep->token, sizeof(rep->token)) = '\0';
+
+    o->auth.key = "Authorization";
+    o->auth.value = (char *) o->bearer;
+    *h++ = &o->auth;
+
+    o->headers.headers = o->header_list;
+    o->headers.n_headers = h - o->header_list;
+    o->ocs.headers = &o->headers;
+
+    return NGX_OK;
 }
 
 
@@ -400,6 +475,10 @@ void
 ngx_http_opamp_session_free_owed(ngx_http_opamp_owed_t *o)
 {
     ngx_http_opamp_session_free_remote_config(&o->arc);
+
+    if (o->header_list) {
+        ngx_free(o->header_list);
+    }
 
     if (o->stored) {
         opamp__proto__v1__connection_settings_offers__free_unpacked(

@@ -19,11 +19,11 @@ typedef struct {
 
 /*
  * The arguments of a call of each script: EVALSHA, sha1, numkeys, then
- * the keys and ARGV its header lists.  report.lua: 5 keys and 40 ARGV;
+ * the keys and ARGV its header lists.  report.lua: 5 keys and 42 ARGV;
  * check.lua and beats.lua: their keys and ARGV before the agents, then
  * as many per agent as the _AGENT_ARGC says.
  */
-#define NGX_HTTP_OPAMP_REPORT_ARGC       (3 + 5 + 40)
+#define NGX_HTTP_OPAMP_REPORT_ARGC       (3 + 5 + 42)
 #define NGX_HTTP_OPAMP_CHECK_ARGC        (3 + 2 + 5)
 #define NGX_HTTP_OPAMP_BEATS_ARGC        (3 + 1 + 2)
 
@@ -536,6 +536,10 @@ ngx_http_opamp_store_send_report(ngx_http_opamp_store_req_t *req,
                        rep->server_attributes.len);
     NGX_HTTP_OPAMP_ARG(ngx_http_opamp_store_str(&rep->identity_mark),
                        rep->identity_mark.len);
+    NGX_HTTP_OPAMP_ARG(ngx_http_opamp_store_str(&rep->token_mint),
+                       rep->token_mint.len);
+    NGX_HTTP_OPAMP_ARG(ngx_http_opamp_store_str(&rep->token_presented),
+                       rep->token_presented.len);
 
     if (ngx_http_opamp_redis_command(argc, argv, argvlen,
                                      ngx_http_opamp_store_report_done, req)

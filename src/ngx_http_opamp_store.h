@@ -46,6 +46,9 @@ typedef enum {
                                                  nothing stored */
 #define NGX_HTTP_OPAMP_VERDICT_IDENTITY   4   /* the uid is bound to another
                                                  identity: nothing stored */
+#define NGX_HTTP_OPAMP_VERDICT_TOKEN      5   /* the credential is refused:
+                                                 nothing stored; why in
+                                                 holder_channel */
 
 
 typedef struct {
@@ -89,6 +92,12 @@ typedef struct {
                                                empty: none */
     ngx_str_t           identity_mark;   /* both digested, hex, for the
                                             beat mark; empty: neither */
+    ngx_str_t           token_presented; /* report.lua's ARGV[42]; empty:
+                                            no opamp_enrollment_token */
+    ngx_str_t           token_mint;      /* the SHA-256 of token, hex, in
+                                            token_digest; empty: none */
+    u_char              token[43];       /* NGX_HTTP_OPAMP_TOKEN_LEN */
+    u_char              token_digest[64];
 
     /* out, valid in the handler when rc == NGX_OK */
     unsigned            full_state:1;

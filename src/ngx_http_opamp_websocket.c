@@ -75,6 +75,7 @@ ngx_http_opamp_websocket_handler(ngx_http_request_t *r)
     ngx_http_opamp_ws_ctx_t   *ctx;
     ngx_http_opamp_session_t  *s;
     ngx_http_opamp_identity_t *identity;
+    ngx_http_opamp_token_t    *token;
 
     if (r != r->main) {
         return ngx_http_opamp_http_error(r, NGX_HTTP_BAD_REQUEST,
@@ -131,6 +132,21 @@ ngx_http_opamp_websocket_handler(ngx_http_request_t *r)
         return ngx_http_opamp_http_error(r, NGX_HTTP_FORBIDDEN, reason);
     }
 
+    /* the credential, with opamp_enrollment_token (docs/security.md):
+     * none or a malformed one is refused at the handshake; whether it is
+     * the agent's token, at each message that takes the long way */
+
+    rc = ngx_http_opamp_token_eval(r, identity, &token, &reason);
+
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (rc == NGX_DECLINED) {
+        ngx_http_opamp_metrics_inc(NGX_HTTP_OPAMP_M_TOKEN_REFUSALS);
+        return ngx_http_opamp_http_error(r, NGX_HTTP_UNAUTHORIZED, reason);
+    }
+
     if (ngx_http_opamp_ws_accept(r, &key, &accept) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -149,6 +165,7 @@ ngx_http_opamp_websocket_handler(ngx_http_request_t *r)
 
     ctx = ngx_calloc(sizeof(ngx_http_opamp_ws_ctx_t)
                      + sizeof(ngx_http_opamp_session_t)
+                     + (token ? sizeof(ngx_http_opamp_token_t) : 0)
                      + (identity ? identity->size : 0), r->connection->log);
     if (ctx == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -160,8 +177,18 @@ ngx_http_opamp_websocket_handler(ngx_http_request_t *r)
     s = (ngx_http_opamp_session_t *) &ctx[1];
     ngx_http_opamp_session_init(s, r, NGX_HTTP_OPAMP_TRANSPORT_WS);
 
+    /* the token's copy first: it is of fixed size, so the identity's
+     * block after it stays aligned as ngx_calloc() aligned s */
+
+    if (token) {
+        s->token = (ngx_http_opamp_token_t *) &s[1];
+        *s->token = *token;
+    }
+
     if (identity) {
-        s->identity = ngx_http_opamp_identity_copy(identity, &s[1]);
+        s->identity = ngx_http_opamp_identity_copy(identity,
+                          (u_char *) &s[1]
+                          + (token ? sizeof(ngx_http_opamp_token_t) : 0));
     }
 
     ctx->connection = r->connection;

@@ -224,6 +224,7 @@ ngx_http_opamp_admin_uid(ngx_http_request_t *r,
  *   agents/<uid>/messages           POST
  *   agents/<uid>/retry-config       POST
  *   agents/<uid>/identity           DELETE
+ *   agents/<uid>/token              DELETE
  *   configs/groups                  GET
  *   configs/groups/<name>           GET PUT DELETE
  *   configs/agents/<uid>            GET PUT DELETE
@@ -350,6 +351,11 @@ ngx_http_opamp_admin_route_agents(ngx_http_request_t *r,
 
     if (nseg == 3 && ngx_http_opamp_seg(2, "identity")) {
         ctx->op = NGX_HTTP_OPAMP_ADMIN_IDENTITY;
+        return ngx_http_opamp_admin_method(ctx, NGX_HTTP_DELETE, "DELETE");
+    }
+
+    if (nseg == 3 && ngx_http_opamp_seg(2, "token")) {
+        ctx->op = NGX_HTTP_OPAMP_ADMIN_TOKEN;
         return ngx_http_opamp_admin_method(ctx, NGX_HTTP_DELETE, "DELETE");
     }
 
@@ -763,6 +769,9 @@ ngx_http_opamp_admin_run(ngx_http_opamp_admin_ctx_t *ctx)
 
     case NGX_HTTP_OPAMP_ADMIN_IDENTITY:
         return ngx_http_opamp_admin_release(ctx);
+
+    case NGX_HTTP_OPAMP_ADMIN_TOKEN:
+        return ngx_http_opamp_admin_revoke(ctx);
 
     case NGX_HTTP_OPAMP_ADMIN_VERSIONS:
     case NGX_HTTP_OPAMP_ADMIN_VERSION:

@@ -61,7 +61,8 @@ static ngx_str_t  ngx_http_opamp_admin_numbers[] = {
     ngx_string("worker_pid"), ngx_string("connected_at_ms"),
     ngx_string("disconnected_at_ms"), ngx_string("config_version"),
     ngx_string("offered_ms"), ngx_string("offered_packages_ms"),
-    ngx_string("healthy"), ngx_string("identity_bound_ms"), ngx_null_string
+    ngx_string("healthy"), ngx_string("identity_bound_ms"),
+    ngx_string("token_ms"), ngx_string("token_revoked_ms"), ngx_null_string
 };
 
 
@@ -463,6 +464,33 @@ ngx_http_opamp_admin_release(ngx_http_opamp_admin_ctx_t *ctx)
     return ngx_http_opamp_admin_eval_source(ctx,
                ngx_http_opamp_lua_admin_identity,
                sizeof(ngx_http_opamp_lua_admin_identity) - 1, 1, 1, argv,
+               argvlen);
+}
+
+
+/* DELETE agents/<uid>/token: the agent's token revoked on every host at
+ * once, the enrollment credential refused for its uid from now on
+ * (admin_token.lua, docs/security.md); 404 for an unknown agent */
+
+ngx_int_t
+ngx_http_opamp_admin_revoke(ngx_http_opamp_admin_ctx_t *ctx)
+{
+    u_char       now[NGX_INT64_LEN];
+    size_t       argvlen[2];
+    ngx_time_t  *tp;
+    const char  *argv[2];
+
+    tp = ngx_timeofday();
+
+    argv[0] = (const char *) ctx->agent_key.data;
+    argvlen[0] = ctx->agent_key.len;
+    argv[1] = (const char *) now;
+    argvlen[1] = ngx_sprintf(now, "%L", (int64_t) tp->sec * 1000 + tp->msec)
+                 - now;
+
+    return ngx_http_opamp_admin_eval_source(ctx,
+               ngx_http_opamp_lua_admin_token,
+               sizeof(ngx_http_opamp_lua_admin_token) - 1, 1, 2, argv,
                argvlen);
 }
 

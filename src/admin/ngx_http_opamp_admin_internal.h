@@ -30,6 +30,7 @@ typedef enum {
     NGX_HTTP_OPAMP_ADMIN_RESTART,
     NGX_HTTP_OPAMP_ADMIN_RETRY,           /* a failed config offered again */
     NGX_HTTP_OPAMP_ADMIN_IDENTITY,        /* an identity binding released */
+    NGX_HTTP_OPAMP_ADMIN_TOKEN,           /* an agent's token revoked */
     NGX_HTTP_OPAMP_ADMIN_MESSAGE,
     NGX_HTTP_OPAMP_ADMIN_GROUPS,
     NGX_HTTP_OPAMP_ADMIN_CONFIG,          /* of an agent or a group */
@@ -115,6 +116,7 @@ ngx_int_t ngx_http_opamp_admin_remove(ngx_http_opamp_admin_ctx_t *ctx);
 ngx_int_t ngx_http_opamp_admin_restart(ngx_http_opamp_admin_ctx_t *ctx);
 ngx_int_t ngx_http_opamp_admin_retry(ngx_http_opamp_admin_ctx_t *ctx);
 ngx_int_t ngx_http_opamp_admin_release(ngx_http_opamp_admin_ctx_t *ctx);
+ngx_int_t ngx_http_opamp_admin_revoke(ngx_http_opamp_admin_ctx_t *ctx);
 ngx_int_t ngx_http_opamp_admin_message(ngx_http_opamp_admin_ctx_t *ctx);
 ngx_int_t ngx_http_opamp_admin_list_answer(ngx_http_opamp_admin_ctx_t *ctx,
     redisReply *reply);

@@ -54,7 +54,7 @@ local check_fields = { unpack(config_fields) }
 local nc = #config_fields
 for _, f in ipairs({ 'capabilities', 'conn', 'connected',
                      'custom_capability_names', 'cs_hash', 'cs_again',
-                     'cs_offered_ms' }) do
+                     'cs_offered_ms', 'token_ms' }) do
     check_fields[#check_fields + 1] = f
 end
 -- after a change that makes agents be matched again, their own
@@ -81,6 +81,7 @@ for i = 6, #ARGV - 1, 2 do
         local set = {}
         local h, _, ckey = owed_config(set, caps, '', nil, force, now,
                                        cur)
+        token_agent, mint = cur[nc + 8], nil
         local offer, extra, cs = owed_settings(set, caps, cur[nc + 5],
                                                cur[nc + 6], cur[nc + 7])
         local packages = owed_packages(set, caps, force, now)

@@ -54,7 +54,16 @@
 --          AgentDescription of identifying_attributes (protobuf), ""
 --          when none; they win over the agent's own for selectors
 -- ARGV[40] the worker's digest of ARGV[38] and ARGV[39] (hex), part of
---          the beat mark; "" when both are empty
+--          the beat mark; "" when both are empty; with
+--          opamp_enrollment_token it digests ARGV[42] too
+-- ARGV[41] with opamp_enrollment_token, the SHA-256 (hex) of a token the
+--          worker made for this message: it becomes the agent's next
+--          token (token_next_sha256) when an offer of OpAMP connection
+--          settings goes out, which then carries it; "" without
+-- ARGV[42] with opamp_enrollment_token, the credential presented: "E"
+--          the enrollment credential, "R" the same where
+--          opamp_token_reenroll is on, else the presented token's SHA-256
+--          (hex); "" without (docs/security.md, Tokens)
 --
 -- Heartbeats that a worker batches go to beats.lua, which takes the same
 -- short way (lib/short_way.lua); after a config change, check.lua looks
@@ -62,8 +71,9 @@
 --
 -- Returns { full_state (0/1), verdict (0 ok, 1 takeover, 2 duplicate,
 --           3 over opamp_max_agent_state, 4 the uid is bound to another
---           identity: nothing stored),
---           holder channel, holder conn, offer connection settings (0/1),
+--           identity, 5 the credential is refused: nothing stored),
+--           holder channel (with 5 why: "revoked", "enrollment",
+--           "mismatch"), holder conn, offer connection settings (0/1),
 --           owed config hash (hex, "" for none),
 --           the owed config's hash fields (HGETALL) or an empty array,
 --           ask for available components (0/1),
@@ -109,7 +119,9 @@ local short_fields = { 'sequence_num', 'settled', 'connected',
                        'expires_ms', 'conn', 'transport', 'channel',
                        'cs_hash', 'first_seen_ms', 'schema', 'cs_again',
                        'cs_offered_ms', 'settled_until', 'identity',
-                       'server_attributes' }
+                       'server_attributes', 'token_sha256',
+                       'token_next_sha256', 'token_revoked_ms', 'cs_sent',
+                       'token_ms' }
 
 -- what a heartbeat must match in the agent's "settled" to take the short
 -- way, but for the config_version in front: its capabilities, the
@@ -155,6 +167,35 @@ end
 local identity = ARGV[38]
 if identity ~= '' and cur[14] and cur[14] ~= identity then
     return { 0, 4, '', '', 0, '', {}, 0, '', {}, '', '', '', {} }
+end
+
+-- Per-agent tokens (docs/security.md, Tokens): the credential presented
+-- must be the uid's token, or its next one (which then becomes its
+-- token: the old one is good no more), or the enrollment credential for
+-- a uid that holds no token and was never revoked (or, with
+-- opamp_token_reenroll on, one that lost its token).  Refused before
+-- anything of the message is stored.
+local presented, enrolling = ARGV[42], false
+if presented ~= '' then
+    local held, nxt, revoked = cur[16], cur[17], cur[18]
+    local why = nil
+    if presented == 'E' or presented == 'R' then
+        if revoked then
+            why = 'revoked'
+        elseif held and presented == 'E' then
+            why = 'enrollment'
+        end
+        enrolling = true
+    elseif nxt and presented == nxt then
+        -- the agent took its new token: the old one goes
+        cur[16], cur[17] = nxt, nil
+        token_moved = true
+    elseif not held or presented ~= held then
+        why = revoked and 'revoked' or 'mismatch'
+    end
+    if why then
+        return { 0, 5, why, '', 0, '', {}, 0, '', {}, '', '', '', {} }
+    end
 end
 
 local fields = { 'description', 'health', 'effective_config',
@@ -586,17 +627,64 @@ end
 local cs_again = cur[11]
 if ARGV[36] ~= '' then
     local st, reported = string.match(ARGV[36], '^(%u*) (%x*)$')
-    cs_again = (st == 'FAILED' or reported ~= cs_hash) and '1' or ''
+    cs_again = (st == 'FAILED' or reported ~= (cur[19] or cs_hash))
+               and '1' or ''
 end
 
 local offer, extra, cs, packages = 0, '', '', ''
 
+-- an agent that holds a token, or is being given one, gets OpAMP
+-- settings only with a new token in them (lib/owed.lua).  One that comes
+-- with the enrollment credential having had a token (it lost it:
+-- opamp_token_reenroll) or been offered one it never used is offered
+-- them again, with a new token, unless the one made for it is still on
+-- its way (opamp_agent_timeout); one never offered a token is offered
+-- them as anyone is, once per content
+mint = ARGV[41] ~= '' and ARGV[41] or nil
+token_agent = cur[20] or mint
+local stored_cs = cs_hash
+if enrolling and mint and bit(ARGV[5], 256) and (cur[16] or cur[17])
+   and (not cur[17] or now - tonumber(cur[12] or '0') >= timeout)
+then
+    stored_cs = ''
+    cs_again = '1'
+    cur[12] = nil
+end
+
 if not disconnect then
-    offer, extra, cs = owed_settings(set, ARGV[5], cs_hash, cs_again,
+    offer, extra, cs = owed_settings(set, ARGV[5], stored_cs, cs_again,
                                      cur[12])
     packages = owed_packages(set, ARGV[5], ARGV[29] == '1' or restarted,
                              now, ARGV[34] ~= '' and string.sub(ARGV[34], 2)
                                   or nil)
+end
+
+-- the offer's hash covers the new token, so that an agent that skips an
+-- offer it had (the supervisor) takes this one; cs_sent is what it
+-- reports back having applied
+if offer == 1 and offer_opamp and mint then
+    cs = redis.sha1hex(cs .. mint)
+    set[#set + 1] = 'token_next_sha256'
+    set[#set + 1] = mint
+    set[#set + 1] = 'cs_sent'
+    set[#set + 1] = cs
+elseif offer == 1 then
+    set[#set + 1] = 'cs_sent'
+    set[#set + 1] = ''
+end
+
+if token_moved then
+    set[#set + 1] = 'token_sha256'
+    set[#set + 1] = cur[16]
+    if not (offer == 1 and offer_opamp and mint) then
+        set[#set + 1] = 'token_next_sha256'
+        set[#set + 1] = ''
+    end
+end
+
+if mint and not cur[20] then
+    set[#set + 1] = 'token_ms'
+    set[#set + 1] = ARGV[1]
 end
 
 if offer == 0 and cs_again ~= cur[11] then

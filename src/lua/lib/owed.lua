@@ -131,6 +131,16 @@ local function owed_settings(set, caps, stored_hash, again, offered_ms)
     if extra == '' and not heartbeat then
         return 0, '', ''
     end
+    -- an agent with a token (or one on its way) that accepts OpAMP
+    -- settings must find a token it can use in them: without one to give
+    -- (check.lua's pushes), they wait for its next message, which the
+    -- emptied settled sends the long way (report.lua makes one)
+    offer_opamp = opamp
+    if opamp and token_agent and not mint then
+        set[#set + 1] = 'settled'
+        set[#set + 1] = ''
+        return 0, '', ''
+    end
     local h = ''
     if opamp or heartbeat then
         h = cs_offer

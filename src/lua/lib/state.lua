@@ -26,3 +26,10 @@ local key, acfg, skey, uid
 -- a number) one is owed again, else false (set by owed_config(),
 -- owed_settings() and owed_packages())
 local pending = false
+
+-- per-agent tokens (docs/security.md): the SHA-256 (hex) of the token
+-- this call may give the agent (report.lua's ARGV[41]; nil in check.lua,
+-- which has none to give); whether the agent holds one, or one is on its
+-- way (token_ms); whether owed_settings() offered an opamp part; whether
+-- the agent just took its next token
+local mint, token_agent, offer_opamp, token_moved
