@@ -717,6 +717,16 @@ ngx_http_opamp_http_error(ngx_http_request_t *r, ngx_uint_t status,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    /* only opamp_enrollment_token refuses with 401: RFC 6750 names the
+     * scheme the credential is to come in */
+
+    if (status == NGX_HTTP_UNAUTHORIZED
+        && ngx_http_opamp_http_header_out(r, "WWW-Authenticate", "Bearer")
+           != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
     len = ngx_strlen(reason);
 
     b = ngx_create_temp_buf(r->pool, len + sizeof("opamp: " CRLF) - 1);

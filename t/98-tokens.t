@@ -96,8 +96,9 @@ is(put_settings('blue'), 200, 'the operator stores an OpAMP settings offer');
 # --- no or a malformed credential: 401 ------------------------------------------
 
 my $U = random_uid();
-my ($st) = post($ta, undef, msg($U, "sequence_num: 0 capabilities: $CAPS"));
+my ($st, $hd) = $ta->http_post(msg($U, "sequence_num: 0 capabilities: $CAPS"));
 is($st, 401, 'no credential: 401');
+is($hd->{'www-authenticate'}, 'Bearer', 'naming the Bearer scheme');
 ok($ta->wait_for(sub { $ta->error_log =~ /opamp: 401 response: no Authorization header/ }),
    'the reason in the error log');
 ($st) = $ta->http_post(msg($U, "sequence_num: 0 capabilities: $CAPS"),
@@ -105,6 +106,7 @@ ok($ta->wait_for(sub { $ta->error_log =~ /opamp: 401 response: no Authorization 
 is($st, 401, 'no Bearer token: 401');
 my $ws = OpAMPFleet->connect_ws(port => $ta->port, refused => 1);
 like($ws, qr{^HTTP/1\.1 401}, 'a WebSocket handshake without one: 401');
+like($ws, qr{^WWW-Authenticate: Bearer\r?$}mi, 'naming the Bearer scheme');
 is($ta->redis('EXISTS', agent_key($U)), 0, 'nothing stored');
 is(metric($ta, 'opamp_token_refusals_total'), 3, 'each counted');
 
