@@ -527,7 +527,7 @@ ngx_http_opamp_admin_rollouts(ngx_http_opamp_admin_ctx_t *ctx)
 {
     u_char                       now[NGX_INT64_LEN];
     size_t                       argvlen[9];
-    ngx_str_t                    keys[4], author;
+    ngx_str_t                    keys[4], author, fleet;
     ngx_uint_t                   i;
     const char                  *argv[9];
     ngx_time_t                  *tp;
@@ -545,7 +545,7 @@ ngx_http_opamp_admin_rollouts(ngx_http_opamp_admin_ctx_t *ctx)
            != NGX_OK
         || ngx_http_opamp_admin_key(ctx, &keys[3], "config_version", 0)
            != NGX_OK
-        || ngx_http_opamp_admin_key(ctx, &ctx->key, "fleet", 0) != NGX_OK)
+        || ngx_http_opamp_admin_key(ctx, &fleet, "fleet", 0) != NGX_OK)
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -574,8 +574,8 @@ ngx_http_opamp_admin_rollouts(ngx_http_opamp_admin_ctx_t *ctx)
     argvlen[5] = ngx_sprintf(now, "%T%03M", tp->sec, tp->msec) - now;
     argv[6] = (const char *) omcf->prefix.data;
     argvlen[6] = omcf->prefix.len;
-    argv[7] = (const char *) ctx->key.data;
-    argvlen[7] = ctx->key.len;
+    argv[7] = (const char *) fleet.data;
+    argvlen[7] = fleet.len;
     argv[8] = author.len ? (const char *) author.data : "";
     argvlen[8] = author.len;
 
