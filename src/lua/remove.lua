@@ -20,8 +20,8 @@
 -- ARGV[8]  the lease, ms: a worker that holds it (or finds it free) sweeps
 --          and holds it this long again; any other worker gets nothing to
 --          do, so that one worker of the fleet sweeps at a time
--- A sweep step also recomputes the fleet gauges' part of 100 agents of
--- the index, from a cursor kept in <prefix>fleet:recount.
+-- A sweep step also recomputes the fleet gauges' and the inventory's part
+-- of 100 agents of the index, from a cursor kept in <prefix>fleet:recount.
 --
 -- Returns, "agent": 1 when there was anything of the agent (hash, index
 -- entry, or something queued for it), else 0; "sweep": { removed,
@@ -30,6 +30,9 @@
 
 --@include lib/rollout.lua
 --@include lib/gauges.lua
+--@include lib/protobuf.lua
+--@include lib/attributes.lua
+--@include lib/status.lua
 --@include lib/inventory.lua
 
 local prefix, now = ARGV[1], tonumber(ARGV[3])
@@ -95,17 +98,20 @@ for _, uid in ipairs(uids) do
     end
 end
 
--- the gauges' repair (lib/gauges.lua): a window of the index a step, in
--- rank order, each agent's part recomputed from its fields, so that a
--- direct write to agent hashes that bypassed the scripts is counted right
--- within (fleet size / window) steps; not while a backlog of departed
--- agents is cleared, whose steps stay as short as they were
+-- the gauges' and the inventory's repair (lib/gauges.lua,
+-- lib/inventory.lua): a window of the index a step, in rank order, each
+-- agent's part recomputed from its fields, so that a direct write to
+-- agent hashes or status strings that bypassed the scripts is counted
+-- right within (fleet size / window) steps; not while a backlog of
+-- departed agents is cleared, whose steps stay as short as they were
 if #uids < tonumber(ARGV[5]) then
     local rkey = prefix .. 'fleet:recount'
     local from = tonumber(redis.call('GET', rkey) or '0') or 0
     local win = redis.call('ZRANGE', KEYS[1], from, from + RECOUNT - 1)
     for _, u in ipairs(win) do
         gauge_update(prefix .. 'agent:{' .. u .. '}')
+        inventory_recount(prefix, prefix .. 'agent:{' .. u .. '}',
+                          prefix .. 'status:{' .. u .. '}')
     end
     redis.call('SET', rkey, #win < RECOUNT and 0 or from + #win)
 end

@@ -7,8 +7,9 @@
 -- hash keeps what it counts for (inv_version, inv_os, inv_config: the
 -- value; inv_components: the digest of its component list), so that a
 -- change moves exactly what the agent counted for before, and removing
--- an agent takes it back.  Each value is at most 64 bytes, so that the
--- agent hash stays compact.
+-- an agent takes it back; the sweep's recount (inventory_recount) moves
+-- what a direct write changed.  Each value is at most 64 bytes, so that
+-- the agent hash stays compact.
 --
 -- A component list is parsed once per fleet: <prefix>fleet:inventory:lists
 -- holds, per list digest, its component names (one a line) and, in
@@ -173,6 +174,26 @@ end
 local inv_fields = { 'inv_version', 'inv_os', 'inv_config',
                      'inv_components' }
 
+-- the agent's inv_* fields as moved: now[i] the new value, false none,
+-- nil unchanged
+local function inv_store(k, now)
+    local put, gone = {}, {}
+    for i = 1, 4 do
+        if now[i] then
+            put[#put + 1] = inv_fields[i]
+            put[#put + 1] = now[i]
+        elseif now[i] == false then
+            gone[#gone + 1] = inv_fields[i]
+        end
+    end
+    if #put > 0 then
+        redis.call('HSET', k, unpack(put))
+    end
+    if #gone > 0 then
+        redis.call('HDEL', k, unpack(gone))
+    end
+end
+
 -- the agent hash k after a report: desc the description reported (nil:
 -- unchanged), comps whether it reported components (their bytes are
 -- then read from the shared content, or from stored, its status fields),
@@ -211,21 +232,54 @@ local function inventory_update(pfx, k, desc, comps, stored, config)
                                cur[4] or nil, ref and inv_value(ref),
                                pb or nil)
     end
-    local put, gone = {}, {}
-    for i = 1, 4 do
-        if now[i] then
-            put[#put + 1] = inv_fields[i]
-            put[#put + 1] = now[i]
-        elseif now[i] == false then
-            gone[#gone + 1] = inv_fields[i]
-        end
+    inv_store(k, now)
+end
+
+-- the recount's repair (remove.lua, with the gauges'): the agent hash
+-- k's part computed again from what it keeps of its reports (the
+-- description and components of its status string skey, its config_hash,
+-- its shared components), moving what differs from what its inv_* fields
+-- say it counts for.  A direct write to agent hashes or status strings,
+-- which no script saw, is so counted right within (fleet / window) sweep
+-- steps; deleted inv_* fields (with the inventory) are counted again.
+-- Needs lib/protobuf.lua, lib/attributes.lua and lib/status.lua.
+local function inventory_recount(pfx, k, skey)
+    if redis.call('EXISTS', k) == 0 then
+        return
     end
-    if #put > 0 then
-        redis.call('HSET', k, unpack(put))
+    local ikey = pfx .. 'fleet:inventory'
+    local cur = redis.call('HMGET', k, 'inv_version', 'inv_os',
+                           'inv_config', 'inv_components', 'config_hash',
+                           'available_components_ref')
+    local st = status_read(redis.call('GET', skey) or nil)
+    local version, os
+    if st.description then
+        local a = attributes_of(st.description,
+                                { ['service.version'] = true,
+                                  ['os.type'] = true, [15] = true,
+                                  [7] = true })
+        version = inv_value(a['service.version'] or '')
+        os = inv_value(a['os.type'] or '')
     end
-    if #gone > 0 then
-        redis.call('HDEL', k, unpack(gone))
+    local now = {}
+    now[1] = inv_move(ikey, 'version', cur[1] or nil, version)
+    now[2] = inv_move(ikey, 'os', cur[2] or nil, os)
+    now[3] = inv_move(ikey, 'config', cur[3] or nil,
+                      cur[5] and inv_value(cur[5]) or nil)
+    -- the list's bytes are read only when the agent's list differs
+    local ref, pb = cur[6] or nil, nil
+    if not ref and st.available_components then
+        pb = st.available_components
+        ref = redis.sha1hex(pb)
     end
+    ref = ref and inv_value(ref)
+    if ref ~= (cur[4] or nil) and ref and not pb then
+        pb = redis.call('HGET', pfx .. 'shared:components:' .. cur[6],
+                        'data')
+    end
+    now[4] = inv_list_move(ikey, pfx .. 'fleet:inventory:lists',
+                           cur[4] or nil, ref, pb or nil)
+    inv_store(k, now)
 end
 
 -- an agent hash goes: what it counted for goes with it
