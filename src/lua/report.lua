@@ -146,12 +146,33 @@ end
 
 --@include lib/short_way.lua
 
+-- What the long way reads of the agent hash besides those, by name in hv
+-- below: the shared content it refers to, what owed_config() reads (all
+-- of lib/owed_config.lua's config_fields), what the agent counts for in
+-- the gauges and the inventory.  Each read alone is a command, and most
+-- of a report's cost is per command and per Lua string.
+local long_fields = { 'effective_config_ref', 'available_components_ref',
+                      'custom_capability_names', 'gauge', 'healthy',
+                      'config_status', 'inv_version', 'inv_os', 'inv_config',
+                      'inv_components', 'config_version', 'desired_config',
+                      'desired_hash', 'offered_hash', 'offered_ms',
+                      'config_hash', 'failed_hash' }
+
+-- a heartbeat with nothing in it may take the short way; any other
+-- message takes the long way, which reads both in one HMGET
+local beat = mask == 0 and not disconnect
+             and ARGV[14] == '' and ARGV[26] == ''
+             and ARGV[29] ~= '1' and ARGV[30] == '' and ARGV[31] == ''
+             and ARGV[34] == ''
+local nshort = #short_fields
+if not beat then
+    for i, f in ipairs(long_fields) do
+        short_fields[nshort + i] = f
+    end
+end
 local cur = redis.call('HMGET', key, unpack(short_fields))
 
-if mask == 0 and not disconnect
-   and ARGV[14] == '' and ARGV[26] == ''
-   and ARGV[29] ~= '1' and ARGV[30] == '' and ARGV[31] == ''
-   and ARGV[34] == ''
+if beat
    and short_way(key, uid, seq, prev_seq, { cur[1], cur[2], cur[13] },
                  beat_mark(ARGV[5], ARGV[15], conn, transport),
                  math.floor((tonumber(ARGV[5]) or 0) / 1024) % 2 == 1,
@@ -284,6 +305,9 @@ end
 -- <field>_ref = <digest> instead of <field>.  Components are named by
 -- the hash the agent gives them (the spec's own mechanism: a list is
 -- known fleet-wide by its hash), configs by the SHA1 of their bytes.
+-- the long way's fields of the agent hash (long_fields below), by name
+local hv
+
 local function shared_key(kind, digest)
     return prefix .. 'shared:' .. kind .. ':' .. digest
 end
@@ -298,7 +322,7 @@ end
 
 -- the agent's field now refers to digest (data nil: known to exist)
 local function refer(name, kind, digest, data)
-    local old = redis.call('HGET', key, name .. '_ref')
+    local old = hv[name .. '_ref']
     if old == digest then
         return
     end
@@ -310,16 +334,18 @@ local function refer(name, kind, digest, data)
         unref(kind, old)
     end
     redis.call('HSET', key, name .. '_ref', digest)
+    hv[name .. '_ref'] = digest
     stored_status()[name] = nil
     status_changed = true
 end
 
 -- the agent's field is stored in its own hash again
 local function unshare(name, kind)
-    local old = redis.call('HGET', key, name .. '_ref')
+    local old = hv[name .. '_ref']
     if old then
         unref(kind, old)
         redis.call('HDEL', key, name .. '_ref')
+        hv[name .. '_ref'] = nil
     end
 end
 
@@ -330,8 +356,7 @@ local function tohex(b)
 end
 
 local function has_field(name)
-    return stored_status()[name] ~= nil
-           or redis.call('HEXISTS', key, name .. '_ref') == 1
+    return stored_status()[name] ~= nil or hv[name .. '_ref'] ~= nil
 end
 
 -- whether the message carries the agent's full status: its description,
@@ -390,6 +415,22 @@ if cur[1] and cur[10] ~= SCHEMA then
     end
 end
 
+-- the long way's fields (long_fields) by name, nil for none, read with
+-- cur (or now, after a heartbeat that missed the short way), and kept as
+-- this call writes them, so that the gauges, the inventory and the
+-- worker's view are worked out from what the hash holds after the call
+-- without reading it again
+hv = {}
+do
+    local r, at = cur, nshort
+    if beat then
+        r, at = redis.call('HMGET', key, unpack(long_fields)), 0
+    end
+    for i, f in ipairs(long_fields) do
+        hv[f] = r[at + i] or nil
+    end
+end
+
 local stored_seq, settled, connected, expires, holder, holder_tr,
       holder_ch, cs_hash, first_seen =
       cur[1], cur[2], cur[3], cur[4], cur[5], cur[6], cur[7], cur[8], cur[9]
@@ -407,7 +448,7 @@ if mask ~= 0 and ARGV[35] ~= '' then
         else
             total = total + #(stored_status()[name] or '')
             local kind = shared_kinds[i]
-            local ref = kind and redis.call('HGET', key, name .. '_ref')
+            local ref = kind and hv[name .. '_ref']
             if ref then
                 total = total + redis.call('HSTRLEN', prefix .. 'shared:'
                                            .. kind .. ':' .. ref, 'data')
@@ -566,7 +607,7 @@ if ARGV[26] ~= '' then
     if ARGV[26] == 'FAILED' and ARGV[28] ~= '' then
         failed_now = ARGV[28]
     elseif ARGV[26] == 'APPLIED'
-           and redis.call('HGET', key, 'failed_hash') == ARGV[28]
+           and hv.failed_hash == ARGV[28]
     then
         failed_now = ''
     end
@@ -589,6 +630,11 @@ if ARGV[31] ~= '' then
 end
 
 local owed_hash, owed_files = '', {}
+-- the agent's config fields as owed_config() reads them
+local config_pre = {}
+for i, f in ipairs(config_fields) do
+    config_pre[i] = hv[f] or false
+end
 local command, message = '', {}
 
 if not disconnect then
@@ -601,10 +647,11 @@ if not disconnect then
     end
     local desc = has_desc and ARGV[17] or ''
     owed_hash, owed_files = owed_config(set, ARGV[5], desc, reported,
-                                        ARGV[29] == '1' or restarted, now)
+                                        ARGV[29] == '1' or restarted, now,
+                                        config_pre)
 
     if names == nil then
-        names = redis.call('HGET', key, 'custom_capability_names')
+        names = hv.custom_capability_names
     end
     message = owed_message(names)
 
@@ -719,6 +766,22 @@ set[#set + 1] = settle
 set[#set + 1] = 'settled_until'
 set[#set + 1] = settle_until
 
+-- the hash as it is once written (the later of a field set twice wins,
+-- as in HSET), and what the agent counts for in the gauges now
+-- (lib/gauges.lua): written with the rest when it moved
+for i = 1, #set, 2 do
+    hv[set[i]] = set[i + 1] ~= '' and set[i + 1] or nil
+end
+local gauge = gauge_moved(key, hv.gauge,
+                          { hv.gauge, transport, hv.healthy,
+                            hv.config_status, hv.config_hash,
+                            hv.desired_config, hv.desired_hash,
+                            hv.connected, hv.failed_hash })
+if gauge then
+    set[#set + 1] = 'gauge'
+    set[#set + 1] = gauge
+end
+
 -- an empty value is no field: Redis keeps each field, name and all
 local put, gone = {}, {}
 for i = 1, #set, 2 do
@@ -733,12 +796,13 @@ redis.call('HSET', key, unpack(put))
 if #gone > 0 then
     redis.call('HDEL', key, unpack(gone))
 end
-gauge_update(key)
 gauge_flush(prefix .. 'fleet:gauges')
 -- what runs where (lib/inventory.lua): what this report changed
 inventory_update(prefix, key, has_desc and ARGV[17] or nil,
                  math.floor(mask_all / 64) % 2 == 1, stored_status(),
-                 ARGV[26] ~= '' and ARGV[28] or nil)
+                 ARGV[26] ~= '' and ARGV[28] or nil,
+                 { hv.inv_version, hv.inv_os, hv.inv_config,
+                   hv.inv_components })
 inventory_flush(prefix)
 
 if status_changed then
@@ -756,7 +820,9 @@ end
 local view = {}
 if transport == 'websocket' and not disconnect and accepts_config(ARGV[5])
 then
-    view = redis.call('HMGET', key, unpack(config_fields))
+    for i, f in ipairs(config_fields) do
+        view[i] = hv[f] or false
+    end
 end
 
 return { full and 1 or 0, verdict, holder_ch or '', holder or '', offer,

@@ -148,6 +148,22 @@ local function gauge_flush(gkey)
     gauge_delta = {}
 end
 
+-- the agent hash k's state of values f (gauge_fields' order, as its
+-- hash holds them after the caller's write; f[1] what it counted for):
+-- the new state when it moved (the moves made at the next gauge_flush(),
+-- the caller writes it to the field), else nil.  report.lua, which knows
+-- the values, reads none of them again.
+local function gauge_moved(k, old, f)
+    local new = gauge_state(f)
+    if new == old then
+        return nil
+    end
+    gauge_members(k, old, new)
+    gauge_move(old, -1)
+    gauge_move(new, 1)
+    return new
+end
+
 -- after a write to the agent hash k: its state now against the one it
 -- counted for (moved at the next gauge_flush()); returns whether it moved
 local function gauge_update(k)
@@ -156,13 +172,10 @@ local function gauge_update(k)
         -- no agent there (an index entry ahead of its hash)
         return false
     end
-    local new = gauge_state(f)
-    if new == f[1] then
+    local new = gauge_moved(k, f[1], f)
+    if not new then
         return false
     end
-    gauge_members(k, f[1], new)
-    gauge_move(f[1], -1)
-    gauge_move(new, 1)
     redis.call('HSET', k, 'gauge', new)
     return true
 end

@@ -197,13 +197,14 @@ end
 -- the agent hash k after a report: desc the description reported (nil:
 -- unchanged), comps whether it reported components (their bytes are
 -- then read from the shared content, or from stored, its status fields),
--- config the config hash reported (nil: unchanged, "": none)
-local function inventory_update(pfx, k, desc, comps, stored, config)
+-- config the config hash reported (nil: unchanged, "": none); pre the
+-- values of inv_fields when the caller read them already (nil: none)
+local function inventory_update(pfx, k, desc, comps, stored, config, pre)
     if not desc and not comps and not config then
         return
     end
     local ikey = pfx .. 'fleet:inventory'
-    local cur = redis.call('HMGET', k, unpack(inv_fields))
+    local cur = pre or redis.call('HMGET', k, unpack(inv_fields))
     local now = {}
     if desc then
         local a = attributes_of(desc, { ['service.version'] = true,

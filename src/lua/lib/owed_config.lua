@@ -203,7 +203,8 @@ end
 
 -- which config the agent is owed now (hash, fields, key), appending what
 -- to remember to set
--- (pre: those fields, when the caller read them already)
+-- (pre: those fields, when the caller read them already; report.lua
+-- reads them among its long_fields, which must name each of them)
 local config_fields = { 'config_version', 'desired_config', 'desired_hash',
                         'offered_hash', 'offered_ms', 'config_hash',
                         'failed_hash' }
