@@ -29,6 +29,11 @@
 #                                 of a staged rollout's steps
 #                                 (bench/rollout-step.pl) at
 #                                 BENCH_ROLLOUT agents (default 10000)
+#   BENCH_ONLY=report             not in the default set: report.lua
+#                                 alone for the APPLYING and APPLIED
+#                                 reports after a change
+#                                 (bench/report-cost.pl), supervisor and
+#                                 collector agents
 #
 # "supervisor" agents declare the OpAMP supervisor's capabilities
 # (--caps 0x7d47: ReportsStatus, AcceptsRemoteConfig, ReportsEffectiveConfig,
@@ -726,6 +731,23 @@ if want rollout; then
         esac
     done < <(NGINX_MODULE="$MODULE" AGENTS="${BENCH_ROLLOUT:-10000}" \
              perl -I "$TOP/t/lib" "$BENCH/rollout-step.pl" 2>/dev/null)
+fi
+
+if want report; then
+    # its own Redis (t/lib/OpAMPTest.pm), the tree's scripts
+    for p in supervisor collector; do
+        while IFS= read -r line; do
+            case $line in
+                "  "*)
+                    line=${line#"  "}
+                    us=$(echo "${line#*:}" | awk '{print $1}')
+                    row "report.lua alone, $p agents (caps $SUP): ${line%%:*}" \
+                        "$us µs of Redis a report" "—" "—" \
+                        "<= 45 µs (issue 20)" "$(met "$us" le 45)" ;;
+            esac
+        done < <(PAYLOAD=$p AGENTS=1024 ROUNDS=5 \
+                 perl -I "$TOP/t/lib" "$BENCH/report-cost.pl" 2>/dev/null)
+    done
 fi
 
 if [ -f "$WORK/logs/error.log" ] \
