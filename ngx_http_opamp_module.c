@@ -85,6 +85,12 @@ static ngx_conf_num_bounds_t  ngx_http_opamp_audit_bounds = {
     ngx_conf_check_num_bounds, 1, 1000000
 };
 
+/* opamp_heartbeat_batch_delay: a heartbeat's answer waits at most this
+ * long; a second is already late for an agent that measures it */
+static ngx_conf_num_bounds_t  ngx_http_opamp_batch_delay_bounds = {
+    ngx_conf_check_num_bounds, 0, 1000
+};
+
 
 static ngx_conf_enum_t  ngx_http_opamp_identity_conflicts[] = {
     { ngx_string("refuse"), NGX_HTTP_OPAMP_IDENTITY_REFUSE },
@@ -266,6 +272,13 @@ static ngx_command_t  ngx_http_opamp_commands[] = {
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
+
+    { ngx_string("opamp_heartbeat_batch_delay"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_opamp_main_conf_t, heartbeat_batch_delay),
+      &ngx_http_opamp_batch_delay_bounds },
 
     { ngx_string("opamp_agent_retention"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
@@ -455,6 +468,7 @@ ngx_http_opamp_create_main_conf(ngx_conf_t *cf)
     omcf->configured = NGX_CONF_UNSET;
     omcf->redis_timeout = NGX_CONF_UNSET_MSEC;
     omcf->agent_retention = NGX_CONF_UNSET_MSEC;
+    omcf->heartbeat_batch_delay = NGX_CONF_UNSET_MSEC;
     omcf->config_versions = NGX_CONF_UNSET_UINT;
     omcf->audit_entries = NGX_CONF_UNSET_UINT;
 
@@ -490,6 +504,9 @@ ngx_http_opamp_init_main_conf(ngx_conf_t *cf, void *conf)
     /* a week: see opamp_agent_retention in docs/directives.md */
     ngx_conf_init_msec_value(omcf->agent_retention,
                              NGX_HTTP_OPAMP_DEFAULT_RETENTION);
+
+    /* see opamp_heartbeat_batch_delay in docs/directives.md */
+    ngx_conf_init_msec_value(omcf->heartbeat_batch_delay, 50);
 
     ngx_conf_init_uint_value(omcf->config_versions, 50);
     ngx_conf_init_uint_value(omcf->audit_entries, 10000);

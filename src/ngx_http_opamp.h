@@ -75,6 +75,7 @@ typedef struct {
     ngx_str_t                   server_id;   /* hostname, in the channel */
     ngx_flag_t                  used;        /* some location has opamp */
     ngx_msec_t                  agent_retention;    /* 0: off */
+    ngx_msec_t                  heartbeat_batch_delay;  /* 0: the turn */
     ngx_msec_t                  max_agent_timeout;  /* of the opamp
                                                        locations */
     size_t                      max_message_largest;  /* of the opamp */

@@ -50,6 +50,7 @@ like($out, qr/syntax is ok/, 'nginx says the syntax is ok');
     opamp_custom_messages_size 1k;
     opamp_heartbeat_interval 10s;
     opamp_config_versions 1000;
+    opamp_heartbeat_batch_delay 0;
     opamp_admin_audit_entries 1;
     opamp_admin_author $remote_user;',
     server => '
@@ -203,6 +204,12 @@ my @bad = (
     [ 'opamp_config_versions in a server',
       server => 'opamp_config_versions 5;',
       qr/"opamp_config_versions" directive is not allowed here/ ],
+    [ 'opamp_heartbeat_batch_delay over a second',
+      http => 'opamp_heartbeat_batch_delay 1001ms;',
+      qr/value must be between 0 and 1000\b/ ],
+    [ 'opamp_heartbeat_batch_delay in a location',
+      location => 'opamp_heartbeat_batch_delay 10ms;',
+      qr/"opamp_heartbeat_batch_delay" directive is not allowed here/ ],
     [ 'opamp_admin_audit_entries 0', http => 'opamp_admin_audit_entries 0;',
       qr/value must be between 1 and 1000000/ ],
     [ 'opamp_admin_audit_entries not a number',
