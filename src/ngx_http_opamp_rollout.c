@@ -21,6 +21,8 @@ static void ngx_http_opamp_rollout_done(redisReply *reply, void *data);
 static ngx_event_t                  ngx_http_opamp_rollout_event;
 static ngx_http_opamp_redis_cmd_t  *ngx_http_opamp_rollout_cmd;
 static ngx_http_opamp_main_conf_t  *ngx_http_opamp_rollout_conf;
+/* the last step found the script cache empty: the next sends the source */
+static ngx_uint_t                   ngx_http_opamp_rollout_noscript;
 
 /* <prefix>rollouts, <prefix>fleet:gauges, <prefix>config_version,
  * <prefix>fleet */
@@ -125,10 +127,13 @@ ngx_http_opamp_rollout_step(ngx_event_t *ev)
     argv[5] = (const char *) ngx_http_opamp_rollout_keys[3].data;
     argvlen[5] = ngx_http_opamp_rollout_keys[3].len;
 
-    ngx_http_opamp_rollout_cmd = ngx_http_opamp_store_eval(
-                                     NGX_HTTP_OPAMP_SCRIPT_ROLLOUT_TICK, 3,
-                                     6, argv, argvlen,
-                                     ngx_http_opamp_rollout_done, NULL);
+    /* EVALSHA: every worker of every host calls once a second, and an
+     * EVAL would have Redis hash the script's source each time */
+    ngx_http_opamp_rollout_cmd =
+        (ngx_http_opamp_rollout_noscript ? ngx_http_opamp_store_eval
+                                         : ngx_http_opamp_store_evalsha)(
+            NGX_HTTP_OPAMP_SCRIPT_ROLLOUT_TICK, 3, 6, argv, argvlen,
+            ngx_http_opamp_rollout_done, NULL);
 
     if (ngx_http_opamp_rollout_cmd == NULL) {
         /* Redis is away: the next period tries again */
@@ -142,7 +147,18 @@ ngx_http_opamp_rollout_done(redisReply *reply, void *data)
 {
     ngx_http_opamp_rollout_cmd = NULL;
 
-    if (reply && reply->type == REDIS_REPLY_INTEGER && reply->integer > 0) {
+    /* the script cache was flushed (or Redis restarted): the next step,
+     * a period later, sends the source, which caches it again */
+    ngx_http_opamp_rollout_noscript = ngx_http_opamp_store_is_noscript(reply);
+
+    if (ngx_http_opamp_rollout_noscript) {
+        ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                      "opamp: staged rollout step: the script is not "
+                      "cached in redis, sent with the next step");
+
+    } else if (reply && reply->type == REDIS_REPLY_INTEGER
+               && reply->integer > 0)
+    {
         ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
                       "opamp: %L staged rollout steps made",
                       (int64_t) reply->integer);

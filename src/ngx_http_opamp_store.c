@@ -103,6 +103,10 @@ typedef struct ngx_http_opamp_store_call_s  ngx_http_opamp_store_call_t;
 static ngx_int_t ngx_http_opamp_store_call_send(
     ngx_http_opamp_store_call_t *call, ngx_uint_t eval);
 static void ngx_http_opamp_store_call_done(redisReply *reply, void *data);
+static ngx_http_opamp_redis_cmd_t *ngx_http_opamp_store_run(ngx_uint_t script,
+    ngx_uint_t eval, ngx_uint_t nkeys, int argc, const char **argv,
+    const size_t *argvlen, ngx_http_opamp_redis_handler_pt handler,
+    void *data);
 static ngx_uint_t ngx_http_opamp_store_is_beat(ngx_http_opamp_report_t *rep);
 static ngx_int_t ngx_http_opamp_store_queue_beat(
     ngx_http_opamp_store_req_t *req);
@@ -1706,6 +1710,41 @@ ngx_http_opamp_store_eval(ngx_uint_t script, ngx_uint_t nkeys, int argc,
     const char **argv, const size_t *argvlen,
     ngx_http_opamp_redis_handler_pt handler, void *data)
 {
+    return ngx_http_opamp_store_run(script, 1, nkeys, argc, argv, argvlen,
+                                    handler, data);
+}
+
+
+/*
+ * The same with EVALSHA, for calls made often whatever happens (a timer's):
+ * Redis hashes the source of every EVAL (tens of microseconds for the
+ * larger scripts).  A NOSCRIPT answer goes to the handler
+ * (ngx_http_opamp_store_is_noscript()), whose next call uses EVAL.
+ */
+
+ngx_http_opamp_redis_cmd_t *
+ngx_http_opamp_store_evalsha(ngx_uint_t script, ngx_uint_t nkeys, int argc,
+    const char **argv, const size_t *argvlen,
+    ngx_http_opamp_redis_handler_pt handler, void *data)
+{
+    return ngx_http_opamp_store_run(script, 0, nkeys, argc, argv, argvlen,
+                                    handler, data);
+}
+
+
+ngx_uint_t
+ngx_http_opamp_store_is_noscript(redisReply *reply)
+{
+    return reply && reply->type == REDIS_REPLY_ERROR && reply->len >= 8
+           && ngx_strncmp(reply->str, "NOSCRIPT", 8) == 0;
+}
+
+
+static ngx_http_opamp_redis_cmd_t *
+ngx_http_opamp_store_run(ngx_uint_t script, ngx_uint_t eval,
+    ngx_uint_t nkeys, int argc, const char **argv, const size_t *argvlen,
+    ngx_http_opamp_redis_handler_pt handler, void *data)
+{
     int                          i;
     u_char                       n[NGX_INT_T_LEN];
     size_t                      *lens;
@@ -1724,10 +1763,19 @@ ngx_http_opamp_store_eval(ngx_uint_t script, ngx_uint_t nkeys, int argc,
 
     lens = (size_t *) (args + argc + 3);
 
-    args[0] = "EVAL";
-    lens[0] = 4;
-    args[1] = ngx_http_opamp_scripts[script].source;
-    lens[1] = ngx_http_opamp_scripts[script].len;
+    if (eval) {
+        args[0] = "EVAL";
+        lens[0] = 4;
+        args[1] = ngx_http_opamp_scripts[script].source;
+        lens[1] = ngx_http_opamp_scripts[script].len;
+
+    } else {
+        args[0] = "EVALSHA";
+        lens[0] = 7;
+        args[1] = (const char *) ngx_http_opamp_scripts[script].sha1;
+        lens[1] = 40;
+    }
+
     args[2] = (const char *) n;
     lens[2] = ngx_sprintf(n, "%ui", nkeys) - n;
 

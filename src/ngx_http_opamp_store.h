@@ -236,6 +236,13 @@ ngx_http_opamp_redis_cmd_t *ngx_http_opamp_store_eval(ngx_uint_t script,
     ngx_uint_t nkeys, int argc, const char **argv, const size_t *argvlen,
     ngx_http_opamp_redis_handler_pt handler, void *data);
 
+/* the same with EVALSHA: a NOSCRIPT answer goes to the handler, which
+ * tells it with ngx_http_opamp_store_is_noscript() */
+ngx_http_opamp_redis_cmd_t *ngx_http_opamp_store_evalsha(ngx_uint_t script,
+    ngx_uint_t nkeys, int argc, const char **argv, const size_t *argvlen,
+    ngx_http_opamp_redis_handler_pt handler, void *data);
+ngx_uint_t ngx_http_opamp_store_is_noscript(redisReply *reply);
+
 /* "<prefix>agent:{<uuid>}" into buf (at least prefix + 64 bytes) */
 u_char *ngx_http_opamp_store_agent_key(u_char *buf, u_char *uid);
 
