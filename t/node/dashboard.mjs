@@ -354,6 +354,9 @@ await check('keyboard: Tab reaches the views and Enter opens one',
     await page.keyboard.press('3');
     await page.waitForFunction(() => location.hash === '#/agents', null,
                                { timeout: WAIT });
+    /* the view renders once its first API answer is in: '/' before that
+     * finds no filter to focus */
+    await page.waitForSelector('#filter-attr', { timeout: WAIT });
     await page.keyboard.press('/');
     const focused = await page.evaluate(() => document.activeElement.id);
     if (focused !== 'filter-attr') {
