@@ -18,6 +18,7 @@
 #include "ngx_http_opamp_session.h"
 #include "ngx_http_opamp_store.h"
 #include "ngx_http_opamp_sweep.h"
+#include "ngx_http_opamp_host.h"
 #include "ngx_http_opamp_rollout.h"
 #include "ngx_http_opamp_variables.h"
 #include "ngx_http_opamp_websocket.h"
@@ -969,6 +970,10 @@ ngx_http_opamp_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
+    if (ngx_http_opamp_host_init_process(cycle, omcf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     return ngx_http_opamp_redis_init_process(cycle, omcf);
 }
 
@@ -986,6 +991,7 @@ ngx_http_opamp_exit_process(ngx_cycle_t *cycle)
     ngx_http_opamp_session_exit_process(cycle);
     ngx_http_opamp_sweep_exit_process(cycle);
     ngx_http_opamp_rollout_exit_process(cycle);
+    ngx_http_opamp_host_exit_process(cycle);
     ngx_http_opamp_redis_exit_process(cycle);
     ngx_http_opamp_stored_deflate_end();
 }

@@ -9,8 +9,9 @@
 # full status over plain HTTP (two builds, two versions, a group config
 # applied by two of them, FAILED by the third), then copies them in Redis
 # to AGENTS agents (default 100,000, at most 200,000; 5,000 a script
-# call) with their shares of the fleet gauges, the inventory and the
-# shared content, as if each had reported.  Then it measures, over one
+# call) with their shares of the fleet gauges, the inventory, the group's
+# members and the shared content, as if each had reported, and starts a
+# staged rollout of the group (paused at its first stage).  Then it measures, over one
 # keep-alive connection, each admin API call the dashboard's views make
 # (200 times each: p50, p99, bytes, Redis time per call from INFO
 # commandstats), and runs t/node/dashboard-bench.mjs: the page in
@@ -39,7 +40,8 @@ my $t = OpAMPTest->new;
 $t->start_redis;
 $t->start_nginx('
         location /opamp-admin/ { opamp_admin; }
-        location /opamp-dashboard/ { opamp_dashboard /opamp-admin/; }',
+        location = /metrics { opamp_metrics; }
+        location /opamp-dashboard/ { opamp_dashboard /opamp-admin/ /metrics; }',
     workers => 2, http => 'opamp_agent_retention off;');
 
 sub admin {
@@ -93,6 +95,17 @@ for n = from, to do
     redis.call('HSET', prefix .. 'agent:{' .. uid .. '}', unpack(t[1]))
     redis.call('SET', prefix .. 'status:{' .. uid .. '}', t[2])
     redis.call('ZADD', prefix .. 'agents', now - n, uid)
+    -- a group's members by rank (lib/gauges.lua, lib/rollout.lua), as
+    -- the scripts keep them: what GET agents?group= and rollouts read
+    for i = 1, #t[1], 2 do
+        if t[1][i] == 'desired_config'
+           and string.sub(t[1][i + 1], 1, 6) == 'group:' then
+            redis.call('ZADD', prefix .. 'group_members:'
+                       .. string.sub(t[1][i + 1], 7),
+                       tonumber(string.sub(redis.sha1hex(uid), 1, 8), 16),
+                       uid)
+        end
+    end
 end
 return to - from + 1
 LUA
@@ -119,6 +132,15 @@ for my $s (@{ $t->redis('KEYS', "${P}shared:*") }) {
     my $r = $t->redis('HGET', $s, 'refs') // next;
     $t->redis('HSET', $s, 'refs', int($r * $k + 0.5));
 }
+# a staged rollout of the group, paused at its first stage: the rollouts
+# view and the group's page show it, the workers' ticks read its gates
+admin('PUT', 'configs/groups/web', encode_json({
+    selector => 'service.name=web',
+    files => { 'collector.yaml' => { body => "receivers: {otlp: {}}\n"
+                                              . "exporters: {debug: {}}\n" } },
+    rollout => { stages => [ 1, '100%' ], soak_s => 3600 } }));
+admin('POST', 'rollouts/web/pause');
+
 printf "agents in Redis: %d (%d copied in %.1f s), used_memory %.0f MB\n",
     $t->redis('ZCARD', "${P}agents"), $made, time - $t0,
     ($t->redis('INFO', 'memory') =~ /used_memory:(\d+)/)[0] / 1e6;
@@ -168,16 +190,22 @@ print "\nadmin API calls (200 each, one keep-alive connection):\n";
 timed('/opamp-dashboard/', 200);
 timed('/opamp-dashboard/dashboard.js', 200);
 timed('/opamp-admin/fleet', 200);
+timed('/opamp-admin/hosts', 200);
 timed('/opamp-admin/agents?limit=50', 200);
 timed('/opamp-admin/agents?limit=50&cursor=50000', 200);
 timed('/opamp-admin/agents?limit=50&config_status=FAILED', 200);
 timed('/opamp-admin/agents?limit=50&attr=service.version%3D0.113.0', 200);
 timed('/opamp-admin/agents?limit=50&component=receivers%2Frece001', 200);
 timed('/opamp-admin/agents?limit=50&connected=1', 200);
+timed('/opamp-admin/agents?limit=50&group=web', 200);
+timed('/opamp-admin/agents?limit=50&group=web&cursor=50000', 200);
+timed('/opamp-admin/agents?limit=50&group=web&config_status=FAILED', 200);
 timed("/opamp-admin/agents/$tpl[0]", 200);
 timed('/opamp-admin/configs/groups/web', 200);
 timed('/opamp-admin/configs/groups', 200);
 timed('/opamp-admin/audit?limit=50', 200);
+timed('/opamp-admin/rollouts', 200);
+timed('/opamp-admin/rollouts/web', 200);
 
 # --- the page in chromium ------------------------------------------------
 

@@ -72,6 +72,7 @@ typedef struct {
     ngx_atomic_t    http[2][NGX_HTTP_OPAMP_M_NSTATUSES + 1];
     ngx_http_opamp_metrics_histogram_t  redis_latency;
     ngx_http_opamp_metrics_histogram_t  fanout;
+    ngx_atomic_t    started_ms;      /* the zone made: nginx started */
 } ngx_http_opamp_metrics_t;
 
 
@@ -178,7 +179,84 @@ ngx_http_opamp_metrics_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     shpool->data = ngx_http_opamp_metrics;
     shm_zone->data = ngx_http_opamp_metrics;
 
+    /* made once at start, found again at each reload */
+    ngx_http_opamp_metrics->started_ms = (ngx_atomic_uint_t) ngx_time()
+                                         * 1000;
+
     return NGX_OK;
+}
+
+
+/*
+ * What the metrics endpoint knows of this host, summed over its workers,
+ * for the host's record in Redis (src/ngx_http_opamp_host.c,
+ * docs/redis-schema.md): f has room for NGX_HTTP_OPAMP_METRICS_FIGURES;
+ * returns how many were written, 0 without the zone.
+ */
+
+ngx_uint_t
+ngx_http_opamp_metrics_figures(ngx_http_opamp_metrics_figure_t *f)
+{
+    ngx_uint_t                 i, n, refused;
+    ngx_atomic_t              *s;
+    ngx_http_opamp_metrics_t  *m;
+
+    m = ngx_http_opamp_metrics;
+
+    if (m == NULL) {
+        return 0;
+    }
+
+    s = m->scalars;
+    n = 0;
+
+#define ngx_http_opamp_figure(nm, v)                                          \
+    f[n].name = nm;                                                           \
+    f[n++].value = (uint64_t) (v)
+
+    ngx_http_opamp_figure("started_ms", m->started_ms);
+    ngx_http_opamp_figure("websocket_connections",
+                          s[NGX_HTTP_OPAMP_M_WS_OPEN]);
+    ngx_http_opamp_figure("websocket_connections_opened",
+                          s[NGX_HTTP_OPAMP_M_WS_OPENED]);
+    ngx_http_opamp_figure("agent_messages_http",
+                          m->messages[NGX_HTTP_OPAMP_M_HTTP]);
+    ngx_http_opamp_figure("agent_messages_websocket",
+                          m->messages[NGX_HTTP_OPAMP_M_WEBSOCKET]);
+    ngx_http_opamp_figure("agent_message_bytes_http",
+                          m->message_bytes[NGX_HTTP_OPAMP_M_HTTP]);
+    ngx_http_opamp_figure("agent_message_bytes_websocket",
+                          m->message_bytes[NGX_HTTP_OPAMP_M_WEBSOCKET]);
+    ngx_http_opamp_figure("server_messages_http",
+                          m->replies[NGX_HTTP_OPAMP_M_HTTP]);
+    ngx_http_opamp_figure("server_messages_websocket",
+                          m->replies[NGX_HTTP_OPAMP_M_WEBSOCKET]);
+
+    refused = 0;
+
+    for (i = 0; i < NGX_HTTP_OPAMP_M_NREFUSED; i++) {
+        refused += m->refused[i];
+    }
+
+    ngx_http_opamp_figure("refused", refused);
+    ngx_http_opamp_figure("redis_commands",
+                          s[NGX_HTTP_OPAMP_M_REDIS_COMMANDS]);
+    ngx_http_opamp_figure("redis_errors", s[NGX_HTTP_OPAMP_M_REDIS_ERRORS]);
+    ngx_http_opamp_figure("redis_timeouts",
+                          s[NGX_HTTP_OPAMP_M_REDIS_TIMEOUTS]);
+    ngx_http_opamp_figure("redis_reconnects",
+                          s[NGX_HTTP_OPAMP_M_REDIS_RECONNECTS]);
+    ngx_http_opamp_figure("redis_failovers",
+                          s[NGX_HTTP_OPAMP_M_REDIS_FAILOVERS]);
+    ngx_http_opamp_figure("redis_waiting",
+                          s[NGX_HTTP_OPAMP_M_REDIS_WAITING]);
+    ngx_http_opamp_figure("fanouts", s[NGX_HTTP_OPAMP_M_FANOUTS]);
+    ngx_http_opamp_figure("fanout_ms", m->fanout.sum_ms);
+    ngx_http_opamp_figure("swept", s[NGX_HTTP_OPAMP_M_SWEPT]);
+
+#undef ngx_http_opamp_figure
+
+    return n;
 }
 
 

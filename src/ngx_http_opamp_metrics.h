@@ -61,7 +61,18 @@ typedef enum {
 } ngx_http_opamp_metrics_scalar_e;
 
 
+/* one of this host's figures, for its record in Redis
+ * (src/ngx_http_opamp_host.c) */
+typedef struct {
+    const char                 *name;
+    uint64_t                    value;
+} ngx_http_opamp_metrics_figure_t;
+
+#define NGX_HTTP_OPAMP_METRICS_FIGURES  24
+
+
 ngx_int_t ngx_http_opamp_metrics_init_conf(ngx_conf_t *cf);
+ngx_uint_t ngx_http_opamp_metrics_figures(ngx_http_opamp_metrics_figure_t *f);
 char *ngx_http_opamp_metrics_directive(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 ngx_int_t ngx_http_opamp_metrics_log_handler(ngx_http_request_t *r);

@@ -7,9 +7,11 @@
 # report and is bounded; GET agents filters by config hash and component;
 # and the page, in Debian's chromium driven by playwright-core
 # (t/node/dashboard.mjs), shows the fleet of simulated plain HTTP
-# collectors, filters, opens an agent, makes and edits a group config and
-# sees the agents apply it, shows a FAILED agent's error and API errors in
-# words, works from the keyboard and at 390 px.  Screenshots of each view
+# collectors and each host's own figures (a stale one marked), opens a
+# group's agents from the summary's counts, filters, opens an agent,
+# makes and edits a group config and sees the agents apply it, shows a
+# FAILED agent's error and API errors in words, works from the keyboard
+# and at 390 px.  Screenshots of each view
 # go to build/screenshots/.  A missing chromium or playwright-core fails
 # this test: make test installs both.
 
@@ -44,7 +46,8 @@ $t->start_nginx('
         location /opamp-dashboard/ { opamp_dashboard /opamp-admin/ /metrics; }
         location /other/ { opamp_dashboard "/a&b\"<c>" "/m&\"<>"; }
         location /default/ { opamp_dashboard; }
-        location /api2/ { opamp_dashboard /api2/; }', workers => 2);
+        location /api2/ { opamp_dashboard /api2/; }', workers => 2,
+    http => 'opamp_server_id dash-a;');
 
 sub get {
     my ($path, %h) = @_;
@@ -296,6 +299,10 @@ sub poll_agent {
 }
 
 poll_agent($_) for @agents;
+
+# a host that published a minute ago and whose record has expired: the
+# summary's hosts table marks it stale (GET hosts, t/57-hosts.t)
+$t->redis('ZADD', "${P}hosts", int(time * 1000) - 60000, 'gone-host');
 
 my $shots = "$ROOT/build/screenshots";
 my $out = "$ROOT/build/dashboard-test.out";

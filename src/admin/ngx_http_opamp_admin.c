@@ -234,6 +234,7 @@ ngx_http_opamp_admin_uid(ngx_http_request_t *r,
  *   configs/.../rollback            POST
  *   audit                           GET
  *   fleet                           GET
+ *   hosts                           GET
  *   connection-settings[/agents/<uid>]   GET PUT DELETE
  *   packages[/agents/<uid>]              GET PUT DELETE
  */
@@ -302,6 +303,12 @@ ngx_http_opamp_admin_route(ngx_http_request_t *r,
 
     if (ngx_http_opamp_seg(0, "fleet") && nseg == 1) {
         ctx->op = NGX_HTTP_OPAMP_ADMIN_FLEET;
+        return ngx_http_opamp_admin_method(ctx, NGX_HTTP_GET|NGX_HTTP_HEAD,
+                                           "GET, HEAD");
+    }
+
+    if (ngx_http_opamp_seg(0, "hosts") && nseg == 1) {
+        ctx->op = NGX_HTTP_OPAMP_ADMIN_HOSTS;
         return ngx_http_opamp_admin_method(ctx, NGX_HTTP_GET|NGX_HTTP_HEAD,
                                            "GET, HEAD");
     }
@@ -445,11 +452,23 @@ static ngx_int_t
 ngx_http_opamp_admin_group_name(ngx_http_opamp_admin_ctx_t *ctx,
     ngx_str_t *name)
 {
+    if (ngx_http_opamp_admin_valid_group(name) != NGX_OK) {
+        ctx->reason = "invalid group name: 1 to 128 of A-Z a-z 0-9 . _ -";
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_opamp_admin_valid_group(ngx_str_t *name)
+{
     u_char      c;
     ngx_uint_t  i;
 
     if (name->len == 0 || name->len > 128) {
-        goto bad_name;
+        return NGX_ERROR;
     }
 
     for (i = 0; i < name->len; i++) {
@@ -458,16 +477,11 @@ ngx_http_opamp_admin_group_name(ngx_http_opamp_admin_ctx_t *ctx,
         if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
               || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-'))
         {
-            goto bad_name;
+            return NGX_ERROR;
         }
     }
 
     return NGX_OK;
-
-bad_name:
-
-    ctx->reason = "invalid group name: 1 to 128 of A-Z a-z 0-9 . _ -";
-    return NGX_ERROR;
 }
 
 
@@ -784,6 +798,9 @@ ngx_http_opamp_admin_run(ngx_http_opamp_admin_ctx_t *ctx)
 
     case NGX_HTTP_OPAMP_ADMIN_FLEET:
         return ngx_http_opamp_admin_fleet(ctx);
+
+    case NGX_HTTP_OPAMP_ADMIN_HOSTS:
+        return ngx_http_opamp_admin_hosts(ctx);
 
     case NGX_HTTP_OPAMP_ADMIN_ROLLOUTS:
     case NGX_HTTP_OPAMP_ADMIN_ROLLOUT:
@@ -1206,6 +1223,9 @@ ngx_http_opamp_admin_answer(ngx_http_opamp_admin_ctx_t *ctx,
 
     case NGX_HTTP_OPAMP_ADMIN_FLEET:
         return ngx_http_opamp_admin_fleet_answer(ctx, reply);
+
+    case NGX_HTTP_OPAMP_ADMIN_HOSTS:
+        return ngx_http_opamp_admin_hosts_answer(ctx, reply);
 
     case NGX_HTTP_OPAMP_ADMIN_ROLLOUTS:
     case NGX_HTTP_OPAMP_ADMIN_ROLLOUT:

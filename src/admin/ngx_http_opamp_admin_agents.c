@@ -18,9 +18,9 @@
 
 #define NGX_HTTP_OPAMP_ADMIN_MAX_LIMIT     1000
 #define NGX_HTTP_OPAMP_ADMIN_MAX_ATTRS     16
-/* admin_list.lua's fixed arguments (KEYS[1], ARGV[1..9]) before the
+/* admin_list.lua's fixed arguments (KEYS[1], ARGV[1..12]) before the
  * attribute filters */
-#define NGX_HTTP_OPAMP_ADMIN_LIST_FIXED    12
+#define NGX_HTTP_OPAMP_ADMIN_LIST_FIXED    13
 
 
 /* the protobuf fields of the agent hash and their messages */
@@ -85,6 +85,7 @@ typedef struct {
     ngx_str_t                    status;
     ngx_str_t                    config_hash;
     ngx_str_t                    component;
+    ngx_str_t                    group;
     ngx_int_t                    limit;
     const char                  *reason;     /* of a refusal */
     int                          argc;
@@ -105,7 +106,7 @@ static void ngx_http_opamp_admin_agent_field(redisReply **el, size_t i,
 
 /*
  * GET agents?limit=N&cursor=C&connected=1&healthy=0&config_status=FAILED
- *     &config_hash=H&component=receivers/otlp&attr=key=value...
+ *     &config_hash=H&component=receivers/otlp&group=G&attr=key=value...
  */
 
 ngx_int_t
@@ -195,6 +196,8 @@ ngx_http_opamp_admin_list(ngx_http_opamp_admin_ctx_t *ctx)
     argv[11] = (const char *) (q.component.len ? q.component.data
                                                : (u_char *) "");
     argvlen[11] = q.component.len;
+    argv[12] = (const char *) (q.group.len ? q.group.data : (u_char *) "");
+    argvlen[12] = q.group.len;
 
     return ngx_http_opamp_admin_eval(ctx, NGX_HTTP_OPAMP_SCRIPT_ADMIN_LIST, 1,
                                      q.argc, argv, argvlen);
@@ -216,6 +219,7 @@ ngx_http_opamp_admin_list_query(ngx_http_request_t *r,
     ngx_str_null(&q->status);
     ngx_str_null(&q->config_hash);
     ngx_str_null(&q->component);
+    ngx_str_null(&q->group);
     q->limit = 100;
     q->argc = NGX_HTTP_OPAMP_ADMIN_LIST_FIXED;
 
@@ -346,6 +350,18 @@ ngx_http_opamp_admin_list_query(ngx_http_request_t *r,
 
             q->component = value;
 
+        } else if (name.len == 5 && ngx_strncmp(name.data, "group", 5) == 0) {
+            /* the members of a group (the gauges' group_members), paged
+             * by rank: a name as groups are named, it goes into a key */
+
+            if (ngx_http_opamp_admin_valid_group(&value) != NGX_OK) {
+                q->reason = "invalid group name: 1 to 128 of "
+                            "A-Z a-z 0-9 . _ -";
+                return NGX_DECLINED;
+            }
+
+            q->group = value;
+
         } else if (name.len == 4 && ngx_strncmp(name.data, "attr", 4) == 0) {
             eq = ngx_strlchr(value.data, value.data + value.len, '=');
 
@@ -367,7 +383,7 @@ ngx_http_opamp_admin_list_query(ngx_http_request_t *r,
         } else {
             q->reason = "unknown parameter: use limit, cursor, connected, "
                         "healthy, config_status, config_hash, component, "
-                        "attr";
+                        "group, attr";
             return NGX_DECLINED;
         }
     }

@@ -42,6 +42,7 @@ typedef enum {
     NGX_HTTP_OPAMP_ADMIN_ROLLBACK,        /* an earlier version put back */
     NGX_HTTP_OPAMP_ADMIN_AUDIT,           /* the audit log */
     NGX_HTTP_OPAMP_ADMIN_FLEET,           /* gauges and inventory */
+    NGX_HTTP_OPAMP_ADMIN_HOSTS,           /* the hosts' own figures */
     NGX_HTTP_OPAMP_ADMIN_ROLLOUTS,        /* the rollouts in progress */
     NGX_HTTP_OPAMP_ADMIN_ROLLOUT,         /* one group's: shown, steered */
     NGX_HTTP_OPAMP_ADMIN_ROLLOUT_START    /* a group's PUT with a plan */
@@ -99,6 +100,7 @@ ngx_int_t ngx_http_opamp_admin_author(ngx_http_request_t *r,
     ngx_str_t *author);
 ngx_int_t ngx_http_opamp_admin_note(ngx_http_request_t *r, ngx_str_t *note);
 ngx_int_t ngx_http_opamp_admin_version_number(u_char *p, size_t len);
+ngx_int_t ngx_http_opamp_admin_valid_group(ngx_str_t *name);
 ngx_int_t ngx_http_opamp_admin_keyed(ngx_http_opamp_admin_ctx_t *ctx,
     ngx_uint_t script);
 ngx_int_t ngx_http_opamp_admin_push(ngx_http_opamp_admin_ctx_t *ctx,
@@ -161,6 +163,9 @@ ngx_int_t ngx_http_opamp_admin_audit_answer(ngx_http_opamp_admin_ctx_t *ctx,
 
 ngx_int_t ngx_http_opamp_admin_fleet(ngx_http_opamp_admin_ctx_t *ctx);
 ngx_int_t ngx_http_opamp_admin_fleet_answer(ngx_http_opamp_admin_ctx_t *ctx,
+    redisReply *reply);
+ngx_int_t ngx_http_opamp_admin_hosts(ngx_http_opamp_admin_ctx_t *ctx);
+ngx_int_t ngx_http_opamp_admin_hosts_answer(ngx_http_opamp_admin_ctx_t *ctx,
     redisReply *reply);
 
 /* ngx_http_opamp_admin_configs.c, ngx_http_opamp_admin_rollouts.c */

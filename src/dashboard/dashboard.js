@@ -397,6 +397,97 @@ function serverFigures(box, gen) {
     };
 }
 
+/* each host's own figures (GET hosts): what each nginx of the fleet
+ * publishes of itself every few seconds; rates between two publishes of
+ * the same host; a host whose record expired is stale */
+function hostFigures(box, gen) {
+    /* per host: its latest record, and the one before it */
+    var cur = {}, prev = {};
+    function total(f, k) {
+        return Number(f[k + '_http'] || 0) + Number(f[k + '_websocket'] || 0);
+    }
+    function rate(name, k) {
+        var a = prev[name], b = cur[name];
+        if (!a || !b || b.published_ms <= a.published_ms) {
+            return '\u2026';
+        }
+        var d = k === 'redis_commands' ? b[k] - a[k]
+                : total(b, k) - total(a, k);
+        return String(Math.round(d * 10000
+                                 / (b.published_ms - a.published_ms)) / 10);
+    }
+    return function () {
+        return api('GET', 'hosts').then(function (res) {
+            if (gen !== generation) {
+                return;
+            }
+            var hosts = res.hosts || [];
+            if (!hosts.length) {
+                replace(box, el('p', { cls: 'muted' },
+                                'No host has published its figures yet.'));
+                return;
+            }
+            replace(box, el('table', { id: 'hosts-table' },
+                el('thead', null, el('tr', null,
+                    el('th', null, 'host'),
+                    el('th', null, 'state'),
+                    el('th', { cls: 'num' }, 'WebSocket agents'),
+                    el('th', { cls: 'num' }, 'agent msg/s'),
+                    el('th', { cls: 'num' }, 'server msg/s'),
+                    el('th', { cls: 'num' }, 'Redis cmd/s'),
+                    el('th', { cls: 'num wide-only' }, 'Redis waiting'),
+                    el('th', { cls: 'num wide-only',
+                               title: 'errors, timeouts, reconnects' },
+                       'Redis err/tmo/rec'),
+                    el('th', { cls: 'num wide-only' }, 'refused'),
+                    el('th', { cls: 'num wide-only' }, 'fan-outs'),
+                    el('th', { cls: 'wide-only' }, 'nginx'),
+                    el('th', { cls: 'wide-only' }, 'up since'))),
+                el('tbody', null, hosts.map(function (h) {
+                    var f = h.figures;
+                    if (f && (!cur[h.name]
+                              || cur[h.name].published_ms
+                                 !== f.published_ms)) {
+                        prev[h.name] = cur[h.name];
+                        cur[h.name] = f;
+                    }
+                    if (h.stale || !f) {
+                        return el('tr', { cls: 'stale',
+                                          'data-host': h.name },
+                            el('td', null, h.name),
+                            el('td', null, pill('stale', 'bad')),
+                            el('td', { colspan: '10', cls: 'muted' },
+                               'last heard ' + when(h.last_publish_ms)
+                               + '; no figures since: it stopped, or '
+                               + 'cannot reach Redis'));
+                    }
+                    var row = el('tr', { 'data-host': h.name },
+                        el('td', null, h.name),
+                        el('td', null, pill('live', 'ok')),
+                        el('td', { cls: 'num' },
+                           String(f.websocket_connections)),
+                        el('td', { cls: 'num' },
+                           rate(h.name, 'agent_messages')),
+                        el('td', { cls: 'num' },
+                           rate(h.name, 'server_messages')),
+                        el('td', { cls: 'num' },
+                           rate(h.name, 'redis_commands')),
+                        el('td', { cls: 'num wide-only' },
+                           String(f.redis_waiting)),
+                        el('td', { cls: 'num wide-only' },
+                           f.redis_errors + ', ' + f.redis_timeouts + ', '
+                           + f.redis_reconnects),
+                        el('td', { cls: 'num wide-only' }, String(f.refused)),
+                        el('td', { cls: 'num wide-only' }, String(f.fanouts)),
+                        el('td', { cls: 'wide-only' }, f.nginx_version
+                           + ', ' + f.workers + ' workers'),
+                        el('td', { cls: 'wide-only' }, when(f.started_ms)));
+                    return row;
+                }))));
+        });
+    };
+}
+
 views.summary = function (r, gen) {
     var cards = el('div', { cls: 'cards', id: 'summary-cards' });
     var groups = el('div', { cls: 'scroll' });
@@ -404,6 +495,13 @@ views.summary = function (r, gen) {
     view.appendChild(cards);
     view.appendChild(el('h2', null, 'Groups'));
     view.appendChild(groups);
+    var hostsBox = el('div', { cls: 'scroll', id: 'hosts' });
+    view.appendChild(el('h2', null, 'Hosts ',
+                        el('span', { cls: 'muted' },
+                           '(each nginx of the fleet, as it publishes '
+                           + 'itself)')));
+    view.appendChild(hostsBox);
+    poll(gen, hostFigures(hostsBox, gen));
     if (METRICS) {
         var server = el('div', { cls: 'cards', id: 'server-cards' });
         view.appendChild(el('h2', null, 'This nginx ',
@@ -458,12 +556,21 @@ views.summary = function (r, gen) {
                     el('th', { cls: 'num' }, 'FAILED'),
                     el('th', { cls: 'num' }, 'not running its config'))),
                 el('tbody', null, names.map(function (n) {
+                    /* each count opens the group's agents (GET
+                     * agents?group=), FAILED narrowed to those */
                     return el('tr', null,
                         el('td', null,
                            el('a', { href: '#/group/' + seg(n) }, n)),
-                        el('td', { cls: 'num' }, String(g['group:' + n] || 0)),
                         el('td', { cls: 'num' },
-                           String(g['group_failed:' + n] || 0)),
+                           el('a', { href: '#/agents' + query({ group: n }),
+                                     cls: 'group-agents' },
+                              String(g['group:' + n] || 0))),
+                        el('td', { cls: 'num' },
+                           el('a', { href: '#/agents'
+                                     + query({ group: n,
+                                               config_status: 'FAILED' }),
+                                     cls: 'group-failed' },
+                              String(g['group_failed:' + n] || 0))),
                         el('td', { cls: 'num' },
                            String(g['group_not_running:' + n] || 0)));
                 }))));
@@ -614,6 +721,9 @@ views.agents = function (r, gen) {
         el('label', null, 'component',
            el('input', { name: 'component', value: p.component || '',
                          size: 16, placeholder: 'receivers/otlp' })),
+        el('label', null, 'group',
+           el('input', { name: 'group', id: 'filter-group',
+                         value: p.group || '', size: 12 })),
         el('button', { type: 'submit', cls: 'primary' }, 'Filter'),
         el('a', { href: '#/agents' }, 'clear'));
 
@@ -628,16 +738,20 @@ views.agents = function (r, gen) {
             healthy: fd.get('healthy'),
             config_status: fd.get('config_status'),
             config_hash: String(fd.get('config_hash') || '').trim(),
-            component: String(fd.get('component') || '').trim()
+            component: String(fd.get('component') || '').trim(),
+            group: String(fd.get('group') || '').trim()
         };
         location.hash = '#/agents' + query(q);
     });
 
     var table = el('div', { cls: 'scroll', id: 'agents-table' });
     var pager = el('div', { cls: 'row' });
+    /* a group's agents come in the group's rank order (the order a
+     * staged rollout reaches them), the others newest first */
     view.appendChild(el('h2', null, 'Agents ',
-                        el('span', { cls: 'muted' },
-                           '(newest last seen first)')));
+                        el('span', { cls: 'muted' }, p.group
+                           ? '(of group ' + p.group + ', in rollout order)'
+                           : '(newest last seen first)')));
     view.appendChild(form);
     view.appendChild(table);
     view.appendChild(pager);
@@ -645,7 +759,8 @@ views.agents = function (r, gen) {
     var params = { limit: PAGE, cursor: cursor === '0' ? '' : cursor,
                    attr: p.attr, connected: p.connected, healthy: p.healthy,
                    config_status: p.config_status,
-                   config_hash: p.config_hash, component: p.component };
+                   config_hash: p.config_hash, component: p.component,
+                   group: p.group };
 
     poll(gen, function () {
         return api('GET', 'agents' + query(params)).then(function (res) {
@@ -1275,8 +1390,11 @@ views.group = function (r, gen) {
                 + String(g['group_failed:' + name] || 0) + ' FAILED, '
                 + String(g['group_not_running:' + name] || 0)
                 + ' not running this config. '),
-                el('a', { href: '#/agents?config_status=FAILED' },
-                   'FAILED agents'));
+                el('a', { href: '#/agents' + query({ group: name }) },
+                   'its agents'), ' ',
+                el('a', { href: '#/agents' + query({
+                    group: name, config_status: 'FAILED' }) },
+                   'its FAILED agents'));
         });
     });
 

@@ -23,7 +23,11 @@
 -- ARGV[11] component filter "<kind>/<name>", as lib/inventory.lua names
 --          them: agents whose component list (inv_components) has it, or
 --          ""; each list is read once per call
--- ARGV[12..] attribute filters "key=value"
+-- ARGV[12] group filter, or "": the walk is then over the group's
+--          members, <prefix>group_members:<name> (lib/gauges.lua), in
+--          rank order, the cursor an offset into it, and an agent is
+--          listed only while its desired_config is still that group's
+-- ARGV[13..] attribute filters "key=value"
 --
 -- Returns { next cursor ("" at the end), agent, agent, ... } where each
 -- agent is the flat list of the fields named in `fields` below
@@ -46,7 +50,7 @@ local fields = { 'instance_uid', 'connected', 'expires_ms', 'transport',
                  'desired_hash', 'inv_components' }
 
 local want = {}
-for i = 12, #ARGV do
+for i = 13, #ARGV do
     local k, v = string.match(ARGV[i], '^([^=]+)=(.*)$')
     want[#want + 1] = { k, v }
 end
@@ -58,9 +62,13 @@ local LIST_FIELDS = 8192
 local read = 0
 
 local out = { '' }
-local live_from = ARGV[6] == '1' and ARGV[9] or nil
+local group = ARGV[12] ~= '' and 'group:' .. ARGV[12] or nil
+local index = group and prefix .. 'group_members:' .. ARGV[12] or KEYS[1]
+local live_from = not group and ARGV[6] == '1' and ARGV[9] or nil
 local uids
-if live_from then
+if group then
+    uids = redis.call('ZRANGE', index, cursor, cursor + budget - 1)
+elseif live_from then
     uids = redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf', live_from,
                       'LIMIT', cursor, budget)
 else
@@ -76,6 +84,9 @@ for _, uid in ipairs(uids) do
     local ok = a[11] ~= false
     a[1] = uid
 
+    if ok and group then
+        ok = a[15] == group
+    end
     if ok and ARGV[6] ~= '' then
         local live = a[2] == '1' and tonumber(a[3] or '0') > now
         ok = (ARGV[6] == '1') == live
@@ -160,7 +171,7 @@ if examined == #uids and #uids < budget then
     out[1] = ''
 elseif next_at >= (live_from
                    and redis.call('ZCOUNT', KEYS[1], live_from, '+inf')
-                   or redis.call('ZCARD', KEYS[1])) then
+                   or redis.call('ZCARD', index)) then
     out[1] = ''
 else
     out[1] = tostring(next_at)

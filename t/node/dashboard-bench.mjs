@@ -10,15 +10,21 @@ import { chromium } from 'playwright-core';
 
 const BASE = process.env.BASE;
 const views = [
-    ['summary', '#/summary', '#summary-cards .card'],
+    ['summary', '#/summary', ['#summary-cards .card',
+                               '#hosts-table tbody tr']],
     ['inventory', '#/inventory', 'main table'],
     ['agents', '#/agents', '#agents-table tbody tr'],
     ['agents, component filter', '#/agents?component=receivers%2Frece001',
      '#agents-table tbody tr'],
     ['agents, FAILED', '#/agents?config_status=FAILED',
      '#agents-table tbody tr'],
+    ['agents of a group', '#/agents?group=web', '#agents-table tbody tr'],
+    ['agents of a group, FAILED', '#/agents?group=web&config_status=FAILED',
+     '#agents-table tbody tr'],
     ['agent', '#/agent/' + process.env.UID, '#config-error, main pre'],
     ['groups', '#/groups', 'main table'],
+    ['group', '#/group/web', ['#group-figures', '#group-rollout ol.stages']],
+    ['rollouts', '#/rollouts', '#rollouts section'],
     ['audit', '#/audit', 'main table, main p.muted'],
 ];
 
@@ -47,7 +53,9 @@ for (const [name, hash, selector] of views) {
         });
         const t0 = Date.now();
         await page.goto(BASE + hash, { waitUntil: 'domcontentloaded' });
-        await page.waitForSelector(selector, { timeout: 60000 });
+        for (const sel of [].concat(selector)) {
+            await page.waitForSelector(sel, { timeout: 60000 });
+        }
         times.push(Date.now() - t0);
         // the first poll's calls (the next poll is 5 s away)
         await page.waitForTimeout(200);
@@ -58,7 +66,7 @@ for (const [name, hash, selector] of views) {
     const bytes = calls.reduce((n, c) => n + c.bytes, 0);
     const slow = calls.reduce((m, c) => c.ms > m.ms ? c : m,
                               { ms: 0, what: '' });
-    console.log(`${name.padEnd(26)} median ${String(times[2]).padStart(5)} ms`
+    console.log(`${name.padEnd(28)} median ${String(times[2]).padStart(5)} ms`
                 + ` (min ${times[0]}, max ${times[4]}); ${calls.length} API`
                 + ` call(s), ${bytes} B, slowest ${slow.what}`
                 + ` ${slow.ms.toFixed(1)} ms`);

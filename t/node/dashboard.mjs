@@ -117,6 +117,15 @@ await check('the summary shows this nginx\'s figures (its metrics)',
     return waitText('#server-cards',
                     /[1-9][\d.]*agent messages \/ s/);
 });
+await check('the summary lists each host, a stale one marked',
+            async () => {
+    const row = '#hosts-table tr[data-host="dash-a"]';
+    await waitText(row, /^dash-alive/);
+    await waitText('#hosts-table tr.stale[data-host="gone-host"]',
+                   /stale[\s\S]*last heard/);
+    // a rate needs two publishes of the host, a period apart
+    return waitText(`${row} td:nth-child(4)`, /^[\d.]+$/);
+});
 await shot('summary');
 
 // --- inventory ----------------------------------------------------------
@@ -272,6 +281,29 @@ await check('groups: the list shows the group', async () => {
     return waitText('main', /web[\s\S]*service\.name=web/);
 });
 await shot('groups');
+
+// --- a group's counts open its agents (GET agents?group=) --------------
+
+await check('summary: a group\'s FAILED count opens its FAILED agents',
+            async () => {
+    await page.goto(BASE);
+    await page.waitForSelector('a.group-failed', { timeout: WAIT });
+    await page.click('a.group-failed');
+    await page.waitForFunction(() => /group=web/.test(location.hash)
+        && /config_status=FAILED/.test(location.hash)
+        && document.querySelectorAll('#agents-table tbody tr').length === 1,
+        null, { timeout: WAIT });
+    return waitText('#agents-table tbody', /web-bad/);
+});
+await check('summary: a group\'s count opens its agents', async () => {
+    await page.goto(BASE);
+    await page.waitForSelector('a.group-agents', { timeout: WAIT });
+    await page.click('a.group-agents');
+    await page.waitForFunction((n) => /group=web/.test(location.hash)
+        && document.querySelectorAll('#agents-table tbody tr').length === n,
+        AGENTS, { timeout: WAIT });
+    return waitText('main', /of group web, in rollout order/);
+});
 
 // --- the failed agent ------------------------------------------------------
 
