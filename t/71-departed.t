@@ -417,9 +417,13 @@ diag('churn, 10 rounds of 150 WebSocket + 150 HTTP agents: used_memory '
      . '; used_memory with the round\'s 300 agents in Redis '
      . join(' ', @peak));
 is_deeply(\@keys, [ (0) x 10 ], 'DBSIZE is 0 after every round');
-my ($lo, $hi) = (sort { $a <=> $b } @mem)[0, -1];
-cmp_ok($hi - $lo, '<', 64 * 1024,
-       'used_memory (less the clients\' buffers) stays within 64 KB '
+# a leak grows round after round; a buffer Redis holds for a moment (the
+# clients' figure is itself updated by Redis's cron) comes and goes: the
+# lowest of the last three rounds against the lowest of the first three
+my ($first) = sort { $a <=> $b } @mem[0 .. 2];
+my ($last) = sort { $a <=> $b } @mem[7 .. 9];
+cmp_ok($last - $first, '<', 64 * 1024,
+       'used_memory (less the clients\' buffers) grows less than 64 KB '
        . 'over ten rounds (a round of 300 agents kept would add far more)');
 
 $t->done;
