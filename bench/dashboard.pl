@@ -186,6 +186,11 @@ sub timed {
         $path, $d[@d / 2], $d[int(@d * 0.99)], $bytes, $redis;
 }
 
+# the host's own figures, published a second after its start, then
+# every 5 s
+$t->wait_for(sub { @{ admin('GET', 'hosts')->{hosts} } > 0 }, 10)
+    or die "the host did not publish its figures\n";
+
 print "\nadmin API calls (200 each, one keep-alive connection):\n";
 timed('/opamp-dashboard/', 200);
 timed('/opamp-dashboard/dashboard.js', 200);
