@@ -29,35 +29,19 @@ use OpAMPAgents;
 my $N = $ENV{TEST_ROLLOUT_AGENTS} // 1000;
 my $SPASS = 'sentinel-secret';
 
-my ($p1, $p2) = (OpAMPTest::free_port(), OpAMPTest::free_port());
-my @sp = map { OpAMPTest::free_port() } 1 .. 3;
+my $p1 = OpAMPTest::free_port();
 
 my $t = OpAMPTest->new(redis_port => $p1);
 my $ha = OpAMPRedisHA->new($t);
 
-my $primary = $ha->server(port => $p1);
-my $replica = $ha->server(port => $p2, args => ['--replicaof', '127.0.0.1',
-                                                 $p1]);
-my @sentinels = map { $ha->sentinel(port => $_, master => 'opamp',
-                                    master_port => $p1, pass => $SPASS) }
-                @sp;
-
-ok($t->wait_for(sub {
-       my $ok = 1;
-       for my $s (@sp) {
-           my $r = eval { $ha->cmd($s, 'SENTINEL', 'sentinels', 'opamp',
-                                   auth => $SPASS) } // [];
-           my $rp = eval { $ha->cmd($s, 'SENTINEL', 'replicas', 'opamp',
-                                    auth => $SPASS) } // [];
-           $ok = 0 unless @$r == 2 && @$rp == 1;
-       }
-       $ok }, 30),
-   'three Sentinels know each other and the replica');
+# a primary, a replica and three Sentinels
+my $set = $ha->sentinel_set(pass => $SPASS);
+my ($primary, $replica, $p2) = @$set{qw(primary replica replica_port)};
+my @sp = @{ $set->{sentinel_ports} };
 
 my %conf = (
     workers => 2,
-    redis => 'sentinel://' . join(',', map { "127.0.0.1:$_" } @sp)
-             . '/opamp',
+    redis => $set->{url},
     http => "opamp_redis_sentinel_auth $SPASS;\n"
             . "    opamp_redis_timeout 4s;",
 );

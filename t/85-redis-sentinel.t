@@ -33,34 +33,18 @@ my $bench = "$FindBin::Bin/../bench";
 my $out = `make -s -C $bench loadgen 2>&1`;
 is($?, 0, 'bench/loadgen builds') or diag $out;
 
-my ($p1, $p2) = (OpAMPTest::free_port(), OpAMPTest::free_port());
-my @sp = map { OpAMPTest::free_port() } 1 .. 3;
+my $p1 = OpAMPTest::free_port();
 my $SPASS = 'sentinel-secret';
 
 my $t = OpAMPTest->new(redis_port => $p1);
 my $ha = OpAMPRedisHA->new($t);
 
-my $primary = $ha->server(port => $p1);
-my $replica = $ha->server(port => $p2, args => ['--replicaof', '127.0.0.1',
-                                                 $p1]);
-my @sentinels = map { $ha->sentinel(port => $_, master => 'opamp',
-                                    master_port => $p1, pass => $SPASS) }
-                @sp;
+# a primary, a replica and three Sentinels
+my $set = $ha->sentinel_set(pass => $SPASS);
+my ($primary, $replica, $p2) = @$set{qw(primary replica replica_port)};
+my @sp = @{ $set->{sentinel_ports} };
 
-ok($t->wait_for(sub {
-       my $ok = 1;
-       for my $s (@sp) {
-           my $r = eval { $ha->cmd($s, 'SENTINEL', 'sentinels', 'opamp',
-                                   auth => $SPASS) } // [];
-           my $rp = eval { $ha->cmd($s, 'SENTINEL', 'replicas', 'opamp',
-                                    auth => $SPASS) } // [];
-           $ok = 0 unless @$r == 2 && @$rp == 1;
-       }
-       $ok }, 30),
-   'three Sentinels know each other and the replica');
-
-my $sentinel_url = 'sentinel://' . join(',', map { "127.0.0.1:$_" } @sp)
-                   . '/opamp';
+my $sentinel_url = $set->{url};
 my %conf = (
     workers => 2,
     redis => $sentinel_url,

@@ -29,29 +29,9 @@ my $d = $t->dir;
 
 # --- a test CA, a server and a client certificate; another CA ---------
 
-sub ssl {
-    my ($cmd) = @_;
-    my $out = `cd $d && openssl $cmd 2>&1`;
-    die "openssl $cmd: $out\n" if $?;
-}
-
-my $EC = '-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes';
-for my $ca ('ca', 'ca2') {
-    ssl("req -x509 $EC -keyout $ca.key -out $ca.crt -days 2 "
-        . "-subj '/CN=opamp test $ca'");
-}
-for my $c (['server', 'subjectAltName=DNS:redis.test,IP:127.0.0.1'],
-           ['client', 'extendedKeyUsage=clientAuth'])
-{
-    my ($name, $ext) = @$c;
-    open my $f, '>', "$d/$name.ext" or die;
-    print $f "$ext\n";
-    close $f;
-    ssl("req $EC -keyout $name.key -out $name.csr -subj '/CN=opamp $name'");
-    ssl("x509 -req -in $name.csr -CA ca.crt -CAkey ca.key -CAcreateserial "
-        . "-out $name.crt -days 2 -extfile $name.ext");
-}
-chmod 0644, glob "$d/*.key";
+OpAMPTest::make_certs($d,
+    server => 'subjectAltName=DNS:redis.test,IP:127.0.0.1',
+    client => 'extendedKeyUsage=clientAuth');
 
 # plain port for the harness's own checks, TLS port for nginx
 my $tls_port = OpAMPTest::free_port();

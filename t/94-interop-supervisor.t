@@ -44,7 +44,7 @@ use IO::Select;
 use POSIX ();
 use Time::HiRes qw(time sleep);
 
-use OpAMPTest;
+use OpAMPTest qw(:DEFAULT write_file);
 use OpAMPInterop;
 
 my $supervisor = OpAMPInterop::need('opampsupervisor');
@@ -98,13 +98,6 @@ sub lines_from {
     open my $f, '<', $file or return ();
     seek $f, $from // 0, 0;
     return <$f>;
-}
-
-sub write_file {
-    my ($file, $text) = @_;
-    open my $f, '>', $file or die "$file: $!\n";
-    print $f $text;
-    close $f;
 }
 
 # what the supervisor logs when it refuses or fails OpAMP settings
@@ -203,19 +196,8 @@ sub effective_text {
                     values %{ $e->{config_map}{config_map} // {} };
 }
 
-# the collectors of a supervisor's storage directory still running (the
-# supervisor stops its collector on SIGINT; after anything else they are
-# left to their own orphan detection): stopped by their pids
-sub stop_collectors {
-    my ($dir) = @_;
-    for my $p (glob '/proc/[0-9]*') {
-        open my $f, '<', "$p/cmdline" or next;
-        my $cl = <$f> // '';
-        next unless $cl =~ /\Q$otelcol\E/ && $cl =~ /\Q$dir\E/;
-        my ($pid) = $p =~ /(\d+)$/;
-        kill 'TERM', $pid;
-    }
-}
+# the collectors of a supervisor's storage directory still running
+sub stop_collectors { OpAMPInterop::stop_collectors($otelcol, @_) }
 
 # the TCP ports the collectors of a supervisor's storage directory listen
 # on: their sockets' inodes, looked up in /proc/net/tcp{,6}

@@ -27,7 +27,7 @@ use lib "$FindBin::Bin/lib";
 use JSON::PP;
 use Time::HiRes qw(time sleep);
 
-use OpAMPTest;
+use OpAMPTest qw(:DEFAULT write_file file_text);
 use OpAMPInterop;
 
 my $supervisor = OpAMPInterop::need('opampsupervisor');
@@ -38,23 +38,7 @@ $t->start_redis;
 my $d = $t->dir;
 
 # a test CA and a server certificate for 127.0.0.1; another CA
-sub ssl {
-    my ($cmd) = @_;
-    my $out = `cd $d && openssl $cmd 2>&1`;
-    die "openssl $cmd: $out\n" if $?;
-}
-my $EC = '-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes';
-ssl("req -x509 $EC -keyout $_.key -out $_.crt -days 2 "
-    . "-subj '/CN=opamp test $_'") for 'ca', 'ca2';
-{
-    open my $f, '>', "$d/server.ext" or die;
-    print $f "subjectAltName=IP:127.0.0.1\n";
-    close $f;
-}
-ssl("req $EC -keyout server.key -out server.csr -subj '/CN=opamp server'");
-ssl('x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial '
-    . '-out server.crt -days 2 -extfile server.ext');
-chmod 0644, glob "$d/*.key";
+OpAMPTest::make_certs($d, server => 'subjectAltName=IP:127.0.0.1');
 
 my $IDENT = '
             opamp_heartbeat_interval 1s;
@@ -89,34 +73,10 @@ sub key_of { my ($uid) = @_; return "opamp:agent:{$uid}" }
 
 sub hget { my ($uid, $f) = @_; return $t->redis('HGET', key_of($uid), $f) }
 
-sub write_file {
-    my ($file, $text) = @_;
-    open my $f, '>', $file or die "$file: $!\n";
-    print $f $text;
-    close $f;
+END {
+    OpAMPInterop::stop_collectors($otelcol, $t->dir)
+        if $t && ($t->{owner} // 0) == $$;
 }
-
-sub file_text {
-    my ($file) = @_;
-    open my $f, '<', $file or return '';
-    local $/;
-    return <$f> // '';
-}
-
-# the collectors of a supervisor's storage directory still running
-# (t/94: stopped by their pids)
-sub stop_collectors {
-    my ($dir) = @_;
-    for my $p (glob '/proc/[0-9]*') {
-        open my $f, '<', "$p/cmdline" or next;
-        my $cl = <$f> // '';
-        next unless $cl =~ /\Q$otelcol\E/ && $cl =~ /\Q$dir\E/;
-        my ($pid) = $p =~ /(\d+)$/;
-        kill 'TERM', $pid;
-    }
-}
-
-END { stop_collectors($t->dir) if $t && ($t->{owner} // 0) == $$ }
 
 sub metric {
     my ($name) = @_;
@@ -184,14 +144,7 @@ EOF
     return ($sup, $dir);
 }
 
-sub uuid {
-    my $h = unpack 'H*', random_uid();
-    substr($h, 12, 1) = '4';
-    return join '-', substr($h, 0, 8), substr($h, 8, 4), substr($h, 12, 4),
-        substr($h, 16, 4), substr($h, 20);
-}
-
-my ($UA, $UB) = (uuid(), uuid());
+my ($UA, $UB) = (OpAMPInterop::uuid4(), OpAMPInterop::uuid4());
 
 # --- A: bound, selected by what nginx says ----------------------------------
 
@@ -223,7 +176,7 @@ ok($t->wait_for(sub { defined hget($UB, 'identity')
 is(hget($UB, 'desired_config') // '', '',
    'claiming tenant blue in its description, it is owed nothing');
 $b->stop('INT', 20);
-stop_collectors($bdir);
+OpAMPInterop::stop_collectors($otelcol, $bdir);
 
 # --- B again, with A's uid ------------------------------------------------------
 
@@ -246,7 +199,7 @@ like($t->error_log, qr/\[warn\].*opamp: instance_uid is bound to another identit
      'and logged, naming the identity');
 
 $b->stop('INT', 20);
-stop_collectors($bdir);
+OpAMPInterop::stop_collectors($otelcol, $bdir);
 
 # --- C: OpAMP connection settings to a TLS endpoint --------------------------
 #
@@ -257,7 +210,7 @@ stop_collectors($bdir);
 # (its identity stays the same) and the CA that verifies it; an offer
 # with another CA then fails its TLS handshake: it still verifies.
 
-my $UC = uuid();
+my $UC = OpAMPInterop::uuid4();
 my ($c, $cdir) = supervisor('c', 'site-c', 'red', 'red', $UC,
                             "  accepts_opamp_connection_settings: true\n");
 ok($t->wait_for(sub { defined hget($UC, 'identity') }, 120),
@@ -303,7 +256,7 @@ ok($t->wait_for(sub {
 
 $c->stop('INT', 20);
 $a->stop('INT', 20);
-stop_collectors($t->dir);
+OpAMPInterop::stop_collectors($otelcol, $t->dir);
 
 $t->done;
 done_testing;

@@ -28,7 +28,7 @@ use lib "$FindBin::Bin/lib";
 use JSON::PP;
 use Digest::SHA qw(sha256_hex);
 
-use OpAMPTest;
+use OpAMPTest qw(:DEFAULT write_file file_text);
 use OpAMPInterop;
 
 my $supervisor = OpAMPInterop::need('opampsupervisor');
@@ -38,23 +38,8 @@ my $t = OpAMPTest->new;
 $t->start_redis;
 my $d = $t->dir;
 
-sub ssl {
-    my ($cmd) = @_;
-    my $out = `cd $d && openssl $cmd 2>&1`;
-    die "openssl $cmd: $out\n" if $?;
-}
-my $EC = '-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes';
-ssl("req -x509 $EC -keyout $_.key -out $_.crt -days 2 "
-    . "-subj '/CN=opamp test $_'") for 'ca', 'ca2';
-{
-    open my $f, '>', "$d/server.ext" or die;
-    print $f "subjectAltName=IP:127.0.0.1\n";
-    close $f;
-}
-ssl("req $EC -keyout server.key -out server.csr -subj '/CN=opamp server'");
-ssl('x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial '
-    . '-out server.crt -days 2 -extfile server.ext');
-chmod 0644, glob "$d/*.key";
+# a test CA and a server certificate for 127.0.0.1; another CA
+OpAMPTest::make_certs($d, server => 'subjectAltName=IP:127.0.0.1');
 
 my $TOK = '
             opamp_heartbeat_interval 1s;
@@ -88,41 +73,12 @@ sub api {
 
 sub hget { my ($uid, $f) = @_; return $t->redis('HGET', "opamp:agent:{$uid}", $f) }
 
-sub write_file {
-    my ($file, $text) = @_;
-    open my $f, '>', $file or die "$file: $!\n";
-    print $f $text;
-    close $f;
+END {
+    OpAMPInterop::stop_collectors($otelcol, $t->dir)
+        if $t && ($t->{owner} // 0) == $$;
 }
 
-sub file_text {
-    my ($file) = @_;
-    open my $f, '<', $file or return '';
-    local $/;
-    return <$f> // '';
-}
-
-sub stop_collectors {
-    my ($dir) = @_;
-    for my $p (glob '/proc/[0-9]*') {
-        open my $f, '<', "$p/cmdline" or next;
-        my $cl = <$f> // '';
-        next unless $cl =~ /\Q$otelcol\E/ && $cl =~ /\Q$dir\E/;
-        my ($pid) = $p =~ /(\d+)$/;
-        kill 'TERM', $pid;
-    }
-}
-
-END { stop_collectors($t->dir) if $t && ($t->{owner} // 0) == $$ }
-
-sub uuid {
-    my $h = unpack 'H*', random_uid();
-    substr($h, 12, 1) = '4';
-    return join '-', substr($h, 0, 8), substr($h, 8, 4), substr($h, 12, 4),
-        substr($h, 16, 4), substr($h, 20);
-}
-
-my $U = uuid();
+my $U = OpAMPInterop::uuid4();
 my $dir = "$d/sup";
 mkdir $dir;
 mkdir "$dir/storage";
@@ -205,7 +161,7 @@ ok($t->wait_for(sub {
 # restarted, it has lost the token (the supervisor keeps accepted
 # settings in memory only) and comes back with the enrollment credential
 $sup->stop('INT', 20);
-stop_collectors($dir);
+OpAMPInterop::stop_collectors($otelcol, $dir);
 unlink "$dir/supervisor.log";
 $sup = spawn();
 ok($t->wait_for(sub {
@@ -217,7 +173,7 @@ ok($t->wait_for(sub {
 like($t->error_log, qr/\[warn\].*opamp: 403 refused: the enrollment credential/,
      'and the refusal is logged');
 $sup->stop('INT', 20);
-stop_collectors($dir);
+OpAMPInterop::stop_collectors($otelcol, $dir);
 
 # the token itself, revoked
 ($st) = api('DELETE', "agents/$U/token");
@@ -228,6 +184,6 @@ my ($hs) = $t->http_post(
     Authorization => "Bearer $tok");
 is($hs, 403, 'then its token is refused');
 
-stop_collectors($t->dir);
+OpAMPInterop::stop_collectors($otelcol, $t->dir);
 $t->done;
 done_testing;

@@ -80,6 +80,31 @@ sub need {
              . "`make interop-tools` (make test does)");
 }
 
+# the collectors ($otelcol, the program's path) started from a
+# supervisor's storage directory $dir that still run (the supervisor
+# stops its collector on SIGINT; after anything else they are left to
+# their own orphan detection): stopped by their pids, found in /proc
+sub stop_collectors {
+    my ($otelcol, $dir) = @_;
+    for my $p (glob '/proc/[0-9]*') {
+        open my $f, '<', "$p/cmdline" or next;
+        my $cl = <$f> // '';
+        next unless $cl =~ /\Q$otelcol\E/ && $cl =~ /\Q$dir\E/;
+        my ($pid) = $p =~ /(\d+)$/;
+        kill 'TERM', $pid;
+    }
+}
+
+# a random version 4 UUID as text, as the supervisor keeps its
+# instance_id in persistent_state.yaml
+sub uuid4 {
+    my $h = '';
+    $h .= sprintf '%02x', int rand 256 for 1 .. 16;
+    substr($h, 12, 1) = '4';
+    return join '-', substr($h, 0, 8), substr($h, 8, 4), substr($h, 12, 4),
+        substr($h, 16, 4), substr($h, 20);
+}
+
 # --- a child process with its stdout read line by line ------------------
 
 # $cmd: array ref; %o: log (stderr, default /dev/null), env (hash ref)

@@ -10,6 +10,7 @@ package OpAMPRedisHA;
 #   my $p = $ha->server(port => $port, args => [...]);   # pid
 #   my $s = $ha->sentinel(port => $port, master => 'm',
 #                         master_port => $p1, pass => 'x');
+#   my $set = $ha->sentinel_set(pass => 'x');   # see below
 #   $ha->cmd($port, @cmd)                 # one command; auth => 'pw'
 #   $ha->spawn($log, @cmd)                # any other server: pid
 #   $ha->signal($pid, 'KILL')  $ha->stop($pid)  $ha->reap($pid)
@@ -21,6 +22,8 @@ use IO::Socket::INET;
 use IO::Select;
 use POSIX qw(WNOHANG);
 use Time::HiRes qw(time sleep);
+
+use Test::More;
 
 use OpAMPTest;
 
@@ -105,6 +108,40 @@ EOF
         defined $r && $r eq 'PONG';
     }, 10) or die "redis-sentinel did not start on port $port\n";
     return $pid;
+}
+
+# Redis as production runs it: a primary on the test's Redis port, a
+# replica of it and three Sentinels monitoring it as master (default
+# "opamp", password pass), ok() once the Sentinels know each other and
+# the replica (30 s at most).  Returns a hash: primary, replica (pids),
+# replica_port, sentinels (pids), sentinel_ports, url (the sentinel://
+# URL of opamp_redis)
+sub sentinel_set {
+    my ($self, %o) = @_;
+    my $master = $o{master} // 'opamp';
+    my $p1 = $self->{t}->redis_port;
+    my %set = (replica_port => OpAMPTest::free_port(),
+               sentinel_ports => [ map { OpAMPTest::free_port() } 1 .. 3 ]);
+    my @sp = @{ $set{sentinel_ports} };
+    $set{primary} = $self->server(port => $p1);
+    $set{replica} = $self->server(port => $set{replica_port},
+                                  args => [ '--replicaof', '127.0.0.1', $p1 ]);
+    $set{sentinels} = [ map { $self->sentinel(port => $_, master => $master,
+                                              master_port => $p1,
+                                              pass => $o{pass}) } @sp ];
+    ok($self->{t}->wait_for(sub {
+           for my $s (@sp) {
+               my $r = eval { $self->cmd($s, 'SENTINEL', 'sentinels', $master,
+                                         auth => $o{pass}) } // [];
+               my $rp = eval { $self->cmd($s, 'SENTINEL', 'replicas',
+                                          $master, auth => $o{pass}) } // [];
+               return 0 unless @$r == 2 && @$rp == 1;
+           }
+           1 }, 30),
+       'three Sentinels know each other and the replica');
+    $set{url} = 'sentinel://' . join(',', map { "127.0.0.1:$_" } @sp)
+                . "/$master";
+    return \%set;
 }
 
 # one command on a new connection to a port or "host:port" (AUTH first

@@ -58,6 +58,9 @@ package OpAMPTest;
 #   http_post($body, %headers)  ($status, {lc headers}, $body); -path,
 #                               -method, -port, -timeout, -local (the
 #                               source address)
+#   write_file($file, $text) file_text($file)   (exported on request)
+#   OpAMPTest::make_certs($dir, name => 'extension line', ...)
+#                               test CAs ca, ca2 and leaf certificates
 #
 # Environment: NGINX (default /usr/sbin/nginx), NGINX_MODULE (default
 # build/ngx_http_opamp_module.so of this repository), TEST_KEEP=1 keeps the
@@ -89,6 +92,7 @@ use Scalar::Util qw(weaken);
 use OpAMPFleet;
 
 our @EXPORT = qw(uid_hex uid_text random_uid uid_escape);
+our @EXPORT_OK = qw(write_file file_text);
 
 our %LIVE;
 
@@ -120,6 +124,49 @@ sub random_uid {
 # any bytes as a textproto string body: every byte as an octal escape
 sub uid_escape {
     return join '', map { sprintf '\\%03o', $_ } unpack 'C*', $_[0];
+}
+
+# --- files and certificates ------------------------------------------------
+
+sub write_file {
+    my ($file, $text) = @_;
+    open my $f, '>', $file or die "$file: $!\n";
+    print $f $text;
+    close $f;
+}
+
+# a file's whole text, '' when it is not there (yet)
+sub file_text {
+    my ($file) = @_;
+    open my $f, '<', $file or return '';
+    local $/;
+    return <$f> // '';
+}
+
+# test certificates in $dir (EC P-256, two days): two CAs, ca.crt and
+# ca2.crt (the second verifies nothing of the first), and for each
+# name => extension line of %leaf, <name>.crt and <name>.key signed by
+# ca (e.g. server => 'subjectAltName=IP:127.0.0.1'); keys readable by
+# all, as the nginx and redis-server of a test may run as other users
+sub make_certs {
+    my ($dir, %leaf) = @_;
+    my $ssl = sub {
+        my ($cmd) = @_;
+        my $out = `cd $dir && openssl $cmd 2>&1`;
+        die "openssl $cmd: $out\n" if $?;
+    };
+    my $ec = '-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes';
+    $ssl->("req -x509 $ec -keyout $_.key -out $_.crt -days 2 "
+           . "-subj '/CN=opamp test $_'") for 'ca', 'ca2';
+    for my $name (sort keys %leaf) {
+        write_file("$dir/$name.ext", "$leaf{$name}\n");
+        $ssl->("req $ec -keyout $name.key -out $name.csr "
+               . "-subj '/CN=opamp $name'");
+        $ssl->("x509 -req -in $name.csr -CA ca.crt -CAkey ca.key "
+               . "-CAcreateserial -out $name.crt -days 2 "
+               . "-extfile $name.ext");
+    }
+    chmod 0644, glob "$dir/*.key";
 }
 
 sub free_port {
