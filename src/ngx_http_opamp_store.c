@@ -44,13 +44,19 @@ struct ngx_http_opamp_store_req_s {
  * (about 20 us, against 5 us an agent in a batch).  A WebSocket heartbeat
  * waits up to opamp_heartbeat_batch_delay for others: a fleet's heartbeats
  * are spread over the interval, so without the wait each would come alone.
- * A plain HTTP poll, whose agent waits for the answer to poll again, and a
- * full batch go at the end of the event loop's turn.  While a beats.lua
+ * A plain HTTP poll, whose agent waits for the answer to poll again, and
+ * enough heartbeats for a good batch (an agent that waits for each answer
+ * before it sends again, under load) go at the end of the event loop's
+ * turn.  While a beats.lua
  * call is out, the rest wait for its answer too.  Those that cannot take
  * the short way after all are sent again, one report.lua call each.
  */
 
 #define NGX_HTTP_OPAMP_BEATS_MAX  128
+
+/* waiting heartbeats that need not wait for more: past a few agents a
+ * call, the call's own cost is a small part of Redis's */
+#define NGX_HTTP_OPAMP_BEATS_ENOUGH  16
 
 /* beats.lua, per agent: uid, sequence_num, its predecessor, the mark its
  * settled must match, accepts restart, expires_ms */
@@ -171,6 +177,7 @@ static ngx_event_t                   ngx_http_opamp_beats_event;
  * to be waited: a poll or a full batch is among them) */
 static ngx_event_t                   ngx_http_opamp_beats_timer;
 static ngx_uint_t                    ngx_http_opamp_beats_due;
+static ngx_uint_t                    ngx_http_opamp_beats_waiting;
 /* beats.lua calls sent and not yet answered */
 static ngx_uint_t                    ngx_http_opamp_beats_sent;
 /* the last beat mark digested, its text and digest: plain HTTP agents of
@@ -627,7 +634,7 @@ ngx_http_opamp_store_queue_beat(ngx_http_opamp_store_req_t *req)
     b->reqs[b->n++] = req;
 
     if (req->rep->transport == NGX_HTTP_OPAMP_TRANSPORT_HTTP
-        || b->n == NGX_HTTP_OPAMP_BEATS_MAX)
+        || ++ngx_http_opamp_beats_waiting >= NGX_HTTP_OPAMP_BEATS_ENOUGH)
     {
         ngx_http_opamp_beats_due = 1;
     }
@@ -703,6 +710,7 @@ ngx_http_opamp_store_beats_flush(ngx_event_t *ev)
     b = ngx_http_opamp_beats;
     ngx_http_opamp_beats = NULL;
     ngx_http_opamp_beats_due = 0;
+    ngx_http_opamp_beats_waiting = 0;
 
     if (ngx_http_opamp_beats_timer.timer_set) {
         ngx_del_timer(&ngx_http_opamp_beats_timer);

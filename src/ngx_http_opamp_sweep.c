@@ -40,6 +40,8 @@ static void ngx_http_opamp_sweep_done(redisReply *reply, void *data);
 
 static ngx_event_t                  ngx_http_opamp_sweep_event;
 static ngx_http_opamp_redis_cmd_t  *ngx_http_opamp_sweep_cmd;
+/* the last step found the script cache empty: the next sends the source */
+static ngx_uint_t                   ngx_http_opamp_sweep_noscript;
 static ngx_http_opamp_main_conf_t  *ngx_http_opamp_sweep_conf;
 static ngx_msec_t                   ngx_http_opamp_sweep_period;
 static ngx_str_t                    ngx_http_opamp_sweep_index;
@@ -232,11 +234,15 @@ ngx_http_opamp_sweep_step(ngx_event_t *ev)
                                           * NGX_HTTP_OPAMP_SWEEP_LEASE)
                  - lease;
 
-    /* a rare call: EVAL with the source saves the NOSCRIPT dance */
+    /* EVALSHA: every worker asks each period, and the holder steps again
+     * and again through a backlog; an EVAL would send the script's source
+     * (tens of kilobytes) and have Redis hash it each time */
 
-    ngx_http_opamp_sweep_cmd = ngx_http_opamp_store_eval(
-                                   NGX_HTTP_OPAMP_SCRIPT_REMOVE, 2, 10, argv,
-                                   argvlen, ngx_http_opamp_sweep_done, NULL);
+    ngx_http_opamp_sweep_cmd =
+        (ngx_http_opamp_sweep_noscript ? ngx_http_opamp_store_eval
+                                       : ngx_http_opamp_store_evalsha)(
+            NGX_HTTP_OPAMP_SCRIPT_REMOVE, 2, 10, argv, argvlen,
+            ngx_http_opamp_sweep_done, NULL);
 
     if (ngx_http_opamp_sweep_cmd == NULL) {
         /* Redis is away: the next period tries again */
@@ -253,6 +259,18 @@ ngx_http_opamp_sweep_done(redisReply *reply, void *data)
 
     ngx_http_opamp_sweep_cmd = NULL;
     delay = ngx_http_opamp_sweep_jitter();
+
+    /* the script cache was flushed (or Redis restarted): the source goes
+     * with the next step, soon */
+    ngx_http_opamp_sweep_noscript = ngx_http_opamp_store_is_noscript(reply);
+
+    if (ngx_http_opamp_sweep_noscript) {
+        ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                      "opamp: agent retention sweep: the script is not "
+                      "cached in redis, sent with the next step");
+        ngx_http_opamp_sweep_arm(NGX_HTTP_OPAMP_SWEEP_AGAIN);
+        return;
+    }
 
     if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 4
         && reply->element[0]->type == REDIS_REPLY_INTEGER

@@ -5,7 +5,8 @@
 # the workers of all the hosts on one Redis, only the one that holds the
 # lease removes departed agents; a backlog is cleared at the documented
 # pace (a batch of 100 every 50 ms, not one batch per period); when the
-# holder goes away, another worker takes the lease over once it expires.
+# holder goes away, another worker takes the lease over once it expires,
+# also after Redis's script cache was flushed.
 
 use strict;
 use warnings;
@@ -66,7 +67,7 @@ sub monitor_read {
     my @l = split /\r\n/, $monbuf, -1;
     $monbuf = pop @l;
     for (@l) {
-        if (/^\+?[\d.]+ \[\d+ ([\d.:]+)\] "EVAL" .* "sweep"/) {
+        if (/^\+?[\d.]+ \[\d+ ([\d.:]+)\] "EVAL(?:SHA)?" .* "sweep"/) {
             $calls{$1}++;
             $cur = $1;
         } elsif (/^\+?[\d.]+ \[\d+ lua\] "DEL" "\Q$P\Eagent:\{/) {
@@ -130,6 +131,9 @@ ok(scalar(grep { $_ == $hpid } $gone->worker_pids),
    'the holder is a worker of one of the two instances');
 $gone->stop_nginx;
 %removing = ();
+# and Redis's script cache is flushed: the sweep's EVALSHA finds no
+# script, and its next step sends the source
+$ta->redis('SCRIPT', 'FLUSH');
 
 departed(500, 'bbbbbbbb');
 ok($ta->wait_for(sub { monitor_read(); zcard() == 0 }, 30),
