@@ -4,7 +4,11 @@ package OpAMPAgents;
 # (t/75, t/77): each connects with a description, answers every config it
 # is offered with APPLIED, or FAILED for a hash the test says it fails,
 # and connects again when its connection ends (a reload, a failover),
-# going on counting its sequence numbers as OpAMP clients do.  What they
+# going on counting its sequence numbers as OpAMP clients do.  As OpAMP
+# clients do too, an agent sends its last report again (a moment later)
+# when the server answers it UNAVAILABLE, as during a Redis failover, and
+# its full state, with its last config status, when the server asks for
+# it (ReportFullState).  What they
 # receive is decoded with protoc (an independent codec), a round's
 # messages in one call.  Each agent notes the config hashes it received
 # and when.
@@ -100,17 +104,41 @@ sub add {
     return $ag;
 }
 
-# answers an offer: APPLIED, or FAILED for a hash the agent fails
-sub answer {
+# the remote config status an agent reports for hash $h: APPLIED, or
+# FAILED for a hash the agent fails
+sub config_status {
     my ($self, $ag, $h) = @_;
     my $f = $self->{fails}{$h};
     my $st = $f && $f->{$ag->{uid}} ? 'FAILED' : 'APPLIED';
+    return 'remote_config_status { last_remote_config_hash: "'
+           . OpAMPFleet::uid_escape(pack 'H*', $h)
+           . "\" status: RemoteConfigStatuses_$st"
+           . ($st eq 'FAILED' ? ' error_message: "bad config"' : '') . ' }';
+}
+
+# answers an offer
+sub answer {
+    my ($self, $ag, $h) = @_;
+    $ag->{last} = $h;
     $ag->{seq}++;
     $ag->{ws}->send_msg($self->a2s_of($ag, 'capabilities: 3 '
-        . 'remote_config_status { last_remote_config_hash: "'
-        . OpAMPFleet::uid_escape(pack 'H*', $h)
-        . "\" status: RemoteConfigStatuses_$st"
-        . ($st eq 'FAILED' ? ' error_message: "bad config"' : '') . ' }'));
+                                      . $self->config_status($ag, $h)));
+}
+
+# what an agent does with a message that carries no config: an error
+# UNAVAILABLE has it send its last report again half a second later; a
+# request for its full state has it send its description and its last
+# config status
+sub on_message {
+    my ($self, $ag, $text) = @_;
+    if ($text =~ /^\s*type: ServerErrorResponseType_Unavailable/m) {
+        $ag->{retry_at} //= time + 0.5 if defined $ag->{last};
+    } elsif ($text =~ /^\s*flags: (\d+)/m && $1 & 1) {
+        $ag->{seq}++;
+        $ag->{ws}->send_msg($self->a2s_of($ag, $self->{hello}
+            . (defined $ag->{last}
+               ? ' ' . $self->config_status($ag, $ag->{last}) : '')));
+    }
 }
 
 # reads what arrived for a while, answers the offers, connects again the
@@ -121,6 +149,12 @@ sub pump {
     my @agents = @{ $self->{agents} };
     while (time < $deadline) {
         return 1 if $done && $done->();
+        for my $ag (grep { $_->{retry_at} && $_->{retry_at} <= time }
+                    @agents)
+        {
+            delete $ag->{retry_at};
+            $self->answer($ag, $ag->{last}) if $ag->{ws};
+        }
         my $sel = IO::Select->new(map { $_->{ws}->sock } @agents);
         my %by = map { ($_->{ws}->sock => $_) } @agents;
         my @ready = $sel->can_read(0.2);
@@ -146,7 +180,10 @@ sub pump {
         my @texts = $self->decode_batch(@msgs);
         for my $i (0 .. $#texts) {
             my ($h) = $texts[$i] =~ /config_hash: "((?:[^"\\]|\\.)*)"/;
-            next unless defined $h;
+            if (!defined $h) {
+                $self->on_message($who[$i], $texts[$i]) if $who[$i]{ws};
+                next;
+            }
             $h = unpack 'H*', OpAMPTest::_unescape($h);
             push @{ $who[$i]{got} }, [ $h, time ];
             $self->answer($who[$i], $h) if $who[$i]{ws};
