@@ -41,21 +41,11 @@ sub beat_msg {
         . "\" sequence_num: $ag->{seq} capabilities: 3");
 }
 
-# beats.lua calls so far (EVALSHA with one key, <prefix>config_version),
-# from Redis's slow log, which logs every command here: the other scripts
-# (the staged rollouts' timer calls one every second) do not count
-$t->redis('CONFIG', 'SET', 'slowlog-max-len', 100000);
-$t->redis('CONFIG', 'SET', 'slowlog-log-slower-than', 0);
-my $beats_calls = 0;
-sub beats_calls {
-    $beats_calls += grep {
-        my $a = $_->[3];
-        ($a->[0] // '') eq 'EVALSHA' && ($a->[2] // '') eq '1'
-            && ($a->[3] // '') eq 'opamp:config_version'
-    } @{ $t->redis('SLOWLOG', 'GET', 100000) };
-    $t->redis('SLOWLOG', 'RESET');
-    return $beats_calls;
-}
+# beats.lua calls so far, from Redis's slow log (OpAMPTest::beats_calls):
+# the other scripts (the staged rollouts' timer calls one every second)
+# do not count
+$t->slowlog_all;
+sub beats_calls { return $t->beats_calls }
 
 # an answer that carries nothing: no flags, config, command or error
 sub owed_nothing {

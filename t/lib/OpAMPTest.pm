@@ -389,6 +389,28 @@ sub redis_nodie {
 
 sub is_redis_error { ref $_[-1] eq 'OpAMPTest::RedisError' }
 
+# Redis logs every command in its slow log from now on (kept: 100,000)
+sub slowlog_all {
+    my ($self) = @_;
+    $self->redis('CONFIG', 'SET', 'slowlog-max-len', 100000);
+    $self->redis('CONFIG', 'SET', 'slowlog-log-slower-than', 0);
+}
+
+# beats.lua calls (EVALSHA with one key, <prefix>config_version) seen in
+# the slow log so far, counted since the first call; empties the log
+# ($prefix: the key prefix, default opamp:)
+sub beats_calls {
+    my ($self, $prefix) = @_;
+    my $key = ($prefix // 'opamp:') . 'config_version';
+    $self->{beats_calls} += grep {
+        my $a = $_->[3];
+        ($a->[0] // '') eq 'EVALSHA' && ($a->[2] // '') eq '1'
+            && ($a->[3] // '') eq $key
+    } @{ $self->redis('SLOWLOG', 'GET', 100000) };
+    $self->redis('SLOWLOG', 'RESET');
+    return $self->{beats_calls};
+}
+
 sub hgetall {
     my ($self, $key) = @_;
     my $r = $self->redis('HGETALL', $key) // [];
