@@ -169,13 +169,34 @@ sub make_certs {
     chmod 0644, glob "$dir/*.key";
 }
 
+# A port the kernel hands out for LocalPort => 0 comes from the ephemeral
+# range, which every outgoing connection (a client to Redis, nginx to
+# Redis) also draws from: between this check and nginx's bind() one of
+# them could take it ("Address already in use", once in a CI run).  So
+# the ports come from below that range, chosen at random, each at most
+# once per test process, and checked free by a bind.
 sub free_port {
-    my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
-                                  Proto => 'tcp', Listen => 1, ReuseAddr => 1)
-        or die "no free port: $!\n";
-    my $p = $s->sockport;
-    close $s;
-    return $p;
+    state %given;
+    state $below = do {
+        my $low = 32768;
+        if (open my $f, '<', '/proc/sys/net/ipv4/ip_local_port_range') {
+            my ($l) = split ' ', scalar <$f>;
+            $low = $l if defined $l && $l =~ /^\d+$/ && $l > 12000;
+        }
+        $low;
+    };
+    for (1 .. 1000) {
+        my $p = 10000 + int rand($below - 10000);
+        next if $given{$p};
+        my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1',
+                                      LocalPort => $p, Proto => 'tcp',
+                                      Listen => 1, ReuseAddr => 1)
+            or next;
+        close $s;
+        $given{$p} = 1;
+        return $p;
+    }
+    die "no free port below $below\n";
 }
 
 # %o: redis_port (share another test's Redis), port, module, nginx
