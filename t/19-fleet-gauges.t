@@ -238,7 +238,7 @@ for my $t ($ta, $tb) {
 # the replica, where a Sentinel failover would take the fleet: the gauges
 # travel with the agent hashes in the same script calls, so they agree
 # there too
-$ta->redis('WAIT', 1, 5000);
+ok($ta->replicas_caught_up, 'the replica has every write');
 {
     my $g = $tr->hgetall("${P}fleet:gauges");
     my %g = map { $_ => $g->{$_} } grep { $g->{$_} } keys %$g;

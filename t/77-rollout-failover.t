@@ -98,8 +98,12 @@ is($st, 200, 'a staged rollout of version 2 starts');
 ok($fleet->pump(60, sub { (rollout()->{stage} // 0) >= 2 }),
    'it reaches its second stage');
 
-# the replica has every write before the primary goes
-$t->redis('WAIT', 1, 5000);
+# the replica has every write before the primary goes: writes paused
+# (the workers' calls wait), the replica caught up, then the kill; an
+# APPLIED report stored on the primary alone and answered would be lost
+# with it, and its agent would never send it again
+ok($t->replicas_caught_up(pause => 30000),
+   'the replica has every write of the primary');
 $ha->signal($primary, 'KILL');
 $ha->reap($primary);
 

@@ -29,6 +29,8 @@ package OpAMPTest;
 #   redis_nodie(@cmd)           the same, an error reply is returned as an
 #                               OpAMPTest::RedisError ($$r is its text)
 #   hgetall($key)               hashref
+#   replicas_caught_up(%o)      every replica acked all writes; pause =>
+#                               $ms pauses writes first (for a failover)
 #   agent($uid[, $prefix])      hgetall of <prefix>agent:{<uid text>} and
 #                               of <prefix>status:{<uid text>} (fields
 #                               stored compressed inflated), with shared
@@ -430,6 +432,23 @@ sub beats_calls {
     } @{ $self->redis('SLOWLOG', 'GET', 100000) };
     $self->redis('SLOWLOG', 'RESET');
     return $self->{beats_calls};
+}
+
+# waits (bounded by $o{secs}, 10) until every replica of this test's
+# Redis has acknowledged all of its replication stream (a replica acks
+# once a second).  With pause => $ms, writes are paused first (CLIENT
+# PAUSE ... WRITE: the workers' calls wait), so that none comes after and
+# a failover loses nothing.  WAIT would not do: it waits only for the
+# writes made on its own connection.
+sub replicas_caught_up {
+    my ($self, %o) = @_;
+    $self->redis('CLIENT', 'PAUSE', $o{pause}, 'WRITE') if $o{pause};
+    return $self->wait_for(sub {
+        my $i = $self->redis('INFO', 'replication');
+        my ($m) = $i =~ /master_repl_offset:(\d+)/;
+        my @r = $i =~ /^slave\d+:.*?offset=(\d+)/mg;
+        return @r && !grep { $_ != $m } @r;
+    }, $o{secs} // 10);
 }
 
 sub hgetall {
