@@ -323,6 +323,13 @@ static ngx_command_t  ngx_http_opamp_commands[] = {
       offsetof(ngx_http_opamp_loc_conf_t, agent_timeout),
       &ngx_http_opamp_time_post },
 
+    { ngx_string("opamp_heartbeat_recheck"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_opamp_loc_conf_t, heartbeat_recheck),
+      NULL },
+
     { ngx_string("opamp_send_timeout"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_msec_slot,
@@ -579,6 +586,7 @@ ngx_http_opamp_create_loc_conf(ngx_conf_t *cf)
     olcf->custom_messages_size = NGX_CONF_UNSET_SIZE;
     olcf->heartbeat_interval = NGX_CONF_UNSET;
     olcf->agent_timeout = NGX_CONF_UNSET_MSEC;
+    olcf->heartbeat_recheck = NGX_CONF_UNSET_MSEC;
     olcf->send_timeout = NGX_CONF_UNSET_MSEC;
     olcf->send_queue_limit = NGX_CONF_UNSET_SIZE;
     olcf->gzip_min_length = NGX_CONF_UNSET_SIZE;
@@ -619,6 +627,9 @@ ngx_http_opamp_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                              prev->heartbeat_interval, 30);
     ngx_conf_merge_msec_value(conf->agent_timeout, prev->agent_timeout,
                               90000);
+    /* see ngx_http_opamp_session_settled.c */
+    ngx_conf_merge_msec_value(conf->heartbeat_recheck,
+                              prev->heartbeat_recheck, 300000);
     ngx_conf_merge_msec_value(conf->send_timeout, prev->send_timeout,
                               60000);
     ngx_conf_merge_size_value(conf->send_queue_limit,

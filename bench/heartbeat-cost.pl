@@ -16,6 +16,8 @@
 #
 #   perl bench/heartbeat-cost.pl      # AGENTS=20000 HEARTBEAT=30 SECONDS=15
 #   BATCH_DELAY=0 perl bench/heartbeat-cost.pl   # opamp_heartbeat_batch_delay
+#   RECHECK=0 perl bench/heartbeat-cost.pl       # opamp_heartbeat_recheck:
+#                                    # 0, every heartbeat goes to Redis
 
 use strict;
 use warnings;
@@ -41,11 +43,20 @@ system("make -s -C $bench loadgen") == 0 or die "loadgen does not build\n";
 
 my $delay = defined $ENV{BATCH_DELAY}
             ? "opamp_heartbeat_batch_delay $ENV{BATCH_DELAY};" : '';
+$delay .= " opamp_heartbeat_recheck $ENV{RECHECK};" if defined $ENV{RECHECK};
 my $t = OpAMPTest->new;
 $t->start_redis;
 $t->start_nginx('
-        location /admin/ { opamp_admin; }', workers => 2,
+        location /admin/ { opamp_admin; }
+        location = /metrics { opamp_metrics; }', workers => 2,
         connections => int($N / 2) + 2000, http => $delay);
+
+# heartbeats the workers answered without Redis
+sub in_worker {
+    my (undef, undef, $b) = $t->http_post('', -method => 'GET',
+                                          -path => '/metrics');
+    return $b =~ /^opamp_heartbeats_in_worker_total (\d+)$/m ? $1 : 0;
+}
 
 sub cpu {
     my $i = $t->redis('INFO', 'cpu');
@@ -97,17 +108,20 @@ for (1 .. 30) {
     $prev = $c;
 }
 
-my ($s0, $t0) = (commandstats(), time);
+my ($s0, $t0, $w0) = (commandstats(), time, in_worker());
 $c0 = cpu();
 sleep $W;
 my $c1 = cpu();
-my ($s1, $t1) = (commandstats(), time);
+my ($s1, $t1, $w1) = (commandstats(), time, in_worker());
 my $shorts = ($s1->{hset}[0] // 0) - ($s0->{hset}[0] // 0);
 my $beats = $n * ($t1 - $t0) / $H;
 
-printf "agents=%d heartbeat=%ds batch_delay=%s redis_cpu_per_heartbeat=%.1fus"
-       . " short_way=%d of about %d\n", $n, $H, $ENV{BATCH_DELAY} // '50ms',
-       (($c1 - $c0) - $idle * ($t1 - $t0)) * 1e6 / $beats, $shorts, $beats;
+printf "agents=%d heartbeat=%ds batch_delay=%s recheck=%s "
+       . "redis_cpu_per_heartbeat=%.1fus short_way_in_redis=%d "
+       . "in_worker=%d of about %d\n", $n, $H, $ENV{BATCH_DELAY} // '50ms',
+       $ENV{RECHECK} // '5m',
+       (($c1 - $c0) - $idle * ($t1 - $t0)) * 1e6 / $beats, $shorts,
+       $w1 - $w0, $beats;
 for my $k (sort keys %$s1) {
     my $calls = $s1->{$k}[0] - ($s0->{$k}[0] // 0) or next;
     my $us = $s1->{$k}[1] - ($s0->{$k}[1] // 0);
@@ -135,7 +149,7 @@ for my $round (1 .. 4) {
         my $out = $t->redis('EVALSHA', $sha, 1, "${P}config_version",
                             1796658006990, $P, @args);
         $spent += commandstats()->{evalsha}[1] - $u0;
-        $done += grep { $_ == 1 } @$out;
+        $done += grep { $_ != 0 } @$out;
     }
 }
 kill 'CONT', @pids;

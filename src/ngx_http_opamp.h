@@ -117,6 +117,8 @@ typedef struct {
     size_t                      custom_messages_size;
     time_t                      heartbeat_interval;
     ngx_msec_t                  agent_timeout;
+    ngx_msec_t                  heartbeat_recheck;  /* 0: every heartbeat
+                                                       goes to Redis */
     ngx_msec_t                  send_timeout;
     size_t                      send_queue_limit;
     size_t                      gzip_min_length;

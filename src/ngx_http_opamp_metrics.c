@@ -963,6 +963,12 @@ ngx_http_opamp_metrics_write_fleet(ngx_http_opamp_metrics_out_t *o,
         "an enrollment credential it may use (403).");
     ngx_http_opamp_metrics_printf(o, "opamp_token_refusals_total %A\n",
                                   s[NGX_HTTP_OPAMP_M_TOKEN_REFUSALS]);
+
+    ngx_http_opamp_metrics_family(o, "heartbeats_in_worker_total", "counter",
+        "WebSocket heartbeats of settled agents answered by the worker "
+        "without Redis (opamp_heartbeat_recheck).");
+    ngx_http_opamp_metrics_printf(o, "opamp_heartbeats_in_worker_total %A\n",
+                                  s[NGX_HTTP_OPAMP_M_BEATS_IN_WORKER]);
 }
 
 

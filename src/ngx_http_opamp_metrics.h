@@ -57,6 +57,8 @@ typedef enum {
     NGX_HTTP_OPAMP_M_IDENTITY_CONFLICTS,   /* a uid claimed by another
                                               identity */
     NGX_HTTP_OPAMP_M_TOKEN_REFUSALS,       /* a credential refused */
+    NGX_HTTP_OPAMP_M_BEATS_IN_WORKER,      /* heartbeats answered without
+                                              Redis */
     NGX_HTTP_OPAMP_M_NSCALARS
 } ngx_http_opamp_metrics_scalar_e;
 

@@ -47,6 +47,7 @@ typedef struct {
     u_char                          cs_status[sizeof("APPLYING ") + 64];
     u_char                         *text;   /* config error, names */
     ngx_http_opamp_attrs_t         *attrs;  /* of the description sent */
+    ngx_uint_t                      epoch;  /* session_settled_mark() */
     unsigned                        new_uid:1;
 } ngx_http_opamp_message_t;
 
@@ -526,6 +527,19 @@ ngx_http_opamp_session_report(ngx_http_opamp_session_t *s,
 
     s->busy = 1;
 
+    /* a heartbeat of a settled agent: no need to ask Redis */
+
+    if (s->transport == NGX_HTTP_OPAMP_TRANSPORT_WS
+        && ngx_http_opamp_session_settled_answer(s, rep))
+    {
+        s->pending = m;
+        s->messages++;
+        ngx_http_opamp_session_reported(rep, NGX_OK, m);
+        return NGX_OK;
+    }
+
+    m->epoch = ngx_http_opamp_session_settled_mark();
+
     req = ngx_http_opamp_store_report(rep, ngx_http_opamp_session_reported,
                                       m);
     if (req == NULL) {
@@ -723,6 +737,21 @@ ngx_http_opamp_session_reported(ngx_http_opamp_report_t *rep, ngx_int_t rc,
     s = m->session;
     s->pending = NULL;
     s->busy = 0;
+
+    if (m->request) {
+        /* Redis answered: what it holds now, see session_settled.c */
+
+        if (rc == NGX_OK && (rep->verdict == NGX_HTTP_OPAMP_VERDICT_OK
+                             || rep->verdict
+                                == NGX_HTTP_OPAMP_VERDICT_TAKEOVER)
+            && !m->new_uid)
+        {
+            ngx_http_opamp_session_settled_learn(s, rep, m->epoch);
+
+        } else {
+            ngx_http_opamp_session_settled_forget(s);
+        }
+    }
 
     if (rc != NGX_OK) {
         s->unavailable = 1;
@@ -1125,7 +1154,11 @@ ngx_http_opamp_session_finalize(ngx_http_opamp_session_t *s)
     if (s->transport == NGX_HTTP_OPAMP_TRANSPORT_WS && s->has_uid
         && !s->disconnected)
     {
-        ngx_http_opamp_store_disconnect(s->uid, s->conn_number);
+        ngx_http_opamp_store_disconnect(s->uid, s->conn_number,
+                                        s->settled.chain
+                                        && s->settled.last_seq
+                                           != s->settled.stored_seq,
+                                        s->settled.last_seq);
     }
 }
 

@@ -54,6 +54,23 @@ typedef struct {
 } ngx_http_opamp_log_t;
 
 
+/*
+ * The short way in the worker (ngx_http_opamp_session_settled.c): what a
+ * WebSocket session keeps after beats.lua found its agent owed nothing,
+ * so that the heartbeats after it are answered without Redis.
+ */
+typedef struct {
+    uint64_t                        last_seq;     /* the last answered */
+    uint64_t                        stored_seq;   /* the last Redis holds */
+    uint64_t                        capabilities;
+    ngx_msec_t                      until;        /* Redis again from then */
+    ngx_uint_t                      epoch;        /* see settled.c */
+    u_char                          cs_hash[40];
+    unsigned                        chain:1;      /* the seqs are known */
+    unsigned                        valid:1;      /* may answer */
+} ngx_http_opamp_settled_t;
+
+
 struct ngx_http_opamp_session_s {
     ngx_http_request_t             *request;    /* plain HTTP only */
     ngx_connection_t               *connection;
@@ -84,6 +101,8 @@ struct ngx_http_opamp_session_s {
     ngx_http_opamp_token_t         *token;      /* the credential presented;
                                                    NULL: no
                                                    opamp_enrollment_token */
+
+    ngx_http_opamp_settled_t        settled;
 
     unsigned                        transport:1;
     unsigned                        has_uid:1;

@@ -348,6 +348,9 @@ ngx_http_opamp_session_pubsub(ngx_str_t *channel, ngx_str_t *payload)
     p = payload->data;
     last = p + payload->len;
 
+    /* something changed: settled sessions ask Redis again */
+    ngx_http_opamp_session_settled_changed();
+
     fleet = ngx_http_opamp_redis_fleet_channel();
 
     if (channel->len == fleet->len

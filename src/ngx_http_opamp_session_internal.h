@@ -88,6 +88,17 @@ ngx_int_t ngx_http_opamp_session_config_message(redisReply *files,
 void ngx_http_opamp_session_sent(ngx_http_opamp_session_t *s,
     Opamp__Proto__V1__ServerToAgent *s2a);
 
+/* ngx_http_opamp_session_settled.c: heartbeats answered in the worker */
+
+ngx_uint_t ngx_http_opamp_session_settled_answer(ngx_http_opamp_session_t *s,
+    ngx_http_opamp_report_t *rep);
+ngx_uint_t ngx_http_opamp_session_settled_mark(void);
+void ngx_http_opamp_session_settled_learn(ngx_http_opamp_session_t *s,
+    ngx_http_opamp_report_t *rep, ngx_uint_t epoch);
+void ngx_http_opamp_session_settled_forget(ngx_http_opamp_session_t *s);
+/* a message on the worker's or the fleet's channel */
+void ngx_http_opamp_session_settled_changed(void);
+
 /* ngx_http_opamp_session_check.c */
 
 void ngx_http_opamp_session_check(ngx_http_opamp_session_t *s,

@@ -113,7 +113,6 @@ static ngx_http_opamp_redis_cmd_t *ngx_http_opamp_store_run(ngx_uint_t script,
     ngx_uint_t eval, ngx_uint_t nkeys, int argc, const char **argv,
     const size_t *argvlen, ngx_http_opamp_redis_handler_pt handler,
     void *data);
-static ngx_uint_t ngx_http_opamp_store_is_beat(ngx_http_opamp_report_t *rep);
 static ngx_int_t ngx_http_opamp_store_queue_beat(
     ngx_http_opamp_store_req_t *req);
 static void ngx_http_opamp_store_beats_schedule(void);
@@ -126,7 +125,6 @@ static void ngx_http_opamp_store_beats_send_batch(
 static ngx_int_t ngx_http_opamp_store_send_beats(
     ngx_http_opamp_store_beats_t *b, ngx_uint_t eval);
 static void ngx_http_opamp_store_beats_done(redisReply *reply, void *data);
-static void ngx_http_opamp_store_owed_nothing(ngx_http_opamp_report_t *rep);
 
 
 static ngx_http_opamp_script_t  ngx_http_opamp_scripts[] = {
@@ -453,7 +451,14 @@ ngx_http_opamp_store_send_report(ngx_http_opamp_store_req_t *req,
     p = ngx_sprintf(seq, "%uL", rep->sequence_num);
     NGX_HTTP_OPAMP_ARG_END(seq, p);
 
-    if (rep->sequence_num == 0) {
+    /* the worker answered the heartbeats between itself: Redis holds
+     * the sequence_num before them */
+
+    if (rep->vouched) {
+        p = ngx_sprintf(prev, "%uL", rep->prev_sequence_num);
+        NGX_HTTP_OPAMP_ARG_END(prev, p);
+
+    } else if (rep->sequence_num == 0) {
         NGX_HTTP_OPAMP_ARG("", 0);
 
     } else {
@@ -580,7 +585,7 @@ ngx_http_opamp_store_send_report(ngx_http_opamp_store_req_t *req,
  * waiting).
  */
 
-static ngx_uint_t
+ngx_uint_t
 ngx_http_opamp_store_is_beat(ngx_http_opamp_report_t *rep)
 {
     ngx_uint_t  i;
@@ -844,7 +849,12 @@ ngx_http_opamp_store_send_beats(ngx_http_opamp_store_beats_t *b,
         NGX_HTTP_OPAMP_ARG_END(buf, p);
         buf = p;
 
-        if (rep->sequence_num == 0) {
+        if (rep->vouched) {
+            p = ngx_sprintf(buf, "%uL", rep->prev_sequence_num);
+            NGX_HTTP_OPAMP_ARG_END(buf, p);
+            buf = p;
+
+        } else if (rep->sequence_num == 0) {
             NGX_HTTP_OPAMP_ARG("", 0);
 
         } else {
@@ -976,8 +986,11 @@ ngx_http_opamp_store_beats_done(redisReply *reply, void *data)
 
         e = reply->element[i];
 
-        if (e->type == REDIS_REPLY_INTEGER && e->integer == 1) {
+        if (e->type == REDIS_REPLY_INTEGER && e->integer >= 1) {
             ngx_http_opamp_store_owed_nothing(req->rep);
+            req->rep->settled = 1;
+            req->rep->settled_until = (e->integer > 1)
+                                      ? (uint64_t) e->integer : 0;
             req->handler(req->rep, NGX_OK, req->data);
             ngx_free(req);
             continue;
@@ -1001,7 +1014,7 @@ ngx_http_opamp_store_beats_done(redisReply *reply, void *data)
 
 /* the answer of the short way: in sequence, owed nothing */
 
-static void
+void
 ngx_http_opamp_store_owed_nothing(ngx_http_opamp_report_t *rep)
 {
     rep->full_state = 0;
@@ -1482,13 +1495,20 @@ ngx_http_opamp_store_lease_args(ngx_http_opamp_store_lease_t *l, u_char *uid,
 
 
 void
-ngx_http_opamp_store_disconnect(u_char *uid, uint64_t conn_number)
+ngx_http_opamp_store_disconnect(u_char *uid, uint64_t conn_number,
+    ngx_uint_t has_seq, uint64_t last_seq)
 {
+    u_char                        seq[NGX_INT64_LEN];
     ngx_http_opamp_store_lease_t  l;
 
     ngx_http_opamp_store_lease_args(&l, uid, conn_number);
 
-    ngx_http_opamp_store_script(NGX_HTTP_OPAMP_SCRIPT_DISCONNECT, 4, l.argv,
+    l.argv[4] = (const char *) seq;
+    l.argvlen[4] = has_seq ? (size_t) (ngx_sprintf(seq, "%uL", last_seq)
+                                       - seq)
+                           : 0;
+
+    ngx_http_opamp_store_script(NGX_HTTP_OPAMP_SCRIPT_DISCONNECT, 5, l.argv,
                                 l.argvlen);
 }
 

@@ -59,6 +59,10 @@ typedef struct {
     ngx_str_t           fields[NGX_HTTP_OPAMP_FIELD_COUNT]; /* data NULL:
                                                                omitted */
     uint64_t            conn_number;     /* names the connection */
+    uint64_t            prev_sequence_num;  /* with vouched: what Redis
+                                               holds, the worker having
+                                               answered the ones between
+                                               (opamp_heartbeat_recheck) */
     ngx_uint_t          transport;
     ngx_msec_t          agent_timeout;
     size_t              max_state;           /* opamp_max_agent_state */
@@ -68,6 +72,7 @@ typedef struct {
     unsigned            disconnect:1;
     unsigned            healthy:2;           /* 0 no, 1 yes, 2 unknown */
     unsigned            force_config:1;      /* send it even if offered */
+    unsigned            vouched:1;           /* prev_sequence_num set */
     ngx_str_t           config_status;       /* empty: not reported */
     ngx_str_t           config_error;
     ngx_str_t           config_hash;         /* hex */
@@ -101,6 +106,9 @@ typedef struct {
 
     /* out, valid in the handler when rc == NGX_OK */
     unsigned            full_state:1;
+    unsigned            settled:1;       /* beats.lua's short way took it */
+    uint64_t            settled_until;   /* with settled: an offer is due
+                                            again then (Unix ms); 0: none */
     unsigned            offer_conn_settings:1;
     ngx_uint_t          verdict;
     ngx_str_t           holder_channel;  /* DUPLICATE / TAKEOVER: where the
@@ -188,9 +196,19 @@ ngx_http_opamp_store_check_t *ngx_http_opamp_store_check(
     ngx_msec_t agent_timeout, u_char *cs_hash, ngx_uint_t force,
     ngx_http_opamp_store_check_pt handler, void *data);
 
-/* marks the agent disconnected if connection conn_number still holds it;
+/* marks the agent disconnected if connection conn_number still holds it,
+ * storing last_seq when has_seq (heartbeats the worker answered itself);
  * fire and forget */
-void ngx_http_opamp_store_disconnect(u_char *uid, uint64_t conn_number);
+void ngx_http_opamp_store_disconnect(u_char *uid, uint64_t conn_number,
+    ngx_uint_t has_seq, uint64_t last_seq);
+
+/* a message that may take the short way: a heartbeat with nothing in it
+ * but its sequence */
+ngx_uint_t ngx_http_opamp_store_is_beat(ngx_http_opamp_report_t *rep);
+
+/* fills rep's out fields with the answer of the short way: in sequence,
+ * owed nothing */
+void ngx_http_opamp_store_owed_nothing(ngx_http_opamp_report_t *rep);
 
 /* renews the lease of a live WebSocket agent; fire and forget */
 void ngx_http_opamp_store_touch(u_char *uid, uint64_t conn_number,

@@ -40,6 +40,7 @@ like($out, qr/syntax is ok/, 'nginx says the syntax is ok');
             opamp_send_queue_limit 1m;
             opamp_custom_messages_size 64m;
             opamp_gzip_min_length 0;
+            opamp_heartbeat_recheck 0;
             opamp_custom_capabilities io.example.a io.example.b;',
     http => '
     opamp_server_id edge-1.example;
@@ -51,10 +52,12 @@ like($out, qr/syntax is ok/, 'nginx says the syntax is ok');
     opamp_heartbeat_interval 10s;
     opamp_config_versions 1000;
     opamp_heartbeat_batch_delay 0;
+    opamp_heartbeat_recheck 2m;
     opamp_admin_audit_entries 1;
     opamp_admin_author $remote_user;',
     server => '
         opamp_agent_timeout 2m;
+        opamp_heartbeat_recheck 30s;
         opamp_admin_author "-";
         location /admin/ { opamp_admin; opamp_admin_author "$remote_addr"; }
         location = /v2/opamp { opamp; }'));
@@ -210,6 +213,9 @@ my @bad = (
     [ 'opamp_heartbeat_batch_delay in a location',
       location => 'opamp_heartbeat_batch_delay 10ms;',
       qr/"opamp_heartbeat_batch_delay" directive is not allowed here/ ],
+    [ 'opamp_heartbeat_recheck not a time',
+      http => 'opamp_heartbeat_recheck forever;',
+      qr/"opamp_heartbeat_recheck" directive invalid value/ ],
     [ 'opamp_admin_audit_entries 0', http => 'opamp_admin_audit_entries 0;',
       qr/value must be between 1 and 1000000/ ],
     [ 'opamp_admin_audit_entries not a number',

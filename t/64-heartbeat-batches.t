@@ -29,7 +29,10 @@ $t->start_redis;
 # arrive, however slow the machine: its timeout must not end that first
 $t->start_nginx('
         location /admin/ { opamp_admin; }', workers => 1,
-        http => 'opamp_redis_timeout 60s;');
+        http => 'opamp_redis_timeout 60s;'
+                # every heartbeat goes to Redis (t/13 tests those a
+                # worker answers itself)
+                . ' opamp_heartbeat_recheck 0;');
 
 # ReportsStatus, AcceptsRemoteConfig
 my $full = OpAMPFleet::template(

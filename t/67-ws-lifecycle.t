@@ -214,8 +214,19 @@ sub upgrade {
                        && ($c->[3] // '') eq $key } @$log;
     is(scalar @touch, 0, 'an agent whose heartbeats come within half the '
        . 'agent timeout is never touched, though it answers pings');
-    is($t->agent($u)->{sequence_num}, $seq, 'its heartbeats were stored');
+    # the worker answers some of them itself (opamp_heartbeat_recheck,
+    # never longer than half the agent timeout): Redis holds the last or
+    # the one before, and the lease they renewed
+    my $h = $t->agent($u);
+    ok($h->{sequence_num} == $seq || $h->{sequence_num} == $seq - 1,
+       "its heartbeats were stored (sequence_num $h->{sequence_num} of "
+       . "$seq)");
+    ok($h->{expires_ms} > int(time * 1000), 'its lease lies ahead');
     $a->close;
+    ok($t->wait_for(sub { ($t->agent($u)->{connected} // '') eq '0' }, 5),
+       'disconnected');
+    is($t->agent($u)->{sequence_num}, $seq,
+       'and the last sequence_num stored when its connection ended');
 }
 
 # --- admin: newest first, connected=1 honours expires_ms ---------------------

@@ -31,8 +31,12 @@ my $t = OpAMPTest->new;
 $t->start_redis;
 $t->start_nginx('
         location /admin/ { opamp_admin; }', workers => 1,
+    # every heartbeat goes to Redis: the marks this test reads are what
+    # beats.lua and check.lua write (t/13 tests the heartbeats a worker
+    # answers itself)
     http => "opamp_heartbeat_interval 1s;\n"
-            . "    opamp_agent_timeout ${TIMEOUT}s;");
+            . "    opamp_agent_timeout ${TIMEOUT}s;\n"
+            . "    opamp_heartbeat_recheck 0;");
 
 sub put {
     my ($path, $json) = @_;

@@ -182,6 +182,24 @@ ok(defined $owner->recv_msg(10), 'the owner was not taken over: it is '
 is($t->redis('HGET', agent_key($W), 'sequence_num'), '1',
    'and its sequence is the one stored');
 
+# released while connected and settled (heartbeat 1 found it owed nothing
+# in Redis, its worker answered 2 and 3 itself: opamp_heartbeat_recheck):
+# its next heartbeat binds the uid again
+for my $seq (2, 3) {
+    $owner->send_msg(msg($W, "sequence_num: $seq capabilities: 1"));
+    $owner->recv_msg(10);
+}
+is($t->redis('HGET', agent_key($W), 'sequence_num'), '1',
+   'settled: the worker answered the last heartbeats itself');
+my ($rst) = $t->http_post('', -method => 'DELETE',
+                          -path => '/admin/agents/' . uid_text($W)
+                                   . '/identity');
+is($rst, 204, 'the WebSocket agent\'s binding released');
+$owner->send_msg(msg($W, 'sequence_num: 4 capabilities: 1'));
+ok(defined $owner->recv_msg(10), 'its next heartbeat is answered');
+is($t->redis('HGET', agent_key($W), 'identity'), 'bob',
+   'and binds the uid again');
+
 # --- opamp_agent_identity_conflict new_uid ------------------------------------
 
 ($st, $text) = post('mallory', msg($U, "sequence_num: 0 capabilities: 1 "

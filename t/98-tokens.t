@@ -197,6 +197,14 @@ my $ag = OpAMPFleet->connect_ws(port => $tb->port,
                                 headers => { Authorization => "Bearer $T2" });
 $ag->send_msg(msg($U, "sequence_num: 7 capabilities: $CAPS"));
 ok(defined $ag->recv_msg(10), 'the agent is connected to host b by WebSocket');
+# heartbeat 8 settles it in Redis, and its worker answers 9 itself
+# (opamp_heartbeat_recheck)
+for my $seq (8, 9) {
+    $ag->send_msg(msg($U, "sequence_num: $seq capabilities: $CAPS"));
+    $ag->recv_msg(10);
+}
+is($ta->redis('HGET', agent_key($U), 'sequence_num'), 8,
+   'settled: host b\'s worker answered its last heartbeat itself');
 ($st) = $ta->http_post('', -method => 'DELETE',
                        -path => '/admin/agents/' . uid_text($U) . '/token');
 is($st, 204, 'DELETE agents/<uid>/token on host a');
@@ -210,7 +218,7 @@ like($ab, qr/"token_revoked_ms":\d{13}[,}]/, 'GET agents/<uid> shows it');
     -path => '/admin/audit?target=agent:' . uid_text($U));
 like($ab, qr{"method":"DELETE","path":"/admin/agents/\Q${\ uid_text($U)}\E/token","target":"agent:\Q${\ uid_text($U)}\E","status":204},
      'the revocation is in the audit log');
-$ag->send_msg(msg($U, "sequence_num: 8 capabilities: $CAPS"));
+$ag->send_msg(msg($U, "sequence_num: 10 capabilities: $CAPS"));
 my $m = $ag->recv_msg(10);
 like(OpAMPFleet::decode('ServerToAgent', $m // ''),
      qr/error_response \{.*token was revoked/s,

@@ -143,8 +143,16 @@ ok($t->wait_for(sub { (hget($U, 'token_sha256') // '') eq sha256_hex($tok // '')
    'which becomes its token in Redis, as a SHA-256');
 ok($t->wait_for(sub { !defined hget($U, 'token_next_sha256') }, 30),
    'with none on its way');
-my $seq = hget($U, 'sequence_num') // 0;
-ok($t->wait_for(sub { (hget($U, 'sequence_num') // 0) > $seq + 2 }, 30),
+# its messages: those that reached Redis, and the heartbeats its worker
+# answered itself (opamp_heartbeat_recheck); it is the only agent
+my $messages = sub {
+    my (undef, undef, $b) = $t->http_post('', -method => 'GET',
+                                          -path => '/metrics');
+    my ($w) = $b =~ /^opamp_heartbeats_in_worker_total (\d+)$/m;
+    return (hget($U, 'sequence_num') // 0) + ($w // 0);
+};
+my $seq = $messages->();
+ok($t->wait_for(sub { $messages->() > $seq + 2 }, 30),
    'and it goes on reporting with it');
 unlike(file_text("$d/logs/tls-access.log"), qr/enroll-secret/,
        'never again with the enrollment credential there');

@@ -12,6 +12,7 @@
 -- Returns 1 when the key existed, 0 when not (nothing is changed then).
 
 --@include lib/version_log.lua
+--@include lib/holder.lua
 
 if redis.call('DEL', KEYS[1]) == 0 then
     return 0
@@ -31,10 +32,7 @@ end
 version_change(KEYS[3], scope)
 
 if ARGV[1] == 'agent' then
-    local a = redis.call('HMGET', KEYS[4], 'channel', 'connected')
-    if a[1] and a[2] == '1' then
-        redis.call('PUBLISH', a[1], 'config ' .. ARGV[2])
-    end
+    tell_holder(KEYS[4], ARGV[2])
 else
     redis.call('PUBLISH', ARGV[3], 'config')
 end

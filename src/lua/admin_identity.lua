@@ -8,8 +8,13 @@
 --
 -- Returns 1 when a binding was released, 0 when there was none.
 
+--@include lib/holder.lua
+
 if redis.call('HDEL', KEYS[1], 'identity', 'identity_bound_ms') == 0 then
     return 0
 end
 redis.call('HDEL', KEYS[1], 'settled', 'settled_until')
+-- its worker may answer its heartbeats itself: told, it asks Redis at
+-- the next one
+tell_holder(KEYS[1], string.match(KEYS[1], '{([^{}]*)}$'))
 return 1

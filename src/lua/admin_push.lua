@@ -18,6 +18,7 @@
 -- Returns 0 when the agent is unknown (nothing is written), else 1.
 
 --@include lib/version_log.lua
+--@include lib/holder.lua
 
 if KEYS[2] ~= '' and redis.call('EXISTS', KEYS[2]) == 0 then
     return 0
@@ -44,10 +45,7 @@ if KEYS[2] == '' then
     redis.call('PUBLISH', ARGV[5], 'config')
 else
     redis.call('HSET', KEYS[2], 'settled', '')
-    local a = redis.call('HMGET', KEYS[2], 'channel', 'connected')
-    if a[1] and a[2] == '1' then
-        redis.call('PUBLISH', a[1], 'config ' .. ARGV[4])
-    end
+    tell_holder(KEYS[2], ARGV[4])
 end
 
 return 1

@@ -19,6 +19,7 @@
 
 --@include lib/versions.lua
 --@include lib/version_log.lua
+--@include lib/holder.lua
 --@include lib/config_write.lua
 
 local refused = rollout_in_progress(ARGV[6], ARGV[1], ARGV[2])

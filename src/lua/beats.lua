@@ -12,8 +12,11 @@
 --          restart (AcceptsRestartCommand) else "", and its new
 --          expires_ms
 --
--- Returns { 1 or 0, ... }: 1 for each that took the short way; the
--- worker sends the others again, one report.lua call each.
+-- Returns { n, ... }, one per agent: 0 when it did not take the short
+-- way (the worker sends it again, one report.lua call), else its
+-- settled_until (Unix ms) when an offer is out unacknowledged, or 1: the
+-- worker may answer the agent's next heartbeats itself until then
+-- (opamp_heartbeat_recheck).
 
 --@include lib/state.lua
 --@include lib/short_way.lua
@@ -25,12 +28,12 @@ local out, members = {}, {}
 for i = 3, #ARGV - 5, 6 do
     local u = ARGV[i]
     local k = prefix .. 'agent:{' .. u .. '}'
-    out[#out + 1] = short_way(k, u, ARGV[i + 1], ARGV[i + 2],
-                              redis.call('HMGET', k, 'sequence_num',
-                                         'settled', 'settled_until'),
+    local st = redis.call('HMGET', k, 'sequence_num', 'settled',
+                          'settled_until')
+    out[#out + 1] = short_way(k, u, ARGV[i + 1], ARGV[i + 2], st,
                               ARGV[i + 3], ARGV[i + 4] == '1',
                               ARGV[i + 5], members)
-                    and 1 or 0
+                    and (tonumber(st[3]) or 1) or 0
 end
 if #members > 0 then
     redis.call('ZADD', prefix .. 'agents', unpack(members))

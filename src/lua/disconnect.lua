@@ -4,6 +4,9 @@
 -- KEYS[1]  <prefix>agent:{<uid>}
 -- ARGV[1]  now, Unix ms
 -- ARGV[2]  connection id that ended
+-- ARGV[3]  the last sequence_num the worker answered itself (heartbeats
+--          it answered without Redis, opamp_heartbeat_recheck), or "":
+--          stored so that the agent's next connection stays in sequence
 --
 -- Returns 1 when the agent was marked, 0 when another connection holds it.
 
@@ -18,6 +21,9 @@ end
 -- long way
 redis.call('HSET', KEYS[1], 'connected', '0',
            'disconnected_at_ms', ARGV[1], 'settled', '')
+if ARGV[3] and ARGV[3] ~= '' then
+    redis.call('HSET', KEYS[1], 'sequence_num', ARGV[3])
+end
 
 -- an agent of a group counts as disconnected for the version it is owed
 -- (lib/gauges.lua), which a staged rollout's gate reads

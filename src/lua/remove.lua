@@ -34,6 +34,7 @@
 --@include lib/attributes.lua
 --@include lib/status.lua
 --@include lib/inventory.lua
+--@include lib/holder.lua
 
 local prefix, now = ARGV[1], tonumber(ARGV[3])
 
@@ -64,6 +65,9 @@ local function remove(uid)
 end
 
 if ARGV[2] == 'agent' then
+    -- its worker may answer its heartbeats itself: told, it asks Redis
+    -- at the next one, which asks the agent for its full state
+    tell_holder(prefix .. 'agent:{' .. ARGV[4] .. '}', ARGV[4])
     local r = remove(ARGV[4]) > 0 and 1 or 0
     gauge_flush(prefix .. 'fleet:gauges')
     inventory_flush(prefix)

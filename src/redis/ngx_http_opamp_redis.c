@@ -89,6 +89,7 @@ ngx_http_opamp_redis_link_t       ngx_http_opamp_redis_links[
 ngx_http_opamp_redis_primary_t    ngx_http_opamp_redis_primary;
 ngx_uint_t                        ngx_http_opamp_redis_next_sentinel;
 ngx_uint_t                        ngx_http_opamp_redis_exiting;
+ngx_uint_t                        ngx_http_opamp_redis_ups;
 
 static ngx_str_t                         ngx_http_opamp_redis_channel;
 static ngx_str_t                         ngx_http_opamp_redis_fleet;
@@ -708,6 +709,9 @@ ngx_http_opamp_redis_push(ngx_http_opamp_redis_link_t *link,
 void
 ngx_http_opamp_redis_up(ngx_http_opamp_redis_link_t *link)
 {
+    /* what was published while a link was down is lost */
+    ngx_http_opamp_redis_ups++;
+
     link->state = NGX_HTTP_OPAMP_REDIS_READY;
     link->answered = ngx_current_msec;
     link->backoff = NGX_HTTP_OPAMP_REDIS_BACKOFF_MIN;

@@ -45,6 +45,9 @@ void ngx_http_opamp_redis_exit_process(ngx_cycle_t *cycle);
 /* whether the command connection is up and ready for commands */
 ngx_uint_t ngx_http_opamp_redis_ready(void);
 
+/* how many times a connection became ready, of any link */
+extern ngx_uint_t  ngx_http_opamp_redis_ups;
+
 /*
  * Sends one command.  Returns NULL when Redis is not reachable right now
  * (the handler is then never called).  Otherwise the handler is called

@@ -1,6 +1,7 @@
 -- lib/config_write.lua: a config replaced atomically and the workers told
 -- (docs/redis-schema.md, "Remote configuration"); admin_config_set.lua
--- and admin_version_rollback.lua, after lib/version_log.lua.
+-- and admin_version_rollback.lua, after lib/version_log.lua and
+-- lib/holder.lua.
 --
 -- keys: { config key, <prefix>groups, <prefix>config_version, agent hash
 -- (or the config key) }; kind "agent" or "group", name its uid or name;
@@ -45,10 +46,7 @@ local function config_write(keys, kind, name, fleet, now, hash, selector,
     if kind == 'group' then
         redis.call('PUBLISH', fleet, 'config')
     else
-        local a = redis.call('HMGET', keys[4], 'channel', 'connected')
-        if a[1] and a[2] == '1' then
-            redis.call('PUBLISH', a[1], 'config ' .. name)
-        end
+        tell_holder(keys[4], name)
     end
 
     return version
