@@ -18,6 +18,8 @@
 #   BATCH_DELAY=0 perl bench/heartbeat-cost.pl   # opamp_heartbeat_batch_delay
 #   RECHECK=0 perl bench/heartbeat-cost.pl       # opamp_heartbeat_recheck:
 #                                    # 0, every heartbeat goes to Redis
+#   AGENT_TIMEOUT=5m perl bench/heartbeat-cost.pl   # opamp_agent_timeout
+#                                    # (a worker answers for half of it)
 
 use strict;
 use warnings;
@@ -44,6 +46,8 @@ system("make -s -C $bench loadgen") == 0 or die "loadgen does not build\n";
 my $delay = defined $ENV{BATCH_DELAY}
             ? "opamp_heartbeat_batch_delay $ENV{BATCH_DELAY};" : '';
 $delay .= " opamp_heartbeat_recheck $ENV{RECHECK};" if defined $ENV{RECHECK};
+$delay .= " opamp_agent_timeout $ENV{AGENT_TIMEOUT};"
+    if defined $ENV{AGENT_TIMEOUT};
 my $t = OpAMPTest->new;
 $t->start_redis;
 $t->start_nginx('
@@ -116,10 +120,10 @@ my ($s1, $t1, $w1) = (commandstats(), time, in_worker());
 my $shorts = ($s1->{hset}[0] // 0) - ($s0->{hset}[0] // 0);
 my $beats = $n * ($t1 - $t0) / $H;
 
-printf "agents=%d heartbeat=%ds batch_delay=%s recheck=%s "
+printf "agents=%d heartbeat=%ds batch_delay=%s recheck=%s agent_timeout=%s "
        . "redis_cpu_per_heartbeat=%.1fus short_way_in_redis=%d "
        . "in_worker=%d of about %d\n", $n, $H, $ENV{BATCH_DELAY} // '50ms',
-       $ENV{RECHECK} // '5m',
+       $ENV{RECHECK} // '5m', $ENV{AGENT_TIMEOUT} // '90s',
        (($c1 - $c0) - $idle * ($t1 - $t0)) * 1e6 / $beats, $shorts,
        $w1 - $w0, $beats;
 for my $k (sort keys %$s1) {
