@@ -477,7 +477,8 @@ if want status; then
             opamp:config_version opamp:groups 'opamp:status:{__rand_int__}' \
             1795550000000 u 1 0 3 'h:1:1' websocket h 1 \
             opamp:worker:h:1 90000 0 0 '' "$(printf '%040d' 0)" 0 '' '' '' '' '' '' '' '' \
-            opamp: '' '' '' 0 '' '' '' '' '' '' 2>/dev/null \
+            opamp: '' '' '' 0 '' '' '' '' '' 262144 '' 65536 '' '' '' '' '' \
+            2>/dev/null \
             | awk '{for (i=1;i<=NF;i++) if ($(i+1) ~ /requests/) {print $i; exit}}')")
     done
     t=$(printf '%s\n' "${tp[@]}" | median); b=$(printf '%s\n' "${rb[@]}" | median)
