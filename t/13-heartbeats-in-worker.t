@@ -264,7 +264,36 @@ my ($ag2, $first) = connect_agent($ag->{uid}, $last + 1);
 unlike($first, qr/flags: 1\b/,
        'the agent connecting again in sequence is not asked for its full '
        . 'state');
-$ag2->close;
+
+# a takeover (the agent connects again while its old connection is still
+# held): the old worker stores nothing, so the heartbeats it answered
+# leave a gap; the new connection takes the settled agent over all the
+# same, and the agent is asked for its full state (directives.md)
+beat($ag2) for 1 .. 3;
+isnt(stored($ag2, 'sequence_num'), $ag2->{seq},
+     'heartbeats answered in the worker on the second connection');
+# as opamp-go does on a new connection: its description, no health
+my $ag3 = OpAMPFleet->connect_ws(port => $t->port);
+$ag3->{uid} = $ag->{uid};
+$ag3->{seq} = $ag2->{seq} + 1;
+$ag3->send_msg(OpAMPFleet::with_uid(OpAMPFleet::template(
+    "sequence_num: $ag3->{seq} capabilities: $CAPS "
+    . 'agent_description { identifying_attributes { key: '
+    . '"service.name" value { string_value: "inworker" } } }'),
+    $ag->{uid}));
+my $taken = $ag3->recv_msg(5);
+$taken = OpAMPFleet::decode('ServerToAgent', $taken) if defined $taken;
+unlike($taken // '', qr/agent_identification|error_response/,
+       'the new connection takes the agent over (no new uid)')
+    or diag($taken // 'no answer');
+like($taken // '', qr/flags: 1\b/,
+     'the agent is asked for its full state') or diag($taken // 'no answer');
+my $gone = 0;
+for (1 .. 10) {
+    last if !defined $ag2->recv_msg(1) && ($gone = $ag2->{closed} // 0);
+}
+is($gone, 1008, 'and its second connection is closed (1008)');
+$ag3->close;
 
 # --- opamp_heartbeat_recheck 0 ---------------------------------------------
 

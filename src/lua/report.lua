@@ -465,7 +465,14 @@ end
 if first and holder and holder ~= conn and connected == '1'
    and holder_tr == 'websocket' and tonumber(expires or '0') > now
 then
-    if stored_seq and stored_seq == prev_seq then
+    -- the same agent reconnecting: in sequence, or ahead of a settled
+    -- agent's stored sequence_num, which lags by the heartbeats its
+    -- worker answered itself (opamp_heartbeat_recheck); the gap asks
+    -- for its full state below, unless the message carries it
+    if stored_seq and (stored_seq == prev_seq
+                       or ((settled or '') ~= '' and prev_seq ~= ''
+                           and less(stored_seq, prev_seq)))
+    then
         verdict = 1
     else
         return { 0, 2, holder_ch or '', holder, 0, '', {}, 0, '', {}, '',
