@@ -64,6 +64,7 @@ typedef struct {
     uint64_t                        stored_seq;   /* the last Redis holds */
     uint64_t                        capabilities;
     ngx_msec_t                      until;        /* Redis again from then */
+    ngx_msec_t                      renew_at;     /* the lease, from then */
     ngx_uint_t                      epoch;        /* see settled.c */
     u_char                          cs_hash[40];
     unsigned                        chain:1;      /* the seqs are known */

@@ -26,9 +26,17 @@
  *   - an offer out unacknowledged is due again at its settled_until,
  *     which beats.lua returns;
  *   - what a control plane writes to Redis directly, without a message,
- *     is seen at the re-check: opamp_heartbeat_recheck, and never later
- *     than half of opamp_agent_timeout, since the heartbeat that goes to
- *     Redis then also renews the agent's lease (expires_ms).
+ *     is seen at the re-check: opamp_heartbeat_recheck.
+ *
+ * The agent's lease (expires_ms) must not lapse meanwhile: after half of
+ * opamp_agent_timeout the next heartbeat goes to beats.lua as a lease
+ * renewal ("L"), which checks only what the agent's hash says (its
+ * settled mark, which holds config_version and the connection, and its
+ * sequence_num) and stores sequence and liveness: the keys that only a
+ * message would tell of (outbox, command) are left to the re-check, and
+ * a renewal costs Redis about half of a full short way.  A config change
+ * written directly (config_version, settled emptied) is thus still seen
+ * within half of the timeout.
  *
  * Redis's sequence_num lags by the heartbeats answered here: the next
  * message that goes to Redis names the sequence_num Redis holds as its
@@ -110,6 +118,15 @@ ngx_http_opamp_session_settled_answer(ngx_http_opamp_session_t *s,
         return 0;
     }
 
+    if ((ngx_msec_int_t) (st->renew_at - ngx_current_msec) <= 0) {
+        /* the lease: Redis checks the mark and stores the sequence */
+
+        rep->vouched = 1;
+        rep->lease_only = 1;
+        rep->prev_sequence_num = st->stored_seq;
+        return 0;
+    }
+
     st->last_seq = rep->sequence_num;
 
     ngx_http_opamp_store_owed_nothing(rep);
@@ -149,6 +166,15 @@ ngx_http_opamp_session_settled_learn(ngx_http_opamp_session_t *s,
 
     st = &s->settled;
 
+    if (rep->lease_only && rep->settled && st->valid && st->chain) {
+        /* a lease renewal: the re-check time and the epoch stay */
+
+        st->last_seq = rep->sequence_num;
+        st->stored_seq = rep->sequence_num;
+        st->renew_at = ngx_current_msec + s->conf->agent_timeout / 2;
+        return;
+    }
+
     st->valid = 0;
     st->chain = 0;
 
@@ -160,7 +186,7 @@ ngx_http_opamp_session_settled_learn(ngx_http_opamp_session_t *s,
     st->last_seq = rep->sequence_num;
     st->stored_seq = rep->sequence_num;
 
-    window = ngx_min(s->conf->heartbeat_recheck, s->conf->agent_timeout / 2);
+    window = s->conf->heartbeat_recheck;
 
     if (!rep->settled || window == 0
         || epoch != ngx_http_opamp_settled_epoch())
@@ -184,6 +210,7 @@ ngx_http_opamp_session_settled_learn(ngx_http_opamp_session_t *s,
     st->valid = 1;
     st->epoch = epoch;
     st->until = ngx_current_msec + window;
+    st->renew_at = ngx_current_msec + s->conf->agent_timeout / 2;
     st->capabilities = rep->capabilities;
 
     if (rep->conn_settings_hash.len == sizeof(st->cs_hash)) {

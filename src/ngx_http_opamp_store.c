@@ -59,7 +59,7 @@ struct ngx_http_opamp_store_req_s {
 #define NGX_HTTP_OPAMP_BEATS_ENOUGH  16
 
 /* beats.lua, per agent: uid, sequence_num, its predecessor, the mark its
- * settled must match, accepts restart, expires_ms */
+ * settled must match, what else to check, expires_ms */
 #define NGX_HTTP_OPAMP_BEATS_AGENT_ARGC  6
 
 /* check.lua, per agent: uid and the connection id */
@@ -912,9 +912,14 @@ ngx_http_opamp_store_send_beats(ngx_http_opamp_store_beats_t *b,
         NGX_HTTP_OPAMP_ARG_END(buf, p);
         buf = p;
 
-        /* AcceptsRestartCommand */
+        /* what beats.lua checks besides the mark: nothing but the mark
+         * for a lease renewal, else the outbox, and the command key too
+         * for an agent that accepts restart (AcceptsRestartCommand) */
 
-        if (rep->capabilities & 0x400) {
+        if (rep->lease_only) {
+            NGX_HTTP_OPAMP_ARG("L", 1);
+
+        } else if (rep->capabilities & 0x400) {
             NGX_HTTP_OPAMP_ARG("1", 1);
 
         } else {
@@ -997,6 +1002,8 @@ ngx_http_opamp_store_beats_done(redisReply *reply, void *data)
         }
 
         /* not settled after all: the long way, alone */
+
+        req->rep->lease_only = 0;
 
         if (ngx_http_opamp_store_send_report(req, 0) != NGX_OK) {
             req->handler(req->rep, NGX_ERROR, req->data);

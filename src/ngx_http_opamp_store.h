@@ -73,6 +73,11 @@ typedef struct {
     unsigned            healthy:2;           /* 0 no, 1 yes, 2 unknown */
     unsigned            force_config:1;      /* send it even if offered */
     unsigned            vouched:1;           /* prev_sequence_num set */
+    unsigned            lease_only:1;        /* with vouched: the worker
+                                                knows the agent settled,
+                                                Redis only checks that it
+                                                still is and renews its
+                                                lease (beats.lua "L") */
     ngx_str_t           config_status;       /* empty: not reported */
     ngx_str_t           config_error;
     ngx_str_t           config_hash;         /* hex */

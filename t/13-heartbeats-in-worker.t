@@ -8,7 +8,8 @@
 # answered owed nothing without a beats.lua call; every change the admin
 # API makes still reaches the agent at once; a status change still goes
 # to Redis; Redis's sequence_num lags but the agent stays in sequence,
-# on the connection and on its next one; the lease is renewed in time.
+# on the connection and on its next one; the lease is renewed in time, by
+# a renewal that checks only the agent's hash.
 
 use strict;
 use warnings;
@@ -325,10 +326,21 @@ $t->start_nginx('
 ($ag) = connect_agent(OpAMPFleet::random_uid(), 0);
 beat($ag);
 $calls = $t->beats_calls;
+
+# Redis's count of EXISTS calls: the full short way makes them (outbox,
+# command, status), a lease renewal does not
+sub exists_calls {
+    my $info = $t->redis('INFO', 'commandstats');
+    return $info =~ /^cmdstat_exists:calls=(\d+)/m ? $1 : 0;
+}
+
+my $exists = exists_calls();
 my $lapsed = 0;
+my $seqs_ok = 1;
 $t0 = time;
 while (time - $t0 < 5) {
-    beat($ag);
+    $r = beat($ag);
+    $seqs_ok = 0 unless owed_nothing($r);
     $lapsed++ if stored($ag, 'expires_ms') < int(time * 1000);
     sleep 0.5;
 }
@@ -336,7 +348,30 @@ ok(in_worker() > 0, 'heartbeats answered in the worker');
 ok($t->beats_calls - $calls >= 2,
    'and one goes to Redis at least every half of opamp_agent_timeout, '
    . 'whatever opamp_heartbeat_recheck says');
+ok($t->beats_calls - $calls <= 4,
+   'and not more often (a renewal moves the next one on)');
 is($lapsed, 0, 'the agent\'s lease never lapsed');
+ok($seqs_ok, 'every heartbeat was answered owed nothing: no full state '
+   . 'asked, the renewals stay in sequence');
+is(exists_calls() - $exists, 0,
+   'the renewals check only the agent\'s hash (no EXISTS: the outbox and '
+   . 'command keys are left to the re-check)');
+is(stored($ag, 'sequence_num') >= $ag->{seq} - 4 ? 1 : 0, 1,
+   'Redis\'s sequence_num follows the renewals');
+
+# a control plane empties the agent's settled without publishing: the
+# next renewal sees it (the long way runs and settles the agent again),
+# long before the re-check
+$t->redis('HSET', key_of($ag), 'settled', '');
+$t0 = time;
+while (time - $t0 < 4 && stored($ag, 'settled') eq '') {
+    beat($ag);
+    sleep 0.5;
+}
+like(stored($ag, 'settled'), qr/^\d+ [0-9a-f]{16}$/,
+     'settled emptied directly is seen within half of '
+     . 'opamp_agent_timeout, at the lease renewal');
+ok(owed_nothing(beat($ag)), 'and the agent is still owed nothing');
 $ag->close;
 
 $t->done;

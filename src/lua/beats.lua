@@ -8,8 +8,11 @@
 -- ARGV[2]  key prefix
 -- ARGV[3..] six per agent: instance uid (canonical text), sequence_num,
 --          sequence_num - 1 ("" when sequence_num is 0), its beat_mark()
---          (report.lua, digested by the worker), "1" if it accepts
---          restart (AcceptsRestartCommand) else "", and its new
+--          (report.lua, digested by the worker), what else to check
+--          ("1" if it accepts restart, AcceptsRestartCommand, else "";
+--          "L" for a lease renewal: the worker holding the agent
+--          answered its heartbeats since the last check, and nothing
+--          was published for it since, lib/short_way.lua), and its new
 --          expires_ms
 --
 -- Returns { n, ... }, one per agent: 0 when it did not take the short
@@ -31,7 +34,7 @@ for i = 3, #ARGV - 5, 6 do
     local st = redis.call('HMGET', k, 'sequence_num', 'settled',
                           'settled_until')
     out[#out + 1] = short_way(k, u, ARGV[i + 1], ARGV[i + 2], st,
-                              ARGV[i + 3], ARGV[i + 4] == '1',
+                              ARGV[i + 3], ARGV[i + 4],
                               ARGV[i + 5], members)
                     and (tonumber(st[3]) or 1) or 0
 end

@@ -175,7 +175,8 @@ local cur = redis.call('HMGET', key, unpack(short_fields))
 if beat
    and short_way(key, uid, seq, prev_seq, { cur[1], cur[2], cur[13] },
                  beat_mark(ARGV[5], ARGV[15], conn, transport),
-                 math.floor((tonumber(ARGV[5]) or 0) / 1024) % 2 == 1,
+                 math.floor((tonumber(ARGV[5]) or 0) / 1024) % 2 == 1
+                     and '1' or '',
                  tostring(now + tonumber(ARGV[11])), nil)
 then
     return { 0, 0, cur[7], cur[5], 0, '', {}, 0, '', {}, '', '', '', {} }

@@ -20,10 +20,13 @@ local vmark = nil
 -- takes the short way if the heartbeat can (true): k the agent's key, u
 -- its uid, sq and prev its sequence_num and the one before, stored its
 -- stored sequence_num, settled and settled_until (nil: none), mark its
--- beat_mark() (report.lua; the worker digests it for beats.lua), restart
--- whether it accepts a restart command, expires its new expires_ms;
+-- beat_mark() (report.lua; the worker digests it for beats.lua), checks
+-- what else to check: '' the agent's outbox, '1' its command key too (it
+-- accepts restart), 'L' nothing else (a lease renewal: the worker that
+-- holds the agent answered its heartbeats since the last check and
+-- nothing was published for it, beats.lua), expires its new expires_ms;
 -- members: the fleet index entries to add, or nil to add this one at once
-local function short_way(k, u, sq, prev, stored, mark, restart, expires,
+local function short_way(k, u, sq, prev, stored, mark, checks, expires,
                          members)
     if not (stored[1] == prev and stored[2]) then
         return false
@@ -38,20 +41,22 @@ local function short_way(k, u, sq, prev, stored, mark, restart, expires,
     end
     -- a command or message for the agent (connection settings and
     -- packages change config_version or empty settled)
-    local waiting
-    if restart then
-        waiting = redis.call('EXISTS', prefix .. 'command:{' .. u .. '}',
-                             prefix .. 'outbox:{' .. u .. '}')
-    else
-        waiting = redis.call('EXISTS', prefix .. 'outbox:{' .. u .. '}')
-    end
-    if waiting ~= 0 then
-        return false
-    end
-    -- what it reported is gone (a control plane deleted its status
-    -- string, or Redis lost it): the long way asks for its full state
-    if redis.call('EXISTS', prefix .. 'status:{' .. u .. '}') == 0 then
-        return false
+    if checks ~= 'L' then
+        local waiting
+        if checks == '1' then
+            waiting = redis.call('EXISTS', prefix .. 'command:{' .. u .. '}',
+                                 prefix .. 'outbox:{' .. u .. '}')
+        else
+            waiting = redis.call('EXISTS', prefix .. 'outbox:{' .. u .. '}')
+        end
+        if waiting ~= 0 then
+            return false
+        end
+        -- what it reported is gone (a control plane deleted its status
+        -- string, or Redis lost it): the long way asks for its full state
+        if redis.call('EXISTS', prefix .. 'status:{' .. u .. '}') == 0 then
+            return false
+        end
     end
     redis.call('HSET', k, 'sequence_num', sq, 'last_seen_ms', now_text,
                'expires_ms', expires)
