@@ -64,7 +64,8 @@ typedef struct {
     uint64_t                        stored_seq;   /* the last Redis holds */
     uint64_t                        capabilities;
     ngx_msec_t                      until;        /* Redis again from then */
-    ngx_msec_t                      renew_at;     /* the lease, from then */
+    ngx_msec_t                      leased;       /* Redis renewed it */
+    ngx_msec_t                      last_beat;    /* the last heartbeat */
     ngx_uint_t                      epoch;        /* see settled.c */
     u_char                          cs_hash[40];
     unsigned                        chain:1;      /* the seqs are known */

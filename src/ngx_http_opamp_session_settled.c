@@ -29,8 +29,8 @@
  *     is seen at the re-check: opamp_heartbeat_recheck.
  *
  * The agent's lease (expires_ms) must not lapse meanwhile: after half of
- * opamp_agent_timeout the next heartbeat goes to beats.lua as a lease
- * renewal ("L"), which checks only what the agent's hash says (its
+ * opamp_agent_timeout (or earlier if the next heartbeat would come too
+ * late) the next heartbeat goes to beats.lua as a lease renewal ("L"), which checks only what the agent's hash says (its
  * settled mark, which holds config_version and the connection, and its
  * sequence_num) and stores sequence and liveness: the keys that only a
  * message would tell of (outbox, command) are left to the re-check, and
@@ -68,6 +68,30 @@ void
 ngx_http_opamp_session_settled_changed(void)
 {
     ngx_http_opamp_settled_messages++;
+}
+
+
+/*
+ * Whether this heartbeat renews the agent's lease: half of the timeout
+ * has passed since Redis last renewed it, or the next heartbeat, as far
+ * apart as this one from the last, would come too late (an agent whose
+ * interval is half of the timeout or more, and its jitter).
+ */
+
+static ngx_uint_t
+ngx_http_opamp_session_settled_lease_due(ngx_http_opamp_session_t *s)
+{
+    ngx_msec_t                 held, gap, timeout;
+    ngx_http_opamp_settled_t  *st;
+
+    st = &s->settled;
+    timeout = s->conf->agent_timeout;
+
+    held = ngx_current_msec - st->leased;
+    gap = ngx_current_msec - st->last_beat;
+    st->last_beat = ngx_current_msec;
+
+    return held >= timeout / 2 || held + gap + timeout / 8 >= timeout;
 }
 
 
@@ -118,7 +142,7 @@ ngx_http_opamp_session_settled_answer(ngx_http_opamp_session_t *s,
         return 0;
     }
 
-    if ((ngx_msec_int_t) (st->renew_at - ngx_current_msec) <= 0) {
+    if (ngx_http_opamp_session_settled_lease_due(s)) {
         /* the lease: Redis checks the mark and stores the sequence */
 
         rep->vouched = 1;
@@ -171,7 +195,7 @@ ngx_http_opamp_session_settled_learn(ngx_http_opamp_session_t *s,
 
         st->last_seq = rep->sequence_num;
         st->stored_seq = rep->sequence_num;
-        st->renew_at = ngx_current_msec + s->conf->agent_timeout / 2;
+        st->leased = ngx_current_msec;
         return;
     }
 
@@ -185,6 +209,7 @@ ngx_http_opamp_session_settled_learn(ngx_http_opamp_session_t *s,
     st->chain = 1;
     st->last_seq = rep->sequence_num;
     st->stored_seq = rep->sequence_num;
+    st->last_beat = ngx_current_msec;
 
     window = s->conf->heartbeat_recheck;
 
@@ -210,7 +235,7 @@ ngx_http_opamp_session_settled_learn(ngx_http_opamp_session_t *s,
     st->valid = 1;
     st->epoch = epoch;
     st->until = ngx_current_msec + window;
-    st->renew_at = ngx_current_msec + s->conf->agent_timeout / 2;
+    st->leased = ngx_current_msec;
     st->capabilities = rep->capabilities;
 
     if (rep->conn_settings_hash.len == sizeof(st->cs_hash)) {

@@ -374,5 +374,21 @@ like(stored($ag, 'settled'), qr/^\d+ [0-9a-f]{16}$/,
 ok(owed_nothing(beat($ag)), 'and the agent is still owed nothing');
 $ag->close;
 
+# an agent whose heartbeats come about half of the timeout apart, with
+# jitter (1.9 s, then 2.3 s, with a 4 s timeout): a heartbeat just before
+# half of the timeout renews the lease too, as the next one, as far
+# apart, would come after the lease ran out
+($ag) = connect_agent(OpAMPFleet::random_uid(), 0);
+beat($ag);
+$lapsed = 0;
+for my $gap (1.9, 2.3, 1.9, 2.3) {
+    sleep $gap;
+    $lapsed++ if stored($ag, 'expires_ms') < int(time * 1000);
+    beat($ag);
+}
+is($lapsed, 0, 'the lease of an agent whose heartbeats are half of the '
+   . 'timeout apart, with jitter, never lapses');
+$ag->close;
+
 $t->done;
 done_testing;
