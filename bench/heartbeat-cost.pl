@@ -11,7 +11,8 @@
 # are stopped (SIGSTOP: their connections stay, nothing is sent) and
 # beats.lua is replayed by hand on the same agent hashes, 16 agents a
 # call, back to back: the same work on the same data with Redis's caches
-# warm, which tells the per-agent cost from what the live traffic adds.
+# warm, which tells the per-agent cost from what the live traffic adds;
+# once as full checks, once as the workers' lease renewals.
 # Loopback only, bounded in agents and time.
 #
 #   perl bench/heartbeat-cost.pl      # AGENTS=20000 HEARTBEAT=30 SECONDS=60
@@ -147,26 +148,33 @@ sleep 2;
 my $sha = $t->redis('SCRIPT', 'LOAD',
                     scalar `sh $top/src/lua/expand.sh $top/src/lua/beats.lua`);
 my $uids = $t->redis('ZRANGE', "${P}agents", 0, 2047);
-my ($spent, $done) = (0, 0);
-for my $round (1 .. 4) {
-    for (my $i = 0; $i + 16 <= @$uids; $i += 16) {
-        my @args;
-        for my $u (@$uids[$i .. $i + 15]) {
-            my ($sq, $settled) = @{ $t->redis('HMGET', "${P}agent:{$u}",
-                                              'sequence_num', 'settled') };
-            my ($mark) = ($settled // '') =~ / (\S+)$/;
-            push @args, $u, $sq + 1, $sq, $mark // '', '1', 1796658006990;
+# "1": the full check of an agent that accepts restart; "L": a worker's
+# lease renewal (lib/short_way.lua)
+for my $checks ('1', 'L') {
+    my ($spent, $done) = (0, 0);
+    for my $round (1 .. 4) {
+        for (my $i = 0; $i + 16 <= @$uids; $i += 16) {
+            my @args;
+            for my $u (@$uids[$i .. $i + 15]) {
+                my ($sq, $settled) = @{ $t->redis('HMGET',
+                    "${P}agent:{$u}", 'sequence_num', 'settled') };
+                my ($mark) = ($settled // '') =~ / (\S+)$/;
+                push @args, $u, $sq + 1, $sq, $mark // '', $checks,
+                     1796658006990;
+            }
+            my $u0 = commandstats()->{evalsha}[1];
+            my $out = $t->redis('EVALSHA', $sha, 1, "${P}config_version",
+                                1796658006990, $P, @args);
+            $spent += commandstats()->{evalsha}[1] - $u0;
+            $done += grep { $_ != 0 } @$out;
         }
-        my $u0 = commandstats()->{evalsha}[1];
-        my $out = $t->redis('EVALSHA', $sha, 1, "${P}config_version",
-                            1796658006990, $P, @args);
-        $spent += commandstats()->{evalsha}[1] - $u0;
-        $done += grep { $_ != 0 } @$out;
     }
+    printf "replayed: beats.lua %s %.2f us per agent, 16 a call, caches "
+           . "warm (%d took the short way)\n",
+           $checks eq 'L' ? 'lease renewals' : 'full checks',
+           $spent / ($done || 1), $done;
 }
 kill 'CONT', @pids;
-printf "replayed: beats.lua %.2f us per agent, 16 a call, caches warm "
-       . "(%d took the short way)\n", $spent / ($done || 1), $done;
 
 kill 'TERM', @pids;
 waitpid $_, 0 for @pids;
