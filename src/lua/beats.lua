@@ -31,8 +31,16 @@ local out, members = {}, {}
 for i = 3, #ARGV - 5, 6 do
     local u = ARGV[i]
     local k = prefix .. 'agent:{' .. u .. '}'
-    local st = redis.call('HMGET', k, 'sequence_num', 'settled',
-                          'settled_until')
+    -- a renewal's window ends before settled_until (the worker's), and
+    -- a field that is not there (most agents have no offer out) costs
+    -- Redis a walk of the whole hash
+    local st
+    if ARGV[i + 4] == 'L' then
+        st = redis.call('HMGET', k, 'sequence_num', 'settled')
+    else
+        st = redis.call('HMGET', k, 'sequence_num', 'settled',
+                        'settled_until')
+    end
     out[#out + 1] = short_way(k, u, ARGV[i + 1], ARGV[i + 2], st,
                               ARGV[i + 3], ARGV[i + 4],
                               ARGV[i + 5], members)
