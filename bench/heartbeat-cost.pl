@@ -19,6 +19,8 @@
 #   BATCH_DELAY=0 perl bench/heartbeat-cost.pl   # opamp_heartbeat_batch_delay
 #   RECHECK=0 perl bench/heartbeat-cost.pl       # opamp_heartbeat_recheck:
 #                                    # 0, every heartbeat goes to Redis
+#   PAYLOAD=collector perl bench/heartbeat-cost.pl  # a Collector's
+#                                    # 39.8 KB full status (bench/collector.pl)
 #   AGENT_TIMEOUT=5m perl bench/heartbeat-cost.pl   # opamp_agent_timeout
 #                                    # (a worker answers for half of it)
 
@@ -84,7 +86,19 @@ my $c0 = cpu();
 sleep 3;
 my $idle = (cpu() - $c0) / 3;
 
-my ($st) = $t->http_post('{"selector":"service.name=bench","files":'
+# PAYLOAD=collector: a Collector's full status (bench/collector.pl, 3
+# builds x 2 configs; 39.8 KB) instead of loadgen's small description
+my @full;
+my $selector = 'service.name=bench';
+if (($ENV{PAYLOAD} // '') eq 'collector') {
+    my $files = `perl $bench/collector.pl ${\ $t->dir}/collector 3 2`;
+    chomp $files;
+    die "bench/collector.pl failed\n" unless $? == 0 && $files ne '';
+    @full = ('--full', $files);
+    $selector = 'service.name=otelcol-contrib';
+}
+
+my ($st) = $t->http_post('{"selector":"' . $selector . '","files":'
                          . '{"c.yaml":{"body":"x: 1\n"}}}', -method => 'PUT',
                          -path => '/admin/configs/groups/bench',
                          'Content-Type' => 'application/json');
@@ -99,7 +113,7 @@ for my $i (1 .. $procs) {
             '--agents', int($N / $procs), '--duration', $W + 120,
             '--heartbeat', $H, '--seed', $i, '--src-base', 10 * $i,
             '--go-file', $t->dir . '/never', '--caps', '0x7d47',
-            '--ack-delay', 2;
+            '--ack-delay', 2, @full;
     }
     push @pids, $pid;
 }
@@ -129,9 +143,10 @@ my ($s1, $t1, $w1) = (commandstats(), time, in_worker());
 my $shorts = ($s1->{hset}[0] // 0) - ($s0->{hset}[0] // 0);
 my $beats = $n * ($t1 - $t0) / $H;
 
-printf "agents=%d heartbeat=%ds batch_delay=%s recheck=%s agent_timeout=%s "
-       . "redis_cpu_per_heartbeat=%.1fus short_way_in_redis=%d "
-       . "in_worker=%d of about %d\n", $n, $H, $ENV{BATCH_DELAY} // '50ms',
+printf "agents=%d payload=%s heartbeat=%ds batch_delay=%s recheck=%s "
+       . "agent_timeout=%s redis_cpu_per_heartbeat=%.1fus "
+       . "short_way_in_redis=%d in_worker=%d of about %d\n", $n, $ENV{PAYLOAD} // 'supervisor',
+       $H, $ENV{BATCH_DELAY} // '50ms',
        $ENV{RECHECK} // '5m', $ENV{AGENT_TIMEOUT} // '90s',
        (($c1 - $c0) - $idle * ($t1 - $t0)) * 1e6 / $beats, $shorts,
        $w1 - $w0, $beats;
