@@ -145,8 +145,8 @@ my $beats = $n * ($t1 - $t0) / $H;
 
 printf "agents=%d payload=%s heartbeat=%ds batch_delay=%s recheck=%s "
        . "agent_timeout=%s redis_cpu_per_heartbeat=%.1fus "
-       . "short_way_in_redis=%d in_worker=%d of about %d\n", $n, $ENV{PAYLOAD} // 'supervisor',
-       $H, $ENV{BATCH_DELAY} // '50ms',
+       . "short_way_in_redis=%d in_worker=%d of about %d\n", $n,
+       $ENV{PAYLOAD} // 'supervisor', $H, $ENV{BATCH_DELAY} // '50ms',
        $ENV{RECHECK} // '5m', $ENV{AGENT_TIMEOUT} // '90s',
        (($c1 - $c0) - $idle * ($t1 - $t0)) * 1e6 / $beats, $shorts,
        $w1 - $w0, $beats;
