@@ -26,6 +26,8 @@
 #   one reconnect to that endpoint with that header, and nothing more
 #   over a window of WINDOW seconds (connections, polls and offers
 #   counted);
+# * its heartbeats over WebSocket are answered by the workers, whose
+#   lease renewals keep it live and in sequence (opamp_heartbeat_recheck);
 # * the supervisor restarted with its persisted state comes back under
 #   the same uid without being asked for its full state;
 # * nginx reloaded mid-run: the supervisor comes back.
@@ -56,6 +58,9 @@ $t->start_nginx('
         location /admin/ {
             opamp_admin;
         }
+        location = /metrics {
+            opamp_metrics;
+        }
         # the endpoint of the OpAMP connection settings offer: only with
         # the header the offer carries
         location = /v1/opamp-offered {
@@ -64,7 +69,11 @@ $t->start_nginx('
             }
             opamp;
             opamp_heartbeat_interval 1s;
-        }', workers => 2, location => '            opamp_heartbeat_interval 1s;');
+        }', workers => 2, location => '            opamp_heartbeat_interval 1s;',
+        # a lease short enough that the workers' lease renewals of a
+        # settled agent come within a test (half of it), long enough that
+        # an offer out unacknowledged is not due again within $WINDOW
+        http => 'opamp_agent_timeout 20s;');
 
 # the window after an OpAMP settings offer in which the supervisor's
 # connections and polls are counted (a loop made hundreds a second)
@@ -510,6 +519,41 @@ EOF
     }
     is((field($uid, 'connected') // ''), '1', "$tr: connected");
     api('DELETE', "connection-settings/agents/$uid");
+
+    # --- its heartbeats answered by the workers, its lease renewed ---------
+
+    # (WebSocket; opamp_heartbeat_recheck, docs/directives.md): over 14 s
+    # of 1 s heartbeats, more than half of the 20 s lease, the workers
+    # answer most of them, Redis's sequence_num moves only at the lease
+    # renewals, the lease never lapses and the supervisor is never asked
+    # for its full state
+    if ($tr eq 'ws') {
+        my (undef, undef, $m0) = $t->http_post('', -method => 'GET',
+                                               -path => '/metrics');
+        my ($in0) = $m0 =~ /^opamp_heartbeats_in_worker_total (\d+)$/m;
+        my $asks0 = full_state_asks();
+        my ($lapsed, %seqs) = (0);
+        my $t0 = time;
+        while (time - $t0 < 14) {
+            my $x = $t->hgetall("opamp:agent:{$uid}");
+            $lapsed++ if ($x->{expires_ms} // 0) < int(time * 1000);
+            $seqs{$x->{sequence_num} // ''} = 1;
+            select undef, undef, undef, 0.5;
+        }
+        my (undef, undef, $m1) = $t->http_post('', -method => 'GET',
+                                               -path => '/metrics');
+        my ($in1) = $m1 =~ /^opamp_heartbeats_in_worker_total (\d+)$/m;
+        ok(($in1 // 0) - ($in0 // 0) >= 7, "$tr: the workers answered "
+           . 'most of its heartbeats themselves ('
+           . (($in1 // 0) - ($in0 // 0)) . ' in 14 s)');
+        ok(keys(%seqs) >= 2 && keys(%seqs) <= 6, "$tr: Redis's "
+           . 'sequence_num moved at the lease renewals alone ('
+           . scalar(keys %seqs) . ' values in 14 s)');
+        is($lapsed, 0, "$tr: its lease never lapsed");
+        is(full_state_asks(), $asks0,
+           "$tr: it was never asked for its full state");
+        is((field($uid, 'connected') // ''), '1', "$tr: still connected");
+    }
 
     # --- the supervisor restarted with its persisted state ----------------
 
