@@ -30,11 +30,12 @@
  *
  * The agent's lease (expires_ms) must not lapse meanwhile: after half of
  * opamp_agent_timeout (or earlier if the next heartbeat would come too
- * late) the next heartbeat goes to beats.lua as a lease renewal ("L"), which checks only what the agent's hash says (its
- * settled mark, which holds config_version and the connection, and its
- * sequence_num) and stores sequence and liveness: the keys that only a
- * message would tell of (outbox, command) are left to the re-check, and
- * a renewal costs Redis about half of a full short way.  A config change
+ * late) the next heartbeat goes to beats.lua as a lease renewal ("L"),
+ * which checks only what the agent's hash says (its settled mark, which
+ * holds config_version and the connection, and its sequence_num) and
+ * stores sequence and liveness: the keys that only a message would tell
+ * of (outbox, command) are left to the re-check, and a renewal costs
+ * Redis about two thirds of a full short way.  A config change
  * written directly (config_version, settled emptied) is thus still seen
  * within half of the timeout.
  *
